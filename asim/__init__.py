@@ -1,0 +1,40 @@
+"""asim: bit-exact, fast simulation of SRAM analog compute-in-memory macros in PyTorch.
+
+Convert any model and simulate it::
+
+    from asim import MacroConfig, NoiseConfig, convert_to_acim
+    acim = convert_to_acim(model, MacroConfig(adc_bits=6), NoiseConfig(rand_sigma=0.39))
+"""
+
+from .config import ActScale, CellVariation, ConvTiling, Division, MacroConfig, NoiseConfig
+from .convert import LAYER_MAP, acim_modules, convert_to_acim, resample_noise, set_mode, to_float
+from .engine import acim_matmul, activation_cycles
+from .layers import MODES, ACiMConv2d, ACiMLayer, ACiMLinear, ACiMMultiheadAttention
+from .noise import GaussianNoise, TableNoise, build_noise
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LAYER_MAP",
+    "MODES",
+    "ACiMConv2d",
+    "ACiMLayer",
+    "ACiMLinear",
+    "ACiMMultiheadAttention",
+    "ActScale",
+    "CellVariation",
+    "ConvTiling",
+    "Division",
+    "GaussianNoise",
+    "MacroConfig",
+    "NoiseConfig",
+    "TableNoise",
+    "acim_matmul",
+    "acim_modules",
+    "activation_cycles",
+    "build_noise",
+    "convert_to_acim",
+    "resample_noise",
+    "set_mode",
+    "to_float",
+]

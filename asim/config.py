@@ -1,0 +1,233 @@
+"""Macro and noise configuration: every simulation default lives here, once.
+
+The two dataclasses are plain Python (no Hydra import); the application stores them as
+structured-config schemas so YAML presets only list what differs. Field docstrings give the
+unit and the reference implementation's (Keio-CSG/ASiM) name for the same knob. Section
+numbers (§) refer to ``acim-model.md``, the computation spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = [
+    "ActScale",
+    "CellVariation",
+    "ConvTiling",
+    "Division",
+    "MacroConfig",
+    "NoiseConfig",
+]
+
+
+class ActScale(str, Enum):
+    """How the activation quantization scale is taken (spec Q5)."""
+
+    batch = "batch"  # one scale over the whole batch tensor (reference behaviour)
+    sample = "sample"  # one scale per sample: results independent of batching/sharding
+
+
+class ConvTiling(str, Enum):
+    """Which channel groups of a conv are mapped to the array (spec §3.1, Q1)."""
+
+    reference = "reference"  # ceil(C*k*k/nrow) tiles: trailing channel groups may be dropped
+    all_groups = "all_groups"  # every ceil(C/floor(nrow/k^2)) group is processed
+
+
+class Division(str, Enum):
+    """Float semantics of the ADC's divisions by nrow and 2^adc-1 (spec Q10)."""
+
+    true = "true"  # IEEE division: the reference on CPU (canonical)
+    reciprocal = "reciprocal"  # multiply by the float32 reciprocal: the reference on CUDA
+
+
+class CellVariation(str, Enum):
+    """When weight-cell variation is drawn (spec §8.1, Q28)."""
+
+    per_forward = "per_forward"  # redrawn on every forward call (reference behaviour)
+    per_chip = "per_chip"  # drawn once per chip; redraw with ``asim.resample_noise``
+
+
+def _coerce_enum(obj, field: str, enum: type[Enum]) -> None:
+    value = getattr(obj, field)
+    if isinstance(value, enum):
+        return
+    try:
+        setattr(obj, field, enum(value))
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in enum)
+        raise ValueError(
+            f"{type(obj).__name__}.{field}={value!r} is not valid; choose one of {choices}"
+        ) from None
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@dataclass
+class MacroConfig:
+    """One SRAM ACiM macro: bit widths, array size, ADC and cycle scheme.
+
+    The defaults are the reference's shipped configuration (W8A8, nrow 255, 8-bit ADC,
+    bit-serial), which is lossless: with noise off it equals integer inference exactly.
+    """
+
+    name: str = "custom"
+    """Label shown in ``print(model)`` and in result files."""
+    weight_bits: int = 8
+    """Weight bit width incl. sign, >= 2 (ASiM ``wbit``; attention: ``qk_qbit``/``av_vbit``)."""
+    input_bits: int = 8
+    """Activation bit width, >= 2; signed inputs include the sign bit (ASiM ``xbit``)."""
+    nrow: int = 255
+    """Rows switched on at once in one column: the tile height and the full scale of a
+    single-bit column MAC (ASiM ``nrow``)."""
+    adc_bits: int = 8
+    """ADC resolution in bits, >= 1 (ASiM ``adc_prec``). Lossless when 2^adc_bits-1 == nrow."""
+    input_enc_bits: int | None = None
+    """None: bit-serial inputs. An int e: bit-parallel, e activation bits applied per cycle as
+    a multi-level input (ASiM ``act_enc``, spec §5)."""
+    hybrid_levels: int = 0
+    """Number of anti-diagonals of MSB cycles run digitally, i.e. without noise (ASiM
+    ``hybrid_levels``, spec §6). 0 = all analog."""
+    hybrid_exact: bool = False
+    """If True, digital hybrid cycles are exact instead of still passing the ADC (spec Q4)."""
+    vote_levels: int = 0
+    """Majority voting on the MSB cycles: anti-diagonals of cycles converted ``vote_samples``
+    times with fresh noise, keeping the most frequent code (ASiM ``voting_levels``, §8.2)."""
+    vote_samples: int = 1
+    """Conversions per voted cycle, K (ASiM ``num_samp``); 3 is the paper's setting."""
+    weight_parallel: bool = False
+    """W4A4-style weight full bit-parallel mode: one signed ADC per output on the exact MAC
+    (ASiM extension ``weight_bp``, spec §8.3). Needs ``input_enc_bits`` and unsigned inputs."""
+    weight_parallel_rows: int | None = None
+    """Full scale of the weight-parallel ADC in rows; None means ``nrow`` (the reference
+    conv: one tile's full scale even when several tiles are summed)."""
+    conv_tiling: ConvTiling = ConvTiling.reference
+    """``reference``: reproduce the reference's silently dropped channel groups (spec Q1);
+    ``all_groups``: map every input channel."""
+    act_scale: ActScale = ActScale.batch
+    """``batch``: one activation scale per batch tensor (reference, Q5); ``sample``: per sample."""
+    division: Division = Division.true
+    """``true``: CPU float semantics (canonical); ``reciprocal``: the reference's CUDA numbers."""
+
+    def __post_init__(self) -> None:
+        for field in ("conv_tiling", "act_scale", "division"):
+            enum = {"conv_tiling": ConvTiling, "act_scale": ActScale, "division": Division}[field]
+            _coerce_enum(self, field, enum)
+        for field in ("weight_bits", "input_bits", "nrow", "adc_bits", "hybrid_levels",
+                      "vote_levels", "vote_samples"):
+            _check(_is_int(getattr(self, field)),
+                   f"MacroConfig.{field}={getattr(self, field)!r} must be an integer")
+        _check(self.weight_bits >= 2,
+               f"MacroConfig.weight_bits={self.weight_bits} must be >= 2 (sign + 1 magnitude bit)")
+        _check(self.input_bits >= 2, f"MacroConfig.input_bits={self.input_bits} must be >= 2")
+        _check(self.nrow >= 1, f"MacroConfig.nrow={self.nrow} must be >= 1 row")
+        _check(1 <= self.adc_bits <= 24, f"MacroConfig.adc_bits={self.adc_bits} must be in 1..24")
+        if self.input_enc_bits is not None:
+            _check(_is_int(self.input_enc_bits) and 1 <= self.input_enc_bits <= self.input_bits,
+                   f"MacroConfig.input_enc_bits={self.input_enc_bits!r} must be null (bit-serial) "
+                   f"or an integer in 1..input_bits={self.input_bits}")
+        _check(self.hybrid_levels >= 0,
+               f"MacroConfig.hybrid_levels={self.hybrid_levels} must be >= 0 (0 = all analog)")
+        _check(self.vote_levels >= 0,
+               f"MacroConfig.vote_levels={self.vote_levels} must be >= 0 (0 = no voting)")
+        _check(self.vote_samples >= 1,
+               f"MacroConfig.vote_samples={self.vote_samples} must be >= 1")
+        if self.vote_levels > 0 or self.vote_samples > 1:
+            _check(self.input_enc_bits is None,
+                   "MacroConfig: majority voting (vote_levels/vote_samples) works with bit-serial "
+                   "inputs only; set input_enc_bits=null or vote_levels=0, vote_samples=1")
+            _check(self.hybrid_levels == 0,
+                   "MacroConfig: majority voting and hybrid_levels are exclusive (voting makes "
+                   "every cycle analog); set hybrid_levels=0 or vote_levels=0")
+        if self.weight_parallel:
+            _check(self.input_enc_bits is not None,
+                   "MacroConfig.weight_parallel=true needs bit-parallel inputs: set input_enc_bits")
+            _check(self.input_bits % self.input_enc_bits == 0,
+                   f"MacroConfig.weight_parallel=true needs input_bits={self.input_bits} to be a "
+                   f"multiple of input_enc_bits={self.input_enc_bits}")
+            _check(self.adc_bits >= 2,
+                   "MacroConfig.weight_parallel=true uses a signed ADC: adc_bits must be >= 2")
+        if self.weight_parallel_rows is not None:
+            _check(_is_int(self.weight_parallel_rows) and self.weight_parallel_rows >= 1,
+                   f"MacroConfig.weight_parallel_rows={self.weight_parallel_rows!r} must be null "
+                   "or a positive integer")
+
+    @property
+    def adc_levels(self) -> int:
+        """Largest ADC code, ``2^adc_bits - 1`` (spec §0, A)."""
+        return (1 << self.adc_bits) - 1
+
+    @property
+    def lossless(self) -> bool:
+        """True when a noise-free bit-serial cycle reproduces its column count exactly."""
+        return self.adc_levels == self.nrow and self.input_enc_bits in (None, 1)
+
+    def replace(self, **changes) -> MacroConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """Short human-readable summary used by ``extra_repr``."""
+        enc = "serial" if self.input_enc_bits is None else f"parallel{self.input_enc_bits}"
+        parts = [f"W{self.weight_bits}A{self.input_bits}", f"nrow={self.nrow}",
+                 f"adc={self.adc_bits}", enc]
+        if self.hybrid_levels:
+            parts.append(f"hybrid={self.hybrid_levels}")
+        if self.vote_levels:
+            parts.append(f"vote={self.vote_levels}x{self.vote_samples}")
+        if self.weight_parallel:
+            parts.append("weight_parallel")
+        return f"{self.name}({', '.join(parts)})"
+
+
+@dataclass
+class NoiseConfig:
+    """Analog non-idealities of the column read-out (spec §4.1, §8.1).
+
+    Sigmas are in percent of the ADC full scale, as in the reference: one LSB of an 8-bit
+    ADC is 100/255 = 0.392 %. Noise is temporal: fresh for every partial sum and forward call.
+    """
+
+    rand_sigma: float = 0.0
+    """Signal-independent Gaussian noise, % of full scale (ASiM ``rand_noise_sigma``)."""
+    nonlinear_sigma: float = 0.0
+    """Signal-dependent noise, % of full scale, divided by sqrt(count+1)
+    (ASiM ``non_linear_sigma``)."""
+    file: str | None = None
+    """Measured noise table (CSV with columns ``count,offset,std`` in ADC LSB per ideal
+    column count); replaces the two Gaussian terms when set. See ``asim.noise``."""
+    compression_alpha: float = 0.0
+    """Current-domain gain compression: count M becomes M/(1+alpha*M) before the ADC
+    (ASiM current-domain ``non_linear_alpha``, spec §8.1). 0 = off."""
+    cell_sigma: float = 0.0
+    """Weight-cell variation, % of a cell's unit current, added to every stored bit
+    (ASiM current-domain ``weight_var``). 0 = off."""
+    cell_variation: CellVariation = CellVariation.per_forward
+    """``per_forward``: redraw cell variation on every call (reference); ``per_chip``: fixed."""
+
+    def __post_init__(self) -> None:
+        _coerce_enum(self, "cell_variation", CellVariation)
+        for field in ("rand_sigma", "nonlinear_sigma", "compression_alpha", "cell_sigma"):
+            value = getattr(self, field)
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool),
+                   f"NoiseConfig.{field}={value!r} must be a number")
+            _check(value >= 0, f"NoiseConfig.{field}={value} must be >= 0")
+            setattr(self, field, float(value))
+
+    @property
+    def enabled(self) -> bool:
+        """True when any read-out noise is drawn (cell variation and compression aside)."""
+        return self.rand_sigma > 0 or self.nonlinear_sigma > 0 or self.file is not None
+
+    def replace(self, **changes) -> NoiseConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,162 @@
+"""Swap the layers of any ``nn.Module`` for ACiM layers and back (style §5)."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+from torch import nn
+
+from .config import MacroConfig, NoiseConfig
+from .layers import ACiMConv2d, ACiMLayer, ACiMLinear, ACiMMultiheadAttention
+
+__all__ = ["LAYER_MAP", "acim_modules", "convert_to_acim", "resample_noise", "set_mode",
+           "to_float"]
+
+log = logging.getLogger("asim")
+
+LAYER_MAP: dict[type[nn.Module], type[ACiMLayer]] = {
+    nn.Conv2d: ACiMConv2d,
+    nn.Linear: ACiMLinear,
+    nn.MultiheadAttention: ACiMMultiheadAttention,
+}
+"""Exact float types converted by default. ``asim.models.layers.ScaledMultiheadAttention``
+(the reference's attention scale) is added when that module is importable."""
+
+try:  # the float ViT attention with the reference's scale (a float model layer)
+    from .models.layers import ScaledMultiheadAttention
+
+    LAYER_MAP[ScaledMultiheadAttention] = ACiMMultiheadAttention
+except ImportError:  # pragma: no cover - models are optional for the library core
+    pass
+
+
+def _excluded(name: str, patterns: Sequence[str], used: set[str]) -> bool:
+    parts = name.split(".")
+    prefixes = [".".join(parts[: k + 1]) for k in range(len(parts))]
+    hit = False
+    for pat in patterns:
+        if any(fnmatch.fnmatchcase(p, pat) for p in prefixes):
+            used.add(pat)
+            hit = True
+    return hit
+
+
+def convert_to_acim(
+    model: nn.Module,
+    macro: MacroConfig | None = None,
+    noise: NoiseConfig | None = None,
+    *,
+    exclude: Sequence[str] = (),
+    macro_for: Callable[[str, nn.Module], MacroConfig | None] | None = None,
+    options_for: Callable[[str, nn.Module], dict | None] | None = None,
+    mode: str = "simulate",
+    layer_map: dict[type[nn.Module], type[ACiMLayer]] | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """Replace every layer whose exact type is in ``layer_map`` by its ACiM counterpart.
+
+    Weights are kept (``construct, copy state``); a replaced module is not descended into,
+    so ``nn.MultiheadAttention`` is replaced as a unit, with its ``out_proj``.
+
+    Args:
+        model: any model; deep-copied unless ``inplace``.
+        macro: the macro for every converted layer (default ``MacroConfig()``).
+        noise: read-out noise for every converted layer (None: noise-free).
+        exclude: qualified-name globs of modules (and their children) to keep float, e.g.
+            ``["conv1", "fc"]``; a glob that matches nothing is an error (typo guard).
+        macro_for: per-layer macro: ``macro_for(name, module)`` returns a MacroConfig or None
+            (None: ``macro``). For attention it is also asked for ``name + ".qk"`` and
+            ``name + ".av"``, the macros of QK^T and AV.
+        options_for: per-layer keyword arguments for the ACiM constructor (``signed_input``,
+            ``mode``, ``trim_noise``, ``digital``, ``noise``, ...), or None.
+        mode: initial mode of every converted layer.
+        layer_map: float type -> ACiM type (default :data:`LAYER_MAP`).
+        inplace: modify ``model`` instead of a copy.
+
+    Returns:
+        The converted model.
+    """
+    layer_map = LAYER_MAP if layer_map is None else layer_map
+    if not inplace:
+        model = copy.deepcopy(model)
+    used: set[str] = set()
+    names = dict(model.named_modules())
+    for name in names:
+        _excluded(name, exclude, used)
+    unused = [p for p in exclude if p not in used]
+    if unused:
+        raise ValueError(f"convert_to_acim: exclude pattern(s) {unused} match no module; "
+                         f"module names look like {list(names)[1:6]}")
+    converted: list[str] = []
+
+    def visit(parent: nn.Module, prefix: str) -> None:
+        for child_name, child in list(parent.named_children()):
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            cls = layer_map.get(type(child))
+            if cls is None or _excluded(name, exclude, set()):
+                if not isinstance(child, ACiMLayer):
+                    visit(child, name)
+                continue
+            kwargs = dict(options_for(name, child) or {}) if options_for else {}
+            layer_macro = kwargs.pop("macro", None) or (macro_for(name, child) if macro_for
+                                                         else None) or macro
+            layer_noise = kwargs.pop("noise", noise)
+            kwargs.setdefault("mode", mode)
+            if cls is ACiMMultiheadAttention and macro_for is not None:
+                kwargs.setdefault("qk_macro", macro_for(name + ".qk", child))
+                kwargs.setdefault("av_macro", macro_for(name + ".av", child))
+            try:
+                new = cls.from_float(child, macro=layer_macro, noise=layer_noise, **kwargs)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"cannot convert layer {name!r} ({type(child).__name__}): "
+                                 f"{err}; or pass exclude=[{name!r}]") from None
+            setattr(parent, child_name, new)
+            converted.append(name)
+
+    visit(model, "")
+    log.info("convert_to_acim: %d layers converted: %s", len(converted), ", ".join(converted))
+    return model
+
+
+def to_float(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Replace every ACiM layer by the float torch layer it came from, weights kept."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    if isinstance(model, ACiMLayer):
+        return model.to_float()
+
+    def visit(parent: nn.Module) -> None:
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, ACiMLayer):
+                setattr(parent, child_name, child.to_float())
+            else:
+                visit(child)
+
+    visit(model)
+    return model
+
+
+def acim_modules(model: nn.Module) -> Iterator[tuple[str, ACiMLayer]]:
+    """``(name, layer)`` for every ACiM layer in ``model``, like ``named_modules``."""
+    for name, module in model.named_modules():
+        if isinstance(module, ACiMLayer):
+            yield name, module
+
+
+def set_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Set ``mode`` (``train``/``inference``/``simulate``) on every non-digital ACiM layer."""
+    for _, module in acim_modules(model):
+        if not module.digital:
+            module.mode = mode
+    return model
+
+
+def resample_noise(model: nn.Module, seed: int | None) -> nn.Module:
+    """Seed every layer's noise stream from ``seed`` (and its position): a new, repeatable
+    chip. ``None`` returns the layers to torch's global RNG."""
+    for k, (_, module) in enumerate(acim_modules(model)):
+        module.reseed(None if seed is None else (int(seed) * 1_000_003 + 7919 * k) % (2**62))
+    return model

@@ -1,0 +1,486 @@
+"""The bit-level ACiM matrix-vector engine: one routine for conv, linear and attention.
+
+Layers lower their operation to ``Y = X_int @ W_int`` over integer codes and call
+:func:`acim_matmul`. It reproduces the reference's per-cycle model (spec §3-§8) bit for bit
+with noise off, without its per-cycle loop:
+
+* all bit-plane column MACs of one tile come from a single GEMM of stacked 0/1 planes
+  (bf16 inputs are exact: every sum is an integer <= 256 when a tile has <= 256 rows);
+* the ADC, noise and shift-and-add epilogue runs on whole chunks with in-place ops; only the
+  final float32 accumulation follows the spec's cycle order, because rounding depends on it;
+* read-out noise is one Gaussian per partial sum (the reference's two terms summed);
+* with a lossless ADC and no noise the cycles are skipped: the result is the exact integer
+  product, taken only when a bound proves that the spec's float32 accumulation is exact too;
+* work is chunked so memory stays bounded whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .config import Division, MacroConfig, NoiseConfig
+from .noise import GaussianNoise, build_noise
+
+__all__ = ["Cycle", "acim_matmul", "activation_cycles", "linear_tiles", "CHUNK_ELEMENTS"]
+
+CHUNK_ELEMENTS = 1 << 22
+"""Partial sums handled per chunk (4 Mi float32 = 16 MiB per temporary)."""
+
+_EXACT_LIMIT = float(1 << 24)  # float32 represents every integer up to 2^24
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One activation cycle of a bit-serial or bit-parallel scheme (spec §4, §5).
+
+    Attributes:
+        bits: activation bit positions applied together, ascending.
+        shift: activation part of the power-of-two shift.
+        sign: True for the separate sign-plane cycle of signed bit-parallel inputs.
+    """
+
+    bits: tuple[int, ...]
+    shift: int
+    sign: bool = False
+
+    @property
+    def levels(self) -> int:
+        """``2^width - 1``: multi-level input range; the full scale is ``levels * nrow``."""
+        return (1 << len(self.bits)) - 1
+
+
+def activation_cycles(input_bits: int, enc_bits: int | None, signed: bool) -> list[Cycle]:
+    """Cycles indexed ``c = 0 .. C-1`` (processed from ``C-1`` down), spec §5.1/§5.2.
+
+    Bit-serial is the special case ``enc_bits = 1``; leftover bits go to the top cycle.
+    """
+    e = enc_bits or 1
+    mag = input_bits - 1 if signed else input_bits
+    n, r = -(-mag // e), mag % e
+    cycles = []
+    for c in range(n):
+        width = r if (c == n - 1 and r) else e
+        cycles.append(Cycle(tuple(range(c * e, c * e + width)), c * e))
+    if signed:
+        cycles.append(Cycle((input_bits - 1,), input_bits - 1, sign=True))
+    return cycles
+
+
+def linear_tiles(rows: int, nrow: int) -> list[tuple[int, int]]:
+    """Consecutive tiles of ``nrow`` reduction rows (spec §3.2)."""
+    return [(s, min(s + nrow, rows)) for s in range(0, rows, nrow)]
+
+
+@dataclass
+class _Plan:
+    """Per-call constants derived from the macro: cycles, signs, shifts, noise gating."""
+
+    cycles: list[Cycle]
+    coef: list[list[float]]  # coef[i][c] = +-2^(i + shift_c)
+    analog: list[list[bool]]  # noise applied to (weight bit i, cycle c)
+    digital_exact: list[list[bool]]  # exact count instead of ADC value
+    voted: list[list[bool]]
+    full_scale: list[int]  # per cycle, in counts
+
+    @property
+    def widths_uniform(self) -> bool:
+        return all(len(c.bits) == 1 for c in self.cycles)
+
+
+def _plan(macro: MacroConfig, signed: bool) -> _Plan:
+    w = macro.weight_bits
+    cycles = activation_cycles(macro.input_bits, macro.input_enc_bits, signed)
+    n = len(cycles)
+    coef, analog, exact, voted = [], [], [], []
+    for i in range(w):
+        row_c, row_a, row_e, row_v = [], [], [], []
+        for c, cyc in enumerate(cycles):
+            msb_w = i == w - 1
+            negate = (not msb_w) if cyc.sign else msb_w
+            row_c.append((-1.0 if negate else 1.0) * float(2 ** (i + cyc.shift)))
+            d = (w - 1 - i) + (n - 1 - c)  # anti-diagonal distance from the MSB x MSB corner
+            digital = d < macro.hybrid_levels
+            row_a.append(not digital)
+            row_e.append(digital and macro.hybrid_exact)
+            row_v.append(d < macro.vote_levels and macro.vote_samples > 1)
+        coef.append(row_c)
+        analog.append(row_a)
+        exact.append(row_e)
+        voted.append(row_v)
+    return _Plan(cycles, coef, analog, exact, voted, [c.levels * macro.nrow for c in cycles])
+
+
+def _adc_values(counts: Tensor, full_scale: int, adc_levels: int, reciprocal: bool) -> Tensor:
+    """Noise-free ADC output ``fl(fl(q/A)*F)`` for integer counts, spec §4.1 steps 2, 4, 5."""
+    a = _div(counts, full_scale, reciprocal).clamp_(0, 1)
+    q = a.mul_(adc_levels).round_()
+    return _div(q, adc_levels, reciprocal).mul_(full_scale)
+
+
+def _div(t: Tensor, d: float, reciprocal: bool, inplace: bool = False) -> Tensor:
+    """Spec division semantics: IEEE division (CPU canonical) or by float32 reciprocal (Q10)."""
+    if reciprocal:
+        r = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(d, dtype=torch.float32)
+        return t.mul_(r.item()) if inplace else t * r.item()
+    if t.device.type == "cpu":
+        return t.div_(d) if inplace else t / d
+    dt = torch.tensor(d, dtype=t.dtype, device=t.device)
+    return t.div_(dt) if inplace else t / dt
+
+
+_LOSSLESS_CACHE: dict[tuple[int, int, bool], bool] = {}
+
+
+def _adc_is_identity(full_scale: int, adc_levels: int, reciprocal: bool) -> bool:
+    """Does the noise-free ADC return every count 0..F unchanged (spec §4.3)?"""
+    key = (full_scale, adc_levels, reciprocal)
+    if key not in _LOSSLESS_CACHE:
+        m = torch.arange(full_scale + 1, dtype=torch.float32)
+        _LOSSLESS_CACHE[key] = bool(torch.equal(_adc_values(m.clone(), full_scale, adc_levels,
+                                                            reciprocal), m))
+    return _LOSSLESS_CACHE[key]
+
+
+# --------------------------------------------------------------------------------------------
+# Random numbers: one generator stream split over threads on CPU (torch's CPU RNG is serial).
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < n:
+            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=n,
+                                                          thread_name_prefix="asim-rng")
+        return _POOL
+
+
+def _randn(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normals; on CPU filled by several seeded generators in parallel threads."""
+    out = torch.empty(shape, dtype=torch.float32, device=like.device)
+    nthreads = torch.get_num_threads()
+    if like.device.type != "cpu" or out.numel() < (1 << 18) or nthreads < 2:
+        return out.normal_(generator=generator)
+    seeds = torch.randint(0, 2**62, (nthreads,), generator=generator).tolist()
+    parts = out.view(-1).chunk(nthreads)
+
+    def fill(k: int) -> None:
+        parts[k].normal_(generator=torch.Generator().manual_seed(seeds[k]))
+
+    list(_pool(nthreads).map(fill, range(len(parts))))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _codes(t: Tensor, bits: int, signed: bool) -> Tensor:
+    """Two's-complement (signed) or plain (unsigned) codes as int32 (spec §2)."""
+    q = t.to(torch.int32)
+    if signed:
+        q = torch.where(q < 0, q + (1 << bits), q)
+    return q
+
+
+def _planes(codes: Tensor, bits: int, dtype: torch.dtype, dim: int) -> Tensor:
+    """0/1 bit planes stacked along a new dim ``dim`` in ascending bit order."""
+    planes = [((codes >> b) & 1) for b in range(bits)]
+    return torch.stack(planes, dim=dim).to(dtype)
+
+
+def _gemm_dtype(max_rows: int, device: torch.device, float_planes: bool) -> torch.dtype:
+    if float_planes:
+        return torch.float32
+    if device.type == "cpu":
+        return torch.bfloat16 if max_rows <= 256 else torch.float32
+    return torch.float16 if max_rows <= 2048 else torch.float32
+
+
+def _magnitude_bound(codes: Tensor, bits: int, signed: bool) -> Tensor:
+    """V(q): |q| for q >= 0 and 2^(b-1) for q < 0 (bounds every partial sum, see _exact)."""
+    if not signed:
+        return codes
+    return torch.where(codes < 0, torch.full_like(codes, float(1 << (bits - 1))), codes)
+
+
+def _exact_product(x: Tensor, w: Tensor, macro: MacroConfig, signed: bool) -> Tensor | None:
+    """The exact integer product, or None when the spec's float32 accumulation could round.
+
+    The spec accumulates +-M*2^(i+j) terms in float32; all of them are integers, so the
+    result equals the integer product when no prefix sum exceeds 2^24. Positive and
+    negative terms are each bounded by ``sum V(w) V(x)`` (twice that with signed inputs),
+    computed here with non-negative operands so a float32 GEMM can only round it upwards.
+    """
+    vx = _magnitude_bound(x, macro.input_bits, signed)
+    vw = _magnitude_bound(w, macro.weight_bits, True)
+    bound = torch.matmul(vx, vw)
+    factor = 2.0 if signed else 1.0
+    if bool((bound.amax() * factor) >= _EXACT_LIMIT) if bound.numel() else False:
+        return None
+    return torch.matmul(x, w)
+
+
+def acim_matmul(
+    x_int: Tensor,
+    w_int: Tensor,
+    *,
+    macro: MacroConfig,
+    signed_input: bool,
+    tiles: Sequence[tuple[int, int]] | None = None,
+    noise: NoiseConfig | None = None,
+    generator: torch.Generator | None = None,
+    cell_noise: Tensor | None = None,
+) -> Tensor:
+    """Integer-domain accumulator ``Y`` of the macro computing ``x_int @ w_int``.
+
+    Args:
+        x_int: activation-role codes ``[..., M, R]`` (integer-valued float32).
+        w_int: weight-role codes ``[R, O]`` or ``[..., R, O]`` with the same leading dims
+            as ``x_int`` (signed, ``|w| <= 2^(weight_bits-1) - 1``).
+        macro: bit widths, array size, ADC and cycle scheme.
+        signed_input: whether ``x_int`` holds signed codes (two's-complement sign plane).
+        tiles: reduction-row ranges ``(start, stop)`` loaded into the array one after the
+            other; each is normalised by ``nrow`` (spec §3). Default: consecutive ``nrow``.
+            Rows outside every tile are not computed (the reference's dropped channels).
+        noise: read-out noise and current-domain effects; None is noise-free.
+        generator: random stream for the noise.
+        cell_noise: additive deviation of every stored weight bit, ``[..., R, weight_bits, O]``
+            in bit units (weight-cell variation, spec §8.1), or None.
+
+    Returns:
+        ``Y`` as float32 ``[..., M, O]``, to be de-quantized by the caller (spec §1.4).
+    """
+    if x_int.dim() < 2 or w_int.dim() < 2:
+        raise ValueError("acim_matmul expects x_int [..., M, R] and w_int [..., R, O]")
+    rows = x_int.shape[-1]
+    if w_int.shape[-2] != rows:
+        raise ValueError(f"acim_matmul: reduction sizes differ: x has {rows}, w has "
+                         f"{w_int.shape[-2]}")
+    if tiles is None:
+        tiles = linear_tiles(rows, macro.nrow)
+    tiles = [(int(a), int(b)) for a, b in tiles if b > a]
+    lead = x_int.shape[:-2]
+    M, O = x_int.shape[-2], w_int.shape[-1]
+    x3 = x_int.reshape(-1, M, rows)
+    w3 = w_int.reshape(-1, rows, O)
+    if w3.shape[0] not in (1, x3.shape[0]):
+        raise ValueError("acim_matmul: w_int leading dims must be absent or match x_int's")
+    out = torch.zeros(x3.shape[0], M, O, dtype=torch.float32, device=x_int.device)
+    if not tiles or M == 0 or O == 0:
+        return out.reshape(*lead, M, O)
+
+    readout = build_noise(noise)
+    alpha = noise.compression_alpha if noise is not None else 0.0
+    if cell_noise is not None:
+        cell_noise = cell_noise.reshape(-1, rows, macro.weight_bits, O)
+
+    if macro.weight_parallel:
+        y = _weight_parallel(x3, w3, macro, signed_input, tiles, noise, generator)
+        return y.reshape(*lead, M, O)
+
+    plan = _plan(macro, signed_input)
+    reciprocal = macro.division == Division.reciprocal
+    if readout is None and alpha == 0 and cell_noise is None:
+        exact_cycles = all(
+            plan.digital_exact[i][c]
+            or _adc_is_identity(plan.full_scale[c], macro.adc_levels, reciprocal)
+            for i in range(macro.weight_bits) for c in range(len(plan.cycles)))
+        if exact_cycles:
+            used = _rows_used(tiles, rows, x_int.device)
+            xs, ws = _select_rows(x3, used), _select_rows(w3, used, dim=-2)
+            y = _exact_product(xs, ws, macro, signed_input)
+            if y is not None:
+                return y.reshape(*lead, M, O)
+
+    _CyclePath(x3, w3, macro, plan, signed_input, tiles, readout, alpha, cell_noise,
+               generator, reciprocal).run(out)
+    return out.reshape(*lead, M, O)
+
+
+def _rows_used(tiles, rows: int, device) -> slice | Tensor:
+    spans = sorted(tiles)
+    contiguous = all(spans[k][1] == spans[k + 1][0] for k in range(len(spans) - 1))
+    if spans[0][0] == 0 and contiguous:
+        return slice(0, spans[-1][1])
+    idx = sorted({r for a, b in tiles for r in range(a, b)})
+    return torch.tensor(idx, dtype=torch.long, device=device)
+
+
+def _select_rows(t: Tensor, used, dim: int = -1) -> Tensor:
+    if isinstance(used, slice):
+        return t[..., used] if dim == -1 else t[..., used, :]
+    return t.index_select(t.dim() + dim, used)
+
+
+class _CyclePath:
+    """Vectorized per-cycle model: GEMM of stacked planes, chunked ADC/noise epilogue."""
+
+    def __init__(self, x3, w3, macro, plan, signed, tiles, readout, alpha, cell_noise,
+                 generator, reciprocal):
+        self.x3, self.w3, self.macro, self.plan = x3, w3, macro, plan
+        self.signed, self.tiles, self.readout, self.alpha = signed, tiles, readout, alpha
+        self.cell_noise, self.generator, self.reciprocal = cell_noise, generator, reciprocal
+        self.wb, self.xb = macro.weight_bits, macro.input_bits
+        self.ncyc = len(plan.cycles)
+        max_rows = max(b - a for a, b in tiles)
+        self.dtype = _gemm_dtype(max_rows, x3.device, cell_noise is not None)
+        # Weight planes once per call: (Bw, R, w, O) -> (Bw, R, w*O)
+        wp = _planes(_codes(w3, self.wb, True), self.wb, torch.float32, dim=2)
+        if cell_noise is not None:
+            wp = wp + cell_noise
+        Bw, R, _, O = wp.shape
+        self.wp = wp.to(self.dtype).reshape(Bw, R, self.wb * O)
+        self.O = O
+        self.analog_mask = None
+        if readout is not None and not all(all(r) for r in plan.analog):
+            mask = torch.tensor(plan.analog, dtype=torch.float32).t()  # (C, w)
+            self.analog_mask = mask.view(1, self.ncyc, 1, self.wb, 1).to(x3.device)
+        fs = plan.full_scale
+        self.uniform_fs = all(f == fs[0] for f in fs)
+        self.fs_vec = torch.tensor(fs, dtype=torch.float32, device=x3.device).view(
+            1, self.ncyc, 1, 1, 1)
+        self.exact_pairs = [(i, c) for i in range(self.wb) for c in range(self.ncyc)
+                            if plan.digital_exact[i][c]]
+        self.voted_pairs = [(i, c) for i in range(self.wb) for c in range(self.ncyc)
+                            if plan.voted[i][c]] if readout is not None else []
+        if readout is not None and readout.constant_sigma(macro.adc_levels) == 0.0:
+            self.readout = None
+
+    def run(self, out: Tensor) -> None:
+        Bt, M, _ = self.x3.shape
+        per_row = self.xb * self.wb * self.O
+        rows_per_chunk = max(1, CHUNK_ELEMENTS // per_row)
+        b_step = max(1, min(Bt, rows_per_chunk // max(M, 1)))
+        m_step = M if b_step > 1 or M <= rows_per_chunk else rows_per_chunk
+        for b0 in range(0, Bt, b_step):
+            b1 = min(Bt, b0 + b_step)
+            wp = self.wp if self.wp.shape[0] == 1 else self.wp[b0:b1]
+            for m0 in range(0, M, m_step):
+                m1 = min(M, m0 + m_step)
+                self._chunk(self.x3[b0:b1, m0:m1], wp, out[b0:b1, m0:m1])
+
+    def _chunk(self, x: Tensor, wp: Tensor, y: Tensor) -> None:
+        B, Mc, _ = x.shape
+        xp = _planes(_codes(x, self.xb, self.signed), self.xb, self.dtype, dim=1)
+        xp = xp.reshape(B, self.xb * Mc, -1)  # (B, x*Mc, R)
+        for r0, r1 in self.tiles:
+            g = torch.matmul(xp[..., r0:r1], wp[:, r0:r1])  # (B, x*Mc, w*O)
+            counts = self._cycle_counts(g.view(B, self.xb, Mc, self.wb, self.O))
+            values = self._adc(counts)
+            coef = self.plan.coef
+            for i in range(self.wb - 1, -1, -1):
+                for c in range(self.ncyc - 1, -1, -1):
+                    y.add_(values[:, c, :, i, :], alpha=coef[i][c])
+
+    def _cycle_counts(self, g: Tensor) -> Tensor:
+        """(B, x, Mc, w, O) bit MACs -> (B, C, Mc, w, O) float32 cycle counts (spec §5)."""
+        if self.plan.widths_uniform and not self.signed:
+            return g.float()
+        B, _, Mc, w, O = g.shape
+        counts = torch.empty(B, self.ncyc, Mc, w, O, dtype=torch.float32, device=g.device)
+        for c, cyc in enumerate(self.plan.cycles):
+            dst = counts[:, c]
+            dst.copy_(g[:, cyc.bits[0]])
+            for k, bit in enumerate(cyc.bits[1:], start=1):
+                dst.add_(g[:, bit].float(), alpha=float(1 << k))
+        return counts
+
+    def _adc(self, counts: Tensor) -> Tensor:
+        """Normalise, add noise, convert and rescale every cycle at once (spec §4.1)."""
+        A, rec = self.macro.adc_levels, self.reciprocal
+        exact = {p: counts[:, p[1], :, p[0], :].clone() for p in self.exact_pairs}
+        if self.alpha:
+            counts = counts / (counts * self.alpha + 1.0)
+        a = self._normalise(counts)
+        a.clamp_(0, 1)
+        voted_base = {p: a[:, p[1], :, p[0], :].clone() for p in self.voted_pairs}
+        if self.readout is not None:
+            self._add_noise(a, self.analog_mask)
+            a.clamp_(0, 1)
+        q = a.mul_(A).round_()
+        for (i, c), base in voted_base.items():
+            q[:, c, :, i, :] = self._vote(base)
+        v = _div(q, A, rec, inplace=True)
+        v = v.mul_(self.plan.full_scale[0]) if self.uniform_fs else v.mul_(self.fs_vec)
+        for (i, c), m in exact.items():
+            v[:, c, :, i, :] = m
+        return v
+
+    def _normalise(self, counts: Tensor) -> Tensor:
+        if self.uniform_fs:
+            return _div(counts, self.plan.full_scale[0], self.reciprocal,
+                        inplace=not counts.requires_grad)
+        if self.reciprocal:
+            return counts * (1.0 / self.fs_vec)
+        return counts / self.fs_vec
+
+    def _noise_moments(self, a: Tensor):
+        sigma = self.readout.constant_sigma(self.macro.adc_levels)
+        if sigma is not None:
+            return None, sigma
+        level = a * self.macro.nrow  # per-level count (spec Q11)
+        return self.readout.moments(level, self.macro.adc_levels)
+
+    def _add_noise(self, a: Tensor, mask: Tensor | None) -> None:
+        offset, sigma = self._noise_moments(a)
+        z = _randn(a.shape, a, self.generator)
+        if mask is not None:
+            z.mul_(mask)
+        if isinstance(sigma, float):
+            a.add_(z, alpha=sigma)
+        else:
+            a.addcmul_(z, sigma)
+        if offset is not None:
+            a.add_(offset * mask if mask is not None else offset)
+
+    def _vote(self, base: Tensor) -> Tensor:
+        """Most frequent of K noisy conversions; ties go to the smallest code (spec §8.2)."""
+        A, K = self.macro.adc_levels, self.macro.vote_samples
+        samples = []
+        for _ in range(K):
+            a = base.clone()
+            self._add_noise(a, None)
+            samples.append(a.clamp_(0, 1).mul_(A).round_())
+        q = torch.stack(samples)  # (K, ...)
+        count = torch.zeros_like(q)
+        for k in range(K):
+            count += (q == q[k]).float()
+        key = count * (A + 1) + (A - q)  # most votes first, then the smallest code
+        pick = key.argmax(dim=0, keepdim=True)
+        return q.gather(0, pick).squeeze(0)
+
+
+def _weight_parallel(x3, w3, macro, signed, tiles, noise, generator) -> Tensor:
+    """W4A4 weight full bit-parallel: one signed ADC per output on the exact MAC (spec §8.3).
+
+    Follows the fix of quirk Q30: the conv's semantics for every layer, with the ADC full
+    scale ``Lu(x) * Ls(w) * rows`` where ``rows = weight_parallel_rows or nrow``.
+    """
+    if signed:
+        raise ValueError("MacroConfig.weight_parallel=true needs unsigned inputs; set "
+                         "signed_input=False on this layer")
+    used = _rows_used(tiles, x3.shape[-1], x3.device)
+    xs = _select_rows(x3, used).double()
+    ws = _select_rows(w3, used, dim=-2).double()
+    y = torch.matmul(xs, ws).float()  # exact integer MAC
+    rows = macro.weight_parallel_rows or macro.nrow
+    full = float(((1 << macro.input_bits) - 1) * ((1 << (macro.weight_bits - 1)) - 1) * rows)
+    half = (1 << (macro.adc_bits - 1)) - 1
+    a = _div(y, full, macro.division == Division.reciprocal).clamp_(-1, 1)
+    readout = build_noise(noise)
+    if readout is not None:
+        if not isinstance(readout, GaussianNoise) or readout.nl_var > 0:
+            raise ValueError("MacroConfig.weight_parallel=true models random Gaussian noise "
+                             "only; set noise.nonlinear_sigma=0 and noise.file=null")
+        a.add_(_randn(a.shape, a, generator), alpha=math.sqrt(readout.rand_var)).clamp_(-1, 1)
+    q = a.mul_(half).round_()
+    return q.div_(half).mul_(full)

@@ -1,0 +1,223 @@
+"""ACiMLayer: the mixin every ACiM layer shares (modes, quantizers, noise state, repr)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from ..config import ActScale, CellVariation, Division, MacroConfig, NoiseConfig
+from ..engine import acim_matmul
+from ..quant import (
+    dequantize,
+    fake_quantize,
+    quantize,
+    signed_levels,
+    tensor_scale,
+    unsigned_levels,
+)
+
+__all__ = ["MODES", "ACiMLayer"]
+
+MODES = ("train", "inference", "simulate")
+"""``train``: fake quantization with straight-through gradients (QAT/NAT, spec §1.5);
+``inference``: integer quantized MAC, the ideal quantized result (§1.4);
+``simulate``: the bit-level macro (§2-§8)."""
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not valid; choose one of {', '.join(MODES)}")
+    return mode
+
+
+class ACiMLayer:
+    """Mixin for layers that run on an ACiM macro; put it before the torch class.
+
+    Attributes:
+        macro: the :class:`MacroConfig` the layer maps to.
+        noise: the :class:`NoiseConfig` of its read-out (None: noise-free).
+        signed_input: whether activations are quantized signed (else unsigned, ReLU-like).
+        mode: ``"train"``, ``"inference"`` or ``"simulate"``; switchable at any time.
+        trim_noise: multiplicative output noise for noise-aware training, in % (spec §1.6).
+        digital: an always-digital layer (the reference's ``QuantConv2d``): fake-quantized
+            in every mode and never simulated; :func:`asim.set_mode` leaves it alone.
+    """
+
+    noise: NoiseConfig | None
+
+    @property
+    def macro(self) -> MacroConfig:
+        return self._macro
+
+    @macro.setter
+    def macro(self, value: MacroConfig) -> None:
+        if not isinstance(value, MacroConfig):
+            raise TypeError(f"macro must be an asim.MacroConfig, got {type(value).__name__}")
+        self._validate_macro(value)
+        self._macro = value
+
+    def _validate_macro(self, macro: MacroConfig) -> None:
+        """Layer-specific checks of a macro (raise ValueError); run whenever it is set."""
+        self._check_encoding(macro, getattr(self, "signed_input", False))
+
+    def _init_acim(self, macro: MacroConfig | None, noise: NoiseConfig | None,
+                   signed_input: bool, mode: str, trim_noise: float, digital: bool) -> None:
+        if macro is not None and not isinstance(macro, MacroConfig):
+            raise TypeError(f"macro must be an asim.MacroConfig, got {type(macro).__name__}")
+        if noise is not None and not isinstance(noise, NoiseConfig):
+            raise TypeError(f"noise must be an asim.NoiseConfig, got {type(noise).__name__}")
+        if trim_noise < 0:
+            raise ValueError(f"trim_noise={trim_noise} must be >= 0 (percent)")
+        self.signed_input = bool(signed_input)
+        self.macro = macro if macro is not None else MacroConfig()
+        self.noise = noise
+        self._mode = _check_mode(mode)
+        self.trim_noise = float(trim_noise)
+        self.digital = bool(digital)
+        self.noise_seed: int | None = None
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._warned: set[str] = set()
+        self._chip_cells: Tensor | None = None
+
+    @staticmethod
+    def _check_encoding(macro: MacroConfig, signed: bool, what: str = "input") -> None:
+        enc = macro.input_enc_bits
+        if signed and enc is not None and enc >= macro.input_bits:
+            raise ValueError(f"MacroConfig.input_enc_bits={enc} must be < input_bits="
+                             f"{macro.input_bits} for a signed {what} (the sign plane takes its "
+                             "own cycle)")
+        if signed and macro.weight_parallel:
+            raise ValueError(f"MacroConfig.weight_parallel=true needs an unsigned {what}; set "
+                             "signed_input=False or weight_parallel=false")
+
+    # ---------------------------------------------------------------- mode and randomness
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self._mode = _check_mode(value)
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The layer's noise stream on ``device`` (None: torch's global RNG)."""
+        if self.noise_seed is None:
+            return None
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(
+                self.noise_seed)
+        return self._generators[device]
+
+    def reseed(self, seed: int | None) -> None:
+        """Restart the noise stream from ``seed`` and draw a new chip (cell variation)."""
+        self.noise_seed = seed
+        self._generators = {}
+        self._chip_cells = None
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    # ---------------------------------------------------------------- quantization helpers
+    @property
+    def _per_sample(self) -> bool:
+        return self.macro.act_scale == ActScale.sample
+
+    def _input_levels(self, macro: MacroConfig | None = None, signed: bool | None = None) -> int:
+        macro = macro or self.macro
+        signed = self.signed_input if signed is None else signed
+        return signed_levels(macro.input_bits) if signed else unsigned_levels(macro.input_bits)
+
+    def _quantize_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Integer codes and a scale that broadcasts against the layer output."""
+        if not self.signed_input and self._mode == "simulate" and "neg" not in self._warned:
+            if bool((x < 0).any()):
+                self._warn_once("neg", f"{type(self).__name__} got negative inputs with "
+                                "signed_input=False: they are quantized to 0 (reference "
+                                "behaviour); pass signed_input=True if that is not intended")
+        scale = tensor_scale(x, self.signed_input, self._per_sample)
+        return quantize(x, self.macro.input_bits, scale, self.signed_input), scale
+
+    def _quantize_weight(self, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        w = self.weight if w is None else w
+        scale = tensor_scale(w, signed=True)
+        return quantize(w, self.macro.weight_bits, scale, signed=True), scale
+
+    def _fake_weight(self, w: Tensor | None = None) -> Tensor:
+        return fake_quantize(self.weight if w is None else w, self.macro.weight_bits, signed=True)
+
+    def _fake_input(self, x: Tensor) -> Tensor:
+        return fake_quantize(x, self.macro.input_bits, self.signed_input, self._per_sample)
+
+    def _trim(self, y: Tensor) -> Tensor:
+        """``y + z * (tau * y)``, fresh z per element (spec §1.6); gradients not detached."""
+        if self.trim_noise <= 0:
+            return y
+        z = torch.randn(y.shape, dtype=y.dtype, device=y.device,
+                        generator=self.generator(y.device))
+        return y + z * (self.trim_noise / 100.0 * y)
+
+    def _dequantize(self, acc: Tensor, w_scale: Tensor, x_scale: Tensor) -> Tensor:
+        return dequantize(acc, w_scale, x_scale, signed_levels(self.macro.weight_bits),
+                          self._input_levels(), self.macro.division == Division.reciprocal)
+
+    # ---------------------------------------------------------------- the engine call
+    def _cell_noise(self, w_int: Tensor) -> Tensor | None:
+        """Per-bit weight-cell deviation ``[R, w, O]`` for a weight laid out ``[R, O]``."""
+        noise = self.noise
+        if noise is None or noise.cell_sigma == 0:
+            return None
+        shape = (*w_int.shape[:-1], self.macro.weight_bits, w_int.shape[-1])
+        if noise.cell_variation == CellVariation.per_chip and self._chip_cells is not None \
+                and self._chip_cells.shape == shape:
+            return self._chip_cells.to(w_int.device)
+        cells = torch.randn(shape, device=w_int.device,
+                            generator=self.generator(w_int.device)) * (noise.cell_sigma / 100)
+        if noise.cell_variation == CellVariation.per_chip:
+            self._chip_cells = cells
+        return cells
+
+    def _mvm(self, x_int: Tensor, w_int: Tensor, tiles=None, macro: MacroConfig | None = None,
+             noise: NoiseConfig | None = None, signed: bool | None = None,
+             cell_noise: Tensor | None = None) -> Tensor:
+        """Run the engine: ``x_int [..., M, R] @ w_int [R, O]`` on this layer's macro."""
+        return acim_matmul(
+            x_int, w_int, macro=macro or self.macro,
+            signed_input=self.signed_input if signed is None else signed,
+            tiles=tiles, noise=self.noise if noise is None else noise,
+            generator=self.generator(x_int.device), cell_noise=cell_noise)
+
+    def _linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``x @ weight.T + bias`` in the layer's mode; any number of leading dims (Q15)."""
+        if self.digital or self._mode == "train":
+            y = torch.nn.functional.linear(self._fake_input(x), self._fake_weight(weight), bias)
+            return y if self.digital else self._trim(y)
+        with torch.no_grad():
+            x_int, x_scale = self._quantize_input(x)
+            w_int, w_scale = self._quantize_weight(weight)
+            if self._mode == "inference":
+                acc = self._trim(torch.nn.functional.linear(x_int, w_int))
+            else:
+                w_t = w_int.t()
+                acc = self._mvm(x_int.reshape(-1, x.shape[-1]), w_t,
+                                cell_noise=self._cell_noise(w_t))
+                acc = acc.reshape(*x.shape[:-1], weight.shape[0])
+            y = self._dequantize(acc, w_scale, x_scale)
+        return y if bias is None else y + bias
+
+    def acim_repr(self) -> str:
+        parts = [f"macro={self.macro.describe()}", f"mode={self._mode}",
+                 f"signed_input={self.signed_input}"]
+        if self.noise is not None and (self.noise.enabled or self.noise.cell_sigma
+                                       or self.noise.compression_alpha):
+            n = self.noise
+            parts.append("noise=" + (f"table({n.file})" if n.file else
+                                     f"(rand={n.rand_sigma:g}%, nl={n.nonlinear_sigma:g}%)"))
+        if self.trim_noise:
+            parts.append(f"trim_noise={self.trim_noise:g}%")
+        if self.digital:
+            parts.append("digital")
+        return ", ".join(parts)

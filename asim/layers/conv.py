@@ -1,0 +1,148 @@
+"""ACiMConv2d: ``nn.Conv2d`` on an ACiM macro, lowered to a matmul by unfold (spec §3.1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ConvTiling, MacroConfig, NoiseConfig
+from .base import ACiMLayer
+
+__all__ = ["ACiMConv2d", "conv_tiles"]
+
+_UNFOLD_BUDGET = 1 << 24  # unfolded input elements per chunk of images (64 MiB float32)
+
+
+def conv_tiles(in_channels: int, kernel_area: int, nrow: int,
+               tiling: ConvTiling = ConvTiling.reference) -> tuple[list[tuple[int, int]], int]:
+    """Row ranges of the unfolded input loaded per tile, and the number of dropped channels.
+
+    Tiles hold whole k x k kernels: ``floor(nrow / k^2)`` channels each. The reference runs
+    ``ceil(C k^2 / nrow)`` tiles, which can be fewer than the channel groups; the channels of
+    the groups left over are not computed (quirk Q1) unless ``tiling="all_groups"``.
+    """
+    per_tile = nrow // kernel_area
+    if per_tile == 0:
+        raise ValueError(f"kernel area {kernel_area} exceeds MacroConfig.nrow={nrow}: a k x k "
+                         "kernel must fit in one column; raise nrow or exclude this layer")
+    groups = -(-in_channels // per_tile)
+    n = groups if tiling == ConvTiling.all_groups else -(-in_channels * kernel_area // nrow)
+    tiles = [(g * per_tile * kernel_area, min((g + 1) * per_tile, in_channels) * kernel_area)
+             for g in range(n)]
+    dropped = in_channels - min(in_channels, n * per_tile)
+    return tiles, dropped
+
+
+class ACiMConv2d(ACiMLayer, nn.Conv2d):
+    """A 2-D convolution whose MACs run on an ACiM macro.
+
+    Torch's arguments are unchanged; the ACiM ones are keyword-only. ``groups`` must be 1
+    and ``padding_mode`` ``"zeros"`` (the array maps one dense conv). Rectangular kernels,
+    tuple strides and dilation are supported as an extension of the reference (square
+    kernels, dilation 1), tiling by whole kernels of ``kh*kw`` rows.
+
+    Args:
+        macro: the macro (default: ``MacroConfig()``).
+        noise: read-out noise; None is noise-free.
+        signed_input: quantize activations signed; the default, as in the reference, is
+            unsigned (inputs after a ReLU). The reference allows only unsigned inputs with
+            bit-parallel encoding; here both work.
+        mode: ``"train"``, ``"inference"`` or ``"simulate"``.
+        trim_noise: noise-aware-training output perturbation in % (spec §1.6).
+        digital: always fake-quantized, never simulated (the reference's ``QuantConv2d``).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 device=None, dtype=None, *, macro: MacroConfig | None = None,
+                 noise: NoiseConfig | None = None, signed_input: bool = False,
+                 mode: str = "simulate", trim_noise: float = 0.0, digital: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device=device, dtype=dtype)
+        if groups != 1:
+            raise ValueError(f"ACiMConv2d: groups={groups} (grouped/depthwise conv) cannot be "
+                             "mapped to one array; keep this layer digital (exclude it)")
+        if padding_mode != "zeros":
+            raise ValueError(f"ACiMConv2d: padding_mode={padding_mode!r} is not supported; "
+                             "only 'zeros'")
+        self._init_acim(macro, noise, signed_input, mode, trim_noise, digital)
+        self._explicit_padding()
+
+    def _explicit_padding(self) -> tuple[int, int]:
+        if isinstance(self.padding, str):
+            if self.padding == "valid":
+                return (0, 0)
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
+            if any(t % 2 for t in total):
+                raise ValueError("ACiMConv2d: padding='same' with an even kernel pads "
+                                 "asymmetrically, which is not supported; pad explicitly")
+            return (total[0] // 2, total[1] // 2)
+        return tuple(self.padding)
+
+    def _validate_macro(self, macro: MacroConfig) -> None:
+        super()._validate_macro(macro)
+        conv_tiles(self.in_channels, self.kernel_size[0] * self.kernel_size[1], macro.nrow,
+                   macro.conv_tiling)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.digital or self.mode == "train":
+            y = self._conv_forward(self._fake_input(x), self._fake_weight(), self.bias)
+            return y if self.digital else self._trim(y)
+        with torch.no_grad():
+            x_int, x_scale = self._quantize_input(x)
+            w_int, w_scale = self._quantize_weight()
+            if self.mode == "inference":
+                acc = self._trim(self._conv_forward(x_int, w_int, None))
+            else:
+                acc = self._simulate(x_int, w_int)
+            y = self._dequantize(acc, w_scale, x_scale)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+
+    def _simulate(self, x_int: Tensor, w_int: Tensor) -> Tensor:
+        B, C, H, W = x_int.shape
+        kh, kw = self.kernel_size
+        pad = self._explicit_padding()
+        tiles, dropped = conv_tiles(C, kh * kw, self.macro.nrow, self.macro.conv_tiling)
+        if dropped:
+            self._warn_once("dropped", f"ACiMConv2d({C}->{self.out_channels}, k={kh}x{kw}): "
+                            f"nrow={self.macro.nrow} drops the last {dropped} input channels, "
+                            "as the reference does (quirk Q1); set macro.conv_tiling="
+                            "all_groups to map them")
+        Ho = (H + 2 * pad[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        Wo = (W + 2 * pad[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        L, R, O = Ho * Wo, C * kh * kw, self.out_channels
+        w_mat = w_int.reshape(O, R).t()  # (R, O), rows in unfold order: channel-major
+        cells = self._cell_noise(w_mat)  # one draw per forward, shared by all images
+        acc = torch.empty(B, L, O, dtype=torch.float32, device=x_int.device)
+        step = max(1, _UNFOLD_BUDGET // max(1, L * R))
+        for b0 in range(0, B, step):
+            b1 = min(B, b0 + step)
+            cols = F.unfold(x_int[b0:b1], (kh, kw), self.dilation, pad, self.stride)
+            cols = cols.transpose(1, 2).reshape((b1 - b0) * L, R)  # (b*L, R)
+            acc[b0:b1] = self._mvm(cols, w_mat, tiles=tiles, cell_noise=cells).view(
+                b1 - b0, L, O)
+        return acc.transpose(1, 2).reshape(B, O, Ho, Wo)
+
+    @classmethod
+    def from_float(cls, module: nn.Conv2d, macro: MacroConfig | None = None,
+                   noise: NoiseConfig | None = None, **kwargs) -> ACiMConv2d:
+        """An ACiMConv2d with ``module``'s weights."""
+        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride,
+                    module.padding, module.dilation, module.groups, module.bias is not None,
+                    module.padding_mode, device=module.weight.device, dtype=module.weight.dtype,
+                    macro=macro, noise=noise, **kwargs)
+        layer.load_state_dict(module.state_dict())
+        return layer
+
+    def to_float(self) -> nn.Conv2d:
+        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                          self.padding, self.dilation, self.groups, self.bias is not None,
+                          self.padding_mode, device=self.weight.device,
+                          dtype=self.weight.dtype)
+        layer.load_state_dict(self.state_dict())
+        return layer
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self.acim_repr()}"
+
