@@ -1,0 +1,1 @@
+"""Lightning side of the simulator: DataModules, the classifier module and config builders."""
