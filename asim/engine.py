@@ -193,8 +193,14 @@ def _codes(t: Tensor, bits: int, signed: bool) -> Tensor:
 
 def _planes(codes: Tensor, bits: int, dtype: torch.dtype, dim: int) -> Tensor:
     """0/1 bit planes stacked along a new dim ``dim`` in ascending bit order."""
-    planes = [((codes >> b) & 1) for b in range(bits)]
-    return torch.stack(planes, dim=dim).to(dtype)
+    shape = list(codes.shape)
+    shape.insert(dim, bits)
+    out = torch.empty(shape, dtype=dtype, device=codes.device)
+    tmp = torch.empty_like(codes)
+    for b in range(bits):
+        torch.bitwise_right_shift(codes, b, out=tmp)
+        out.select(dim, b).copy_(tmp.bitwise_and_(1))
+    return out
 
 
 def _gemm_dtype(max_rows: int, device: torch.device, float_planes: bool) -> torch.dtype:

@@ -34,6 +34,20 @@ def conv_tiles(in_channels: int, kernel_area: int, nrow: int,
     return tiles, dropped
 
 
+def _unfold_rows(x: Tensor, kernel, stride, pad, dilation, out_hw) -> Tensor:
+    """Input patches as a ``(B*Ho*Wo, C*kh*kw)`` matrix, rows in channel-major kernel order
+    (the order of ``F.unfold`` and of ``weight.reshape(O, -1)``), in one strided copy."""
+    if pad[0] or pad[1]:
+        x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
+    x = x.contiguous()
+    B, C = x.shape[:2]
+    sb, sc, sh, sw = x.stride()
+    view = x.as_strided((B, *out_hw, C, *kernel),
+                        (sb, sh * stride[0], sw * stride[1], sc, sh * dilation[0],
+                         sw * dilation[1]))
+    return view.reshape(B * out_hw[0] * out_hw[1], C * kernel[0] * kernel[1])
+
+
 class ACiMConv2d(ACiMLayer, nn.Conv2d):
     """A 2-D convolution whose MACs run on an ACiM macro.
 
@@ -118,8 +132,8 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         step = max(1, _UNFOLD_BUDGET // max(1, L * R))
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
-            cols = F.unfold(x_int[b0:b1], (kh, kw), self.dilation, pad, self.stride)
-            cols = cols.transpose(1, 2).reshape((b1 - b0) * L, R)  # (b*L, R)
+            cols = _unfold_rows(x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation,
+                                (Ho, Wo))  # (b*L, R)
             acc[b0:b1] = self._mvm(cols, w_mat, tiles=tiles, cell_noise=cells).view(
                 b1 - b0, L, O)
         return acc.transpose(1, 2).reshape(B, O, Ho, Wo)

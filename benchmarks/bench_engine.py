@@ -1,0 +1,166 @@
+"""Engine speed and memory against the per-cycle spec oracle, on ResNet-18's layer shapes.
+
+Every conv/linear shape of ResNet-18 on 32x32 input (spec §12.2), W8A8, nrow 255, CPU.
+Inputs are post-ReLU activations (these layers' inputs), weights Kaiming-normal. For each
+macro/noise setting the table gives the time per unique shape (x its count in the network),
+the total per batch, the oracle's time and the ratio, all measured in this one run.
+Peak memory is measured separately at batch 64 in a fresh subprocess per setting.
+
+    python benchmarks/bench_engine.py                 # full table, batch 8
+    python benchmarks/bench_engine.py --quick         # fewer shapes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from asim import ACiMConv2d, ACiMLinear, MacroConfig, NoiseConfig, resample_noise  # noqa: E402
+from tests.asim import oracle  # noqa: E402
+
+# (name, C_in, C_out, k, stride, padding, input H, count in ResNet-18)
+SHAPES = [
+    ("layer1.*.conv*", 64, 64, 3, 1, 1, 32, 4),
+    ("layer2.0.conv1", 64, 128, 3, 2, 1, 32, 1),
+    ("layer2.*.conv*", 128, 128, 3, 1, 1, 16, 3),
+    ("layer2.0.downsample", 64, 128, 1, 2, 0, 32, 1),
+    ("layer3.0.conv1", 128, 256, 3, 2, 1, 16, 1),
+    ("layer3.*.conv*", 256, 256, 3, 1, 1, 8, 3),
+    ("layer3.0.downsample", 128, 256, 1, 2, 0, 16, 1),
+    ("layer4.0.conv1", 256, 512, 3, 2, 1, 8, 1),
+    ("layer4.*.conv*", 512, 512, 3, 1, 1, 4, 3),
+    ("layer4.0.downsample", 256, 512, 1, 2, 0, 8, 1),
+    ("fc", 512, 10, 0, 0, 0, 0, 1),
+]
+
+SETTINGS = {
+    "adc8": (MacroConfig(), None),
+    "adc6": (MacroConfig(adc_bits=6), None),
+    "noise": (MacroConfig(), NoiseConfig(rand_sigma=0.39, nonlinear_sigma=0.39)),
+}
+
+
+def _layer(shape, macro, noise):
+    name, cin, cout, k, stride, pad, h, _ = shape
+    torch.manual_seed(0)
+    if k == 0:
+        layer = ACiMLinear(cin, cout, macro=macro, noise=noise, signed_input=False)
+        x = torch.relu(torch.randn(BATCH, cin))
+    else:
+        layer = ACiMConv2d(cin, cout, k, stride=stride, padding=pad, bias=False, macro=macro,
+                           noise=noise, signed_input=False)
+        nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+        x = torch.relu(torch.randn(BATCH, cin, h, h))
+    resample_noise(layer, 0)
+    return layer, x
+
+
+def _oracle(shape, layer, x, macro, noise):
+    kw = dict(wbit=macro.weight_bits, xbit=macro.input_bits, adc_prec=macro.adc_bits,
+              nrow=macro.nrow, signed_act=False,
+              rand_noise_sigma=noise.rand_sigma if noise else 0.0,
+              non_linear_sigma=noise.nonlinear_sigma if noise else 0.0)
+    if shape[3] == 0:
+        return oracle.oracle_linear(x, layer.weight.detach(), layer.bias, **kw)
+    return oracle.oracle_conv2d(x, layer.weight.detach(), None, stride=shape[4],
+                                padding=shape[5], **kw)
+
+
+def _time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run_table(settings, shapes, repeats):
+    rows = {}
+    with torch.no_grad():
+        for sname in settings:
+            macro, noise = SETTINGS[sname]
+            for shape in shapes:
+                layer, x = _layer(shape, macro, noise)
+                layer(x)  # warm-up
+                ours = _time(lambda layer=layer, x=x: layer(x), repeats)
+                ref = _time(lambda: _oracle(shape, layer, x, macro, noise), 1)
+                rows[(sname, shape[0])] = (ours, ref, shape[7])
+                print(f"  {sname:6s} {shape[0]:22s} ours {ours * 1e3:9.1f} ms   per-cycle "
+                      f"{ref * 1e3:9.1f} ms   x{ref / ours:6.1f}", flush=True)
+    return rows
+
+
+def peak_memory(setting: str, batch: int) -> float:
+    """Peak RSS growth (MiB) of one forward through every shape, in a fresh process."""
+    code = f"""
+import sys, torch
+sys.path.insert(0, {str(ROOT)!r})
+import benchmarks.bench_engine as b
+b.BATCH = {batch}
+macro, noise = b.SETTINGS[{setting!r}]
+layers = [b._layer(s, macro, noise) for s in b.SHAPES]
+def rss(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+base = rss('VmRSS')
+with torch.no_grad():
+    for layer, x in layers:
+        layer(x)
+print(rss('VmHWM') - base)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+BATCH = 8
+
+
+def main() -> None:
+    global BATCH
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    ap.add_argument("--quick", action="store_true", help="three shapes only")
+    ap.add_argument("--memory-batch", type=int, default=64)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    BATCH = args.batch
+    shapes = [SHAPES[0], SHAPES[5], SHAPES[-1]] if args.quick else SHAPES
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
+          f"W8A8 nrow 255; per-cycle = tests/asim/oracle.py")
+    rows = run_table(args.settings, shapes, args.repeats)
+    print(f"\n{'setting':8s} {'ours (s/batch)':>15s} {'per-cycle (s)':>14s} {'speed-up':>9s}")
+    summary = {}
+    for sname in args.settings:
+        ours = sum(rows[(sname, s[0])][0] * s[7] for s in shapes)
+        ref = sum(rows[(sname, s[0])][1] * s[7] for s in shapes)
+        summary[sname] = {"ours_s": ours, "per_cycle_s": ref, "speedup": ref / ours}
+        print(f"{sname:8s} {ours:15.3f} {ref:14.2f} {ref / ours:8.1f}x")
+    if args.memory_batch:
+        print(f"\npeak additional memory at batch {args.memory_batch} (all shapes, fresh "
+              "process):")
+        for sname in args.settings:
+            mib = peak_memory(sname, args.memory_batch)
+            summary[sname]["peak_mib_batch%d" % args.memory_batch] = mib
+            print(f"  {sname:8s} {mib:8.0f} MiB")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
