@@ -95,7 +95,7 @@ def run_table(settings, shapes, repeats):
                 layer, x = _layer(shape, macro, noise)
                 layer(x)  # warm-up
                 ours = _time(lambda layer=layer, x=x: layer(x), repeats)
-                ref = _time(lambda: _oracle(shape, layer, x, macro, noise), 1)
+                ref = _time(lambda s=shape, l=layer, x=x, m=macro, n=noise: _oracle(s, l, x, m, n), 1)
                 rows[(sname, shape[0])] = (ours, ref, shape[7])
                 print(f"  {sname:6s} {shape[0]:22s} ours {ours * 1e3:9.1f} ms   per-cycle "
                       f"{ref * 1e3:9.1f} ms   x{ref / ours:6.1f}", flush=True)
@@ -156,7 +156,7 @@ def main() -> None:
               "process):")
         for sname in args.settings:
             mib = peak_memory(sname, args.memory_batch)
-            summary[sname]["peak_mib_batch%d" % args.memory_batch] = mib
+            summary[sname][f"peak_mib_batch{args.memory_batch}"] = mib
             print(f"  {sname:8s} {mib:8.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
