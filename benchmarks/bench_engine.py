@@ -95,7 +95,8 @@ def run_table(settings, shapes, repeats):
                 layer, x = _layer(shape, macro, noise)
                 layer(x)  # warm-up
                 ours = _time(lambda layer=layer, x=x: layer(x), repeats)
-                ref = _time(lambda s=shape, l=layer, x=x, m=macro, n=noise: _oracle(s, l, x, m, n), 1)
+                ref = _time(lambda s=shape, lay=layer, x=x, m=macro, n=noise:
+                            _oracle(s, lay, x, m, n), 1)
                 rows[(sname, shape[0])] = (ours, ref, shape[7])
                 print(f"  {sname:6s} {shape[0]:22s} ours {ours * 1e3:9.1f} ms   per-cycle "
                       f"{ref * 1e3:9.1f} ms   x{ref / ours:6.1f}", flush=True)
