@@ -28,7 +28,8 @@ from torch import Tensor
 from .config import Division, MacroConfig, NoiseConfig
 from .noise import GaussianNoise, build_noise
 
-__all__ = ["Cycle", "acim_matmul", "activation_cycles", "linear_tiles", "CHUNK_ELEMENTS"]
+__all__ = ["CHUNK_ELEMENTS", "Cycle", "accumulation_is_exact", "acim_matmul", "activation_cycles",
+           "linear_tiles", "magnitude_bound", "shortcut_applies"]
 
 CHUNK_ELEMENTS = 1 << 22
 """Partial sums handled per chunk (4 Mi float32 = 16 MiB per temporary)."""
@@ -211,27 +212,51 @@ def _gemm_dtype(max_rows: int, device: torch.device, float_planes: bool) -> torc
     return torch.float16 if max_rows <= 2048 else torch.float32
 
 
-def _magnitude_bound(codes: Tensor, bits: int, signed: bool) -> Tensor:
-    """V(q): |q| for q >= 0 and 2^(b-1) for q < 0 (bounds every partial sum, see _exact)."""
+def magnitude_bound(codes: Tensor, bits: int, signed: bool) -> Tensor:
+    """V(q): |q| for q >= 0 and 2^(b-1) for q < 0. Summed products V(w)V(x) bound every
+    prefix sum of the spec's cycle accumulation (see :func:`accumulation_is_exact`)."""
     if not signed:
         return codes
     return torch.where(codes < 0, torch.full_like(codes, float(1 << (bits - 1))), codes)
 
 
-def _exact_product(x: Tensor, w: Tensor, macro: MacroConfig, signed: bool) -> Tensor | None:
-    """The exact integer product, or None when the spec's float32 accumulation could round.
+def accumulation_is_exact(bound: Tensor, signed_input: bool) -> bool:
+    """True if no prefix sum of the cycle accumulation can leave float32's exact integers.
 
-    The spec accumulates +-M*2^(i+j) terms in float32; all of them are integers, so the
-    result equals the integer product when no prefix sum exceeds 2^24. Positive and
-    negative terms are each bounded by ``sum V(w) V(x)`` (twice that with signed inputs),
-    computed here with non-negative operands so a float32 GEMM can only round it upwards.
+    The spec accumulates +-M*2^(i+j) terms in float32 (spec §4.2). All are integers, so the
+    result is the exact integer product when no prefix sum exceeds 2^24. The positive and
+    the negative terms are each bounded by ``bound = sum V(w) V(x)`` (twice that with signed
+    inputs). ``bound`` comes from non-negative operands, so float rounding can only push it
+    up: a computed value below the limit proves the true one is.
     """
-    vx = _magnitude_bound(x, macro.input_bits, signed)
-    vw = _magnitude_bound(w, macro.weight_bits, True)
-    bound = torch.matmul(vx, vw)
-    factor = 2.0 if signed else 1.0
-    if bool((bound.amax() * factor) >= _EXACT_LIMIT) if bound.numel() else False:
-        return None
+    if bound.numel() == 0:
+        return True
+    factor = 2.0 if signed_input else 1.0
+    return bool(bound.amax() * factor < _EXACT_LIMIT)
+
+
+def shortcut_applies(macro: MacroConfig, noise: NoiseConfig | None, signed_input: bool) -> bool:
+    """Whether every cycle returns its exact count (lossless ADC, no noise, spec §4.3), so
+    the cycles can be skipped for the integer product (subject to the 2^24 bound)."""
+    if macro.weight_parallel or build_noise(noise) is not None:
+        return False
+    if noise is not None and (noise.compression_alpha or noise.cell_sigma):
+        return False
+    plan = _plan(macro, signed_input)
+    reciprocal = macro.division == Division.reciprocal
+    return all(plan.digital_exact[i][c]
+               or _adc_is_identity(plan.full_scale[c], macro.adc_levels, reciprocal)
+               for i in range(macro.weight_bits) for c in range(len(plan.cycles)))
+
+
+def _exact_product(x: Tensor, w: Tensor, macro: MacroConfig, signed: bool) -> Tensor | None:
+    """The exact integer product, or None when the float32 accumulation could round."""
+    vx = magnitude_bound(x, macro.input_bits, signed)
+    vw = magnitude_bound(w, macro.weight_bits, True)
+    cheap = vx.sum(-1, keepdim=True) * vw.amax()  # sum_r V(x) * max V(w) >= sum V(x)V(w)
+    if not accumulation_is_exact(cheap, signed):
+        if not accumulation_is_exact(torch.matmul(vx, vw), signed):
+            return None
     return torch.matmul(x, w)
 
 
@@ -293,20 +318,15 @@ def acim_matmul(
         y = _weight_parallel(x3, w3, macro, signed_input, tiles, noise, generator)
         return y.reshape(*lead, M, O)
 
+    if shortcut_applies(macro, noise, signed_input):
+        used = _rows_used(tiles, rows, x_int.device)
+        xs, ws = _select_rows(x3, used), _select_rows(w3, used, dim=-2)
+        y = _exact_product(xs, ws, macro, signed_input)
+        if y is not None:
+            return y.reshape(*lead, M, O)
+
     plan = _plan(macro, signed_input)
     reciprocal = macro.division == Division.reciprocal
-    if readout is None and alpha == 0 and cell_noise is None:
-        exact_cycles = all(
-            plan.digital_exact[i][c]
-            or _adc_is_identity(plan.full_scale[c], macro.adc_levels, reciprocal)
-            for i in range(macro.weight_bits) for c in range(len(plan.cycles)))
-        if exact_cycles:
-            used = _rows_used(tiles, rows, x_int.device)
-            xs, ws = _select_rows(x3, used), _select_rows(w3, used, dim=-2)
-            y = _exact_product(xs, ws, macro, signed_input)
-            if y is not None:
-                return y.reshape(*lead, M, O)
-
     _CyclePath(x3, w3, macro, plan, signed_input, tiles, readout, alpha, cell_noise,
                generator, reciprocal).run(out)
     return out.reshape(*lead, M, O)
