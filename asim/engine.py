@@ -364,16 +364,17 @@ class _CyclePath:
         if cell_noise is not None:
             wp = wp + cell_noise
         Bw, R, _, O = wp.shape
-        self.wp = wp.to(self.dtype).reshape(Bw, R, self.wb * O)
+        # (Bw, w*O, R): the GEMM computes W^T X^T so its output is cycle-major (below).
+        self.wpt = wp.to(self.dtype).permute(0, 2, 3, 1).reshape(Bw, self.wb * O, R)
         self.O = O
         self.analog_mask = None
         if readout is not None and not all(all(r) for r in plan.analog):
-            mask = torch.tensor(plan.analog, dtype=torch.float32).t()  # (C, w)
-            self.analog_mask = mask.view(1, self.ncyc, 1, self.wb, 1).to(x3.device)
+            mask = torch.tensor(plan.analog, dtype=torch.float32)  # (w, C)
+            self.analog_mask = mask.view(self.wb, 1, 1, self.ncyc, 1).to(x3.device)
         fs = plan.full_scale
         self.uniform_fs = all(f == fs[0] for f in fs)
         self.fs_vec = torch.tensor(fs, dtype=torch.float32, device=x3.device).view(
-            1, self.ncyc, 1, 1, 1)
+            1, 1, 1, self.ncyc, 1)  # counts are laid out (w, B, O, C, Mc)
         self.exact_pairs = [(i, c) for i in range(self.wb) for c in range(self.ncyc)
                             if plan.digital_exact[i][c]]
         self.voted_pairs = [(i, c) for i in range(self.wb) for c in range(self.ncyc)
@@ -389,65 +390,68 @@ class _CyclePath:
         m_step = M if b_step > 1 or M <= rows_per_chunk else rows_per_chunk
         for b0 in range(0, Bt, b_step):
             b1 = min(Bt, b0 + b_step)
-            wp = self.wp if self.wp.shape[0] == 1 else self.wp[b0:b1]
+            wp = self.wpt if self.wpt.shape[0] == 1 else self.wpt[b0:b1]
             for m0 in range(0, M, m_step):
                 m1 = min(M, m0 + m_step)
                 self._chunk(self.x3[b0:b1, m0:m1], wp, out[b0:b1, m0:m1])
 
-    def _chunk(self, x: Tensor, wp: Tensor, y: Tensor) -> None:
+    def _chunk(self, x: Tensor, wpt: Tensor, y: Tensor) -> None:
         B, Mc, _ = x.shape
         xp = _planes(_codes(x, self.xb, self.signed), self.xb, self.dtype, dim=1)
         xp = xp.reshape(B, self.xb * Mc, -1)  # (B, x*Mc, R)
+        coef = self.plan.coef
+        yt = torch.zeros(B, self.O, Mc, dtype=torch.float32, device=x.device)  # Y^T
         for r0, r1 in self.tiles:
-            g = torch.matmul(xp[..., r0:r1], wp[:, r0:r1])  # (B, x*Mc, w*O)
-            counts = self._cycle_counts(g.view(B, self.xb, Mc, self.wb, self.O))
-            values = self._adc(counts)
-            coef = self.plan.coef
+            # (B, w*O, R_t) @ (B, R_t, x*Mc): BLAS reads the transposed planes in place.
+            g = torch.matmul(wpt[:, :, r0:r1], xp[..., r0:r1].transpose(-1, -2))
+            values = self._adc(self._cycle_counts(g.view(B, self.wb, self.O, self.xb, Mc)))
+            # The spec's float32 accumulation order: weight bit, then cycle, descending.
             for i in range(self.wb - 1, -1, -1):
                 for c in range(self.ncyc - 1, -1, -1):
-                    y.add_(values[:, c, :, i, :], alpha=coef[i][c])
+                    yt.add_(values[i, :, :, c], alpha=coef[i][c])
+        y.copy_(yt.transpose(1, 2))
 
     def _cycle_counts(self, g: Tensor) -> Tensor:
-        """(B, x, Mc, w, O) bit MACs -> (B, C, Mc, w, O) float32 cycle counts (spec §5)."""
+        """(B, w, O, x, Mc) bit MACs -> (w, B, O, C, Mc) float32 cycle counts (spec §5)."""
+        B, w, O, _, Mc = g.shape
+        src = g.transpose(0, 1)  # (w, B, O, x, Mc); a no-op copy pattern when B == 1
         if self.plan.widths_uniform and not self.signed:
-            return g.float()
-        B, _, Mc, w, O = g.shape
-        counts = torch.empty(B, self.ncyc, Mc, w, O, dtype=torch.float32, device=g.device)
+            return src.to(torch.float32, memory_format=torch.contiguous_format)
+        counts = torch.empty(w, B, O, self.ncyc, Mc, dtype=torch.float32, device=g.device)
         for c, cyc in enumerate(self.plan.cycles):
-            dst = counts[:, c]
-            dst.copy_(g[:, cyc.bits[0]])
+            dst = counts[:, :, :, c]
+            dst.copy_(src[:, :, :, cyc.bits[0]])
             for k, bit in enumerate(cyc.bits[1:], start=1):
-                dst.add_(g[:, bit].float(), alpha=float(1 << k))
+                dst.add_(src[:, :, :, bit].float(), alpha=float(1 << k))
         return counts
 
     def _adc(self, counts: Tensor) -> Tensor:
         """Normalise, add noise, convert and rescale every cycle at once (spec §4.1)."""
         A, rec = self.macro.adc_levels, self.reciprocal
-        exact = {p: counts[:, p[1], :, p[0], :].clone() for p in self.exact_pairs}
+        exact = {p: counts[p[0], :, :, p[1]].clone() for p in self.exact_pairs}
         if self.alpha:
             counts = counts / (counts * self.alpha + 1.0)
         a = self._normalise(counts)
         a.clamp_(0, 1)
-        voted_base = {p: a[:, p[1], :, p[0], :].clone() for p in self.voted_pairs}
+        voted_base = {p: a[p[0], :, :, p[1]].clone() for p in self.voted_pairs}
         if self.readout is not None:
             self._add_noise(a, self.analog_mask)
             a.clamp_(0, 1)
         q = a.mul_(A).round_()
         for (i, c), base in voted_base.items():
-            q[:, c, :, i, :] = self._vote(base)
+            q[i, :, :, c] = self._vote(base)
         v = _div(q, A, rec, inplace=True)
         v = v.mul_(self.plan.full_scale[0]) if self.uniform_fs else v.mul_(self.fs_vec)
         for (i, c), m in exact.items():
-            v[:, c, :, i, :] = m
+            v[i, :, :, c] = m
         return v
 
     def _normalise(self, counts: Tensor) -> Tensor:
         if self.uniform_fs:
-            return _div(counts, self.plan.full_scale[0], self.reciprocal,
-                        inplace=not counts.requires_grad)
+            return _div(counts, self.plan.full_scale[0], self.reciprocal, inplace=True)
         if self.reciprocal:
-            return counts * (1.0 / self.fs_vec)
-        return counts / self.fs_vec
+            return counts.mul_(1.0 / self.fs_vec)
+        return counts.div_(self.fs_vec)
 
     def _noise_moments(self, a: Tensor):
         sigma = self.readout.constant_sigma(self.macro.adc_levels)
