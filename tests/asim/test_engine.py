@@ -93,7 +93,8 @@ def test_linear_layer_equals_oracle(seed):
 def test_conv_layer_equals_oracle(seed):
     rng, g = random.Random(2000 + seed), torch.Generator().manual_seed(seed)
     k = rng.choice([1, 2, 3])
-    macro = _random_macro(rng, signed=False)
+    signed = rng.random() < 0.4
+    macro = _random_macro(rng, signed=signed, allow_enc=not signed)
     nrow = max(macro.nrow, k * k) if rng.random() < 0.7 else rng.choice([k * k, 2 * k * k + 1])
     all_groups = rng.random() < 0.3
     macro = macro.replace(nrow=nrow, adc_bits=min(macro.adc_bits, 8),
@@ -102,13 +103,13 @@ def test_conv_layer_equals_oracle(seed):
     stride, pad = rng.choice([1, 2]), rng.choice([0, 1, 2])
     size = rng.randint(max(k, 2), 7)
     layer = ACiMConv2d(cin, cout, k, stride=stride, padding=pad, bias=rng.random() < 0.5,
-                       macro=macro)
+                       macro=macro, signed_input=signed)
     x = torch.randn(rng.randint(1, 3), cin, size, size + rng.randint(0, 2), generator=g)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the dropped-channel warning is expected here
         got = layer(x)
     want = oracle.oracle_conv2d(x, layer.weight.detach(), layer.bias, stride=stride,
-                                padding=pad, signed_act=False, all_groups=all_groups,
+                                padding=pad, signed_act=signed, all_groups=all_groups,
                                 **_oracle_kwargs(macro))
     assert bits(got) == bits(want), macro
 
