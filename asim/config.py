@@ -207,7 +207,8 @@ class NoiseConfig:
     column count); replaces the two Gaussian terms when set. See ``asim.noise``."""
     compression_alpha: float = 0.0
     """Current-domain gain compression: count M becomes M/(1+alpha*M) before the ADC
-    (ASiM current-domain ``non_linear_alpha``, spec §8.1). 0 = off."""
+    (ASiM current-domain ``non_linear_alpha``, spec §8.1). 0 = off. The reference's
+    current-domain model has no count-dependent noise: set ``nonlinear_sigma=0`` to match."""
     cell_sigma: float = 0.0
     """Weight-cell variation, % of a cell's unit current, added to every stored bit
     (ASiM current-domain ``weight_var``). 0 = off."""
