@@ -173,9 +173,11 @@ def _randn(shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
         return out.normal_(generator=generator)
     seeds = torch.randint(0, 2**62, (nthreads,), generator=generator).tolist()
     parts = out.view(-1).chunk(nthreads)
+    inference = torch.is_inference_mode_enabled()  # thread-local: pass it to the workers
 
     def fill(k: int) -> None:
-        parts[k].normal_(generator=torch.Generator().manual_seed(seeds[k]))
+        with torch.inference_mode(inference):
+            parts[k].normal_(generator=torch.Generator().manual_seed(seeds[k]))
 
     list(_pool(nthreads).map(fill, range(len(parts))))
     return out

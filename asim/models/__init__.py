@@ -11,7 +11,7 @@ its class-count policy to the head.
 """
 
 from . import resnet, small, vgg, vit  # noqa: F401  (registers the builders)
-from ._registry import create_model, is_model, list_models, register_model
+from ._registry import create_model, is_model, list_models, model_entrypoint, register_model
 from .layers import PACT, ScaledMultiheadAttention, pact
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .small import DigitsCNN
@@ -30,6 +30,7 @@ __all__ = [
     "create_model",
     "is_model",
     "list_models",
+    "model_entrypoint",
     "pact",
     "register_model",
 ]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["create_model", "is_model", "list_models", "register_model"]
+__all__ = ["create_model", "is_model", "list_models", "model_entrypoint", "register_model"]
 
 _model_entrypoints: dict[str, Callable[..., nn.Module]] = {}
 
@@ -46,14 +46,19 @@ def is_model(name: str) -> bool:
     return name in _model_entrypoints
 
 
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """The builder function registered as ``name`` (its signature lists the model's kwargs)."""
+    if name not in _model_entrypoints:
+        close = difflib.get_close_matches(name, list(_model_entrypoints), n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "see asim.models.list_models()"
+        raise ValueError(f"unknown model {name!r}; {hint}")
+    return _model_entrypoints[name]
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered float model by name; ``kwargs`` go to its builder.
 
     Raises:
         ValueError: unknown name (the message lists close matches).
     """
-    if name not in _model_entrypoints:
-        close = difflib.get_close_matches(name, list(_model_entrypoints), n=4, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else "see asim.models.list_models()"
-        raise ValueError(f"unknown model {name!r}; {hint}")
-    return _model_entrypoints[name](**kwargs)
+    return model_entrypoint(name)(**kwargs)

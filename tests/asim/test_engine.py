@@ -276,3 +276,11 @@ def test_noise_is_repeatable_per_seed_and_fresh_per_call():
         c = layer(x)
     assert not torch.equal(a, b)
     assert torch.equal(a, c)
+
+
+def test_noise_under_inference_mode_uses_the_parallel_generator():
+    """Large noisy calls fill normals from worker threads; inference mode must carry over."""
+    layer = ACiMLinear(300, 64, macro=MacroConfig(adc_bits=6), noise=NoiseConfig(rand_sigma=0.4))
+    with torch.inference_mode():
+        y = layer(torch.randn(64, 300))
+    assert torch.isfinite(y).all()

@@ -1,0 +1,32 @@
+"""Simulate a trained model on an SRAM ACiM macro: float vs quantized inference vs macro.
+
+    python simulate.py                                   # digits, shipped checkpoint, no noise
+    python simulate.py macro=bitserial_255 noise=measured simulate.repeats=5
+    python simulate.py -m macro.adc_bits=4,5,6,7,8 noise=gaussian noise.rand_sigma=0,0.2,0.4
+    python simulate.py experiment=resnet18_cifar10 ckpt=PATH dataset.root=DIR trainer=gpu
+
+Prints a results table and writes results.json into the Hydra run dir (outputs/simulate/...).
+See docs/app.md for every option; configs live in conf/.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from lightning_modules import builders
+
+builders.register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="simulate")
+def main(cfg: DictConfig) -> float:
+    """Run the simulation; returns the mean simulated top-1 (for sweepers)."""
+    try:
+        return builders.simulate(cfg)["sim_top1"]
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

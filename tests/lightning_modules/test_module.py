@@ -1,0 +1,196 @@
+"""ACiMClassifier and the simulate/train builders, in process, on digits (fast)."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from asim import MacroConfig, acim_modules, convert_to_acim
+from asim.checkpoint import load_checkpoint
+from asim.models import create_model
+from lightning_modules import builders
+from lightning_modules.data import DigitsDataModule, UnpaddedDistributedSampler
+from lightning_modules.module import ACiMClassifier
+
+
+@pytest.fixture
+def compose(tmp_path):
+    def _compose(name: str, *overrides: str):
+        return builders.compose(name, [*overrides, f"output_dir={tmp_path}", "logger=csv",
+                                       "trainer.enable_progress_bar=false"])
+
+    return _compose
+
+
+def _tiny(num_classes: int = 4) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, num_classes))
+
+
+def _trainer(**kw) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, enable_checkpointing=False,
+                     use_distributed_sampler=False, inference_mode=False, **kw)
+
+
+def test_fast_dev_run_on_digits():
+    """One QAT training and validation step through a converted model (style §7)."""
+    dm = DigitsDataModule(batch_size=32, val_batch_size=64)
+    model = convert_to_acim(create_model("digits_cnn"), MacroConfig(), mode="train")
+    module = ACiMClassifier(model, num_classes=10, lr=0.05)
+    before = model.conv2.weight.detach().clone()
+    _trainer(fast_dev_run=True).fit(module, datamodule=dm)
+    assert not torch.equal(before, model.conv2.weight.detach())
+    assert module.results["num_samples"] == 64
+
+
+def test_eval_results_metrics_and_predictions():
+    torch.manual_seed(0)
+    x, y = torch.randn(50, 1, 4, 4), torch.randint(0, 4, (50,))
+    module = ACiMClassifier(_tiny(), num_classes=4, class_names=list("abcd"),
+                            collect_predictions=True)
+    _trainer().validate(module, DataLoader(TensorDataset(x, y), batch_size=16), verbose=False)
+    r = module.results
+    with torch.no_grad():
+        logits = module.model(x)
+    preds = logits.argmax(1)
+    assert r["num_samples"] == 50
+    assert r["preds"] == preds.tolist()
+    assert r["top1"] == pytest.approx((preds == y).float().mean().item())
+    top4 = logits.topk(4, dim=1).indices  # top-k is min(5, num_classes)
+    assert r["top5"] == pytest.approx((top4 == y[:, None]).any(1).float().mean().item())
+    per_class = [((preds == y) & (y == c)).sum().item() / max(1, (y == c).sum().item())
+                 for c in range(4)]
+    assert r["per_class"] == pytest.approx(per_class, abs=1e-6)
+    assert r["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def test_label_smoothing_matches_the_reference():
+    """Reference: true class 1-eps, every other class eps/(K-1) (spec §9.5)."""
+    k, eps = 5, 0.1
+    module = ACiMClassifier(_tiny(k), num_classes=k, label_smoothing=eps)
+    logits, y = torch.randn(7, k), torch.randint(0, k, (7,))
+    target = torch.full((7, k), eps / (k - 1))
+    target[torch.arange(7), y] = 1 - eps
+    ref = -(target * logits.log_softmax(1)).sum(1).mean()
+    assert module.criterion(logits, y).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_optimizer_and_milestones():
+    module = ACiMClassifier(_tiny(), num_classes=4, optimizer="adam", lr=1e-3,
+                            milestones=[0.6, 0.9])
+    module.trainer = _trainer(max_epochs=200)
+    conf = module.configure_optimizers()
+    assert isinstance(conf["optimizer"], torch.optim.Adam)
+    assert sorted(conf["lr_scheduler"]["scheduler"].milestones) == [120, 180]  # spec §9.1
+    with pytest.raises(ValueError, match="optim.name"):
+        ACiMClassifier(_tiny(), num_classes=4, optimizer="lamb")
+
+
+def test_simulate_builder_results(compose, tmp_path):
+    res = builders.simulate(compose("simulate", "noise=gaussian", "simulate.repeats=2",
+                                    "simulate.save_predictions=true"))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for key in ("float_top1", "inference_top1", "sim_top1", "sim_top1_std", "sim_top5",
+                "num_samples", "seconds"):
+        assert key in saved and saved[key] is not None, key
+        assert saved[key] == pytest.approx(res[key])
+    assert saved["num_samples"] == 450
+    assert 0.95 <= saved["float_top1"] <= 1 and 0 <= saved["sim_top1"] <= 1
+    assert saved["repeats"] == 2 and len(saved["sim_top1_runs"]) == 2
+    assert saved["sim_top1_runs"][0] != saved["sim_top1_runs"][1]  # two chips, two seeds
+    assert set(saved["per_class"]["sim"]) == {str(i) for i in range(10)}
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert len(preds["float"]) == 450 and len(preds["sim"]) == 2
+    table = builders.format_table(res)
+    assert "simulated (x2)" in table and "±" in table
+
+
+def test_simulate_is_repeatable_and_skips_passes(compose):
+    cfg = compose("simulate", "noise=measured", "simulate.float=false",
+                  "simulate.inference=false", "seed=3", "dataset.val_batch_size=64",
+                  "trainer.limit_val_batches=1")
+    a, b = builders.simulate(cfg), builders.simulate(cfg)
+    assert a["sim_top1"] == b["sim_top1"]  # same seed: same chip, same noise
+    assert a["float_top1"] is None and a["inference_top1"] is None
+
+
+def test_lossless_macro_simulation_equals_inference(compose):
+    res = builders.simulate(compose("simulate", "macro=ideal", "simulate.repeats=3",
+                                    "simulate.float=false"))
+    assert res["sim_top1"] == res["inference_top1"] and res["sim_top1_std"] == 0.0
+    assert res["repeats"] == 3  # noise off: computed once, reported for every repeat
+
+
+def test_sample_scale_is_independent_of_batching_and_sharding(compose):
+    """Fast stand-in for the DDP test: with act_scale=sample, two unpadded shards evaluated
+    separately in other batch sizes predict exactly what one process does."""
+    cfg = compose("simulate", "macro=bitparallel_enc4", "macro.act_scale=sample")
+    dm = builders.build_datamodule(cfg)
+    dm.setup("validate")
+    float_model = builders.build_float_model(cfg, dm)
+    builders.load_weights(float_model, cfg.ckpt)
+    model = builders.convert_model(cfg, float_model, mode="simulate")
+    model.eval()
+    x = torch.stack([dm.val_set[i][0] for i in range(len(dm.val_set))])
+    with torch.no_grad():
+        single = model(x).argmax(1)
+        sharded = []
+        for rank in range(2):
+            idx = list(UnpaddedDistributedSampler(len(x), num_replicas=2, rank=rank,
+                                                  block_size=100))
+            for chunk in DataLoader(Subset(TensorDataset(x), idx), batch_size=37):
+                sharded.append(model(chunk[0]).argmax(1))
+    sharded = torch.cat(sharded)
+    assert len(sharded) == len(x) == 450
+    assert torch.equal(single, sharded)
+    assert (single != torch.tensor([dm.val_set[i][1] for i in range(len(x))])).any()  # lossy
+
+
+@pytest.mark.parametrize("fmt", ["reference", "lightning"])
+def test_checkpoint_formats_load(compose, tmp_path, fmt):
+    sd = torch.load(builders.resolve_path("checkpoints/digits_cnn.pt"), weights_only=True)
+    if fmt == "reference":  # the reference's .pkl (spec §9.5)
+        obj = {"model_state_dict": sd, "optimizer_state_dict": {}, "epoch": 0, "best_acc": 0.9}
+    else:
+        obj = {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 3}
+    path = tmp_path / f"ckpt.{'pkl' if fmt == 'reference' else 'ckpt'}"
+    torch.save(obj, path)
+    res = builders.simulate(compose("simulate", f"ckpt={path}", "simulate.inference=false"))
+    assert res["summary"]["ckpt_format"] == fmt
+    assert res["float_top1"] > 0.95
+
+
+def test_mismatched_checkpoint_is_one_line_error(compose, tmp_path):
+    torch.save(_tiny().state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError) as err:
+        builders.simulate(compose("simulate", f"ckpt={tmp_path / 'other.pt'}"))
+    msg = str(err.value)
+    assert "does not fit digits_cnn" in msg and "missing conv1.weight" in msg
+    assert "unexpected 1.weight" in msg and "\n" not in msg
+
+
+def test_nat_needs_a_checkpoint(compose):
+    with pytest.raises(ValueError, match="set ckpt=PATH"):
+        builders.train(compose("train", "trim_noise=20"))
+
+
+def test_train_builder_writes_checkpoints_and_export(compose, tmp_path):
+    cfg = compose("train", "debug=fast", "trainer.max_epochs=2", "ckpt=checkpoints/digits_cnn.pt",
+                  "trim_noise=10")
+    res = builders.train(cfg)
+    assert res["mode"] == "nat" and res["epochs"] == 2
+    assert res["best_model_path"].startswith(str(tmp_path / "checkpoints"))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["export"] == str(tmp_path / "digits_cnn.pt")
+    # the export and the Lightning checkpoint both load into a fresh model for simulation
+    for ckpt in (saved["export"], saved["best_model_path"]):
+        model = create_model("digits_cnn")
+        report = load_checkpoint(model, ckpt)
+        assert report["loaded"] == len(model.state_dict())
+    trained = dict(acim_modules(builders.convert_model(cfg, model, mode="train")))
+    assert trained["conv1"].digital

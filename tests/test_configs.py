@@ -1,0 +1,240 @@
+"""Every YAML in every config group composes, validates against the schemas and instantiates;
+bad overrides fail at compose time (Hydra) or with our one-line error (values)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+from torch import nn
+
+from asim import ACiMLayer, ACiMMultiheadAttention, MacroConfig, NoiseConfig, acim_modules
+from lightning_modules import builders
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _experiments(sub: str = "") -> list[str]:
+    base = CONF / "experiment" / sub
+    return sorted(f"{sub}/{p.stem}" if sub else p.stem for p in base.glob("*.yaml"))
+
+
+@pytest.fixture
+def compose(tmp_path):
+    def _compose(name: str, *overrides: str):
+        return builders.compose(name, [*overrides, f"output_dir={tmp_path}"])
+
+    return _compose
+
+
+def test_groups_have_presets():
+    assert {"bitserial_255", "ideal", "bitparallel_enc2", "bitparallel_enc4",
+            "bitserial_255_hybrid", "bitserial_255_vote"} <= set(_options("macro"))
+    assert {"none", "gaussian", "measured"} <= set(_options("noise"))
+    assert {"digits_cnn", "resnet18", "vit_b_32"} <= set(_options("model"))
+    assert {"digits", "cifar10", "imagenet"} <= set(_options("dataset"))
+    assert {"resnet18_cifar10", "resnet18_imagenet", "vitb32_cifar10",
+            "vitb32_imagenet"} <= set(_experiments())
+    assert {"train/resnet18_cifar10_qat", "train/resnet18_cifar10_nat"} <= set(
+        _experiments("train"))
+
+
+@pytest.mark.parametrize("primary", ["simulate", "train"])
+def test_primary_configs_compose(compose, primary, tmp_path):
+    cfg = compose(primary)
+    assert cfg.task_name == primary
+    assert cfg.output_dir == str(tmp_path)
+    assert cfg.trainer.use_distributed_sampler is False
+    assert cfg.logger.save_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("name", _options("macro"))
+def test_macro_presets_validate(compose, name):
+    cfg = compose("simulate", f"macro={name}")
+    macro = builders.macro_config(cfg)
+    assert isinstance(macro, MacroConfig)
+    assert macro.name == name
+    # a preset lists only what differs from the schema (plus its name)
+    keys = set(OmegaConf.load(CONF / "macro" / f"{name}.yaml")) - {"defaults", "name"}
+    assert keys <= {f for f in MacroConfig.__dataclass_fields__}
+
+
+def test_bitserial_255_is_the_reference_macro(compose):
+    macro = builders.macro_config(compose("simulate", "macro=bitserial_255"))
+    assert (macro.weight_bits, macro.input_bits, macro.nrow, macro.adc_bits) == (8, 8, 255, 8)
+    assert macro.input_enc_bits is None and macro.lossless
+
+
+@pytest.mark.parametrize("name", _options("noise"))
+def test_noise_presets_validate(compose, name):
+    noise = builders.noise_config(compose("simulate", f"noise={name}"))
+    assert isinstance(noise, NoiseConfig)
+    if name == "measured":
+        assert Path(noise.file).is_absolute() and Path(noise.file).is_file()
+        from asim.noise import build_noise
+
+        assert build_noise(noise) is not None
+
+
+@pytest.mark.parametrize("name", _options("model"))
+def test_model_presets_build_and_convert(compose, name):
+    dataset = "digits" if name in ("digits_cnn", "vit_tiny") else "cifar10"
+    extra = ["dataset.image_size=224"] if name.startswith("vit_b") else []
+    cfg = compose("simulate", f"model={name}", f"dataset={dataset}", *extra)
+    dm = builders.build_datamodule(cfg)
+    float_model = builders.build_float_model(cfg, dm)
+    acim = builders.convert_model(cfg, float_model, mode="simulate")
+    layers = dict(acim_modules(acim))
+    assert layers, name
+    first = cfg.model.first_layer_name
+    if cfg.model.first_layer == "digital":  # the reference's QuantConv2d: W8A8, signed
+        assert layers[first].digital and layers[first].signed_input
+    else:
+        assert first not in layers
+    head = layers[float_model.classifier_name]
+    assert head.signed_input is cfg.model.classifier_signed_input
+    assert all(m.signed_input is cfg.model.signed_input for n, m in layers.items()
+               if n not in (first, float_model.classifier_name) and m.__class__.__name__
+               == "ACiMConv2d")
+
+
+@pytest.mark.parametrize("name", _options("dataset"))
+def test_dataset_presets_instantiate(compose, name):
+    dm = builders.build_datamodule(compose("simulate", f"dataset={name}"))
+    assert dm.num_classes >= 10 and dm.class_names
+
+
+@pytest.mark.parametrize("name", _options("trainer"))
+def test_trainer_presets_compose(compose, name):
+    cfg = compose("simulate", f"trainer={name}")
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    assert cfg.trainer.use_distributed_sampler is False
+    if name == "default":
+        trainer = builders.build_trainer(cfg, logger=False)
+        assert trainer.num_devices == 1
+
+
+@pytest.mark.parametrize("name", _options("logger"))
+def test_logger_presets_instantiate(compose, name, tmp_path):
+    from hydra.utils import instantiate
+
+    logger = instantiate(compose("simulate", f"logger={name}").logger)
+    assert Path(logger.log_dir) == tmp_path
+
+
+@pytest.mark.parametrize("primary", ["simulate", "train"])
+def test_debug_preset_composes(compose, primary):
+    cfg = compose(primary, "debug=fast")
+    assert cfg.trainer.max_epochs == 1
+
+
+@pytest.mark.parametrize("name", _experiments())
+def test_simulation_experiments_compose(compose, name):
+    cfg = compose("simulate", f"experiment={name}")
+    builders.macro_config(cfg)
+    builders.noise_config(cfg)
+    mcfg = builders.model_config(cfg)
+    assert cfg.ckpt is None  # the user must name the released checkpoint
+    if name.startswith("vitb32"):
+        assert mcfg.name == "vit_b_32"
+        assert mcfg.attention.qk["input_bits"] == 9 and mcfg.attention.proj["input_bits"] == 9
+        assert cfg.dataset.image_size == 224
+    else:
+        assert mcfg.name == "resnet18"
+        assert mcfg.kwargs["stem"] == ("imagenet" if "imagenet" in name else "cifar")
+    assert cfg.dataset.name == name.split("_")[1]
+
+
+@pytest.mark.parametrize("name", _experiments("train"))
+def test_training_experiments_compose(compose, name):
+    cfg = compose("train", f"experiment={name}")
+    builders.macro_config(cfg)
+    if name.endswith("_nat"):
+        assert cfg.trim_noise > 0
+    if name.endswith("_qat"):
+        assert cfg.trim_noise == 0 and cfg.ckpt is None
+
+
+def test_attention_macros_follow_the_experiment(compose):
+    """ViT attention parts get their own macros through macro_for (qk/av/proj deltas)."""
+    cfg = compose("simulate", "model=vit_tiny", "+model.attention.qk.input_bits=9",
+                  "+model.attention.proj.input_bits=9", "+model.attention.av.adc_bits=6")
+    dm = builders.build_datamodule(cfg)
+    acim = builders.convert_model(cfg, builders.build_float_model(cfg, dm), mode="simulate")
+    attn = [m for _, m in acim_modules(acim) if isinstance(m, ACiMMultiheadAttention)]
+    assert attn
+    for m in attn:
+        assert m.macro.input_bits == 9 and m.qk_macro.input_bits == 9
+        assert m.av_macro.input_bits == 8 and m.av_macro.adc_bits == 6
+    assert "conv_proj" not in dict(acim_modules(acim))  # float patch embedding
+
+
+def test_layer_macros_override_by_glob(compose):
+    cfg = compose("simulate", '+model.layer_macros=[{match:"f*",adc_bits:5}]')
+    dm = builders.build_datamodule(cfg)
+    layers = dict(acim_modules(builders.convert_model(cfg, builders.build_float_model(cfg, dm),
+                                                      mode="simulate")))
+    assert layers["fc"].macro.adc_bits == 5 and layers["conv2"].macro.adc_bits == 8
+    assert isinstance(layers["fc"], ACiMLayer) and isinstance(layers["fc"], nn.Linear)
+    cfg = compose("simulate", "+model.layer_macros=[{match:layer9,adc_bits:5}]")
+    with pytest.raises(ValueError, match="selects no ACiM layer"):
+        builders.convert_model(cfg, builders.build_float_model(cfg, dm), mode="simulate")
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("override", ["macro.adcbits=6", "noise.randsigma=0.1",
+                                      "simulate.repats=3", "model.frist_layer=float"])
+def test_typo_fails_at_compose(override):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        builders.compose("simulate", [override])
+
+
+@pytest.mark.parametrize("override", ["macro.adc_bits=six", "macro.act_scale=per_pixel",
+                                      "noise.rand_sigma=high", "model.first_layer=analog"])
+def test_wrong_type_fails_at_compose(override):
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        builders.compose("simulate", [override])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("macro.adc_bits=0", "MacroConfig.adc_bits=0 must be in 1..24"),
+    ("macro.weight_bits=1", "MacroConfig.weight_bits=1 must be >= 2"),
+    ("macro.input_enc_bits=9", "MacroConfig.input_enc_bits=9"),
+    ("noise.rand_sigma=-1", "NoiseConfig.rand_sigma=-1.0 must be >= 0"),
+])
+def test_bad_value_is_one_line_error(compose, override, message):
+    cfg = compose("simulate", override)
+    with pytest.raises(ValueError) as err:
+        builders.macro_config(cfg)
+        builders.noise_config(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_attention_delta_is_one_line_error(compose):
+    cfg = compose("simulate", "model=vit_tiny", "+model.attention.qk.kbits=9")
+    dm = builders.build_datamodule(cfg)
+    with pytest.raises(ValueError, match=r"model\.attention\.qk: unknown MacroConfig field"):
+        builders.convert_model(cfg, builders.build_float_model(cfg, dm), mode="simulate")
+
+
+def test_missing_noise_file_is_one_line_error(compose):
+    with pytest.raises(FileNotFoundError, match="noise.file=nowhere.csv not found"):
+        builders.noise_config(compose("simulate", "noise=measured", "noise.file=nowhere.csv"))
+
+
+def test_missing_dataset_folder_names_path_and_layout(compose, tmp_path):
+    cfg = compose("simulate", "dataset=cifar10", f"dataset.root={tmp_path / 'nope'}")
+    dm = builders.build_datamodule(cfg)
+    with pytest.raises(FileNotFoundError) as err:
+        dm.setup("validate")
+    msg = str(err.value)
+    assert str(tmp_path / "nope") in msg and "train/<class>" in msg and "\n" not in msg
