@@ -383,6 +383,63 @@ class _CyclePath:
                             if plan.voted[i][c]] if readout is not None else []
         if readout is not None and readout.constant_sigma(macro.adc_levels) == 0.0:
             self.readout = None
+        self.native = self._native_args()
+
+    def _native_args(self) -> dict | None:
+        """Arguments of the fused C epilogue, or None where the torch path must run."""
+        if (self.x3.device.type != "cpu" or self.dtype != torch.bfloat16 or self.voted_pairs
+                or not (self.readout is None or isinstance(self.readout, GaussianNoise))):
+            return None
+        from ._native import MAXBITS, epilogue_lib
+
+        lib = epilogue_lib()
+        if lib is None:
+            return None
+        bits = torch.zeros(self.ncyc, MAXBITS, dtype=torch.int32)
+        for c, cyc in enumerate(self.plan.cycles):
+            bits[c, : len(cyc.bits)] = torch.tensor(cyc.bits, dtype=torch.int32)
+        plan = self.plan
+        return {
+            "fn": lib.acim_epilogue,
+            "nbits": torch.tensor([len(c.bits) for c in plan.cycles], dtype=torch.int32),
+            "bits": bits,
+            "fs": torch.tensor(plan.full_scale, dtype=torch.float32),
+            "coef": torch.tensor(plan.coef, dtype=torch.float32),
+            "analog": torch.tensor(plan.analog, dtype=torch.uint8),
+            "exact": torch.tensor(plan.digital_exact, dtype=torch.uint8),
+            "rand_var": getattr(self.readout, "rand_var", 0.0),
+            "nl_var": getattr(self.readout, "nl_var", 0.0),
+        }
+
+    def _native_epilogue(self, g: Tensor, yt: Tensor) -> None:
+        """Fused ADC + ordered accumulation of one tile, split over threads by output rows."""
+        nat, B, O, Mc = self.native, yt.shape[0], self.O, yt.shape[2]
+        g = g.contiguous()  # (B, w*O, x*Mc) bf16 == (B, w, O, x, Mc)
+        z = None
+        if self.readout is not None:
+            z = _randn((B, self.wb, O, self.ncyc, Mc), g, self.generator)
+        nthreads = max(1, torch.get_num_threads())
+        step = max(1, -(-O // nthreads))
+        items = [(b, o0, min(O, o0 + step)) for b in range(B) for o0 in range(0, O, step)]
+        g_stride, z_stride = self.wb * O * self.xb * Mc, self.wb * O * self.ncyc * Mc
+        ptr = {k: v.data_ptr() for k, v in nat.items() if isinstance(v, Tensor)}
+        g_ptr, y_ptr = g.data_ptr(), yt.data_ptr()
+        z_ptr = z.data_ptr() if z is not None else None
+
+        def run(item) -> None:
+            b, o0, o1 = item
+            scratch = torch.empty(Mc, dtype=torch.float32)
+            nat["fn"](g_ptr + 2 * b * g_stride, y_ptr + 4 * b * O * Mc,
+                      None if z_ptr is None else z_ptr + 4 * b * z_stride, o0, o1, O, Mc,
+                      self.wb, self.xb, self.ncyc, ptr["nbits"], ptr["bits"], ptr["fs"],
+                      ptr["coef"], ptr["analog"], ptr["exact"], float(self.macro.adc_levels),
+                      int(self.reciprocal), float(self.alpha), nat["rand_var"],
+                      nat["nl_var"], float(self.macro.nrow), scratch.data_ptr())
+
+        if len(items) == 1:
+            run(items[0])
+        else:
+            list(_pool(nthreads).map(run, items))
 
     def run(self, out: Tensor) -> None:
         Bt, M, _ = self.x3.shape
@@ -399,13 +456,17 @@ class _CyclePath:
 
     def _chunk(self, x: Tensor, wpt: Tensor, y: Tensor) -> None:
         B, Mc, _ = x.shape
-        xp = _planes(_codes(x, self.xb, self.signed), self.xb, self.dtype, dim=1)
-        xp = xp.reshape(B, self.xb * Mc, -1)  # (B, x*Mc, R)
+        # Planes laid out (B, R, x, Mc): a tile is a contiguous block of rows, so the GEMM
+        # reads it in place. Codes are transposed once (free when x arrives transposed).
+        codes = _codes(x, self.xb, self.signed).transpose(1, 2).contiguous()  # (B, R, Mc)
+        xpt = _planes(codes, self.xb, self.dtype, dim=2).view(B, -1, self.xb * Mc)
         coef = self.plan.coef
         yt = torch.zeros(B, self.O, Mc, dtype=torch.float32, device=x.device)  # Y^T
         for r0, r1 in self.tiles:
-            # (B, w*O, R_t) @ (B, R_t, x*Mc): BLAS reads the transposed planes in place.
-            g = torch.matmul(wpt[:, :, r0:r1], xp[..., r0:r1].transpose(-1, -2))
+            g = torch.matmul(wpt[:, :, r0:r1], xpt[:, r0:r1])  # (B, w*O, x*Mc)
+            if self.native is not None:
+                self._native_epilogue(g, yt)
+                continue
             values = self._adc(self._cycle_counts(g.view(B, self.wb, self.O, self.xb, Mc)))
             # The spec's float32 accumulation order: weight bit, then cycle, descending.
             for i in range(self.wb - 1, -1, -1):
