@@ -361,14 +361,8 @@ class _CyclePath:
         self.ncyc = len(plan.cycles)
         max_rows = max(b - a for a, b in tiles)
         self.dtype = _gemm_dtype(max_rows, x3.device, cell_noise is not None)
-        # Weight planes once per call: (Bw, R, w, O) -> (Bw, R, w*O)
-        wp = _planes(_codes(w3, self.wb, True), self.wb, torch.float32, dim=2)
-        if cell_noise is not None:
-            wp = wp + cell_noise
-        Bw, R, _, O = wp.shape
-        # (Bw, w*O, R): the GEMM computes W^T X^T so its output is cycle-major (below).
-        self.wpt = wp.to(self.dtype).permute(0, 2, 3, 1).reshape(Bw, self.wb * O, R)
-        self.O = O
+        self.O = w3.shape[-1]
+        self._wpt: Tensor | None = None
         self.analog_mask = None
         if readout is not None and not all(all(r) for r in plan.analog):
             mask = torch.tensor(plan.analog, dtype=torch.float32)  # (w, C)
@@ -386,8 +380,9 @@ class _CyclePath:
         self.native = self._native_args()
 
     def _native_args(self) -> dict | None:
-        """Arguments of the fused C epilogue, or None where the torch path must run."""
-        if (self.x3.device.type != "cpu" or self.dtype != torch.bfloat16 or self.voted_pairs
+        """Arguments of the native popcount kernels, or None where the torch path must run
+        (CUDA, majority voting, measured-noise tables, no C compiler)."""
+        if (self.x3.device.type != "cpu" or self.voted_pairs
                 or not (self.readout is None or isinstance(self.readout, GaussianNoise))):
             return None
         from ._native import MAXBITS, epilogue_lib
@@ -399,8 +394,10 @@ class _CyclePath:
         for c, cyc in enumerate(self.plan.cycles):
             bits[c, : len(cyc.bits)] = torch.tensor(cyc.bits, dtype=torch.int32)
         plan = self.plan
+        self._wpk: dict[tuple[int, int], Tensor] = {}
+        self._wcodes: dict[int, Tensor] = {}
         return {
-            "fn": lib.acim_epilogue,
+            "lib": lib,
             "nbits": torch.tensor([len(c.bits) for c in plan.cycles], dtype=torch.int32),
             "bits": bits,
             "fs": torch.tensor(plan.full_scale, dtype=torch.float32),
@@ -411,35 +408,74 @@ class _CyclePath:
             "nl_var": getattr(self.readout, "nl_var", 0.0),
         }
 
-    def _native_epilogue(self, g: Tensor, yt: Tensor) -> None:
-        """Fused ADC + ordered accumulation of one tile, split over threads by output rows."""
-        nat, B, O, Mc = self.native, yt.shape[0], self.O, yt.shape[2]
-        g = g.contiguous()  # (B, w*O, x*Mc) bf16 == (B, w, O, x, Mc)
-        z = None
-        if self.readout is not None:
-            z = _randn((B, self.wb, O, self.ncyc, Mc), g, self.generator)
-        nthreads = max(1, torch.get_num_threads())
-        step = max(1, -(-O // nthreads))
-        items = [(b, o0, min(O, o0 + step)) for b in range(B) for o0 in range(0, O, step)]
-        g_stride, z_stride = self.wb * O * self.xb * Mc, self.wb * O * self.ncyc * Mc
+    def _packed_weights(self, b: int, tile: int) -> Tensor:
+        """Weight planes of one tile packed 64 rows per word: (w, words, O) uint64 bits."""
+        key = (b, tile)
+        if key not in self._wpk:
+            r0, r1 = self.tiles[tile]
+            if b not in self._wcodes:
+                wc = _codes(self.w3[b if self.w3.shape[0] > 1 else 0], self.wb, True)
+                self._wcodes[b] = wc.t().contiguous()  # (O, R)
+            wc = self._wcodes[b]
+            out = torch.empty(self.wb, -(-(r1 - r0) // 64), self.O, dtype=torch.int64)
+            self.native["lib"].acim_pack_planes(wc.data_ptr(), wc.shape[1], 0, self.O, self.O,
+                                                r0, r1, self.wb, out.data_ptr())
+            self._wpk[key] = out
+        return self._wpk[key]
+
+    def _chunk_popcount(self, x: Tensor, b_first: int, y: Tensor) -> None:
+        """Binary GEMM by popcount fused with the ADC epilogue (C kernels, CPU)."""
+        nat, lib = self.native, self.native["lib"]
+        B, Mc, R = x.shape
+        O, nthreads = self.O, max(1, torch.get_num_threads())
+        pool = _pool(nthreads)
         ptr = {k: v.data_ptr() for k, v in nat.items() if isinstance(v, Tensor)}
-        g_ptr, y_ptr = g.data_ptr(), yt.data_ptr()
-        z_ptr = z.data_ptr() if z is not None else None
+        codes = _codes(x, self.xb, self.signed).contiguous()  # (B, Mc, R) int32
+        yt = torch.zeros(B, O, Mc, dtype=torch.float32)
+        m_step = max(1, -(-Mc // nthreads))
+        for b in range(B):
+            cb = codes[b]
+            yb = yt[b]
+            for t, (r0, r1) in enumerate(self.tiles):
+                nw = -(-(r1 - r0) // 64)
+                xpk = torch.empty(self.xb, nw, Mc, dtype=torch.int64)
+                list(pool.map(lambda m0, cb=cb, xpk=xpk, r0=r0, r1=r1: lib.acim_pack_planes(
+                    cb.data_ptr(), R, m0, min(Mc, m0 + m_step), Mc, r0, r1, self.xb,
+                    xpk.data_ptr()), range(0, Mc, m_step)))
+                wpk = self._packed_weights(b_first + b, t)
+                z = None
+                if self.readout is not None:
+                    z = _randn((self.wb, O, self.ncyc, Mc), x, self.generator)
+                if O >= nthreads:
+                    step = -(-O // nthreads)
+                    blocks = [(o0, min(O, o0 + step), 0, Mc) for o0 in range(0, O, step)]
+                else:
+                    blocks = [(0, O, m0, min(Mc, m0 + m_step)) for m0 in range(0, Mc, m_step)]
 
-        def run(item) -> None:
-            b, o0, o1 = item
-            scratch = torch.empty(Mc, dtype=torch.float32)
-            nat["fn"](g_ptr + 2 * b * g_stride, y_ptr + 4 * b * O * Mc,
-                      None if z_ptr is None else z_ptr + 4 * b * z_stride, o0, o1, O, Mc,
-                      self.wb, self.xb, self.ncyc, ptr["nbits"], ptr["bits"], ptr["fs"],
-                      ptr["coef"], ptr["analog"], ptr["exact"], float(self.macro.adc_levels),
-                      int(self.reciprocal), float(self.alpha), nat["rand_var"],
-                      nat["nl_var"], float(self.macro.nrow), scratch.data_ptr())
+                def run(blk, xpk=xpk, wpk=wpk, z=z, yb=yb, nw=nw):
+                    o0, o1, m0, m1 = blk
+                    lib.acim_popcount_tile(
+                        xpk.data_ptr(), wpk.data_ptr(), nw, Mc, O, o0, o1, m0, m1,
+                        yb.data_ptr(), None if z is None else z.data_ptr(), self.wb, self.xb,
+                        self.ncyc, ptr["nbits"], ptr["bits"], ptr["fs"], ptr["coef"],
+                        ptr["analog"], ptr["exact"], float(self.macro.adc_levels),
+                        int(self.reciprocal), float(self.alpha), nat["rand_var"],
+                        nat["nl_var"], float(self.macro.nrow))
 
-        if len(items) == 1:
-            run(items[0])
-        else:
-            list(_pool(nthreads).map(run, items))
+                list(pool.map(run, blocks))
+        y.copy_(yt.transpose(1, 2))
+
+    @property
+    def wpt(self) -> Tensor:
+        """Weight bit planes for the GEMM path, (Bw, w*O, R), built on first use."""
+        if self._wpt is None:
+            wp = _planes(_codes(self.w3, self.wb, True), self.wb, torch.float32, dim=2)
+            if self.cell_noise is not None:
+                wp = wp + self.cell_noise  # (Bw, R, w, O)
+            Bw, R, _, O = wp.shape
+            # (Bw, w*O, R): the GEMM computes W^T X^T so its output is cycle-major.
+            self._wpt = wp.to(self.dtype).permute(0, 2, 3, 1).reshape(Bw, self.wb * O, R)
+        return self._wpt
 
     def run(self, out: Tensor) -> None:
         Bt, M, _ = self.x3.shape
@@ -449,12 +485,15 @@ class _CyclePath:
         m_step = M if b_step > 1 or M <= rows_per_chunk else rows_per_chunk
         for b0 in range(0, Bt, b_step):
             b1 = min(Bt, b0 + b_step)
-            wp = self.wpt if self.wpt.shape[0] == 1 else self.wpt[b0:b1]
             for m0 in range(0, M, m_step):
                 m1 = min(M, m0 + m_step)
-                self._chunk(self.x3[b0:b1, m0:m1], wp, out[b0:b1, m0:m1])
+                self._chunk(self.x3[b0:b1, m0:m1], (b0, b1), out[b0:b1, m0:m1])
 
-    def _chunk(self, x: Tensor, wpt: Tensor, y: Tensor) -> None:
+    def _chunk(self, x: Tensor, batch: tuple[int, int], y: Tensor) -> None:
+        if self.native is not None and self.cell_noise is None:
+            self._chunk_popcount(x, batch[0], y)
+            return
+        wpt = self.wpt if self.wpt.shape[0] == 1 else self.wpt[batch[0]:batch[1]]
         B, Mc, _ = x.shape
         # Planes laid out (B, R, x, Mc): a tile is a contiguous block of rows, so the GEMM
         # reads it in place. Codes are transposed once (free when x arrives transposed).
@@ -464,9 +503,6 @@ class _CyclePath:
         yt = torch.zeros(B, self.O, Mc, dtype=torch.float32, device=x.device)  # Y^T
         for r0, r1 in self.tiles:
             g = torch.matmul(wpt[:, :, r0:r1], xpt[:, r0:r1])  # (B, w*O, x*Mc)
-            if self.native is not None:
-                self._native_epilogue(g, yt)
-                continue
             values = self._adc(self._cycle_counts(g.view(B, self.wb, self.O, self.xb, Mc)))
             # The spec's float32 accumulation order: weight bit, then cycle, descending.
             for i in range(self.wb - 1, -1, -1):

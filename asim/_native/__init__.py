@@ -1,6 +1,7 @@
 """Optional native (C) kernels for the CPU engine, built on first use and cached.
 
-The fused epilogue (``epilogue.c``) replaces ~10 torch passes per partial sum by one. It is
+``epilogue.c`` computes the bit-plane MACs by popcount on packed 64-row words and runs the
+ADC epilogue on them in registers: one pass instead of a GEMM and ~10 torch passes. It is
 compiled with the system C compiler (``$CC`` or ``cc``) into ``$ASIM_CACHE_DIR`` (default
 ``~/.cache/asim``), keyed by source, flags, compiler and CPU, and loaded with ctypes. When no
 compiler is available the engine falls back to its torch path (same numbers, slower) after
@@ -71,11 +72,12 @@ def _build() -> ctypes.CDLL | None:
                           "using the slower torch path", stacklevel=3)
             return None
     lib = ctypes.CDLL(str(target))
-    fn = lib.acim_epilogue
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
-    fn.argtypes = [p, p, p, i64, i64, i64, i64, i32, i32, i32, p, p, p, p, p, p, f32, i32, f32,
-                   f32, f32, f32, p]
-    fn.restype = None
+    lib.acim_pack_planes.argtypes = [p, i64, i64, i64, i64, i64, i64, i32, p]
+    lib.acim_pack_planes.restype = None
+    lib.acim_popcount_tile.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i64, p, p, i32, i32,
+                                       i32, p, p, p, p, p, p, f32, i32, f32, f32, f32, f32]
+    lib.acim_popcount_tile.restype = None
     return lib
 
 

@@ -1,80 +1,118 @@
-/* Fused ADC epilogue of the ACiM engine (CPU): one pass over the bit-plane MACs.
+/* Native CPU kernels of the ACiM engine: a binary GEMM by popcount fused with the ADC
+ * epilogue, so the bit-plane MACs never leave registers.
  *
- * For every output element it runs the spec's cycle sequence (acim-model.md §4.1, §5, §6):
- * cycle count from bit MACs, optional gain compression, normalise, clamp, optional noise
- * (standard normals supplied by the caller), clamp, ADC rounding (half to even), rescale,
- * and the float32 shift-and-add in the spec's order (weight bit, then cycle, descending).
- * Every operation is a single float32 IEEE operation, as in the torch path: build with
- * -ffp-contract=off and without -ffast-math so the compiler neither fuses nor reorders.
- *
- * Layouts (one batch slice): g is bf16 (raw uint16 bits) [w][O][x][Mc]; yt is float32
- * [O][Mc]; z (optional) is float32 [w][O][C][Mc].
+ * For every output element the kernel runs the spec's cycle sequence (acim-model.md §4.1,
+ * §5, §6): cycle count from bit MACs, optional gain compression, normalise, clamp, optional
+ * noise (standard normals supplied by the caller), clamp, ADC rounding (half to even),
+ * rescale, and the float32 shift-and-add in the spec's order (tile, then weight bit, then
+ * cycle, descending). Every operation is a single float32 IEEE operation, as in the torch
+ * path: build with -ffp-contract=off and without -ffast-math so that the compiler neither
+ * fuses nor reorders them.
  */
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #define MAXBITS 32
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = ((uint32_t)h) << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
+/* ---------------------------------------------------------------------------------------
+ * Binary GEMM by popcount (XNOR-net style) fused with the ADC epilogue.
+ *
+ * pack_planes: bit b of codes[m, r0:r1] (int32, row stride ld) for b < nbits, packed 64 rows
+ * per word: out[b][wd][m] (uint64), columns m0..m1 of M.
+ */
+void acim_pack_planes(const int32_t *codes, int64_t ld, int64_t m0, int64_t m1, int64_t M,
+                      int64_t r0, int64_t r1, int32_t nbits, uint64_t *out) {
+    const int64_t nw = (r1 - r0 + 63) / 64;
+    for (int32_t b = 0; b < nbits; ++b) {
+        for (int64_t wd = 0; wd < nw; ++wd) {
+            uint64_t *dst = out + ((int64_t)b * nw + wd) * M;
+            const int64_t ra = r0 + wd * 64;
+            const int64_t rb = ra + 64 < r1 ? ra + 64 : r1;
+            for (int64_t m = m0; m < m1; ++m) {
+                const int32_t *row = codes + m * ld;
+                uint64_t word = 0;
+                for (int64_t r = ra; r < rb; ++r)
+                    word |= (uint64_t)((row[r] >> b) & 1) << (r - ra);
+                dst[m] = word;
+            }
+        }
+    }
 }
 
-/* cyc_bits: ncyc x MAXBITS bit indices (ascending within a cycle), cyc_nbits: bits per
- * cycle, cyc_fs: full scale per cycle (counts), coef/analog/exact: w x ncyc. */
-void acim_epilogue(const uint16_t *g, float *yt, const float *z, int64_t o_begin,
-                   int64_t o_end, int64_t O, int64_t Mc, int32_t w, int32_t x, int32_t ncyc,
-                   const int32_t *cyc_nbits, const int32_t *cyc_bits, const float *cyc_fs,
-                   const float *coef, const uint8_t *analog, const uint8_t *exact,
-                   float adc_levels, int32_t reciprocal, float alpha, float rand_var,
-                   float nl_var, float nrow, float *scratch /* Mc floats */) {
+#define MB 32
+
+/* For outputs o in [o0,o1) and m in [m0,m1): counts of tile planes by popcount, then the
+ * ADC cycle sequence, accumulated into yt[o][m] (float32 [O][M]) in the spec's order.
+ * xpk: [x][nw][M], wpk: [w][nw][O]; z (optional): [w][O][C][M]. */
+void acim_popcount_tile(const uint64_t *xpk, const uint64_t *wpk, int64_t nw, int64_t M,
+                        int64_t O, int64_t o0, int64_t o1, int64_t m0, int64_t m1, float *yt,
+                        const float *z, int32_t w, int32_t x, int32_t ncyc,
+                        const int32_t *cyc_nbits, const int32_t *cyc_bits, const float *cyc_fs,
+                        const float *coef, const uint8_t *analog, const uint8_t *exact,
+                        float adc_levels, int32_t reciprocal, float alpha, float rand_var,
+                        float nl_var, float nrow) {
     const float A = adc_levels;
     const float invA = 1.0f / A;
-    for (int64_t o = o_begin; o < o_end; ++o) {
-        float *y = yt + o * Mc;
-        for (int32_t i = w - 1; i >= 0; --i) {
-            const uint16_t *gi = g + ((int64_t)i * O + o) * (int64_t)x * Mc;
-            for (int32_t c = ncyc - 1; c >= 0; --c) {
-                const int32_t nb = cyc_nbits[c];
-                const int32_t *bits = cyc_bits + (int64_t)c * MAXBITS;
-                const float F = cyc_fs[c];
-                const float invF = 1.0f / F;
-                const float k = coef[i * ncyc + c];
-                float *m = scratch;
-                /* cycle count: sum_k 2^k * MAC(bit_k), exact integers */
-                const uint16_t *g0 = gi + (int64_t)bits[0] * Mc;
-                for (int64_t t = 0; t < Mc; ++t) m[t] = bf16_to_f32(g0[t]);
-                for (int32_t b = 1; b < nb; ++b) {
-                    const uint16_t *gb = gi + (int64_t)bits[b] * Mc;
-                    const float s = (float)(1u << b);
-                    for (int64_t t = 0; t < Mc; ++t) m[t] = m[t] + s * bf16_to_f32(gb[t]);
-                }
-                if (exact[i * ncyc + c]) {
-                    for (int64_t t = 0; t < Mc; ++t) y[t] = y[t] + k * m[t];
-                    continue;
-                }
-                if (alpha != 0.0f) {
-                    for (int64_t t = 0; t < Mc; ++t) m[t] = m[t] / (m[t] * alpha + 1.0f);
-                }
-                const int noisy = z != 0 && analog[i * ncyc + c];
-                const float *zc = noisy ? z + (((int64_t)i * O + o) * ncyc + c) * Mc : 0;
-                for (int64_t t = 0; t < Mc; ++t) {
-                    float a = reciprocal ? m[t] * invF : m[t] / F;
-                    a = a < 0.0f ? 0.0f : (a > 1.0f ? 1.0f : a);
-                    if (noisy) {
-                        float var = rand_var;
-                        if (nl_var != 0.0f) var = var + nl_var / (a * nrow + 1.0f);
-                        a = a + sqrtf(var) * zc[t];
-                        a = a < 0.0f ? 0.0f : (a > 1.0f ? 1.0f : a);
+    float cnt[MAXBITS][MB];
+    float mc[MB], y[MB];
+    for (int64_t o = o0; o < o1; ++o) {
+        for (int64_t mb = m0; mb < m1; mb += MB) {
+            const int64_t n = (m1 - mb) < MB ? (m1 - mb) : MB;
+            float *yo = yt + o * M + mb;
+            for (int64_t t = 0; t < n; ++t) y[t] = yo[t];
+            for (int32_t i = w - 1; i >= 0; --i) {
+                /* all activation-bit counts of weight bit i for this block */
+                for (int32_t j = 0; j < x; ++j) {
+                    int64_t acc[MB];
+                    for (int64_t t = 0; t < MB; ++t) acc[t] = 0;
+                    for (int64_t wd = 0; wd < nw; ++wd) {
+                        const uint64_t wv = wpk[((int64_t)i * nw + wd) * O + o];
+                        const uint64_t *xv = xpk + ((int64_t)j * nw + wd) * M + mb;
+                        if (n == MB) {
+                            for (int64_t t = 0; t < MB; ++t)
+                                acc[t] += __builtin_popcountll(xv[t] & wv);
+                        } else {
+                            for (int64_t t = 0; t < n; ++t)
+                                acc[t] += __builtin_popcountll(xv[t] & wv);
+                        }
                     }
-                    float q = nearbyintf(a * A);
-                    float v = (reciprocal ? q * invA : q / A) * F;
-                    y[t] = y[t] + k * v;
+                    for (int64_t t = 0; t < MB; ++t) cnt[j][t] = (float)acc[t];
+                }
+                for (int32_t c = ncyc - 1; c >= 0; --c) {
+                    const int32_t nb = cyc_nbits[c];
+                    const int32_t *bits = cyc_bits + (int64_t)c * MAXBITS;
+                    const float F = cyc_fs[c];
+                    const float invF = 1.0f / F;
+                    const float k = coef[i * ncyc + c];
+                    for (int64_t t = 0; t < n; ++t) mc[t] = cnt[bits[0]][t];
+                    for (int32_t b = 1; b < nb; ++b) {
+                        const float s = (float)(1u << b);
+                        for (int64_t t = 0; t < n; ++t) mc[t] = mc[t] + s * cnt[bits[b]][t];
+                    }
+                    if (exact[i * ncyc + c]) {
+                        for (int64_t t = 0; t < n; ++t) y[t] = y[t] + k * mc[t];
+                        continue;
+                    }
+                    if (alpha != 0.0f)
+                        for (int64_t t = 0; t < n; ++t) mc[t] = mc[t] / (mc[t] * alpha + 1.0f);
+                    const int noisy = z != 0 && analog[i * ncyc + c];
+                    const float *zc = noisy ? z + (((int64_t)i * O + o) * ncyc + c) * M + mb : 0;
+                    for (int64_t t = 0; t < n; ++t) {
+                        float a = reciprocal ? mc[t] * invF : mc[t] / F;
+                        a = a < 0.0f ? 0.0f : (a > 1.0f ? 1.0f : a);
+                        if (noisy) {
+                            float var = rand_var;
+                            if (nl_var != 0.0f) var = var + nl_var / (a * nrow + 1.0f);
+                            a = a + sqrtf(var) * zc[t];
+                            a = a < 0.0f ? 0.0f : (a > 1.0f ? 1.0f : a);
+                        }
+                        float q = nearbyintf(a * A);
+                        float v = (reciprocal ? q * invA : q / A) * F;
+                        y[t] = y[t] + k * v;
+                    }
                 }
             }
+            for (int64_t t = 0; t < n; ++t) yo[t] = y[t];
         }
     }
 }
