@@ -432,7 +432,8 @@ class _CyclePath:
         ptr = {k: v.data_ptr() for k, v in nat.items() if isinstance(v, Tensor)}
         codes = _codes(x, self.xb, self.signed).contiguous()  # (B, Mc, R) int32
         yt = torch.zeros(B, O, Mc, dtype=torch.float32)
-        m_step = max(1, -(-Mc // nthreads))
+        m_step = -(-Mc // nthreads)
+        m_step += m_step & 1  # blocks start at even rows (the kernel's noise counters)
         for b in range(B):
             cb = codes[b]
             yb = yt[b]
@@ -443,24 +444,24 @@ class _CyclePath:
                     cb.data_ptr(), R, m0, min(Mc, m0 + m_step), Mc, r0, r1, self.xb,
                     xpk.data_ptr()), range(0, Mc, m_step)))
                 wpk = self._packed_weights(b_first + b, t)
-                z = None
-                if self.readout is not None:
-                    z = _randn((self.wb, O, self.ncyc, Mc), x, self.generator)
+                noisy = self.readout is not None
+                seed = int(torch.randint(0, 2**62, (1,), generator=self.generator)) if noisy \
+                    else 0
                 if O >= nthreads:
                     step = -(-O // nthreads)
                     blocks = [(o0, min(O, o0 + step), 0, Mc) for o0 in range(0, O, step)]
                 else:
                     blocks = [(0, O, m0, min(Mc, m0 + m_step)) for m0 in range(0, Mc, m_step)]
 
-                def run(blk, xpk=xpk, wpk=wpk, z=z, yb=yb, nw=nw):
+                def run(blk, xpk=xpk, wpk=wpk, yb=yb, nw=nw, seed=seed, noisy=noisy):
                     o0, o1, m0, m1 = blk
                     lib.acim_popcount_tile(
                         xpk.data_ptr(), wpk.data_ptr(), nw, Mc, O, o0, o1, m0, m1,
-                        yb.data_ptr(), None if z is None else z.data_ptr(), self.wb, self.xb,
+                        yb.data_ptr(), self.wb, self.xb,
                         self.ncyc, ptr["nbits"], ptr["bits"], ptr["fs"], ptr["coef"],
                         ptr["analog"], ptr["exact"], float(self.macro.adc_levels),
                         int(self.reciprocal), float(self.alpha), nat["rand_var"],
-                        nat["nl_var"], float(self.macro.nrow))
+                        nat["nl_var"], float(self.macro.nrow), int(noisy), seed)
 
                 list(pool.map(run, blocks))
         y.copy_(yt.transpose(1, 2))

@@ -75,8 +75,11 @@ def _build() -> ctypes.CDLL | None:
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
     lib.acim_pack_planes.argtypes = [p, i64, i64, i64, i64, i64, i64, i32, p]
     lib.acim_pack_planes.restype = None
-    lib.acim_popcount_tile.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i64, p, p, i32, i32,
-                                       i32, p, p, p, p, p, p, f32, i32, f32, f32, f32, f32]
+    u64 = ctypes.c_uint64
+    lib.acim_popcount_tile.argtypes = [p, p, i64, i64, i64, i64, i64, i64, i64, p, i32, i32, i32,
+                                       p, p, p, p, p, p, f32, i32, f32, f32, f32, f32, i32, u64]
+    lib.acim_fill_normals.argtypes = [p, i64, u64, u64]
+    lib.acim_fill_normals.restype = None
     lib.acim_popcount_tile.restype = None
     return lib
 

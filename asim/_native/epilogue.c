@@ -15,6 +15,78 @@
 #define MAXBITS 32
 
 /* ---------------------------------------------------------------------------------------
+ * Counter-based standard normals: splitmix64(seed + counter) gives two 32-bit uniforms,
+ * Box-Muller turns them into two independent N(0,1) values. Branchless polynomial ln, sin
+ * and cos (|error| < 1e-6) keep the loops vectorizable; the stream depends only on the seed
+ * and the element index, not on threads or blocking.
+ */
+static inline uint64_t splitmix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static inline float u32_as_f32(uint32_t u) {
+    union { uint32_t u; float f; } v = {u};
+    return v.f;
+}
+
+static inline uint32_t f32_as_u32(float f) {
+    union { float f; uint32_t u; } v = {f};
+    return v.u;
+}
+
+/* ln(u) for u in (0, 1]. */
+static inline float fast_log(float u) {
+    uint32_t bits = f32_as_u32(u);
+    float e = (float)((int32_t)((bits >> 23) & 255) - 127);
+    float m = u32_as_f32((bits & 0x7FFFFFu) | 0x3F800000u); /* [1, 2) */
+    int big = m > 1.41421356f;
+    m = big ? 0.5f * m : m;
+    e = big ? e + 1.0f : e;
+    float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+    float p = s * (2.0f + s2 * (0.666666667f + s2 * (0.4f + s2 * (0.285714286f +
+                                                                     s2 * 0.222222222f))));
+    return e * 0.693147181f + p;
+}
+
+/* sin and cos of x in [-pi/2, pi/2] (Taylor to x^11 / x^10). */
+static inline void sincos_half(float x, float *sn, float *cs) {
+    float x2 = x * x;
+    *sn = x * (1.0f - x2 * (1.0f / 6 - x2 * (1.0f / 120 - x2 * (1.0f / 5040 - x2 *
+                                                                (1.0f / 362880 - x2 / 39916800.0f)))));
+    *cs = 1.0f - x2 * (0.5f - x2 * (1.0f / 24 - x2 * (1.0f / 720 - x2 * (1.0f / 40320 - x2 /
+                                                                       3628800.0f))));
+}
+
+/* Two standard normals from the 64 random bits h. */
+static inline void normal_pair(uint64_t h, float *z0, float *z1) {
+    float u1 = ((float)(uint32_t)(h >> 40) + 1.0f) * (1.0f / 16777216.0f); /* (0, 1] */
+    float u2 = ((float)(uint32_t)((h >> 8) & 0xFFFFFFu) + 0.5f) * (1.0f / 16777216.0f);
+    float r = sqrtf(-2.0f * fast_log(u1));
+    /* angle 2*pi*u2 - pi (a rotation by pi keeps the pair i.i.d. normal); half angle */
+    float sh, ch;
+    sincos_half(3.14159265f * u2 - 1.57079633f, &sh, &ch);
+    *z0 = r * (ch * ch - sh * sh);
+    *z1 = r * (2.0f * sh * ch);
+}
+
+void acim_fill_normals(float *out, int64_t n, uint64_t seed, uint64_t offset) {
+    for (int64_t t = 0; t < n / 2; ++t) {
+        float a, b;
+        normal_pair(splitmix64(seed + offset + (uint64_t)t), &a, &b);
+        out[2 * t] = a;
+        out[2 * t + 1] = b;
+    }
+    if (n & 1) {
+        float a, b;
+        normal_pair(splitmix64(seed + offset + (uint64_t)(n / 2)), &a, &b);
+        out[n - 1] = a;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
  * Binary GEMM by popcount (XNOR-net style) fused with the ADC epilogue.
  *
  * pack_planes: bit b of codes[m, r0:r1] (int32, row stride ld) for b < nbits, packed 64 rows
@@ -43,18 +115,19 @@ void acim_pack_planes(const int32_t *codes, int64_t ld, int64_t m0, int64_t m1, 
 
 /* For outputs o in [o0,o1) and m in [m0,m1): counts of tile planes by popcount, then the
  * ADC cycle sequence, accumulated into yt[o][m] (float32 [O][M]) in the spec's order.
- * xpk: [x][nw][M], wpk: [w][nw][O]; z (optional): [w][O][C][M]. */
+ * xpk: [x][nw][M], wpk: [w][nw][O]. With noise_on, read-out noise uses the counter-based
+ * normals above, keyed by seed and the (i, c, o, m) position. */
 void acim_popcount_tile(const uint64_t *xpk, const uint64_t *wpk, int64_t nw, int64_t M,
                         int64_t O, int64_t o0, int64_t o1, int64_t m0, int64_t m1, float *yt,
-                        const float *z, int32_t w, int32_t x, int32_t ncyc,
+                        int32_t w, int32_t x, int32_t ncyc,
                         const int32_t *cyc_nbits, const int32_t *cyc_bits, const float *cyc_fs,
                         const float *coef, const uint8_t *analog, const uint8_t *exact,
                         float adc_levels, int32_t reciprocal, float alpha, float rand_var,
-                        float nl_var, float nrow) {
+                        float nl_var, float nrow, int32_t noise_on, uint64_t seed) {
     const float A = adc_levels;
     const float invA = 1.0f / A;
     float cnt[MAXBITS][MB];
-    float mc[MB], y[MB];
+    float mc[MB], y[MB], zz[MB];
     for (int64_t o = o0; o < o1; ++o) {
         for (int64_t mb = m0; mb < m1; mb += MB) {
             const int64_t n = (m1 - mb) < MB ? (m1 - mb) : MB;
@@ -95,8 +168,19 @@ void acim_popcount_tile(const uint64_t *xpk, const uint64_t *wpk, int64_t nw, in
                     }
                     if (alpha != 0.0f)
                         for (int64_t t = 0; t < n; ++t) mc[t] = mc[t] / (mc[t] * alpha + 1.0f);
-                    const int noisy = z != 0 && analog[i * ncyc + c];
-                    const float *zc = noisy ? z + (((int64_t)i * O + o) * ncyc + c) * M + mb : 0;
+                    const int noisy = noise_on && analog[i * ncyc + c];
+                    if (noisy) {
+                        /* pair counter = global element index / 2 over an even-padded m
+                         * axis (blocks start at even m), unique for every (i, c, o, m) */
+                        const uint64_t Me = (uint64_t)(M + (M & 1));
+                        const uint64_t base =
+                            (((uint64_t)(i * ncyc + c) * (uint64_t)O + (uint64_t)o) * Me +
+                             (uint64_t)mb) / 2u;
+                        for (int64_t t = 0; t < MB / 2; ++t)
+                            normal_pair(splitmix64(seed + base + (uint64_t)t), &zz[2 * t],
+                                        &zz[2 * t + 1]);
+                    }
+                    const float *zc = zz;
                     for (int64_t t = 0; t < n; ++t) {
                         float a = reciprocal ? mc[t] * invF : mc[t] / F;
                         a = a < 0.0f ? 0.0f : (a > 1.0f ? 1.0f : a);

@@ -302,3 +302,39 @@ def test_native_epilogue_equals_torch_epilogue(seed, monkeypatch):
     monkeypatch.setattr(engine._CyclePath, "_native_args", lambda self: None)
     plain = acim_matmul(x, w, macro=macro, signed_input=signed, noise=noise)
     assert bits(native) == bits(plain)
+
+
+def test_native_normals_are_standard_normal():
+    from asim._native import epilogue_lib
+
+    lib = epilogue_lib()
+    if lib is None:
+        pytest.skip("no C compiler: the torch path draws torch.randn")
+    n = 1_000_001
+    z = torch.empty(n)
+    lib.acim_fill_normals(z.data_ptr(), n, 987654321, 0)
+    assert abs(z.mean().item()) < 5 / n**0.5
+    assert abs(z.std().item() - 1) < 0.005
+    kurtosis = (z.pow(4).mean() / z.pow(2).mean().pow(2)).item()
+    assert abs(kurtosis - 3) < 0.05
+    for t, p in [(1, 0.3173105), (2, 0.0455003), (3, 0.0026998)]:
+        frac = (z.abs() > t).float().mean().item()
+        assert abs(frac - p) < 5 * (p * (1 - p) / n) ** 0.5
+    assert abs(torch.corrcoef(torch.stack([z[:-1], z[1:]]))[0, 1].item()) < 5 / n**0.5
+
+
+def test_noise_does_not_depend_on_thread_count():
+    layer = ACiMConv2d(20, 9, 3, padding=1, macro=MacroConfig(adc_bits=6),
+                       noise=NoiseConfig(rand_sigma=0.5, nonlinear_sigma=0.5))
+    x = torch.relu(torch.randn(3, 20, 7, 7))
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            resample_noise(layer, 3)
+            with torch.no_grad():
+                outs.append(layer(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
