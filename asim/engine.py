@@ -414,8 +414,8 @@ class _CyclePath:
         if key not in self._wpk:
             r0, r1 = self.tiles[tile]
             if b not in self._wcodes:
-                wc = _codes(self.w3[b if self.w3.shape[0] > 1 else 0], self.wb, True)
-                self._wcodes[b] = wc.t().contiguous()  # (O, R)
+                wc = self.w3[b if self.w3.shape[0] > 1 else 0]
+                self._wcodes[b] = wc.t().contiguous().float()  # (O, R) integer-valued
             wc = self._wcodes[b]
             out = torch.empty(self.wb, -(-(r1 - r0) // 64), self.O, dtype=torch.int64)
             self.native["lib"].acim_pack_planes(wc.data_ptr(), wc.shape[1], 0, self.O, self.O,
@@ -430,7 +430,7 @@ class _CyclePath:
         O, nthreads = self.O, max(1, torch.get_num_threads())
         pool = _pool(nthreads)
         ptr = {k: v.data_ptr() for k, v in nat.items() if isinstance(v, Tensor)}
-        codes = _codes(x, self.xb, self.signed).contiguous()  # (B, Mc, R) int32
+        codes = x.contiguous().float()  # (B, Mc, R) integer-valued; packed in C
         yt = torch.zeros(B, O, Mc, dtype=torch.float32)
         m_step = -(-Mc // nthreads)
         m_step += m_step & 1  # blocks start at even rows (the kernel's noise counters)
@@ -479,8 +479,10 @@ class _CyclePath:
         return self._wpt
 
     def run(self, out: Tensor) -> None:
-        Bt, M, _ = self.x3.shape
+        Bt, M, R = self.x3.shape
         per_row = self.xb * self.wb * self.O
+        if self.native is not None and self.cell_noise is None:
+            per_row = max(self.O, R)  # popcount path: no per-cycle intermediates
         rows_per_chunk = max(1, CHUNK_ELEMENTS // per_row)
         b_step = max(1, min(Bt, rows_per_chunk // max(M, 1)))
         m_step = M if b_step > 1 or M <= rows_per_chunk else rows_per_chunk

@@ -89,11 +89,13 @@ void acim_fill_normals(float *out, int64_t n, uint64_t seed, uint64_t offset) {
 /* ---------------------------------------------------------------------------------------
  * Binary GEMM by popcount (XNOR-net style) fused with the ADC epilogue.
  *
- * pack_planes: bit b of codes[m, r0:r1] (int32, row stride ld) for b < nbits, packed 64 rows
- * per word: out[b][wd][m] (uint64), columns m0..m1 of M.
+ * pack_planes: bit b of the two's-complement code of q[m, r0:r1] (integer-valued float32,
+ * row stride ld) for b < nbits, packed 64 rows per word: out[b][wd][m] (uint64), for rows
+ * m0..m1 of M.
  */
-void acim_pack_planes(const int32_t *codes, int64_t ld, int64_t m0, int64_t m1, int64_t M,
+void acim_pack_planes(const float *codes, int64_t ld, int64_t m0, int64_t m1, int64_t M,
                       int64_t r0, int64_t r1, int32_t nbits, uint64_t *out) {
+    const uint32_t mask = nbits >= 32 ? 0xFFFFFFFFu : ((1u << nbits) - 1u);
     const int64_t nw = (r1 - r0 + 63) / 64;
     for (int32_t b = 0; b < nbits; ++b) {
         for (int64_t wd = 0; wd < nw; ++wd) {
@@ -101,10 +103,12 @@ void acim_pack_planes(const int32_t *codes, int64_t ld, int64_t m0, int64_t m1, 
             const int64_t ra = r0 + wd * 64;
             const int64_t rb = ra + 64 < r1 ? ra + 64 : r1;
             for (int64_t m = m0; m < m1; ++m) {
-                const int32_t *row = codes + m * ld;
+                const float *row = codes + m * ld;
                 uint64_t word = 0;
-                for (int64_t r = ra; r < rb; ++r)
-                    word |= (uint64_t)((row[r] >> b) & 1) << (r - ra);
+                for (int64_t r = ra; r < rb; ++r) {
+                    const uint32_t u = (uint32_t)(int32_t)row[r] & mask;  /* two's complement */
+                    word |= (uint64_t)((u >> b) & 1u) << (r - ra);
+                }
                 dst[m] = word;
             }
         }

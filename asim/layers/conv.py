@@ -39,18 +39,16 @@ def _unfold_rows(x: Tensor, kernel, stride, pad, dilation, out_hw) -> Tensor:
     """Input patches as a ``(B*Ho*Wo, C*kh*kw)`` matrix, columns in channel-major kernel order
     (the order of ``F.unfold`` and of ``weight.reshape(O, -1)``), in one strided copy.
 
-    The data is stored reduction-major (the transpose is contiguous), the layout in which
-    the engine stacks bit planes for its GEMM."""
+    Rows are contiguous: the native engine packs each patch's bit planes from them."""
     if pad[0] or pad[1]:
         x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
     x = x.contiguous()
     B, C = x.shape[:2]
     sb, sc, sh, sw = x.stride()
-    view = x.as_strided((C, *kernel, B, *out_hw),
-                        (sc, sh * dilation[0], sw * dilation[1], sb, sh * stride[0],
-                         sw * stride[1]))
-    rows = C * kernel[0] * kernel[1]
-    return view.reshape(rows, B * out_hw[0] * out_hw[1]).t()
+    view = x.as_strided((B, *out_hw, C, *kernel),
+                        (sb, sh * stride[0], sw * stride[1], sc, sh * dilation[0],
+                         sw * dilation[1]))
+    return view.reshape(B * out_hw[0] * out_hw[1], C * kernel[0] * kernel[1])
 
 
 class ACiMConv2d(ACiMLayer, nn.Conv2d):
