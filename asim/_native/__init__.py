@@ -25,7 +25,8 @@ __all__ = ["MAXBITS", "epilogue_lib"]
 
 MAXBITS = 32
 _SRC = Path(__file__).with_name("epilogue.c")
-_FLAGS = ["-O3", "-funroll-loops", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-funroll-loops", "-march=native", "-ffp-contract=off", "-fno-math-errno",
+          "-shared", "-fPIC"]
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 

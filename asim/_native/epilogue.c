@@ -97,20 +97,18 @@ void acim_pack_planes(const float *codes, int64_t ld, int64_t m0, int64_t m1, in
                       int64_t r0, int64_t r1, int32_t nbits, uint64_t *out) {
     const uint32_t mask = nbits >= 32 ? 0xFFFFFFFFu : ((1u << nbits) - 1u);
     const int64_t nw = (r1 - r0 + 63) / 64;
-    for (int32_t b = 0; b < nbits; ++b) {
+    for (int64_t m = m0; m < m1; ++m) {
+        const float *row = codes + m * ld;
         for (int64_t wd = 0; wd < nw; ++wd) {
-            uint64_t *dst = out + ((int64_t)b * nw + wd) * M;
             const int64_t ra = r0 + wd * 64;
             const int64_t rb = ra + 64 < r1 ? ra + 64 : r1;
-            for (int64_t m = m0; m < m1; ++m) {
-                const float *row = codes + m * ld;
-                uint64_t word = 0;
-                for (int64_t r = ra; r < rb; ++r) {
-                    const uint32_t u = (uint32_t)(int32_t)row[r] & mask;  /* two's complement */
-                    word |= (uint64_t)((u >> b) & 1u) << (r - ra);
-                }
-                dst[m] = word;
+            uint64_t words[MAXBITS] = {0};
+            for (int64_t r = ra; r < rb; ++r) {  /* each code read once, all its bits */
+                const uint32_t u = (uint32_t)(int32_t)row[r] & mask;  /* two's complement */
+                for (int32_t b = 0; b < nbits; ++b)
+                    words[b] |= (uint64_t)((u >> b) & 1u) << (r - ra);
             }
+            for (int32_t b = 0; b < nbits; ++b) out[((int64_t)b * nw + wd) * M + m] = words[b];
         }
     }
 }
