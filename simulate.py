@@ -6,7 +6,7 @@
     python simulate.py experiment=resnet18_cifar10 ckpt=PATH dataset.root=DIR trainer=gpu
 
 Prints a results table and writes results.json into the Hydra run dir (outputs/simulate/...).
-See docs/app.md for every option; configs live in conf/.
+See README.md for every option; configs live in conf/.
 """
 
 import sys

@@ -6,7 +6,7 @@
     python train.py experiment=train/resnet18_cifar10_qat dataset.root=DIR trainer=gpu
 
 Writes Lightning checkpoints, the best model's float state_dict and results.json into the
-Hydra run dir (outputs/train/...). See docs/app.md; configs live in conf/.
+Hydra run dir (outputs/train/...). See README.md; configs live in conf/.
 """
 
 import sys

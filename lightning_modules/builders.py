@@ -403,7 +403,7 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     ``results.json`` (and ``predictions.json`` with ``simulate.save_predictions``).
 
     Returns:
-        The results dict (see ``docs/app.md`` for the fields).
+        The results dict (see README.md, "results.json", for the fields).
     """
     t_start = time.perf_counter()
     _quiet_lightning()
