@@ -28,8 +28,8 @@ from torch import Tensor
 from .config import Division, MacroConfig, NoiseConfig
 from .noise import GaussianNoise, build_noise
 
-__all__ = ["CHUNK_ELEMENTS", "Cycle", "accumulation_is_exact", "acim_matmul", "activation_cycles",
-           "linear_tiles", "magnitude_bound", "shortcut_applies"]
+__all__ = ["CHUNK_ELEMENTS", "Cycle", "acim_matmul", "activation_cycles", "exact_product",
+           "linear_tiles", "shortcut_applies"]
 
 CHUNK_ELEMENTS = 1 << 22
 """Partial sums handled per chunk (4 Mi float32 = 16 MiB per temporary)."""
@@ -214,15 +214,15 @@ def _gemm_dtype(max_rows: int, device: torch.device, float_planes: bool) -> torc
     return torch.float16 if max_rows <= 2048 else torch.float32
 
 
-def magnitude_bound(codes: Tensor, bits: int, signed: bool) -> Tensor:
+def _magnitude_bound(codes: Tensor, bits: int, signed: bool) -> Tensor:
     """V(q): |q| for q >= 0 and 2^(b-1) for q < 0. Summed products V(w)V(x) bound every
-    prefix sum of the spec's cycle accumulation (see :func:`accumulation_is_exact`)."""
+    prefix sum of the spec's cycle accumulation (see :func:`_accumulation_is_exact`)."""
     if not signed:
         return codes
     return torch.where(codes < 0, torch.full_like(codes, float(1 << (bits - 1))), codes)
 
 
-def accumulation_is_exact(bound: Tensor, signed_input: bool) -> bool:
+def _accumulation_is_exact(bound: Tensor, signed_input: bool) -> bool:
     """True if no prefix sum of the cycle accumulation can leave float32's exact integers.
 
     The spec accumulates +-M*2^(i+j) terms in float32 (spec §4.2). All are integers, so the
@@ -237,29 +237,41 @@ def accumulation_is_exact(bound: Tensor, signed_input: bool) -> bool:
     return bool(bound.amax() * factor < _EXACT_LIMIT)
 
 
-def shortcut_applies(macro: MacroConfig, noise: NoiseConfig | None, signed_input: bool) -> bool:
-    """Whether every cycle returns its exact count (lossless ADC, no noise, spec §4.3), so
-    the cycles can be skipped for the integer product (subject to the 2^24 bound)."""
-    if macro.weight_parallel or build_noise(noise) is not None:
-        return False
-    if noise is not None and (noise.compression_alpha or noise.cell_sigma):
-        return False
-    plan = _plan(macro, signed_input)
+def _cycles_exact(plan: _Plan, macro: MacroConfig) -> bool:
     reciprocal = macro.division == Division.reciprocal
     return all(plan.digital_exact[i][c]
                or _adc_is_identity(plan.full_scale[c], macro.adc_levels, reciprocal)
                for i in range(macro.weight_bits) for c in range(len(plan.cycles)))
 
 
-def _exact_product(x: Tensor, w: Tensor, macro: MacroConfig, signed: bool) -> Tensor | None:
-    """The exact integer product, or None when the float32 accumulation could round."""
-    vx = magnitude_bound(x, macro.input_bits, signed)
-    vw = magnitude_bound(w, macro.weight_bits, True)
-    cheap = vx.sum(-1, keepdim=True) * vw.amax()  # sum_r V(x) * max V(w) >= sum V(x)V(w)
-    if not accumulation_is_exact(cheap, signed):
-        if not accumulation_is_exact(torch.matmul(vx, vw), signed):
+def shortcut_applies(macro: MacroConfig, noise: NoiseConfig | None, signed_input: bool,
+                     plan: _Plan | None = None) -> bool:
+    """Whether every cycle returns its exact count (lossless ADC, no noise, spec §4.3), so
+    the cycles can be skipped for the integer product (subject to the 2^24 bound)."""
+    if macro.weight_parallel or build_noise(noise) is not None:
+        return False
+    if noise is not None and (noise.compression_alpha or noise.cell_sigma):
+        return False
+    return _cycles_exact(plan or _plan(macro, signed_input), macro)
+
+
+def exact_product(x: Tensor, w: Tensor, macro: MacroConfig, signed_input: bool,
+                  product=torch.matmul, row_sums=None) -> Tensor | None:
+    """``product(x, w)`` of integer codes, or None when the float32 cycle accumulation could
+    round (then the cycles must run). Valid only where :func:`shortcut_applies`.
+
+    Args:
+        product: the bilinear op (``torch.matmul``; a conv for ``ACiMConv2d``).
+        row_sums: per-output sums of an operand's rows under ``product`` (default: sums
+            over the last dim); with ``max V(w)`` they give a cheap first bound.
+    """
+    vx = _magnitude_bound(x, macro.input_bits, signed_input)
+    vw = _magnitude_bound(w, macro.weight_bits, True)
+    sums = vx.sum(-1, keepdim=True) if row_sums is None else row_sums(vx)
+    if not _accumulation_is_exact(sums * vw.amax(), signed_input):  # >= sum V(x)V(w)
+        if not _accumulation_is_exact(product(vx, vw), signed_input):
             return None
-    return torch.matmul(x, w)
+    return product(x, w)
 
 
 def acim_matmul(
@@ -272,6 +284,7 @@ def acim_matmul(
     noise: NoiseConfig | None = None,
     generator: torch.Generator | None = None,
     cell_noise: Tensor | None = None,
+    exact_shortcut: bool = True,
 ) -> Tensor:
     """Integer-domain accumulator ``Y`` of the macro computing ``x_int @ w_int``.
 
@@ -288,6 +301,7 @@ def acim_matmul(
         generator: random stream for the noise.
         cell_noise: additive deviation of every stored weight bit, ``[..., R, weight_bits, O]``
             in bit units (weight-cell variation, spec §8.1), or None.
+        exact_shortcut: try the lossless shortcut (pass False when the caller already did).
 
     Returns:
         ``Y`` as float32 ``[..., M, O]``, to be de-quantized by the caller (spec §1.4).
@@ -320,14 +334,14 @@ def acim_matmul(
         y = _weight_parallel(x3, w3, macro, signed_input, tiles, noise, generator)
         return y.reshape(*lead, M, O)
 
-    if shortcut_applies(macro, noise, signed_input):
+    plan = _plan(macro, signed_input)
+    if exact_shortcut and shortcut_applies(macro, noise, signed_input, plan):
         used = _rows_used(tiles, rows, x_int.device)
         xs, ws = _select_rows(x3, used), _select_rows(w3, used, dim=-2)
-        y = _exact_product(xs, ws, macro, signed_input)
+        y = exact_product(xs, ws, macro, signed_input)
         if y is not None:
             return y.reshape(*lead, M, O)
 
-    plan = _plan(macro, signed_input)
     reciprocal = macro.division == Division.reciprocal
     _CyclePath(x3, w3, macro, plan, signed_input, tiles, readout, alpha, cell_noise,
                generator, reciprocal).run(out)
@@ -378,15 +392,18 @@ class _CyclePath:
         if readout is not None and readout.constant_sigma(macro.adc_levels) == 0.0:
             self.readout = None
         self.native = self._native_args()
+        self.popcount = self.native is not None and cell_noise is None  # else: GEMM path
 
     def _native_args(self) -> dict | None:
         """Arguments of the native popcount kernels, or None where the torch path must run
-        (CUDA, majority voting, measured-noise tables, no C compiler)."""
+        (CUDA, majority voting, measured-noise tables, > MAXBITS planes, no C compiler)."""
         if (self.x3.device.type != "cpu" or self.voted_pairs
                 or not (self.readout is None or isinstance(self.readout, GaussianNoise))):
             return None
         from ._native import MAXBITS, epilogue_lib
 
+        if max(self.wb, self.xb) > MAXBITS:  # the kernel holds at most MAXBITS planes
+            return None
         lib = epilogue_lib()
         if lib is None:
             return None
@@ -481,8 +498,8 @@ class _CyclePath:
     def run(self, out: Tensor) -> None:
         Bt, M, R = self.x3.shape
         per_row = self.xb * self.wb * self.O
-        if self.native is not None and self.cell_noise is None:
-            per_row = max(self.O, R)  # popcount path: no per-cycle intermediates
+        if self.popcount:
+            per_row = max(self.O, R)  # no per-cycle intermediates
         rows_per_chunk = max(1, CHUNK_ELEMENTS // per_row)
         b_step = max(1, min(Bt, rows_per_chunk // max(M, 1)))
         m_step = M if b_step > 1 or M <= rows_per_chunk else rows_per_chunk
@@ -493,13 +510,13 @@ class _CyclePath:
                 self._chunk(self.x3[b0:b1, m0:m1], (b0, b1), out[b0:b1, m0:m1])
 
     def _chunk(self, x: Tensor, batch: tuple[int, int], y: Tensor) -> None:
-        if self.native is not None and self.cell_noise is None:
+        if self.popcount:
             self._chunk_popcount(x, batch[0], y)
             return
         wpt = self.wpt if self.wpt.shape[0] == 1 else self.wpt[batch[0]:batch[1]]
         B, Mc, _ = x.shape
         # Planes laid out (B, R, x, Mc): a tile is a contiguous block of rows, so the GEMM
-        # reads it in place. Codes are transposed once (free when x arrives transposed).
+        # reads it in place.
         codes = _codes(x, self.xb, self.signed).transpose(1, 2).contiguous()  # (B, R, Mc)
         xpt = _planes(codes, self.xb, self.dtype, dim=2).view(B, -1, self.xb * Mc)
         coef = self.plan.coef

@@ -182,13 +182,14 @@ class ACiMLayer:
 
     def _mvm(self, x_int: Tensor, w_int: Tensor, tiles=None, macro: MacroConfig | None = None,
              noise: NoiseConfig | None = None, signed: bool | None = None,
-             cell_noise: Tensor | None = None) -> Tensor:
+             cell_noise: Tensor | None = None, exact_shortcut: bool = True) -> Tensor:
         """Run the engine: ``x_int [..., M, R] @ w_int [R, O]`` on this layer's macro."""
         return acim_matmul(
             x_int, w_int, macro=macro or self.macro,
             signed_input=self.signed_input if signed is None else signed,
             tiles=tiles, noise=self.noise if noise is None else noise,
-            generator=self.generator(x_int.device), cell_noise=cell_noise)
+            generator=self.generator(x_int.device), cell_noise=cell_noise,
+            exact_shortcut=exact_shortcut)
 
     def _linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``x @ weight.T + bias`` in the layer's mode; any number of leading dims (Q15)."""

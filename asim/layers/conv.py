@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConvTiling, MacroConfig, NoiseConfig
-from ..engine import accumulation_is_exact, magnitude_bound, shortcut_applies
+from ..engine import exact_product, shortcut_applies
 from .base import ACiMLayer
 
 __all__ = ["ACiMConv2d", "conv_tiles"]
@@ -121,7 +121,8 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         kh, kw = self.kernel_size
         pad = self._explicit_padding()
         tiles, dropped = conv_tiles(C, kh * kw, self.macro.nrow, self.macro.conv_tiling)
-        if shortcut_applies(self.macro, self.noise, self.signed_input):
+        shortcut = shortcut_applies(self.macro, self.noise, self.signed_input)
+        if shortcut:
             acc = self._exact_conv(x_int, w_int, C - dropped)
             if acc is not None:
                 return acc
@@ -141,22 +142,18 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
             b1 = min(B, b0 + step)
             cols = _unfold_rows(x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation,
                                 (Ho, Wo))  # (b*L, R)
-            acc[b0:b1] = self._mvm(cols, w_mat, tiles=tiles, cell_noise=cells).view(
-                b1 - b0, L, O)
+            acc[b0:b1] = self._mvm(cols, w_mat, tiles=tiles, cell_noise=cells,
+                                   exact_shortcut=not shortcut).view(b1 - b0, L, O)
         return acc.transpose(1, 2).reshape(B, O, Ho, Wo)
 
     def _exact_conv(self, x_int: Tensor, w_int: Tensor, channels: int) -> Tensor | None:
         """Lossless, noise-free macro: the integer conv over the mapped channels, when the
         spec's float32 accumulation provably equals it (spec §4.3)."""
         x, w = x_int[:, :channels], w_int[:, :channels]
-        vx = magnitude_bound(x, self.macro.input_bits, self.signed_input)
-        vw = magnitude_bound(w, self.macro.weight_bits, True)
-        ones = torch.ones((1, *w.shape[1:]), dtype=vx.dtype, device=vx.device)
-        cheap = self._conv_forward(vx, ones, None) * vw.amax()  # patch sum of V(x) * max V(w)
-        if not accumulation_is_exact(cheap, self.signed_input):
-            if not accumulation_is_exact(self._conv_forward(vx, vw, None), self.signed_input):
-                return None
-        return self._conv_forward(x, w, None)
+        ones = torch.ones((1, *w.shape[1:]), dtype=x.dtype, device=x.device)
+        return exact_product(x, w, self.macro, self.signed_input,
+                             product=lambda a, b: self._conv_forward(a, b, None),
+                             row_sums=lambda v: self._conv_forward(v, ones, None))
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, macro: MacroConfig | None = None,

@@ -338,3 +338,20 @@ def test_noise_does_not_depend_on_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(outs[0], outs[1])
+
+
+def test_lossless_conv_whose_bound_fails_runs_the_cycles_exactly():
+    """12-bit inputs push sum V(w)V(x) past 2^24: the shortcut must decline, and the cycle
+    path (tried once, not again per chunk) must still equal the oracle."""
+    torch.manual_seed(8)
+    macro = MacroConfig(input_bits=12)
+    conv = ACiMConv2d(64, 3, 3, padding=1, macro=macro)
+    x = torch.rand(1, 64, 4, 4) + 0.5
+    with torch.no_grad():
+        got = conv(x)
+        conv.mode = "inference"
+        inference = conv(x)
+    want = oracle.oracle_conv2d(x, conv.weight.detach(), conv.bias, padding=1,
+                                **_oracle_kwargs(macro))
+    assert bits(got) == bits(want)
+    assert not torch.equal(got, inference)  # the float32 accumulation rounded: no shortcut
