@@ -28,8 +28,8 @@ from torch import Tensor
 from .config import Division, MacroConfig, NoiseConfig
 from .noise import GaussianNoise, build_noise
 
-__all__ = ["CHUNK_ELEMENTS", "Cycle", "acim_matmul", "activation_cycles", "exact_product",
-           "linear_tiles", "shortcut_applies"]
+__all__ = ["CHUNK_ELEMENTS", "Cycle", "acim_matmul", "activation_cycles", "compact_codes",
+           "exact_product", "linear_tiles", "shortcut_applies"]
 
 CHUNK_ELEMENTS = 1 << 22
 """Partial sums handled per chunk (4 Mi float32 = 16 MiB per temporary)."""
@@ -206,6 +206,31 @@ def _planes(codes: Tensor, bits: int, dtype: torch.dtype, dim: int) -> Tensor:
     return out
 
 
+_NATIVE_IB = 4  # the native kernel counts weight bits in blocks of 4 (epilogue.c: IB)
+
+
+def compact_codes(codes: Tensor, bits: int, signed: bool) -> Tensor:
+    """Integer codes in the smallest integer dtype that holds them (uint8 for unsigned and
+    int8 for signed codes of <= 8 bits): ``acim_matmul`` accepts them as they are, and
+    copies of them (a conv's unfold) move 4x less memory than float32."""
+    if bits <= 8:
+        return codes.to(torch.int8 if signed else torch.uint8)
+    return codes.to(torch.int16 if bits <= 15 or (signed and bits <= 16) else torch.int32)
+
+
+def _native_codes(t: Tensor, bits: int) -> tuple[Tensor, int]:
+    """Rows of codes laid out for the native packer: (tensor with unit last stride, kind)."""
+    if t.dtype in (torch.uint8, torch.int8) and bits <= 8:
+        kind = 2
+    elif t.dtype.is_floating_point:
+        t, kind = t.to(torch.float32), 0
+    else:
+        t, kind = t.to(torch.int32), 1
+    if t.dim() != 2 or t.stride(-1) != 1 or t.stride(0) < t.shape[1]:
+        t = t.contiguous()
+    return t, kind
+
+
 def _gemm_dtype(max_rows: int, device: torch.device, float_planes: bool) -> torch.dtype:
     if float_planes:
         return torch.float32
@@ -265,6 +290,8 @@ def exact_product(x: Tensor, w: Tensor, macro: MacroConfig, signed_input: bool,
         row_sums: per-output sums of an operand's rows under ``product`` (default: sums
             over the last dim); with ``max V(w)`` they give a cheap first bound.
     """
+    if not x.dtype.is_floating_point:  # compact integer codes
+        x = x.float()
     vx = _magnitude_bound(x, macro.input_bits, signed_input)
     vw = _magnitude_bound(w, macro.weight_bits, True)
     sums = vx.sum(-1, keepdim=True) if row_sums is None else row_sums(vx)
@@ -395,7 +422,7 @@ class _CyclePath:
         self.popcount = self.native is not None and cell_noise is None  # else: GEMM path
 
     def _native_args(self) -> dict | None:
-        """Arguments of the native popcount kernels, or None where the torch path must run
+        """Arguments of the native popcount kernel, or None where the torch path must run
         (CUDA, majority voting, measured-noise tables, > MAXBITS planes, no C compiler)."""
         if (self.x3.device.type != "cpu" or self.voted_pairs
                 or not (self.readout is None or isinstance(self.readout, GaussianNoise))):
@@ -411,10 +438,13 @@ class _CyclePath:
         for c, cyc in enumerate(self.plan.cycles):
             bits[c, : len(cyc.bits)] = torch.tensor(cyc.bits, dtype=torch.int32)
         plan = self.plan
-        self._wpk: dict[tuple[int, int], Tensor] = {}
-        self._wcodes: dict[int, Tensor] = {}
+        self._wpk: dict[int, tuple[Tensor, Tensor]] = {}
+        nw = [-(-(b - a) // 64) for a, b in self.tiles]
         return {
             "lib": lib,
+            "wpad": -(-self.wb // _NATIVE_IB) * _NATIVE_IB,
+            "nw": nw,
+            "tiles": torch.tensor(self.tiles, dtype=torch.int64),
             "nbits": torch.tensor([len(c.bits) for c in plan.cycles], dtype=torch.int32),
             "bits": bits,
             "fs": torch.tensor(plan.full_scale, dtype=torch.float32),
@@ -425,63 +455,47 @@ class _CyclePath:
             "nl_var": getattr(self.readout, "nl_var", 0.0),
         }
 
-    def _packed_weights(self, b: int, tile: int) -> Tensor:
-        """Weight planes of one tile packed 64 rows per word: (w, words, O) uint64 bits."""
-        key = (b, tile)
-        if key not in self._wpk:
-            r0, r1 = self.tiles[tile]
-            if b not in self._wcodes:
-                wc = self.w3[b if self.w3.shape[0] > 1 else 0]
-                self._wcodes[b] = wc.t().contiguous().float()  # (O, R) integer-valued
-            wc = self._wcodes[b]
-            out = torch.empty(self.wb, -(-(r1 - r0) // 64), self.O, dtype=torch.int64)
-            self.native["lib"].acim_pack_planes(wc.data_ptr(), wc.shape[1], 0, self.O, self.O,
-                                                r0, r1, self.wb, out.data_ptr())
-            self._wpk[key] = out
-        return self._wpk[key]
+    def _packed_weights(self, b: int) -> tuple[Tensor, Tensor]:
+        """Weight planes of every tile packed 64 rows per word, per tile ``[O][wpad][nw]``
+        (planes >= weight_bits zero), concatenated; and each tile's word offset."""
+        if b not in self._wpk:
+            nat = self.native
+            wpad, nws = nat["wpad"], nat["nw"]
+            wc, kind = _native_codes(self.w3[b if self.w3.shape[0] > 1 else 0].t(), self.wb)
+            offsets = [0]
+            for nw in nws:
+                offsets.append(offsets[-1] + self.O * wpad * nw)
+            out = torch.zeros(max(1, offsets[-1]), dtype=torch.int64)
+            for (r0, r1), nw, off in zip(self.tiles, nws, offsets, strict=False):
+                nat["lib"].acim_pack(wc.data_ptr(), kind, wc.stride(0), 0, self.O, r0, r1,
+                                     self.wb, out.data_ptr() + 8 * off, nw, 1, wpad * nw)
+            self._wpk[b] = (out, torch.tensor(offsets[:-1], dtype=torch.int64))
+        return self._wpk[b]
 
     def _chunk_popcount(self, x: Tensor, b_first: int, y: Tensor) -> None:
-        """Binary GEMM by popcount fused with the ADC epilogue (C kernels, CPU)."""
+        """Binary GEMM by popcount fused with the ADC epilogue, one C call per matrix."""
         nat, lib = self.native, self.native["lib"]
-        B, Mc, R = x.shape
-        O, nthreads = self.O, max(1, torch.get_num_threads())
-        pool = _pool(nthreads)
+        B, Mc, _ = x.shape
         ptr = {k: v.data_ptr() for k, v in nat.items() if isinstance(v, Tensor)}
-        codes = x.contiguous().float()  # (B, Mc, R) integer-valued; packed in C
-        yt = torch.zeros(B, O, Mc, dtype=torch.float32)
-        m_step = -(-Mc // nthreads)
-        m_step += m_step & 1  # blocks start at even rows (the kernel's noise counters)
+        noisy = self.readout is not None
+        ntiles = len(self.tiles)
         for b in range(B):
-            cb = codes[b]
-            yb = yt[b]
-            for t, (r0, r1) in enumerate(self.tiles):
-                nw = -(-(r1 - r0) // 64)
-                xpk = torch.empty(self.xb, nw, Mc, dtype=torch.int64)
-                list(pool.map(lambda m0, cb=cb, xpk=xpk, r0=r0, r1=r1: lib.acim_pack_planes(
-                    cb.data_ptr(), R, m0, min(Mc, m0 + m_step), Mc, r0, r1, self.xb,
-                    xpk.data_ptr()), range(0, Mc, m_step)))
-                wpk = self._packed_weights(b_first + b, t)
-                noisy = self.readout is not None
-                seed = int(torch.randint(0, 2**62, (1,), generator=self.generator)) if noisy \
-                    else 0
-                if O >= nthreads:
-                    step = -(-O // nthreads)
-                    blocks = [(o0, min(O, o0 + step), 0, Mc) for o0 in range(0, O, step)]
-                else:
-                    blocks = [(0, O, m0, min(Mc, m0 + m_step)) for m0 in range(0, Mc, m_step)]
-
-                def run(blk, xpk=xpk, wpk=wpk, yb=yb, nw=nw, seed=seed, noisy=noisy):
-                    o0, o1, m0, m1 = blk
-                    lib.acim_popcount_tile(
-                        xpk.data_ptr(), wpk.data_ptr(), nw, Mc, O, o0, o1, m0, m1,
-                        yb.data_ptr(), self.wb, self.xb,
-                        self.ncyc, ptr["nbits"], ptr["bits"], ptr["fs"], ptr["coef"],
-                        ptr["analog"], ptr["exact"], float(self.macro.adc_levels),
-                        int(self.reciprocal), float(self.alpha), nat["rand_var"],
-                        nat["nl_var"], float(self.macro.nrow), int(noisy), seed)
-
-                list(pool.map(run, blocks))
-        y.copy_(yt.transpose(1, 2))
+            codes, kind = _native_codes(x[b], self.xb)
+            wpk, woff = self._packed_weights(b_first + b)
+            seeds = (torch.randint(0, 2**62, (ntiles,), generator=self.generator) if noisy
+                     else torch.zeros(ntiles, dtype=torch.int64))
+            yb = y[b]  # (Mc, O), unit stride along O
+            rc = lib.acim_popcount_run(
+                codes.data_ptr(), kind, codes.stride(0), Mc, ntiles, ptr["tiles"],
+                wpk.data_ptr(), woff.data_ptr(), self.O, yb.data_ptr(), yb.stride(0),
+                self.wb, nat["wpad"], self.xb, self.ncyc, ptr["nbits"], ptr["bits"],
+                ptr["fs"], ptr["coef"], ptr["analog"], ptr["exact"],
+                float(self.macro.adc_levels), int(self.reciprocal), float(self.alpha),
+                nat["rand_var"], nat["nl_var"], float(self.macro.nrow), int(noisy),
+                seeds.data_ptr(), max(1, torch.get_num_threads()))
+            if rc != 0:
+                raise MemoryError("asim: the native engine could not allocate its scratch "
+                                  "memory; reduce the batch size")
 
     @property
     def wpt(self) -> Tensor:
@@ -499,7 +513,7 @@ class _CyclePath:
         Bt, M, R = self.x3.shape
         per_row = self.xb * self.wb * self.O
         if self.popcount:
-            per_row = max(self.O, R)  # no per-cycle intermediates
+            per_row = max(self.O, R)  # no per-cycle intermediates; packed rows are R bytes
         rows_per_chunk = max(1, CHUNK_ELEMENTS // per_row)
         b_step = max(1, min(Bt, rows_per_chunk // max(M, 1)))
         m_step = M if b_step > 1 or M <= rows_per_chunk else rows_per_chunk

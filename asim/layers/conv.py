@@ -7,12 +7,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConvTiling, MacroConfig, NoiseConfig
-from ..engine import exact_product, shortcut_applies
+from ..engine import compact_codes, exact_product, shortcut_applies
 from .base import ACiMLayer
 
 __all__ = ["ACiMConv2d", "conv_tiles"]
 
-_UNFOLD_BUDGET = 1 << 24  # unfolded input elements per chunk of images (64 MiB float32)
+_UNFOLD_BUDGET = 1 << 24  # unfolded input elements per chunk of images (16-64 MiB)
 
 
 def conv_tiles(in_channels: int, kernel_area: int, nrow: int,
@@ -137,6 +137,7 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         w_mat = w_int.reshape(O, R).t()  # (R, O), rows in unfold order: channel-major
         cells = self._cell_noise(w_mat)  # one draw per forward, shared by all images
         acc = torch.empty(B, L, O, dtype=torch.float32, device=x_int.device)
+        x_int = compact_codes(x_int, self.macro.input_bits, self.signed_input)
         step = max(1, _UNFOLD_BUDGET // max(1, L * R))
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
