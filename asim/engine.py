@@ -149,6 +149,23 @@ def _adc_is_identity(full_scale: int, adc_levels: int, reciprocal: bool) -> bool
     return _LOSSLESS_CACHE[key]
 
 
+_MULTIPLIER_CACHE: dict[tuple[int, int], float] = {}
+
+
+def _code_multiplier(full_scale: int, adc_levels: int) -> float:
+    """``fl(A/F)`` if ``rne(m * fl(A/F))`` equals the spec's noise-free ADC code
+    ``rne(fl(m/F) * A)`` for every count ``m`` in ``[0, F]`` (checked exhaustively), else 0.
+    The native kernel then skips one division per conversion."""
+    key = (full_scale, adc_levels)
+    if key not in _MULTIPLIER_CACHE:
+        m = torch.arange(full_scale + 1, dtype=torch.float32)
+        ref = (m / full_scale).clamp_(0, 1).mul_(adc_levels).round_()
+        mul = torch.tensor(float(adc_levels)) / torch.tensor(float(full_scale))
+        fast = (m * mul).round_()
+        _MULTIPLIER_CACHE[key] = mul.item() if torch.equal(fast, ref) else 0.0
+    return _MULTIPLIER_CACHE[key]
+
+
 # --------------------------------------------------------------------------------------------
 # Random numbers: one generator stream split over threads on CPU (torch's CPU RNG is serial).
 
@@ -448,6 +465,8 @@ class _CyclePath:
             "nbits": torch.tensor([len(c.bits) for c in plan.cycles], dtype=torch.int32),
             "bits": bits,
             "fs": torch.tensor(plan.full_scale, dtype=torch.float32),
+            "qmul": torch.tensor([_code_multiplier(f, self.macro.adc_levels)
+                                  for f in plan.full_scale], dtype=torch.float32),
             "coef": torch.tensor(plan.coef, dtype=torch.float32),
             "analog": torch.tensor(plan.analog, dtype=torch.uint8),
             "exact": torch.tensor(plan.digital_exact, dtype=torch.uint8),
@@ -489,7 +508,7 @@ class _CyclePath:
                 codes.data_ptr(), kind, codes.stride(0), Mc, ntiles, ptr["tiles"],
                 wpk.data_ptr(), woff.data_ptr(), self.O, yb.data_ptr(), yb.stride(0),
                 self.wb, nat["wpad"], self.xb, self.ncyc, ptr["nbits"], ptr["bits"],
-                ptr["fs"], ptr["coef"], ptr["analog"], ptr["exact"],
+                ptr["fs"], ptr["qmul"], ptr["coef"], ptr["analog"], ptr["exact"],
                 float(self.macro.adc_levels), int(self.reciprocal), float(self.alpha),
                 nat["rand_var"], nat["nl_var"], float(self.macro.nrow), int(noisy),
                 seeds.data_ptr(), max(1, torch.get_num_threads()))

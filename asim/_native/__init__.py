@@ -80,8 +80,8 @@ def _build() -> ctypes.CDLL | None:
     lib.acim_pack.argtypes = [p, i32, i64, i64, i64, i64, i64, i32, p, i64, i64, i64]
     lib.acim_pack.restype = None
     lib.acim_popcount_run.argtypes = [p, i32, i64, i64, i32, p, p, p, i64, p, i64, i32, i32,
-                                      i32, i32, p, p, p, p, p, p, f32, i32, f32, f32, f32, f32,
-                                      i32, p, i32]
+                                      i32, i32, p, p, p, p, p, p, p, f32, i32, f32, f32, f32,
+                                      f32, i32, p, i32]
     lib.acim_popcount_run.restype = i32
     lib.acim_fill_normals.argtypes = [p, i64, u64, u64]
     lib.acim_fill_normals.restype = None

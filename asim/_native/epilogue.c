@@ -226,7 +226,7 @@ typedef struct {
     float *y;              /* y[m*ldy + o], written (not accumulated) */
     int32_t w, wpad, x, ncyc;
     const int32_t *cyc_nbits, *cyc_bits;
-    const float *cyc_fs, *coef;
+    const float *cyc_fs, *cyc_qmul, *coef;
     const uint8_t *analog, *exact;
     float A, alpha, rand_var, nl_var, nrow;
     int32_t reciprocal, noise_on;
@@ -249,6 +249,7 @@ static void tile_epilogue(const run_t *R, int32_t tile, int64_t o, int64_t mb,
             const float F = R->cyc_fs[c];
             const float invF = 1.0f / F;
             const float k = R->coef[i * ncyc + c];
+            const float qmul = R->cyc_qmul[c];
             const float *c0 = cnt[i * x + bits[0]];
             for (int t = 0; t < MB; ++t) mc[t] = c0[t];
             for (int32_t b = 1; b < nb; ++b) {
@@ -272,6 +273,13 @@ static void tile_epilogue(const run_t *R, int32_t tile, int64_t o, int64_t mb,
                         a = a < 1.0f ? a : 1.0f;
                         const float q = nearbyintf(a * A);
                         y[t] = y[t] + k * ((q * invA) * F);
+                    }
+                } else if (qmul != 0.0f && R->alpha == 0.0f) {
+                    /* rne(m * fl(A/F)) == rne(fl(m/F) * A) for every count m in [0, F],
+                     * checked exhaustively for this (F, A) by the caller: one division */
+                    for (int t = 0; t < MB; ++t) {
+                        const float q = nearbyintf(mc[t] * qmul);
+                        y[t] = y[t] + k * ((q / A) * F);
                     }
                 } else {
                     for (int t = 0; t < MB; ++t) {
@@ -395,12 +403,14 @@ static int parallel(run_t *R, void *(*fn)(void *)) {
 /* Y[m, o] of one chunk (rows m < M of the activation codes) over all tiles.
  * codes: [M][ld] integer codes of `kind`; tiles: [ntiles][2] row ranges; wpk/woff: weight
  * planes packed by acim_pack per tile as [O][wpad][nw_t] (planes >= w zero); y: output with
- * row stride ldy; seeds: one noise seed per tile. Returns 0, or -1 if out of memory. */
+ * row stride ldy; seeds: one noise seed per tile; cyc_qmul[c]: fl(A/F) where the caller
+ * verified that it gives the ADC code of every noise-free count, else 0. Returns 0, or -1 if out of memory. */
 int32_t acim_popcount_run(const void *codes, int32_t kind, int64_t ld, int64_t M,
                           int32_t ntiles, const int64_t *tiles, const uint64_t *wpk,
                           const int64_t *woff, int64_t O, float *y, int64_t ldy, int32_t w,
                           int32_t wpad, int32_t x, int32_t ncyc, const int32_t *cyc_nbits,
-                          const int32_t *cyc_bits, const float *cyc_fs, const float *coef,
+                          const int32_t *cyc_bits, const float *cyc_fs,
+                          const float *cyc_qmul, const float *coef,
                           const uint8_t *analog, const uint8_t *exact, float adc_levels,
                           int32_t reciprocal, float alpha, float rand_var, float nl_var,
                           float nrow, int32_t noise_on, const uint64_t *seeds,
@@ -412,7 +422,8 @@ int32_t acim_popcount_run(const void *codes, int32_t kind, int64_t ld, int64_t M
     R.ntiles = ntiles; R.tiles = tiles; R.wpk = wpk; R.woff = woff;
     R.O = O; R.ldy = ldy; R.y = y;
     R.w = w; R.wpad = wpad; R.x = x; R.ncyc = ncyc;
-    R.cyc_nbits = cyc_nbits; R.cyc_bits = cyc_bits; R.cyc_fs = cyc_fs; R.coef = coef;
+    R.cyc_nbits = cyc_nbits; R.cyc_bits = cyc_bits; R.cyc_fs = cyc_fs; R.cyc_qmul = cyc_qmul;
+    R.coef = coef;
     R.analog = analog; R.exact = exact;
     R.A = adc_levels; R.alpha = alpha; R.rand_var = rand_var; R.nl_var = nl_var;
     R.nrow = nrow; R.reciprocal = reciprocal; R.noise_on = noise_on; R.seeds = seeds;

@@ -304,6 +304,64 @@ def test_native_epilogue_equals_torch_epilogue(seed, monkeypatch):
     assert bits(native) == bits(plain)
 
 
+@pytest.mark.parametrize("nrow,enc,adc,signed", [
+    (255, None, 6, False),  # fl(A/F) gives every code: the kernel's one-division path
+    (16, 3, 5, False),  # F = 112, A = 31: it does not (ties), so the kernel divides
+    (100, None, 6, True),
+    (64, 2, 8, False),
+])
+def test_native_kernel_at_array_scale_equals_torch_path(nrow, enc, adc, signed, monkeypatch):
+    """Realistic sizes: several 64-row words per tile, row blocks and output ranges split
+    over threads, M not a multiple of the kernel's block, 8-bit compact codes."""
+    from asim import engine
+    from asim.engine import _code_multiplier, compact_codes
+
+    macro = MacroConfig(nrow=nrow, adc_bits=adc, input_enc_bits=enc)
+    g = torch.Generator().manual_seed(nrow + adc)
+    x = _ints(g, (203, 700), 8, signed)
+    w = _ints(g, (700, 37), 8, True)
+    native = acim_matmul(x, w, macro=macro, signed_input=signed)
+    compact = acim_matmul(compact_codes(x, 8, signed), w, macro=macro, signed_input=signed)
+    monkeypatch.setattr(engine._CyclePath, "_native_args", lambda self: None)
+    plain = acim_matmul(x, w, macro=macro, signed_input=signed)
+    assert bits(native) == bits(plain) == bits(compact)
+    full_scale = ((1 << (enc or 1)) - 1) * nrow
+    assert (_code_multiplier(full_scale, (1 << adc) - 1) == 0.0) == (nrow == 16)
+
+
+def test_native_portable_build_gives_the_same_bits(tmp_path):
+    """The plain-C loops (no AVX-512) build and agree with the torch path."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from asim import MacroConfig, NoiseConfig, acim_matmul
+from asim._native import epilogue_lib
+assert epilogue_lib() is not None and epilogue_lib().acim_simd() == 0
+g = torch.Generator().manual_seed(1)
+x = torch.randint(0, 256, (77, 530), generator=g).float()
+w = torch.randint(-127, 128, (530, 21), generator=g).float()
+for adc in (5, 6):
+    y = acim_matmul(x, w, macro=MacroConfig(adc_bits=adc), signed_input=False)
+    torch.save(y, f"{adc}.pt")
+"""
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    env = {**__import__("os").environ, "ASIM_NATIVE_MARCH": "x86-64", "PYTHONPATH": root,
+           "ASIM_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if "no C compiler" in proc.stderr:
+        pytest.skip("no C compiler")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (77, 530), generator=g).float()
+    w = torch.randint(-127, 128, (530, 21), generator=g).float()
+    for adc in (5, 6):
+        want = acim_matmul(x, w, macro=MacroConfig(adc_bits=adc), signed_input=False)
+        assert bits(torch.load(tmp_path / f"{adc}.pt")) == bits(want)
+
+
 def test_native_normals_are_standard_normal():
     from asim._native import epilogue_lib
 
