@@ -28,8 +28,8 @@ from torch import Tensor
 from .config import Division, MacroConfig, NoiseConfig
 from .noise import GaussianNoise, build_noise
 
-__all__ = ["CHUNK_ELEMENTS", "Cycle", "acim_matmul", "activation_cycles", "compact_codes",
-           "exact_product", "linear_tiles", "shortcut_applies"]
+__all__ = ["CHUNK_ELEMENTS", "Cycle", "Patches", "acim_matmul", "activation_cycles",
+           "compact_codes", "exact_product", "linear_tiles", "shortcut_applies"]
 
 CHUNK_ELEMENTS = 1 << 22
 """Partial sums handled per chunk (4 Mi float32 = 16 MiB per temporary)."""
@@ -227,25 +227,26 @@ _NATIVE_IB = 4  # the native kernel counts weight bits in blocks of 4 (epilogue.
 
 
 def compact_codes(codes: Tensor, bits: int, signed: bool) -> Tensor:
-    """Integer codes in the smallest integer dtype that holds them (uint8 for unsigned and
-    int8 for signed codes of <= 8 bits): ``acim_matmul`` accepts them as they are, and
-    copies of them (a conv's unfold) move 4x less memory than float32."""
-    if bits <= 8:
-        return codes.to(torch.int8 if signed else torch.uint8)
-    return codes.to(torch.int16 if bits <= 15 or (signed and bits <= 16) else torch.int32)
+    """Integer codes as uint8 (unsigned) or int8 (signed) when they have <= 8 bits, else
+    int32: ``acim_matmul`` accepts them as they are, and copies of 8-bit codes (a conv's
+    unfold) move 4x less memory than float32."""
+    return codes.to((torch.int8 if signed else torch.uint8) if bits <= 8 else torch.int32)
 
 
-def _native_codes(t: Tensor, bits: int) -> tuple[Tensor, int]:
-    """Rows of codes laid out for the native packer: (tensor with unit last stride, kind)."""
-    if t.dtype in (torch.uint8, torch.int8) and bits <= 8:
-        kind = 2
-    elif t.dtype.is_floating_point:
-        t, kind = t.to(torch.float32), 0
-    else:
-        t, kind = t.to(torch.int32), 1
-    if t.dim() != 2 or t.stride(-1) != 1 or t.stride(0) < t.shape[1]:
-        t = t.contiguous()
-    return t, kind
+def _native_codes(t: Tensor, bits: int, in_place: bool = False) -> tuple[Tensor, int]:
+    """Codes as the native packer reads them, and their kind (0 float32, 1 int32, 2 one
+    byte): rows with unit last stride, or (``in_place``) the tensor itself, which must then
+    be float32, int32, uint8, or int8 with ``bits <= 8``."""
+    if t.dtype == torch.uint8 or (t.dtype == torch.int8 and bits <= 8):
+        return (t if in_place else _rows(t)), 2
+    if t.dtype.is_floating_point:
+        return _rows(t.to(torch.float32)) if not in_place else t, 0
+    return _rows(t.to(torch.int32)) if not in_place else t, 1
+
+
+def _rows(t: Tensor) -> Tensor:
+    return t if t.dim() == 2 and t.stride(-1) == 1 and t.stride(0) >= t.shape[1] else \
+        t.contiguous()
 
 
 def _gemm_dtype(max_rows: int, device: torch.device, float_planes: bool) -> torch.dtype:
@@ -318,8 +319,41 @@ def exact_product(x: Tensor, w: Tensor, macro: MacroConfig, signed_input: bool,
     return product(x, w)
 
 
+class Patches:
+    """An activation matrix ``X [M, R]`` read in place from a strided view of codes.
+
+    ``view`` is any strided view whose first ``row_dims`` dims index the rows and the rest
+    the columns, e.g. a conv input's ``(B, Ho, Wo, C, kh, kw)`` patch view: ``X`` is its
+    unfolded input without the copy. The native CPU engine reads the codes in place
+    (``X[m, r]`` is at ``view.data_ptr()`` plus ``row_offset[m] + col_offset[r]`` elements);
+    the other paths call :meth:`materialize`.
+    """
+
+    def __init__(self, view: Tensor, row_dims: int):
+        self.view = view
+        sizes, strides = view.shape, view.stride()
+        self.row_offset = _offsets(sizes[:row_dims], strides[:row_dims], view.device)
+        self.col_offset = _offsets(sizes[row_dims:], strides[row_dims:], view.device)
+        self.shape = (self.row_offset.numel(), self.col_offset.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.view.device
+
+    def materialize(self) -> Tensor:
+        """``X`` as a contiguous ``[M, R]`` tensor (one copy)."""
+        return self.view.reshape(self.shape)
+
+
+def _offsets(sizes, strides, device) -> Tensor:
+    off = torch.zeros((), dtype=torch.int64)
+    for n, st in zip(sizes, strides, strict=True):
+        off = (off.unsqueeze(-1) + torch.arange(n, dtype=torch.int64) * st)
+    return off.reshape(-1).to(device)
+
+
 def acim_matmul(
-    x_int: Tensor,
+    x_int: Tensor | Patches,
     w_int: Tensor,
     *,
     macro: MacroConfig,
@@ -333,7 +367,8 @@ def acim_matmul(
     """Integer-domain accumulator ``Y`` of the macro computing ``x_int @ w_int``.
 
     Args:
-        x_int: activation-role codes ``[..., M, R]`` (integer-valued float32).
+        x_int: activation-role codes ``[..., M, R]``: integer-valued float32, or an
+            integer dtype (:func:`compact_codes`), or a 2-D :class:`Patches`.
         w_int: weight-role codes ``[R, O]`` or ``[..., R, O]`` with the same leading dims
             as ``x_int`` (signed, ``|w| <= 2^(weight_bits-1) - 1``).
         macro: bit widths, array size, ADC and cycle scheme.
@@ -350,6 +385,9 @@ def acim_matmul(
     Returns:
         ``Y`` as float32 ``[..., M, O]``, to be de-quantized by the caller (spec §1.4).
     """
+    patches = x_int if isinstance(x_int, Patches) else None
+    if patches is not None:
+        x_int = torch.empty(patches.shape, device="meta")  # for the shape checks
     if x_int.dim() < 2 or w_int.dim() < 2:
         raise ValueError("acim_matmul expects x_int [..., M, R] and w_int [..., R, O]")
     rows = x_int.shape[-1]
@@ -361,11 +399,13 @@ def acim_matmul(
     tiles = [(int(a), int(b)) for a, b in tiles if b > a]
     lead = x_int.shape[:-2]
     M, O = x_int.shape[-2], w_int.shape[-1]
-    x3 = x_int.reshape(-1, M, rows)
+    x3 = x_int.reshape(-1, M, rows) if patches is None else patches
     w3 = w_int.reshape(-1, rows, O)
-    if w3.shape[0] not in (1, x3.shape[0]):
+    batch = 1 if patches is not None else x3.shape[0]
+    if w3.shape[0] not in (1, batch):
         raise ValueError("acim_matmul: w_int leading dims must be absent or match x_int's")
-    out = torch.zeros(x3.shape[0], M, O, dtype=torch.float32, device=x_int.device)
+    device = w_int.device
+    out = torch.zeros(batch, M, O, dtype=torch.float32, device=device)
     if not tiles or M == 0 or O == 0:
         return out.reshape(*lead, M, O)
 
@@ -374,21 +414,30 @@ def acim_matmul(
     if cell_noise is not None:
         cell_noise = cell_noise.reshape(-1, rows, macro.weight_bits, O)
 
+    plan = _plan(macro, signed_input)
+    shortcut = exact_shortcut and shortcut_applies(macro, noise, signed_input, plan)
+    readable = patches is not None and (
+        patches.view.dtype in (torch.float32, torch.int32, torch.uint8)
+        or (patches.view.dtype == torch.int8 and macro.input_bits <= 8))
+    if patches is not None and (macro.weight_parallel or shortcut or not readable):
+        x3 = patches.materialize()[None]  # these paths read a tensor
     if macro.weight_parallel:
         y = _weight_parallel(x3, w3, macro, signed_input, tiles, noise, generator)
         return y.reshape(*lead, M, O)
 
-    plan = _plan(macro, signed_input)
-    if exact_shortcut and shortcut_applies(macro, noise, signed_input, plan):
-        used = _rows_used(tiles, rows, x_int.device)
+    if shortcut:
+        used = _rows_used(tiles, rows, device)
         xs, ws = _select_rows(x3, used), _select_rows(w3, used, dim=-2)
         y = exact_product(xs, ws, macro, signed_input)
         if y is not None:
             return y.reshape(*lead, M, O)
 
     reciprocal = macro.division == Division.reciprocal
-    _CyclePath(x3, w3, macro, plan, signed_input, tiles, readout, alpha, cell_noise,
-               generator, reciprocal).run(out)
+    path = _CyclePath(x3, w3, macro, plan, signed_input, tiles, readout, alpha, cell_noise,
+                      generator, reciprocal)
+    if isinstance(x3, Patches) and not path.popcount:
+        path.x3 = x3.materialize()[None]  # only the native kernel reads patches in place
+    path.run(out)
     return out.reshape(*lead, M, O)
 
 
@@ -494,18 +543,27 @@ class _CyclePath:
     def _chunk_popcount(self, x: Tensor, b_first: int, y: Tensor) -> None:
         """Binary GEMM by popcount fused with the ADC epilogue, one C call per matrix."""
         nat, lib = self.native, self.native["lib"]
-        B, Mc, _ = x.shape
         ptr = {k: v.data_ptr() for k, v in nat.items() if isinstance(v, Tensor)}
         noisy = self.readout is not None
         ntiles = len(self.tiles)
+        if isinstance(x, tuple):  # (Patches, m0, m1): read in place through offsets
+            patches, m0, m1 = x
+            B, Mc = 1, m1 - m0
+            codes, kind = _native_codes(patches.view, self.xb, in_place=True)
+            rows = patches.row_offset[m0:m1]
+            offsets = (rows.data_ptr(), patches.col_offset.data_ptr())
+        else:
+            B, Mc, _ = x.shape
+            offsets = (None, None)
         for b in range(B):
-            codes, kind = _native_codes(x[b], self.xb)
+            if offsets[0] is None:
+                codes, kind = _native_codes(x[b], self.xb)
             wpk, woff = self._packed_weights(b_first + b)
             seeds = (torch.randint(0, 2**62, (ntiles,), generator=self.generator) if noisy
                      else torch.zeros(ntiles, dtype=torch.int64))
             yb = y[b]  # (Mc, O), unit stride along O
             rc = lib.acim_popcount_run(
-                codes.data_ptr(), kind, codes.stride(0), Mc, ntiles, ptr["tiles"],
+                codes.data_ptr(), kind, codes.stride(0), *offsets, Mc, ntiles, ptr["tiles"],
                 wpk.data_ptr(), woff.data_ptr(), self.O, yb.data_ptr(), yb.stride(0),
                 self.wb, nat["wpad"], self.xb, self.ncyc, ptr["nbits"], ptr["bits"],
                 ptr["fs"], ptr["qmul"], ptr["coef"], ptr["analog"], ptr["exact"],
@@ -529,7 +587,7 @@ class _CyclePath:
         return self._wpt
 
     def run(self, out: Tensor) -> None:
-        Bt, M, R = self.x3.shape
+        Bt, M, R = (1, *self.x3.shape) if isinstance(self.x3, Patches) else self.x3.shape
         per_row = self.xb * self.wb * self.O
         if self.popcount:
             per_row = max(self.O, R)  # no per-cycle intermediates; packed rows are R bytes
@@ -540,7 +598,9 @@ class _CyclePath:
             b1 = min(Bt, b0 + b_step)
             for m0 in range(0, M, m_step):
                 m1 = min(M, m0 + m_step)
-                self._chunk(self.x3[b0:b1, m0:m1], (b0, b1), out[b0:b1, m0:m1])
+                x = (self.x3, m0, m1) if isinstance(self.x3, Patches) else \
+                    self.x3[b0:b1, m0:m1]
+                self._chunk(x, (b0, b1), out[b0:b1, m0:m1])
 
     def _chunk(self, x: Tensor, batch: tuple[int, int], y: Tensor) -> None:
         if self.popcount:

@@ -79,7 +79,7 @@ def _build() -> ctypes.CDLL | None:
                              ctypes.c_uint64)
     lib.acim_pack.argtypes = [p, i32, i64, i64, i64, i64, i64, i32, p, i64, i64, i64]
     lib.acim_pack.restype = None
-    lib.acim_popcount_run.argtypes = [p, i32, i64, i64, i32, p, p, p, i64, p, i64, i32, i32,
+    lib.acim_popcount_run.argtypes = [p, i32, i64, p, p, i64, i32, p, p, p, i64, p, i64, i32, i32,
                                       i32, i32, p, p, p, p, p, p, p, f32, i32, f32, f32, f32,
                                       f32, i32, p, i32]
     lib.acim_popcount_run.restype = i32

@@ -111,7 +111,7 @@ void acim_fill_normals(float *out, int64_t n, uint64_t seed, uint64_t offset) {
 
 /* ---------------------------------------------------------------------------------------
  * Bit packing. Codes are integer-valued: kind 0 float32, 1 int32, 2 one byte (int8 or
- * uint8; only for nbits <= 8). Bit b of the two's-complement code of codes[m*ld + r],
+ * uint8; int8 only for nbits <= 8). Bit b of the two's-complement code of codes[m*ld + r],
  * r in [r0, r1), goes to bit (r - r0) % 64 of word out[b*sb + wd*sw + m*sm],
  * wd = (r - r0) / 64.
  */
@@ -125,7 +125,7 @@ static inline void pack_word(const void *codes, int32_t kind, int64_t at, int64_
         const __mmask64 lm = cnt >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << cnt) - 1);
         const __m512i v = _mm512_maskz_loadu_epi8(lm, (const uint8_t *)codes + at);
         for (int32_t b = 0; b < nbits; ++b)
-            words[b] = _mm512_test_epi8_mask(v, _mm512_set1_epi8((char)(1 << b)));
+            words[b] = _mm512_test_epi8_mask(v, _mm512_set1_epi8((char)(1u << b)));
         return;
     }
     for (int64_t g = 0; g < 4 && 16 * g < cnt; ++g) {
@@ -162,6 +162,33 @@ void acim_pack(const void *codes, int32_t kind, int64_t ld, int64_t m0, int64_t 
             pack_word(codes, kind, m * ld + ra, cnt, nbits, words);
             for (int32_t b = 0; b < nbits; ++b) out[b * sb + wd * sw + m * sm] = words[b];
         }
+}
+
+/* acim_pack for rows read through offsets: the code of (m, r) is element
+ * row_off[m] + col_off[r] of codes (a conv's patches, read in place). */
+static void pack_gather(const void *codes, int32_t kind, const int64_t *row_off,
+                        const int64_t *col_off, int64_t m0, int64_t m1, int64_t r0, int64_t r1,
+                        int32_t nbits, uint64_t *out, int64_t sb, int64_t sw, int64_t sm) {
+    const int64_t nw = (r1 - r0 + 63) / 64;
+    uint64_t words[MAXBITS];
+    union { uint8_t b[64]; uint32_t u[64]; } tmp;
+    for (int64_t m = m0; m < m1; ++m) {
+        const int64_t rb = row_off[m];
+        for (int64_t wd = 0; wd < nw; ++wd) {
+            const int64_t ra = r0 + 64 * wd;
+            const int64_t cnt = r1 - ra < 64 ? r1 - ra : 64;
+            const int64_t *co = col_off + ra;
+            if (kind == KIND_I8) {
+                const uint8_t *src = (const uint8_t *)codes + rb;
+                for (int64_t k = 0; k < cnt; ++k) tmp.b[k] = src[co[k]];
+            } else {
+                const uint32_t *src = (const uint32_t *)codes + rb;
+                for (int64_t k = 0; k < cnt; ++k) tmp.u[k] = src[co[k]];
+            }
+            pack_word(&tmp, kind, 0, cnt, nbits, words);
+            for (int32_t b = 0; b < nbits; ++b) out[b * sb + wd * sw + m * sm] = words[b];
+        }
+    }
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -216,6 +243,7 @@ typedef struct {
     const void *codes;
     int32_t kind;
     int64_t ld, M, Mpad;
+    const int64_t *row_off, *col_off; /* NULL: rows m*ld, columns contiguous */
     int32_t ntiles;
     const int64_t *tiles;  /* [ntiles][2] row ranges */
     const uint64_t *wpk;   /* per tile: [O][wpad][nw_t] */
@@ -335,7 +363,10 @@ static void *pack_worker(void *arg) {
         const int64_t r0 = R->tiles[2 * t], r1 = R->tiles[2 * t + 1];
         const int64_t nw = (r1 - r0 + 63) / 64;
         uint64_t *xp = R->xpk + R->xoff[t];
-        if (mr > m0)
+        if (mr > m0 && R->row_off)
+            pack_gather(R->codes, R->kind, R->row_off, R->col_off, m0, mr, r0, r1, R->x, xp,
+                        nw * R->Mpad, R->Mpad, 1);
+        else if (mr > m0)
             acim_pack(R->codes, R->kind, R->ld, m0, mr, r0, r1, R->x, xp, nw * R->Mpad, R->Mpad,
                       1);
         const int64_t z0 = mr > m0 ? mr : m0;
@@ -401,11 +432,13 @@ static int parallel(run_t *R, void *(*fn)(void *)) {
 }
 
 /* Y[m, o] of one chunk (rows m < M of the activation codes) over all tiles.
- * codes: [M][ld] integer codes of `kind`; tiles: [ntiles][2] row ranges; wpk/woff: weight
+ * codes: [M][ld] integer codes of `kind`, or with row_off/col_off (both non-NULL) the
+ * code of (m, r) at element row_off[m] + col_off[r]; tiles: [ntiles][2] row ranges; wpk/woff: weight
  * planes packed by acim_pack per tile as [O][wpad][nw_t] (planes >= w zero); y: output with
  * row stride ldy; seeds: one noise seed per tile; cyc_qmul[c]: fl(A/F) where the caller
  * verified that it gives the ADC code of every noise-free count, else 0. Returns 0, or -1 if out of memory. */
-int32_t acim_popcount_run(const void *codes, int32_t kind, int64_t ld, int64_t M,
+int32_t acim_popcount_run(const void *codes, int32_t kind, int64_t ld,
+                          const int64_t *row_off, const int64_t *col_off, int64_t M,
                           int32_t ntiles, const int64_t *tiles, const uint64_t *wpk,
                           const int64_t *woff, int64_t O, float *y, int64_t ldy, int32_t w,
                           int32_t wpad, int32_t x, int32_t ncyc, const int32_t *cyc_nbits,
@@ -418,6 +451,7 @@ int32_t acim_popcount_run(const void *codes, int32_t kind, int64_t ld, int64_t M
     run_t R;
     memset(&R, 0, sizeof R);
     R.codes = codes; R.kind = kind; R.ld = ld; R.M = M;
+    R.row_off = row_off; R.col_off = col_off;
     R.Mpad = (M + MB - 1) / MB * MB;
     R.ntiles = ntiles; R.tiles = tiles; R.wpk = wpk; R.woff = woff;
     R.O = O; R.ldy = ldy; R.y = y;

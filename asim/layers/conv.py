@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConvTiling, MacroConfig, NoiseConfig
-from ..engine import compact_codes, exact_product, shortcut_applies
+from ..engine import Patches, compact_codes, exact_product, shortcut_applies
 from .base import ACiMLayer
 
 __all__ = ["ACiMConv2d", "conv_tiles"]
@@ -35,11 +35,10 @@ def conv_tiles(in_channels: int, kernel_area: int, nrow: int,
     return tiles, dropped
 
 
-def _unfold_rows(x: Tensor, kernel, stride, pad, dilation, out_hw) -> Tensor:
+def _patches(x: Tensor, kernel, stride, pad, dilation, out_hw) -> Patches:
     """Input patches as a ``(B*Ho*Wo, C*kh*kw)`` matrix, columns in channel-major kernel order
-    (the order of ``F.unfold`` and of ``weight.reshape(O, -1)``), in one strided copy.
-
-    Rows are contiguous: the native engine packs each patch's bit planes from them."""
+    (the order of ``F.unfold`` and of ``weight.reshape(O, -1)``), as a strided view: the
+    native engine reads it in place, the other paths copy it once."""
     if pad[0] or pad[1]:
         x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
     x = x.contiguous()
@@ -48,7 +47,7 @@ def _unfold_rows(x: Tensor, kernel, stride, pad, dilation, out_hw) -> Tensor:
     view = x.as_strided((B, *out_hw, C, *kernel),
                         (sb, sh * stride[0], sw * stride[1], sc, sh * dilation[0],
                          sw * dilation[1]))
-    return view.reshape(B * out_hw[0] * out_hw[1], C * kernel[0] * kernel[1])
+    return Patches(view, row_dims=3)
 
 
 class ACiMConv2d(ACiMLayer, nn.Conv2d):
@@ -141,8 +140,8 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         step = max(1, _UNFOLD_BUDGET // max(1, L * R))
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
-            cols = _unfold_rows(x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation,
-                                (Ho, Wo))  # (b*L, R)
+            cols = _patches(x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation,
+                            (Ho, Wo))  # (b*L, R)
             acc[b0:b1] = self._mvm(cols, w_mat, tiles=tiles, cell_noise=cells,
                                    exact_shortcut=not shortcut).view(b1 - b0, L, O)
         return acc.transpose(1, 2).reshape(B, O, Ho, Wo)
