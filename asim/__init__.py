@@ -6,7 +6,15 @@ Convert any model and simulate it::
     acim = convert_to_acim(model, MacroConfig(adc_bits=6), NoiseConfig(rand_sigma=0.39))
 """
 
-from .config import ActScale, CellVariation, ConvTiling, Division, MacroConfig, NoiseConfig
+from .config import (
+    ActScale,
+    CellVariation,
+    ConvTiling,
+    Division,
+    MacroConfig,
+    NoiseConfig,
+    WeightParallelADC,
+)
 from .convert import LAYER_MAP, acim_modules, convert_to_acim, resample_noise, set_mode, to_float
 from .engine import acim_matmul, activation_cycles
 from .layers import MODES, ACiMConv2d, ACiMLayer, ACiMLinear, ACiMMultiheadAttention
@@ -29,6 +37,7 @@ __all__ = [
     "MacroConfig",
     "NoiseConfig",
     "TableNoise",
+    "WeightParallelADC",
     "acim_matmul",
     "acim_modules",
     "activation_cycles",

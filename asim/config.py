@@ -19,6 +19,7 @@ __all__ = [
     "Division",
     "MacroConfig",
     "NoiseConfig",
+    "WeightParallelADC",
 ]
 
 
@@ -41,6 +42,14 @@ class Division(str, Enum):
 
     true = "true"  # IEEE division: the reference on CPU (canonical)
     reciprocal = "reciprocal"  # multiply by the float32 reciprocal: the reference on CUDA
+
+
+class WeightParallelADC(str, Enum):
+    """Where the weight-parallel (W4A4) mode converts (spec §8.3, Q30)."""
+
+    output = "output"  # one ADC per output on the exact MAC (the reference conv; canonical)
+    per_cycle = "per_cycle"  # the running sum re-quantized after every tile x bit x cycle
+    # (the reference linear layer's behaviour)
 
 
 class CellVariation(str, Enum):
@@ -110,6 +119,10 @@ class MacroConfig:
     weight_parallel_rows: int | None = None
     """Full scale of the weight-parallel ADC in rows; None means ``nrow`` (the reference
     conv: one tile's full scale even when several tiles are summed)."""
+    weight_parallel_adc: WeightParallelADC = WeightParallelADC.output
+    """``output``: one signed ADC per output (the fix of Q30, default); ``per_cycle``: the
+    reference linear's re-quantization of the running sum after every tile, weight bit and
+    cycle, kept for compatibility."""
     conv_tiling: ConvTiling = ConvTiling.reference
     """``reference``: reproduce the reference's silently dropped channel groups (spec Q1);
     ``all_groups``: map every input channel."""
@@ -119,8 +132,8 @@ class MacroConfig:
     """``true``: CPU float semantics (canonical); ``reciprocal``: the reference's CUDA numbers."""
 
     def __post_init__(self) -> None:
-        for field in ("conv_tiling", "act_scale", "division"):
-            enum = {"conv_tiling": ConvTiling, "act_scale": ActScale, "division": Division}[field]
+        for field, enum in (("conv_tiling", ConvTiling), ("act_scale", ActScale),
+                            ("division", Division), ("weight_parallel_adc", WeightParallelADC)):
             _coerce_enum(self, field, enum)
         for field in ("weight_bits", "input_bits", "nrow", "adc_bits", "hybrid_levels",
                       "vote_levels", "vote_samples"):

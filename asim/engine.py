@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import Division, MacroConfig, NoiseConfig
+from .config import Division, MacroConfig, NoiseConfig, WeightParallelADC
 from .noise import GaussianNoise, build_noise
 
 __all__ = ["CHUNK_ELEMENTS", "Cycle", "Patches", "acim_matmul", "activation_cycles",
@@ -710,19 +710,56 @@ def _weight_parallel(x3, w3, macro, signed, tiles, noise, generator) -> Tensor:
     if signed:
         raise ValueError("MacroConfig.weight_parallel=true needs unsigned inputs; set "
                          "signed_input=False on this layer")
+    readout = build_noise(noise)
+    if readout is not None and (not isinstance(readout, GaussianNoise) or readout.nl_var > 0):
+        raise ValueError("MacroConfig.weight_parallel=true models random Gaussian noise "
+                         "only; set noise.nonlinear_sigma=0 and noise.file=null")
+    if macro.weight_parallel_adc == WeightParallelADC.per_cycle:
+        return _weight_parallel_per_cycle(x3, w3, macro, tiles, readout, generator)
     used = _rows_used(tiles, x3.shape[-1], x3.device)
     xs = _select_rows(x3, used).double()
     ws = _select_rows(w3, used, dim=-2).double()
     y = torch.matmul(xs, ws).float()  # exact integer MAC
-    rows = macro.weight_parallel_rows or macro.nrow
-    full = float(((1 << macro.input_bits) - 1) * ((1 << (macro.weight_bits - 1)) - 1) * rows)
-    half = (1 << (macro.adc_bits - 1)) - 1
+    full, half = _weight_parallel_full_scale(macro)
     a = _div(y, full, macro.division == Division.reciprocal).clamp_(-1, 1)
-    readout = build_noise(noise)
     if readout is not None:
-        if not isinstance(readout, GaussianNoise) or readout.nl_var > 0:
-            raise ValueError("MacroConfig.weight_parallel=true models random Gaussian noise "
-                             "only; set noise.nonlinear_sigma=0 and noise.file=null")
         a.add_(_randn(a.shape, a, generator), alpha=math.sqrt(readout.rand_var)).clamp_(-1, 1)
     q = a.mul_(half).round_()
     return q.div_(half).mul_(full)
+
+
+def _weight_parallel_full_scale(macro: MacroConfig) -> tuple[float, int]:
+    rows = macro.weight_parallel_rows or macro.nrow
+    full = float(((1 << macro.input_bits) - 1) * ((1 << (macro.weight_bits - 1)) - 1) * rows)
+    return full, (1 << (macro.adc_bits - 1)) - 1
+
+
+def _weight_parallel_per_cycle(x3, w3, macro, tiles, readout, generator) -> Tensor:
+    """``weight_parallel_adc="per_cycle"`` (spec §8.3, the reference linear): after every
+    tile, weight bit and cycle (in that order, bits and cycles descending) the running sum
+    ``S`` takes the cycle's exact MAC ``+-2^(i+c*e) * M``, then is normalised by the full
+    scale, clamped to [-1, 1], noised, clamped, converted by the signed ADC and rescaled."""
+    full, half = _weight_parallel_full_scale(macro)
+    rec = macro.division == Division.reciprocal
+    wb, e = macro.weight_bits, macro.input_enc_bits
+    cycles = activation_cycles(macro.input_bits, e, False)
+    xc = _codes(x3, macro.input_bits, False)
+    wc = _codes(w3, wb, True)
+    S = torch.zeros(x3.shape[0], x3.shape[1], w3.shape[-1], dtype=torch.float32,
+                    device=x3.device)
+    sigma = math.sqrt(readout.rand_var) if readout is not None else 0.0
+    for r0, r1 in tiles:
+        wplanes = [((wc[:, r0:r1] >> i) & 1).float() for i in range(wb)]
+        for i in range(wb - 1, -1, -1):
+            for c in range(len(cycles) - 1, -1, -1):
+                cyc = cycles[c]
+                level = sum(((xc[..., r0:r1] >> b) & 1) << k for k, b in enumerate(cyc.bits))
+                mac = torch.matmul(level.float(), wplanes[i])  # exact: small integers
+                if i == wb - 1:
+                    mac = -mac
+                S = S + mac * float(2 ** (i + cyc.shift))
+                S = _div(S, full, rec).clamp_(-1, 1)
+                if readout is not None:
+                    S.add_(_randn(S.shape, S, generator), alpha=sigma).clamp_(-1, 1)
+                S = _div(S.mul_(half).round_(), half, rec).mul_(full)
+    return S

@@ -383,6 +383,36 @@ def oracle_wbp_mvm(x_int, w_int, *, wbit, xbit, adc_prec, nrow, tiles, act_enc,
                     rand_noise_sigma=rand_noise_sigma, generator=generator)
 
 
+def oracle_wbp_per_cycle_mvm(x_int, w_int, *, wbit, xbit, adc_prec, nrow, tiles, act_enc):
+    """W4A4 extension, the reference linear's behaviour (spec 8.3, kept as a compatibility
+    option by Q30): a running sum, re-quantized by the signed ADC after every
+    (tile, weight bit, cycle) step. Noise-free; float32 throughout, step by step."""
+    _wbp_check(xbit, act_enc)
+    tiles = _tile_list(tiles)
+    xpl = unsigned_bit_planes(x_int, xbit)
+    wpl = signed_bit_planes(w_int, wbit)
+    cycles = activation_cycles(xbit, False, act_enc)
+    F = float((2 ** xbit - 1) * (2 ** (wbit - 1) - 1) * nrow)
+    H = float(2 ** (adc_prec - 1) - 1)
+    out = None
+    for s, e in tiles:
+        for i in range(wbit - 1, -1, -1):
+            for cyc in sorted(cycles, key=lambda c: -c["shift"]):
+                mac = None
+                for bit, weight in cyc["bits"]:
+                    part = torch.matmul(xpl[bit][..., s:e].float(),
+                                        wpl[i][..., s:e].float().transpose(-1, -2)) * weight
+                    mac = part if mac is None else mac + part
+                if i == wbit - 1:
+                    mac = mac * -1.0
+                step = mac * float(2 ** (i + cyc["shift"]))
+                out = step if out is None else out + step
+                out = torch.clamp(out / F, -1.0, 1.0)
+                out = torch.round(out * H)
+                out = out / H * F
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # 7.1 Linear
 # --------------------------------------------------------------------------------------

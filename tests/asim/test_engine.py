@@ -160,6 +160,31 @@ def test_compression_and_weight_parallel_equal_oracle(seed):
     assert bits(got) == bits(want)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_weight_parallel_per_cycle_compat_equals_oracle(seed):
+    """weight_parallel_adc="per_cycle": the reference linear's cumulative re-quantization."""
+    rng, g = random.Random(4100 + seed), torch.Generator().manual_seed(seed)
+    M, R, O = 4, rng.randint(4, 30), 3
+    macro = MacroConfig(weight_bits=4, input_bits=4, nrow=rng.choice([4, 7, 8]),
+                        adc_bits=rng.choice([4, 6, 8]), input_enc_bits=rng.choice([1, 2, 4]),
+                        weight_parallel=True, weight_parallel_adc="per_cycle")
+    x, w = _ints(g, (M, R), 4, False), _ints(g, (O, R), 4, True)
+    tiles = linear_tiles(R, macro.nrow)
+    got = acim_matmul(x, w.t(), macro=macro, signed_input=False, tiles=tiles)
+    want = oracle.oracle_wbp_per_cycle_mvm(x, w, wbit=4, xbit=4, adc_prec=macro.adc_bits,
+                                           nrow=macro.nrow, tiles=tiles,
+                                           act_enc=macro.input_enc_bits)
+    assert bits(got) == bits(want)
+    single = acim_matmul(x, w.t(), macro=macro.replace(weight_parallel_adc="output"),
+                         signed_input=False, tiles=tiles)
+    assert got.shape == single.shape
+    noisy = acim_matmul(x, w.t(), macro=macro, signed_input=False, tiles=tiles,
+                        noise=NoiseConfig(rand_sigma=1.0), generator=g)
+    assert torch.isfinite(noisy).all()
+    with pytest.raises(ValueError, match="weight_parallel_adc"):
+        MacroConfig(weight_parallel_adc="per_tile")
+
+
 def test_lossless_simulation_equals_inference_bit_exactly():
     torch.manual_seed(0)
     for layer, x in [
