@@ -13,6 +13,7 @@ from .config import (
     Division,
     MacroConfig,
     NoiseConfig,
+    SignCycleCompression,
     WeightParallelADC,
 )
 from .convert import LAYER_MAP, acim_modules, convert_to_acim, resample_noise, set_mode, to_float
@@ -36,6 +37,7 @@ __all__ = [
     "GaussianNoise",
     "MacroConfig",
     "NoiseConfig",
+    "SignCycleCompression",
     "TableNoise",
     "WeightParallelADC",
     "acim_matmul",

@@ -19,6 +19,7 @@ __all__ = [
     "Division",
     "MacroConfig",
     "NoiseConfig",
+    "SignCycleCompression",
     "WeightParallelADC",
 ]
 
@@ -50,6 +51,13 @@ class WeightParallelADC(str, Enum):
     output = "output"  # one ADC per output on the exact MAC (the reference conv; canonical)
     per_cycle = "per_cycle"  # the running sum re-quantized after every tile x bit x cycle
     # (the reference linear layer's behaviour)
+
+
+class SignCycleCompression(str, Enum):
+    """Where gain compression acts on a signed bit-parallel input's sign cycle (§8.1, Q28)."""
+
+    counts = "counts"  # on the raw count, like every other cycle (canonical)
+    normalised = "normalised"  # on the normalised value after noise (the reference linear)
 
 
 class CellVariation(str, Enum):
@@ -227,9 +235,14 @@ class NoiseConfig:
     (ASiM current-domain ``weight_var``). 0 = off."""
     cell_variation: CellVariation = CellVariation.per_forward
     """``per_forward``: redraw cell variation on every call (reference); ``per_chip``: fixed."""
+    sign_cycle_compression: SignCycleCompression = SignCycleCompression.counts
+    """``counts``: compress the sign cycle's raw count like every cycle (fix of Q28);
+    ``normalised``: compress its normalised value after the noise, as the reference's
+    current-domain linear does for signed bit-parallel inputs (compatibility)."""
 
     def __post_init__(self) -> None:
         _coerce_enum(self, "cell_variation", CellVariation)
+        _coerce_enum(self, "sign_cycle_compression", SignCycleCompression)
         for field in ("rand_sigma", "nonlinear_sigma", "compression_alpha", "cell_sigma"):
             value = getattr(self, field)
             _check(isinstance(value, (int, float)) and not isinstance(value, bool),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import Division, MacroConfig, NoiseConfig, WeightParallelADC
+from .config import Division, MacroConfig, NoiseConfig, SignCycleCompression, WeightParallelADC
 from .noise import GaussianNoise, build_noise
 
 __all__ = ["CHUNK_ELEMENTS", "Cycle", "Patches", "acim_matmul", "activation_cycles",
@@ -433,8 +433,10 @@ def acim_matmul(
             return y.reshape(*lead, M, O)
 
     reciprocal = macro.division == Division.reciprocal
+    late_sign = (alpha != 0.0 and signed_input and macro.input_enc_bits is not None
+                 and noise.sign_cycle_compression == SignCycleCompression.normalised)
     path = _CyclePath(x3, w3, macro, plan, signed_input, tiles, readout, alpha, cell_noise,
-                      generator, reciprocal)
+                      generator, reciprocal, late_sign)
     if isinstance(x3, Patches) and not path.popcount:
         path.x3 = x3.materialize()[None]  # only the native kernel reads patches in place
     path.run(out)
@@ -460,10 +462,11 @@ class _CyclePath:
     """Vectorized per-cycle model: GEMM of stacked planes, chunked ADC/noise epilogue."""
 
     def __init__(self, x3, w3, macro, plan, signed, tiles, readout, alpha, cell_noise,
-                 generator, reciprocal):
+                 generator, reciprocal, late_sign=False):
         self.x3, self.w3, self.macro, self.plan = x3, w3, macro, plan
         self.signed, self.tiles, self.readout, self.alpha = signed, tiles, readout, alpha
         self.cell_noise, self.generator, self.reciprocal = cell_noise, generator, reciprocal
+        self.late_sign = late_sign  # compress the sign cycle after noise (Q28 compatibility)
         self.wb, self.xb = macro.weight_bits, macro.input_bits
         self.ncyc = len(plan.cycles)
         max_rows = max(b - a for a, b in tiles)
@@ -490,7 +493,7 @@ class _CyclePath:
     def _native_args(self) -> dict | None:
         """Arguments of the native popcount kernel, or None where the torch path must run
         (CUDA, majority voting, measured-noise tables, > MAXBITS planes, no C compiler)."""
-        if (self.x3.device.type != "cpu" or self.voted_pairs
+        if (self.x3.device.type != "cpu" or self.voted_pairs or self.late_sign
                 or not (self.readout is None or isinstance(self.readout, GaussianNoise))):
             return None
         from ._native import MAXBITS, epilogue_lib
@@ -641,14 +644,21 @@ class _CyclePath:
         """Normalise, add noise, convert and rescale every cycle at once (spec §4.1)."""
         A, rec = self.macro.adc_levels, self.reciprocal
         exact = {p: counts[p[0], :, :, p[1]].clone() for p in self.exact_pairs}
+        sign = self.ncyc - 1  # the sign cycle of signed bit-parallel inputs
         if self.alpha:
+            raw = counts[:, :, :, sign].clone() if self.late_sign else None
             counts = counts / (counts * self.alpha + 1.0)
+            if raw is not None:
+                counts[:, :, :, sign] = raw
         a = self._normalise(counts)
         a.clamp_(0, 1)
         voted_base = {p: a[p[0], :, :, p[1]].clone() for p in self.voted_pairs}
         if self.readout is not None:
             self._add_noise(a, self.analog_mask)
             a.clamp_(0, 1)
+        if self.late_sign:
+            s = a[:, :, :, sign]
+            s.copy_(s / (s * self.alpha + 1.0))
         q = a.mul_(A).round_()
         for (i, c), base in voted_base.items():
             q[i, :, :, c] = self._vote(base)

@@ -340,6 +340,10 @@ def build_trainer(cfg: DictConfig, *, callbacks: list | None = None,
     # trainer.deterministic turns on torch's NaN-filling of torch.empty, a debugging aid that
     # makes the engine's large scratch buffers ~15x slower; results do not depend on it.
     torch.utils.deterministic.fill_uninitialized_memory = False
+    # Quirk Q35: TF32 convs/matmuls on GPU change float layers (the stem, excluded layers) by
+    # ulps against CPU, which can flip quantization boundaries. Simulation stays exact.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     return trainer
 
 

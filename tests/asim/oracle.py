@@ -204,7 +204,8 @@ def _mode_smallest(codes: list[torch.Tensor]) -> torch.Tensor:
 
 def _bit_level_loop(mac, *, n_tiles, tile_labels, signed_act, wbit, xbit, adc_prec, nrow,
                     act_enc, hybrid_levels, hybrid_exact, rand_noise_sigma, non_linear_sigma,
-                    voting_levels, num_samp, compression_alpha, generator, trace):
+                    voting_levels, num_samp, compression_alpha, generator, trace,
+                    sign_compression_after_noise=False):
     """Integer-domain accumulator Y of the bit-level model (spec 4.1/4.2, 5, 6, 8.1, 8.2).
 
     ``mac(t, i, j)`` must return the exact column MAC (float32, output shape) of tile t,
@@ -264,17 +265,25 @@ def _bit_level_loop(mac, *, n_tiles, tile_labels, signed_act, wbit, xbit, adc_pr
                     q = None
                     v = M  # digital cycle computed exactly: the exact count
                 else:
-                    # 8.1 current-domain gain compression of the raw (weighted) count
-                    Mn = M / (1 + alpha * M) if compression else M
+                    # 8.1 current-domain gain compression of the raw (weighted) count; the
+                    # reference linear's signed bit-parallel sign cycle compresses the
+                    # normalised value after the noise instead (Q28 compatibility)
+                    late = (compression and sign_compression_after_noise
+                            and cyc["is_sign"] and act_enc is not None)
+                    Mn = M / (1 + alpha * M) if compression and not late else M
                     # 2. normalise
                     a = torch.clamp(Mn / Fs, 0, 1)
                     if analog and noisy:
                         codes = []
                         for _ in range(K if voted else 1):
                             a_s = add_noise(a)  # 3. noise
+                            if late:
+                                a_s = a_s / (1 + alpha * a_s)
                             codes.append(torch.round(a_s * A))  # 4. ADC
                         q = _mode_smallest(codes) if len(codes) > 1 else codes[0]
                     else:
+                        if late:
+                            a = a / (1 + alpha * a)
                         q = torch.round(a * A)  # 4. ADC (digital cycle or noise-free)
                     # 5. rescale
                     v = q / A * Fs
@@ -305,7 +314,8 @@ def _tile_list(tiles):
 
 def oracle_mvm(x_int, w_int, *, signed_act, wbit, xbit, adc_prec, nrow, tiles, act_enc=None,
                hybrid_levels=0, hybrid_exact=False, rand_noise_sigma=0.0, non_linear_sigma=0.0,
-               voting_levels=0, num_samp=1, compression_alpha=0.0, generator=None, trace=None):
+               voting_levels=0, num_samp=1, compression_alpha=0.0, generator=None, trace=None,
+               sign_compression_after_noise=False):
     """Bit-level integer accumulator Y [M, O] for x_int [M, R] (activation role) and
     w_int [O, R] (signed weight role). ``tiles`` = list of (start, stop) row ranges over R,
     processed in order, each normalised by nrow. (Leading batch dims, broadcast between
@@ -329,7 +339,8 @@ def oracle_mvm(x_int, w_int, *, signed_act, wbit, xbit, adc_prec, nrow, tiles, a
                            hybrid_exact=hybrid_exact, rand_noise_sigma=rand_noise_sigma,
                            non_linear_sigma=non_linear_sigma, voting_levels=voting_levels,
                            num_samp=num_samp, compression_alpha=compression_alpha,
-                           generator=generator, trace=trace)
+                           generator=generator, trace=trace,
+                           sign_compression_after_noise=sign_compression_after_noise)
 
 
 # --------------------------------------------------------------------------------------

@@ -160,6 +160,25 @@ def test_compression_and_weight_parallel_equal_oracle(seed):
     assert bits(got) == bits(want)
 
 
+@pytest.mark.parametrize("mode", ["counts", "normalised"])
+@pytest.mark.parametrize("seed", range(6))
+def test_sign_cycle_compression_modes_equal_oracle(seed, mode):
+    """Signed bit-parallel inputs with gain compression: the sign cycle compresses its raw
+    count (default) or, for compatibility (Q28), its normalised value after the noise."""
+    rng, g = random.Random(4200 + seed), torch.Generator().manual_seed(seed)
+    macro = MacroConfig(weight_bits=4, input_bits=5, nrow=rng.choice([4, 7, 8]), adc_bits=4,
+                        input_enc_bits=rng.choice([1, 2, 3]))
+    x, w = _ints(g, (5, 23), 5, True), _ints(g, (3, 23), 4, True)
+    tiles = linear_tiles(23, macro.nrow)
+    noise = NoiseConfig(compression_alpha=rng.choice([0.05, 0.2]), sign_cycle_compression=mode)
+    got = acim_matmul(x, w.t(), macro=macro, signed_input=True, tiles=tiles, noise=noise)
+    want = oracle.oracle_mvm(x, w, signed_act=True, tiles=tiles,
+                             compression_alpha=noise.compression_alpha,
+                             sign_compression_after_noise=mode == "normalised",
+                             **_oracle_kwargs(macro))
+    assert bits(got) == bits(want)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_weight_parallel_per_cycle_compat_equals_oracle(seed):
     """weight_parallel_adc="per_cycle": the reference linear's cumulative re-quantization."""
