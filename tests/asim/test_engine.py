@@ -416,6 +416,7 @@ for adc in (5, 6):
 """
     root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
     env = {**__import__("os").environ, "ASIM_NATIVE_MARCH": "x86-64", "PYTHONPATH": root,
+           "ASIM_NATIVE": "1",
            "ASIM_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
