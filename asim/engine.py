@@ -233,15 +233,20 @@ def compact_codes(codes: Tensor, bits: int, signed: bool) -> Tensor:
     return codes.to((torch.int8 if signed else torch.uint8) if bits <= 8 else torch.int32)
 
 
-def _native_codes(t: Tensor, bits: int, in_place: bool = False) -> tuple[Tensor, int]:
-    """Codes as the native packer reads them, and their kind (0 float32, 1 int32, 2 one
-    byte): rows with unit last stride, or (``in_place``) the tensor itself, which must then
-    be float32, int32, uint8, or int8 with ``bits <= 8``."""
-    if t.dtype == torch.uint8 or (t.dtype == torch.int8 and bits <= 8):
-        return (t if in_place else _rows(t)), 2
-    if t.dtype.is_floating_point:
-        return _rows(t.to(torch.float32)) if not in_place else t, 0
-    return _rows(t.to(torch.int32)) if not in_place else t, 1
+def _in_place_kind(dtype: torch.dtype, bits: int) -> int | None:
+    """The native packer's kind for codes of ``dtype`` read as they are (0 float32, 1 int32,
+    2 one byte: uint8, or int8 holding <= 8 bits), or None if they must be converted."""
+    if dtype == torch.uint8 or (dtype == torch.int8 and bits <= 8):
+        return 2
+    return {torch.float32: 0, torch.int32: 1}.get(dtype)
+
+
+def _native_codes(t: Tensor, bits: int) -> tuple[Tensor, int]:
+    """Rows of codes as the native packer reads them (unit last stride), and their kind."""
+    kind = _in_place_kind(t.dtype, bits)
+    if kind is None:
+        t, kind = (t.to(torch.float32), 0) if t.dtype.is_floating_point else (t.to(torch.int32), 1)
+    return _rows(t), kind
 
 
 def _rows(t: Tensor) -> Tensor:
@@ -416,10 +421,7 @@ def acim_matmul(
 
     plan = _plan(macro, signed_input)
     shortcut = exact_shortcut and shortcut_applies(macro, noise, signed_input, plan)
-    readable = patches is not None and (
-        patches.view.dtype in (torch.float32, torch.int32, torch.uint8)
-        or (patches.view.dtype == torch.int8 and macro.input_bits <= 8))
-    if patches is not None and (macro.weight_parallel or shortcut or not readable):
+    if patches is not None and (macro.weight_parallel or shortcut):
         x3 = patches.materialize()[None]  # these paths read a tensor
     if macro.weight_parallel:
         y = _weight_parallel(x3, w3, macro, signed_input, tiles, noise, generator)
@@ -437,7 +439,8 @@ def acim_matmul(
                  and noise.sign_cycle_compression == SignCycleCompression.normalised)
     path = _CyclePath(x3, w3, macro, plan, signed_input, tiles, readout, alpha, cell_noise,
                       generator, reciprocal, late_sign)
-    if isinstance(x3, Patches) and not path.popcount:
+    if isinstance(x3, Patches) and (
+            not path.popcount or _in_place_kind(x3.view.dtype, macro.input_bits) is None):
         path.x3 = x3.materialize()[None]  # only the native kernel reads patches in place
     path.run(out)
     return out.reshape(*lead, M, O)
@@ -552,7 +555,7 @@ class _CyclePath:
         if isinstance(x, tuple):  # (Patches, m0, m1): read in place through offsets
             patches, m0, m1 = x
             B, Mc = 1, m1 - m0
-            codes, kind = _native_codes(patches.view, self.xb, in_place=True)
+            codes, kind = patches.view, _in_place_kind(patches.view.dtype, self.xb)
             rows = patches.row_offset[m0:m1]
             offsets = (rows.data_ptr(), patches.col_offset.data_ptr())
         else:
@@ -730,18 +733,25 @@ def _weight_parallel(x3, w3, macro, signed, tiles, noise, generator) -> Tensor:
     xs = _select_rows(x3, used).double()
     ws = _select_rows(w3, used, dim=-2).double()
     y = torch.matmul(xs, ws).float()  # exact integer MAC
-    full, half = _weight_parallel_full_scale(macro)
-    a = _div(y, full, macro.division == Division.reciprocal).clamp_(-1, 1)
+    return _signed_adc(y, macro, readout, generator, final_division=False)
+
+
+def _signed_adc(y: Tensor, macro: MacroConfig, readout, generator,
+                final_division: bool = True) -> Tensor:
+    """The weight-parallel mode's signed ADC on MAC values ``y`` (spec §8.3): normalise by
+    the full scale ``Lu(x) * Ls(w) * rows``, clamp to [-1, 1], add the random noise, clamp,
+    round to ``2^(adc-1)-1`` levels and rescale. ``final_division=False`` divides by the
+    levels with IEEE division even under ``division="reciprocal"`` (the per-output ADC
+    has always done so)."""
+    rows = macro.weight_parallel_rows or macro.nrow
+    full = float(((1 << macro.input_bits) - 1) * ((1 << (macro.weight_bits - 1)) - 1) * rows)
+    half = (1 << (macro.adc_bits - 1)) - 1
+    rec = macro.division == Division.reciprocal
+    a = _div(y, full, rec).clamp_(-1, 1)
     if readout is not None:
         a.add_(_randn(a.shape, a, generator), alpha=math.sqrt(readout.rand_var)).clamp_(-1, 1)
     q = a.mul_(half).round_()
-    return q.div_(half).mul_(full)
-
-
-def _weight_parallel_full_scale(macro: MacroConfig) -> tuple[float, int]:
-    rows = macro.weight_parallel_rows or macro.nrow
-    full = float(((1 << macro.input_bits) - 1) * ((1 << (macro.weight_bits - 1)) - 1) * rows)
-    return full, (1 << (macro.adc_bits - 1)) - 1
+    return _div(q, half, rec and final_division, inplace=True).mul_(full)
 
 
 def _weight_parallel_per_cycle(x3, w3, macro, tiles, readout, generator) -> Tensor:
@@ -749,27 +759,21 @@ def _weight_parallel_per_cycle(x3, w3, macro, tiles, readout, generator) -> Tens
     tile, weight bit and cycle (in that order, bits and cycles descending) the running sum
     ``S`` takes the cycle's exact MAC ``+-2^(i+c*e) * M``, then is normalised by the full
     scale, clamped to [-1, 1], noised, clamped, converted by the signed ADC and rescaled."""
-    full, half = _weight_parallel_full_scale(macro)
-    rec = macro.division == Division.reciprocal
-    wb, e = macro.weight_bits, macro.input_enc_bits
-    cycles = activation_cycles(macro.input_bits, e, False)
+    wb = macro.weight_bits
+    cycles = activation_cycles(macro.input_bits, macro.input_enc_bits, False)
     xc = _codes(x3, macro.input_bits, False)
     wc = _codes(w3, wb, True)
     S = torch.zeros(x3.shape[0], x3.shape[1], w3.shape[-1], dtype=torch.float32,
                     device=x3.device)
-    sigma = math.sqrt(readout.rand_var) if readout is not None else 0.0
     for r0, r1 in tiles:
         wplanes = [((wc[:, r0:r1] >> i) & 1).float() for i in range(wb)]
+        levels = [sum(((xc[..., r0:r1] >> b) & 1) << k for k, b in enumerate(cyc.bits)).float()
+                  for cyc in cycles]  # each cycle's multi-level input
         for i in range(wb - 1, -1, -1):
             for c in range(len(cycles) - 1, -1, -1):
-                cyc = cycles[c]
-                level = sum(((xc[..., r0:r1] >> b) & 1) << k for k, b in enumerate(cyc.bits))
-                mac = torch.matmul(level.float(), wplanes[i])  # exact: small integers
+                mac = torch.matmul(levels[c], wplanes[i])  # exact: small integers
                 if i == wb - 1:
                     mac = -mac
-                S = S + mac * float(2 ** (i + cyc.shift))
-                S = _div(S, full, rec).clamp_(-1, 1)
-                if readout is not None:
-                    S.add_(_randn(S.shape, S, generator), alpha=sigma).clamp_(-1, 1)
-                S = _div(S.mul_(half).round_(), half, rec).mul_(full)
+                S = _signed_adc(S + mac * float(2 ** (i + cycles[c].shift)), macro, readout,
+                                generator)
     return S

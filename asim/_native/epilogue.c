@@ -151,44 +151,38 @@ static inline void pack_word(const void *codes, int32_t kind, int64_t at, int64_
 #endif
 }
 
-void acim_pack(const void *codes, int32_t kind, int64_t ld, int64_t m0, int64_t m1, int64_t r0,
-               int64_t r1, int32_t nbits, uint64_t *out, int64_t sb, int64_t sw, int64_t sm) {
+/* Rows m0..m1 of codes[m*ld + r], or, with row_off non-NULL, of the codes at element
+ * row_off[m] + col_off[r] (a conv's patches, read in place). */
+static void pack_rows(const void *codes, int32_t kind, int64_t ld, const int64_t *row_off,
+                      const int64_t *col_off, int64_t m0, int64_t m1, int64_t r0, int64_t r1,
+                      int32_t nbits, uint64_t *out, int64_t sb, int64_t sw, int64_t sm) {
     const int64_t nw = (r1 - r0 + 63) / 64;
     uint64_t words[MAXBITS];
+    union { uint8_t b[64]; uint32_t u[64]; } tmp;
     for (int64_t m = m0; m < m1; ++m)
         for (int64_t wd = 0; wd < nw; ++wd) {
             const int64_t ra = r0 + 64 * wd;
             const int64_t cnt = r1 - ra < 64 ? r1 - ra : 64;
-            pack_word(codes, kind, m * ld + ra, cnt, nbits, words);
+            if (row_off) { /* gather the word's codes, then pack them as a contiguous run */
+                const int64_t *co = col_off + ra;
+                if (kind == KIND_I8) {
+                    const uint8_t *src = (const uint8_t *)codes + row_off[m];
+                    for (int64_t k = 0; k < cnt; ++k) tmp.b[k] = src[co[k]];
+                } else {
+                    const uint32_t *src = (const uint32_t *)codes + row_off[m];
+                    for (int64_t k = 0; k < cnt; ++k) tmp.u[k] = src[co[k]];
+                }
+                pack_word(&tmp, kind, 0, cnt, nbits, words);
+            } else {
+                pack_word(codes, kind, m * ld + ra, cnt, nbits, words);
+            }
             for (int32_t b = 0; b < nbits; ++b) out[b * sb + wd * sw + m * sm] = words[b];
         }
 }
 
-/* acim_pack for rows read through offsets: the code of (m, r) is element
- * row_off[m] + col_off[r] of codes (a conv's patches, read in place). */
-static void pack_gather(const void *codes, int32_t kind, const int64_t *row_off,
-                        const int64_t *col_off, int64_t m0, int64_t m1, int64_t r0, int64_t r1,
-                        int32_t nbits, uint64_t *out, int64_t sb, int64_t sw, int64_t sm) {
-    const int64_t nw = (r1 - r0 + 63) / 64;
-    uint64_t words[MAXBITS];
-    union { uint8_t b[64]; uint32_t u[64]; } tmp;
-    for (int64_t m = m0; m < m1; ++m) {
-        const int64_t rb = row_off[m];
-        for (int64_t wd = 0; wd < nw; ++wd) {
-            const int64_t ra = r0 + 64 * wd;
-            const int64_t cnt = r1 - ra < 64 ? r1 - ra : 64;
-            const int64_t *co = col_off + ra;
-            if (kind == KIND_I8) {
-                const uint8_t *src = (const uint8_t *)codes + rb;
-                for (int64_t k = 0; k < cnt; ++k) tmp.b[k] = src[co[k]];
-            } else {
-                const uint32_t *src = (const uint32_t *)codes + rb;
-                for (int64_t k = 0; k < cnt; ++k) tmp.u[k] = src[co[k]];
-            }
-            pack_word(&tmp, kind, 0, cnt, nbits, words);
-            for (int32_t b = 0; b < nbits; ++b) out[b * sb + wd * sw + m * sm] = words[b];
-        }
-    }
+void acim_pack(const void *codes, int32_t kind, int64_t ld, int64_t m0, int64_t m1, int64_t r0,
+               int64_t r1, int32_t nbits, uint64_t *out, int64_t sb, int64_t sw, int64_t sm) {
+    pack_rows(codes, kind, ld, NULL, NULL, m0, m1, r0, r1, nbits, out, sb, sw, sm);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -293,29 +287,20 @@ static void tile_epilogue(const run_t *R, int32_t tile, int64_t o, int64_t mb,
                 for (int t = 0; t < MB; ++t) mc[t] = mc[t] / (mc[t] * R->alpha + 1.0f);
             const int noisy = R->noise_on && R->analog[i * ncyc + c];
             if (!noisy) {
-                /* clamps as max/min: the operands are never NaN or -0 */
-                if (R->reciprocal) {
-                    for (int t = 0; t < MB; ++t) {
-                        float a = mc[t] * invF;
-                        a = a > 0.0f ? a : 0.0f;
-                        a = a < 1.0f ? a : 1.0f;
-                        const float q = nearbyintf(a * A);
-                        y[t] = y[t] + k * ((q * invA) * F);
-                    }
-                } else if (qmul != 0.0f && R->alpha == 0.0f) {
+                if (qmul != 0.0f && R->alpha == 0.0f && !R->reciprocal) {
                     /* rne(m * fl(A/F)) == rne(fl(m/F) * A) for every count m in [0, F],
                      * checked exhaustively for this (F, A) by the caller: one division */
                     for (int t = 0; t < MB; ++t) {
                         const float q = nearbyintf(mc[t] * qmul);
                         y[t] = y[t] + k * ((q / A) * F);
                     }
-                } else {
+                } else { /* clamps as max/min: the operands are never NaN or -0 */
                     for (int t = 0; t < MB; ++t) {
-                        float a = mc[t] / F;
+                        float a = R->reciprocal ? mc[t] * invF : mc[t] / F;
                         a = a > 0.0f ? a : 0.0f;
                         a = a < 1.0f ? a : 1.0f;
                         const float q = nearbyintf(a * A);
-                        y[t] = y[t] + k * ((q / A) * F);
+                        y[t] = y[t] + k * ((R->reciprocal ? q * invA : q / A) * F);
                     }
                 }
                 continue;
@@ -363,12 +348,9 @@ static void *pack_worker(void *arg) {
         const int64_t r0 = R->tiles[2 * t], r1 = R->tiles[2 * t + 1];
         const int64_t nw = (r1 - r0 + 63) / 64;
         uint64_t *xp = R->xpk + R->xoff[t];
-        if (mr > m0 && R->row_off)
-            pack_gather(R->codes, R->kind, R->row_off, R->col_off, m0, mr, r0, r1, R->x, xp,
-                        nw * R->Mpad, R->Mpad, 1);
-        else if (mr > m0)
-            acim_pack(R->codes, R->kind, R->ld, m0, mr, r0, r1, R->x, xp, nw * R->Mpad, R->Mpad,
-                      1);
+        if (mr > m0)
+            pack_rows(R->codes, R->kind, R->ld, R->row_off, R->col_off, m0, mr, r0, r1, R->x,
+                      xp, nw * R->Mpad, R->Mpad, 1);
         const int64_t z0 = mr > m0 ? mr : m0;
         for (int32_t b = 0; b < R->x; ++b)
             for (int64_t wd = 0; wd < nw; ++wd)

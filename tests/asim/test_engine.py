@@ -399,6 +399,8 @@ def test_patches_read_in_place_equal_the_unfolded_matrix(dtype, monkeypatch):
 
 def test_native_portable_build_gives_the_same_bits(tmp_path):
     """The plain-C loops (no AVX-512) build and agree with the torch path."""
+    import os
+    import pathlib
     import subprocess
     import sys
 
@@ -414,8 +416,8 @@ for adc in (5, 6):
     y = acim_matmul(x, w, macro=MacroConfig(adc_bits=adc), signed_input=False)
     torch.save(y, f"{adc}.pt")
 """
-    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
-    env = {**__import__("os").environ, "ASIM_NATIVE_MARCH": "x86-64", "PYTHONPATH": root,
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    env = {**os.environ, "ASIM_NATIVE_MARCH": "x86-64", "PYTHONPATH": root,
            "ASIM_NATIVE": "1",
            "ASIM_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
