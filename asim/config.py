@@ -140,47 +140,79 @@ class MacroConfig:
     """``true``: CPU float semantics (canonical); ``reciprocal``: the reference's CUDA numbers."""
 
     def __post_init__(self) -> None:
-        for field, enum in (("conv_tiling", ConvTiling), ("act_scale", ActScale),
-                            ("division", Division), ("weight_parallel_adc", WeightParallelADC)):
+        for field, enum in (
+            ("conv_tiling", ConvTiling),
+            ("act_scale", ActScale),
+            ("division", Division),
+            ("weight_parallel_adc", WeightParallelADC),
+        ):
             _coerce_enum(self, field, enum)
-        for field in ("weight_bits", "input_bits", "nrow", "adc_bits", "hybrid_levels",
-                      "vote_levels", "vote_samples"):
-            _check(_is_int(getattr(self, field)),
-                   f"MacroConfig.{field}={getattr(self, field)!r} must be an integer")
-        _check(self.weight_bits >= 2,
-               f"MacroConfig.weight_bits={self.weight_bits} must be >= 2 (sign + 1 magnitude bit)")
+        for field in (
+            "weight_bits",
+            "input_bits",
+            "nrow",
+            "adc_bits",
+            "hybrid_levels",
+            "vote_levels",
+            "vote_samples",
+        ):
+            _check(
+                _is_int(getattr(self, field)),
+                f"MacroConfig.{field}={getattr(self, field)!r} must be an integer",
+            )
+        _check(
+            self.weight_bits >= 2,
+            f"MacroConfig.weight_bits={self.weight_bits} must be >= 2 (sign + 1 magnitude bit)",
+        )
         _check(self.input_bits >= 2, f"MacroConfig.input_bits={self.input_bits} must be >= 2")
         _check(self.nrow >= 1, f"MacroConfig.nrow={self.nrow} must be >= 1 row")
         _check(1 <= self.adc_bits <= 24, f"MacroConfig.adc_bits={self.adc_bits} must be in 1..24")
         if self.input_enc_bits is not None:
-            _check(_is_int(self.input_enc_bits) and 1 <= self.input_enc_bits <= self.input_bits,
-                   f"MacroConfig.input_enc_bits={self.input_enc_bits!r} must be null (bit-serial) "
-                   f"or an integer in 1..input_bits={self.input_bits}")
-        _check(self.hybrid_levels >= 0,
-               f"MacroConfig.hybrid_levels={self.hybrid_levels} must be >= 0 (0 = all analog)")
-        _check(self.vote_levels >= 0,
-               f"MacroConfig.vote_levels={self.vote_levels} must be >= 0 (0 = no voting)")
-        _check(self.vote_samples >= 1,
-               f"MacroConfig.vote_samples={self.vote_samples} must be >= 1")
+            _check(
+                _is_int(self.input_enc_bits) and 1 <= self.input_enc_bits <= self.input_bits,
+                f"MacroConfig.input_enc_bits={self.input_enc_bits!r} must be null (bit-serial) "
+                f"or an integer in 1..input_bits={self.input_bits}",
+            )
+        _check(
+            self.hybrid_levels >= 0,
+            f"MacroConfig.hybrid_levels={self.hybrid_levels} must be >= 0 (0 = all analog)",
+        )
+        _check(
+            self.vote_levels >= 0,
+            f"MacroConfig.vote_levels={self.vote_levels} must be >= 0 (0 = no voting)",
+        )
+        _check(self.vote_samples >= 1, f"MacroConfig.vote_samples={self.vote_samples} must be >= 1")
         if self.vote_levels > 0 or self.vote_samples > 1:
-            _check(self.input_enc_bits is None,
-                   "MacroConfig: majority voting (vote_levels/vote_samples) works with bit-serial "
-                   "inputs only; set input_enc_bits=null or vote_levels=0, vote_samples=1")
-            _check(self.hybrid_levels == 0,
-                   "MacroConfig: majority voting and hybrid_levels are exclusive (voting makes "
-                   "every cycle analog); set hybrid_levels=0 or vote_levels=0")
+            _check(
+                self.input_enc_bits is None,
+                "MacroConfig: majority voting (vote_levels/vote_samples) works with bit-serial "
+                "inputs only; set input_enc_bits=null or vote_levels=0, vote_samples=1",
+            )
+            _check(
+                self.hybrid_levels == 0,
+                "MacroConfig: majority voting and hybrid_levels are exclusive (voting makes "
+                "every cycle analog); set hybrid_levels=0 or vote_levels=0",
+            )
         if self.weight_parallel:
-            _check(self.input_enc_bits is not None,
-                   "MacroConfig.weight_parallel=true needs bit-parallel inputs: set input_enc_bits")
-            _check(self.input_bits % self.input_enc_bits == 0,
-                   f"MacroConfig.weight_parallel=true needs input_bits={self.input_bits} to be a "
-                   f"multiple of input_enc_bits={self.input_enc_bits}")
-            _check(self.adc_bits >= 2,
-                   "MacroConfig.weight_parallel=true uses a signed ADC: adc_bits must be >= 2")
+            _check(
+                self.input_enc_bits is not None,
+                "MacroConfig.weight_parallel=true needs bit-parallel inputs: set input_enc_bits",
+            )
+            _check(
+                self.input_bits % self.input_enc_bits == 0,
+                f"MacroConfig.weight_parallel=true needs input_bits={self.input_bits} to be a "
+                f"multiple of input_enc_bits={self.input_enc_bits}",
+            )
+            _check(
+                self.adc_bits >= 2,
+                "MacroConfig.weight_parallel=true uses a signed ADC: adc_bits must be >= 2",
+            )
         if self.weight_parallel_rows is not None:
-            _check(_is_int(self.weight_parallel_rows) and self.weight_parallel_rows >= 1,
-                   f"MacroConfig.weight_parallel_rows={self.weight_parallel_rows!r} must be null "
-                   "or a positive integer")
+            _check(
+                _is_int(self.weight_parallel_rows) and self.weight_parallel_rows >= 1,
+                f"MacroConfig.weight_parallel_rows={self.weight_parallel_rows!r} must be null "
+                "or a positive integer",
+            )
 
     @property
     def adc_levels(self) -> int:
@@ -199,8 +231,12 @@ class MacroConfig:
     def describe(self) -> str:
         """Short human-readable summary used by ``extra_repr``."""
         enc = "serial" if self.input_enc_bits is None else f"parallel{self.input_enc_bits}"
-        parts = [f"W{self.weight_bits}A{self.input_bits}", f"nrow={self.nrow}",
-                 f"adc={self.adc_bits}", enc]
+        parts = [
+            f"W{self.weight_bits}A{self.input_bits}",
+            f"nrow={self.nrow}",
+            f"adc={self.adc_bits}",
+            enc,
+        ]
         if self.hybrid_levels:
             parts.append(f"hybrid={self.hybrid_levels}")
         if self.vote_levels:
@@ -245,8 +281,10 @@ class NoiseConfig:
         _coerce_enum(self, "sign_cycle_compression", SignCycleCompression)
         for field in ("rand_sigma", "nonlinear_sigma", "compression_alpha", "cell_sigma"):
             value = getattr(self, field)
-            _check(isinstance(value, (int, float)) and not isinstance(value, bool),
-                   f"NoiseConfig.{field}={value!r} must be a number")
+            _check(
+                isinstance(value, (int, float)) and not isinstance(value, bool),
+                f"NoiseConfig.{field}={value!r} must be a number",
+            )
             _check(value >= 0, f"NoiseConfig.{field}={value} must be >= 0")
             setattr(self, field, float(value))
 

@@ -12,8 +12,7 @@ from torch import nn
 from .config import MacroConfig, NoiseConfig
 from .layers import ACiMConv2d, ACiMLayer, ACiMLinear, ACiMMultiheadAttention
 
-__all__ = ["LAYER_MAP", "acim_modules", "convert_to_acim", "resample_noise", "set_mode",
-           "to_float"]
+__all__ = ["LAYER_MAP", "acim_modules", "convert_to_acim", "resample_noise", "set_mode", "to_float"]
 
 log = logging.getLogger("asim")
 
@@ -88,8 +87,10 @@ def convert_to_acim(
         _excluded(name, exclude, used)
     unused = [p for p in exclude if p not in used]
     if unused:
-        raise ValueError(f"convert_to_acim: exclude pattern(s) {unused} match no module; "
-                         f"module names look like {list(names)[1:6]}")
+        raise ValueError(
+            f"convert_to_acim: exclude pattern(s) {unused} match no module; "
+            f"module names look like {list(names)[1:6]}"
+        )
     converted: list[str] = []
 
     def visit(parent: nn.Module, prefix: str) -> None:
@@ -101,8 +102,11 @@ def convert_to_acim(
                     visit(child, name)
                 continue
             kwargs = dict(options_for(name, child) or {}) if options_for else {}
-            layer_macro = kwargs.pop("macro", None) or (macro_for(name, child) if macro_for
-                                                         else None) or macro
+            layer_macro = (
+                kwargs.pop("macro", None)
+                or (macro_for(name, child) if macro_for else None)
+                or macro
+            )
             layer_noise = kwargs.pop("noise", noise)
             kwargs.setdefault("mode", mode)
             if cls is ACiMMultiheadAttention and macro_for is not None:
@@ -111,8 +115,10 @@ def convert_to_acim(
             try:
                 new = cls.from_float(child, macro=layer_macro, noise=layer_noise, **kwargs)
             except (ValueError, TypeError) as err:
-                raise ValueError(f"cannot convert layer {name!r} ({type(child).__name__}): "
-                                 f"{err}; or pass exclude=[{name!r}]") from None
+                raise ValueError(
+                    f"cannot convert layer {name!r} ({type(child).__name__}): "
+                    f"{err}; or pass exclude=[{name!r}]"
+                ) from None
             setattr(parent, child_name, new)
             converted.append(name)
 

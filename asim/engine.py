@@ -28,8 +28,17 @@ from torch import Tensor
 from .config import Division, MacroConfig, NoiseConfig, SignCycleCompression, WeightParallelADC
 from .noise import GaussianNoise, build_noise
 
-__all__ = ["CHUNK_ELEMENTS", "Cycle", "Patches", "acim_matmul", "activation_cycles",
-           "compact_codes", "exact_product", "linear_tiles", "shortcut_applies"]
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "Cycle",
+    "Patches",
+    "acim_matmul",
+    "activation_cycles",
+    "compact_codes",
+    "exact_product",
+    "linear_tiles",
+    "shortcut_applies",
+]
 
 CHUNK_ELEMENTS = 1 << 22
 """Partial sums handled per chunk (4 Mi float32 = 16 MiB per temporary)."""
@@ -144,8 +153,9 @@ def _adc_is_identity(full_scale: int, adc_levels: int, reciprocal: bool) -> bool
     key = (full_scale, adc_levels, reciprocal)
     if key not in _LOSSLESS_CACHE:
         m = torch.arange(full_scale + 1, dtype=torch.float32)
-        _LOSSLESS_CACHE[key] = bool(torch.equal(_adc_values(m.clone(), full_scale, adc_levels,
-                                                            reciprocal), m))
+        _LOSSLESS_CACHE[key] = bool(
+            torch.equal(_adc_values(m.clone(), full_scale, adc_levels, reciprocal), m)
+        )
     return _LOSSLESS_CACHE[key]
 
 
@@ -177,8 +187,9 @@ def _pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or _POOL._max_workers < n:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=n,
-                                                          thread_name_prefix="asim-rng")
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                max_workers=n, thread_name_prefix="asim-rng"
+            )
         return _POOL
 
 
@@ -250,8 +261,7 @@ def _native_codes(t: Tensor, bits: int) -> tuple[Tensor, int]:
 
 
 def _rows(t: Tensor) -> Tensor:
-    return t if t.dim() == 2 and t.stride(-1) == 1 and t.stride(0) >= t.shape[1] else \
-        t.contiguous()
+    return t if t.dim() == 2 and t.stride(-1) == 1 and t.stride(0) >= t.shape[1] else t.contiguous()
 
 
 def _gemm_dtype(max_rows: int, device: torch.device, float_planes: bool) -> torch.dtype:
@@ -287,13 +297,17 @@ def _accumulation_is_exact(bound: Tensor, signed_input: bool) -> bool:
 
 def _cycles_exact(plan: _Plan, macro: MacroConfig) -> bool:
     reciprocal = macro.division == Division.reciprocal
-    return all(plan.digital_exact[i][c]
-               or _adc_is_identity(plan.full_scale[c], macro.adc_levels, reciprocal)
-               for i in range(macro.weight_bits) for c in range(len(plan.cycles)))
+    return all(
+        plan.digital_exact[i][c]
+        or _adc_is_identity(plan.full_scale[c], macro.adc_levels, reciprocal)
+        for i in range(macro.weight_bits)
+        for c in range(len(plan.cycles))
+    )
 
 
-def shortcut_applies(macro: MacroConfig, noise: NoiseConfig | None, signed_input: bool,
-                     plan: _Plan | None = None) -> bool:
+def shortcut_applies(
+    macro: MacroConfig, noise: NoiseConfig | None, signed_input: bool, plan: _Plan | None = None
+) -> bool:
     """Whether every cycle returns its exact count (lossless ADC, no noise, spec §4.3), so
     the cycles can be skipped for the integer product (subject to the 2^24 bound)."""
     if macro.weight_parallel or build_noise(noise) is not None:
@@ -303,8 +317,14 @@ def shortcut_applies(macro: MacroConfig, noise: NoiseConfig | None, signed_input
     return _cycles_exact(plan or _plan(macro, signed_input), macro)
 
 
-def exact_product(x: Tensor, w: Tensor, macro: MacroConfig, signed_input: bool,
-                  product=torch.matmul, row_sums=None) -> Tensor | None:
+def exact_product(
+    x: Tensor,
+    w: Tensor,
+    macro: MacroConfig,
+    signed_input: bool,
+    product=torch.matmul,
+    row_sums=None,
+) -> Tensor | None:
     """``product(x, w)`` of integer codes, or None when the float32 cycle accumulation could
     round (then the cycles must run). Valid only where :func:`shortcut_applies`.
 
@@ -353,7 +373,7 @@ class Patches:
 def _offsets(sizes, strides, device) -> Tensor:
     off = torch.zeros((), dtype=torch.int64)
     for n, st in zip(sizes, strides, strict=True):
-        off = (off.unsqueeze(-1) + torch.arange(n, dtype=torch.int64) * st)
+        off = off.unsqueeze(-1) + torch.arange(n, dtype=torch.int64) * st
     return off.reshape(-1).to(device)
 
 
@@ -397,8 +417,9 @@ def acim_matmul(
         raise ValueError("acim_matmul expects x_int [..., M, R] and w_int [..., R, O]")
     rows = x_int.shape[-1]
     if w_int.shape[-2] != rows:
-        raise ValueError(f"acim_matmul: reduction sizes differ: x has {rows}, w has "
-                         f"{w_int.shape[-2]}")
+        raise ValueError(
+            f"acim_matmul: reduction sizes differ: x has {rows}, w has {w_int.shape[-2]}"
+        )
     if tiles is None:
         tiles = linear_tiles(rows, macro.nrow)
     tiles = [(int(a), int(b)) for a, b in tiles if b > a]
@@ -435,12 +456,29 @@ def acim_matmul(
             return y.reshape(*lead, M, O)
 
     reciprocal = macro.division == Division.reciprocal
-    late_sign = (alpha != 0.0 and signed_input and macro.input_enc_bits is not None
-                 and noise.sign_cycle_compression == SignCycleCompression.normalised)
-    path = _CyclePath(x3, w3, macro, plan, signed_input, tiles, readout, alpha, cell_noise,
-                      generator, reciprocal, late_sign)
+    late_sign = (
+        alpha != 0.0
+        and signed_input
+        and macro.input_enc_bits is not None
+        and noise.sign_cycle_compression == SignCycleCompression.normalised
+    )
+    path = _CyclePath(
+        x3,
+        w3,
+        macro,
+        plan,
+        signed_input,
+        tiles,
+        readout,
+        alpha,
+        cell_noise,
+        generator,
+        reciprocal,
+        late_sign,
+    )
     if isinstance(x3, Patches) and (
-            not path.popcount or _in_place_kind(x3.view.dtype, macro.input_bits) is None):
+        not path.popcount or _in_place_kind(x3.view.dtype, macro.input_bits) is None
+    ):
         path.x3 = x3.materialize()[None]  # only the native kernel reads patches in place
     path.run(out)
     return out.reshape(*lead, M, O)
@@ -464,8 +502,21 @@ def _select_rows(t: Tensor, used, dim: int = -1) -> Tensor:
 class _CyclePath:
     """Vectorized per-cycle model: GEMM of stacked planes, chunked ADC/noise epilogue."""
 
-    def __init__(self, x3, w3, macro, plan, signed, tiles, readout, alpha, cell_noise,
-                 generator, reciprocal, late_sign=False):
+    def __init__(
+        self,
+        x3,
+        w3,
+        macro,
+        plan,
+        signed,
+        tiles,
+        readout,
+        alpha,
+        cell_noise,
+        generator,
+        reciprocal,
+        late_sign=False,
+    ):
         self.x3, self.w3, self.macro, self.plan = x3, w3, macro, plan
         self.signed, self.tiles, self.readout, self.alpha = signed, tiles, readout, alpha
         self.cell_noise, self.generator, self.reciprocal = cell_noise, generator, reciprocal
@@ -483,11 +534,16 @@ class _CyclePath:
         fs = plan.full_scale
         self.uniform_fs = all(f == fs[0] for f in fs)
         self.fs_vec = torch.tensor(fs, dtype=torch.float32, device=x3.device).view(
-            1, 1, 1, self.ncyc, 1)  # counts are laid out (w, B, O, C, Mc)
-        self.exact_pairs = [(i, c) for i in range(self.wb) for c in range(self.ncyc)
-                            if plan.digital_exact[i][c]]
-        self.voted_pairs = [(i, c) for i in range(self.wb) for c in range(self.ncyc)
-                            if plan.voted[i][c]] if readout is not None else []
+            1, 1, 1, self.ncyc, 1
+        )  # counts are laid out (w, B, O, C, Mc)
+        self.exact_pairs = [
+            (i, c) for i in range(self.wb) for c in range(self.ncyc) if plan.digital_exact[i][c]
+        ]
+        self.voted_pairs = (
+            [(i, c) for i in range(self.wb) for c in range(self.ncyc) if plan.voted[i][c]]
+            if readout is not None
+            else []
+        )
         if readout is not None and readout.constant_sigma(macro.adc_levels) == 0.0:
             self.readout = None
         self.native = self._native_args()
@@ -496,8 +552,12 @@ class _CyclePath:
     def _native_args(self) -> dict | None:
         """Arguments of the native popcount kernel, or None where the torch path must run
         (CUDA, majority voting, measured-noise tables, > MAXBITS planes, no C compiler)."""
-        if (self.x3.device.type != "cpu" or self.voted_pairs or self.late_sign
-                or not (self.readout is None or isinstance(self.readout, GaussianNoise))):
+        if (
+            self.x3.device.type != "cpu"
+            or self.voted_pairs
+            or self.late_sign
+            or not (self.readout is None or isinstance(self.readout, GaussianNoise))
+        ):
             return None
         from ._native import MAXBITS, epilogue_lib
 
@@ -520,8 +580,10 @@ class _CyclePath:
             "nbits": torch.tensor([len(c.bits) for c in plan.cycles], dtype=torch.int32),
             "bits": bits,
             "fs": torch.tensor(plan.full_scale, dtype=torch.float32),
-            "qmul": torch.tensor([_code_multiplier(f, self.macro.adc_levels)
-                                  for f in plan.full_scale], dtype=torch.float32),
+            "qmul": torch.tensor(
+                [_code_multiplier(f, self.macro.adc_levels) for f in plan.full_scale],
+                dtype=torch.float32,
+            ),
             "coef": torch.tensor(plan.coef, dtype=torch.float32),
             "analog": torch.tensor(plan.analog, dtype=torch.uint8),
             "exact": torch.tensor(plan.digital_exact, dtype=torch.uint8),
@@ -541,8 +603,20 @@ class _CyclePath:
                 offsets.append(offsets[-1] + self.O * wpad * nw)
             out = torch.zeros(max(1, offsets[-1]), dtype=torch.int64)
             for (r0, r1), nw, off in zip(self.tiles, nws, offsets, strict=False):
-                nat["lib"].acim_pack(wc.data_ptr(), kind, wc.stride(0), 0, self.O, r0, r1,
-                                     self.wb, out.data_ptr() + 8 * off, nw, 1, wpad * nw)
+                nat["lib"].acim_pack(
+                    wc.data_ptr(),
+                    kind,
+                    wc.stride(0),
+                    0,
+                    self.O,
+                    r0,
+                    r1,
+                    self.wb,
+                    out.data_ptr() + 8 * off,
+                    nw,
+                    1,
+                    wpad * nw,
+                )
             self._wpk[b] = (out, torch.tensor(offsets[:-1], dtype=torch.int64))
         return self._wpk[b]
 
@@ -565,20 +639,51 @@ class _CyclePath:
             if offsets[0] is None:
                 codes, kind = _native_codes(x[b], self.xb)
             wpk, woff = self._packed_weights(b_first + b)
-            seeds = (torch.randint(0, 2**62, (ntiles,), generator=self.generator) if noisy
-                     else torch.zeros(ntiles, dtype=torch.int64))
+            seeds = (
+                torch.randint(0, 2**62, (ntiles,), generator=self.generator)
+                if noisy
+                else torch.zeros(ntiles, dtype=torch.int64)
+            )
             yb = y[b]  # (Mc, O), unit stride along O
             rc = lib.acim_popcount_run(
-                codes.data_ptr(), kind, codes.stride(0), *offsets, Mc, ntiles, ptr["tiles"],
-                wpk.data_ptr(), woff.data_ptr(), self.O, yb.data_ptr(), yb.stride(0),
-                self.wb, nat["wpad"], self.xb, self.ncyc, ptr["nbits"], ptr["bits"],
-                ptr["fs"], ptr["qmul"], ptr["coef"], ptr["analog"], ptr["exact"],
-                float(self.macro.adc_levels), int(self.reciprocal), float(self.alpha),
-                nat["rand_var"], nat["nl_var"], float(self.macro.nrow), int(noisy),
-                seeds.data_ptr(), max(1, torch.get_num_threads()))
+                codes.data_ptr(),
+                kind,
+                codes.stride(0),
+                *offsets,
+                Mc,
+                ntiles,
+                ptr["tiles"],
+                wpk.data_ptr(),
+                woff.data_ptr(),
+                self.O,
+                yb.data_ptr(),
+                yb.stride(0),
+                self.wb,
+                nat["wpad"],
+                self.xb,
+                self.ncyc,
+                ptr["nbits"],
+                ptr["bits"],
+                ptr["fs"],
+                ptr["qmul"],
+                ptr["coef"],
+                ptr["analog"],
+                ptr["exact"],
+                float(self.macro.adc_levels),
+                int(self.reciprocal),
+                float(self.alpha),
+                nat["rand_var"],
+                nat["nl_var"],
+                float(self.macro.nrow),
+                int(noisy),
+                seeds.data_ptr(),
+                max(1, torch.get_num_threads()),
+            )
             if rc != 0:
-                raise MemoryError("asim: the native engine could not allocate its scratch "
-                                  "memory; reduce the batch size")
+                raise MemoryError(
+                    "asim: the native engine could not allocate its scratch "
+                    "memory; reduce the batch size"
+                )
 
     @property
     def wpt(self) -> Tensor:
@@ -604,15 +709,14 @@ class _CyclePath:
             b1 = min(Bt, b0 + b_step)
             for m0 in range(0, M, m_step):
                 m1 = min(M, m0 + m_step)
-                x = (self.x3, m0, m1) if isinstance(self.x3, Patches) else \
-                    self.x3[b0:b1, m0:m1]
+                x = (self.x3, m0, m1) if isinstance(self.x3, Patches) else self.x3[b0:b1, m0:m1]
                 self._chunk(x, (b0, b1), out[b0:b1, m0:m1])
 
     def _chunk(self, x: Tensor, batch: tuple[int, int], y: Tensor) -> None:
         if self.popcount:
             self._chunk_popcount(x, batch[0], y)
             return
-        wpt = self.wpt if self.wpt.shape[0] == 1 else self.wpt[batch[0]:batch[1]]
+        wpt = self.wpt if self.wpt.shape[0] == 1 else self.wpt[batch[0] : batch[1]]
         B, Mc, _ = x.shape
         # Planes laid out (B, R, x, Mc): a tile is a contiguous block of rows, so the GEMM
         # reads it in place.
@@ -721,12 +825,16 @@ def _weight_parallel(x3, w3, macro, signed, tiles, noise, generator) -> Tensor:
     scale ``Lu(x) * Ls(w) * rows`` where ``rows = weight_parallel_rows or nrow``.
     """
     if signed:
-        raise ValueError("MacroConfig.weight_parallel=true needs unsigned inputs; set "
-                         "signed_input=False on this layer")
+        raise ValueError(
+            "MacroConfig.weight_parallel=true needs unsigned inputs; set "
+            "signed_input=False on this layer"
+        )
     readout = build_noise(noise)
     if readout is not None and (not isinstance(readout, GaussianNoise) or readout.nl_var > 0):
-        raise ValueError("MacroConfig.weight_parallel=true models random Gaussian noise "
-                         "only; set noise.nonlinear_sigma=0 and noise.file=null")
+        raise ValueError(
+            "MacroConfig.weight_parallel=true models random Gaussian noise "
+            "only; set noise.nonlinear_sigma=0 and noise.file=null"
+        )
     if macro.weight_parallel_adc == WeightParallelADC.per_cycle:
         return _weight_parallel_per_cycle(x3, w3, macro, tiles, readout, generator)
     used = _rows_used(tiles, x3.shape[-1], x3.device)
@@ -736,8 +844,9 @@ def _weight_parallel(x3, w3, macro, signed, tiles, noise, generator) -> Tensor:
     return _signed_adc(y, macro, readout, generator, final_division=False)
 
 
-def _signed_adc(y: Tensor, macro: MacroConfig, readout, generator,
-                final_division: bool = True) -> Tensor:
+def _signed_adc(
+    y: Tensor, macro: MacroConfig, readout, generator, final_division: bool = True
+) -> Tensor:
     """The weight-parallel mode's signed ADC on MAC values ``y`` (spec §8.3): normalise by
     the full scale ``Lu(x) * Ls(w) * rows``, clamp to [-1, 1], add the random noise, clamp,
     round to ``2^(adc-1)-1`` levels and rescale. ``final_division=False`` divides by the
@@ -763,17 +872,19 @@ def _weight_parallel_per_cycle(x3, w3, macro, tiles, readout, generator) -> Tens
     cycles = activation_cycles(macro.input_bits, macro.input_enc_bits, False)
     xc = _codes(x3, macro.input_bits, False)
     wc = _codes(w3, wb, True)
-    S = torch.zeros(x3.shape[0], x3.shape[1], w3.shape[-1], dtype=torch.float32,
-                    device=x3.device)
+    S = torch.zeros(x3.shape[0], x3.shape[1], w3.shape[-1], dtype=torch.float32, device=x3.device)
     for r0, r1 in tiles:
         wplanes = [((wc[:, r0:r1] >> i) & 1).float() for i in range(wb)]
-        levels = [sum(((xc[..., r0:r1] >> b) & 1) << k for k, b in enumerate(cyc.bits)).float()
-                  for cyc in cycles]  # each cycle's multi-level input
+        levels = [
+            sum(((xc[..., r0:r1] >> b) & 1) << k for k, b in enumerate(cyc.bits)).float()
+            for cyc in cycles
+        ]  # each cycle's multi-level input
         for i in range(wb - 1, -1, -1):
             for c in range(len(cycles) - 1, -1, -1):
                 mac = torch.matmul(levels[c], wplanes[i])  # exact: small integers
                 if i == wb - 1:
                     mac = -mac
-                S = _signed_adc(S + mac * float(2 ** (i + cycles[c].shift)), macro, readout,
-                                generator)
+                S = _signed_adc(
+                    S + mac * float(2 ** (i + cycles[c].shift)), macro, readout, generator
+                )
     return S

@@ -59,8 +59,10 @@ class GaussianNoise(ReadoutNoise):
         return None, var.sqrt_()
 
     def __repr__(self) -> str:
-        return (f"GaussianNoise(rand_sigma={100 * math.sqrt(self.rand_var):g}%, "
-                f"nonlinear_sigma={100 * math.sqrt(self.nl_var):g}%)")
+        return (
+            f"GaussianNoise(rand_sigma={100 * math.sqrt(self.rand_var):g}%, "
+            f"nonlinear_sigma={100 * math.sqrt(self.nl_var):g}%)"
+        )
 
 
 class TableNoise(ReadoutNoise):
@@ -116,15 +118,18 @@ class TableNoise(ReadoutNoise):
 def _load_table(path: str) -> TableNoise:
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"noise table not found: {p}; set noise.file=PATH to a CSV "
-                                "with columns count,offset,std (ADC LSB per ideal count)")
+        raise FileNotFoundError(
+            f"noise table not found: {p}; set noise.file=PATH to a CSV "
+            "with columns count,offset,std (ADC LSB per ideal count)"
+        )
     with p.open(newline="") as fh:
         rows = [line for line in fh if line.strip() and not line.lstrip().startswith("#")]
     reader = csv.DictReader(rows)
     need = {"count", "offset", "std"}
     if reader.fieldnames is None or not need <= {f.strip() for f in reader.fieldnames}:
-        raise ValueError(f"noise table {p}: header must contain count,offset,std "
-                         f"(found {reader.fieldnames})")
+        raise ValueError(
+            f"noise table {p}: header must contain count,offset,std (found {reader.fieldnames})"
+        )
     counts, offset, std = [], [], []
     for i, row in enumerate(reader, start=2):
         row = {k.strip(): v for k, v in row.items() if k is not None}

@@ -104,8 +104,14 @@ def fake_quantize(t: Tensor, bits: int, signed: bool, per_sample: bool = False) 
     return r / levels * scale
 
 
-def dequantize(acc: Tensor, w_scale: Tensor, x_scale: Tensor, w_levels: int,
-               x_levels: int, reciprocal: bool = False) -> Tensor:
+def dequantize(
+    acc: Tensor,
+    w_scale: Tensor,
+    x_scale: Tensor,
+    w_levels: int,
+    x_levels: int,
+    reciprocal: bool = False,
+) -> Tensor:
     """``y = (Y * (s_w * s_x)) / (Lw * Lx)`` in the spec's order (§1.4).
 
     ``x_scale`` must already broadcast against ``acc`` (per-sample scales). ``reciprocal``

@@ -58,8 +58,17 @@ def _layer(shape, macro, noise):
         layer = ACiMLinear(cin, cout, macro=macro, noise=noise, signed_input=False)
         x = torch.relu(torch.randn(BATCH, cin))
     else:
-        layer = ACiMConv2d(cin, cout, k, stride=stride, padding=pad, bias=False, macro=macro,
-                           noise=noise, signed_input=False)
+        layer = ACiMConv2d(
+            cin,
+            cout,
+            k,
+            stride=stride,
+            padding=pad,
+            bias=False,
+            macro=macro,
+            noise=noise,
+            signed_input=False,
+        )
         nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
         x = torch.relu(torch.randn(BATCH, cin, h, h))
     resample_noise(layer, 0)
@@ -67,14 +76,20 @@ def _layer(shape, macro, noise):
 
 
 def _oracle(shape, layer, x, macro, noise):
-    kw = dict(wbit=macro.weight_bits, xbit=macro.input_bits, adc_prec=macro.adc_bits,
-              nrow=macro.nrow, signed_act=False,
-              rand_noise_sigma=noise.rand_sigma if noise else 0.0,
-              non_linear_sigma=noise.nonlinear_sigma if noise else 0.0)
+    kw = dict(
+        wbit=macro.weight_bits,
+        xbit=macro.input_bits,
+        adc_prec=macro.adc_bits,
+        nrow=macro.nrow,
+        signed_act=False,
+        rand_noise_sigma=noise.rand_sigma if noise else 0.0,
+        non_linear_sigma=noise.nonlinear_sigma if noise else 0.0,
+    )
     if shape[3] == 0:
         return oracle.oracle_linear(x, layer.weight.detach(), layer.bias, **kw)
-    return oracle.oracle_conv2d(x, layer.weight.detach(), None, stride=shape[4],
-                                padding=shape[5], **kw)
+    return oracle.oracle_conv2d(
+        x, layer.weight.detach(), None, stride=shape[4], padding=shape[5], **kw
+    )
 
 
 def _time(fn, repeats: int) -> float:
@@ -95,11 +110,15 @@ def run_table(settings, shapes, repeats):
                 layer, x = _layer(shape, macro, noise)
                 layer(x)  # warm-up
                 ours = _time(lambda layer=layer, x=x: layer(x), repeats)
-                ref = _time(lambda s=shape, lay=layer, x=x, m=macro, n=noise:
-                            _oracle(s, lay, x, m, n), 1)
+                ref = _time(
+                    lambda s=shape, lay=layer, x=x, m=macro, n=noise: _oracle(s, lay, x, m, n), 1
+                )
                 rows[(sname, shape[0])] = (ours, ref, shape[7])
-                print(f"  {sname:6s} {shape[0]:22s} ours {ours * 1e3:9.1f} ms   per-cycle "
-                      f"{ref * 1e3:9.1f} ms   x{ref / ours:6.1f}", flush=True)
+                print(
+                    f"  {sname:6s} {shape[0]:22s} ours {ours * 1e3:9.1f} ms   per-cycle "
+                    f"{ref * 1e3:9.1f} ms   x{ref / ours:6.1f}",
+                    flush=True,
+                )
     return rows
 
 
@@ -122,8 +141,13 @@ with torch.no_grad():
         layer(x)
 print(rss('VmHWM') - base)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -142,8 +166,10 @@ def main() -> None:
     args = ap.parse_args()
     BATCH = args.batch
     shapes = [SHAPES[0], SHAPES[5], SHAPES[-1]] if args.quick else SHAPES
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
-          f"W8A8 nrow 255; per-cycle = tests/asim/oracle.py")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
+        f"W8A8 nrow 255; per-cycle = tests/asim/oracle.py"
+    )
     rows = run_table(args.settings, shapes, args.repeats)
     print(f"\n{'setting':8s} {'ours (s/batch)':>15s} {'per-cycle (s)':>14s} {'speed-up':>9s}")
     summary = {}
@@ -153,8 +179,7 @@ def main() -> None:
         summary[sname] = {"ours_s": ours, "per_cycle_s": ref, "speedup": ref / ours}
         print(f"{sname:8s} {ours:15.3f} {ref:14.2f} {ref / ours:8.1f}x")
     if args.memory_batch:
-        print(f"\npeak additional memory at batch {args.memory_batch} (all shapes, fresh "
-              "process):")
+        print(f"\npeak additional memory at batch {args.memory_batch} (all shapes, fresh process):")
         for sname in args.settings:
             mib = peak_memory(sname, args.memory_batch)
             summary[sname][f"peak_mib_batch{args.memory_batch}"] = mib

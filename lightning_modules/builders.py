@@ -179,9 +179,11 @@ def noise_config(cfg: DictConfig) -> NoiseConfig:
     if noise.file is not None:
         path = resolve_path(noise.file)
         if not path.is_file():
-            raise FileNotFoundError(f"noise.file={noise.file} not found; set noise.file=PATH to a "
-                                    "CSV with columns count,offset,std (see "
-                                    "conf/noise/measured_example.csv)")
+            raise FileNotFoundError(
+                f"noise.file={noise.file} not found; set noise.file=PATH to a "
+                "CSV with columns count,offset,std (see "
+                "conf/noise/measured_example.csv)"
+            )
         noise = noise.replace(file=str(path))
     return noise
 
@@ -230,8 +232,9 @@ def _derived_kwargs(name: str, datamodule) -> dict[str, Any]:
     return out
 
 
-def load_weights(model: nn.Module, ckpt: str | None, *,
-                 strict_classifier: bool = False) -> dict[str, Any] | None:
+def load_weights(
+    model: nn.Module, ckpt: str | None, *, strict_classifier: bool = False
+) -> dict[str, Any] | None:
     """Load a checkpoint into the float model; None leaves it as initialised.
 
     With ``strict_classifier`` a checkpoint whose classifier has another class count is an
@@ -243,20 +246,30 @@ def load_weights(model: nn.Module, ckpt: str | None, *,
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: ckpt={ckpt} ({path})")
     report = load_checkpoint(model, path, strict_classifier=strict_classifier)
-    log.info("loaded %s (%s, %s names): %d tensors%s", path, report["format"], report["naming"],
-             report["loaded"], "; classifier re-initialised" if report["classifier"] == "reset"
-             else "")
+    log.info(
+        "loaded %s (%s, %s names): %d tensors%s",
+        path,
+        report["format"],
+        report["naming"],
+        report["loaded"],
+        "; classifier re-initialised" if report["classifier"] == "reset" else "",
+    )
     if report["classifier"] == "reset":
-        warnings.warn(f"checkpoint {path}: {next(iter(report['ignored'].values()), '')}; "
-                      "the classifier is untrained", stacklevel=2)
+        warnings.warn(
+            f"checkpoint {path}: {next(iter(report['ignored'].values()), '')}; "
+            "the classifier is untrained",
+            stacklevel=2,
+        )
     return report
 
 
 def _macro_delta(macro: MacroConfig, delta: dict[str, Any], where: str) -> MacroConfig:
     unknown = sorted(set(delta) - _MACRO_FIELDS)
     if unknown:
-        raise ValueError(f"{where}: unknown MacroConfig field(s) {unknown}; valid fields: "
-                         f"{', '.join(sorted(_MACRO_FIELDS))}")
+        raise ValueError(
+            f"{where}: unknown MacroConfig field(s) {unknown}; valid fields: "
+            f"{', '.join(sorted(_MACRO_FIELDS))}"
+        )
     if not delta:
         return macro
     try:
@@ -281,25 +294,35 @@ def convert_model(
     names = dict(float_model.named_modules())
     first = mcfg.first_layer_name
     if first not in names:
-        raise ValueError(f"model.first_layer_name={first!r} is not a module of {mcfg.name}; "
-                         f"module names look like {list(names)[1:6]}")
+        raise ValueError(
+            f"model.first_layer_name={first!r} is not a module of {mcfg.name}; "
+            f"module names look like {list(names)[1:6]}"
+        )
     classifier = getattr(float_model, "classifier_name", None)
     exclude = list(mcfg.exclude) + ([first] if mcfg.first_layer == FirstLayer.float else [])
-    part_macros = {part: _macro_delta(macro, getattr(mcfg.attention, part),
-                                      f"model.attention.{part}") for part in ("proj", "qk", "av")}
+    part_macros = {
+        part: _macro_delta(macro, getattr(mcfg.attention, part), f"model.attention.{part}")
+        for part in ("proj", "qk", "av")
+    }
     layer_macros = []
     for i, entry in enumerate(mcfg.layer_macros):
         delta = dict(entry)
         glob = delta.pop("match", None)
         if not isinstance(glob, str):
-            raise ValueError(f"model.layer_macros[{i}] needs match: GLOB (a qualified layer "
-                             "name or glob) next to its MacroConfig fields")
+            raise ValueError(
+                f"model.layer_macros[{i}] needs match: GLOB (a qualified layer "
+                "name or glob) next to its MacroConfig fields"
+            )
         _macro_delta(macro, delta, f"model.layer_macros[{i}]")  # validate early
         layer_macros.append((glob, delta))
     matched: set[str] = set()
-    stem_macro = MacroConfig(name=f"digital_w{mcfg.first_layer_bits}a{mcfg.first_layer_bits}",
-                             weight_bits=mcfg.first_layer_bits, input_bits=mcfg.first_layer_bits,
-                             act_scale=macro.act_scale, division=macro.division)
+    stem_macro = MacroConfig(
+        name=f"digital_w{mcfg.first_layer_bits}a{mcfg.first_layer_bits}",
+        weight_bits=mcfg.first_layer_bits,
+        input_bits=mcfg.first_layer_bits,
+        act_scale=macro.act_scale,
+        division=macro.division,
+    )
 
     def macro_for(name: str, module: nn.Module) -> MacroConfig:
         base = macro
@@ -320,20 +343,30 @@ def convert_model(
         signed = mcfg.classifier_signed_input if name == classifier else mcfg.signed_input
         return {"signed_input": signed, "trim_noise": trim_noise}
 
-    model = convert_to_acim(float_model, macro, noise, exclude=exclude, macro_for=macro_for,
-                            options_for=options_for, mode=mode)
+    model = convert_to_acim(
+        float_model,
+        macro,
+        noise,
+        exclude=exclude,
+        macro_for=macro_for,
+        options_for=options_for,
+        mode=mode,
+    )
     unused = [glob for glob, _ in layer_macros if glob not in matched]
     if unused:  # typo guard, as for exclude
-        raise ValueError(f"model.layer_macros: match {unused} selects no ACiM layer; names look "
-                         f"like {[n for n in names if n][:5]}")
+        raise ValueError(
+            f"model.layer_macros: match {unused} selects no ACiM layer; names look "
+            f"like {[n for n in names if n][:5]}"
+        )
     return model
 
 
 # ----------------------------------------------------------------------------- Lightning side
 
 
-def build_trainer(cfg: DictConfig, *, callbacks: list | None = None,
-                  logger: bool = True) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, *, callbacks: list | None = None, logger: bool = True
+) -> L.Trainer:
     """The Trainer of ``cfg.trainer`` with the configured logger (or none)."""
     lg = instantiate(cfg.logger) if logger and cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, logger=lg, callbacks=callbacks or [])
@@ -369,10 +402,13 @@ def flatten_config(cfg: DictConfig) -> dict[str, Any]:
 def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    for pattern in (".*does not have many workers.*", ".*sync_dist=True.*",
-                    ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
-                    ".*directory .* exists and is not empty.*",
-                    ".*GPU available but not used.*"):
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*sync_dist=True.*",
+        ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+        ".*directory .* exists and is not empty.*",
+        ".*GPU available but not used.*",
+    ):
         warnings.filterwarnings("ignore", pattern)
     # Float layers without TF32, so GPU and CPU agree on quantization boundaries (spec Q35).
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -388,15 +424,19 @@ def _output_dir(cfg: DictConfig) -> Path:
 def _ckpt(cfg: DictConfig, required: bool) -> str | None:
     ckpt = cfg.ckpt
     if ckpt is None and required:
-        raise ValueError(f"model={cfg.model.name} has no default checkpoint: set ckpt=PATH "
-                         "(ours, torchvision's, the reference's .pkl or a Lightning .ckpt)")
+        raise ValueError(
+            f"model={cfg.model.name} has no default checkpoint: set ckpt=PATH "
+            "(ours, torchvision's, the reference's .pkl or a Lightning .ckpt)"
+        )
     return ckpt
 
 
-def _classifier_module(model: nn.Module, cfg: DictConfig, num_classes: int,
-                       class_names: list[str], **kwargs) -> ACiMClassifier:
-    return ACiMClassifier(model, num_classes=num_classes, class_names=class_names,
-                          model_name=cfg.model.name, **kwargs)
+def _classifier_module(
+    model: nn.Module, cfg: DictConfig, num_classes: int, class_names: list[str], **kwargs
+) -> ACiMClassifier:
+    return ACiMClassifier(
+        model, num_classes=num_classes, class_names=class_names, model_name=cfg.model.name, **kwargs
+    )
 
 
 # ------------------------------------------------------------------------------------ simulate
@@ -427,8 +467,10 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
 
     trainer = build_trainer(cfg)
     if isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
-        raise ValueError(f"trainer.strategy={cfg.trainer.strategy}: spawned processes cannot "
-                         "return simulation results; use trainer.strategy=ddp")
+        raise ValueError(
+            f"trainer.strategy={cfg.trainer.strategy}: spawned processes cannot "
+            "return simulation results; use trainer.strategy=ddp"
+        )
     collect = bool(opts.save_predictions)
     common = {"collect_predictions": collect, "log_to_logger": False}
     passes: dict[str, dict[str, Any]] = {}
@@ -439,16 +481,25 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
         res = dict(module.results)
         res["seconds"] = time.perf_counter() - t0
         if trainer.is_global_zero:
-            log.info("%s: top-1 %.4f (%d samples, %.1f s)", label, res["top1"],
-                     res["num_samples"], res["seconds"])
+            log.info(
+                "%s: top-1 %.4f (%d samples, %.1f s)",
+                label,
+                res["top1"],
+                res["num_samples"],
+                res["seconds"],
+            )
         return res
 
     if opts.float:
-        passes["float"] = run(_classifier_module(float_model, cfg, dm.num_classes,
-                                                 dm.class_names, log_prefix="float", **common),
-                              "float")
-    module = _classifier_module(acim_model, cfg, dm.num_classes, dm.class_names,
-                                log_prefix="inference", **common)
+        passes["float"] = run(
+            _classifier_module(
+                float_model, cfg, dm.num_classes, dm.class_names, log_prefix="float", **common
+            ),
+            "float",
+        )
+    module = _classifier_module(
+        acim_model, cfg, dm.num_classes, dm.class_names, log_prefix="inference", **common
+    )
     if opts.inference:
         set_mode(acim_model, "inference")
         passes["inference"] = run(module, "inference")
@@ -461,8 +512,9 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
         resample_noise(acim_model, int(cfg.seed) + r)
         sim_runs.append(run(module, f"simulate (seed {int(cfg.seed) + r})"))
     if not stochastic and repeats > 1:
-        log.info("noise is off: the simulation is deterministic, ran it once for %d repeats",
-                 repeats)
+        log.info(
+            "noise is off: the simulation is deterministic, ran it once for %d repeats", repeats
+        )
         sim_runs = sim_runs * repeats
 
     results = _collect_results(cfg, passes, sim_runs, dm, macro, noise, ckpt, report, trainer)
@@ -492,19 +544,28 @@ def _reinit_zero_classifier(model: nn.Module) -> None:
     head = model.get_submodule(name) if name else None
     if isinstance(head, nn.Linear) and not bool(head.weight.detach().any()):
         nn.init.xavier_uniform_(head.weight)
-        log.info("%s.weight was all zero: Xavier-initialised for quantization-aware training",
-                 name)
+        log.info("%s.weight was all zero: Xavier-initialised for quantization-aware training", name)
 
 
 def _log_summary(logger, cfg, passes, sim_runs, results) -> None:
     """Per-pass metrics, one point per repeat, and the resolved config in HPARAMS."""
     metrics = {}
     for name, res in passes.items():
-        metrics.update({f"{name}/acc": res["top1"], f"{name}/acc_top5": res["top5"],
-                        f"{name}/loss": res["loss"]})
-    metrics.update({"sim/acc": results["sim_top1"], "sim/acc_std": results["sim_top1_std"],
-                    "sim/acc_top5": results["sim_top5"],
-                    "sim/loss": sum(r["loss"] for r in sim_runs) / len(sim_runs)})
+        metrics.update(
+            {
+                f"{name}/acc": res["top1"],
+                f"{name}/acc_top5": res["top5"],
+                f"{name}/loss": res["loss"],
+            }
+        )
+    metrics.update(
+        {
+            "sim/acc": results["sim_top1"],
+            "sim/acc_std": results["sim_top1_std"],
+            "sim/acc_top5": results["sim_top5"],
+            "sim/loss": sum(r["loss"] for r in sim_runs) / len(sim_runs),
+        }
+    )
     for r, run_ in enumerate(sim_runs):
         logger.log_metrics({"sim/acc_repeat": run_["top1"]}, step=r)
     _log_hparams(logger, cfg, metrics)
@@ -602,10 +663,18 @@ def format_table(results: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.1f}"
 
     rows = [
-        ("float", pct(results["float_top1"]), pct(results["float_top5"]),
-         secs(results["seconds_float"])),
-        ("quantized inference", pct(results["inference_top1"]), pct(results["inference_top5"]),
-         secs(results["seconds_inference"])),
+        (
+            "float",
+            pct(results["float_top1"]),
+            pct(results["float_top5"]),
+            secs(results["seconds_float"]),
+        ),
+        (
+            "quantized inference",
+            pct(results["inference_top1"]),
+            pct(results["inference_top5"]),
+            secs(results["seconds_inference"]),
+        ),
     ]
     sim1, sim5 = pct(results["sim_top1"]), pct(results["sim_top5"])
     if results["repeats"] > 1:
@@ -619,11 +688,19 @@ def format_table(results: dict[str, Any]) -> str:
     def line(r) -> str:
         return "  ".join([r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in (1, 2, 3)])
 
-    title = (f"{s['model']} on {s['dataset']} ({n} samples), macro {s['macro']}, "
-             f"noise {s['noise']}")
+    title = f"{s['model']} on {s['dataset']} ({n} samples), macro {s['macro']}, noise {s['noise']}"
     rule = "-" * len(line(header))
-    return "\n".join([title, rule, line(header), rule, *[line(r) for r in rows], rule,
-                      f"total {results['seconds']:.1f} s"])
+    return "\n".join(
+        [
+            title,
+            rule,
+            line(header),
+            rule,
+            *[line(r) for r in rows],
+            rule,
+            f"total {results['seconds']:.1f} s",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------- train
@@ -643,8 +720,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"{key}={cfg[key]} must be >= 0 (percent)")
     ckpt = _ckpt(cfg, required=False)
     if ckpt is None and (cfg.trim_noise > 0 or cfg.attn_trim_noise > 0):
-        raise ValueError("noise-aware training (trim_noise > 0) fine-tunes a trained model: set "
-                         "ckpt=PATH")
+        raise ValueError(
+            "noise-aware training (trim_noise > 0) fine-tunes a trained model: set ckpt=PATH"
+        )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     dm = build_datamodule(cfg)
@@ -652,13 +730,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     float_model = build_float_model(cfg, dm)
     load_weights(float_model, ckpt)
     _reinit_zero_classifier(float_model)
-    model = convert_model(cfg, float_model, mode="train", trim_noise=float(cfg.trim_noise),
-                          attn_trim_noise=float(cfg.attn_trim_noise))
+    model = convert_model(
+        cfg,
+        float_model,
+        mode="train",
+        trim_noise=float(cfg.trim_noise),
+        attn_trim_noise=float(cfg.attn_trim_noise),
+    )
     o = cfg.optim
     module = _classifier_module(
-        model, cfg, dm.num_classes, dm.class_names, log_prefix="val", optimizer=o.name,
-        lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-        milestones=list(o.milestones), gamma=o.gamma, label_smoothing=o.label_smoothing)
+        model,
+        cfg,
+        dm.num_classes,
+        dm.class_names,
+        log_prefix="val",
+        optimizer=o.name,
+        lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        milestones=list(o.milestones),
+        gamma=o.gamma,
+        label_smoothing=o.label_smoothing,
+    )
 
     callbacks = []
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
@@ -679,8 +772,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     final = dict(module.results)
     results = {
         "best_model_path": best or None,
-        "best_val_acc": (round(float(ckpt_cb.best_model_score), 6) if ckpt_cb is not None
-                         and ckpt_cb.best_model_score is not None else final["top1"]),
+        "best_val_acc": (
+            round(float(ckpt_cb.best_model_score), 6)
+            if ckpt_cb is not None and ckpt_cb.best_model_score is not None
+            else final["top1"]
+        ),
         "last_model_path": (ckpt_cb.last_model_path or None) if ckpt_cb is not None else None,
         "export": None,
         "val_top1": final["top1"],
@@ -704,9 +800,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["seconds"] = time.perf_counter() - t_start
         out = _output_dir(cfg)
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        print(f"{results['mode'].upper()} {cfg.model.name} on {cfg.dataset.name}: best val top-1 "
-              f"{100 * results['best_val_acc']:.2f}%, final {100 * final['top1']:.2f}% "
-              f"({results['epochs']} epochs, {results['seconds']:.0f} s)\n"
-              f"best checkpoint: {best}\nfloat state_dict: {results['export']}\n"
-              f"results: {out / 'results.json'}", flush=True)
+        print(
+            f"{results['mode'].upper()} {cfg.model.name} on {cfg.dataset.name}: best val top-1 "
+            f"{100 * results['best_val_acc']:.2f}%, final {100 * final['top1']:.2f}% "
+            f"({results['epochs']} epochs, {results['seconds']:.0f} s)\n"
+            f"best checkpoint: {best}\nfloat state_dict: {results['export']}\n"
+            f"results: {out / 'results.json'}",
+            flush=True,
+        )
     return results

@@ -72,17 +72,21 @@ class ACiMClassifier(L.LightningModule):
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optim.name={optimizer!r} is not valid; choose one of "
-                             f"{', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"optim.name={optimizer!r} is not valid; choose one of {', '.join(OPTIMIZERS)}"
+            )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"optim.label_smoothing={label_smoothing} must be in [0, 1)")
         if any(not 0.0 < m <= 1.0 for m in milestones):
-            raise ValueError(f"optim.milestones={list(milestones)} must be fractions of "
-                             "max_epochs in (0, 1]")
-        class_names = list(class_names) if class_names is not None else [
-            str(i) for i in range(num_classes)]
-        self.save_hyperparameters(ignore=["model", "class_names", "log_prefix",
-                                          "collect_predictions", "log_to_logger"])
+            raise ValueError(
+                f"optim.milestones={list(milestones)} must be fractions of max_epochs in (0, 1]"
+            )
+        class_names = (
+            list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        )
+        self.save_hyperparameters(
+            ignore=["model", "class_names", "log_prefix", "collect_predictions", "log_to_logger"]
+        )
         self.model = model
         self.class_names = class_names
         self.log_prefix = log_prefix
@@ -93,14 +97,18 @@ class ACiMClassifier(L.LightningModule):
         smoothing = label_smoothing * num_classes / (num_classes - 1) if num_classes > 1 else 0.0
         self.criterion = nn.CrossEntropyLoss(label_smoothing=smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.eval_metrics = MetricCollection({
-            "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-            "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes),
-                                           average="micro"),
-            "acc_class": MulticlassAccuracy(num_classes, top_k=1, average=None),
-            "loss": MeanMetric(),
-            "count": SumMetric(),
-        }, compute_groups=False)
+        self.eval_metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+                "acc_top5": MulticlassAccuracy(
+                    num_classes, top_k=min(5, num_classes), average="micro"
+                ),
+                "acc_class": MulticlassAccuracy(num_classes, top_k=1, average=None),
+                "loss": MeanMetric(),
+                "count": SumMetric(),
+            },
+            compute_groups=False,
+        )
         self.preds = CatMetric()
         self.results: dict[str, Any] = {}
 
@@ -113,10 +121,17 @@ class ACiMClassifier(L.LightningModule):
         loss = self.criterion(logits, y)
         if stage == "train":
             self.train_acc(logits, y)
-            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                     batch_size=len(y))
-            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True,
-                     batch_size=len(y))
+            self.log(
+                "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y)
+            )
+            self.log(
+                "train/acc",
+                self.train_acc,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=True,
+                batch_size=len(y),
+            )
             return loss
         m = self.eval_metrics
         for name in ("acc", "acc_top5", "acc_class"):
@@ -166,15 +181,23 @@ class ACiMClassifier(L.LightningModule):
         p = self.log_prefix
         # The values are already global; sync_dist only keeps Lightning's bookkeeping quiet.
         to_logger = self.log_to_logger and self.logger is not None
-        self.log_dict({f"{p}/acc": results["top1"], f"{p}/acc_top5": results["top5"],
-                       f"{p}/loss": results["loss"]}, prog_bar=True, logger=to_logger,
-                      sync_dist=True)
+        self.log_dict(
+            {
+                f"{p}/acc": results["top1"],
+                f"{p}/acc_top5": results["top5"],
+                f"{p}/loss": results["loss"],
+            },
+            prog_bar=True,
+            logger=to_logger,
+            sync_dist=True,
+        )
 
     def configure_optimizers(self):
         hp = self.hparams
         if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum,
-                                  weight_decay=hp.weight_decay)
+            opt = torch.optim.SGD(
+                self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
         else:
             opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 1

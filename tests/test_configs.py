@@ -35,15 +35,23 @@ def compose(tmp_path):
 
 
 def test_groups_have_presets():
-    assert {"bitserial_255", "ideal", "bitparallel_enc2", "bitparallel_enc4",
-            "bitserial_255_hybrid", "bitserial_255_vote"} <= set(_options("macro"))
+    assert {
+        "bitserial_255",
+        "ideal",
+        "bitparallel_enc2",
+        "bitparallel_enc4",
+        "bitserial_255_hybrid",
+        "bitserial_255_vote",
+    } <= set(_options("macro"))
     assert {"none", "gaussian", "measured"} <= set(_options("noise"))
     assert {"digits_cnn", "resnet18", "vit_b_32"} <= set(_options("model"))
     assert {"digits", "cifar10", "imagenet"} <= set(_options("dataset"))
-    assert {"resnet18_cifar10", "resnet18_imagenet", "vitb32_cifar10",
-            "vitb32_imagenet"} <= set(_experiments())
+    assert {"resnet18_cifar10", "resnet18_imagenet", "vitb32_cifar10", "vitb32_imagenet"} <= set(
+        _experiments()
+    )
     assert {"train/resnet18_cifar10_qat", "train/resnet18_cifar10_nat"} <= set(
-        _experiments("train"))
+        _experiments("train")
+    )
 
 
 @pytest.mark.parametrize("primary", ["simulate", "train"])
@@ -100,9 +108,11 @@ def test_model_presets_build_and_convert(compose, name):
         assert first not in layers
     head = layers[float_model.classifier_name]
     assert head.signed_input is cfg.model.classifier_signed_input
-    assert all(m.signed_input is cfg.model.signed_input for n, m in layers.items()
-               if n not in (first, float_model.classifier_name) and m.__class__.__name__
-               == "ACiMConv2d")
+    assert all(
+        m.signed_input is cfg.model.signed_input
+        for n, m in layers.items()
+        if n not in (first, float_model.classifier_name) and m.__class__.__name__ == "ACiMConv2d"
+    )
 
 
 @pytest.mark.parametrize("name", _options("dataset"))
@@ -164,8 +174,13 @@ def test_training_experiments_compose(compose, name):
 
 def test_attention_macros_follow_the_experiment(compose):
     """ViT attention parts get their own macros through macro_for (qk/av/proj deltas)."""
-    cfg = compose("simulate", "model=vit_tiny", "+model.attention.qk.input_bits=9",
-                  "+model.attention.proj.input_bits=9", "+model.attention.av.adc_bits=6")
+    cfg = compose(
+        "simulate",
+        "model=vit_tiny",
+        "+model.attention.qk.input_bits=9",
+        "+model.attention.proj.input_bits=9",
+        "+model.attention.av.adc_bits=6",
+    )
     dm = builders.build_datamodule(cfg)
     acim = builders.convert_model(cfg, builders.build_float_model(cfg, dm), mode="simulate")
     attn = [m for _, m in acim_modules(acim) if isinstance(m, ACiMMultiheadAttention)]
@@ -179,8 +194,11 @@ def test_attention_macros_follow_the_experiment(compose):
 def test_layer_macros_override_by_glob(compose):
     cfg = compose("simulate", '+model.layer_macros=[{match:"f*",adc_bits:5}]')
     dm = builders.build_datamodule(cfg)
-    layers = dict(acim_modules(builders.convert_model(cfg, builders.build_float_model(cfg, dm),
-                                                      mode="simulate")))
+    layers = dict(
+        acim_modules(
+            builders.convert_model(cfg, builders.build_float_model(cfg, dm), mode="simulate")
+        )
+    )
     assert layers["fc"].macro.adc_bits == 5 and layers["conv2"].macro.adc_bits == 8
     assert isinstance(layers["fc"], ACiMLayer) and isinstance(layers["fc"], nn.Linear)
     cfg = compose("simulate", "+model.layer_macros=[{match:layer9,adc_bits:5}]")
@@ -191,26 +209,38 @@ def test_layer_macros_override_by_glob(compose):
 # ------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("override", ["macro.adcbits=6", "noise.randsigma=0.1",
-                                      "simulate.repats=3", "model.frist_layer=float"])
+@pytest.mark.parametrize(
+    "override",
+    ["macro.adcbits=6", "noise.randsigma=0.1", "simulate.repats=3", "model.frist_layer=float"],
+)
 def test_typo_fails_at_compose(override):
     with pytest.raises((ConfigCompositionException, ConfigKeyError)):
         builders.compose("simulate", [override])
 
 
-@pytest.mark.parametrize("override", ["macro.adc_bits=six", "macro.act_scale=per_pixel",
-                                      "noise.rand_sigma=high", "model.first_layer=analog"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "macro.adc_bits=six",
+        "macro.act_scale=per_pixel",
+        "noise.rand_sigma=high",
+        "model.first_layer=analog",
+    ],
+)
 def test_wrong_type_fails_at_compose(override):
     with pytest.raises((ConfigCompositionException, ValidationError)):
         builders.compose("simulate", [override])
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("macro.adc_bits=0", "MacroConfig.adc_bits=0 must be in 1..24"),
-    ("macro.weight_bits=1", "MacroConfig.weight_bits=1 must be >= 2"),
-    ("macro.input_enc_bits=9", "MacroConfig.input_enc_bits=9"),
-    ("noise.rand_sigma=-1", "NoiseConfig.rand_sigma=-1.0 must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("macro.adc_bits=0", "MacroConfig.adc_bits=0 must be in 1..24"),
+        ("macro.weight_bits=1", "MacroConfig.weight_bits=1 must be >= 2"),
+        ("macro.input_enc_bits=9", "MacroConfig.input_enc_bits=9"),
+        ("noise.rand_sigma=-1", "NoiseConfig.rand_sigma=-1.0 must be >= 0"),
+    ],
+)
 def test_bad_value_is_one_line_error(compose, override, message):
     cfg = compose("simulate", override)
     with pytest.raises(ValueError) as err:

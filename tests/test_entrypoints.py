@@ -13,14 +13,27 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FIELDS = ("float_top1", "inference_top1", "sim_top1", "sim_top1_std", "sim_top5",
-          "num_samples", "seconds")
+FIELDS = (
+    "float_top1",
+    "inference_top1",
+    "sim_top1",
+    "sim_top1_std",
+    "sim_top5",
+    "num_samples",
+    "seconds",
+)
 
 
 def run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, script, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return proc
@@ -49,11 +62,16 @@ def test_train_fast(tmp_path):
     assert "conv1.weight" in state and "fc.weight" in state
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["macro.adc_bits=0"], "error: MacroConfig.adc_bits=0 must be in 1..24"),
-    (["dataset=cifar10", "dataset.root=/nonexistent/cifar"],
-     "error: CIFAR-10 data not found at /nonexistent/cifar: expected"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["macro.adc_bits=0"], "error: MacroConfig.adc_bits=0 must be in 1..24"),
+        (
+            ["dataset=cifar10", "dataset.root=/nonexistent/cifar"],
+            "error: CIFAR-10 data not found at /nonexistent/cifar: expected",
+        ),
+    ],
+)
 def test_bad_value_is_one_line(args, expected, tmp_path):
     proc = run("simulate.py", *args, f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode != 0
@@ -71,12 +89,19 @@ def test_typo_is_hydra_compose_error(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_sweep(tmp_path):
-    proc = run("simulate.py", "-m", "macro.adc_bits=6,8", "noise.rand_sigma=0.1",
-               f"hydra.sweep.dir={tmp_path}")
+    proc = run(
+        "simulate.py",
+        "-m",
+        "macro.adc_bits=6,8",
+        "noise.rand_sigma=0.1",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert "Launching 2 jobs" in proc.stdout + proc.stderr
     runs = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("*/results.json")}
-    assert set(runs) == {"macro.adc_bits=6,noise.rand_sigma=0.1",
-                         "macro.adc_bits=8,noise.rand_sigma=0.1"}
+    assert set(runs) == {
+        "macro.adc_bits=6,noise.rand_sigma=0.1",
+        "macro.adc_bits=8,noise.rand_sigma=0.1",
+    }
     assert runs["macro.adc_bits=6,noise.rand_sigma=0.1"]["config"]["macro"]["adc_bits"] == 6
 
 

@@ -26,8 +26,15 @@ __all__ = ["MAXBITS", "epilogue_lib"]
 
 MAXBITS = 32
 _SRC = Path(__file__).with_name("epilogue.c")
-_FLAGS = ["-O3", "-funroll-loops", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC",
-          "-pthread"]
+_FLAGS = [
+    "-O3",
+    "-funroll-loops",
+    "-ffp-contract=off",
+    "-fno-math-errno",
+    "-shared",
+    "-fPIC",
+    "-pthread",
+]
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
 
@@ -47,18 +54,31 @@ def _build() -> ctypes.CDLL | None:
         return None
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
-        warnings.warn("asim: no C compiler found; using the slower torch epilogue "
-                      "(install gcc, or set ASIM_NATIVE=0 to silence)", stacklevel=3)
+        warnings.warn(
+            "asim: no C compiler found; using the slower torch epilogue "
+            "(install gcc, or set ASIM_NATIVE=0 to silence)",
+            stacklevel=3,
+        )
         return None
     flags = [*_FLAGS, f"-march={os.environ.get('ASIM_NATIVE_MARCH', 'native')}"]
     source = _SRC.read_bytes()
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True,
-                                 timeout=30).stdout.splitlines()[:1]
+        version = subprocess.run(
+            [cc, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout.splitlines()[:1]
     except (OSError, subprocess.SubprocessError):
         version = []
-    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), str(version).encode(),
-                                     _cpu_id().encode(), platform.machine().encode()]))
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                source,
+                " ".join(flags).encode(),
+                str(version).encode(),
+                _cpu_id().encode(),
+                platform.machine().encode(),
+            ]
+        )
+    )
     cache = Path(os.environ.get("ASIM_CACHE_DIR", Path.home() / ".cache" / "asim"))
     target = cache / f"epilogue-{key.hexdigest()[:20]}.so"
     if not target.exists():
@@ -66,22 +86,67 @@ def _build() -> ctypes.CDLL | None:
             cache.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=cache) as tmp:
                 out = Path(tmp) / target.name
-                subprocess.run([cc, *flags, str(_SRC), "-o", str(out), "-lm"], check=True,
-                               capture_output=True, text=True, timeout=300)
+                subprocess.run(
+                    [cc, *flags, str(_SRC), "-o", str(out), "-lm"],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
                 os.replace(out, target)  # atomic: concurrent builders agree
         except (OSError, subprocess.SubprocessError) as err:
             detail = getattr(err, "stderr", "") or str(err)
-            warnings.warn(f"asim: building the native epilogue failed ({detail.strip()[:200]}); "
-                          "using the slower torch path", stacklevel=3)
+            warnings.warn(
+                f"asim: building the native epilogue failed ({detail.strip()[:200]}); "
+                "using the slower torch path",
+                stacklevel=3,
+            )
             return None
     lib = ctypes.CDLL(str(target))
-    p, i64, i32, f32, u64 = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float,
-                             ctypes.c_uint64)
+    p, i64, i32, f32, u64 = (
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int32,
+        ctypes.c_float,
+        ctypes.c_uint64,
+    )
     lib.acim_pack.argtypes = [p, i32, i64, i64, i64, i64, i64, i32, p, i64, i64, i64]
     lib.acim_pack.restype = None
-    lib.acim_popcount_run.argtypes = [p, i32, i64, p, p, i64, i32, p, p, p, i64, p, i64, i32, i32,
-                                      i32, i32, p, p, p, p, p, p, p, f32, i32, f32, f32, f32,
-                                      f32, i32, p, i32]
+    lib.acim_popcount_run.argtypes = [
+        p,
+        i32,
+        i64,
+        p,
+        p,
+        i64,
+        i32,
+        p,
+        p,
+        p,
+        i64,
+        p,
+        i64,
+        i32,
+        i32,
+        i32,
+        i32,
+        p,
+        p,
+        p,
+        p,
+        p,
+        p,
+        p,
+        f32,
+        i32,
+        f32,
+        f32,
+        f32,
+        f32,
+        i32,
+        p,
+        i32,
+    ]
     lib.acim_popcount_run.restype = i32
     lib.acim_fill_normals.argtypes = [p, i64, u64, u64]
     lib.acim_fill_normals.restype = None

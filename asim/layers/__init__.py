@@ -5,5 +5,12 @@ from .base import MODES, ACiMLayer
 from .conv import ACiMConv2d, conv_tiles
 from .linear import ACiMLinear
 
-__all__ = ["ATTN_SCALES", "MODES", "ACiMConv2d", "ACiMLayer", "ACiMLinear",
-           "ACiMMultiheadAttention", "conv_tiles"]
+__all__ = [
+    "ATTN_SCALES",
+    "MODES",
+    "ACiMConv2d",
+    "ACiMLayer",
+    "ACiMLinear",
+    "ACiMMultiheadAttention",
+    "conv_tiles",
+]

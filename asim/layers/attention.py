@@ -52,34 +52,69 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
         attn_scale: ``"head_dim"`` (torch) or ``"embed_dim"`` (the reference, quirk Q13).
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 add_bias_kv: bool = False, add_zero_attn: bool = False, kdim=None, vdim=None,
-                 batch_first: bool = False, device=None, dtype=None, *,
-                 macro: MacroConfig | None = None, noise: NoiseConfig | None = None,
-                 qk_macro: MacroConfig | None = None, av_macro: MacroConfig | None = None,
-                 qk_noise: NoiseConfig | None = None, av_noise: NoiseConfig | None = None,
-                 signed_input: bool = True, mode: str = "simulate", trim_noise: float = 0.0,
-                 attn_trim_noise: float = 0.0, attn_scale: str = "head_dim",
-                 digital: bool = False):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim=None,
+        vdim=None,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        macro: MacroConfig | None = None,
+        noise: NoiseConfig | None = None,
+        qk_macro: MacroConfig | None = None,
+        av_macro: MacroConfig | None = None,
+        qk_noise: NoiseConfig | None = None,
+        av_noise: NoiseConfig | None = None,
+        signed_input: bool = True,
+        mode: str = "simulate",
+        trim_noise: float = 0.0,
+        attn_trim_noise: float = 0.0,
+        attn_scale: str = "head_dim",
+        digital: bool = False,
+    ):
         if add_bias_kv or add_zero_attn:
-            raise ValueError("ACiMMultiheadAttention: add_bias_kv/add_zero_attn are not "
-                             "supported; keep this attention layer float (exclude it)")
+            raise ValueError(
+                "ACiMMultiheadAttention: add_bias_kv/add_zero_attn are not "
+                "supported; keep this attention layer float (exclude it)"
+            )
         if (kdim not in (None, embed_dim)) or (vdim not in (None, embed_dim)):
-            raise ValueError("ACiMMultiheadAttention: kdim/vdim different from embed_dim are "
-                             "not supported; keep this attention layer float (exclude it)")
+            raise ValueError(
+                "ACiMMultiheadAttention: kdim/vdim different from embed_dim are "
+                "not supported; keep this attention layer float (exclude it)"
+            )
         if attn_scale not in ATTN_SCALES:
-            raise ValueError(f"attn_scale={attn_scale!r} is not valid; choose one of "
-                             f"{', '.join(ATTN_SCALES)}")
+            raise ValueError(
+                f"attn_scale={attn_scale!r} is not valid; choose one of {', '.join(ATTN_SCALES)}"
+            )
         if not signed_input:
-            raise ValueError("ACiMMultiheadAttention: projections take signed inputs; "
-                             "signed_input must be True")
-        super().__init__(embed_dim, num_heads, dropout, bias, batch_first=batch_first,
-                         device=device, dtype=dtype)
+            raise ValueError(
+                "ACiMMultiheadAttention: projections take signed inputs; signed_input must be True"
+            )
+        super().__init__(
+            embed_dim, num_heads, dropout, bias, batch_first=batch_first, device=device, dtype=dtype
+        )
         self._init_acim(macro, noise, True, mode, trim_noise, digital)
         old = self.out_proj
-        self.out_proj = ACiMLinear(embed_dim, embed_dim, bias, device=device, dtype=dtype,
-                                   macro=self.macro, noise=noise, signed_input=True, mode=mode,
-                                   trim_noise=trim_noise, digital=digital)
+        self.out_proj = ACiMLinear(
+            embed_dim,
+            embed_dim,
+            bias,
+            device=device,
+            dtype=dtype,
+            macro=self.macro,
+            noise=noise,
+            signed_input=True,
+            mode=mode,
+            trim_noise=trim_noise,
+            digital=digital,
+        )
         self.out_proj.load_state_dict(old.state_dict())
         self.qk_macro = qk_macro or self.macro
         self.av_macro = av_macro or self.macro
@@ -101,10 +136,17 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
         self.out_proj.reseed(None if seed is None else seed + 1)
 
     # ------------------------------------------------------------------------------ forward
-    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
-                key_padding_mask: Tensor | None = None, need_weights: bool = True,
-                attn_mask: Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         key = query if key is None else key  # self-attention when key/value are omitted
         value = key if value is None else value
         if not self.batch_first:
@@ -120,17 +162,29 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
             q, k, v = qkv.chunk(3, dim=-1)
         else:
             bs = (None, None, None) if b is None else b.chunk(3)
-            q, k, v = (self._linear(t, wi, bi) for t, wi, bi in
-                       zip((query, key, value), w.chunk(3), bs, strict=True))
+            q, k, v = (
+                self._linear(t, wi, bi)
+                for t, wi, bi in zip((query, key, value), w.chunk(3), bs, strict=True)
+            )
         q, k, v = (t.reshape(B, -1, H, d).transpose(1, 2) for t in (q, k, v))  # (B, H, N, d)
 
         # QK^T: k is the activation role, q the weight role -> (B, H, Nk, Nq), transposed.
-        logits = self._dynamic(k, q.transpose(-2, -1), self.qk_macro, self.qk_noise,
-                               signed_x=True).transpose(-2, -1)
+        logits = self._dynamic(
+            k, q.transpose(-2, -1), self.qk_macro, self.qk_noise, signed_x=True
+        ).transpose(-2, -1)
         scale = (C if self.attn_scale == "embed_dim" else d) ** -0.5
         logits = logits * scale
-        mask = _merge_masks(attn_mask, key_padding_mask, is_causal, B, H, Nq, k.shape[-2],
-                            logits.dtype, logits.device)
+        mask = _merge_masks(
+            attn_mask,
+            key_padding_mask,
+            is_causal,
+            B,
+            H,
+            Nq,
+            k.shape[-2],
+            logits.dtype,
+            logits.device,
+        )
         if mask is not None:
             logits = logits + mask
         attn = logits.softmax(dim=-1)
@@ -146,13 +200,16 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
             weights = attn.mean(dim=1) if average_attn_weights else attn
         return out, weights
 
-    def _dynamic(self, x: Tensor, w: Tensor, macro: MacroConfig, noise: NoiseConfig | None,
-                 signed_x: bool) -> Tensor:
+    def _dynamic(
+        self, x: Tensor, w: Tensor, macro: MacroConfig, noise: NoiseConfig | None, signed_x: bool
+    ) -> Tensor:
         """``x @ w`` of two activation tensors; ``w`` is the weight role (always signed)."""
         per_sample = self._per_sample
         if self.digital or self.mode == "train":
-            y = torch.matmul(fake_quantize(x, macro.input_bits, signed_x, per_sample),
-                             fake_quantize(w, macro.weight_bits, True, per_sample))
+            y = torch.matmul(
+                fake_quantize(x, macro.input_bits, signed_x, per_sample),
+                fake_quantize(w, macro.weight_bits, True, per_sample),
+            )
             return y if self.digital else self._attn_trim(y)
         with torch.no_grad():
             sx = tensor_scale(x, signed_x, per_sample)
@@ -162,36 +219,64 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
             if self.mode == "inference":
                 acc = self._attn_trim(torch.matmul(x_int, w_int))
             else:
-                acc = self._mvm(x_int, w_int, tiles=linear_tiles(x.shape[-1], macro.nrow),
-                                macro=macro, noise=noise, signed=signed_x)
-            x_levels = signed_levels(macro.input_bits) if signed_x else \
-                unsigned_levels(macro.input_bits)
-            return dequantize(acc, sw, sx, signed_levels(macro.weight_bits), x_levels,
-                              macro.division == Division.reciprocal)
+                acc = self._mvm(
+                    x_int,
+                    w_int,
+                    tiles=linear_tiles(x.shape[-1], macro.nrow),
+                    macro=macro,
+                    noise=noise,
+                    signed=signed_x,
+                )
+            x_levels = (
+                signed_levels(macro.input_bits) if signed_x else unsigned_levels(macro.input_bits)
+            )
+            return dequantize(
+                acc,
+                sw,
+                sx,
+                signed_levels(macro.weight_bits),
+                x_levels,
+                macro.division == Division.reciprocal,
+            )
 
     def _attn_trim(self, y: Tensor) -> Tensor:
         if self.attn_trim_noise <= 0:
             return y
-        z = torch.randn(y.shape, dtype=y.dtype, device=y.device,
-                        generator=self.generator(y.device))
+        z = torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=self.generator(y.device))
         return y + z * (self.attn_trim_noise / 100.0 * y)
 
     # ------------------------------------------------------------------------- conversion
     @classmethod
-    def from_float(cls, module: nn.MultiheadAttention, macro: MacroConfig | None = None,
-                   noise: NoiseConfig | None = None, **kwargs) -> ACiMMultiheadAttention:
+    def from_float(
+        cls,
+        module: nn.MultiheadAttention,
+        macro: MacroConfig | None = None,
+        noise: NoiseConfig | None = None,
+        **kwargs,
+    ) -> ACiMMultiheadAttention:
         """Replace a whole ``nn.MultiheadAttention`` (or a subclass with a ``scale`` string
         attribute such as ``asim.models.layers.ScaledMultiheadAttention``)."""
         if not module._qkv_same_embed_dim:
-            raise ValueError("ACiMMultiheadAttention: kdim/vdim different from embed_dim are "
-                             "not supported; keep this attention layer float (exclude it)")
+            raise ValueError(
+                "ACiMMultiheadAttention: kdim/vdim different from embed_dim are "
+                "not supported; keep this attention layer float (exclude it)"
+            )
         scale = getattr(module, "scale", "head_dim")
         kwargs.setdefault("attn_scale", scale if scale in ATTN_SCALES else "head_dim")
-        layer = cls(module.embed_dim, module.num_heads, module.dropout,
-                    module.in_proj_bias is not None, module.bias_k is not None,
-                    module.add_zero_attn, batch_first=module.batch_first,
-                    device=module.in_proj_weight.device, dtype=module.in_proj_weight.dtype,
-                    macro=macro, noise=noise, **kwargs)
+        layer = cls(
+            module.embed_dim,
+            module.num_heads,
+            module.dropout,
+            module.in_proj_bias is not None,
+            module.bias_k is not None,
+            module.add_zero_attn,
+            batch_first=module.batch_first,
+            device=module.in_proj_weight.device,
+            dtype=module.in_proj_weight.dtype,
+            macro=macro,
+            noise=noise,
+            **kwargs,
+        )
         layer.load_state_dict(module.state_dict())
         layer._float_cls = type(module)
         return layer
@@ -205,16 +290,25 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
 
                 cls = ScaledMultiheadAttention
         kwargs = {"scale": self.attn_scale} if cls is not nn.MultiheadAttention else {}
-        layer = cls(self.embed_dim, self.num_heads, self.dropout, self.in_proj_bias is not None,
-                    batch_first=self.batch_first, device=self.in_proj_weight.device,
-                    dtype=self.in_proj_weight.dtype, **kwargs)
+        layer = cls(
+            self.embed_dim,
+            self.num_heads,
+            self.dropout,
+            self.in_proj_bias is not None,
+            batch_first=self.batch_first,
+            device=self.in_proj_weight.device,
+            dtype=self.in_proj_weight.dtype,
+            **kwargs,
+        )
         layer.load_state_dict(self.state_dict())
         return layer
 
     def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
-                f"{self.acim_repr()}, qk={self.qk_macro.describe()}, "
-                f"av={self.av_macro.describe()}, attn_scale={self.attn_scale}")
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+            f"{self.acim_repr()}, qk={self.qk_macro.describe()}, "
+            f"av={self.av_macro.describe()}, attn_scale={self.attn_scale}"
+        )
 
 
 def _merge_masks(attn_mask, key_padding_mask, is_causal, B, H, Nq, Nk, dtype, device):

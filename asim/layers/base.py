@@ -62,8 +62,15 @@ class ACiMLayer:
         """Layer-specific checks of a macro (raise ValueError); run whenever it is set."""
         self._check_encoding(macro, getattr(self, "signed_input", False))
 
-    def _init_acim(self, macro: MacroConfig | None, noise: NoiseConfig | None,
-                   signed_input: bool, mode: str, trim_noise: float, digital: bool) -> None:
+    def _init_acim(
+        self,
+        macro: MacroConfig | None,
+        noise: NoiseConfig | None,
+        signed_input: bool,
+        mode: str,
+        trim_noise: float,
+        digital: bool,
+    ) -> None:
         if macro is not None and not isinstance(macro, MacroConfig):
             raise TypeError(f"macro must be an asim.MacroConfig, got {type(macro).__name__}")
         if noise is not None and not isinstance(noise, NoiseConfig):
@@ -85,12 +92,16 @@ class ACiMLayer:
     def _check_encoding(macro: MacroConfig, signed: bool, what: str = "input") -> None:
         enc = macro.input_enc_bits
         if signed and enc is not None and enc >= macro.input_bits:
-            raise ValueError(f"MacroConfig.input_enc_bits={enc} must be < input_bits="
-                             f"{macro.input_bits} for a signed {what} (the sign plane takes its "
-                             "own cycle)")
+            raise ValueError(
+                f"MacroConfig.input_enc_bits={enc} must be < input_bits="
+                f"{macro.input_bits} for a signed {what} (the sign plane takes its "
+                "own cycle)"
+            )
         if signed and macro.weight_parallel:
-            raise ValueError(f"MacroConfig.weight_parallel=true needs an unsigned {what}; set "
-                             "signed_input=False or weight_parallel=false")
+            raise ValueError(
+                f"MacroConfig.weight_parallel=true needs an unsigned {what}; set "
+                "signed_input=False or weight_parallel=false"
+            )
 
     # ---------------------------------------------------------------- mode and randomness
     @property
@@ -106,8 +117,7 @@ class ACiMLayer:
         if self.noise_seed is None:
             return None
         if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(
-                self.noise_seed)
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.noise_seed)
         return self._generators[device]
 
     def reseed(self, seed: int | None) -> None:
@@ -135,9 +145,12 @@ class ACiMLayer:
         """Integer codes and a scale that broadcasts against the layer output."""
         if not self.signed_input and self._mode == "simulate" and "neg" not in self._warned:
             if bool((x < 0).any()):
-                self._warn_once("neg", f"{type(self).__name__} got negative inputs with "
-                                "signed_input=False: they are quantized to 0 (reference "
-                                "behaviour); pass signed_input=True if that is not intended")
+                self._warn_once(
+                    "neg",
+                    f"{type(self).__name__} got negative inputs with "
+                    "signed_input=False: they are quantized to 0 (reference "
+                    "behaviour); pass signed_input=True if that is not intended",
+                )
         scale = tensor_scale(x, self.signed_input, self._per_sample)
         return quantize(x, self.macro.input_bits, scale, self.signed_input), scale
 
@@ -156,13 +169,18 @@ class ACiMLayer:
         """``y + z * (tau * y)``, fresh z per element (spec §1.6); gradients not detached."""
         if self.trim_noise <= 0:
             return y
-        z = torch.randn(y.shape, dtype=y.dtype, device=y.device,
-                        generator=self.generator(y.device))
+        z = torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=self.generator(y.device))
         return y + z * (self.trim_noise / 100.0 * y)
 
     def _dequantize(self, acc: Tensor, w_scale: Tensor, x_scale: Tensor) -> Tensor:
-        return dequantize(acc, w_scale, x_scale, signed_levels(self.macro.weight_bits),
-                          self._input_levels(), self.macro.division == Division.reciprocal)
+        return dequantize(
+            acc,
+            w_scale,
+            x_scale,
+            signed_levels(self.macro.weight_bits),
+            self._input_levels(),
+            self.macro.division == Division.reciprocal,
+        )
 
     # ---------------------------------------------------------------- the engine call
     def _cell_noise(self, w_int: Tensor) -> Tensor | None:
@@ -171,25 +189,42 @@ class ACiMLayer:
         if noise is None or noise.cell_sigma == 0:
             return None
         shape = (*w_int.shape[:-1], self.macro.weight_bits, w_int.shape[-1])
-        if noise.cell_variation == CellVariation.per_chip and self._chip_cells is not None \
-                and self._chip_cells.shape == shape:
+        if (
+            noise.cell_variation == CellVariation.per_chip
+            and self._chip_cells is not None
+            and self._chip_cells.shape == shape
+        ):
             return self._chip_cells.to(w_int.device)
-        cells = torch.randn(shape, device=w_int.device,
-                            generator=self.generator(w_int.device)) * (noise.cell_sigma / 100)
+        cells = torch.randn(shape, device=w_int.device, generator=self.generator(w_int.device)) * (
+            noise.cell_sigma / 100
+        )
         if noise.cell_variation == CellVariation.per_chip:
             self._chip_cells = cells
         return cells
 
-    def _mvm(self, x_int: Tensor, w_int: Tensor, tiles=None, macro: MacroConfig | None = None,
-             noise: NoiseConfig | None = None, signed: bool | None = None,
-             cell_noise: Tensor | None = None, exact_shortcut: bool = True) -> Tensor:
+    def _mvm(
+        self,
+        x_int: Tensor,
+        w_int: Tensor,
+        tiles=None,
+        macro: MacroConfig | None = None,
+        noise: NoiseConfig | None = None,
+        signed: bool | None = None,
+        cell_noise: Tensor | None = None,
+        exact_shortcut: bool = True,
+    ) -> Tensor:
         """Run the engine: ``x_int [..., M, R] @ w_int [R, O]`` on this layer's macro."""
         return acim_matmul(
-            x_int, w_int, macro=macro or self.macro,
+            x_int,
+            w_int,
+            macro=macro or self.macro,
             signed_input=self.signed_input if signed is None else signed,
-            tiles=tiles, noise=self.noise if noise is None else noise,
-            generator=self.generator(x_int.device), cell_noise=cell_noise,
-            exact_shortcut=exact_shortcut)
+            tiles=tiles,
+            noise=self.noise if noise is None else noise,
+            generator=self.generator(x_int.device),
+            cell_noise=cell_noise,
+            exact_shortcut=exact_shortcut,
+        )
 
     def _linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """``x @ weight.T + bias`` in the layer's mode; any number of leading dims (Q15)."""
@@ -203,20 +238,31 @@ class ACiMLayer:
                 acc = self._trim(torch.nn.functional.linear(x_int, w_int))
             else:
                 w_t = w_int.t()
-                acc = self._mvm(x_int.reshape(-1, x.shape[-1]), w_t,
-                                cell_noise=self._cell_noise(w_t))
+                acc = self._mvm(
+                    x_int.reshape(-1, x.shape[-1]), w_t, cell_noise=self._cell_noise(w_t)
+                )
                 acc = acc.reshape(*x.shape[:-1], weight.shape[0])
             y = self._dequantize(acc, w_scale, x_scale)
         return y if bias is None else y + bias
 
     def acim_repr(self) -> str:
-        parts = [f"macro={self.macro.describe()}", f"mode={self._mode}",
-                 f"signed_input={self.signed_input}"]
-        if self.noise is not None and (self.noise.enabled or self.noise.cell_sigma
-                                       or self.noise.compression_alpha):
+        parts = [
+            f"macro={self.macro.describe()}",
+            f"mode={self._mode}",
+            f"signed_input={self.signed_input}",
+        ]
+        if self.noise is not None and (
+            self.noise.enabled or self.noise.cell_sigma or self.noise.compression_alpha
+        ):
             n = self.noise
-            parts.append("noise=" + (f"table({n.file})" if n.file else
-                                     f"(rand={n.rand_sigma:g}%, nl={n.nonlinear_sigma:g}%)"))
+            parts.append(
+                "noise="
+                + (
+                    f"table({n.file})"
+                    if n.file
+                    else f"(rand={n.rand_sigma:g}%, nl={n.nonlinear_sigma:g}%)"
+                )
+            )
         if self.trim_noise:
             parts.append(f"trim_noise={self.trim_noise:g}%")
         if self.digital:

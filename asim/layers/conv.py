@@ -15,8 +15,9 @@ __all__ = ["ACiMConv2d", "conv_tiles"]
 _UNFOLD_BUDGET = 1 << 24  # unfolded input elements per chunk of images (16-64 MiB)
 
 
-def conv_tiles(in_channels: int, kernel_area: int, nrow: int,
-               tiling: ConvTiling = ConvTiling.reference) -> tuple[list[tuple[int, int]], int]:
+def conv_tiles(
+    in_channels: int, kernel_area: int, nrow: int, tiling: ConvTiling = ConvTiling.reference
+) -> tuple[list[tuple[int, int]], int]:
     """Row ranges of the unfolded input loaded per tile, and the number of dropped channels.
 
     Tiles hold whole k x k kernels: ``floor(nrow / k^2)`` channels each. The reference runs
@@ -25,12 +26,16 @@ def conv_tiles(in_channels: int, kernel_area: int, nrow: int,
     """
     per_tile = nrow // kernel_area
     if per_tile == 0:
-        raise ValueError(f"kernel area {kernel_area} exceeds MacroConfig.nrow={nrow}: a k x k "
-                         "kernel must fit in one column; raise nrow or exclude this layer")
+        raise ValueError(
+            f"kernel area {kernel_area} exceeds MacroConfig.nrow={nrow}: a k x k "
+            "kernel must fit in one column; raise nrow or exclude this layer"
+        )
     groups = -(-in_channels // per_tile)
     n = groups if tiling == ConvTiling.all_groups else -(-in_channels * kernel_area // nrow)
-    tiles = [(g * per_tile * kernel_area, min((g + 1) * per_tile, in_channels) * kernel_area)
-             for g in range(n)]
+    tiles = [
+        (g * per_tile * kernel_area, min((g + 1) * per_tile, in_channels) * kernel_area)
+        for g in range(n)
+    ]
     dropped = in_channels - min(in_channels, n * per_tile)
     return tiles, dropped
 
@@ -44,9 +49,10 @@ def _patches(x: Tensor, kernel, stride, pad, dilation, out_hw) -> Patches:
     x = x.contiguous()
     B, C = x.shape[:2]
     sb, sc, sh, sw = x.stride()
-    view = x.as_strided((B, *out_hw, C, *kernel),
-                        (sb, sh * stride[0], sw * stride[1], sc, sh * dilation[0],
-                         sw * dilation[1]))
+    view = x.as_strided(
+        (B, *out_hw, C, *kernel),
+        (sb, sh * stride[0], sw * stride[1], sc, sh * dilation[0], sw * dilation[1]),
+    )
     return Patches(view, row_dims=3)
 
 
@@ -69,19 +75,49 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         digital: always fake-quantized, never simulated (the reference's ``QuantConv2d``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
-                 device=None, dtype=None, *, macro: MacroConfig | None = None,
-                 noise: NoiseConfig | None = None, signed_input: bool = False,
-                 mode: str = "simulate", trim_noise: float = 0.0, digital: bool = False):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device=device, dtype=dtype)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        macro: MacroConfig | None = None,
+        noise: NoiseConfig | None = None,
+        signed_input: bool = False,
+        mode: str = "simulate",
+        trim_noise: float = 0.0,
+        digital: bool = False,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
+        )
         if groups != 1:
-            raise ValueError(f"ACiMConv2d: groups={groups} (grouped/depthwise conv) cannot be "
-                             "mapped to one array; keep this layer digital (exclude it)")
+            raise ValueError(
+                f"ACiMConv2d: groups={groups} (grouped/depthwise conv) cannot be "
+                "mapped to one array; keep this layer digital (exclude it)"
+            )
         if padding_mode != "zeros":
-            raise ValueError(f"ACiMConv2d: padding_mode={padding_mode!r} is not supported; "
-                             "only 'zeros'")
+            raise ValueError(
+                f"ACiMConv2d: padding_mode={padding_mode!r} is not supported; only 'zeros'"
+            )
         self._init_acim(macro, noise, signed_input, mode, trim_noise, digital)
         self._explicit_padding()
 
@@ -91,15 +127,21 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
                 return (0, 0)
             total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
             if any(t % 2 for t in total):
-                raise ValueError("ACiMConv2d: padding='same' with an even kernel pads "
-                                 "asymmetrically, which is not supported; pad explicitly")
+                raise ValueError(
+                    "ACiMConv2d: padding='same' with an even kernel pads "
+                    "asymmetrically, which is not supported; pad explicitly"
+                )
             return (total[0] // 2, total[1] // 2)
         return tuple(self.padding)
 
     def _validate_macro(self, macro: MacroConfig) -> None:
         super()._validate_macro(macro)
-        conv_tiles(self.in_channels, self.kernel_size[0] * self.kernel_size[1], macro.nrow,
-                   macro.conv_tiling)
+        conv_tiles(
+            self.in_channels,
+            self.kernel_size[0] * self.kernel_size[1],
+            macro.nrow,
+            macro.conv_tiling,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self.digital or self.mode == "train":
@@ -126,10 +168,13 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
             if acc is not None:
                 return acc
         if dropped:
-            self._warn_once("dropped", f"ACiMConv2d({C}->{self.out_channels}, k={kh}x{kw}): "
-                            f"nrow={self.macro.nrow} drops the last {dropped} input channels, "
-                            "as the reference does (quirk Q1); set macro.conv_tiling="
-                            "all_groups to map them")
+            self._warn_once(
+                "dropped",
+                f"ACiMConv2d({C}->{self.out_channels}, k={kh}x{kw}): "
+                f"nrow={self.macro.nrow} drops the last {dropped} input channels, "
+                "as the reference does (quirk Q1); set macro.conv_tiling="
+                "all_groups to map them",
+            )
         Ho = (H + 2 * pad[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         Wo = (W + 2 * pad[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         L, R, O = Ho * Wo, C * kh * kw, self.out_channels
@@ -140,10 +185,12 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         step = max(1, _UNFOLD_BUDGET // max(1, L * R))
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
-            cols = _patches(x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation,
-                            (Ho, Wo))  # (b*L, R)
-            acc[b0:b1] = self._mvm(cols, w_mat, tiles=tiles, cell_noise=cells,
-                                   exact_shortcut=not shortcut).view(b1 - b0, L, O)
+            cols = _patches(
+                x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation, (Ho, Wo)
+            )  # (b*L, R)
+            acc[b0:b1] = self._mvm(
+                cols, w_mat, tiles=tiles, cell_noise=cells, exact_shortcut=not shortcut
+            ).view(b1 - b0, L, O)
         return acc.transpose(1, 2).reshape(B, O, Ho, Wo)
 
     def _exact_conv(self, x_int: Tensor, w_int: Tensor, channels: int) -> Tensor | None:
@@ -151,29 +198,59 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         spec's float32 accumulation provably equals it (spec §4.3)."""
         x, w = x_int[:, :channels], w_int[:, :channels]
         ones = torch.ones((1, *w.shape[1:]), dtype=x.dtype, device=x.device)
-        return exact_product(x, w, self.macro, self.signed_input,
-                             product=lambda a, b: self._conv_forward(a, b, None),
-                             row_sums=lambda v: self._conv_forward(v, ones, None))
+        return exact_product(
+            x,
+            w,
+            self.macro,
+            self.signed_input,
+            product=lambda a, b: self._conv_forward(a, b, None),
+            row_sums=lambda v: self._conv_forward(v, ones, None),
+        )
 
     @classmethod
-    def from_float(cls, module: nn.Conv2d, macro: MacroConfig | None = None,
-                   noise: NoiseConfig | None = None, **kwargs) -> ACiMConv2d:
+    def from_float(
+        cls,
+        module: nn.Conv2d,
+        macro: MacroConfig | None = None,
+        noise: NoiseConfig | None = None,
+        **kwargs,
+    ) -> ACiMConv2d:
         """An ACiMConv2d with ``module``'s weights."""
-        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride,
-                    module.padding, module.dilation, module.groups, module.bias is not None,
-                    module.padding_mode, device=module.weight.device, dtype=module.weight.dtype,
-                    macro=macro, noise=noise, **kwargs)
+        layer = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            module.bias is not None,
+            module.padding_mode,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+            macro=macro,
+            noise=noise,
+            **kwargs,
+        )
         layer.load_state_dict(module.state_dict())
         return layer
 
     def to_float(self) -> nn.Conv2d:
-        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                          self.padding, self.dilation, self.groups, self.bias is not None,
-                          self.padding_mode, device=self.weight.device,
-                          dtype=self.weight.dtype)
+        layer = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            self.padding_mode,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         layer.load_state_dict(self.state_dict())
         return layer
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self.acim_repr()}"
-

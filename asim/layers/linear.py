@@ -26,10 +26,21 @@ class ACiMLinear(ACiMLayer, nn.Linear):
         digital: always fake-quantized, never simulated (a digital layer).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
-                 dtype=None, *, macro: MacroConfig | None = None,
-                 noise: NoiseConfig | None = None, signed_input: bool = True,
-                 mode: str = "simulate", trim_noise: float = 0.0, digital: bool = False):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        macro: MacroConfig | None = None,
+        noise: NoiseConfig | None = None,
+        signed_input: bool = True,
+        mode: str = "simulate",
+        trim_noise: float = 0.0,
+        digital: bool = False,
+    ):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._init_acim(macro, noise, signed_input, mode, trim_noise, digital)
 
@@ -37,18 +48,35 @@ class ACiMLinear(ACiMLayer, nn.Linear):
         return self._linear(x, self.weight, self.bias)
 
     @classmethod
-    def from_float(cls, module: nn.Linear, macro: MacroConfig | None = None,
-                   noise: NoiseConfig | None = None, **kwargs) -> ACiMLinear:
+    def from_float(
+        cls,
+        module: nn.Linear,
+        macro: MacroConfig | None = None,
+        noise: NoiseConfig | None = None,
+        **kwargs,
+    ) -> ACiMLinear:
         """An ACiMLinear with ``module``'s weights (shared storage is not kept)."""
-        layer = cls(module.in_features, module.out_features, module.bias is not None,
-                    device=module.weight.device, dtype=module.weight.dtype, macro=macro,
-                    noise=noise, **kwargs)
+        layer = cls(
+            module.in_features,
+            module.out_features,
+            module.bias is not None,
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+            macro=macro,
+            noise=noise,
+            **kwargs,
+        )
         layer.load_state_dict(module.state_dict())
         return layer
 
     def to_float(self) -> nn.Linear:
-        layer = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                          device=self.weight.device, dtype=self.weight.dtype)
+        layer = nn.Linear(
+            self.in_features,
+            self.out_features,
+            self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
         layer.load_state_dict(self.state_dict())
         return layer
 

@@ -34,16 +34,24 @@ def deterministic(prefix: str) -> dict:
 
 
 def macro_of(cfg: dict, **extra) -> MacroConfig:
-    return MacroConfig(weight_bits=cfg["wbit"], input_bits=cfg["xbit"], nrow=cfg["nrow"],
-                       adc_bits=cfg["adc_prec"], input_enc_bits=cfg.get("act_enc"),
-                       hybrid_levels=cfg.get("hybrid_levels") or 0,
-                       vote_levels=cfg.get("voting_levels") or 0,
-                       vote_samples=cfg.get("num_samp") or 1, **extra)
+    return MacroConfig(
+        weight_bits=cfg["wbit"],
+        input_bits=cfg["xbit"],
+        nrow=cfg["nrow"],
+        adc_bits=cfg["adc_prec"],
+        input_enc_bits=cfg.get("act_enc"),
+        hybrid_levels=cfg.get("hybrid_levels") or 0,
+        vote_levels=cfg.get("voting_levels") or 0,
+        vote_samples=cfg.get("num_samp") or 1,
+        **extra,
+    )
 
 
 def noise_of(cfg: dict) -> NoiseConfig:
-    return NoiseConfig(rand_sigma=cfg.get("rand_noise_sigma", 0.0),
-                       nonlinear_sigma=cfg.get("non_linear_sigma", 0.0))
+    return NoiseConfig(
+        rand_sigma=cfg.get("rand_noise_sigma", 0.0),
+        nonlinear_sigma=cfg.get("non_linear_sigma", 0.0),
+    )
 
 
 def build_layer(case: dict, mode: str = "simulate", **macro_extra):
@@ -52,18 +60,40 @@ def build_layer(case: dict, mode: str = "simulate", **macro_extra):
     if case["module"].endswith("MultiheadAttention"):
         w = case["weights"]
         nrow = cfg["nrow"]
-        proj = MacroConfig(weight_bits=cfg["proj_wbit"], input_bits=cfg["proj_xbit"], nrow=nrow,
-                           adc_bits=cfg["proj_adc_prec"], input_enc_bits=cfg["proj_act_enc"],
-                           **macro_extra)
-        qk = MacroConfig(weight_bits=cfg["qk_qbit"], input_bits=cfg["qk_kbit"], nrow=nrow,
-                         adc_bits=cfg["qk_adc_prec"], input_enc_bits=cfg["qk_k_enc"],
-                         **macro_extra)
-        av = MacroConfig(weight_bits=cfg["av_vbit"], input_bits=cfg["av_abit"], nrow=nrow,
-                         adc_bits=cfg["av_adc_prec"], input_enc_bits=cfg["av_a_enc"],
-                         **macro_extra)
-        layer = ACiMMultiheadAttention(cfg["embed_dim"], cfg["num_heads"], batch_first=True,
-                                       macro=proj, qk_macro=qk, av_macro=av, mode=mode,
-                                       attn_scale="embed_dim")
+        proj = MacroConfig(
+            weight_bits=cfg["proj_wbit"],
+            input_bits=cfg["proj_xbit"],
+            nrow=nrow,
+            adc_bits=cfg["proj_adc_prec"],
+            input_enc_bits=cfg["proj_act_enc"],
+            **macro_extra,
+        )
+        qk = MacroConfig(
+            weight_bits=cfg["qk_qbit"],
+            input_bits=cfg["qk_kbit"],
+            nrow=nrow,
+            adc_bits=cfg["qk_adc_prec"],
+            input_enc_bits=cfg["qk_k_enc"],
+            **macro_extra,
+        )
+        av = MacroConfig(
+            weight_bits=cfg["av_vbit"],
+            input_bits=cfg["av_abit"],
+            nrow=nrow,
+            adc_bits=cfg["av_adc_prec"],
+            input_enc_bits=cfg["av_a_enc"],
+            **macro_extra,
+        )
+        layer = ACiMMultiheadAttention(
+            cfg["embed_dim"],
+            cfg["num_heads"],
+            batch_first=True,
+            macro=proj,
+            qk_macro=qk,
+            av_macro=av,
+            mode=mode,
+            attn_scale="embed_dim",
+        )
         with torch.no_grad():
             layer.in_proj_weight.copy_(f32(w["qkv.weight"]))
             layer.in_proj_bias.copy_(f32(w["qkv.bias"]))
@@ -74,12 +104,28 @@ def build_layer(case: dict, mode: str = "simulate", **macro_extra):
     weight = f32(case["weight"])
     has_bias = case.get("bias") is not None
     if case["module"].endswith("Conv2d"):
-        layer = ACiMConv2d(cfg["in_channels"], cfg["out_channels"], cfg["kernel_size"],
-                           stride=cfg["stride"], padding=cfg["padding"], bias=has_bias,
-                           macro=macro, noise=noise, signed_input=cfg["signed_act"], mode=mode)
+        layer = ACiMConv2d(
+            cfg["in_channels"],
+            cfg["out_channels"],
+            cfg["kernel_size"],
+            stride=cfg["stride"],
+            padding=cfg["padding"],
+            bias=has_bias,
+            macro=macro,
+            noise=noise,
+            signed_input=cfg["signed_act"],
+            mode=mode,
+        )
     else:
-        layer = ACiMLinear(weight.shape[1], weight.shape[0], bias=has_bias, macro=macro,
-                           noise=noise, signed_input=cfg["signed_act"], mode=mode)
+        layer = ACiMLinear(
+            weight.shape[1],
+            weight.shape[0],
+            bias=has_bias,
+            macro=macro,
+            noise=noise,
+            signed_input=cfg["signed_act"],
+            mode=mode,
+        )
     with torch.no_grad():
         layer.weight.copy_(weight)
         if has_bias:

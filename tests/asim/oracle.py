@@ -152,8 +152,9 @@ def activation_cycles(xbit: int, signed_act: bool, act_enc: int | None) -> list[
     if act_enc is None:  # bit-serial: one cycle per activation bit
         for j in range(xbit - 1, -1, -1):
             is_sign = signed_act and j == xbit - 1
-            cycles.append(dict(index=j, bits=[(j, 1)], width=1, is_sign=is_sign, shift=j,
-                               label=[j]))
+            cycles.append(
+                dict(index=j, bits=[(j, 1)], width=1, is_sign=is_sign, shift=j, label=[j])
+            )
         return cycles
 
     e = int(act_enc)
@@ -163,13 +164,29 @@ def activation_cycles(xbit: int, signed_act: bool, act_enc: int | None) -> list[
         C = math.ceil((xbit - 1) / e) + 1
         r = (xbit - 1) % e
         # cycle C-1 (processed first): the separate 1-bit sign cycle
-        cycles.append(dict(index=C - 1, bits=[(xbit - 1, 1)], width=1, is_sign=True,
-                           shift=xbit - 1, label=["sign"]))
+        cycles.append(
+            dict(
+                index=C - 1,
+                bits=[(xbit - 1, 1)],
+                width=1,
+                is_sign=True,
+                shift=xbit - 1,
+                label=["sign"],
+            )
+        )
         for c in range(C - 2, -1, -1):
             width = r if (c == C - 2 and r != 0) else e
             bits = [(c * e + k, 2**k) for k in range(width)]
-            cycles.append(dict(index=c, bits=bits, width=width, is_sign=False, shift=c * e,
-                               label=[c * e + k for k in range(width - 1, -1, -1)]))
+            cycles.append(
+                dict(
+                    index=c,
+                    bits=bits,
+                    width=width,
+                    is_sign=False,
+                    shift=c * e,
+                    label=[c * e + k for k in range(width - 1, -1, -1)],
+                )
+            )
     else:
         if not 1 <= e <= xbit:
             raise ValueError(f"unsigned activations need 1 <= act_enc <= xbit, got {e}")
@@ -178,8 +195,16 @@ def activation_cycles(xbit: int, signed_act: bool, act_enc: int | None) -> list[
         for c in range(C - 1, -1, -1):
             width = r if (c == C - 1 and r != 0) else e
             bits = [(c * e + k, 2**k) for k in range(width)]
-            cycles.append(dict(index=c, bits=bits, width=width, is_sign=False, shift=c * e,
-                               label=[c * e + k for k in range(width - 1, -1, -1)]))
+            cycles.append(
+                dict(
+                    index=c,
+                    bits=bits,
+                    width=width,
+                    is_sign=False,
+                    shift=c * e,
+                    label=[c * e + k for k in range(width - 1, -1, -1)],
+                )
+            )
     return cycles
 
 
@@ -202,10 +227,28 @@ def _mode_smallest(codes: list[torch.Tensor]) -> torch.Tensor:
     return best_code
 
 
-def _bit_level_loop(mac, *, n_tiles, tile_labels, signed_act, wbit, xbit, adc_prec, nrow,
-                    act_enc, hybrid_levels, hybrid_exact, rand_noise_sigma, non_linear_sigma,
-                    voting_levels, num_samp, compression_alpha, generator, trace,
-                    sign_compression_after_noise=False):
+def _bit_level_loop(
+    mac,
+    *,
+    n_tiles,
+    tile_labels,
+    signed_act,
+    wbit,
+    xbit,
+    adc_prec,
+    nrow,
+    act_enc,
+    hybrid_levels,
+    hybrid_exact,
+    rand_noise_sigma,
+    non_linear_sigma,
+    voting_levels,
+    num_samp,
+    compression_alpha,
+    generator,
+    trace,
+    sign_compression_after_noise=False,
+):
     """Integer-domain accumulator Y of the bit-level model (spec 4.1/4.2, 5, 6, 8.1, 8.2).
 
     ``mac(t, i, j)`` must return the exact column MAC (float32, output shape) of tile t,
@@ -268,8 +311,12 @@ def _bit_level_loop(mac, *, n_tiles, tile_labels, signed_act, wbit, xbit, adc_pr
                     # 8.1 current-domain gain compression of the raw (weighted) count; the
                     # reference linear's signed bit-parallel sign cycle compresses the
                     # normalised value after the noise instead (Q28 compatibility)
-                    late = (compression and sign_compression_after_noise
-                            and cyc["is_sign"] and act_enc is not None)
+                    late = (
+                        compression
+                        and sign_compression_after_noise
+                        and cyc["is_sign"]
+                        and act_enc is not None
+                    )
                     Mn = M / (1 + alpha * M) if compression and not late else M
                     # 2. normalise
                     a = torch.clamp(Mn / Fs, 0, 1)
@@ -299,10 +346,20 @@ def _bit_level_loop(mac, *, n_tiles, tile_labels, signed_act, wbit, xbit, adc_pr
                 Y = Y + sv * 2**shift
 
                 if trace is not None:
-                    trace.append(dict(tile=tile_labels[t], w_bit=i, x_bits=cyc["label"],
-                                      negated=negate, shift=shift, full_scale=Fs, analog=analog,
-                                      mac=M.clone(), adc_code=None if q is None else q.clone(),
-                                      rescaled=v.clone()))
+                    trace.append(
+                        dict(
+                            tile=tile_labels[t],
+                            w_bit=i,
+                            x_bits=cyc["label"],
+                            negated=negate,
+                            shift=shift,
+                            full_scale=Fs,
+                            analog=analog,
+                            mac=M.clone(),
+                            adc_code=None if q is None else q.clone(),
+                            rescaled=v.clone(),
+                        )
+                    )
     return Y
 
 
@@ -312,10 +369,28 @@ def _tile_list(tiles):
     return out
 
 
-def oracle_mvm(x_int, w_int, *, signed_act, wbit, xbit, adc_prec, nrow, tiles, act_enc=None,
-               hybrid_levels=0, hybrid_exact=False, rand_noise_sigma=0.0, non_linear_sigma=0.0,
-               voting_levels=0, num_samp=1, compression_alpha=0.0, generator=None, trace=None,
-               sign_compression_after_noise=False):
+def oracle_mvm(
+    x_int,
+    w_int,
+    *,
+    signed_act,
+    wbit,
+    xbit,
+    adc_prec,
+    nrow,
+    tiles,
+    act_enc=None,
+    hybrid_levels=0,
+    hybrid_exact=False,
+    rand_noise_sigma=0.0,
+    non_linear_sigma=0.0,
+    voting_levels=0,
+    num_samp=1,
+    compression_alpha=0.0,
+    generator=None,
+    trace=None,
+    sign_compression_after_noise=False,
+):
     """Bit-level integer accumulator Y [M, O] for x_int [M, R] (activation role) and
     w_int [O, R] (signed weight role). ``tiles`` = list of (start, stop) row ranges over R,
     processed in order, each normalised by nrow. (Leading batch dims, broadcast between
@@ -333,14 +408,27 @@ def oracle_mvm(x_int, w_int, *, signed_act, wbit, xbit, adc_prec, nrow, tiles, a
         wp = wpl[i][..., s:e].double()
         return torch.matmul(xp, wp.transpose(-1, -2)).to(torch.float32)
 
-    return _bit_level_loop(mac, n_tiles=len(tiles), tile_labels=list(range(len(tiles))),
-                           signed_act=signed_act, wbit=wbit, xbit=xbit, adc_prec=adc_prec,
-                           nrow=nrow, act_enc=act_enc, hybrid_levels=hybrid_levels,
-                           hybrid_exact=hybrid_exact, rand_noise_sigma=rand_noise_sigma,
-                           non_linear_sigma=non_linear_sigma, voting_levels=voting_levels,
-                           num_samp=num_samp, compression_alpha=compression_alpha,
-                           generator=generator, trace=trace,
-                           sign_compression_after_noise=sign_compression_after_noise)
+    return _bit_level_loop(
+        mac,
+        n_tiles=len(tiles),
+        tile_labels=list(range(len(tiles))),
+        signed_act=signed_act,
+        wbit=wbit,
+        xbit=xbit,
+        adc_prec=adc_prec,
+        nrow=nrow,
+        act_enc=act_enc,
+        hybrid_levels=hybrid_levels,
+        hybrid_exact=hybrid_exact,
+        rand_noise_sigma=rand_noise_sigma,
+        non_linear_sigma=non_linear_sigma,
+        voting_levels=voting_levels,
+        num_samp=num_samp,
+        compression_alpha=compression_alpha,
+        generator=generator,
+        trace=trace,
+        sign_compression_after_noise=sign_compression_after_noise,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -368,8 +456,20 @@ def _wbp_check(xbit, act_enc):
         raise ValueError("the weight full bit-parallel path requires xbit % act_enc == 0")
 
 
-def oracle_wbp_mvm(x_int, w_int, *, wbit, xbit, adc_prec, nrow, tiles, act_enc,
-                   full_scale_rows=None, rand_noise_sigma=0.0, generator=None):
+def oracle_wbp_mvm(
+    x_int,
+    w_int,
+    *,
+    wbit,
+    xbit,
+    adc_prec,
+    nrow,
+    tiles,
+    act_enc,
+    full_scale_rows=None,
+    rand_noise_sigma=0.0,
+    generator=None,
+):
     """W4A4 extension (spec 8.3, Q30 fix): the exact MAC Σ_tiles Σ_i Σ_c ±2^(i+c·e)·M_c over
     all tiles (unsigned activations only), then a single signed ADC per output."""
     _wbp_check(xbit, act_enc)
@@ -383,15 +483,23 @@ def oracle_wbp_mvm(x_int, w_int, *, wbit, xbit, adc_prec, nrow, tiles, act_enc,
             for cyc in cycles:
                 Mc = None
                 for bit, weight in cyc["bits"]:
-                    Mk = torch.matmul(xpl[bit][..., s:e].double(),
-                                      wpl[i][..., s:e].double().transpose(-1, -2))
+                    Mk = torch.matmul(
+                        xpl[bit][..., s:e].double(), wpl[i][..., s:e].double().transpose(-1, -2)
+                    )
                     Mc = Mk * weight if Mc is None else Mc + Mk * weight
                 sign = -1.0 if i == wbit - 1 else 1.0
                 term = sign * Mc * 2 ** (i + cyc["shift"])
                 Y = term if Y is None else Y + term
     rows = nrow if full_scale_rows is None else full_scale_rows
-    return _wbp_adc(Y.to(torch.float32), wbit=wbit, xbit=xbit, adc_prec=adc_prec, rows=rows,
-                    rand_noise_sigma=rand_noise_sigma, generator=generator)
+    return _wbp_adc(
+        Y.to(torch.float32),
+        wbit=wbit,
+        xbit=xbit,
+        adc_prec=adc_prec,
+        rows=rows,
+        rand_noise_sigma=rand_noise_sigma,
+        generator=generator,
+    )
 
 
 def oracle_wbp_per_cycle_mvm(x_int, w_int, *, wbit, xbit, adc_prec, nrow, tiles, act_enc):
@@ -403,7 +511,7 @@ def oracle_wbp_per_cycle_mvm(x_int, w_int, *, wbit, xbit, adc_prec, nrow, tiles,
     xpl = unsigned_bit_planes(x_int, xbit)
     wpl = signed_bit_planes(w_int, wbit)
     cycles = activation_cycles(xbit, False, act_enc)
-    F = float((2 ** xbit - 1) * (2 ** (wbit - 1) - 1) * nrow)
+    F = float((2**xbit - 1) * (2 ** (wbit - 1) - 1) * nrow)
     H = float(2 ** (adc_prec - 1) - 1)
     out = None
     for s, e in tiles:
@@ -411,8 +519,12 @@ def oracle_wbp_per_cycle_mvm(x_int, w_int, *, wbit, xbit, adc_prec, nrow, tiles,
             for cyc in sorted(cycles, key=lambda c: -c["shift"]):
                 mac = None
                 for bit, weight in cyc["bits"]:
-                    part = torch.matmul(xpl[bit][..., s:e].float(),
-                                        wpl[i][..., s:e].float().transpose(-1, -2)) * weight
+                    part = (
+                        torch.matmul(
+                            xpl[bit][..., s:e].float(), wpl[i][..., s:e].float().transpose(-1, -2)
+                        )
+                        * weight
+                    )
                     mac = part if mac is None else mac + part
                 if i == wbit - 1:
                     mac = mac * -1.0
@@ -441,10 +553,27 @@ def _exact_matmul(x_int, w_int):
     return torch.matmul(x_int.double(), w_int.double().transpose(-1, -2)).to(torch.float32)
 
 
-def oracle_linear(x, weight, bias=None, *, mode="simulate", signed_act=True, wbit=8, xbit=8,
-                  adc_prec=8, nrow=255, act_enc=None, hybrid_levels=0, hybrid_exact=False,
-                  rand_noise_sigma=0.0, non_linear_sigma=0.0, voting_levels=0, num_samp=1,
-                  generator=None, trace=None):
+def oracle_linear(
+    x,
+    weight,
+    bias=None,
+    *,
+    mode="simulate",
+    signed_act=True,
+    wbit=8,
+    xbit=8,
+    adc_prec=8,
+    nrow=255,
+    act_enc=None,
+    hybrid_levels=0,
+    hybrid_exact=False,
+    rand_noise_sigma=0.0,
+    non_linear_sigma=0.0,
+    voting_levels=0,
+    num_samp=1,
+    generator=None,
+    trace=None,
+):
     """ASiMLinear (Simulation or Inference). x [..., in], weight [out, in] -> [..., out]."""
     mode = _check_mode(mode)
     x = x.to(torch.float32)
@@ -465,12 +594,25 @@ def oracle_linear(x, weight, bias=None, *, mode="simulate", signed_act=True, wbi
         Y = _exact_matmul(x_int, w_int)
     else:
         tiles = [(s, min(s + nrow, n_in)) for s in range(0, n_in, nrow)]
-        Y = oracle_mvm(x_int, w_int, signed_act=signed_act, wbit=wbit, xbit=xbit,
-                       adc_prec=adc_prec, nrow=nrow, tiles=tiles, act_enc=act_enc,
-                       hybrid_levels=hybrid_levels, hybrid_exact=hybrid_exact,
-                       rand_noise_sigma=rand_noise_sigma, non_linear_sigma=non_linear_sigma,
-                       voting_levels=voting_levels, num_samp=num_samp, generator=generator,
-                       trace=trace)
+        Y = oracle_mvm(
+            x_int,
+            w_int,
+            signed_act=signed_act,
+            wbit=wbit,
+            xbit=xbit,
+            adc_prec=adc_prec,
+            nrow=nrow,
+            tiles=tiles,
+            act_enc=act_enc,
+            hybrid_levels=hybrid_levels,
+            hybrid_exact=hybrid_exact,
+            rand_noise_sigma=rand_noise_sigma,
+            non_linear_sigma=non_linear_sigma,
+            voting_levels=voting_levels,
+            num_samp=num_samp,
+            generator=generator,
+            trace=trace,
+        )
     y = _dequantize(Y, s_w, s_x, Ls(wbit), L_x)
     if bias is not None:
         y = y + bias.to(torch.float32)
@@ -493,10 +635,30 @@ def conv_channel_tiles(C: int, k: int, nrow: int, all_groups: bool = False):
     return [(g * c_map, min((g + 1) * c_map, C)) for g in range(n)]
 
 
-def oracle_conv2d(x, weight, bias=None, *, stride=1, padding=0, mode="simulate",
-                  signed_act=False, all_groups=False, wbit=8, xbit=8, adc_prec=8, nrow=255,
-                  act_enc=None, hybrid_levels=0, hybrid_exact=False, rand_noise_sigma=0.0,
-                  non_linear_sigma=0.0, voting_levels=0, num_samp=1, generator=None, trace=None):
+def oracle_conv2d(
+    x,
+    weight,
+    bias=None,
+    *,
+    stride=1,
+    padding=0,
+    mode="simulate",
+    signed_act=False,
+    all_groups=False,
+    wbit=8,
+    xbit=8,
+    adc_prec=8,
+    nrow=255,
+    act_enc=None,
+    hybrid_levels=0,
+    hybrid_exact=False,
+    rand_noise_sigma=0.0,
+    non_linear_sigma=0.0,
+    voting_levels=0,
+    num_samp=1,
+    generator=None,
+    trace=None,
+):
     """ASiMConv2d (Simulation or Inference). x [B, C, H, W], weight [O, C, k, k].
 
     Simulation: one float32 F.conv2d per (tile, weight bit, activation bit) on 0/1 planes,
@@ -534,13 +696,26 @@ def oracle_conv2d(x, weight, bias=None, *, stride=1, padding=0, mode="simulate",
             c0, c1 = tiles[t]
             return F.conv2d(xpl[j][:, c0:c1], wpl[i][:, c0:c1], stride=stride, padding=padding)
 
-        Y = _bit_level_loop(mac, n_tiles=len(tiles), tile_labels=[list(tt) for tt in tiles],
-                            signed_act=signed_act, wbit=wbit, xbit=xbit, adc_prec=adc_prec,
-                            nrow=nrow, act_enc=act_enc, hybrid_levels=hybrid_levels,
-                            hybrid_exact=hybrid_exact, rand_noise_sigma=rand_noise_sigma,
-                            non_linear_sigma=non_linear_sigma, voting_levels=voting_levels,
-                            num_samp=num_samp, compression_alpha=0.0, generator=generator,
-                            trace=trace)
+        Y = _bit_level_loop(
+            mac,
+            n_tiles=len(tiles),
+            tile_labels=[list(tt) for tt in tiles],
+            signed_act=signed_act,
+            wbit=wbit,
+            xbit=xbit,
+            adc_prec=adc_prec,
+            nrow=nrow,
+            act_enc=act_enc,
+            hybrid_levels=hybrid_levels,
+            hybrid_exact=hybrid_exact,
+            rand_noise_sigma=rand_noise_sigma,
+            non_linear_sigma=non_linear_sigma,
+            voting_levels=voting_levels,
+            num_samp=num_samp,
+            compression_alpha=0.0,
+            generator=generator,
+            trace=trace,
+        )
     y = _dequantize(Y, s_w, s_x, Ls(wbit), L_x)
     if bias is not None:
         y = y + bias.to(torch.float32).view(1, -1, 1, 1)
@@ -552,11 +727,31 @@ def oracle_conv2d(x, weight, bias=None, *, stride=1, padding=0, mode="simulate",
 # --------------------------------------------------------------------------------------
 
 
-def oracle_attention(x, qkv_weight, qkv_bias, proj_weight, proj_bias, *, num_heads,
-                     mode="simulate", nrow=255, proj_wbit=8, proj_xbit=8, proj_adc=8,
-                     proj_act_enc=None, qk_qbit=8, qk_kbit=8, qk_adc=8, qk_k_enc=None,
-                     av_vbit=8, av_abit=8, av_adc=8, av_a_enc=None, hybrid_levels=0,
-                     generator=None):
+def oracle_attention(
+    x,
+    qkv_weight,
+    qkv_bias,
+    proj_weight,
+    proj_bias,
+    *,
+    num_heads,
+    mode="simulate",
+    nrow=255,
+    proj_wbit=8,
+    proj_xbit=8,
+    proj_adc=8,
+    proj_act_enc=None,
+    qk_qbit=8,
+    qk_kbit=8,
+    qk_adc=8,
+    qk_k_enc=None,
+    av_vbit=8,
+    av_abit=8,
+    av_adc=8,
+    av_a_enc=None,
+    hybrid_levels=0,
+    generator=None,
+):
     """ASiMMultiheadAttention (spec 7.2), x [B, N, C] -> [B, N, C], noise-free parts only
     (no sigma arguments), softmax scale embed_dim^-1/2 (Q13)."""
     mode = _check_mode(mode)
@@ -568,18 +763,41 @@ def oracle_attention(x, qkv_weight, qkv_bias, proj_weight, proj_bias, *, num_hea
     common = dict(mode=mode, nrow=nrow, hybrid_levels=hybrid_levels, generator=generator)
 
     # 1. qkv projection (signed activations)
-    qkv = oracle_linear(x, qkv_weight, qkv_bias, signed_act=True, wbit=proj_wbit, xbit=proj_xbit,
-                        adc_prec=proj_adc, act_enc=proj_act_enc, **common)
+    qkv = oracle_linear(
+        x,
+        qkv_weight,
+        qkv_bias,
+        signed_act=True,
+        wbit=proj_wbit,
+        xbit=proj_xbit,
+        adc_prec=proj_adc,
+        act_enc=proj_act_enc,
+        **common,
+    )
     qkv = qkv.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]  # each [B, H, N, d]
 
     def sim(n_red, *, signed_act, wbit, xbit, adc, enc):
         tiles = [(s, min(s + nrow, n_red)) for s in range(0, n_red, nrow)]
-        return tiles, dict(n_tiles=len(tiles), tile_labels=list(range(len(tiles))),
-                           signed_act=signed_act, wbit=wbit, xbit=xbit, adc_prec=adc, nrow=nrow,
-                           act_enc=enc, hybrid_levels=hybrid_levels, hybrid_exact=False,
-                           rand_noise_sigma=0.0, non_linear_sigma=0.0, voting_levels=0,
-                           num_samp=1, compression_alpha=0.0, generator=generator, trace=None)
+        return tiles, dict(
+            n_tiles=len(tiles),
+            tile_labels=list(range(len(tiles))),
+            signed_act=signed_act,
+            wbit=wbit,
+            xbit=xbit,
+            adc_prec=adc,
+            nrow=nrow,
+            act_enc=enc,
+            hybrid_levels=hybrid_levels,
+            hybrid_exact=False,
+            rand_noise_sigma=0.0,
+            non_linear_sigma=0.0,
+            voting_levels=0,
+            num_samp=1,
+            compression_alpha=0.0,
+            generator=generator,
+            trace=None,
+        )
 
     # 2. QK: q = weight role (signed qbit), k = activation role (signed kbit)
     q_int, s_q = quantize_signed(q, qk_qbit)
@@ -589,13 +807,13 @@ def oracle_attention(x, qkv_weight, qkv_bias, proj_weight, proj_bias, *, num_hea
     else:
         qpl = signed_bit_planes(q_int, qk_qbit)
         kpl = signed_bit_planes(k_int, qk_kbit)
-        tiles, kw = sim(d, signed_act=True, wbit=qk_qbit, xbit=qk_kbit, adc=qk_adc,
-                        enc=qk_k_enc)
+        tiles, kw = sim(d, signed_act=True, wbit=qk_qbit, xbit=qk_kbit, adc=qk_adc, enc=qk_k_enc)
 
         def mac_qk(t, i, j):
             s, e = tiles[t]
-            return torch.matmul(qpl[i][..., s:e].double(),
-                                kpl[j][..., s:e].double().transpose(-1, -2)).to(torch.float32)
+            return torch.matmul(
+                qpl[i][..., s:e].double(), kpl[j][..., s:e].double().transpose(-1, -2)
+            ).to(torch.float32)
 
         QK = _bit_level_loop(mac_qk, **kw)
     attn = _dequantize(QK, s_q, s_k, Ls(qk_qbit), Ls(qk_kbit))
@@ -611,18 +829,29 @@ def oracle_attention(x, qkv_weight, qkv_bias, proj_weight, proj_bias, *, num_hea
     else:
         apl = unsigned_bit_planes(a_int, av_abit)
         vpl = signed_bit_planes(v_int, av_vbit)
-        tiles_av, kw = sim(N, signed_act=False, wbit=av_vbit, xbit=av_abit, adc=av_adc,
-                           enc=av_a_enc)
+        tiles_av, kw = sim(
+            N, signed_act=False, wbit=av_vbit, xbit=av_abit, adc=av_adc, enc=av_a_enc
+        )
 
         def mac_av(t, i, j):
             s, e = tiles_av[t]
-            return torch.matmul(apl[j][..., :, s:e].double(),
-                                vpl[i][..., s:e, :].double()).to(torch.float32)
+            return torch.matmul(apl[j][..., :, s:e].double(), vpl[i][..., s:e, :].double()).to(
+                torch.float32
+            )
 
         AV = _bit_level_loop(mac_av, **kw)
     out = _dequantize(AV, s_v, s_a, Ls(av_vbit), Lu(av_abit))
     # 6. [B, H, N, d] -> [B, N, C]
     out = out.transpose(1, 2).reshape(B, N, C)
     # 7. output projection
-    return oracle_linear(out, proj_weight, proj_bias, signed_act=True, wbit=proj_wbit,
-                         xbit=proj_xbit, adc_prec=proj_adc, act_enc=proj_act_enc, **common)
+    return oracle_linear(
+        out,
+        proj_weight,
+        proj_bias,
+        signed_act=True,
+        wbit=proj_wbit,
+        xbit=proj_xbit,
+        adc_prec=proj_adc,
+        act_enc=proj_act_enc,
+        **common,
+    )

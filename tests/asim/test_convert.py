@@ -22,8 +22,7 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
-        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                                   nn.Conv2d(8, 8, 1))
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1))
         self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
         self.fc = nn.Linear(8, 4)
 
@@ -67,8 +66,9 @@ def test_macro_for_and_options_for_are_per_layer():
     def options_for(name, module):
         return {"digital": True, "signed_input": True} if name == "conv1" else None
 
-    acim = convert_to_acim(Net(), MacroConfig(name="rest"), macro_for=macro_for,
-                           options_for=options_for)
+    acim = convert_to_acim(
+        Net(), MacroConfig(name="rest"), macro_for=macro_for, options_for=options_for
+    )
     assert acim.conv1.macro.name == "first" and acim.conv1.digital and acim.conv1.signed_input
     assert acim.fc.macro.name == "rest"
     set_mode(acim, "inference")
@@ -77,8 +77,10 @@ def test_macro_for_and_options_for_are_per_layer():
 
 def test_attention_parts_get_their_own_macros():
     def macro_for(name, module):
-        return {"attn.qk": MacroConfig(name="qk", input_bits=9),
-                "attn.av": MacroConfig(name="av", weight_bits=6)}.get(name)
+        return {
+            "attn.qk": MacroConfig(name="qk", input_bits=9),
+            "attn.av": MacroConfig(name="av", weight_bits=6),
+        }.get(name)
 
     acim = convert_to_acim(Net(), MacroConfig(), macro_for=macro_for)
     assert acim.attn.qk_macro.input_bits == 9 and acim.attn.av_macro.weight_bits == 6

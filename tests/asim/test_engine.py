@@ -39,15 +39,27 @@ def _random_macro(rng: random.Random, signed: bool, *, allow_enc: bool = True) -
         if top >= 1:
             enc = rng.randint(1, top)
     hybrid = rng.choice([0, 0, 1, 2, 3])
-    return MacroConfig(weight_bits=w, input_bits=x, nrow=nrow, adc_bits=adc,
-                       input_enc_bits=enc, hybrid_levels=hybrid,
-                       hybrid_exact=hybrid > 0 and rng.random() < 0.5)
+    return MacroConfig(
+        weight_bits=w,
+        input_bits=x,
+        nrow=nrow,
+        adc_bits=adc,
+        input_enc_bits=enc,
+        hybrid_levels=hybrid,
+        hybrid_exact=hybrid > 0 and rng.random() < 0.5,
+    )
 
 
 def _oracle_kwargs(m: MacroConfig) -> dict:
-    return dict(wbit=m.weight_bits, xbit=m.input_bits, adc_prec=m.adc_bits, nrow=m.nrow,
-                act_enc=m.input_enc_bits, hybrid_levels=m.hybrid_levels,
-                hybrid_exact=m.hybrid_exact)
+    return dict(
+        wbit=m.weight_bits,
+        xbit=m.input_bits,
+        adc_prec=m.adc_bits,
+        nrow=m.nrow,
+        act_enc=m.input_enc_bits,
+        hybrid_levels=m.hybrid_levels,
+        hybrid_exact=m.hybrid_exact,
+    )
 
 
 def _ints(rng_t: torch.Generator, shape, bits: int, signed: bool) -> torch.Tensor:
@@ -84,8 +96,9 @@ def test_linear_layer_equals_oracle(seed):
     x = torch.randn(*lead, fin, generator=g)
     with torch.no_grad():
         got = layer(x)
-    want = oracle.oracle_linear(x, layer.weight.detach(), layer.bias, signed_act=signed,
-                                **_oracle_kwargs(macro))
+    want = oracle.oracle_linear(
+        x, layer.weight.detach(), layer.bias, signed_act=signed, **_oracle_kwargs(macro)
+    )
     assert bits(got) == bits(want)
 
 
@@ -97,20 +110,38 @@ def test_conv_layer_equals_oracle(seed):
     macro = _random_macro(rng, signed=signed, allow_enc=not signed)
     nrow = max(macro.nrow, k * k) if rng.random() < 0.7 else rng.choice([k * k, 2 * k * k + 1])
     all_groups = rng.random() < 0.3
-    macro = macro.replace(nrow=nrow, adc_bits=min(macro.adc_bits, 8),
-                          conv_tiling=ConvTiling.all_groups if all_groups else "reference")
+    macro = macro.replace(
+        nrow=nrow,
+        adc_bits=min(macro.adc_bits, 8),
+        conv_tiling=ConvTiling.all_groups if all_groups else "reference",
+    )
     cin, cout = rng.randint(1, 7), rng.randint(1, 4)
     stride, pad = rng.choice([1, 2]), rng.choice([0, 1, 2])
     size = rng.randint(max(k, 2), 7)
-    layer = ACiMConv2d(cin, cout, k, stride=stride, padding=pad, bias=rng.random() < 0.5,
-                       macro=macro, signed_input=signed)
+    layer = ACiMConv2d(
+        cin,
+        cout,
+        k,
+        stride=stride,
+        padding=pad,
+        bias=rng.random() < 0.5,
+        macro=macro,
+        signed_input=signed,
+    )
     x = torch.randn(rng.randint(1, 3), cin, size, size + rng.randint(0, 2), generator=g)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the dropped-channel warning is expected here
         got = layer(x)
-    want = oracle.oracle_conv2d(x, layer.weight.detach(), layer.bias, stride=stride,
-                                padding=pad, signed_act=signed, all_groups=all_groups,
-                                **_oracle_kwargs(macro))
+    want = oracle.oracle_conv2d(
+        x,
+        layer.weight.detach(),
+        layer.bias,
+        stride=stride,
+        padding=pad,
+        signed_act=signed,
+        all_groups=all_groups,
+        **_oracle_kwargs(macro),
+    )
     assert bits(got) == bits(want), macro
 
 
@@ -120,23 +151,37 @@ def test_attention_equals_oracle(seed):
     heads = rng.choice([1, 2])
     C = heads * rng.choice([2, 3, 4])
     nrow = rng.choice([2, 3, 4, 7])
-    proj = _random_macro(rng, signed=True, allow_enc=False).replace(nrow=nrow, hybrid_levels=0,
-                                                                   hybrid_exact=False)
+    proj = _random_macro(rng, signed=True, allow_enc=False).replace(
+        nrow=nrow, hybrid_levels=0, hybrid_exact=False
+    )
     qk = _random_macro(rng, signed=True).replace(nrow=nrow, hybrid_levels=0, hybrid_exact=False)
-    av = _random_macro(rng, signed=False).replace(nrow=nrow, hybrid_levels=0,
-                                                  hybrid_exact=False)
-    layer = ACiMMultiheadAttention(C, heads, batch_first=True, macro=proj, qk_macro=qk,
-                                   av_macro=av, attn_scale="embed_dim").eval()
+    av = _random_macro(rng, signed=False).replace(nrow=nrow, hybrid_levels=0, hybrid_exact=False)
+    layer = ACiMMultiheadAttention(
+        C, heads, batch_first=True, macro=proj, qk_macro=qk, av_macro=av, attn_scale="embed_dim"
+    ).eval()
     x = torch.randn(rng.randint(1, 2), rng.randint(1, 5), C, generator=g)
     with torch.no_grad():
         got, _ = layer(x)
     want = oracle.oracle_attention(
-        x, layer.in_proj_weight.detach(), layer.in_proj_bias.detach(),
-        layer.out_proj.weight.detach(), layer.out_proj.bias.detach(), num_heads=heads, nrow=nrow,
-        proj_wbit=proj.weight_bits, proj_xbit=proj.input_bits, proj_adc=proj.adc_bits,
-        qk_qbit=qk.weight_bits, qk_kbit=qk.input_bits, qk_adc=qk.adc_bits,
-        qk_k_enc=qk.input_enc_bits, av_vbit=av.weight_bits, av_abit=av.input_bits,
-        av_adc=av.adc_bits, av_a_enc=av.input_enc_bits)
+        x,
+        layer.in_proj_weight.detach(),
+        layer.in_proj_bias.detach(),
+        layer.out_proj.weight.detach(),
+        layer.out_proj.bias.detach(),
+        num_heads=heads,
+        nrow=nrow,
+        proj_wbit=proj.weight_bits,
+        proj_xbit=proj.input_bits,
+        proj_adc=proj.adc_bits,
+        qk_qbit=qk.weight_bits,
+        qk_kbit=qk.input_bits,
+        qk_adc=qk.adc_bits,
+        qk_k_enc=qk.input_enc_bits,
+        av_vbit=av.weight_bits,
+        av_abit=av.input_bits,
+        av_adc=av.adc_bits,
+        av_a_enc=av.input_enc_bits,
+    )
     assert bits(got) == bits(want)
 
 
@@ -148,15 +193,23 @@ def test_compression_and_weight_parallel_equal_oracle(seed):
     x, w = _ints(g, (M, R), 4, False), _ints(g, (O, R), 4, True)
     tiles = linear_tiles(R, macro.nrow)
     alpha = rng.choice([0.01, 0.05, 0.2])
-    got = acim_matmul(x, w.t(), macro=macro, signed_input=False, tiles=tiles,
-                      noise=NoiseConfig(compression_alpha=alpha))
-    want = oracle.oracle_mvm(x, w, signed_act=False, tiles=tiles, compression_alpha=alpha,
-                             **_oracle_kwargs(macro))
+    got = acim_matmul(
+        x,
+        w.t(),
+        macro=macro,
+        signed_input=False,
+        tiles=tiles,
+        noise=NoiseConfig(compression_alpha=alpha),
+    )
+    want = oracle.oracle_mvm(
+        x, w, signed_act=False, tiles=tiles, compression_alpha=alpha, **_oracle_kwargs(macro)
+    )
     assert bits(got) == bits(want)
     wp = macro.replace(input_enc_bits=2, weight_parallel=True, adc_bits=rng.choice([4, 6, 8]))
     got = acim_matmul(x, w.t(), macro=wp, signed_input=False, tiles=tiles)
-    want = oracle.oracle_wbp_mvm(x, w, wbit=4, xbit=4, adc_prec=wp.adc_bits, nrow=wp.nrow,
-                                 tiles=tiles, act_enc=2)
+    want = oracle.oracle_wbp_mvm(
+        x, w, wbit=4, xbit=4, adc_prec=wp.adc_bits, nrow=wp.nrow, tiles=tiles, act_enc=2
+    )
     assert bits(got) == bits(want)
 
 
@@ -166,16 +219,26 @@ def test_sign_cycle_compression_modes_equal_oracle(seed, mode):
     """Signed bit-parallel inputs with gain compression: the sign cycle compresses its raw
     count (default) or, for compatibility (Q28), its normalised value after the noise."""
     rng, g = random.Random(4200 + seed), torch.Generator().manual_seed(seed)
-    macro = MacroConfig(weight_bits=4, input_bits=5, nrow=rng.choice([4, 7, 8]), adc_bits=4,
-                        input_enc_bits=rng.choice([1, 2, 3]))
+    macro = MacroConfig(
+        weight_bits=4,
+        input_bits=5,
+        nrow=rng.choice([4, 7, 8]),
+        adc_bits=4,
+        input_enc_bits=rng.choice([1, 2, 3]),
+    )
     x, w = _ints(g, (5, 23), 5, True), _ints(g, (3, 23), 4, True)
     tiles = linear_tiles(23, macro.nrow)
     noise = NoiseConfig(compression_alpha=rng.choice([0.05, 0.2]), sign_cycle_compression=mode)
     got = acim_matmul(x, w.t(), macro=macro, signed_input=True, tiles=tiles, noise=noise)
-    want = oracle.oracle_mvm(x, w, signed_act=True, tiles=tiles,
-                             compression_alpha=noise.compression_alpha,
-                             sign_compression_after_noise=mode == "normalised",
-                             **_oracle_kwargs(macro))
+    want = oracle.oracle_mvm(
+        x,
+        w,
+        signed_act=True,
+        tiles=tiles,
+        compression_alpha=noise.compression_alpha,
+        sign_compression_after_noise=mode == "normalised",
+        **_oracle_kwargs(macro),
+    )
     assert bits(got) == bits(want)
 
 
@@ -184,21 +247,42 @@ def test_weight_parallel_per_cycle_compat_equals_oracle(seed):
     """weight_parallel_adc="per_cycle": the reference linear's cumulative re-quantization."""
     rng, g = random.Random(4100 + seed), torch.Generator().manual_seed(seed)
     M, R, O = 4, rng.randint(4, 30), 3
-    macro = MacroConfig(weight_bits=4, input_bits=4, nrow=rng.choice([4, 7, 8]),
-                        adc_bits=rng.choice([4, 6, 8]), input_enc_bits=rng.choice([1, 2, 4]),
-                        weight_parallel=True, weight_parallel_adc="per_cycle")
+    macro = MacroConfig(
+        weight_bits=4,
+        input_bits=4,
+        nrow=rng.choice([4, 7, 8]),
+        adc_bits=rng.choice([4, 6, 8]),
+        input_enc_bits=rng.choice([1, 2, 4]),
+        weight_parallel=True,
+        weight_parallel_adc="per_cycle",
+    )
     x, w = _ints(g, (M, R), 4, False), _ints(g, (O, R), 4, True)
     tiles = linear_tiles(R, macro.nrow)
     got = acim_matmul(x, w.t(), macro=macro, signed_input=False, tiles=tiles)
-    want = oracle.oracle_wbp_per_cycle_mvm(x, w, wbit=4, xbit=4, adc_prec=macro.adc_bits,
-                                           nrow=macro.nrow, tiles=tiles,
-                                           act_enc=macro.input_enc_bits)
+    want = oracle.oracle_wbp_per_cycle_mvm(
+        x,
+        w,
+        wbit=4,
+        xbit=4,
+        adc_prec=macro.adc_bits,
+        nrow=macro.nrow,
+        tiles=tiles,
+        act_enc=macro.input_enc_bits,
+    )
     assert bits(got) == bits(want)
-    single = acim_matmul(x, w.t(), macro=macro.replace(weight_parallel_adc="output"),
-                         signed_input=False, tiles=tiles)
+    single = acim_matmul(
+        x, w.t(), macro=macro.replace(weight_parallel_adc="output"), signed_input=False, tiles=tiles
+    )
     assert got.shape == single.shape
-    noisy = acim_matmul(x, w.t(), macro=macro, signed_input=False, tiles=tiles,
-                        noise=NoiseConfig(rand_sigma=1.0), generator=g)
+    noisy = acim_matmul(
+        x,
+        w.t(),
+        macro=macro,
+        signed_input=False,
+        tiles=tiles,
+        noise=NoiseConfig(rand_sigma=1.0),
+        generator=g,
+    )
     assert torch.isfinite(noisy).all()
     with pytest.raises(ValueError, match="weight_parallel_adc"):
         MacroConfig(weight_parallel_adc="per_tile")
@@ -226,9 +310,13 @@ def test_fast_path_equals_cycle_path():
     macro = MacroConfig()
     fast = acim_matmul(x, w, macro=macro, signed_input=False)
     # A zero-sigma noise table forces the cycle path without changing any value.
-    slow = acim_matmul(x, w, macro=macro, signed_input=False,
-                       noise=NoiseConfig(compression_alpha=0.0, cell_sigma=0.0,
-                                         rand_sigma=1e-30))
+    slow = acim_matmul(
+        x,
+        w,
+        macro=macro,
+        signed_input=False,
+        noise=NoiseConfig(compression_alpha=0.0, cell_sigma=0.0, rand_sigma=1e-30),
+    )
     assert bits(fast) == bits(slow)
 
 
@@ -264,8 +352,10 @@ def _analytic(x_int, w_int, macro: MacroConfig, signed: bool, rand: float, nl: f
         for i in range(wb):
             pw = ((wcode[r0:r1] >> i) & 1).double()
             for c, cyc in enumerate(cycles):
-                cnt = sum(((xcode[:, r0:r1] >> b) & 1).double() @ pw * (1 << k)
-                          for k, b in enumerate(cyc.bits))
+                cnt = sum(
+                    ((xcode[:, r0:r1] >> b) & 1).double() @ pw * (1 << k)
+                    for k, b in enumerate(cyc.bits)
+                )
                 fs = cyc.levels * macro.nrow
                 negate = (i != wb - 1) if cyc.sign else (i == wb - 1)
                 coef = (-1 if negate else 1) * 2.0 ** (i + cyc.shift) * fs / A
@@ -284,16 +374,36 @@ def _analytic(x_int, w_int, macro: MacroConfig, signed: bool, rand: float, nl: f
     return mean, var.sqrt()
 
 
-@pytest.mark.parametrize("cfg", [
-    dict(macro=MacroConfig(weight_bits=3, input_bits=3, nrow=8, adc_bits=4), signed=False,
-         rand=3.0, nl=6.0),
-    dict(macro=MacroConfig(weight_bits=4, input_bits=4, nrow=5, adc_bits=3, input_enc_bits=2),
-         signed=True, rand=2.0, nl=0.0),
-    dict(macro=MacroConfig(weight_bits=3, input_bits=4, nrow=7, adc_bits=5, hybrid_levels=2),
-         signed=False, rand=1.0, nl=4.0),
-    dict(macro=MacroConfig(weight_bits=4, input_bits=3, nrow=6, adc_bits=6), signed=True,
-         rand=0.0, nl=8.0),
-], ids=["serial", "parallel_signed", "hybrid", "nonlinear_only"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(
+            macro=MacroConfig(weight_bits=3, input_bits=3, nrow=8, adc_bits=4),
+            signed=False,
+            rand=3.0,
+            nl=6.0,
+        ),
+        dict(
+            macro=MacroConfig(weight_bits=4, input_bits=4, nrow=5, adc_bits=3, input_enc_bits=2),
+            signed=True,
+            rand=2.0,
+            nl=0.0,
+        ),
+        dict(
+            macro=MacroConfig(weight_bits=3, input_bits=4, nrow=7, adc_bits=5, hybrid_levels=2),
+            signed=False,
+            rand=1.0,
+            nl=4.0,
+        ),
+        dict(
+            macro=MacroConfig(weight_bits=4, input_bits=3, nrow=6, adc_bits=6),
+            signed=True,
+            rand=0.0,
+            nl=8.0,
+        ),
+    ],
+    ids=["serial", "parallel_signed", "hybrid", "nonlinear_only"],
+)
 def test_noise_moments_match_analytic_model(cfg):
     g = torch.Generator().manual_seed(11)
     macro, signed = cfg["macro"], cfg["signed"]
@@ -302,16 +412,16 @@ def test_noise_moments_match_analytic_model(cfg):
     n = 6000
     noise = NoiseConfig(rand_sigma=cfg["rand"], nonlinear_sigma=cfg["nl"])
     gen = torch.Generator().manual_seed(3)
-    ys = acim_matmul(x.expand(n, -1), w, macro=macro, signed_input=signed, noise=noise,
-                     generator=gen).double()
+    ys = acim_matmul(
+        x.expand(n, -1), w, macro=macro, signed_input=signed, noise=noise, generator=gen
+    ).double()
     mean, std = _analytic(x, w, macro, signed, cfg["rand"], cfg["nl"])
     assert ((ys.mean(0, keepdim=True) - mean).abs() <= 5 * std / math.sqrt(n)).all()
     assert ((ys.std(0, keepdim=True) / std - 1).abs() <= 0.1).all()
 
 
 def test_noise_is_repeatable_per_seed_and_fresh_per_call():
-    layer = ACiMLinear(20, 4, macro=MacroConfig(adc_bits=6),
-                       noise=NoiseConfig(rand_sigma=0.5))
+    layer = ACiMLinear(20, 4, macro=MacroConfig(adc_bits=6), noise=NoiseConfig(rand_sigma=0.5))
     x = torch.randn(3, 20)
     with torch.no_grad():
         resample_noise(layer, 7)
@@ -348,12 +458,15 @@ def test_native_epilogue_equals_torch_epilogue(seed, monkeypatch):
     assert bits(native) == bits(plain)
 
 
-@pytest.mark.parametrize("nrow,enc,adc,signed", [
-    (255, None, 6, False),  # fl(A/F) gives every code: the kernel's one-division path
-    (16, 3, 5, False),  # F = 112, A = 31: it does not (ties), so the kernel divides
-    (100, None, 6, True),
-    (64, 2, 8, False),
-])
+@pytest.mark.parametrize(
+    "nrow,enc,adc,signed",
+    [
+        (255, None, 6, False),  # fl(A/F) gives every code: the kernel's one-division path
+        (16, 3, 5, False),  # F = 112, A = 31: it does not (ties), so the kernel divides
+        (100, None, 6, True),
+        (64, 2, 8, False),
+    ],
+)
 def test_native_kernel_at_array_scale_equals_torch_path(nrow, enc, adc, signed, monkeypatch):
     """Realistic sizes: several 64-row words per tile, row blocks and output ranges split
     over threads, M not a multiple of the kernel's block, 8-bit compact codes."""
@@ -382,8 +495,10 @@ def test_patches_read_in_place_equal_the_unfolded_matrix(dtype, monkeypatch):
 
     g = torch.Generator().manual_seed(3)
     x = torch.randint(0, 256, (2, 5, 9, 8), generator=g).to(dtype)  # B, C, H, W
-    view = x.as_strided((2, 4, 3, 5, 3, 3), (x.stride(0), 2 * x.stride(2), 2 * x.stride(3),
-                                             x.stride(1), x.stride(2), x.stride(3)))
+    view = x.as_strided(
+        (2, 4, 3, 5, 3, 3),
+        (x.stride(0), 2 * x.stride(2), 2 * x.stride(3), x.stride(1), x.stride(2), x.stride(3)),
+    )
     patches = Patches(view, row_dims=3)
     assert patches.shape == (24, 45)
     dense = view.reshape(24, 45)
@@ -417,11 +532,21 @@ for adc in (5, 6):
     torch.save(y, f"{adc}.pt")
 """
     root = str(pathlib.Path(__file__).resolve().parents[2])
-    env = {**os.environ, "ASIM_NATIVE_MARCH": "x86-64", "PYTHONPATH": root,
-           "ASIM_NATIVE": "1",
-           "ASIM_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "ASIM_NATIVE_MARCH": "x86-64",
+        "PYTHONPATH": root,
+        "ASIM_NATIVE": "1",
+        "ASIM_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if "no C compiler" in proc.stderr:
         pytest.skip("no C compiler")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -453,8 +578,14 @@ def test_native_normals_are_standard_normal():
 
 
 def test_noise_does_not_depend_on_thread_count():
-    layer = ACiMConv2d(20, 9, 3, padding=1, macro=MacroConfig(adc_bits=6),
-                       noise=NoiseConfig(rand_sigma=0.5, nonlinear_sigma=0.5))
+    layer = ACiMConv2d(
+        20,
+        9,
+        3,
+        padding=1,
+        macro=MacroConfig(adc_bits=6),
+        noise=NoiseConfig(rand_sigma=0.5, nonlinear_sigma=0.5),
+    )
     x = torch.relu(torch.randn(3, 20, 7, 7))
     threads = torch.get_num_threads()
     try:
@@ -480,7 +611,8 @@ def test_lossless_conv_whose_bound_fails_runs_the_cycles_exactly():
         got = conv(x)
         conv.mode = "inference"
         inference = conv(x)
-    want = oracle.oracle_conv2d(x, conv.weight.detach(), conv.bias, padding=1,
-                                **_oracle_kwargs(macro))
+    want = oracle.oracle_conv2d(
+        x, conv.weight.detach(), conv.bias, padding=1, **_oracle_kwargs(macro)
+    )
     assert bits(got) == bits(want)
     assert not torch.equal(got, inference)  # the float32 accumulation rounded: no shortcut

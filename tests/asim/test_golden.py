@@ -43,8 +43,9 @@ def test_dropped_channel_case_processes_all_groups_on_request():
     full = build_layer(case, conv_tiling=ConvTiling.all_groups)(f32(case["input"]))
     assert not torch.equal(dropped, full)
     # The spec's table gives the all-groups value of C4.
-    expected = f32([[[[-3.0301499366760254, 2.424119710922241],
-                      [-1.2120599746704102, 1.8180896043777466]]]])
+    expected = f32(
+        [[[[-3.0301499366760254, 2.424119710922241], [-1.2120599746704102, 1.8180896043777466]]]]
+    )
     assert bits(full) == bits(expected)
 
 

@@ -9,11 +9,18 @@ from asim import ACiMConv2d, ACiMLinear, ACiMMultiheadAttention, MacroConfig, No
 
 from .golden import bits
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
-MACROS = [MacroConfig(), MacroConfig(adc_bits=6), MacroConfig(input_enc_bits=2),
-          MacroConfig(adc_bits=5, hybrid_levels=3), MacroConfig(nrow=600, adc_bits=9)]
+MACROS = [
+    MacroConfig(),
+    MacroConfig(adc_bits=6),
+    MacroConfig(input_enc_bits=2),
+    MacroConfig(adc_bits=5, hybrid_levels=3),
+    MacroConfig(nrow=600, adc_bits=9),
+]
 
 
 @pytest.mark.parametrize("macro", MACROS, ids=lambda m: m.describe())
@@ -30,8 +37,13 @@ def test_noise_free_simulation_is_identical_on_cuda(macro):
 
 
 def test_attention_and_noise_run_on_cuda():
-    mha = ACiMMultiheadAttention(32, 4, batch_first=True, macro=MacroConfig(adc_bits=6),
-                                 noise=NoiseConfig(rand_sigma=0.4, nonlinear_sigma=0.4)).cuda()
+    mha = ACiMMultiheadAttention(
+        32,
+        4,
+        batch_first=True,
+        macro=MacroConfig(adc_bits=6),
+        noise=NoiseConfig(rand_sigma=0.4, nonlinear_sigma=0.4),
+    ).cuda()
     with torch.no_grad():
         y, _ = mha(torch.randn(2, 7, 32, device="cuda"))
     assert y.is_cuda and torch.isfinite(y).all()

@@ -22,9 +22,17 @@ def _rel_err(a, b):
 
 
 def test_issue_example_constructs_and_runs():
-    conv = ACiMConv2d(64, 128, 3, padding=1, bias=False,
-                      macro=MacroConfig(nrow=255, adc_bits=6),
-                      noise=NoiseConfig(rand_sigma=0.39), signed_input=False, mode="simulate")
+    conv = ACiMConv2d(
+        64,
+        128,
+        3,
+        padding=1,
+        bias=False,
+        macro=MacroConfig(nrow=255, adc_bits=6),
+        noise=NoiseConfig(rand_sigma=0.39),
+        signed_input=False,
+        mode="simulate",
+    )
     y = conv(torch.relu(torch.randn(2, 64, 6, 6)))
     assert y.shape == (2, 128, 6, 6)
     assert "adc=6" in repr(conv) and "rand=0.39%" in repr(conv)
@@ -138,17 +146,20 @@ def test_chunked_conv_equals_unchunked(monkeypatch):
         assert torch.equal(conv(x), ref)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(weight_bits=1), "weight_bits=1 must be >= 2"),
-    (dict(input_bits=1), "input_bits=1 must be >= 2"),
-    (dict(adc_bits=0), "adc_bits=0 must be in 1..24"),
-    (dict(nrow=0), "nrow=0 must be >= 1"),
-    (dict(input_enc_bits=9), "input_enc_bits=9 must be null"),
-    (dict(vote_levels=2, vote_samples=3, input_enc_bits=2), "voting .* bit-serial"),
-    (dict(vote_levels=1, vote_samples=3, hybrid_levels=1), "exclusive"),
-    (dict(weight_parallel=True), "needs bit-parallel inputs"),
-    (dict(act_scale="tensor"), "act_scale='tensor' is not valid"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(weight_bits=1), "weight_bits=1 must be >= 2"),
+        (dict(input_bits=1), "input_bits=1 must be >= 2"),
+        (dict(adc_bits=0), "adc_bits=0 must be in 1..24"),
+        (dict(nrow=0), "nrow=0 must be >= 1"),
+        (dict(input_enc_bits=9), "input_enc_bits=9 must be null"),
+        (dict(vote_levels=2, vote_samples=3, input_enc_bits=2), "voting .* bit-serial"),
+        (dict(vote_levels=1, vote_samples=3, hybrid_levels=1), "exclusive"),
+        (dict(weight_parallel=True), "needs bit-parallel inputs"),
+        (dict(act_scale="tensor"), "act_scale='tensor' is not valid"),
+    ],
+)
 def test_bad_macro_values_raise_one_line_errors(kwargs, match):
     with pytest.raises(ValueError, match=match) as err:
         MacroConfig(**kwargs)
@@ -176,8 +187,13 @@ def test_negative_inputs_to_unsigned_layer_warn_once():
 
 
 def test_cell_variation_per_chip_is_fixed_until_resampled():
-    lin = ACiMLinear(30, 3, signed_input=False, macro=MacroConfig(adc_bits=8),
-                     noise=NoiseConfig(cell_sigma=5.0, cell_variation="per_chip"))
+    lin = ACiMLinear(
+        30,
+        3,
+        signed_input=False,
+        macro=MacroConfig(adc_bits=8),
+        noise=NoiseConfig(cell_sigma=5.0, cell_variation="per_chip"),
+    )
     x = torch.rand(4, 30)
     resample_noise(lin, 1)
     with torch.no_grad():
@@ -203,4 +219,3 @@ def test_majority_voting_reduces_error():
         lin.macro = MacroConfig(**base, vote_levels=3, vote_samples=5)
         voted = (lin(x) - ideal).pow(2).mean()
     assert voted < plain
-

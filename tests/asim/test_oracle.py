@@ -62,9 +62,15 @@ def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor):
 
 
 def linear_kwargs(cfg):
-    return dict(signed_act=cfg["signed_act"], wbit=cfg["wbit"], xbit=cfg["xbit"],
-                adc_prec=cfg["adc_prec"], nrow=cfg["nrow"], act_enc=cfg["act_enc"],
-                hybrid_levels=cfg.get("hybrid_levels") or 0)
+    return dict(
+        signed_act=cfg["signed_act"],
+        wbit=cfg["wbit"],
+        xbit=cfg["xbit"],
+        adc_prec=cfg["adc_prec"],
+        nrow=cfg["nrow"],
+        act_enc=cfg["act_enc"],
+        hybrid_levels=cfg.get("hybrid_levels") or 0,
+    )
 
 
 def conv_kwargs(cfg):
@@ -72,28 +78,60 @@ def conv_kwargs(cfg):
 
 
 def attn_kwargs(cfg):
-    return dict(num_heads=cfg["num_heads"], nrow=cfg["nrow"], proj_wbit=cfg["proj_wbit"],
-                proj_xbit=cfg["proj_xbit"], proj_adc=cfg["proj_adc_prec"],
-                proj_act_enc=cfg["proj_act_enc"], qk_qbit=cfg["qk_qbit"], qk_kbit=cfg["qk_kbit"],
-                qk_adc=cfg["qk_adc_prec"], qk_k_enc=cfg["qk_k_enc"], av_vbit=cfg["av_vbit"],
-                av_abit=cfg["av_abit"], av_adc=cfg["av_adc_prec"], av_a_enc=cfg["av_a_enc"],
-                hybrid_levels=cfg.get("hybrid_levels") or 0)
+    return dict(
+        num_heads=cfg["num_heads"],
+        nrow=cfg["nrow"],
+        proj_wbit=cfg["proj_wbit"],
+        proj_xbit=cfg["proj_xbit"],
+        proj_adc=cfg["proj_adc_prec"],
+        proj_act_enc=cfg["proj_act_enc"],
+        qk_qbit=cfg["qk_qbit"],
+        qk_kbit=cfg["qk_kbit"],
+        qk_adc=cfg["qk_adc_prec"],
+        qk_k_enc=cfg["qk_k_enc"],
+        av_vbit=cfg["av_vbit"],
+        av_abit=cfg["av_abit"],
+        av_adc=cfg["av_adc_prec"],
+        av_a_enc=cfg["av_a_enc"],
+        hybrid_levels=cfg.get("hybrid_levels") or 0,
+    )
 
 
 def run_case(case, mode="simulate", trace=None, **extra):
     cfg = case["config"]
     bias = f32(case["bias"]) if case.get("bias") is not None else None
     if case["module"] == "ASiMLinear":
-        return O.oracle_linear(f32(case["input"]), f32(case["weight"]), bias, mode=mode,
-                               trace=trace, **linear_kwargs(cfg), **extra)
+        return O.oracle_linear(
+            f32(case["input"]),
+            f32(case["weight"]),
+            bias,
+            mode=mode,
+            trace=trace,
+            **linear_kwargs(cfg),
+            **extra,
+        )
     if case["module"] == "ASiMConv2d":
-        return O.oracle_conv2d(f32(case["input"]), f32(case["weight"]), bias, mode=mode,
-                               trace=trace, **conv_kwargs(cfg), **extra)
+        return O.oracle_conv2d(
+            f32(case["input"]),
+            f32(case["weight"]),
+            bias,
+            mode=mode,
+            trace=trace,
+            **conv_kwargs(cfg),
+            **extra,
+        )
     assert case["module"] == "ASiMMultiheadAttention"
     w = case["weights"]
-    return O.oracle_attention(f32(case["input"]), f32(w["qkv.weight"]), f32(w["qkv.bias"]),
-                              f32(w["proj.weight"]), f32(w["proj.bias"]), mode=mode,
-                              **attn_kwargs(cfg), **extra)
+    return O.oracle_attention(
+        f32(case["input"]),
+        f32(w["qkv.weight"]),
+        f32(w["qkv.bias"]),
+        f32(w["proj.weight"]),
+        f32(w["proj.bias"]),
+        mode=mode,
+        **attn_kwargs(cfg),
+        **extra,
+    )
 
 
 DET_IDS = ["C1", "C2", "C3", "C4", "C5", "C6", "S1", "S2"]
@@ -183,8 +221,9 @@ def test_c1_hand_worked_example_via_oracle_mvm():
     """Spec 4.4: the integer accumulator of C1 is exactly 32 (ideal 26)."""
     x_int = torch.tensor([[7.0, 3.0, 5.0]])
     w_int = torch.tensor([[2.0, -1.0, 3.0]])
-    Y = O.oracle_mvm(x_int, w_int, signed_act=False, wbit=3, xbit=3, adc_prec=2, nrow=4,
-                     tiles=[(0, 3)])
+    Y = O.oracle_mvm(
+        x_int, w_int, signed_act=False, wbit=3, xbit=3, adc_prec=2, nrow=4, tiles=[(0, 3)]
+    )
     assert Y.dtype == torch.float32 and Y.tolist() == [[32.0]]
     y = Y * (f32(0.8000001311302185) * f32(0.9000000953674316)) / (3 * 7)
     assert hexes(y) == ["3f8c6f30"]
@@ -211,14 +250,28 @@ def test_statistical_moments(cid):
     # and the noise is i.i.d. per element)
     xs = x.expand(n, -1).contiguous()
     g = torch.Generator().manual_seed(1234 + int(cid[1]))
-    kw = dict(signed_act=cfg["signed_act"], wbit=cfg["wbit"], xbit=cfg["xbit"],
-              adc_prec=cfg["adc_prec"], nrow=cfg["nrow"], act_enc=cfg["act_enc"],
-              hybrid_levels=cfg.get("hybrid_levels") or 0,
-              voting_levels=cfg.get("voting_levels") or 0, num_samp=cfg.get("num_samp") or 1)
+    kw = dict(
+        signed_act=cfg["signed_act"],
+        wbit=cfg["wbit"],
+        xbit=cfg["xbit"],
+        adc_prec=cfg["adc_prec"],
+        nrow=cfg["nrow"],
+        act_enc=cfg["act_enc"],
+        hybrid_levels=cfg.get("hybrid_levels") or 0,
+        voting_levels=cfg.get("voting_levels") or 0,
+        num_samp=cfg.get("num_samp") or 1,
+    )
     y_free = O.oracle_linear(x, w, b, **kw)
     assert_bits_equal(y_free, f32(case["noise_free_output"]))
-    y = O.oracle_linear(xs, w, b, rand_noise_sigma=cfg["rand_noise_sigma"],
-                        non_linear_sigma=cfg["non_linear_sigma"], generator=g, **kw).double()
+    y = O.oracle_linear(
+        xs,
+        w,
+        b,
+        rand_noise_sigma=cfg["rand_noise_sigma"],
+        non_linear_sigma=cfg["non_linear_sigma"],
+        generator=g,
+        **kw,
+    ).double()
     mean, std = y.mean(0), y.std(0)
     a_mean = torch.tensor(case["analytic_mean"][0], dtype=torch.float64)
     a_std = torch.tensor(case["analytic_std"][0], dtype=torch.float64)
@@ -231,8 +284,15 @@ def test_statistical_moments(cid):
 
 def test_bit_decomposition_table_and_recombination():
     # Spec 2.1 worked table, b = 4: (q, p3, p2, p1, p0)
-    table = [(-7, 1, 0, 0, 1), (-6, 1, 0, 1, 0), (-3, 1, 1, 0, 1), (-1, 1, 1, 1, 1),
-             (0, 0, 0, 0, 0), (5, 0, 1, 0, 1), (7, 0, 1, 1, 1)]
+    table = [
+        (-7, 1, 0, 0, 1),
+        (-6, 1, 0, 1, 0),
+        (-3, 1, 1, 0, 1),
+        (-1, 1, 1, 1, 1),
+        (0, 0, 0, 0, 0),
+        (5, 0, 1, 0, 1),
+        (7, 0, 1, 1, 1),
+    ]
     q = torch.tensor([float(r[0]) for r in table])
     p = O.signed_bit_planes(q, 4)
     for t in range(4):
@@ -248,7 +308,10 @@ def test_bit_decomposition_table_and_recombination():
     # C1's weights 2, -1, 3 at b = 3 decompose as 010, 111, 011; -0.0 counts as positive
     p = O.signed_bit_planes(torch.tensor([2.0, -1.0, 3.0, -0.0]), 3)
     assert [p[2].tolist(), p[1].tolist(), p[0].tolist()] == [
-        [0, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0]]
+        [0, 1, 0, 0],
+        [1, 1, 1, 0],
+        [0, 1, 1, 0],
+    ]
 
 
 def test_quantizer_edge_cases():
@@ -295,8 +358,9 @@ def test_enc1_equals_bit_serial(signed):
     g = torch.Generator().manual_seed(0)
     x = _rand_ints((3, 11), 5, signed, g)
     w = _rand_ints((4, 11), 4, True, g)
-    kw = dict(signed_act=signed, wbit=4, xbit=5, adc_prec=3, nrow=4,
-              tiles=[(0, 4), (4, 8), (8, 11)])
+    kw = dict(
+        signed_act=signed, wbit=4, xbit=5, adc_prec=3, nrow=4, tiles=[(0, 4), (4, 8), (8, 11)]
+    )
     assert_bits_equal(O.oracle_mvm(x, w, act_enc=1, **kw), O.oracle_mvm(x, w, **kw))
 
 
@@ -308,26 +372,45 @@ def test_lossless_adc_simulation_equals_inference(signed):
     w = torch.randn(5, 37, generator=g)
     b = torch.randn(5, generator=g)
     kw = dict(signed_act=signed, wbit=4, xbit=5, adc_prec=4, nrow=15)
-    assert_bits_equal(O.oracle_linear(x, w, b, **kw),
-                      O.oracle_linear(x, w, b, mode="inference", **kw))
+    assert_bits_equal(
+        O.oracle_linear(x, w, b, **kw), O.oracle_linear(x, w, b, mode="inference", **kw)
+    )
     xc = torch.randn(2, 5, 6, 6, generator=g)
     wc = torch.randn(3, 5, 3, 3, generator=g)
     kw = dict(signed_act=signed, wbit=4, xbit=4, adc_prec=4, nrow=15, stride=2, padding=1)
     # 15 rows = 1 channel of 3x3 per tile; T = ceil(45/15) = 3 < 5 groups -> use all groups
-    assert_bits_equal(O.oracle_conv2d(xc, wc, all_groups=True, **kw),
-                      O.oracle_conv2d(xc, wc, mode="inference", **kw))
+    assert_bits_equal(
+        O.oracle_conv2d(xc, wc, all_groups=True, **kw),
+        O.oracle_conv2d(xc, wc, mode="inference", **kw),
+    )
 
 
 def test_lossless_attention_equals_inference():
     g = torch.Generator().manual_seed(2)
     B, N, C, H = 2, 5, 8, 2
-    args = (torch.randn(B, N, C, generator=g), torch.randn(3 * C, C, generator=g),
-            torch.randn(3 * C, generator=g), torch.randn(C, C, generator=g),
-            torch.randn(C, generator=g))
-    kw = dict(num_heads=H, nrow=3, proj_wbit=3, proj_xbit=3, proj_adc=2, qk_qbit=3, qk_kbit=3,
-              qk_adc=2, av_vbit=3, av_abit=3, av_adc=2)
-    assert_bits_equal(O.oracle_attention(*args, **kw),
-                      O.oracle_attention(*args, mode="inference", **kw))
+    args = (
+        torch.randn(B, N, C, generator=g),
+        torch.randn(3 * C, C, generator=g),
+        torch.randn(3 * C, generator=g),
+        torch.randn(C, C, generator=g),
+        torch.randn(C, generator=g),
+    )
+    kw = dict(
+        num_heads=H,
+        nrow=3,
+        proj_wbit=3,
+        proj_xbit=3,
+        proj_adc=2,
+        qk_qbit=3,
+        qk_kbit=3,
+        qk_adc=2,
+        av_vbit=3,
+        av_abit=3,
+        av_adc=2,
+    )
+    assert_bits_equal(
+        O.oracle_attention(*args, **kw), O.oracle_attention(*args, mode="inference", **kw)
+    )
 
 
 def test_conv_1x1_matches_linear_path():
@@ -357,8 +440,9 @@ def test_hybrid_digital_cycles_and_hybrid_exact():
     # digital cycles draw no noise: all-digital with large sigma == noise-free, RNG untouched
     gen = torch.Generator().manual_seed(5)
     state = gen.get_state()
-    Yn = O.oracle_mvm(x, w, hybrid_levels=7, rand_noise_sigma=50.0, non_linear_sigma=50.0,
-                      generator=gen, **base)
+    Yn = O.oracle_mvm(
+        x, w, hybrid_levels=7, rand_noise_sigma=50.0, non_linear_sigma=50.0, generator=gen, **base
+    )
     assert_bits_equal(Yn, O.oracle_mvm(x, w, **base))
     assert torch.equal(gen.get_state(), state)
 
@@ -368,8 +452,16 @@ def test_noise_draw_order_and_count():
     g = torch.Generator().manual_seed(6)
     x = _rand_ints((2, 6), 3, False, g)
     w = _rand_ints((3, 6), 3, True, g)
-    kw = dict(signed_act=False, wbit=3, xbit=3, adc_prec=4, nrow=6, tiles=[(0, 6)],
-              rand_noise_sigma=2.0, non_linear_sigma=3.0)
+    kw = dict(
+        signed_act=False,
+        wbit=3,
+        xbit=3,
+        adc_prec=4,
+        nrow=6,
+        tiles=[(0, 6)],
+        rand_noise_sigma=2.0,
+        non_linear_sigma=3.0,
+    )
     for h, analog in [(0, 9), (2, 6)]:
         gen = torch.Generator().manual_seed(7)
         O.oracle_mvm(x, w, hybrid_levels=h, generator=gen, **kw)
@@ -380,13 +472,27 @@ def test_noise_draw_order_and_count():
 
 
 def test_majority_vote_mode_ties_to_smallest():
-    codes = [torch.tensor([3.0, 1.0, 5.0, 2.0]), torch.tensor([1.0, 1.0, 4.0, 2.0]),
-             torch.tensor([2.0, 4.0, 5.0, 2.0])]
+    codes = [
+        torch.tensor([3.0, 1.0, 5.0, 2.0]),
+        torch.tensor([1.0, 1.0, 4.0, 2.0]),
+        torch.tensor([2.0, 4.0, 5.0, 2.0]),
+    ]
     assert O._mode_smallest(codes).tolist() == [1.0, 1.0, 5.0, 2.0]
     assert O._mode_smallest(codes[:2]).tolist() == [1.0, 1.0, 4.0, 2.0]
     with pytest.raises(ValueError):
-        O.oracle_mvm(torch.ones(1, 2), torch.ones(1, 2), signed_act=False, wbit=2, xbit=2,
-                     adc_prec=2, nrow=2, tiles=[(0, 2)], act_enc=1, voting_levels=1, num_samp=3)
+        O.oracle_mvm(
+            torch.ones(1, 2),
+            torch.ones(1, 2),
+            signed_act=False,
+            wbit=2,
+            xbit=2,
+            adc_prec=2,
+            nrow=2,
+            tiles=[(0, 2)],
+            act_enc=1,
+            voting_levels=1,
+            num_samp=3,
+        )
 
 
 def test_compression():
@@ -398,8 +504,18 @@ def test_compression():
     # single-cell check: M = 6 of nrow 8, alpha 0.1 -> M' = 6/1.6 = 3.75, a = 0.46875,
     # code rne(0.46875*63 = 29.53125) = 30, v = 30/63*8
     tr = []
-    O.oracle_mvm(torch.ones(1, 6) * 1.0, torch.ones(1, 6), signed_act=False, wbit=2, xbit=2,
-                 adc_prec=6, nrow=8, tiles=[(0, 6)], compression_alpha=0.1, trace=tr)
+    O.oracle_mvm(
+        torch.ones(1, 6) * 1.0,
+        torch.ones(1, 6),
+        signed_act=False,
+        wbit=2,
+        xbit=2,
+        adc_prec=6,
+        nrow=8,
+        tiles=[(0, 6)],
+        compression_alpha=0.1,
+        trace=tr,
+    )
     cyc = [c for c in tr if c["w_bit"] == 0 and c["x_bits"] == [0]][0]
     assert cyc["mac"].item() == 6.0 and cyc["adc_code"].item() == 30.0
     assert_bits_equal(cyc["rescaled"], torch.tensor([[30.0]]) / 63 * 8)
@@ -422,8 +538,9 @@ def test_weight_full_bit_parallel():
     for rows in (None, 10):
         Fs = 15 * 7 * (5 if rows is None else rows)
         expect = torch.round(torch.clamp(exact / Fs, -1, 1) * 127) / 127 * Fs
-        Y = O.oracle_wbp_mvm(x, w, wbit=4, xbit=4, adc_prec=8, nrow=5, tiles=tiles, act_enc=2,
-                             full_scale_rows=rows)
+        Y = O.oracle_wbp_mvm(
+            x, w, wbit=4, xbit=4, adc_prec=8, nrow=5, tiles=tiles, act_enc=2, full_scale_rows=rows
+        )
         assert_bits_equal(Y, expect)
     with pytest.raises(ValueError):
         O.oracle_wbp_mvm(x, w, wbit=4, xbit=4, adc_prec=8, nrow=5, tiles=tiles, act_enc=3)

@@ -21,8 +21,15 @@ from lightning_modules.module import ACiMClassifier
 @pytest.fixture
 def compose(tmp_path):
     def _compose(name: str, *overrides: str):
-        return builders.compose(name, [*overrides, f"output_dir={tmp_path}", "logger=csv",
-                                       "trainer.enable_progress_bar=false"])
+        return builders.compose(
+            name,
+            [
+                *overrides,
+                f"output_dir={tmp_path}",
+                "logger=csv",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
 
     return _compose
 
@@ -32,9 +39,17 @@ def _tiny(num_classes: int = 4) -> nn.Module:
 
 
 def _trainer(**kw) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=False,
-                     use_distributed_sampler=False, inference_mode=False, **kw)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        inference_mode=False,
+        **kw,
+    )
 
 
 def test_fast_dev_run_on_digits():
@@ -51,8 +66,9 @@ def test_fast_dev_run_on_digits():
 def test_eval_results_metrics_and_predictions():
     torch.manual_seed(0)
     x, y = torch.randn(50, 1, 4, 4), torch.randint(0, 4, (50,))
-    module = ACiMClassifier(_tiny(), num_classes=4, class_names=list("abcd"),
-                            collect_predictions=True)
+    module = ACiMClassifier(
+        _tiny(), num_classes=4, class_names=list("abcd"), collect_predictions=True
+    )
     _trainer().validate(module, DataLoader(TensorDataset(x, y), batch_size=16), verbose=False)
     r = module.results
     with torch.no_grad():
@@ -63,8 +79,9 @@ def test_eval_results_metrics_and_predictions():
     assert r["top1"] == pytest.approx((preds == y).float().mean().item())
     top4 = logits.topk(4, dim=1).indices  # top-k is min(5, num_classes)
     assert r["top5"] == pytest.approx((top4 == y[:, None]).any(1).float().mean().item())
-    per_class = [((preds == y) & (y == c)).sum().item() / max(1, (y == c).sum().item())
-                 for c in range(4)]
+    per_class = [
+        ((preds == y) & (y == c)).sum().item() / max(1, (y == c).sum().item()) for c in range(4)
+    ]
     assert r["per_class"] == pytest.approx(per_class, abs=1e-6)
     assert r["loss"] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
 
@@ -81,8 +98,9 @@ def test_label_smoothing_matches_the_reference():
 
 
 def test_optimizer_and_milestones():
-    module = ACiMClassifier(_tiny(), num_classes=4, optimizer="adam", lr=1e-3,
-                            milestones=[0.6, 0.9])
+    module = ACiMClassifier(
+        _tiny(), num_classes=4, optimizer="adam", lr=1e-3, milestones=[0.6, 0.9]
+    )
     module.trainer = _trainer(max_epochs=200)
     conf = module.configure_optimizers()
     assert isinstance(conf["optimizer"], torch.optim.Adam)
@@ -92,11 +110,21 @@ def test_optimizer_and_milestones():
 
 
 def test_simulate_builder_results(compose, tmp_path):
-    res = builders.simulate(compose("simulate", "noise=gaussian", "simulate.repeats=2",
-                                    "simulate.save_predictions=true"))
+    res = builders.simulate(
+        compose(
+            "simulate", "noise=gaussian", "simulate.repeats=2", "simulate.save_predictions=true"
+        )
+    )
     saved = json.loads((tmp_path / "results.json").read_text())
-    for key in ("float_top1", "inference_top1", "sim_top1", "sim_top1_std", "sim_top5",
-                "num_samples", "seconds"):
+    for key in (
+        "float_top1",
+        "inference_top1",
+        "sim_top1",
+        "sim_top1_std",
+        "sim_top5",
+        "num_samples",
+        "seconds",
+    ):
         assert key in saved and saved[key] is not None, key
         assert saved[key] == pytest.approx(res[key])
     assert saved["num_samples"] == 450
@@ -111,17 +139,24 @@ def test_simulate_builder_results(compose, tmp_path):
 
 
 def test_simulate_is_repeatable_and_skips_passes(compose):
-    cfg = compose("simulate", "noise=measured", "simulate.float=false",
-                  "simulate.inference=false", "seed=3", "dataset.val_batch_size=64",
-                  "trainer.limit_val_batches=1")
+    cfg = compose(
+        "simulate",
+        "noise=measured",
+        "simulate.float=false",
+        "simulate.inference=false",
+        "seed=3",
+        "dataset.val_batch_size=64",
+        "trainer.limit_val_batches=1",
+    )
     a, b = builders.simulate(cfg), builders.simulate(cfg)
     assert a["sim_top1"] == b["sim_top1"]  # same seed: same chip, same noise
     assert a["float_top1"] is None and a["inference_top1"] is None
 
 
 def test_lossless_macro_simulation_equals_inference(compose):
-    res = builders.simulate(compose("simulate", "macro=ideal", "simulate.repeats=3",
-                                    "simulate.float=false"))
+    res = builders.simulate(
+        compose("simulate", "macro=ideal", "simulate.repeats=3", "simulate.float=false")
+    )
     assert res["sim_top1"] == res["inference_top1"] and res["sim_top1_std"] == 0.0
     assert res["repeats"] == 3  # noise off: computed once, reported for every repeat
 
@@ -141,8 +176,9 @@ def test_sample_scale_is_independent_of_batching_and_sharding(compose):
         single = model(x).argmax(1)
         sharded = []
         for rank in range(2):
-            idx = list(UnpaddedDistributedSampler(len(x), num_replicas=2, rank=rank,
-                                                  block_size=100))
+            idx = list(
+                UnpaddedDistributedSampler(len(x), num_replicas=2, rank=rank, block_size=100)
+            )
             for chunk in DataLoader(Subset(TensorDataset(x), idx), batch_size=37):
                 sharded.append(model(chunk[0]).argmax(1))
     sharded = torch.cat(sharded)
@@ -180,8 +216,13 @@ def test_nat_needs_a_checkpoint(compose):
 
 
 def test_train_builder_writes_checkpoints_and_export(compose, tmp_path):
-    cfg = compose("train", "debug=fast", "trainer.max_epochs=2", "ckpt=checkpoints/digits_cnn.pt",
-                  "trim_noise=10")
+    cfg = compose(
+        "train",
+        "debug=fast",
+        "trainer.max_epochs=2",
+        "ckpt=checkpoints/digits_cnn.pt",
+        "trim_noise=10",
+    )
     res = builders.train(cfg)
     assert res["mode"] == "nat" and res["epochs"] == 2
     assert res["best_model_path"].startswith(str(tmp_path / "checkpoints"))
