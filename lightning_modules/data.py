@@ -48,6 +48,7 @@ __all__ = [
     "build_datamodule",
     "build_eval_transform",
     "build_train_transform",
+    "instantiate_datamodule",
 ]
 
 # acim-model.md §9.5
@@ -897,3 +898,27 @@ def build_datamodule(name: str, **kwargs: Any) -> L.LightningDataModule:
             f"unknown dataset {name!r}; valid names: {', '.join(sorted(_DATAMODULES))}"
         ) from None
     return cls(**kwargs)
+
+
+def instantiate_datamodule(
+    dataset_cfg: Any, *, seed: int, **overrides: Any
+) -> L.LightningDataModule:
+    """The DataModule of a ``dataset`` config group node, with ``seed`` and ``overrides`` applied.
+
+    Resolves nothing about paths: the caller passes an absolute ``root=``. A keyword the
+    DataModule does not take is a one-line ValueError naming the valid ones.
+    """
+    from omegaconf import OmegaConf
+
+    kwargs = (
+        OmegaConf.to_container(dataset_cfg, resolve=True)
+        if not isinstance(dataset_cfg, dict)
+        else dict(dataset_cfg)
+    )
+    kwargs.update(overrides)
+    kwargs.pop("_target_", None)
+    name = kwargs.pop("name")
+    try:
+        return build_datamodule(name, seed=seed, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"dataset={name}: {e}") from None
