@@ -1,0 +1,276 @@
+"""The sweep report on synthetic run folders (lightning_modules/report.py, report.py, the
+Hydra callback); real sweeps are in tests/test_sweeps.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from lightning_modules import report
+from lightning_modules.callbacks import SweepReport
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_job(root: Path, overrides: dict[str, object], **results) -> Path:
+    """A run folder as Hydra and simulate.py leave it: .hydra/overrides.yaml and results.json."""
+    folder = root / ",".join(f"{k}={v}" for k, v in overrides.items())
+    (folder / ".hydra").mkdir(parents=True)
+    lines = [f"{k}={'null' if v is None else v}" for k, v in overrides.items()]
+    (folder / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(lines))
+    if results:
+        (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def results(top1: float, *, std: float = 0.0, energy: float | None = None, **extra) -> dict:
+    out = {
+        "sim_top1": top1,
+        "sim_top1_std": std,
+        "sim_top1_runs": [top1],
+        "sim_top5": min(1.0, top1 + 0.1),
+        "float_top1": 0.99,
+        "inference_top1": 0.98,
+        "num_samples": 450,
+        "seconds": 1.25,
+        "summary": {"model": "digits_cnn", "dataset": "digits"},
+        "config": {"macro": {"name": "bitserial_255", "adc_bits": 8, "nrow": 255}},
+    }
+    if energy is not None:
+        out["cost"] = {"energy_pj": energy, "adc_conversions": energy * 10}
+    out.update(extra)
+    return out
+
+
+@pytest.fixture
+def grid_sweep(tmp_path):
+    """A 3x2 sweep (adc_bits x rand_sigma) with energies; one job still running, one failed."""
+    sweep = tmp_path / "sweep"
+    jobs = {}
+    for bits in (4, 6, 8):
+        for sigma in (0, 0.2):
+            top1 = 0.1 * bits + 0.15 - sigma  # 0.55 .. 0.95
+            jobs[bits, sigma] = make_job(
+                sweep,
+                {"macro.adc_bits": bits, "noise.rand_sigma": sigma, "debug": "fast"},
+                **results(top1, std=0.01 * bits, energy=1000.0 * 2**bits),
+            )
+    make_job(sweep, {"macro.adc_bits": 5, "noise.rand_sigma": 0, "debug": "fast"},
+             **{**results(0.5), "complete": False})  # fmt: skip
+    make_job(sweep, {"macro.adc_bits": 7, "noise.rand_sigma": 0, "debug": "fast"})  # failed
+    return sweep, jobs
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 200
+
+
+def test_sweep_csv_rows_equal_results(grid_sweep):
+    sweep, jobs = grid_sweep
+    rep = report.write_report([sweep])
+    assert rep.csv == sweep / "sweep.csv"
+    rows = report.read_csv(rep.csv)
+    # 'debug' is the same in every job: not a swept column
+    assert list(rows[0]) == ["macro.adc_bits", "noise.rand_sigma", *report.METRICS, "job"]
+    assert len(rows) == len(jobs) == 6
+    for row in rows:
+        folder = jobs[int(row["macro.adc_bits"]), float(row["noise.rand_sigma"])]
+        assert (sweep / row["job"]).resolve() == folder.resolve()
+        res = json.loads((folder / "results.json").read_text())
+        for name in ("sim_top1", "sim_top1_std", "sim_top5", "float_top1", "inference_top1"):
+            assert float(row[name]) == res[name], name
+        assert int(row["num_samples"]) == res["num_samples"]
+        assert float(row["seconds"]) == res["seconds"]
+        assert float(row["energy_pj"]) == res["cost"]["energy_pj"]
+        assert float(row["adc_conversions"]) == res["cost"]["adc_conversions"]
+    # sorted by the swept keys, numerically
+    assert [int(r["macro.adc_bits"]) for r in rows] == [4, 4, 6, 6, 8, 8]
+
+
+def test_incomplete_and_failed_runs_are_skipped_with_a_note(grid_sweep):
+    sweep, _ = grid_sweep
+    rep = report.write_report([sweep])
+    reasons = {folder.name: why for folder, why in rep.collection.skipped}
+    assert len(reasons) == 2
+    assert "incomplete" in reasons["macro.adc_bits=5,noise.rand_sigma=0,debug=fast"]
+    assert "no results.json" in reasons["macro.adc_bits=7,noise.rand_sigma=0,debug=fast"]
+    md = rep.markdown.read_text()
+    assert "Skipped 2 folders" in md and "incomplete" in md
+    assert all(r["macro.adc_bits"] not in ("5", "7") for r in report.read_csv(rep.csv))
+
+
+def test_report_md_and_plots(grid_sweep):
+    sweep, _ = grid_sweep
+    rep = report.write_report([sweep])
+    names = sorted(p.name for p in rep.plots)
+    assert names == [
+        "accuracy_vs_energy.png",
+        "accuracy_vs_macro.adc_bits.png",
+        "accuracy_vs_noise.rand_sigma.png",
+    ]
+    for plot in rep.plots:
+        assert_png(plot)
+    md = rep.markdown.read_text()
+    for name in names:
+        assert f"]({name})" in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 6  # header and one row per complete job
+    assert "| 8 | 0 | 95.00 ± 8.00 |" in md  # sim top-1 in %, with the std of the repeats
+    assert "energy/sample (nJ)" in md and "| 256 |" in md  # 2^8 * 1000 pJ
+
+
+def test_pareto_hand_case():
+    # (accuracy, energy): b dominates a; c and d trade off; e duplicates d; f worse than d
+    points = {
+        "a": (0.5, 30.0),
+        "b": (0.6, 20.0),
+        "c": (0.9, 50.0),
+        "d": (0.7, 10.0),
+        "e": (0.7, 10.0),
+        "f": (0.6, 10.0),
+    }
+    mask = report.pareto_mask(list(points.values()), ["max", "min"])
+    assert {k for k, keep in zip(points, mask, strict=True) if keep} == {"c", "d", "e"}
+    assert report.pareto_mask([(1.0, 2.0), (2.0, 1.0)], ["min", "min"]) == [True, True]
+    with pytest.raises(ValueError, match="'max' or 'min'"):
+        report.pareto_mask([(1.0,)], ["maximize"])
+
+
+def test_report_marks_the_pareto_jobs(tmp_path):
+    sweep = tmp_path / "s"
+    for bits, top1, energy in ((4, 0.5, 100.0), (6, 0.8, 200.0), (7, 0.7, 300.0), (8, 0.9, 400.0)):
+        make_job(sweep, {"macro.adc_bits": bits}, **results(top1, energy=energy))
+    make_job(sweep, {"macro.adc_bits": 3}, **results(0.2))  # no energy: not on any front
+    rep = report.write_report([sweep])
+    assert sorted(job.value("macro.adc_bits") for job in rep.pareto) == ["4", "6", "8"]
+    table = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in rep.markdown.read_text().splitlines()
+        if line.startswith("| ")
+    ]
+    column = table[0].index("Pareto")
+    marked = {row[0] for row in table[1:] if row[column] == "yes"}
+    assert marked == {"4", "6", "8"}
+    assert "Pareto set" in rep.markdown.read_text()
+
+
+def test_repeats_by_seed_average_into_one_point_and_null_values(tmp_path):
+    """Jobs that differ only in seed are repeats; null (bit-serial) sorts first."""
+    sweep = tmp_path / "s"
+    for enc in (None, 2):
+        for seed, top1 in ((0, 0.6), (1, 0.8)):
+            make_job(sweep, {"macro.input_enc_bits": enc, "seed": seed}, **results(top1))
+    rep = report.write_report([sweep])
+    assert rep.swept == ["macro.input_enc_bits", "seed"]
+    rows = report.read_csv(rep.csv)
+    assert [r["macro.input_enc_bits"] for r in rows] == ["null", "null", "2", "2"]
+    assert [p.name for p in rep.plots] == ["accuracy_vs_macro.input_enc_bits.png"]
+    mean, std = report._point([j for j in rep.collection.jobs if j.value("seed") in "01"][:2])
+    assert math.isclose(mean, 0.7) and math.isclose(std, math.sqrt(0.02))
+
+
+def test_sensitivity_chart(tmp_path):
+    sens = [
+        {"layer": "conv1", "alone_top1": 0.9, "without_top1": 0.6},
+        {"layer": "conv2", "alone_top1": 0.7, "without_top1": 0.8},
+        {"layer": "fc", "alone_top1": 0.95, "without_top1": 0.5},
+    ]
+    run = make_job(tmp_path, {"macro.adc_bits": 6}, **results(0.5, sensitivity=sens))
+    rep = report.write_report([run])
+    assert rep.swept == ["macro.adc_bits"]  # a single run: its overrides
+    assert [p.name for p in rep.plots] == ["accuracy_vs_macro.adc_bits.png", "sensitivity.png"]
+    assert_png(rep.out / "sensitivity.png")
+
+
+def test_merging_sweeps_fills_keys_from_the_config(tmp_path):
+    """A key overridden in one sweep only takes the other jobs' value from their config."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_job(a, {"macro.adc_bits": 6}, **results(0.5))
+    make_job(a, {"macro.adc_bits": 7}, **results(0.6))
+    make_job(b, {"macro.nrow": 127}, **results(0.7))
+    rep = report.write_report([a, b, a], out=tmp_path / "merged")  # a twice: once each job
+    rows = report.read_csv(rep.csv)
+    assert len(rows) == 3
+    assert {(r["macro.adc_bits"], r["macro.nrow"]) for r in rows} == {
+        ("6", "255"),
+        ("7", "255"),
+        ("8", "127"),
+    }
+    assert (tmp_path / "merged" / "report.md").is_file()
+    with pytest.raises(ValueError, match="out=DIR"):
+        report.write_report([a, b])
+
+
+def test_no_complete_run_is_an_error(tmp_path):
+    make_job(tmp_path, {"macro.adc_bits": 6})
+    with pytest.raises(ValueError, match="no complete results.json"):
+        report.write_report([tmp_path])
+    with pytest.raises(ValueError, match="is not a folder"):
+        report.write_report([tmp_path / "missing"])
+
+
+def test_objectives():
+    res = results(0.75, energy=1234.0)
+    assert report.objectives(res, OmegaConf.create({})) == 0.75
+    cfg = OmegaConf.create({"optimized_metrics": ["sim_top1", "energy_pj"]})
+    assert report.objectives(res, cfg) == (0.75, 1234.0)
+    assert report.objectives(res, OmegaConf.create({"optimized_metrics": "energy_pj"})) == 1234.0
+    with pytest.raises(ValueError, match="cost model"):
+        report.objectives(results(0.75), cfg)
+    with pytest.raises(ValueError, match="choose from"):
+        report.objectives(res, OmegaConf.create({"optimized_metrics": ["top1"]}))
+
+
+def test_callback_writes_the_report_into_the_sweep_folder(grid_sweep):
+    sweep, _ = grid_sweep
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    callback = SweepReport()
+    callback.on_multirun_start(cfg)
+    callback.on_multirun_end(cfg)
+    assert (sweep / "sweep.csv").is_file() and (sweep / "report.md").is_file()
+
+
+def test_callback_is_wired_in_the_hydra_config():
+    """conf/hydra/default.yaml (the `hydra` group of simulate.yaml and train.yaml) names it."""
+    from hydra.utils import instantiate
+
+    hydra_cfg = OmegaConf.load(ROOT / "conf" / "hydra" / "default.yaml")
+    callbacks = [instantiate(c) for c in hydra_cfg.callbacks.values()]
+    assert any(isinstance(c, SweepReport) for c in callbacks)
+
+
+def test_report_cli(grid_sweep, tmp_path):
+    sweep, _ = grid_sweep
+    other = tmp_path / "other"
+    make_job(other, {"macro.adc_bits": 3, "noise.rand_sigma": 0}, **results(0.3))
+    out = tmp_path / "merged"
+    proc = subprocess.run(
+        [sys.executable, "report.py", str(sweep), str(other), "-o", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "7 runs" in proc.stdout and "2 skipped" in proc.stdout
+    assert len(report.read_csv(out / "sweep.csv")) == 7
+    proc = subprocess.run(
+        [sys.executable, "report.py", str(tmp_path / "missing")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
