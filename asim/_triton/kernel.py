@@ -1,0 +1,247 @@
+"""The fused Triton kernel of the ACiM engine: one launch per layer call.
+
+One program computes a ``[BM, BN]`` block of ``Y`` for one batch entry. For every tile, in
+order, every weight bit ``i`` and every activation cycle ``c`` (both descending, spec §4.2)
+it forms the cycle's column count with int8 ``tl.dot`` of 0/1 (or multi-level) planes cut
+from the integer codes in registers, turns the count into the ADC value and accumulates
+``y = y + coef[i][c] * v`` in float32: the spec's order, so the bits equal the CPU engine's.
+
+All float semantics of a conversion (normalisation, compression, clamping, rounding half to
+even, rescaling, the division mode) live in per-cycle tables built on the host in float32
+(:mod:`asim._triton.plan`): the kernel only looks values up, draws codes with integer
+arithmetic and adds. Its float ops are ``coef * v`` (exact: a power of two) and one add per
+conversion, so a fused multiply-add could not change a bit either.
+
+Conversion modes (per weight bit and cycle), as the native kernel's ``ASIM_CYC_*``:
+0 noise-free ADC (``value_by_count``), 1 exact count, 2 one code drawn from the cycle's code
+table, 3 ``votes`` codes drawn and the most frequent kept (ties: the smallest, spec §8.2).
+Codes are drawn from the counter-based stream of :mod:`asim.rng` (same constants, read from
+``asim/_native/sampling.h``): ``u = mix64(ekey + draw * GAMMA) >> 32`` and
+``code = k_lo[r] + #{j in row r : u >= thr[j]}`` with the guide table's head start.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..rng import CONSTANTS
+
+_S1 = tl.constexpr(CONSTANTS["ASIM_MIX_S1"])
+_S2 = tl.constexpr(CONSTANTS["ASIM_MIX_S2"])
+_S3 = tl.constexpr(CONSTANTS["ASIM_MIX_S3"])
+_M1 = tl.constexpr(CONSTANTS["ASIM_MIX_M1"])
+_M2 = tl.constexpr(CONSTANTS["ASIM_MIX_M2"])
+_GAMMA = tl.constexpr(CONSTANTS["ASIM_DRAW_GAMMA"])
+_KEY_OUT = tl.constexpr(CONSTANTS["ASIM_KEY_OUT"])
+
+MODE_ADC, MODE_EXACT, MODE_NOISY, MODE_VOTED = 0, 1, 2, 3
+PIECE_BITS = 7
+"""Activation bits cut into one int8 operand (levels <= 127); wider cycles take pieces."""
+
+
+@triton.jit
+def _mix64(x):
+    """splitmix64 finalizer on uint64 (wrap-around multiply, logical shifts)."""
+    x = x ^ (x >> _S1)
+    x = x * _M1
+    x = x ^ (x >> _S2)
+    x = x * _M2
+    return x ^ (x >> _S3)
+
+
+@triton.jit
+def _draw_code(ekey, draw, cnt, valid, THR, START, KLO, GUIDE, mmin, rowoff, goff, gb, max_scan):
+    """One ADC code per element from its cycle's code table (``asim_sample_code``)."""
+    h = _mix64(ekey + draw.to(tl.uint64) * _GAMMA)
+    u = (h >> 32).to(tl.int64)
+    r = tl.where(valid, cnt - mmin, 0)
+    ridx = rowoff + r
+    j0 = tl.load(START + ridx)
+    end = tl.load(START + ridx + 1)
+    bucket = u >> (32 - gb)
+    j = j0 + tl.load(GUIDE + goff + (r.to(tl.int64) << gb) + bucket)
+    for _s in range(max_scan):
+        more = j < end
+        th = tl.load(THR + j, mask=more, other=0)
+        j += (more & (u >= th)).to(tl.int32)
+    return tl.load(KLO + ridx) + (j - j0)
+
+
+@triton.jit
+def acim_kernel(
+    X,
+    sxb,
+    sxm,
+    sxr,
+    ROW_OFF,
+    COL_OFF,
+    W,
+    swb,
+    swr,
+    swo,
+    Y,
+    syb,
+    sym,
+    syo,
+    M,
+    O,
+    TILES,
+    ntiles,
+    CYC_LO,
+    CYC_WIDTH,
+    COEF,
+    MODE,
+    VCNT,
+    VCNT_OFF,
+    VCODE,
+    VCODE_OFF,
+    RKEY,
+    srkb,
+    THR,
+    START,
+    KLO,
+    GUIDE,
+    T_MMIN,
+    T_ROW,
+    T_GUIDE,
+    T_GB,
+    max_scan,
+    draw_k,
+    votes,
+    WB: tl.constexpr,
+    NCYC: tl.constexpr,
+    GATHER: tl.constexpr,
+    NOISE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BK: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mmask = rm < M
+    nmask = rn < O
+    valid = mmask[:, None] & nmask[None, :]
+    if GATHER:  # X[m, r] at ROW_OFF[m] + COL_OFF[r] (a conv's patches, read in place)
+        xrow = tl.load(ROW_OFF + rm, mask=mmask, other=0)
+    else:
+        xrow = pid_b * sxb + rm.to(tl.int64) * sxm
+    wcol = pid_b * swb + rn.to(tl.int64) * swo
+    if NOISE:  # element key = mix64(row key + out * KEY_OUT), as asim.rng.element_keys
+        rkey = tl.load(RKEY + pid_b * srkb + rm, mask=mmask, other=0).to(tl.uint64, bitcast=True)
+        ekey = _mix64(rkey[:, None] + rn.to(tl.uint64)[None, :] * _KEY_OUT)
+    y = tl.zeros((BM, BN), dtype=tl.float32)
+    for t in range(ntiles):
+        r0 = tl.load(TILES + 2 * t)
+        r1 = tl.load(TILES + 2 * t + 1)
+        for ii in range(WB):
+            i = WB - 1 - ii
+            for cc in range(NCYC):
+                c = NCYC - 1 - cc
+                lo = tl.load(CYC_LO + c)
+                width = tl.load(CYC_WIDTH + c)
+                cnt = tl.zeros((BM, BN), dtype=tl.int32)
+                for k0 in range(r0, r1, BK):
+                    rk = k0 + tl.arange(0, BK)
+                    kmask = rk < r1
+                    if GATHER:
+                        xoff = tl.load(COL_OFF + rk, mask=kmask, other=0)
+                    else:
+                        xoff = rk.to(tl.int64) * sxr
+                    xc = tl.load(
+                        X + xrow[:, None] + xoff[None, :],
+                        mask=mmask[:, None] & kmask[None, :],
+                        other=0,
+                    ).to(tl.int32)
+                    wc = tl.load(
+                        W + rk.to(tl.int64)[:, None] * swr + wcol[None, :],
+                        mask=kmask[:, None] & nmask[None, :],
+                        other=0,
+                    ).to(tl.int32)
+                    wp = ((wc >> i) & 1).to(tl.int8)
+                    for p in range(0, width, PIECE_BITS):
+                        pw = tl.minimum(width - p, PIECE_BITS)
+                        lv = ((xc >> (lo + p)) & ((1 << pw) - 1)).to(tl.int8)
+                        cnt += tl.dot(lv, wp, out_dtype=tl.int32) << p
+                mode = tl.load(MODE + i * NCYC + c)
+                coef = tl.load(COEF + i * NCYC + c)
+                if mode == MODE_EXACT:
+                    v = cnt.to(tl.float32)
+                elif mode == MODE_ADC:
+                    v = tl.load(VCNT + tl.load(VCNT_OFF + c) + cnt, mask=valid, other=0.0)
+                else:
+                    if NOISE:
+                        draw = ((t * WB + i) * NCYC + c).to(tl.int64) * draw_k
+                        mmin = tl.load(T_MMIN + c)
+                        rowoff = tl.load(T_ROW + c)
+                        goff = tl.load(T_GUIDE + c)
+                        gb = tl.load(T_GB + c)
+                        if mode == MODE_NOISY:
+                            code = _draw_code(
+                                ekey,
+                                draw,
+                                cnt,
+                                valid,
+                                THR,
+                                START,
+                                KLO,
+                                GUIDE,
+                                mmin,
+                                rowoff,
+                                goff,
+                                gb,
+                                max_scan,
+                            )
+                        else:  # majority vote of `votes` codes, ties to the smallest code
+                            code = tl.zeros((BM, BN), dtype=tl.int32)
+                            best_n = tl.zeros((BM, BN), dtype=tl.int32)
+                            for k in range(votes):
+                                ck = _draw_code(
+                                    ekey,
+                                    draw + k,
+                                    cnt,
+                                    valid,
+                                    THR,
+                                    START,
+                                    KLO,
+                                    GUIDE,
+                                    mmin,
+                                    rowoff,
+                                    goff,
+                                    gb,
+                                    max_scan,
+                                )
+                                n = tl.zeros((BM, BN), dtype=tl.int32)
+                                for k2 in range(votes):
+                                    c2 = _draw_code(
+                                        ekey,
+                                        draw + k2,
+                                        cnt,
+                                        valid,
+                                        THR,
+                                        START,
+                                        KLO,
+                                        GUIDE,
+                                        mmin,
+                                        rowoff,
+                                        goff,
+                                        gb,
+                                        max_scan,
+                                    )
+                                    n += (c2 == ck).to(tl.int32)
+                                take = (n > best_n) | ((n == best_n) & (ck < code))
+                                code = tl.where(take, ck, code)
+                                best_n = tl.where(take, n, best_n)
+                        code = tl.where(valid, code, 0)
+                        v = tl.load(VCODE + tl.load(VCODE_OFF + c) + code, mask=valid, other=0.0)
+                    else:
+                        v = tl.zeros((BM, BN), dtype=tl.float32)
+                y = y + coef * v
+    tl.store(
+        Y + pid_b * syb + rm.to(tl.int64)[:, None] * sym + rn.to(tl.int64)[None, :] * syo,
+        y,
+        mask=valid,
+    )

@@ -1,0 +1,257 @@
+"""Host side of the Triton kernel: the call's tables on the device, and one launch per chunk.
+
+:class:`KernelTables` turns an engine :class:`~asim.engine.plan.Plan` into the flat device
+arrays the kernel reads (cycle bit ranges, shift-and-add weights, conversion modes, the
+per-cycle value tables and code tables, concatenated with offsets). :func:`launch` runs the
+kernel on integer codes ``X [B, M, R]`` (or a conv's patches, read in place through row and
+column offsets) and weight codes ``W [Bw, R, O]`` and writes ``Y [B, M, O]`` once.
+
+Memory: the kernel keeps its counts and its accumulator in registers; a call allocates
+only ``Y`` and the tables (a few KB), whatever the batch, so no chunking is needed for
+memory. Launches are split only to respect CUDA's grid limits.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import rng
+
+__all__ = ["KernelTables", "launch", "row_keys", "weight_codes"]
+
+BLOCK_M = 64
+"""Output rows per program on a GPU."""
+BLOCK_N = 64
+"""Output columns per program on a GPU."""
+BLOCK_K = 64
+"""Reduction rows per ``tl.dot`` on a GPU (a tile of ``nrow`` rows takes ceil(nrow/64))."""
+_MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
+_GRID_YZ = 65535  # CUDA's limit on grid dims 1 and 2
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def weight_codes(w3: Tensor, weight_bits: int, device) -> Tensor:
+    """Weight codes ``[Bw, R, O]`` as the kernel reads them: compact signed integers (int8
+    for <= 8 bits), contiguous, on ``device``: the programmed array's device form."""
+    dtype = torch.int8 if weight_bits <= 8 else torch.int16 if weight_bits <= 16 else torch.int32
+    return w3.to(device=device, dtype=dtype).contiguous()
+
+
+def row_keys(call_key: int, sample: Tensor, pos: Tensor) -> Tensor:
+    """int64 per output row: ``asim.rng.element_keys`` up to the output column, so that the
+    kernel's ``mix64(row_key + out * KEY_OUT)`` is the element key."""
+    ks, kp = rng.CONSTANTS["ASIM_KEY_SAMPLE"], rng.CONSTANTS["ASIM_KEY_POS"]
+    k = rng.mix64(sample.to(torch.int64) * rng.to_signed(ks) + rng.to_signed(call_key))
+    return rng.mix64(k + pos.to(torch.int64) * rng.to_signed(kp)).contiguous()
+
+
+def _concat(parts: list[Tensor], dtype, device) -> tuple[Tensor, Tensor]:
+    offsets, n = [], 0
+    for p in parts:
+        offsets.append(n)
+        n += p.numel()
+    flat = torch.cat([p.reshape(-1).to(dtype) for p in parts]) if parts else torch.zeros(1)
+    return flat.to(device), torch.tensor(offsets, dtype=torch.int64, device=device)
+
+
+@dataclass
+class KernelTables:
+    """Everything the kernel reads about one call's plan, as device arrays.
+
+    Built from an engine plan with :meth:`from_plan`; ``top`` is the largest count a
+    conversion can see (``max tile rows * max levels``).
+    """
+
+    wb: int
+    ncyc: int
+    cyc_lo: Tensor
+    cyc_width: Tensor
+    coef: Tensor
+    mode: Tensor
+    vcount: Tensor
+    vcount_off: Tensor
+    vcode: Tensor
+    vcode_off: Tensor
+    noisy: bool
+    votes: int
+    thr: Tensor
+    start: Tensor
+    k_lo: Tensor
+    guide: Tensor
+    t_mmin: Tensor
+    t_row: Tensor
+    t_guide: Tensor
+    t_gb: Tensor
+    max_scan: int
+
+    @classmethod
+    def from_plan(cls, plan, top: int, device) -> KernelTables:
+        ncyc = plan.ncyc
+        for cyc in plan.cycles:  # each cycle is a run of consecutive bits (spec §5)
+            if tuple(cyc.bits) != tuple(range(cyc.bits[0], cyc.bits[0] + len(cyc.bits))):
+                raise ValueError(f"triton backend: cycle bits {cyc.bits} are not consecutive")
+        i32 = dict(dtype=torch.int32, device=device)
+        vcount, vcount_off = _concat(
+            [plan.value_by_count(c, top) for c in range(ncyc)], torch.float32, device
+        )
+        vcode, vcode_off = _concat(
+            [plan.value_by_code(c) for c in range(ncyc)], torch.float32, device
+        )
+        tables = _code_tables(plan, device) if plan.noisy else _no_tables(ncyc, device)
+        return cls(
+            wb=plan.macro.weight_bits,
+            ncyc=ncyc,
+            cyc_lo=torch.tensor([c.bits[0] for c in plan.cycles], **i32),
+            cyc_width=torch.tensor([len(c.bits) for c in plan.cycles], **i32),
+            coef=torch.tensor(plan.coef, dtype=torch.float32, device=device).reshape(-1),
+            mode=torch.tensor(plan.mode, **i32).reshape(-1),
+            vcount=vcount,
+            vcount_off=vcount_off,
+            vcode=vcode,
+            vcode_off=vcode_off,
+            noisy=plan.noisy,
+            votes=plan.votes,
+            **tables,
+        )
+
+
+def _no_tables(ncyc: int, device) -> dict:
+    z64 = torch.zeros(1, dtype=torch.int64, device=device)
+    z32 = torch.zeros(max(ncyc, 1), dtype=torch.int32, device=device)
+    return dict(
+        thr=z64, start=z32, k_lo=z32, guide=z32, t_mmin=z32, t_row=z32, t_guide=z32,
+        t_gb=z32, max_scan=0,
+    )  # fmt: skip
+
+
+def _code_tables(plan, device) -> dict:
+    """The cycles' code tables (``asim.noise.CodeTable``) concatenated: thresholds as int64
+    (values in [1, 2^32)), row starts shifted to absolute threshold indices."""
+    thr, start, k_lo, guide = [], [], [], []
+    t_mmin, t_row, t_guide, t_gb = [], [], [], []
+    n_thr = n_row = n_guide = 0
+    seen: dict[int, int] = {}
+    max_scan = 0
+    for c in range(plan.ncyc):
+        table = plan.code_table(c)
+        if id(table) not in seen:
+            seen[id(table)] = len(t_mmin)
+            th = table.thr.to(torch.int64).reshape(-1)
+            st = table.start.to(torch.int64).reshape(-1)
+            gd = table.guide.to(torch.int64).reshape(-1)
+            gb, n_m = int(table.guide_bits), int(table.n_m)
+            thr.append(th)
+            start.append(st[:-1] + n_thr)
+            k_lo.append(table.k_lo.to(torch.int64).reshape(-1))
+            guide.append(gd)
+            # most thresholds inside one guide bucket: the scan's trip count
+            lengths = (st[1:] - st[:-1]).view(n_m, 1)
+            g = torch.cat([gd.view(n_m, 1 << gb), lengths], dim=1)
+            max_scan = max(max_scan, int((g[:, 1:] - g[:, :-1]).max()) if g.numel() else 0)
+            t_mmin.append(int(table.m_min))
+            t_row.append(n_row)
+            t_guide.append(n_guide)
+            t_gb.append(gb)
+            n_thr += th.numel()
+            n_row += n_m
+            n_guide += gd.numel()
+        else:
+            k = seen[id(table)]
+            t_mmin.append(t_mmin[k])
+            t_row.append(t_row[k])
+            t_guide.append(t_guide[k])
+            t_gb.append(t_gb[k])
+    start.append(torch.tensor([n_thr], dtype=torch.int64))  # end of the last row
+    i32 = dict(dtype=torch.int32, device=device)
+    return dict(
+        thr=torch.cat(thr).to(device)
+        if n_thr
+        else torch.zeros(1, dtype=torch.int64, device=device),
+        start=torch.cat(start).to(**i32),
+        k_lo=torch.cat(k_lo).to(**i32),
+        guide=torch.cat(guide).to(**i32),
+        t_mmin=torch.tensor(t_mmin, **i32),
+        t_row=torch.tensor(t_row, **i32),
+        t_guide=torch.tensor(t_guide, **i32),
+        t_gb=torch.tensor(t_gb, **i32),
+        max_scan=max_scan,
+    )
+
+
+def _block(n: int, cap: int) -> int:
+    b = _MIN_BLOCK
+    while b < n and b < cap:
+        b *= 2
+    return b
+
+
+def launch(
+    tables: KernelTables,
+    x,
+    w: Tensor,
+    tiles: Tensor,
+    y: Tensor,
+    *,
+    rkeys: Tensor | None = None,
+    row_off: Tensor | None = None,
+    col_off: Tensor | None = None,
+) -> None:
+    """``y [B, M, O] = `` the macro's ``x @ w`` over ``tiles`` (int64 ``[T, 2]`` on the device).
+
+    Args:
+        x: codes ``[B, M, R]`` (any integer dtype or integer-valued float32, any strides),
+            or, with ``row_off``/``col_off`` (int64 element offsets ``[M]``, ``[R]``), the
+            base tensor the codes are gathered from (``B = 1``).
+        w: weight codes ``[Bw, R, O]``, ``Bw`` 1 or ``B`` (:func:`weight_codes`).
+        rkeys: int64 ``[B, M]`` row keys (:func:`row_keys`), needed when the plan is noisy.
+    """
+    from .kernel import acim_kernel
+
+    B, M, O = y.shape
+    gather = row_off is not None
+    if tables.noisy and rkeys is None:
+        raise ValueError("triton backend: a noisy plan needs the rows' noise keys (rkeys)")
+    if M == 0 or O == 0 or B == 0:
+        return
+    max_rows = int((tiles[:, 1] - tiles[:, 0]).max()) if tiles.numel() else 0
+    if _interpreting():  # the interpreter pays per program: blocks just large enough
+        bm, bn, bk = _block(M, 64), _block(O, 64), _block(max_rows, 64)
+    else:
+        bm, bn, bk = BLOCK_M, BLOCK_N, BLOCK_K
+    sx = (0, 0, 0) if gather else x.stride()
+    sw = (0 if w.shape[0] == 1 else w.stride(0), w.stride(1), w.stride(2))
+    rk = rkeys if rkeys is not None else torch.zeros(1, 1, dtype=torch.int64, device=y.device)
+    dummy = torch.zeros(1, dtype=torch.int64, device=y.device)
+    for b0 in range(0, B, _GRID_YZ):
+        b1 = min(B, b0 + _GRID_YZ)
+        xb = x if gather else x[b0:b1]
+        wb_ = w if w.shape[0] == 1 else w[b0:b1]
+        grid = (triton_cdiv(M, bm), triton_cdiv(O, bn), b1 - b0)
+        if grid[1] > _GRID_YZ:
+            raise ValueError(f"triton backend: {O} output columns exceed the launch grid")
+        acim_kernel[grid](
+            xb, *sx, row_off if gather else dummy, col_off if gather else dummy,
+            wb_, *sw,
+            y[b0:b1], *y.stride(),
+            M, O, tiles, tiles.shape[0],
+            tables.cyc_lo, tables.cyc_width, tables.coef, tables.mode,
+            tables.vcount, tables.vcount_off, tables.vcode, tables.vcode_off,
+            rk[b0:b1] if rk.shape[0] > 1 else rk, rk.stride(0) if rk.shape[0] > 1 else 0,
+            tables.thr, tables.start, tables.k_lo, tables.guide,
+            tables.t_mmin, tables.t_row, tables.t_guide, tables.t_gb,
+            tables.max_scan, tables.votes, tables.votes,
+            WB=tables.wb, NCYC=tables.ncyc, GATHER=gather, NOISE=tables.noisy,
+            BM=bm, BN=bn, BK=bk,
+            enable_fp_fusion=False,
+        )  # fmt: skip
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
