@@ -262,6 +262,10 @@ class NoiseConfig:
     file: str | None = None
     """Measured noise table (CSV with columns ``count,offset,std`` in ADC LSB per ideal
     column count); replaces the two Gaussian terms when set. See ``asim.noise``."""
+    histogram: str | None = None
+    """Measured code histogram (CSV with columns ``count,delta,weight``: ideal column count,
+    measured minus ideal ADC code in LSB, frequency); replaces the Gaussian terms and
+    ``file`` when set. See ``asim.noise.HistogramNoise`` and ``conf/noise/histogram.yaml``."""
     compression_alpha: float = 0.0
     """Current-domain gain compression: count M becomes M/(1+alpha*M) before the ADC
     (ASiM current-domain ``non_linear_alpha``, spec §8.1). 0 = off. The reference's
@@ -287,11 +291,36 @@ class NoiseConfig:
             )
             _check(value >= 0, f"NoiseConfig.{field}={value} must be >= 0")
             setattr(self, field, float(value))
+        for field in ("file", "histogram"):
+            value = getattr(self, field)
+            if value is not None and not isinstance(value, str):
+                value = str(value) if hasattr(value, "__fspath__") else value
+                setattr(self, field, value)
+            _check(
+                value is None or (isinstance(value, str) and value.strip() != ""),
+                f"NoiseConfig.{field}={value!r} must be null or a path to a CSV file",
+            )
+        if self.histogram is not None:
+            _check(
+                self.file is None,
+                "NoiseConfig: set only one of noise.file (offset/std table) and "
+                "noise.histogram (code histogram); set the other to null",
+            )
+            _check(
+                self.rand_sigma == 0 and self.nonlinear_sigma == 0,
+                "NoiseConfig.histogram replaces the Gaussian noise; set noise.rand_sigma=0 "
+                "and noise.nonlinear_sigma=0",
+            )
 
     @property
     def enabled(self) -> bool:
         """True when any read-out noise is drawn (cell variation and compression aside)."""
-        return self.rand_sigma > 0 or self.nonlinear_sigma > 0 or self.file is not None
+        return (
+            self.rand_sigma > 0
+            or self.nonlinear_sigma > 0
+            or self.file is not None
+            or self.histogram is not None
+        )
 
     def replace(self, **changes) -> NoiseConfig:
         """A copy with some fields changed (validated)."""

@@ -1,41 +1,80 @@
-"""Read-out noise models (spec §4.1): what is added to a normalised column value before the ADC.
+"""Read-out noise models (spec §4.1) and exact ADC code sampling.
 
-A model answers one question for the engine: for partial sums whose ideal per-level column
-count is ``m`` (``m = M`` bit-serial, ``M_c / (2^width - 1)`` bit-parallel, spec Q11), what
-offset and standard deviation, in units of the ADC full scale, does the analog read-out add?
+A noise model answers one question: for a conversion whose ideal per-level column count is
+``m`` (``m = M`` bit-serial, ``M_c / (2^width - 1)`` bit-parallel, spec Q11), what does the
+analog read-out do to the ADC code?
 
-* :class:`GaussianNoise` is the reference's model: ``N(0, (rand/100)^2 + (nl/100)^2/(m+1))``.
-  The reference draws two Gaussians; their sum is one Gaussian with the summed variance, so
-  the engine draws one per partial sum (same distribution, half the random numbers).
-* :class:`TableNoise` is a measured characterisation: a CSV with, per ideal column count, the
-  mean offset and standard deviation of the read-out in ADC LSB (what a silicon or SPICE
-  sweep of one column gives). Counts in between are linearly interpolated.
+* :class:`GaussianNoise` is the reference's model: ``N(0, (rand/100)^2 + (nl/100)^2/(m+1))``
+  added to the normalised value. The reference draws two Gaussians; their sum is one
+  Gaussian with the summed variance.
+* :class:`TableNoise` (``noise=measured``) is a measured characterisation: a CSV with, per
+  ideal column count, the mean offset and standard deviation of the read-out in ADC LSB
+  (what a silicon or SPICE sweep of one column gives), linearly interpolated in between.
+* :class:`HistogramNoise` (``noise=histogram``) is the measured code histogram itself: a CSV
+  with, per ideal column count, how often each code offset ``measured - ideal`` (LSB) was
+  seen (a transfer-curve measurement: non-Gaussian tails, INL/DNL, offsets).
+
+**Exact code sampling.** For an integer column count the ADC code is a discrete random
+variable. :func:`code_table` computes ``P(code = k | m)`` for every count ``m`` of one full
+scale from the spec's chain (§4.1: normalise by ``F``, clamp, add noise, clamp, round half
+to even; §8.1 gain compression first, or after the noise for Q28's ``normalised`` sign
+cycle), in float64, once, and stores it as cumulative 32-bit integer thresholds. A
+conversion then takes one uniform 32-bit integer ``u`` from the counter-based stream
+(:mod:`asim.rng`) and a few integer comparisons (:func:`sample_codes`, C twin
+``asim_sample_code`` in ``asim/_native/sampling.h``), so every backend gives the same
+codes. Each code's probability is exact up to the 2^-32 rounding of its thresholds.
+Non-integer counts (weight-cell variation) keep the Gaussian path through
+:meth:`ReadoutNoise.moments`.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
+import ctypes
 import functools
 import math
+import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from .config import NoiseConfig
+from .rng import CONSTANTS
 
-__all__ = ["GaussianNoise", "ReadoutNoise", "TableNoise", "build_noise"]
+__all__ = [
+    "CodeTable",
+    "CodeTableStruct",
+    "GaussianNoise",
+    "HistogramNoise",
+    "ReadoutNoise",
+    "TableNoise",
+    "build_noise",
+    "code_table",
+    "sample_codes",
+    "vote_codes",
+]
 
 
 class ReadoutNoise:
-    """Base class: offset and sigma as functions of the per-level column count."""
+    """Base class: the read-out noise as a function of the per-level column count."""
 
     def constant_sigma(self, adc_levels: int) -> float | None:
         """The sigma if it does not depend on the count, else None."""
         return None
 
     def moments(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor | None, Tensor]:
-        """Offset (or None) and sigma, normalised to full scale, for each element."""
+        """Offset (or None) and sigma, normalised to full scale, for each element (float32):
+        the Gaussian path, used where counts are not integers."""
+        raise NotImplementedError
+
+    def moments64(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor, Tensor]:
+        """Offset and sigma in full-scale units, float64: what :func:`code_table` uses."""
+        raise NotImplementedError
+
+    def cache_key(self) -> tuple:
+        """A hashable value equal for models that give the same numbers."""
         raise NotImplementedError
 
 
@@ -58,11 +97,35 @@ class GaussianNoise(ReadoutNoise):
         var = (level_count + 1.0).reciprocal_().mul_(self.nl_var).add_(self.rand_var)
         return None, var.sqrt_()
 
+    def moments64(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor, Tensor]:
+        level = level_count.double()
+        sigma = (self.rand_var + self.nl_var / (level + 1.0)).sqrt()
+        return torch.zeros_like(level), sigma
+
+    def cache_key(self) -> tuple:
+        return ("gaussian", self.rand_var, self.nl_var)
+
     def __repr__(self) -> str:
         return (
             f"GaussianNoise(rand_sigma={100 * math.sqrt(self.rand_var):g}%, "
             f"nonlinear_sigma={100 * math.sqrt(self.nl_var):g}%)"
         )
+
+
+def _interp(counts: Tensor, values: Tensor, level: Tensor) -> Tensor:
+    """Piecewise-linear interpolation of ``values`` (rows) at ``level``; nearest row outside
+    ``counts``. ``values`` may be 1-D or 2-D (one row per count)."""
+    counts = counts.to(level.device, level.dtype)
+    values = values.to(level.device, level.dtype)
+    if counts.numel() == 1:
+        return values[0].expand(*level.shape, *values.shape[1:]).clone()
+    m = level.clamp(counts[0], counts[-1])
+    hi = torch.searchsorted(counts, m.contiguous()).clamp_(1, counts.numel() - 1)
+    lo = hi - 1
+    frac = (m - counts[lo]) / (counts[hi] - counts[lo])
+    if values.dim() > 1:
+        frac = frac.unsqueeze(-1)
+    return torch.lerp(values[lo], values[hi], frac)
 
 
 class TableNoise(ReadoutNoise):
@@ -72,82 +135,505 @@ class TableNoise(ReadoutNoise):
         counts: ideal column counts at which the read-out was measured (ascending).
         offset: mean of (measured code - ideal code) at each count, LSB.
         std: standard deviation of the measured code at each count, LSB.
-        source: where the numbers came from (shown in ``repr``).
+        source: where the numbers came from (shown in ``repr`` and errors).
     """
 
     def __init__(self, counts, offset, std, source: str = "table"):
-        self.counts = torch.as_tensor(counts, dtype=torch.float32)
-        self.offset = torch.as_tensor(offset, dtype=torch.float32)
-        self.std = torch.as_tensor(std, dtype=torch.float32)
+        self.counts64 = torch.as_tensor(counts, dtype=torch.float64).flatten()
+        self.offset64 = torch.as_tensor(offset, dtype=torch.float64).flatten()
+        self.std64 = torch.as_tensor(std, dtype=torch.float64).flatten()
+        self.counts, self.offset, self.std = (
+            t.float() for t in (self.counts64, self.offset64, self.std64)
+        )
         self.source = source
         n = self.counts.numel()
         if n == 0 or self.offset.numel() != n or self.std.numel() != n:
             raise ValueError(f"noise table {source}: needs >= 1 row with count, offset and std")
-        if bool((self.counts[1:] <= self.counts[:-1]).any()):
+        for name, t in (("count", self.counts64), ("offset", self.offset64)):
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"noise table {source}: every {name} must be a finite number")
+        if bool((self.counts64[1:] <= self.counts64[:-1]).any()):
             raise ValueError(f"noise table {source}: counts must be strictly increasing")
-        if bool((self.std < 0).any()):
-            raise ValueError(f"noise table {source}: std must be >= 0")
+        if not bool(((self.std64 >= 0) & torch.isfinite(self.std64)).all()):
+            raise ValueError(f"noise table {source}: every std must be finite and >= 0")
 
     @classmethod
     def from_csv(cls, path: str | Path) -> TableNoise:
         """Read a CSV with header ``count,offset,std`` (``#`` lines are comments)."""
         return _load_table(str(Path(path).expanduser().resolve()))
 
-    def _interp(self, values: Tensor, level_count: Tensor) -> Tensor:
-        counts = self.counts.to(level_count.device)
-        values = values.to(level_count.device)
-        if counts.numel() == 1:
-            return values.expand_as(level_count).clone()
-        m = level_count.clamp(counts[0], counts[-1])
-        hi = torch.searchsorted(counts, m.contiguous()).clamp_(1, counts.numel() - 1)
-        lo = hi - 1
-        c_lo, c_hi = counts[lo], counts[hi]
-        frac = (m - c_lo) / (c_hi - c_lo)
-        return torch.lerp(values[lo], values[hi], frac)
-
     def moments(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor, Tensor]:
-        offset = self._interp(self.offset, level_count).div_(adc_levels)
-        std = self._interp(self.std, level_count).div_(adc_levels)
+        offset = _interp(self.counts, self.offset, level_count).div_(adc_levels)
+        std = _interp(self.counts, self.std, level_count).div_(adc_levels)
         return offset, std
+
+    def moments64(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor, Tensor]:
+        level = level_count.double()
+        offset = _interp(self.counts64, self.offset64, level) / adc_levels
+        return offset, _interp(self.counts64, self.std64, level) / adc_levels
+
+    def cache_key(self) -> tuple:
+        return ("table", *(t.numpy().tobytes() for t in (self.counts64, self.offset64, self.std64)))
 
     def __repr__(self) -> str:
         return f"TableNoise({self.source}, {self.counts.numel()} counts)"
 
 
-@functools.lru_cache(maxsize=16)
-def _load_table(path: str) -> TableNoise:
-    p = Path(path)
+class HistogramNoise(ReadoutNoise):
+    """The measured ADC code histogram per ideal column count.
+
+    At ideal count ``m`` the code is ``clamp(ideal_code + delta, 0, A)`` with probability
+    proportional to the measured frequency of ``delta``; the ideal code is the noise-free
+    conversion ``rne(fl(m'/F) * A)`` of the same count. Between measured counts the two
+    neighbouring histograms are mixed linearly (a count 30 % of the way from 16 to 32 takes
+    70 % of the histogram at 16 and 30 % of the one at 32); outside, the nearest one is used.
+
+    Args:
+        counts: the measured ideal counts, strictly increasing.
+        delta_min: the code offset (LSB) of column 0 of ``weights``.
+        weights: ``[len(counts), D]`` non-negative frequencies of offsets
+            ``delta_min .. delta_min + D - 1``; each row must have a positive sum.
+        source: where the numbers came from.
+    """
+
+    def __init__(self, counts, delta_min: int, weights, source: str = "histogram"):
+        self.counts64 = torch.as_tensor(counts, dtype=torch.float64).flatten()
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        self.source = source
+        n = self.counts64.numel()
+        if n == 0 or w.dim() != 2 or w.shape[0] != n or w.shape[1] == 0:
+            raise ValueError(f"noise histogram {source}: needs one row of weights per count")
+        if not bool(torch.isfinite(self.counts64).all()):
+            raise ValueError(f"noise histogram {source}: every count must be a finite number")
+        if bool((self.counts64[1:] <= self.counts64[:-1]).any()):
+            raise ValueError(f"noise histogram {source}: counts must be strictly increasing")
+        if not bool(((w >= 0) & torch.isfinite(w)).all()):
+            raise ValueError(f"noise histogram {source}: weights must be finite and >= 0")
+        if bool((w.sum(1) <= 0).any()):
+            raise ValueError(f"noise histogram {source}: every count needs a positive weight")
+        self.delta_min = int(delta_min)
+        self.pmf = w / w.sum(1, keepdim=True)
+        d = torch.arange(w.shape[1], dtype=torch.float64) + self.delta_min
+        self.mean_lsb = self.pmf @ d
+        self.m2_lsb = self.pmf @ (d * d)
+
+    @classmethod
+    def from_csv(cls, path: str | Path) -> HistogramNoise:
+        """Read a CSV with header ``count,delta,weight`` (``#`` lines are comments)."""
+        return _load_histogram(str(Path(path).expanduser().resolve()))
+
+    def delta_pmf(self, level_count: Tensor) -> tuple[int, Tensor]:
+        """``(delta_min, P)``: ``P[..., j]`` is the probability of code offset
+        ``delta_min + j`` at each (float64) per-level count."""
+        return self.delta_min, _interp(self.counts64, self.pmf, level_count.double())
+
+    def moments64(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor, Tensor]:
+        level = level_count.double()
+        mean = _interp(self.counts64, self.mean_lsb, level)
+        var = (_interp(self.counts64, self.m2_lsb, level) - mean * mean).clamp_(min=0)
+        return mean / adc_levels, var.sqrt() / adc_levels
+
+    def moments(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor, Tensor]:
+        """The histogram's mean and standard deviation as a Gaussian (non-integer counts
+        only: integer counts sample the histogram exactly through :func:`code_table`)."""
+        offset, sigma = self.moments64(level_count, adc_levels)
+        return offset.float(), sigma.float()
+
+    def cache_key(self) -> tuple:
+        return (
+            "histogram",
+            self.delta_min,
+            self.counts64.numpy().tobytes(),
+            self.pmf.numpy().tobytes(),
+        )
+
+    def __repr__(self) -> str:
+        return f"HistogramNoise({self.source}, {self.counts64.numel()} counts)"
+
+
+# ----------------------------------------------------------------------------- CSV input
+
+
+def _read_rows(p: Path, columns: tuple[str, ...], what: str, option: str) -> list[tuple[int, dict]]:
+    """``(line number, {column: text})`` for each data line of a CSV with ``#`` comments."""
     if not p.is_file():
         raise FileNotFoundError(
-            f"noise table not found: {p}; set noise.file=PATH to a CSV "
-            "with columns count,offset,std (ADC LSB per ideal count)"
+            f"{what} not found: {p}; set {option}=PATH to a CSV with columns {','.join(columns)}"
         )
-    with p.open(newline="") as fh:
-        rows = [line for line in fh if line.strip() and not line.lstrip().startswith("#")]
-    reader = csv.DictReader(rows)
-    need = {"count", "offset", "std"}
-    if reader.fieldnames is None or not need <= {f.strip() for f in reader.fieldnames}:
+    lines = [
+        (i, line)
+        for i, line in enumerate(p.read_text().splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not lines:
+        raise ValueError(f"{what} {p}: no header; the first line must be {','.join(columns)}")
+    head_no, head = lines[0]
+    names = [c.strip() for c in next(csv.reader([head]))]
+    missing = [c for c in columns if c not in names]
+    if missing:
         raise ValueError(
-            f"noise table {p}: header must contain count,offset,std (found {reader.fieldnames})"
+            f"{what} {p}, line {head_no}: header {','.join(names)!r} lacks "
+            f"{','.join(missing)}; the header must be {','.join(columns)}"
         )
+    if len(lines) == 1:
+        raise ValueError(f"{what} {p}: no data rows after the header; add at least one row")
+    rows = []
+    for no, line in lines[1:]:
+        cells = [c.strip() for c in next(csv.reader([line]))]
+        if len(cells) != len(names):
+            raise ValueError(
+                f"{what} {p}, line {no}: {len(cells)} fields, the header has {len(names)}; "
+                f"write one value per column ({','.join(names)})"
+            )
+        rows.append((no, dict(zip(names, cells, strict=True))))
+    return rows
+
+
+def _number(p: Path, what: str, no: int, name: str, text: str, *, minimum=None) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{what} {p}, line {no}: {name}={text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{what} {p}, line {no}: {name}={text!r} must be a finite number")
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{what} {p}, line {no}: {name}={text} must be >= {minimum}")
+    return v
+
+
+@functools.lru_cache(maxsize=16)
+def _load_table(path: str) -> TableNoise:
+    p, what = Path(path), "noise table"
     counts, offset, std = [], [], []
-    for i, row in enumerate(reader, start=2):
-        row = {k.strip(): v for k, v in row.items() if k is not None}
-        try:
-            counts.append(float(row["count"]))
-            offset.append(float(row["offset"]))
-            std.append(float(row["std"]))
-        except (TypeError, ValueError):
-            raise ValueError(f"noise table {p}: row {i} is not numeric: {row}") from None
+    for no, row in _read_rows(p, ("count", "offset", "std"), what, "noise.file"):
+        c = _number(p, what, no, "count", row["count"], minimum=0)
+        if counts and c <= counts[-1]:
+            raise ValueError(
+                f"{what} {p}, line {no}: count {c:g} follows {counts[-1]:g}; "
+                "sort the rows by strictly increasing count"
+            )
+        counts.append(c)
+        offset.append(_number(p, what, no, "offset", row["offset"]))
+        std.append(_number(p, what, no, "std", row["std"], minimum=0))
     return TableNoise(counts, offset, std, source=str(p))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_histogram(path: str) -> HistogramNoise:
+    p, what = Path(path), "noise histogram"
+    per_count: dict[float, dict[int, float]] = {}
+    last: tuple[float, int] | None = None
+    for no, row in _read_rows(p, ("count", "delta", "weight"), what, "noise.histogram"):
+        c = _number(p, what, no, "count", row["count"], minimum=0)
+        d = _number(p, what, no, "delta", row["delta"])
+        if d != int(d):
+            raise ValueError(
+                f"{what} {p}, line {no}: delta={row['delta']} must be a whole number of LSB"
+            )
+        w = _number(p, what, no, "weight", row["weight"], minimum=0)
+        if last is not None and (c, int(d)) <= last:
+            raise ValueError(
+                f"{what} {p}, line {no}: (count {c:g}, delta {int(d)}) follows (count "
+                f"{last[0]:g}, delta {last[1]}); sort rows by count, then by strictly "
+                "increasing delta"
+            )
+        last = (c, int(d))
+        per_count.setdefault(c, {})[int(d)] = w
+    for c, hist in per_count.items():
+        if sum(hist.values()) <= 0:
+            raise ValueError(
+                f"{what} {p}: count {c:g} has no positive weight; give it at least one "
+                "observed code"
+            )
+    lo = min(min(h) for h in per_count.values())
+    hi = max(max(h) for h in per_count.values())
+    weights = torch.zeros(len(per_count), hi - lo + 1, dtype=torch.float64)
+    for r, hist in enumerate(per_count.values()):
+        for d, w in hist.items():
+            weights[r, d - lo] = w
+    return HistogramNoise(list(per_count), lo, weights, source=str(p))
 
 
 def build_noise(cfg: NoiseConfig | None) -> ReadoutNoise | None:
     """The read-out noise model a :class:`NoiseConfig` describes, or None when it is off."""
     if cfg is None:
         return None
+    if cfg.histogram is not None:
+        return HistogramNoise.from_csv(cfg.histogram)
     if cfg.file is not None:
         return TableNoise.from_csv(cfg.file)
     if cfg.rand_sigma > 0 or cfg.nonlinear_sigma > 0:
         return GaussianNoise(cfg.rand_sigma, cfg.nonlinear_sigma)
     return None
+
+
+# ----------------------------------------------------------------------------- code tables
+
+_TWO32 = 1 << 32
+_Z_WINDOW = 7.0  # codes beyond 7 sigma have probability < 2^-39: their thresholds round away
+
+
+class CodeTableStruct(ctypes.Structure):
+    """ctypes mirror of ``asim_code_table`` in ``asim/_native/sampling.h`` (same order)."""
+
+    _fields_ = [
+        ("thr", ctypes.POINTER(ctypes.c_uint32)),
+        ("start", ctypes.POINTER(ctypes.c_int32)),
+        ("k_lo", ctypes.POINTER(ctypes.c_int32)),
+        ("guide", ctypes.POINTER(ctypes.c_int32)),
+        ("m_min", ctypes.c_int32),
+        ("n_m", ctypes.c_int32),
+        ("guide_bits", ctypes.c_int32),
+        ("max_code", ctypes.c_int32),
+    ]
+
+
+class CodeTable:
+    """``P(code | count)`` for the counts ``m_min .. m_min + n_m - 1`` of one conversion
+    kind, as cumulative 32-bit thresholds (built by :func:`code_table`).
+
+    Row ``r = m - m_min`` holds thresholds ``thr[start[r]:start[r+1]]`` (non-decreasing, in
+    ``[1, 2^32 - 1]``) and ``code = k_lo[r] + #{j : u >= thr[j]}`` for a uniform ``u`` in
+    ``[0, 2^32)``: code ``k_lo[r] + i`` has probability ``(thr[i] - thr[i-1]) / 2^32`` (with
+    ``thr[-1] = 0`` and ``2^32`` after the last). All tensors are CPU; :meth:`to` gives the
+    torch lookup tensors on a device and :meth:`native` the C view.
+    """
+
+    def __init__(self, thr: Tensor, start: Tensor, k_lo: Tensor, m_min: int, max_code: int):
+        self.thr = thr.to(torch.int64).contiguous()
+        self.start = start.to(torch.int32).contiguous()
+        self.k_lo = k_lo.to(torch.int32).contiguous()
+        self.m_min, self.n_m, self.max_code = int(m_min), int(k_lo.numel()), int(max_code)
+        rows = torch.repeat_interleave(
+            torch.arange(self.n_m, dtype=torch.int64), self.start.diff().long()
+        )
+        # the torch twin: one sorted key per threshold, ``row << 32 | thr``
+        self.keys = (rows << 32) | self.thr
+        self.base = self.k_lo.long() - self.start[:-1].long()
+        width = int(self.start.diff().max()) if self.n_m else 0
+        bits = max(1, min(CONSTANTS["ASIM_GUIDE_MAX_BITS"], math.ceil(math.log2(width + 1)) + 1))
+        while bits > 1 and (self.n_m << bits) > (1 << CONSTANTS["ASIM_GUIDE_MAX_LOG2"]):
+            bits -= 1
+        self.guide_bits = bits
+        r = torch.arange(self.n_m, dtype=torch.int64).unsqueeze(1)
+        b = torch.arange(1 << bits, dtype=torch.int64) << (32 - bits)
+        at = torch.searchsorted(self.keys, ((r << 32) | b).flatten(), right=True).view(
+            r.shape[0], -1
+        )
+        self.guide = (at - self.start[:-1].long().unsqueeze(1)).to(torch.int32).flatten()
+        self._devices: dict[torch.device, tuple[Tensor, Tensor]] = {}
+        self._native: CodeTableStruct | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def n_thresholds(self) -> int:
+        return self.thr.numel()
+
+    def to(self, device) -> tuple[Tensor, Tensor]:
+        """``(keys, base)`` on ``device``: what :func:`sample_codes` needs (cached)."""
+        device = torch.device(device)
+        with self._lock:
+            if device not in self._devices:
+                self._devices[device] = (self.keys.to(device), self.base.to(device))
+            return self._devices[device]
+
+    def native(self) -> CodeTableStruct:
+        """The ``asim_code_table`` view for C (valid while this table lives; cached)."""
+        with self._lock:
+            if self._native is None:
+                thr32 = torch.where(self.thr >= 1 << 31, self.thr - _TWO32, self.thr).int()
+                self._keep = (thr32.contiguous(), self.start, self.k_lo, self.guide)
+
+                def ptr(t: Tensor, ctype):
+                    return ctypes.cast(ctypes.c_void_p(t.data_ptr()), ctypes.POINTER(ctype))
+
+                self._native = CodeTableStruct(
+                    ptr(self._keep[0], ctypes.c_uint32),
+                    ptr(self.start, ctypes.c_int32),
+                    ptr(self.k_lo, ctypes.c_int32),
+                    ptr(self.guide, ctypes.c_int32),
+                    self.m_min,
+                    self.n_m,
+                    self.guide_bits,
+                    self.max_code,
+                )
+            return self._native
+
+    def probabilities(self) -> Tensor:
+        """Dense ``[n_m, max_code + 1]`` float64 matrix of ``P(code = k | m_min + r)`` as the
+        thresholds encode it (rows sum to 1 exactly)."""
+        p = torch.zeros(self.n_m, self.max_code + 1, dtype=torch.float64)
+        for r in range(self.n_m):
+            t = self.thr[self.start[r] : self.start[r + 1]].double()
+            edges = torch.cat([torch.zeros(1), t, torch.full((1,), float(_TWO32))])
+            k = int(self.k_lo[r])
+            p[r, k : k + edges.numel() - 1] = edges.diff() / _TWO32
+        return p
+
+    def __repr__(self) -> str:
+        return (
+            f"CodeTable(counts {self.m_min}..{self.m_min + self.n_m - 1}, codes 0.."
+            f"{self.max_code}, {self.n_thresholds} thresholds)"
+        )
+
+
+def _thresholds(c0: Tensor, cdf: Tensor, m_min: int, max_code: int) -> CodeTable:
+    """A table from per-row cumulative probabilities ``cdf[r, j] = P(code <= c0[r] + j)``
+    (non-decreasing along j, last column 1)."""
+    thr = torch.round(cdf.clamp(0.0, 1.0) * float(_TWO32)).long()
+    thr = torch.cummax(thr, dim=1).values
+    thr[:, -1] = _TWO32
+    j = torch.arange(cdf.shape[1]).unsqueeze(0)
+    j_lo = (thr == 0).sum(1, keepdim=True)  # codes of probability 0 below the window
+    j_hi = (thr < _TWO32).sum(1, keepdim=True)  # index of the first threshold at 2^32
+    keep = (j >= j_lo) & (j < j_hi)
+    start = torch.zeros(c0.numel() + 1, dtype=torch.int64)
+    start[1:] = torch.cumsum(keep.sum(1), 0)
+    return CodeTable(thr[keep], start, c0 + j_lo.squeeze(1), m_min, max_code)
+
+
+def _divide(t: Tensor, d: float, reciprocal: bool) -> Tensor:
+    """The engine's division semantics (MacroConfig.division, spec Q10) on CPU float32."""
+    if reciprocal:
+        r = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(d, dtype=torch.float32)
+        return t * r.item()
+    return t / d
+
+
+_TABLES: collections.OrderedDict[tuple, CodeTable] = collections.OrderedDict()
+_TABLES_LOCK = threading.Lock()
+_TABLES_MAX = 64
+
+
+def code_table(
+    model: ReadoutNoise,
+    full_scale: int,
+    adc_levels: int,
+    levels: int,
+    nrow: int,
+    alpha: float = 0.0,
+    late_compression: bool = False,
+    *,
+    reciprocal: bool = False,
+) -> CodeTable:
+    """The exact code distribution of one conversion kind, for every count ``0..F``.
+
+    The chain (spec §4.1, §5, §8.1, Q11, Q28) for integer count ``m``, in float32 up to the
+    noise-free value and exact (float64) for the noise:
+    ``m' = m / (m * alpha + 1)`` (when ``alpha > 0`` and not ``late_compression``);
+    ``a = clamp(fl(m' / F), 0, 1)``; the model's offset and sigma at the per-level count
+    ``fl(a * nrow)``; ``y = clamp(a + offset + sigma * Z, 0, 1)``; ``y <- y / (alpha y + 1)``
+    when ``late_compression`` (Q28's ``normalised`` sign cycle); ``code = rne(y * A)``.
+    For :class:`HistogramNoise`: ``code = clamp(rne(fl(a * A)) + delta, 0, A)`` (then
+    compressed like ``y = code / A`` when ``late_compression``).
+
+    Args:
+        model: the noise model.
+        full_scale: ``F = levels * nrow``, the cycle's full scale in counts.
+        adc_levels: ``A = 2^adc_bits - 1``.
+        levels: ``2^width - 1`` of the cycle (1 bit-serial).
+        nrow: rows per tile.
+        alpha: current-domain gain compression (NoiseConfig.compression_alpha).
+        late_compression: compress the normalised value after the noise instead of the
+            count (NoiseConfig.sign_cycle_compression="normalised", the sign cycle only).
+        reciprocal: MacroConfig.division="reciprocal" (Q10) for ``fl(m' / F)``.
+
+    Deterministic (no random numbers) and cached. Raises ValueError when the table would
+    need more than ``2^ASIM_TABLE_MAX_LOG2`` thresholds (huge ADCs with large noise).
+    """
+    if full_scale != levels * nrow or full_scale < 1 or adc_levels < 1:
+        raise ValueError(
+            f"code_table: full_scale={full_scale} must equal levels*nrow={levels}*{nrow} >= 1 "
+            f"and adc_levels={adc_levels} must be >= 1"
+        )
+    alpha = float(alpha)
+    late = bool(late_compression) and alpha > 0
+    key = (model.cache_key(), full_scale, adc_levels, nrow, alpha, late, bool(reciprocal))
+    with _TABLES_LOCK:
+        if key in _TABLES:
+            _TABLES.move_to_end(key)
+            return _TABLES[key]
+    table = _build_table(model, full_scale, adc_levels, nrow, alpha, late, bool(reciprocal))
+    with _TABLES_LOCK:
+        _TABLES[key] = table
+        while len(_TABLES) > _TABLES_MAX:
+            _TABLES.popitem(last=False)
+    return table
+
+
+def _check_size(rows: int, width: int) -> None:
+    limit = 1 << CONSTANTS["ASIM_TABLE_MAX_LOG2"]
+    if rows * width > limit:
+        raise ValueError(
+            f"code_table: {rows} counts x {width} codes exceeds {limit} thresholds; use a "
+            "smaller ADC or less noise for exact sampling"
+        )
+
+
+def _build_table(model, F: int, A: int, nrow: int, alpha: float, late: bool, rec: bool):
+    m = torch.arange(F + 1, dtype=torch.float32)
+    if alpha > 0 and not late:
+        m = m / (m * alpha + 1.0)
+    a32 = _divide(m, float(F), rec).clamp_(0, 1)
+    level = (a32 * nrow).double()  # the per-level count (Q11), as the engine computes it
+    a = a32.double()
+
+    def compress(y: Tensor) -> Tensor:
+        return y / (alpha * y + 1.0) if late else y
+
+    if isinstance(model, HistogramNoise):
+        d0, pmf = model.delta_pmf(level)
+        _check_size(F + 1, pmf.shape[1])
+        ideal = torch.round(a32 * A).long()  # the noise-free code rne(fl(a * A))
+        codes = (ideal.unsqueeze(1) + d0 + torch.arange(pmf.shape[1])).clamp_(0, A)
+        if late:
+            codes = torch.round(compress(codes.double() / A) * A).long()
+        c0 = codes[:, :1]
+        dense = torch.zeros_like(pmf).scatter_add_(1, codes - c0, pmf)
+        cdf = dense.cumsum(1)
+        return _thresholds(c0.squeeze(1), cdf, 0, A)
+
+    offset, sigma = model.moments64(level, A)
+    mu = a + offset
+    y_lo = (mu - _Z_WINDOW * sigma).clamp(0, 1)
+    y_hi = (mu + _Z_WINDOW * sigma).clamp(0, 1)
+    c_lo = (torch.floor(compress(y_lo) * A) - 1).clamp(0, A).long()
+    c_hi = (torch.ceil(compress(y_hi) * A) + 1).clamp(0, A).long()
+    width = int((c_hi - c_lo).max()) + 1
+    _check_size(F + 1, width)
+    k = c_lo.unsqueeze(1) + torch.arange(width)
+    edge = (k.double() + 0.5) / A  # code k <=> compress(y) < edge
+    if late:
+        edge = torch.where(alpha * edge < 1, edge / (1 - alpha * edge), math.inf)
+    s = sigma.unsqueeze(1)
+    z = (edge - mu.unsqueeze(1)) / torch.where(s > 0, s, 1.0)
+    cdf = torch.where(edge > 1, 1.0, torch.special.ndtr(z))
+    exact = torch.round(compress(mu.clamp(0, 1)) * A).long().unsqueeze(1)  # sigma == 0
+    cdf = torch.where(s > 0, cdf, (k >= exact).double())
+    cdf = torch.where(k >= c_hi.unsqueeze(1), 1.0, cdf)
+    return _thresholds(c_lo, cdf, 0, A)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample_codes(table: CodeTable, m: Tensor, u: Tensor) -> Tensor:
+    """The ADC code (int32) of each integer count ``m`` (in the table's range) for uniforms
+    ``u`` in ``[0, 2^32)`` (int64, e.g. :func:`asim.rng.draw_u32`), broadcast; torch twin of
+    ``asim_sample_code``: ``code = k_lo[r] + #{j in row r : u >= thr[j]}``."""
+    keys, base = table.to(u.device)
+    r = m.to(device=u.device, dtype=torch.int64) - table.m_min
+    r, u = torch.broadcast_tensors(r, u)
+    idx = torch.searchsorted(keys, ((r << 32) | u).contiguous(), right=True)
+    return (base[r] + idx).to(torch.int32)
+
+
+def vote_codes(codes: Tensor) -> Tensor:
+    """The mode over dim 0 of ``[K, ...]`` codes; ties go to the smallest code (spec §8.2).
+    Torch twin of ``asim_vote``."""
+    count = torch.zeros_like(codes, dtype=torch.int32)
+    for k in range(codes.shape[0]):
+        count += codes == codes[k]
+    best = count.max(0, keepdim=True).values
+    big = torch.iinfo(codes.dtype).max if not codes.is_floating_point() else math.inf
+    return torch.where(count == best, codes, big).min(0).values

@@ -115,7 +115,7 @@ def test_c_equals_torch_bit_for_bit(clib):
 
     call = rng.layer_key(7, 3)
     s, p, o = (torch.randint(0, 1 << 40, (n,), generator=g) for _ in range(3))
-    clib.t_element_key(ctypes.c_uint64(call), _ptr(s), _ptr(p), _ptr(o), _ptr(y), n)
+    clib.t_element_key(ctypes.c_uint64(call), _ptr(s), _ptr(p), _ptr(o), _ptr(y), ctypes.c_int64(n))
     ekeys = rng.element_keys(call, s, p, o)
     assert torch.equal(y, ekeys)
 
@@ -233,3 +233,76 @@ def test_normal_from_is_standard_normal():
     assert abs(z.mean()) < 5 / math.sqrt(n)
     assert abs(z.std() - 1) < 0.02
     assert abs(float((z < -1).double().mean()) - 0.15865525393145707) < 0.005
+
+
+# ----------------------------------------------------------------------------- code sampling
+
+
+def _tables():
+    from asim.noise import GaussianNoise, HistogramNoise, TableNoise, code_table
+
+    hist = HistogramNoise([0, 4, 9], -2, [[0, 1, 8, 1, 0], [1, 2, 5, 3, 1], [0, 0, 3, 6, 2]])
+    table = TableNoise([0, 5, 9], [-0.3, 0.4, 0.1], [0.5, 1.2, 0.0])
+    return {
+        "gaussian": code_table(GaussianNoise(3.0, 6.0), 8, 15, 1, 8),
+        "parallel": code_table(GaussianNoise(0.5, 1.0), 3 * 255, 255, 3, 255),
+        "wide": code_table(GaussianNoise(4.0), 16, 1023, 1, 16),  # ~40 LSB sigma
+        "compressed": code_table(GaussianNoise(2.0), 64, 63, 1, 64, alpha=0.02),
+        "late": code_table(GaussianNoise(2.0), 64, 63, 1, 64, 0.02, late_compression=True),
+        "table": code_table(table, 9, 7, 1, 9),
+        "histogram": code_table(hist, 9, 7, 1, 9),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_tables()))
+def test_sample_codes_c_equals_torch(clib, kind):
+    from asim.noise import sample_codes
+
+    t = _tables()[kind]
+    n = 200_000
+    g = torch.Generator().manual_seed(len(kind))
+    m = torch.randint(t.m_min, t.m_min + t.n_m, (n,), generator=g, dtype=torch.int32)
+    u = rng.draw_u32(rng.element_keys(rng.layer_key(4, 4), torch.arange(n), 0, 0), 0)
+    # the exact edges: every threshold, one below, and the extremes
+    r = torch.repeat_interleave(torch.arange(t.n_m), t.start.diff().long())
+    m = torch.cat([m, (r + t.m_min).int(), (r + t.m_min).int(), m[:2]])
+    u = torch.cat([u, t.thr, t.thr - 1, torch.tensor([0, (1 << 32) - 1])])
+    mine = sample_codes(t, m, u)
+    c = torch.empty_like(mine)
+    u32 = torch.where(u >= 1 << 31, u - (1 << 32), u).int()
+    clib.t_sample_code(
+        ctypes.byref(t.native()), _ptr(m), _ptr(u32), _ptr(c), ctypes.c_int64(m.numel())
+    )
+    assert torch.equal(c, mine)
+    assert mine.min() >= 0 and mine.max() <= t.max_code
+
+
+def test_sample_codes_follow_the_table_probabilities():
+    """With one u per threshold cell, each code appears exactly as often as its
+    probability says: the lookup is the inverse of the cumulative thresholds."""
+    from asim.noise import sample_codes
+
+    t = _tables()["gaussian"]
+    n = 1 << 20
+    u = (torch.arange(n) << 12) + 7  # a uniform grid over [0, 2^32)
+    P = t.probabilities()
+    for m in range(t.n_m):
+        got = torch.bincount(sample_codes(t, torch.tensor(m), u), minlength=16).double() / n
+        assert (got - P[m]).abs().max() <= 2.0**-20  # one grid step
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 5])
+def test_vote_c_equals_torch_and_brute_force_mode(clib, K):
+    from asim.noise import vote_codes
+
+    g = torch.Generator().manual_seed(K)
+    n = 20_000
+    codes = torch.randint(0, 4, (K, n), generator=g, dtype=torch.int32)
+    mine = vote_codes(codes)
+    c = torch.empty(n, dtype=torch.int32)
+    clib.t_vote(_ptr(codes.t().contiguous()), K, _ptr(c), ctypes.c_int64(n))
+    assert torch.equal(c, mine)
+    for i in range(500):  # brute force: most frequent, then smallest
+        col = codes[:, i].tolist()
+        want = min(col, key=lambda v: (-col.count(v), v))
+        assert mine[i] == want
