@@ -1,53 +1,64 @@
 """LightningDataModules: digits (offline default), CIFAR-10/100 and ImageNet.
 
-Transforms and normalisation constants follow acim-model.md §9.5; on-disk layouts follow §9.6,
-with quirk Q25 fixed (labels index class *directories* only; CIFAR-100 files are sorted by name,
-so its batches cannot match the reference's unknowable ``listdir`` order) and Q23 reproduced
-(ImageNet evaluation resizes straight to 224x224 unless ``center_crop=True``).
+Transforms and normalisation constants follow acim-model.md §9.5; on-disk layouts follow §9.6
+(read by :mod:`lightning_modules.datasets`), with quirk Q25 fixed (labels index class
+*directories* only; CIFAR-100 files are sorted by name, so its batches cannot match the
+reference's unknowable ``listdir`` order) and Q23 reproduced (ImageNet evaluation resizes straight
+to 224x224 unless ``center_crop=True``).
 
-Every DataModule exposes ``num_classes``, ``in_channels``, ``image_size`` and ``class_names`` right
-after ``__init__``, without failing when the data is not there yet: the builder sizes the model's
-head before ``setup``, and a missing dataset is reported by ``setup`` in one line.
+The presets in ``conf/dataset/*.yaml`` name their class by ``_target_``;
+:func:`instantiate_datamodule` builds one. ``num_classes``, ``in_channels`` and ``image_size``
+are known right after ``__init__`` (``num_classes`` is the preset's, ``dataset.num_classes``);
+``setup`` reads the data, fails in one line when it is missing, misplaced (``did you mean
+dataset.root=...?``), corrupt or has another class count than ``num_classes``, and replaces the
+standard ``class_names`` by those found on disk. Call ``setup`` before sizing a model on it.
 
 Evaluation loaders never shuffle. Under ``torch.distributed`` (world size > 1; the Trainer runs with
-``use_distributed_sampler=False``) they shard with :class:`UnpaddedDistributedSampler`, so every
-sample is counted exactly once, and the training loader uses a seeded ``DistributedSampler``.
+``use_distributed_sampler=False``) they shard with
+:class:`~lightning_modules.sampler.UnpaddedDistributedSampler` in blocks of the evaluation batch
+size, so every sample is counted exactly once and every rank sees single-process batches; the
+training loader uses a seeded ``DistributedSampler``.
 """
 
 from __future__ import annotations
 
-import csv
-import math
+import inspect
 import os
 import pickle
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from torchvision import transforms as T
-from torchvision.datasets import CIFAR10, CIFAR100
-from torchvision.datasets.utils import check_integrity
+
+from .datasets import CIFAR100CSV, CIFARSplit10, CIFARSplit100, ClassFolders, class_dirs
+from .sampler import UnpaddedDistributedSampler, first_sample_index, rank_and_world
 
 __all__ = [
+    "CIFAR10_CLASSES",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "CIFAR100_CLASSES",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
+    "ClassificationDataModule",
     "DigitsDataModule",
     "ImageNetDataModule",
     "UnpaddedDistributedSampler",
-    "build_datamodule",
     "build_eval_transform",
     "build_train_transform",
+    "first_sample_index",
     "instantiate_datamodule",
 ]
 
@@ -77,12 +88,6 @@ CIFAR100_CLASSES = (
     "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
     "willow_tree", "wolf", "woman", "worm",
 )  # fmt: skip
-
-# The reference globs *.png (CIFAR-10), *.jpg (CIFAR-100) and case-sensitive *.JPEG (ImageNet);
-# accepting all three case-insensitively selects the same files on the official layouts.
-_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-_ROOT_HINT = "set dataset.root=DIR"
-
 
 # --------------------------------------------------------------------------- transforms (§9.5)
 
@@ -146,119 +151,11 @@ def build_eval_transform(
     return T.Compose([*resize, T.ToTensor(), T.Normalize(mean, std)])
 
 
-# ---------------------------------------------------------------------- distributed evaluation
-
-
-class UnpaddedDistributedSampler(Sampler[int]):
-    """Shards a dataset across ranks in order, each index exactly once (no padding, no shuffle).
-
-    ``DistributedSampler`` pads the last shard with repeated samples, so distributed validation
-    counts some images twice. Here rank ``r`` gets a contiguous range; the ranges are disjoint and
-    cover the dataset exactly, and their sizes may differ.
-
-    Indices are dealt out in whole blocks of ``block_size`` consecutive indices (the last block
-    may be short), and the blocks are split contiguously, so block counts per rank differ by at
-    most one. With ``block_size=1`` shard sizes differ by at most one. With ``block_size`` equal
-    to the evaluation batch size every rank sees exactly the batches a single process would, which
-    matters because activation scales are per batch (acim-model.md quirk Q5).
-
-    Args:
-        dataset: The dataset (anything with ``len``) or its length.
-        num_replicas: World size; defaults to ``torch.distributed.get_world_size()``.
-        rank: This process's rank; defaults to ``torch.distributed.get_rank()``.
-        block_size: Number of consecutive indices that always stay on one rank.
-    """
-
-    def __init__(
-        self,
-        dataset: Sized | int,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-        block_size: int = 1,
-    ) -> None:
-        if num_replicas is None or rank is None:
-            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-                raise ValueError(
-                    "UnpaddedDistributedSampler needs num_replicas and rank when "
-                    "torch.distributed is not initialised"
-                )
-            num_replicas = (
-                torch.distributed.get_world_size() if num_replicas is None else num_replicas
-            )
-            rank = torch.distributed.get_rank() if rank is None else rank
-        if num_replicas < 1:
-            raise ValueError(f"num_replicas must be >= 1, got {num_replicas}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
-        self.num_samples_total = dataset if isinstance(dataset, int) else len(dataset)
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.block_size = block_size
-        n_blocks = math.ceil(self.num_samples_total / block_size)
-        first_block = rank * n_blocks // num_replicas
-        last_block = (rank + 1) * n_blocks // num_replicas
-        self.start = min(first_block * block_size, self.num_samples_total)
-        self.end = min(last_block * block_size, self.num_samples_total)
-
-    def __iter__(self):
-        return iter(range(self.start, self.end))
-
-    def __len__(self) -> int:
-        return self.end - self.start
-
-    def set_epoch(self, epoch: int) -> None:
-        """No-op (the order never changes); present for Lightning's per-epoch hook."""
-
-
-def _distributed_rank_world() -> tuple[int, int] | None:
-    """(rank, world size) when running under an initialised process group of size > 1."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        world = torch.distributed.get_world_size()
-        if world > 1:
-            return torch.distributed.get_rank(), world
-    return None
-
-
-# ------------------------------------------------------------------------------ shared helpers
-
-
-class _ImageListDataset(Dataset):
-    """(path, label) samples, opened with PIL and converted to RGB (acim-model.md §9.6)."""
-
-    def __init__(self, samples: list[tuple[Path, int]], transform: Callable | None) -> None:
-        self.samples = samples
-        self.targets = [label for _, label in samples]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        path, label = self.samples[index]
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-        return (self.transform(img) if self.transform is not None else img), label
+_ROOT_HINT = "set dataset.root=DIR"
 
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
-
-
-def _class_dirs(path: Path) -> list[str]:
-    """Sorted sub-directory names; files and hidden entries take no index (fixes Q25)."""
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
-
-
-def _image_files(path: Path) -> list[Path]:
-    """Image files directly in ``path``, sorted by file name (fixes Q25's listdir order)."""
-    files = (
-        Path(e.path)
-        for e in os.scandir(path)
-        if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(_IMAGE_EXTENSIONS)
-    )
-    return sorted(files, key=lambda p: p.name)
 
 
 def _first_dir(root: Path, names: Sequence[str]) -> Path | None:
@@ -274,46 +171,8 @@ def _union_class_dirs(root: Path, split_names: Sequence[Sequence[str]]) -> list[
     for names in split_names:
         split_dir = _first_dir(root, names)
         if split_dir is not None:
-            classes.update(_class_dirs(split_dir))
+            classes.update(class_dirs(split_dir))
     return sorted(classes)
-
-
-def _folder_samples(split_dir: Path, classes: list[str], expected: str) -> list[tuple[Path, int]]:
-    """Samples of ``split_dir/<class>/*``, sorted by class then file name."""
-    present = _class_dirs(split_dir)
-    if not present:
-        raise FileNotFoundError(f"no class folders in {split_dir}: expected {expected}")
-    index = {name: i for i, name in enumerate(classes)}
-    samples = [(p, index[c]) for c in present for p in _image_files(split_dir / c)]
-    if not samples:
-        raise FileNotFoundError(
-            f"no images in the class folders of {split_dir}: expected {expected}"
-        )
-    return samples
-
-
-def _read_label_csv(path: Path) -> dict[str, int]:
-    """``image_id -> fine_labels`` from a CIFAR-100 reference CSV (keys are base names)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = [name.strip() for name in (reader.fieldnames or [])]
-        missing = [c for c in ("image_id", "fine_labels") if c not in fields]
-        if missing:
-            raise ValueError(
-                f"{path} lacks column(s) {', '.join(missing)}: expected a CSV with header columns "
-                "image_id and fine_labels (CIFAR-100 reference layout)"
-            )
-        reader.fieldnames = fields
-        table = {}
-        for line, row in enumerate(reader, start=2):
-            image_id, label = (row["image_id"] or "").strip(), (row["fine_labels"] or "").strip()
-            try:
-                table[os.path.basename(image_id)] = int(label)
-            except ValueError:
-                raise ValueError(
-                    f"{path}:{line}: fine_labels {label!r} is not an integer class index"
-                ) from None
-    return table
 
 
 def _check_labels(labels: Sequence[int], num_classes: int, where: Path) -> None:
@@ -324,49 +183,24 @@ def _check_labels(labels: Sequence[int], num_classes: int, where: Path) -> None:
         )
 
 
-def _read_meta_names(path: Path, key: str) -> list[str] | None:
-    """Class names from a torchvision CIFAR meta pickle, or None when unreadable."""
-    try:
-        with open(path, "rb") as f:
-            names = pickle.load(f, encoding="latin1")[key]
-    except Exception:  # only a peek: setup() reports a broken file properly
-        return None
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-
-
-class _VerifiedCIFARFiles:
-    """torchvision CIFAR whose file checks the DataModule has already made.
-
-    torchvision verifies the md5 of *both* splits' files on construction, so a copy holding only
-    ``test_batch`` (enough to simulate) or a small synthetic copy is rejected with a generic
-    ``RuntimeError``. The DataModule checks the files the requested split reads (presence, and
-    torchvision's md5 sums unless ``check_md5=False``) with one-line errors, then builds this.
-    """
-
-    def _check_integrity(self) -> bool:
-        return True
-
-    def _load_meta(self) -> None:
-        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-        with open(path, "rb") as f:
-            names = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-
-
-class _CIFAR10Files(_VerifiedCIFARFiles, CIFAR10):
-    pass
-
-
-class _CIFAR100Files(_VerifiedCIFARFiles, CIFAR100):
-    pass
+def _preview(names: Sequence[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
 # ------------------------------------------------------------------------------- DataModules
 
 
-class _ClassificationDataModule(L.LightningDataModule):
-    """Loaders shared by every DataModule; subclasses implement ``_load_split``."""
+class ClassificationDataModule(L.LightningDataModule):
+    """Loaders shared by every DataModule; subclasses implement ``_load_split``.
+
+    Attributes:
+        name: The preset's name (``dataset=NAME``), used in messages.
+        num_classes: Classes the model's head is sized for.
+        in_channels: Image channels.
+        image_size: Network input size.
+        class_names: Class names in label order (the data's after ``setup``).
+        train_set, val_set: The loaded splits (None until ``setup`` loads them).
+    """
 
     num_classes: int
     in_channels: int
@@ -374,16 +208,17 @@ class _ClassificationDataModule(L.LightningDataModule):
     class_names: list[str]
 
     def __init__(
-        self, batch_size: int, val_batch_size: int, num_workers: int | None, seed: int
+        self, name: str, batch_size: int, val_batch_size: int, num_workers: int | None, seed: int
     ) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for key, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"dataset.{key} must be a positive int, got {value!r}")
         if num_workers is None:
             num_workers = min(8, os.cpu_count() or 1)
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+            raise ValueError(f"dataset.num_workers must be >= 0, got {num_workers}")
+        self.name = name
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
         self.num_workers = num_workers
@@ -415,7 +250,7 @@ class _ClassificationDataModule(L.LightningDataModule):
         """Shuffled training batches (seeded; a ``DistributedSampler`` under DDP)."""
         if self.train_set is None:
             self.setup("fit")
-        dist = _distributed_rank_world()
+        dist = rank_and_world()
         if dist is not None:
             rank, world = dist
             sampler = DistributedSampler(
@@ -426,10 +261,14 @@ class _ClassificationDataModule(L.LightningDataModule):
         return self._loader(self.train_set, self.batch_size, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in file order; each sample counted once across ranks."""
+        """Validation batches in file order; each sample counted once across ranks.
+
+        Under DDP each rank gets whole blocks of ``val_batch_size`` consecutive samples;
+        :func:`first_sample_index` of the loader is the global index of its first sample.
+        """
         if self.val_set is None:
             self.setup("validate")
-        dist = _distributed_rank_world()
+        dist = rank_and_world()
         sampler = None
         if dist is not None:
             rank, world = dist
@@ -443,7 +282,7 @@ class _ClassificationDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
 
-class DigitsDataModule(_ClassificationDataModule):
+class DigitsDataModule(ClassificationDataModule):
     """scikit-learn's bundled 8x8 digits (1797 images, 10 classes): the offline default.
 
     Images are ``float32 [1, 8, 8]``: pixel/16, then normalised with the training split's scalar
@@ -455,6 +294,7 @@ class DigitsDataModule(_ClassificationDataModule):
         val_batch_size: Validation/test batch size.
         num_workers: DataLoader worker processes (0: load in the main process).
         val_fraction: Fraction of the images held out for validation, in (0, 1).
+        name: Preset name, for messages.
         seed: Seeds the split and the training shuffle.
     """
 
@@ -468,11 +308,12 @@ class DigitsDataModule(_ClassificationDataModule):
         val_batch_size: int = 256,
         num_workers: int = 0,
         val_fraction: float = 0.25,
+        name: str = "digits",
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size, val_batch_size, num_workers, seed)
+        super().__init__(name, batch_size, val_batch_size, num_workers, seed)
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+            raise ValueError(f"dataset.val_fraction must lie in (0, 1), got {val_fraction}")
         self.val_fraction = val_fraction
         self.class_names = [str(i) for i in range(10)]
         self.mean: float | None = None
@@ -503,18 +344,22 @@ class DigitsDataModule(_ClassificationDataModule):
         self.val_set = TensorDataset(images[val_idx], labels[val_idx])
 
 
-class _ImageDataModule(_ClassificationDataModule):
-    """RGB image datasets on disk: root, transforms and class-name bookkeeping."""
+class _ImageDataModule(ClassificationDataModule):
+    """RGB image datasets on disk: root, layout detection, transforms, class-count check."""
 
     in_channels = 3
-    _name: str
+    _title: str  # the dataset's name in messages
     _expected: str  # the layouts, for error messages
     _mean: tuple[float, float, float]
     _std: tuple[float, float, float]
+    _standard_classes: Sequence[str] = ()
 
     def __init__(
         self,
         root: str | os.PathLike,
+        *,
+        name: str,
+        num_classes: int,
         batch_size: int,
         val_batch_size: int,
         num_workers: int | None,
@@ -523,37 +368,81 @@ class _ImageDataModule(_ClassificationDataModule):
         augment: bool,
         seed: int,
     ) -> None:
-        super().__init__(batch_size, val_batch_size, num_workers, seed)
-        if image_size < 1:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+        super().__init__(name, batch_size, val_batch_size, num_workers, seed)
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"dataset.image_size must be a positive int, got {image_size!r}")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise ValueError(f"dataset.num_classes must be a positive int, got {num_classes!r}")
         self.root = Path(root).expanduser()
         self.image_size = image_size
         self.resize_size = image_size if resize_size is None else resize_size
         self.augment = augment
-        self._classes_from_data = False
+        self.num_classes = num_classes
+        standard = list(self._standard_classes)
+        self.class_names = standard if len(standard) == num_classes else [
+            str(i) for i in range(num_classes)
+        ]  # fmt: skip
 
-    def _set_classes(self, found: list[str] | None, default: Sequence[str]) -> None:
-        """Class names from the data when readable now, else the dataset's standard ones."""
-        self._classes_from_data = found is not None
-        self.class_names = list(default if found is None else found)
-        self.num_classes = len(self.class_names)
+    # layout ------------------------------------------------------------------------------------
+    def _layout_at(self, path: Path) -> str | None:
+        """The layout found at ``path`` (a name), or None."""
+        raise NotImplementedError
 
-    def _adopt_classes(self, found: list[str], where: Path) -> None:
-        """Checks the classes seen by ``setup`` against those the model head was sized for."""
-        if found == self.class_names:
-            return
-        if not self._classes_from_data and len(found) == self.num_classes:
-            self.class_names, self._classes_from_data = list(found), True
-            return
-        raise ValueError(
-            f"{self._name} at {where} has {len(found)} classes but this DataModule was built for "
-            f"{self.num_classes} ({', '.join(self.class_names[:3])}, ...); rebuild it"
+    def _layout(self) -> str:
+        """The layout at ``root``; FileNotFoundError naming the path and the expected layout,
+        with ``did you mean dataset.root=...?`` when the parent or a sub-folder has one."""
+        layout = self._layout_at(self.root) if self.root.is_dir() else None
+        if layout is not None:
+            return layout
+        guess = self._guess_root()
+        hint = f"did you mean dataset.root={guess}?" if guess is not None else _ROOT_HINT
+        raise FileNotFoundError(
+            f"{self._title} data not found at {self.root}: expected {self._expected}; {hint}"
         )
 
-    def _not_found(self, path: Path) -> FileNotFoundError:
-        return FileNotFoundError(
-            f"{self._name} data not found at {path}: expected {self._expected}; {_ROOT_HINT}"
-        )
+    def _guess_root(self) -> Path | None:
+        """A folder one level above or below ``root`` holding the layout."""
+        candidates = []
+        if self.root.is_dir():
+            candidates += [self.root / sub for sub in class_dirs(self.root)[:100]]
+        candidates.append(self.root.parent)
+        for path in candidates:
+            if path != self.root and path.is_dir() and self._layout_at(path) is not None:
+                return path
+        return None
+
+    def _adopt_classes(self, found: Sequence[str], where: Path, what: str) -> None:
+        """Checks the classes on disk against ``num_classes`` and takes their names."""
+        if len(found) != self.num_classes:
+            raise ValueError(
+                f"{self._title} at {where} has {len(found)} {what} ({_preview(found)}) but "
+                f"dataset={self.name} expects {self.num_classes}: point dataset.root at the "
+                f"whole dataset, or set dataset.num_classes={len(found)} to use these classes"
+            )
+        self.class_names = list(found)
+
+    def _load_folders(self, train: bool, train_dirs: Sequence[str], eval_dirs: Sequence[str]):
+        """``<split>/<class>/<image>``, labels indexing the class folders of all splits."""
+        names = train_dirs if train else eval_dirs
+        split_dir = _first_dir(self.root, names)
+        if split_dir is None:
+            raise FileNotFoundError(
+                f"{self._title} {'training' if train else 'evaluation'} split not found under "
+                f"{self.root}: expected {' or '.join(n + '/' for n in names)} "
+                f"(layout {self._expected}); {_ROOT_HINT}"
+            )
+        classes = _union_class_dirs(self.root, (train_dirs, eval_dirs))
+        expected = f"{split_dir}/<class>/<image>"
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {split_dir}: expected {expected}")
+        self._adopt_classes(classes, self.root, "class folders")
+        dataset = ClassFolders(split_dir, classes, transform=self._transform(train))
+        if not dataset.samples:
+            raise FileNotFoundError(
+                f"no images in the class folders of {split_dir}: expected {expected} "
+                "(*.png, *.jpg or *.jpeg)"
+            )
+        return dataset
 
     def _transform(self, train: bool) -> T.Compose:
         if train and self.augment:
@@ -564,9 +453,8 @@ class _ImageDataModule(_ClassificationDataModule):
 class _CIFARDataModule(_ImageDataModule):
     """Shared CIFAR logic: torchvision's pickles or the reference layout (see subclasses)."""
 
-    _torchvision_cls: type[CIFAR10]
+    _dataset_cls: type[CIFARSplit10] | type[CIFARSplit100]
     _torchvision_dir: str
-    _default_classes: Sequence[str]
     _layouts = ("auto", "torchvision", "reference")
 
     def __init__(
@@ -580,64 +468,44 @@ class _CIFARDataModule(_ImageDataModule):
         image_size: int = 32,
         resize_size: int | None = None,
         check_md5: bool = True,
+        num_classes: int | None = None,
+        name: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__(
-            root, batch_size, val_batch_size, num_workers, image_size, resize_size, augment, seed
+            root,
+            name=name or self._default_name,
+            num_classes=len(self._standard_classes) if num_classes is None else num_classes,
+            batch_size=batch_size,
+            val_batch_size=val_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            resize_size=resize_size,
+            augment=augment,
+            seed=seed,
         )
         if layout not in self._layouts:
-            raise ValueError(f"layout must be one of {', '.join(self._layouts)}, got {layout!r}")
+            raise ValueError(
+                f"dataset.layout must be one of {', '.join(self._layouts)}, got {layout!r}"
+            )
         self.layout = layout
         self.check_md5 = check_md5
-        self._set_classes(self._peek_classes(), self._default_classes)
 
-    # layout detection ---------------------------------------------------------------------
-    def _torchvision_root(self) -> Path | None:
-        """The directory holding ``cifar-*-python/`` (also accepts that folder itself)."""
-        if (self.root / self._torchvision_dir).is_dir():
-            return self.root
-        if self.root.name == self._torchvision_dir and self.root.is_dir():
-            return self.root.parent
+    _default_name: str
+
+    def _layout_at(self, path: Path) -> str | None:
+        torchvision = (path / self._torchvision_dir).is_dir() or path.name == self._torchvision_dir
+        if torchvision and self.layout in ("auto", "torchvision"):
+            return "torchvision"
+        if self.layout in ("auto", "reference") and self._has_reference_layout(path):
+            return "reference"
         return None
 
-    def _has_reference_layout(self) -> bool:
+    def _has_reference_layout(self, path: Path) -> bool:
         raise NotImplementedError
 
-    def _resolve_layout(self) -> str:
-        if not self.root.is_dir():
-            raise self._not_found(self.root)
-        if self.layout == "torchvision":
-            if self._torchvision_root() is None:
-                raise self._not_found(self.root / self._torchvision_dir)
-            return "torchvision"
-        if self.layout == "reference":
-            return "reference"
-        if self._torchvision_root() is not None:
-            return "torchvision"
-        if self._has_reference_layout():
-            return "reference"
-        raise ValueError(
-            f"unrecognised {self._name} layout at {self.root}: expected {self._expected}; "
-            f"{_ROOT_HINT}"
-        )
-
-    def _peek_classes(self) -> list[str] | None:
-        try:
-            layout = self._resolve_layout()
-        except (FileNotFoundError, ValueError):
-            return None
-        if layout == "torchvision":
-            folder = self._torchvision_root() / self._torchvision_dir
-            meta = self._torchvision_cls.meta
-            return _read_meta_names(folder / meta["filename"], meta["key"])
-        return self._peek_reference_classes()
-
-    def _peek_reference_classes(self) -> list[str] | None:
-        return None
-
-    # loading ------------------------------------------------------------------------------
     def _load_split(self, train: bool) -> Dataset:
-        if self._resolve_layout() == "torchvision":
+        if self._layout() == "torchvision":
             return self._load_torchvision_split(train)
         return self._load_reference_split(train)
 
@@ -645,37 +513,36 @@ class _CIFARDataModule(_ImageDataModule):
         raise NotImplementedError
 
     def _load_torchvision_split(self, train: bool) -> Dataset:
-        tv_root = self._torchvision_root()
-        folder = tv_root / self._torchvision_dir
-        cls = self._torchvision_cls
-        files = [
-            *(cls.train_list if train else cls.test_list),
-            [cls.meta["filename"], cls.meta["md5"]],
-        ]
-        for filename, md5 in files:
-            path = folder / filename
-            if not path.is_file():
+        in_root = (self.root / self._torchvision_dir).is_dir()
+        base = self.root if in_root else self.root.parent
+        folder = base / self._torchvision_dir
+        cls = self._dataset_cls
+        for filename in cls.split_files(train):
+            if not (folder / filename).is_file():
                 raise FileNotFoundError(
-                    f"{self._name} file missing: {path}; expected torchvision's "
-                    f"{self._torchvision_dir}/ with {', '.join(f for f, _ in cls.train_list)}, "
-                    f"{cls.test_list[0][0]} and {cls.meta['filename']}; {_ROOT_HINT}"
+                    f"{self._title} file missing: {folder / filename}; expected torchvision's "
+                    f"{self._torchvision_dir}/ with {', '.join(cls.split_files(True))} and "
+                    f"{', '.join(cls.split_files(False)[:-1])}; {_ROOT_HINT}"
                 )
-            if self.check_md5 and not check_integrity(path, md5):
-                raise ValueError(
-                    f"{self._name} file {path} fails torchvision's md5 check (corrupt or not the "
-                    "official release): re-extract it, or pass check_md5=False for a custom copy"
-                )
-        dataset_cls = _CIFAR10Files if cls is CIFAR10 else _CIFAR100Files
         try:
-            dataset = dataset_cls(
-                str(tv_root), train=train, transform=self._transform(train), download=False
+            dataset = cls(
+                base, train=train, transform=self._transform(train), check_md5=self.check_md5
             )
+        except RuntimeError:  # torchvision's integrity check: the files are present (see above)
+            if not self.check_md5:
+                raise
+            raise ValueError(
+                f"{self._title} files in {folder} fail torchvision's md5 check (corrupt, or not "
+                "the official release): re-extract them, or pass dataset.check_md5=false to "
+                "read them unchecked"
+            ) from None
         except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError) as err:
             raise ValueError(
-                f"cannot read {self._name} pickles in {folder}: {type(err).__name__}: "
+                f"cannot read {self._title} pickles in {folder}: {type(err).__name__}: "
                 f"{_one_line(err)}; expected torchvision's {self._torchvision_dir}/ format"
             ) from None
-        self._adopt_classes(dataset.classes, folder)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in dataset.classes]
+        self._adopt_classes(names, folder / cls.meta["filename"], "class names")
         _check_labels(dataset.targets, self.num_classes, folder)
         return dataset
 
@@ -685,7 +552,9 @@ class CIFAR10DataModule(_CIFARDataModule):
 
     Layouts (``layout="auto"`` picks whichever is present, torchvision's first):
 
-    * ``"torchvision"``: ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``.
+    * ``"torchvision"``: ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``
+      (``root`` may also be that folder). Only the requested split's files are read, and
+      torchvision checks their md5 sums unless ``check_md5=False``.
     * ``"reference"`` (acim-model.md §9.6): ``root/train/<class>/*.png`` and
       ``root/test/<class>/*.png`` (``valid/`` or ``val/`` also accepted for the evaluation split).
       Labels are positions in the sorted class *directories* of the splits present (Q25 fixed);
@@ -701,42 +570,30 @@ class CIFAR10DataModule(_CIFARDataModule):
         image_size: Network input size (the reference's ``input_size``).
         resize_size: The reference's ``origin_size`` used by the training augmentation; None
             means ``image_size`` (CIFAR CNNs: 32/32; ViT-B/32 on CIFAR: 256/224).
-        check_md5: Verify torchvision's md5 sums of the pickles the split reads.
+        check_md5: Let torchvision verify the md5 sums of the pickles the split reads.
+        num_classes: Classes the data must have (None: 10); ``setup`` checks it.
+        name: Preset name, for messages (None: ``cifar10``).
         seed: Seeds the training shuffle.
     """
 
-    _name = "CIFAR-10"
+    _title = "CIFAR-10"
+    _default_name = "cifar10"
     _expected = (
         "torchvision's cifar-10-batches-py/ or the reference layout "
         "train/<class>/*.png + test/<class>/*.png"
     )
     _mean, _std = CIFAR10_MEAN, CIFAR10_STD
-    _torchvision_cls = CIFAR10
+    _dataset_cls = CIFARSplit10
     _torchvision_dir = "cifar-10-batches-py"
-    _default_classes = CIFAR10_CLASSES
+    _standard_classes = CIFAR10_CLASSES
     _train_dirs = ("train",)
     _eval_dirs = ("test", "valid", "val")
 
-    def _has_reference_layout(self) -> bool:
-        return _first_dir(self.root, (*self._train_dirs, *self._eval_dirs)) is not None
-
-    def _peek_reference_classes(self) -> list[str] | None:
-        return _union_class_dirs(self.root, (self._train_dirs, self._eval_dirs)) or None
+    def _has_reference_layout(self, path: Path) -> bool:
+        return _first_dir(path, (*self._train_dirs, *self._eval_dirs)) is not None
 
     def _load_reference_split(self, train: bool) -> Dataset:
-        names = self._train_dirs if train else self._eval_dirs
-        split_dir = _first_dir(self.root, names)
-        if split_dir is None:
-            raise FileNotFoundError(
-                f"{self._name} {'training' if train else 'evaluation'} split not found under "
-                f"{self.root}: expected {' or '.join(n + '/' for n in names)} "
-                f"(reference layout train/<class>/*.png + test/<class>/*.png); {_ROOT_HINT}"
-            )
-        classes = _union_class_dirs(self.root, (self._train_dirs, self._eval_dirs))
-        expected = f"{split_dir}/<class>/*.png"
-        samples = _folder_samples(split_dir, classes, expected)
-        self._adopt_classes(classes, self.root)
-        return _ImageListDataset(samples, self._transform(train))
+        return self._load_folders(train, self._train_dirs, self._eval_dirs)
 
 
 class CIFAR100DataModule(_CIFARDataModule):
@@ -746,54 +603,32 @@ class CIFAR100DataModule(_CIFARDataModule):
 
     * ``"torchvision"``: ``root/cifar-100-python/{train,test,meta}`` (fine labels).
     * ``"reference"`` (acim-model.md §9.6): ``root/train_images/*.jpg`` and
-      ``root/test_images/*.jpg`` labelled by ``root/train.csv`` and ``root/test.csv`` (columns
-      ``image_id`` and ``fine_labels``; ``image_id`` is the file name, with or without its
-      extension). Both CSVs are read, the split's own winning on a clash; images without a label
-      are skipped, as in the reference. Files are sorted by name (Q25 fixed), so batches cannot
-      match the reference's filesystem-dependent ``listdir`` order.
+      ``root/test_images/*.jpg`` labelled by ``root/train.csv`` and ``root/test.csv``
+      (:class:`~lightning_modules.datasets.CIFAR100CSV`).
 
-    Args: as :class:`CIFAR10DataModule`.
+    Args: as :class:`CIFAR10DataModule` (``num_classes`` None: 100, ``name``: ``cifar100``).
     """
 
-    _name = "CIFAR-100"
+    _title = "CIFAR-100"
+    _default_name = "cifar100"
     _expected = (
         "torchvision's cifar-100-python/ or the reference layout train_images/*.jpg + "
         "test_images/*.jpg with train.csv/test.csv (columns image_id, fine_labels)"
     )
     _mean, _std = CIFAR100_MEAN, CIFAR100_STD
-    _torchvision_cls = CIFAR100
+    _dataset_cls = CIFARSplit100
     _torchvision_dir = "cifar-100-python"
-    _default_classes = CIFAR100_CLASSES
+    _standard_classes = CIFAR100_CLASSES
 
-    def _has_reference_layout(self) -> bool:
-        return _first_dir(self.root, ("train_images", "test_images")) is not None
+    def _has_reference_layout(self, path: Path) -> bool:
+        return _first_dir(path, ("train_images", "test_images")) is not None
 
     def _load_reference_split(self, train: bool) -> Dataset:
-        split, other = ("train", "test") if train else ("test", "train")
-        image_dir, csv_path = self.root / f"{split}_images", self.root / f"{split}.csv"
-        for path in (image_dir, csv_path):
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"{self._name} {split} split not found: missing {path}; expected the "
-                    f"reference layout {split}_images/*.jpg + {split}.csv "
-                    f"(columns image_id, fine_labels); {_ROOT_HINT}"
-                )
-        table: dict[str, int] = {}
-        if (self.root / f"{other}.csv").is_file():
-            table.update(_read_label_csv(self.root / f"{other}.csv"))
-        table.update(_read_label_csv(csv_path))
-        samples = []
-        for path in _image_files(image_dir):
-            label = table.get(path.name, table.get(path.stem))
-            if label is not None:  # the reference skips images missing from the CSVs
-                samples.append((path, label))
-        if not samples:
-            raise FileNotFoundError(
-                f"no labelled images in {image_dir}: expected *.jpg files whose names (or stems) "
-                f"appear in the image_id column of {csv_path}"
-            )
-        dataset = _ImageListDataset(samples, self._transform(train))
-        _check_labels(dataset.targets, self.num_classes, csv_path)
+        try:
+            dataset = CIFAR100CSV(self.root, train=train, transform=self._transform(train))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}; {_ROOT_HINT}") from None
+        _check_labels(dataset.targets, self.num_classes, dataset.csv_path)
         return dataset
 
 
@@ -802,8 +637,8 @@ class ImageNetDataModule(_ImageDataModule):
 
     ``root/train/<wnid>/*.JPEG`` and ``root/valid/<wnid>/*.JPEG`` (``val/`` also accepted).
     Labels are positions in the sorted class *directories* of the splits present (Q25 fixed;
-    the standard 1000 wnids give the usual indices). Before the data is readable ``num_classes``
-    is 1000 with placeholder names.
+    the standard 1000 wnids give the usual indices). Until ``setup`` the class names are
+    placeholders ``"0"``..``"999"``.
 
     Args:
         root: Dataset directory.
@@ -816,10 +651,12 @@ class ImageNetDataModule(_ImageDataModule):
         center_crop: False (reference, Q23): evaluate on a direct ``image_size`` square resize.
             True: resize to ``resize_size`` then center-crop ``image_size``.
         augment: Apply the reference's training augmentation (§9.5, Q24) to the training split.
+        num_classes: Class folders the data must have; ``setup`` checks it.
+        name: Preset name, for messages.
         seed: Seeds the training shuffle.
     """
 
-    _name = "ImageNet"
+    _title = "ImageNet"
     _expected = "train/<wnid>/*.JPEG + valid/<wnid>/*.JPEG (or val/)"
     _mean, _std = IMAGENET_MEAN, IMAGENET_STD
     _train_dirs = ("train",)
@@ -835,16 +672,26 @@ class ImageNetDataModule(_ImageDataModule):
         resize_size: int = 256,
         center_crop: bool = False,
         augment: bool = True,
+        num_classes: int = 1000,
+        name: str = "imagenet",
         seed: int = 0,
     ) -> None:
         super().__init__(
-            root, batch_size, val_batch_size, num_workers, image_size, resize_size, augment, seed
+            root,
+            name=name,
+            num_classes=num_classes,
+            batch_size=batch_size,
+            val_batch_size=val_batch_size,
+            num_workers=num_workers,
+            image_size=image_size,
+            resize_size=resize_size,
+            augment=augment,
+            seed=seed,
         )
         self.center_crop = center_crop
-        found = None
-        if self.root.is_dir():
-            found = _union_class_dirs(self.root, (self._train_dirs, self._eval_dirs)) or None
-        self._set_classes(found, [str(i) for i in range(1000)])
+
+    def _layout_at(self, path: Path) -> str | None:
+        return "folders" if _first_dir(path, (*self._train_dirs, *self._eval_dirs)) else None
 
     def _transform(self, train: bool) -> T.Compose:
         if train and self.augment:
@@ -858,67 +705,64 @@ class ImageNetDataModule(_ImageDataModule):
         )
 
     def _load_split(self, train: bool) -> Dataset:
-        if not self.root.is_dir():
-            raise self._not_found(self.root)
-        names = self._train_dirs if train else self._eval_dirs
-        split_dir = _first_dir(self.root, names)
-        if split_dir is None:
-            raise FileNotFoundError(
-                f"ImageNet {'training' if train else 'validation'} split not found under "
-                f"{self.root}: expected {' or '.join(n + '/' for n in names)} "
-                f"(layout {self._expected}); {_ROOT_HINT}"
-            )
-        classes = _union_class_dirs(self.root, (self._train_dirs, self._eval_dirs))
-        samples = _folder_samples(split_dir, classes, f"{split_dir}/<wnid>/*.JPEG")
-        self._adopt_classes(classes, self.root)
-        return _ImageListDataset(samples, self._transform(train))
+        self._layout()
+        return self._load_folders(train, self._train_dirs, self._eval_dirs)
 
 
-# --------------------------------------------------------------------------------- registry
-
-_DATAMODULES: dict[str, type[_ClassificationDataModule]] = {
-    "digits": DigitsDataModule,
-    "cifar10": CIFAR10DataModule,
-    "cifar100": CIFAR100DataModule,
-    "imagenet": ImageNetDataModule,
-}
-
-
-def build_datamodule(name: str, **kwargs: Any) -> L.LightningDataModule:
-    """Builds a DataModule by registry name.
-
-    Args:
-        name: One of ``digits``, ``cifar10``, ``cifar100``, ``imagenet``.
-        **kwargs: Constructor arguments of that DataModule.
-    """
-    try:
-        cls = _DATAMODULES[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown dataset {name!r}; valid names: {', '.join(sorted(_DATAMODULES))}"
-        ) from None
-    return cls(**kwargs)
+# ------------------------------------------------------------------------------ instantiation
 
 
 def instantiate_datamodule(
-    dataset_cfg: Any, *, seed: int, **overrides: Any
-) -> L.LightningDataModule:
-    """The DataModule of a ``dataset`` config group node, with ``seed`` and ``overrides`` applied.
+    dataset_cfg: DictConfig | dict[str, Any], *, seed: int, **overrides: Any
+) -> ClassificationDataModule:
+    """The DataModule of a ``dataset`` preset (its ``_target_`` class, its other keys as
+    arguments), with ``seed`` and ``overrides`` (e.g. an absolute ``root=``) applied.
 
-    Resolves nothing about paths: the caller passes an absolute ``root=``. A keyword the
-    DataModule does not take is a one-line ValueError naming the valid ones.
+    Resolves nothing about paths: the caller passes ``root`` as it should be read. A key the
+    DataModule does not take is a one-line ValueError naming the valid ones; the DataModule's
+    own one-line errors pass through unchanged (not wrapped by Hydra).
     """
-    from omegaconf import OmegaConf
-
-    kwargs = (
-        OmegaConf.to_container(dataset_cfg, resolve=True)
-        if not isinstance(dataset_cfg, dict)
-        else dict(dataset_cfg)
-    )
-    kwargs.update(overrides)
-    kwargs.pop("_target_", None)
-    name = kwargs.pop("name")
+    if isinstance(dataset_cfg, DictConfig):
+        node = OmegaConf.to_container(dataset_cfg, resolve=True)
+    else:
+        node = dict(dataset_cfg)
+    node.update(overrides)
+    node["seed"] = seed
+    label = node.get("name", "?")
+    target = node.get("_target_")
+    if not isinstance(target, str):
+        raise ValueError(
+            f"dataset={label} has no _target_: name its DataModule class, e.g. "
+            "_target_: lightning_modules.data.CIFAR10DataModule (see conf/dataset/)"
+        )
     try:
-        return build_datamodule(name, seed=seed, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"dataset={name}: {e}") from None
+        cls = get_class(target)
+    except Exception:
+        raise ValueError(f"dataset={label}: _target_ {target} is not an importable class") from None
+    params = inspect.signature(cls).parameters
+    unknown = sorted(k for k in node if k != "_target_" and k not in params)
+    if unknown:
+        valid = ", ".join(p for p in params if p != "seed")
+        raise ValueError(
+            f"dataset={label}: {cls.__name__} takes no {', '.join(unknown)}; valid keys: {valid}"
+        )
+    missing = [p.name for p in params.values() if p.default is p.empty and p.name not in node]
+    if missing:
+        raise ValueError(
+            f"dataset={label}: {cls.__name__} needs {', '.join(missing)} "
+            f"(set dataset.{missing[0]}=...)"
+        )
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as err:  # Hydra wraps the constructor's one-line errors
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError, TypeError)):
+            raise err.__cause__ from None
+        raise
+
+
+def build_datamodule(name: str, **kwargs: Any) -> ClassificationDataModule:
+    """Deprecated: the DataModule of preset ``name`` with ``kwargs`` (a ``dataset`` node
+    without ``name``). Kept until ``lightning_modules/builders.py`` calls
+    :func:`instantiate_datamodule`; ``kwargs`` must hold ``_target_``."""
+    seed = kwargs.pop("seed", 0)
+    return instantiate_datamodule({"name": name, **kwargs}, seed=seed)

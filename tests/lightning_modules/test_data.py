@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import pickle
 import shutil
 from pathlib import Path
@@ -11,9 +12,11 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms as T
+from torchvision.datasets import CIFAR10, ImageFolder
 
 from lightning_modules import data
 from lightning_modules.data import (
@@ -27,11 +30,16 @@ from lightning_modules.data import (
     CIFAR100DataModule,
     DigitsDataModule,
     ImageNetDataModule,
-    UnpaddedDistributedSampler,
-    build_datamodule,
     build_eval_transform,
     build_train_transform,
+    instantiate_datamodule,
 )
+from lightning_modules.sampler import UnpaddedDistributedSampler, first_sample_index
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+# The seed-0 digits validation split, as the DataModule drew it before the torchvision rework.
+DIGITS_SEED0_VAL_COUNTS = [45, 46, 44, 46, 45, 46, 45, 45, 43, 45]
+DIGITS_SEED0_VAL_HEAD = [1, 4, 8, 6, 5, 9, 9, 1, 3, 5, 2, 2]
 
 # ------------------------------------------------------------------------------ file writers
 
@@ -228,7 +236,37 @@ def test_cifar10_md5_check_rejects_non_official_files(tmp_path):
     _write_cifar10_pickles(tmp_path)
     with pytest.raises(ValueError) as excinfo:
         CIFAR10DataModule(tmp_path, num_workers=0).setup("validate")
-    _assert_one_line(excinfo, tmp_path / "cifar-10-batches-py" / "test_batch", "check_md5=False")
+    _assert_one_line(excinfo, tmp_path / "cifar-10-batches-py", "md5", "dataset.check_md5=false")
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_cifar10_md5_check_is_torchvisions_over_the_split_files(tmp_path, monkeypatch):
+    """torchvision checks the sums of its own file table, restricted to the split read."""
+    _write_cifar10_pickles(tmp_path, with_train=False)
+    folder = tmp_path / "cifar-10-batches-py"
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
+    meta = {**CIFAR10.meta, "md5": _md5(folder / "batches.meta")}
+    monkeypatch.setattr(CIFAR10, "meta", meta)
+    dm = CIFAR10DataModule(tmp_path, num_workers=0)  # check_md5=True; no training files
+    dm.setup("validate")
+    assert dm.val_set.targets == [7, 0, 3]
+    monkeypatch.setattr(CIFAR10, "meta", {**meta, "md5": "0" * 32})
+    with pytest.raises(ValueError, match="dataset.check_md5=false"):
+        CIFAR10DataModule(tmp_path, num_workers=0).setup("validate")
+
+
+def test_check_md5_key_from_the_preset(tmp_path):
+    _write_cifar10_pickles(tmp_path)
+    cfg = OmegaConf.load(CONF / "cifar10.yaml")
+    with pytest.raises(ValueError, match="dataset.check_md5=false"):
+        instantiate_datamodule(cfg, seed=0, root=str(tmp_path), num_workers=0).setup("validate")
+    cfg.check_md5 = False  # what the command-line override dataset.check_md5=false sets
+    dm = instantiate_datamodule(cfg, seed=0, root=str(tmp_path), num_workers=0)
+    dm.setup("validate")
+    assert len(dm.val_set) == 3 and dm.class_names == list(CIFAR10_CLASSES)
 
 
 def test_cifar10_corrupt_pickle_is_one_line(tmp_path):
@@ -278,11 +316,13 @@ def test_cifar_train_augmentation_is_the_reference_list(tmp_path):
 
 def test_cifar10_reference_folders_label_by_class_directories(tmp_path):
     _write_cifar10_folders(tmp_path)
-    dm = CIFAR10DataModule(tmp_path, num_workers=0, augment=False)
-    assert dm.class_names == ["airplane", "cat", "dog"] and dm.num_classes == 3
+    dm = CIFAR10DataModule(tmp_path, num_workers=0, augment=False, num_classes=3)
+    assert dm.num_classes == 3 and dm.class_names == ["0", "1", "2"]  # until setup reads them
     dm.setup()
+    assert dm.class_names == ["airplane", "cat", "dog"]
+    assert isinstance(dm.train_set, ImageFolder)
     # the stray file sorts first in listdir; with Q25 fixed it takes no index
-    names = [(p.parent.name, p.name, y) for p, y in dm.train_set.samples]
+    names = [(Path(p).parent.name, Path(p).name, y) for p, y in dm.train_set.samples]
     assert names == [
         ("airplane", "img_0.png", 0), ("airplane", "img_1.png", 0),
         ("cat", "img_0.png", 1), ("cat", "img_1.png", 1),
@@ -296,7 +336,7 @@ def test_cifar10_reference_folders_label_by_class_directories(tmp_path):
 
 def test_cifar10_reference_accepts_valid_dir_and_eval_only(tmp_path):
     _write_cifar10_folders(tmp_path, splits=("valid",))
-    dm = CIFAR10DataModule(tmp_path, num_workers=0, layout="reference")
+    dm = CIFAR10DataModule(tmp_path, num_workers=0, layout="reference", num_classes=3)
     dm.setup("validate")
     assert dm.val_set.targets == [0, 1, 2]
 
@@ -306,10 +346,10 @@ def test_cifar100_csv_layout_sorted_by_filename_and_skips_unlabelled(tmp_path):
     dm = CIFAR100DataModule(tmp_path, num_workers=0, augment=False)
     assert dm.num_classes == 100 and dm.class_names == list(CIFAR100_CLASSES)
     dm.setup()
-    assert [(p.name, y) for p, y in dm.train_set.samples] == [
+    assert [(Path(p).name, y) for p, y in dm.train_set.samples] == [
         ("1.jpg", 11), ("10.jpg", 99), ("2.jpg", 22), ("3.jpg", 33),
     ]  # fmt: skip
-    assert [(p.name, y) for p, y in dm.val_set.samples] == [("4.jpg", 44), ("5.jpg", 55)]
+    assert [(Path(p).name, y) for p, y in dm.val_set.samples] == [("4.jpg", 44), ("5.jpg", 55)]
     images, targets = next(iter(dm.val_dataloader()))
     assert images.shape == (2, 3, 32, 32) and targets.dtype == torch.int64
 
@@ -336,10 +376,10 @@ def test_cifar100_csv_label_out_of_range(tmp_path):
 @pytest.mark.parametrize("val_name", ["valid", "val"])
 def test_imagenet_folders_and_direct_resize(tmp_path, val_name):
     _write_imagenet(tmp_path, val_name)
-    dm = ImageNetDataModule(tmp_path, num_workers=0, augment=False)
-    assert dm.class_names == ["n01440764", "n01443537"] and dm.num_classes == 2
-    assert dm.image_size == 224 and dm.in_channels == 3
+    dm = ImageNetDataModule(tmp_path, num_workers=0, augment=False, num_classes=2)
+    assert dm.num_classes == 2 and dm.image_size == 224 and dm.in_channels == 3
     dm.setup()
+    assert dm.class_names == ["n01440764", "n01443537"]
     assert dm.train_set.targets == [0, 0, 1, 1]
     images, targets = next(iter(dm.val_dataloader()))
     assert images.shape == (2, 3, 224, 224) and targets.tolist() == [0, 1]
@@ -350,7 +390,7 @@ def test_imagenet_folders_and_direct_resize(tmp_path, val_name):
 
 def test_imagenet_center_crop_option(tmp_path):
     _write_imagenet(tmp_path)
-    dm = ImageNetDataModule(tmp_path, num_workers=0, center_crop=True)
+    dm = ImageNetDataModule(tmp_path, num_workers=0, center_crop=True, num_classes=2)
     dm.setup("validate")
     steps = dm.val_set.transform.transforms
     assert [type(t) for t in steps] == [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
@@ -364,7 +404,7 @@ def test_imagenet_center_crop_option(tmp_path):
 
 def test_imagenet_train_augmentation_uses_origin_and_input_sizes(tmp_path):
     _write_imagenet(tmp_path)
-    dm = ImageNetDataModule(tmp_path, num_workers=0, batch_size=4)
+    dm = ImageNetDataModule(tmp_path, num_workers=0, batch_size=4, num_classes=2)
     images, targets = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 224, 224) and sorted(targets.tolist()) == [0, 0, 1, 1]
     steps = dm.train_set.transform.transforms
@@ -380,8 +420,8 @@ def test_imagenet_train_augmentation_uses_origin_and_input_sizes(tmp_path):
 )
 def test_missing_root_is_one_line_after_a_working_init(tmp_path, cls):
     root = tmp_path / "nowhere"
-    dm = cls(root, num_workers=0)  # the builder reads the head size before setup
-    assert dm.num_classes == len(dm.class_names) > 0
+    dm = cls(root, num_workers=0)  # the preset's sizes are known before setup
+    assert dm.num_classes == len(dm.class_names) in (10, 100, 1000)
     with pytest.raises(FileNotFoundError) as excinfo:
         dm.setup()
     _assert_one_line(excinfo, root, "expected", "dataset.root")
@@ -390,15 +430,14 @@ def test_missing_root_is_one_line_after_a_working_init(tmp_path, cls):
 def test_cifar10_missing_split_folder(tmp_path):
     _write_cifar10_folders(tmp_path, splits=("train",))
     with pytest.raises(FileNotFoundError) as excinfo:
-        CIFAR10DataModule(tmp_path, num_workers=0).setup("validate")
+        CIFAR10DataModule(tmp_path, num_workers=0, num_classes=3).setup("validate")
     _assert_one_line(excinfo, tmp_path, "test/")
 
 
 def test_imagenet_missing_split_folder(tmp_path):
     _write_imagenet(tmp_path)
     shutil.rmtree(tmp_path / "valid")
-    dm = ImageNetDataModule(tmp_path, num_workers=0)
-    assert dm.num_classes == 2  # from train/
+    dm = ImageNetDataModule(tmp_path, num_workers=0, num_classes=2)
     with pytest.raises(FileNotFoundError) as excinfo:
         dm.setup("validate")
     _assert_one_line(excinfo, tmp_path, "valid/ or val/")
@@ -414,20 +453,130 @@ def test_empty_class_folder_set(tmp_path):
 
 def test_unrecognised_layout(tmp_path):
     (tmp_path / "images").mkdir()
-    for cls in (CIFAR10DataModule, CIFAR100DataModule):
-        with pytest.raises(ValueError) as excinfo:
+    for cls in (CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule):
+        with pytest.raises(FileNotFoundError) as excinfo:
             cls(tmp_path, num_workers=0).setup()
-        _assert_one_line(excinfo, tmp_path, "unrecognised", "expected")
+        _assert_one_line(excinfo, f"not found at {tmp_path}:", "expected", "set dataset.root=DIR")
     with pytest.raises(ValueError) as excinfo:
         CIFAR10DataModule(tmp_path, layout="folders")
-    _assert_one_line(excinfo, "auto, torchvision, reference")
+    _assert_one_line(excinfo, "dataset.layout", "auto, torchvision, reference")
 
 
-def test_build_datamodule():
-    assert isinstance(build_datamodule("digits", batch_size=8), DigitsDataModule)
+# ----------------------------------------------------------- bad input, caught in setup()
+
+
+def test_class_count_differs_from_the_preset(tmp_path):
+    """7 class folders under a cifar10 root: the data is named, not the checkpoint's head."""
+    for k in range(7):
+        _png(tmp_path / "test" / CIFAR10_CLASSES[k] / "a.png", k)
+    cfg = OmegaConf.load(CONF / "cifar10.yaml")
+    dm = instantiate_datamodule(cfg, seed=0, root=str(tmp_path), num_workers=0)
+    assert dm.num_classes == 10
     with pytest.raises(ValueError) as excinfo:
-        build_datamodule("mnist")
-    _assert_one_line(excinfo, "'mnist'", "cifar10, cifar100, digits, imagenet")
+        dm.setup("validate")
+    _assert_one_line(
+        excinfo, tmp_path, "7 class folders", "dataset=cifar10 expects 10", "dataset.num_classes=7"
+    )
+    dm = instantiate_datamodule(cfg, seed=0, root=str(tmp_path), num_workers=0, num_classes=7)
+    dm.setup("validate")
+    assert dm.class_names == list(CIFAR10_CLASSES[:7]) and dm.val_set.targets == list(range(7))
+
+
+def test_class_count_of_the_pickles_meta(tmp_path):
+    _write_cifar100_pickles(tmp_path)
+    meta = {"fine_label_names": list(CIFAR100_CLASSES[:20]), "coarse_label_names": ["c"] * 20}
+    _pickle(tmp_path / "cifar-100-python" / "meta", meta)
+    with pytest.raises(ValueError) as excinfo:
+        CIFAR100DataModule(tmp_path, num_workers=0, check_md5=False).setup("validate")
+    _assert_one_line(excinfo, "meta", "20 class names", "expects 100", "dataset.num_classes=20")
+
+
+def test_imagenet_class_count(tmp_path):
+    _write_imagenet(tmp_path)
+    with pytest.raises(ValueError) as excinfo:
+        ImageNetDataModule(tmp_path, num_workers=0).setup("validate")
+    _assert_one_line(excinfo, "2 class folders", "dataset=imagenet expects 1000")
+
+
+def test_root_one_level_too_shallow_suggests_the_folder(tmp_path):
+    """root/CIFAR10/cifar-10-batches-py exists: dataset.root=root is one level off."""
+    _write_cifar10_pickles(tmp_path / "CIFAR10", with_train=False)
+    (tmp_path / "README.txt").write_text("not a dataset")
+    with pytest.raises(FileNotFoundError) as excinfo:
+        CIFAR10DataModule(tmp_path, num_workers=0, check_md5=False).setup("validate")
+    _assert_one_line(excinfo, f"did you mean dataset.root={tmp_path / 'CIFAR10'}?")
+    _write_imagenet(tmp_path / "imagenet")
+    with pytest.raises(FileNotFoundError) as excinfo:
+        ImageNetDataModule(tmp_path, num_workers=0, num_classes=2).setup("validate")
+    _assert_one_line(excinfo, f"did you mean dataset.root={tmp_path / 'imagenet'}?")
+
+
+def test_root_one_level_too_deep_suggests_the_parent(tmp_path):
+    _write_cifar10_folders(tmp_path, splits=("train", "test"))
+    with pytest.raises(FileNotFoundError) as excinfo:
+        CIFAR10DataModule(tmp_path / "test", num_workers=0).setup("validate")
+    _assert_one_line(excinfo, f"did you mean dataset.root={tmp_path}?")
+    _write_cifar100_csv_layout(tmp_path / "c100")
+    with pytest.raises(FileNotFoundError) as excinfo:
+        CIFAR100DataModule(tmp_path / "c100" / "test_images", num_workers=0).setup("validate")
+    _assert_one_line(excinfo, f"did you mean dataset.root={tmp_path / 'c100'}?")
+
+
+def test_torchvision_folder_itself_is_accepted_as_root(tmp_path):
+    _write_cifar10_pickles(tmp_path, with_train=False)
+    dm = CIFAR10DataModule(tmp_path / "cifar-10-batches-py", num_workers=0, check_md5=False)
+    dm.setup("validate")
+    assert dm.val_set.targets == [7, 0, 3]
+
+
+# ------------------------------------------------------------------- presets and instantiate
+
+
+@pytest.mark.parametrize("preset", ["digits", "cifar10", "cifar100", "imagenet"])
+def test_presets_instantiate_by_target(tmp_path, preset):
+    cfg = OmegaConf.load(CONF / f"{preset}.yaml")
+    root = {} if preset == "digits" else {"root": str(tmp_path)}
+    dm = instantiate_datamodule(cfg, seed=3, **root)
+    assert type(dm).__name__ == cfg._target_.rsplit(".", 1)[1]
+    assert dm.name == preset and dm.seed == 3 and dm.batch_size == cfg.batch_size
+    assert dm.val_batch_size == cfg.val_batch_size
+    assert dm.num_classes == cfg.get("num_classes", 10) == len(dm.class_names)
+    if preset != "digits":
+        assert dm.root == tmp_path
+
+
+def test_instantiate_bad_keyword_is_one_line(tmp_path):
+    cfg = OmegaConf.load(CONF / "cifar10.yaml")
+    with pytest.raises(ValueError) as excinfo:
+        instantiate_datamodule(cfg, seed=0, root=str(tmp_path), check_md6=False)
+    _assert_one_line(excinfo, "dataset=cifar10", "check_md6", "valid keys:", "check_md5")
+    with pytest.raises(ValueError) as excinfo:  # the constructor's own error, not Hydra's
+        instantiate_datamodule(cfg, seed=0, root=str(tmp_path), batch_size=0)
+    message = _assert_one_line(excinfo, "dataset.batch_size must be a positive int, got 0")
+    assert "Error in call" not in message
+    del cfg.root
+    with pytest.raises(ValueError) as excinfo:
+        instantiate_datamodule(cfg, seed=0)
+    _assert_one_line(excinfo, "needs root", "dataset.root=")
+    with pytest.raises(ValueError) as excinfo:
+        instantiate_datamodule({"name": "mnist"}, seed=0)
+    _assert_one_line(excinfo, "dataset=mnist has no _target_")
+
+
+def test_instantiate_passes_plain_dicts_and_overrides():
+    dm = instantiate_datamodule(
+        {"_target_": "lightning_modules.data.DigitsDataModule", "batch_size": 8}, seed=1
+    )
+    assert isinstance(dm, DigitsDataModule) and dm.batch_size == 8 and dm.seed == 1
+
+
+def test_digits_split_is_pinned_for_seed_0():
+    """The split `python simulate.py` evaluates (99.33 %): its size and first indices."""
+    dm = DigitsDataModule()
+    dm.setup("validate")
+    labels = dm.val_set.tensors[1]
+    assert len(labels) == 450 and torch.bincount(labels).tolist() == DIGITS_SEED0_VAL_COUNTS
+    assert labels[:12].tolist() == DIGITS_SEED0_VAL_HEAD
 
 
 # ------------------------------------------------------------------------------ distribution
@@ -463,11 +612,14 @@ def test_unpadded_sampler_validates_arguments():
 def test_distributed_loaders(monkeypatch):
     dm = DigitsDataModule(val_batch_size=100)
     dm.setup()
+    assert first_sample_index(dm.val_dataloader()) == 0  # not distributed
     world, seen = 3, []
     for rank in range(world):
-        monkeypatch.setattr(data, "_distributed_rank_world", lambda r=rank: (r, world))
+        monkeypatch.setattr(data, "rank_and_world", lambda r=rank: (r, world))
         val_loader = dm.val_dataloader()
         assert isinstance(val_loader.sampler, UnpaddedDistributedSampler)
+        # whole batches of consecutive samples; the rank's first global index is known
+        assert first_sample_index(val_loader) == len(seen)
         batches = [y for _, y in val_loader]
         assert all(len(y) == 100 for y in batches[:-1])
         seen.extend(torch.cat(batches).tolist())
@@ -476,6 +628,14 @@ def test_distributed_loaders(monkeypatch):
         assert train_sampler.shuffle and train_sampler.seed == dm.seed
         assert (train_sampler.rank, train_sampler.num_replicas) == (rank, world)
     assert seen == dm.val_set.tensors[1].tolist()  # every sample once, in file order
+
+
+def test_first_sample_index_refuses_shuffled_loaders():
+    loader = DataLoader(list(range(10)), shuffle=True)
+    with pytest.raises(ValueError, match="RandomSampler does not yield consecutive samples"):
+        first_sample_index(loader)
+    sharded = DataLoader(list(range(10)), sampler=UnpaddedDistributedSampler(10, 2, 1, 3))
+    assert first_sample_index(sharded) == 6 and list(sharded.sampler) == [6, 7, 8, 9]
 
 
 def test_transform_builders():
