@@ -26,7 +26,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SCANNED_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".c", ".h", ".csv", ".toml", ".cfg", ".txt"}
 SKIPPED_DIRS = ("docs/", "tests/data/")
-SKIPPED_PARTS = {".git", "outputs", "checkpoints", "__pycache__", ".venv", "build", "dist"}
+SKIPPED_PARTS = {
+    ".git",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".venv",
+    "__pycache__",
+    "build",
+    "checkpoints",
+    "dist",
+    "lightning_logs",
+    "multirun",
+    "outputs",
+}
+"""Folders skipped when there is no git to list the files (build outputs, caches, runs)."""
 
 SECTION = r"\d+(?:\.\d+)*"
 _SIGN = "\u00a7"  # the section sign, spelled so this file cites nothing itself
@@ -109,7 +122,9 @@ def scanned_files(root: Path = ROOT) -> list[Path]:
         listed = [
             str(p.relative_to(root))
             for p in root.rglob("*")
-            if p.is_file() and not SKIPPED_PARTS & set(p.relative_to(root).parts)
+            if p.is_file()
+            and not SKIPPED_PARTS & set(p.relative_to(root).parts)
+            and not any(part.endswith(".egg-info") for part in p.relative_to(root).parts)
         ]
     files = []
     for rel in listed:
@@ -141,6 +156,19 @@ def test_every_citation_in_the_repository_resolves_to_a_docs_heading():
     assert any(p.name == "README.md" for p in files) and any(p.suffix == ".yaml" for p in files)
     bad = unresolved(files, set(anchors()))
     assert not bad, "citations without a heading in docs/:\n" + "\n".join(bad)
+
+
+def test_without_git_the_tree_is_walked(monkeypatch, tmp_path):
+    for rel in ("README.md", "pkg/mod.py", "conf/a.yaml", "outputs/run/x.md", "docs/b.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("text\n")
+
+    def no_git(*args, **kwargs):
+        raise OSError("git not found")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    found = sorted(str(p.relative_to(tmp_path)) for p in scanned_files(tmp_path))
+    assert found == ["README.md", "conf/a.yaml", "pkg/mod.py"]
 
 
 def test_docs_give_every_spec_section_and_quirk_exactly_one_heading():
