@@ -411,7 +411,7 @@ class _ImageDataModule(ClassificationDataModule):
                 return path
         return None
 
-    def _adopt_classes(self, found: Sequence[str], where: Path, what: str) -> None:
+    def _take_classes(self, found: Sequence[str], where: Path, what: str) -> None:
         """Checks the classes on disk against ``num_classes`` and takes their names."""
         if len(found) != self.num_classes:
             raise ValueError(
@@ -435,7 +435,7 @@ class _ImageDataModule(ClassificationDataModule):
         expected = f"{split_dir}/<class>/<image>"
         if not classes:
             raise FileNotFoundError(f"no class folders in {split_dir}: expected {expected}")
-        self._adopt_classes(classes, self.root, "class folders")
+        self._take_classes(classes, self.root, "class folders")
         dataset = ClassFolders(split_dir, classes, transform=self._transform(train))
         if not dataset.samples:
             raise FileNotFoundError(
@@ -453,6 +453,7 @@ class _ImageDataModule(ClassificationDataModule):
 class _CIFARDataModule(_ImageDataModule):
     """Shared CIFAR logic: torchvision's pickles or the reference layout (see subclasses)."""
 
+    _default_name: str
     _dataset_cls: type[CIFARSplit10] | type[CIFARSplit100]
     _torchvision_dir: str
     _layouts = ("auto", "torchvision", "reference")
@@ -490,8 +491,6 @@ class _CIFARDataModule(_ImageDataModule):
             )
         self.layout = layout
         self.check_md5 = check_md5
-
-    _default_name: str
 
     def _layout_at(self, path: Path) -> str | None:
         torchvision = (path / self._torchvision_dir).is_dir() or path.name == self._torchvision_dir
@@ -542,7 +541,7 @@ class _CIFARDataModule(_ImageDataModule):
                 f"{_one_line(err)}; expected torchvision's {self._torchvision_dir}/ format"
             ) from None
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in dataset.classes]
-        self._adopt_classes(names, folder / cls.meta["filename"], "class names")
+        self._take_classes(names, folder / cls.meta["filename"], "class names")
         _check_labels(dataset.targets, self.num_classes, folder)
         return dataset
 

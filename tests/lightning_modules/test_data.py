@@ -99,6 +99,7 @@ def _write_cifar10_folders(root: Path, splits=("train", "test")) -> None:
         (root / split / "0_stray.txt").write_text("sorts first; must not take label 0")
         (root / split / ".hidden").mkdir()
         (root / split / "cat" / "notes.txt").write_text("not an image")
+        (root / split / "cat" / "._img_0.png").write_bytes(b"macOS metadata, hidden")
 
 
 def _write_cifar100_csv_layout(root: Path) -> None:
