@@ -1,0 +1,537 @@
+"""What a macro costs: operation counts and energy per sample, from layer shapes (spec §12).
+
+The model describes the *macro*, not the simulation: counts come from the layer shapes, the
+tiling (spec §3) and the cycle plan (§4-§8), never from the engine's shortcuts, so a lossless
+run and a lossy one with the same shapes report the same counts. Per ACiM layer and per sample:
+
+* ``adc_conversions``: one per (tile, weight bit, analog cycle, output element); ``K`` per
+  voted cycle (majority voting, §8.2); none for hybrid digital cycles (§6). The weight-parallel
+  mode (§8.3) converts once per output element (``weight_parallel_adc="output"``) or once per
+  (tile, weight bit, cycle, output) (``"per_cycle"``).
+* ``digital_partial_sums``: hybrid MSB cycles computed digitally, per (tile, weight bit, cycle,
+  output element).
+* ``array_cycles``: array activations, one per (tile, input cycle, input vector); a cycle with
+  voted conversions is evaluated ``K`` times. All output columns of a tile (outputs x weight
+  bits) compute in the same activation.
+* ``binary_macs``: 1-bit products in the cells: weight bits x input bits x mapped rows x outputs
+  (x ``K`` in voted cycles). Channels dropped by the reference tiling (Q1) are not mapped.
+* ``row_activations``: input-driver pulses, one per mapped row per array activation.
+* ``shift_adds``: digital shift-and-add of one partial sum (converted or hybrid-digital).
+* ``digital_macs``: MACs of always-digital layers (``digital=True``, the reference's
+  ``QuantConv2d`` first layer); the other fields are 0 for them.
+
+Energy (``energy_pj``, ``energy_breakdown_pj``) applies the per-operation energies of a
+:class:`CostConfig`; the default is ZigZag-IMC's 28 nm charge-domain AIMC model with digital
+adds from Horowitz (ISSCC 2014). Only the macro is modelled: no weight loading, no buffers or
+off-macro data movement, no float layers left outside the macro. Published models spread about
+10x, so compare designs with one preset rather than quoting absolute numbers.
+
+Plain PyTorch::
+
+    from asim import CostConfig, estimate_cost
+    report = estimate_cost(acim_model, example_batch)        # one forward, inference mode
+    report.totals["energy_pj"], report.to_dict()["cost_layers"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import MacroConfig, NoiseConfig, WeightParallelADC
+from .engine import activation_cycles, linear_tiles
+from .layers import ACiMConv2d, ACiMLayer, ACiMLinear, ACiMMultiheadAttention
+from .layers.conv import conv_tiles
+
+try:  # the engine's cycle plan: one source of truth for the hybrid and voting rules
+    from .engine import build_plan as _build_plan
+    from .engine.plan import NOISY as _NOISY
+    from .engine.plan import VOTED as _VOTED
+except ImportError:  # pragma: no cover - the spec's rule below stands in
+    _build_plan = None
+
+_PROBE = NoiseConfig(rand_sigma=1.0)
+"""Any read-out noise: planned with it, every analog conversion is NOISY or VOTED and every
+hybrid digital one is not (the plan of a noise-free macro cannot tell them apart, Q4)."""
+
+__all__ = [
+    "COUNT_FIELDS",
+    "ENERGY_KEYS",
+    "CostConfig",
+    "CostRecorder",
+    "CostReport",
+    "estimate_cost",
+]
+
+COUNT_FIELDS = (
+    "adc_conversions",
+    "digital_partial_sums",
+    "array_cycles",
+    "binary_macs",
+    "row_activations",
+    "shift_adds",
+    "digital_macs",
+)
+"""Operation counts reported per sample, for every layer and in total."""
+
+ENERGY_KEYS = ("adc", "array", "input", "hybrid", "shift_add", "vote", "digital")
+"""Keys of ``energy_breakdown_pj``: ADC conversions, bit-line evaluation of the cells, input
+drivers, hybrid digital partial sums, shift-and-add, majority-vote logic, digital layers."""
+
+
+@dataclass
+class CostConfig:
+    """Per-operation energies of the cost model (the ``cost`` config group's schema).
+
+    Analog terms are capacitances switched at ``vdd`` (energy = C * VDD^2; 1 fF at 1 V is
+    1 fJ); digital terms are energies in pJ. Defaults: ZigZag-IMC's AIMC model at 28 nm
+    (KULeuven-MICAS/zigzag-imc, ``AimcArray``/``ImcUnit.TECH_PARAM_28NM``) and Horowitz,
+    "Computing's energy problem", ISSCC 2014 (45 nm) for digital arithmetic.
+    """
+
+    name: str = "zigzag_28nm"
+    """Label of the energy set, shown in reports."""
+    vdd: float = 0.9
+    """Supply voltage in V (ZigZag-IMC 28 nm: 0.9 V)."""
+    adc_linear_fF: float = 100.0
+    """ADC energy, linear term: fF * VDD^2 per conversion per ADC bit. A B-bit conversion
+    costs ``(adc_linear_fF * B + adc_exponential_fF * 4^B) * VDD^2`` (ZigZag-IMC: 100 fF)."""
+    adc_exponential_fF: float = 0.001
+    """ADC energy, exponential term: fF * VDD^2 per conversion per 4^B (ZigZag-IMC: 0.001 fF)."""
+    input_fF_per_bit: float = 50.0
+    """Input driver (DAC) energy: fF * VDD^2 per mapped row per array activation per input bit
+    applied in that cycle (ZigZag-IMC: 50 fF per bit)."""
+    binary_input_driver: bool = True
+    """Whether 1-bit input cycles pay ``input_fF_per_bit`` too. False follows ZigZag-IMC, whose
+    DAC costs nothing at 1 bit per cycle (a plain word-line pulse)."""
+    bitline_fF: float = 0.35
+    """Bit-line energy: fF * VDD^2 per cell of a column (``nrow`` cells) per analog evaluation of
+    one weight bit's column (ZigZag-IMC: half a 28 nm NAND2 input, 0.35 fF)."""
+    shift_add_pj: float = 0.1
+    """Digital shift-and-add of one partial sum into its output, pJ (Horowitz: 32-bit integer
+    add, 0.1 pJ at 45 nm)."""
+    hybrid_pj_per_row: float = 0.0075
+    """Digital partial sum of a hybrid cycle, pJ per row of the column (``nrow`` rows): a
+    popcount adder tree of about 2 one-bit full adders per row, each 1/8 of Horowitz's 8-bit
+    add (0.03 pJ)."""
+    vote_pj_per_compare: float = 0.03
+    """Majority vote of K codes: K(K-1)/2 code comparisons per voted partial sum, pJ each
+    (Horowitz: 8-bit add, 0.03 pJ)."""
+    digital_mac_pj: float = 0.3
+    """One MAC of an always-digital layer, pJ (Horowitz: 8-bit multiply 0.2 pJ + 32-bit add
+    0.1 pJ)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise ValueError(f"CostConfig.name={self.name!r} must be a string")
+        if not isinstance(self.binary_input_driver, bool):
+            raise ValueError(
+                f"CostConfig.binary_input_driver={self.binary_input_driver!r} must be true or false"
+            )
+        for f in dataclasses.fields(self):
+            if f.name in ("name", "binary_input_driver"):
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"CostConfig.{f.name}={value!r} must be a number")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"CostConfig.{f.name}={value} must be a finite number >= 0")
+            setattr(self, f.name, float(value))
+        if self.vdd <= 0:
+            raise ValueError(f"CostConfig.vdd={self.vdd} must be > 0 volts")
+
+    def adc_pj(self, bits: int) -> float:
+        """Energy of one ``bits``-bit conversion, pJ."""
+        return self._fF_pj(self.adc_linear_fF * bits + self.adc_exponential_fF * 4.0**bits)
+
+    def _fF_pj(self, farads_f: float) -> float:
+        """fF switched at VDD -> pJ (fF * V^2 = fJ)."""
+        return farads_f * self.vdd**2 / 1000.0
+
+    def replace(self, **changes) -> CostConfig:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+# ------------------------------------------------------------------------------ counting
+@dataclass
+class _Tally:
+    """Counts and energies of one layer, summed over every call (not yet per sample)."""
+
+    counts: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(COUNT_FIELDS, 0)
+    )
+    energy: dict[str, float] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(ENERGY_KEYS, 0.0)
+    )
+
+    def add(self, other: _Tally) -> None:
+        for k, v in other.counts.items():
+            self.counts[k] += v
+        for k, v in other.energy.items():
+            self.energy[k] += v
+
+
+def _pair_kinds(macro: MacroConfig, signed: bool):
+    """Cycles and, per (weight bit i, cycle c), whether it is analog and whether it is voted."""
+    if _build_plan is None:  # pragma: no cover
+        return _spec_kinds(macro, signed)
+    plan = _build_plan(macro, _PROBE, signed)
+    analog = [[m in (_NOISY, _VOTED) for m in row] for row in plan.mode]
+    voted = [[m == _VOTED for m in row] for row in plan.mode]
+    return plan.cycles, analog, voted
+
+
+def _spec_kinds(macro: MacroConfig, signed: bool):
+    """Spec §6/§8.2 directly: analog iff the anti-diagonal distance ``d`` from the MSB x MSB
+    corner is >= hybrid_levels; voted iff ``d < vote_levels`` (used where the engine's plan is
+    not importable; a test checks that both agree)."""
+    cycles = activation_cycles(macro.input_bits, macro.input_enc_bits, signed)
+    w, n = macro.weight_bits, len(cycles)
+    d = [[(w - 1 - i) + (n - 1 - c) for c in range(n)] for i in range(w)]
+    analog = [[x >= macro.hybrid_levels for x in row] for row in d]
+    voted = [[x < macro.vote_levels and macro.vote_samples > 1 for x in row] for row in d]
+    return cycles, analog, voted
+
+
+def _matmul_tally(
+    rows: int,
+    outputs: int,
+    tiles: Sequence[tuple[int, int]],
+    macro: MacroConfig,
+    signed: bool,
+    cost: CostConfig,
+) -> _Tally:
+    """One ``X [rows, R] @ W [R, outputs]`` on ``macro`` with the reduction tiled as ``tiles``."""
+    cycles, analog, voted = _pair_kinds(macro, signed)
+    w, n_cyc, T = macro.weight_bits, len(cycles), len(tiles)
+    K = macro.vote_samples
+    mapped = sum(r1 - r0 for r0, r1 in tiles)  # rows holding weights (Q1: dropped ones not)
+    outs = rows * outputs  # output elements of one tile
+    widths = [len(c.bits) for c in cycles]
+    t = _Tally()
+    c_ = t.counts
+    if macro.weight_parallel:  # spec §8.3: the weight bits are summed in the array
+        evals = T * w * n_cyc * outs
+        reps = [1] * n_cyc
+        per_cycle = macro.weight_parallel_adc == WeightParallelADC.per_cycle
+        c_["adc_conversions"] = evals if per_cycle else outs
+        c_["shift_adds"] = evals if per_cycle else 0
+        voted_sums = 0
+    else:
+        pairs = [(i, c) for i in range(w) for c in range(n_cyc)]
+        n_conv = sum(K if voted[i][c] else 1 for i, c in pairs if analog[i][c])
+        n_digital = sum(1 for i, c in pairs if not analog[i][c])
+        reps = [K if any(voted[i][c] for i in range(w)) else 1 for c in range(n_cyc)]
+        evals = T * outs * n_conv  # analog column evaluations = conversions
+        c_["adc_conversions"] = evals
+        c_["digital_partial_sums"] = T * outs * n_digital
+        c_["shift_adds"] = T * outs * w * n_cyc
+        voted_sums = T * outs * sum(1 for i, c in pairs if voted[i][c])
+    c_["array_cycles"] = T * rows * sum(reps)
+    c_["row_activations"] = mapped * rows * sum(reps)
+    c_["binary_macs"] = w * mapped * outs * sum(r * b for r, b in zip(reps, widths, strict=True))
+    driven_bits = sum(
+        r * b for r, b in zip(reps, widths, strict=True) if b > 1 or cost.binary_input_driver
+    )
+    e = t.energy
+    e["adc"] = c_["adc_conversions"] * cost.adc_pj(macro.adc_bits)
+    e["array"] = evals * macro.nrow * cost._fF_pj(cost.bitline_fF)
+    e["input"] = mapped * rows * driven_bits * cost._fF_pj(cost.input_fF_per_bit)
+    e["hybrid"] = c_["digital_partial_sums"] * macro.nrow * cost.hybrid_pj_per_row
+    e["shift_add"] = c_["shift_adds"] * cost.shift_add_pj
+    e["vote"] = voted_sums * (K * (K - 1) // 2) * cost.vote_pj_per_compare
+    return t
+
+
+def _digital_tally(macs: int, cost: CostConfig) -> _Tally:
+    t = _Tally()
+    t.counts["digital_macs"] = macs
+    t.energy["digital"] = macs * cost.digital_mac_pj
+    return t
+
+
+def _arg(args: tuple, kwargs: dict, index: int, name: str):
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name)
+
+
+def _conv_tallies(layer: ACiMConv2d, args, kwargs, output: Tensor, cost: CostConfig):
+    kh, kw = layer.kernel_size
+    C, O = layer.in_channels, layer.out_channels
+    rows = output.numel() // O  # images x output positions
+    if layer.digital:
+        return [("", _digital_tally(rows * O * (C // layer.groups) * kh * kw, cost))]
+    tiles, _ = conv_tiles(C, kh * kw, layer.macro.nrow, layer.macro.conv_tiling)
+    return [("", _matmul_tally(rows, O, tiles, layer.macro, layer.signed_input, cost))]
+
+
+def _linear_tallies(layer: ACiMLinear, args, kwargs, output: Tensor, cost: CostConfig):
+    x = _arg(args, kwargs, 0, "input")
+    R, O = layer.in_features, layer.out_features
+    rows = x.numel() // R
+    if layer.digital:
+        return [("", _digital_tally(rows * R * O, cost))]
+    tiles = linear_tiles(R, layer.macro.nrow)
+    return [("", _matmul_tally(rows, O, tiles, layer.macro, layer.signed_input, cost))]
+
+
+def _attention_tallies(layer: ACiMMultiheadAttention, args, kwargs, output, cost: CostConfig):
+    """The qkv projection, QK^T and AV of one call (spec §7.2); ``out_proj`` is its own layer."""
+    query = _arg(args, kwargs, 0, "query")
+    key = _arg(args, kwargs, 1, "key")
+    value = _arg(args, kwargs, 2, "value")
+    key = query if key is None else key  # the forward's self-attention defaults
+    value = key if value is None else value
+    C, H = layer.embed_dim, layer.num_heads
+    d = C // H
+    tok = 1 if layer.batch_first else 0  # token dimension
+    B, Nq, Nk = query.shape[1 - tok], query.shape[tok], key.shape[tok]
+    macro = layer.macro
+    if query is key and key is value:
+        projections = [(query.numel() // C, 3 * C)]  # one packed projection
+    else:
+        projections = [(t.numel() // C, C) for t in (query, key, value)]
+    proj, qk, av = _Tally(), _Tally(), _Tally()
+    if layer.digital:
+        for rows, O in projections:
+            proj.add(_digital_tally(rows * C * O, cost))
+        qk.add(_digital_tally(B * H * Nk * d * Nq, cost))
+        av.add(_digital_tally(B * H * Nq * Nk * d, cost))
+    else:
+        for rows, O in projections:
+            proj.add(_matmul_tally(rows, O, linear_tiles(C, macro.nrow), macro, True, cost))
+        m = layer.qk_macro  # k is the activation role (signed), q the weight role
+        qk.add(_matmul_tally(B * H * Nk, Nq, linear_tiles(d, m.nrow), m, True, cost))
+        m = layer.av_macro  # the scores are the activation role (unsigned), v the weight role
+        av.add(_matmul_tally(B * H * Nq, d, linear_tiles(Nk, m.nrow), m, False, cost))
+    return [(".in_proj", proj), (".qk", qk), (".av", av)]
+
+
+def _layer_tallies(layer: ACiMLayer, args, kwargs, output, cost: CostConfig):
+    if isinstance(layer, ACiMMultiheadAttention):
+        return _attention_tallies(layer, args, kwargs, output, cost)
+    if isinstance(layer, ACiMConv2d):
+        return _conv_tallies(layer, args, kwargs, output, cost)
+    if isinstance(layer, ACiMLinear):
+        return _linear_tallies(layer, args, kwargs, output, cost)
+    return None
+
+
+# ------------------------------------------------------------------------------ reports
+def _per_sample(value, n: int):
+    if isinstance(value, int) and value % n == 0:
+        return value // n
+    return value / n
+
+
+def _entry(tally: _Tally, n: int) -> dict:
+    out = {k: _per_sample(v, n) for k, v in tally.counts.items()}
+    breakdown = {k: v / n for k, v in tally.energy.items()}
+    out["energy_pj"] = sum(breakdown.values())
+    out["energy_breakdown_pj"] = breakdown
+    return out
+
+
+@dataclass
+class CostReport:
+    """Per-sample cost of a model: ``layers`` (dicts ``{name, <fields>}``) and ``totals``.
+
+    Every count in :data:`COUNT_FIELDS`, ``energy_pj`` and ``energy_breakdown_pj`` (keys
+    :data:`ENERGY_KEYS`, pJ) is per sample; ``energy_pj`` is the sum of the breakdown.
+    """
+
+    layers: list[dict]
+    totals: dict
+    num_samples: int
+    cost: CostConfig
+
+    @classmethod
+    def from_tallies(
+        cls, tallies: dict[str, _Tally], num_samples: int, cost: CostConfig
+    ) -> CostReport:
+        if not (isinstance(num_samples, int) and num_samples >= 1):
+            raise ValueError(f"num_samples={num_samples!r} must be a positive integer")
+        total = _Tally()
+        for t in tallies.values():
+            total.add(t)
+        layers = [{"name": name, **_entry(t, num_samples)} for name, t in tallies.items()]
+        return cls(layers, _entry(total, num_samples), num_samples, cost)
+
+    def to_dict(self) -> dict:
+        """``{"cost": totals, "cost_layers": [{"name": ..., ...}, ...]}`` for results.json."""
+        return {"cost": dict(self.totals), "cost_layers": [dict(x) for x in self.layers]}
+
+    def table(self) -> str:
+        """Per-layer conversions and energy per sample, as aligned text."""
+        rows = [
+            (x["name"], x["adc_conversions"], x["digital_macs"], x["energy_pj"])
+            for x in self.layers
+        ]
+        rows.append(
+            (
+                "total",
+                self.totals["adc_conversions"],
+                self.totals["digital_macs"],
+                self.totals["energy_pj"],
+            )
+        )
+        width = max(len("layer"), *(len(r[0]) for r in rows))
+        lines = [
+            f"{'layer':<{width}}  {'ADC conv./sample':>17}  {'digital MACs':>13}  "
+            f"{'energy/sample':>14}  ({self.cost.name})"
+        ]
+        for name, conv, macs, energy in rows:
+            lines.append(f"{name:<{width}}  {conv:>17,.0f}  {macs:>13,.0f}  {_fmt_pj(energy):>14}")
+        return "\n".join(lines)
+
+
+def _fmt_pj(pj: float) -> str:
+    for unit, scale in (("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
+        if pj >= scale:
+            return f"{pj / scale:.3f} {unit}"
+    return f"{pj:.3f} pJ"
+
+
+class CostRecorder:
+    """Counts the macro operations of every ACiM layer call while active (forward hooks).
+
+    Use it around any forwards (a real simulation or one example batch), then ask for the
+    per-sample report::
+
+        with CostRecorder(model, cost) as rec:
+            model(batch)
+        report = rec.report(num_samples=batch.shape[0])
+
+    Counts follow only the input shapes, so the layers' mode and noise do not change them.
+    """
+
+    def __init__(self, model: nn.Module, cost: CostConfig | None = None):
+        if cost is not None and not isinstance(cost, CostConfig):
+            raise TypeError(f"cost must be an asim.CostConfig, got {type(cost).__name__}")
+        self.model = model
+        self.cost = cost or CostConfig()
+        self.tallies: dict[str, _Tally] = {}
+        self._handles: list = []
+        self._rank: dict[str, int] = {}  # report order: the model's module order
+
+    def __enter__(self) -> CostRecorder:
+        for name, module in self.model.named_modules():
+            self._rank[name or type(module).__name__] = len(self._rank)
+            if isinstance(module, ACiMLayer):
+                self._handles.append(
+                    module.register_forward_hook(
+                        self._hook(name or type(module).__name__), with_kwargs=True
+                    )
+                )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _hook(self, name: str):
+        def hook(module, args, kwargs, output):
+            out = output[0] if isinstance(output, tuple) else output
+            parts = _layer_tallies(module, args, kwargs, out, self.cost)
+            if parts is None:
+                warnings.warn(
+                    f"asim.cost: no cost model for {type(module).__name__} ({name}); "
+                    "it is left out of the report",
+                    stacklevel=2,
+                )
+                return
+            for suffix, tally in parts:
+                self.tallies.setdefault(name + suffix, _Tally()).add(tally)
+            order = sorted(self.tallies, key=lambda n: self._rank.get(n, self._rank[name]))
+            self.tallies = {n: self.tallies[n] for n in order}
+
+        return hook
+
+    def reset(self) -> None:
+        """Forget the counts recorded so far."""
+        self.tallies = {}
+
+    def report(self, num_samples: int) -> CostReport:
+        """Per-sample report over everything recorded; ``num_samples`` samples were run."""
+        if not self.tallies:
+            raise ValueError(
+                "CostRecorder recorded no ACiM layer call: run the model inside "
+                "`with recorder:` (is it converted with asim.convert_to_acim?)"
+            )
+        return CostReport.from_tallies(self.tallies, num_samples, self.cost)
+
+
+def _first_tensor(obj) -> Tensor | None:
+    if isinstance(obj, Tensor):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        for o in obj:
+            t = _first_tensor(o)
+            if t is not None:
+                return t
+    if isinstance(obj, dict):
+        return _first_tensor(list(obj.values()))
+    return None
+
+
+def estimate_cost(
+    model: nn.Module,
+    example_input,
+    cost: CostConfig | None = None,
+    *,
+    num_samples: int | None = None,
+) -> CostReport:
+    """The per-sample cost of ``model`` on ``example_input`` (one forward pass).
+
+    The forward runs without gradients, with every non-digital ACiM layer temporarily in
+    ``"inference"`` mode (fast integer MACs; counts depend only on shapes) and the model in
+    eval mode; modes, training flags, noise-aware perturbations and torch's RNG state are
+    restored afterwards, so the model is left exactly as it was.
+
+    Args:
+        model: a model with ACiM layers (see :func:`asim.convert_to_acim`).
+        example_input: a tensor, or a tuple/list of positional arguments of ``model``.
+        cost: per-operation energies (default :class:`CostConfig`).
+        num_samples: samples in ``example_input``; default its first tensor's first dim.
+    """
+    args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    if num_samples is None:
+        first = _first_tensor(args)
+        if first is None or first.dim() == 0:
+            raise ValueError(
+                "estimate_cost: cannot tell the batch size from example_input; pass num_samples=N"
+            )
+        num_samples = int(first.shape[0])
+    layers = [m for m in model.modules() if isinstance(m, ACiMLayer)]
+    saved = [(m, m.mode, m.trim_noise, getattr(m, "attn_trim_noise", None)) for m in layers]
+    training = [(m, m.training) for m in model.modules()]
+    devices = [t.device for t in args if isinstance(t, Tensor) and t.device.type == "cuda"]
+    try:
+        for m in layers:
+            if not m.digital:
+                m.mode = "inference"
+            m.trim_noise = 0.0
+            if hasattr(m, "attn_trim_noise"):
+                m.attn_trim_noise = 0.0
+        model.eval()
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            with CostRecorder(model, cost) as rec:
+                model(*args)
+    finally:
+        for m, mode, trim, attn_trim in saved:
+            m.mode = mode
+            m.trim_noise = trim
+            if attn_trim is not None:
+                m.attn_trim_noise = attn_trim
+        for m, flag in training:
+            m.training = flag
+    return rec.report(num_samples)
