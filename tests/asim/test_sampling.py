@@ -300,7 +300,8 @@ def test_vote_c_equals_torch_and_brute_force_mode(clib, K):
     codes = torch.randint(0, 4, (K, n), generator=g, dtype=torch.int32)
     mine = vote_codes(codes)
     c = torch.empty(n, dtype=torch.int32)
-    clib.t_vote(_ptr(codes.t().contiguous()), K, _ptr(c), ctypes.c_int64(n))
+    rows = codes.t().contiguous()  # [n, K]; kept alive during the call
+    clib.t_vote(_ptr(rows), K, _ptr(c), ctypes.c_int64(n))
     assert torch.equal(c, mine)
     for i in range(500):  # brute force: most frequent, then smallest
         col = codes[:, i].tolist()
