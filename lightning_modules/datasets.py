@@ -52,6 +52,8 @@ def class_dirs(path: str | os.PathLike) -> list[str]:
 class ClassFolders(ImageFolder):
     """``root/<class>/<image>`` read with PIL as RGB, sorted by class then file name.
 
+    Only images directly in a class folder count (hidden files and sub-folders are skipped).
+
     Args:
         root: The split folder (e.g. ``.../train``).
         classes: Class names, in label order; None means this folder's sorted class directories.
@@ -66,7 +68,12 @@ class ClassFolders(ImageFolder):
         transform: Callable | None = None,
     ) -> None:
         self._given_classes = None if classes is None else list(classes)
-        super().__init__(root, transform=transform, is_valid_file=is_image_file, allow_empty=True)
+        top = os.path.normpath(os.path.expanduser(root))
+
+        def in_class_folder(path: str) -> bool:  # the reference globs <class>/*, not deeper
+            return is_image_file(path) and os.path.dirname(os.path.dirname(path)) == top
+
+        super().__init__(root, transform=transform, is_valid_file=in_class_folder, allow_empty=True)
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         """The given classes, else the sorted non-hidden sub-directories of ``directory``."""

@@ -100,6 +100,7 @@ def _write_cifar10_folders(root: Path, splits=("train", "test")) -> None:
         (root / split / ".hidden").mkdir()
         (root / split / "cat" / "notes.txt").write_text("not an image")
         (root / split / "cat" / "._img_0.png").write_bytes(b"macOS metadata, hidden")
+        _png(root / split / "cat" / "nested" / "deeper.png", 255)  # not <class>/*.png
 
 
 def _write_cifar100_csv_layout(root: Path) -> None:
