@@ -277,3 +277,17 @@ def test_broken_links_are_reported(tmp_path):
         "[gone](c.md) [bad anchor](b.md#q10-cuda)\n"
     )
     assert broken_links(page) == ["a.md:2: no file c.md", "a.md:2: no heading #q10-cuda in b.md"]
+
+
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+EXAMPLES = [
+    (page.name, i, block)
+    for page in sorted(DOCS.glob("*.md"))
+    for i, block in enumerate(PYTHON_BLOCK.findall(page.read_text(encoding="utf-8")))
+]
+
+
+@pytest.mark.parametrize("page, index, code", EXAMPLES, ids=[f"{p}[{i}]" for p, i, _ in EXAMPLES])
+def test_docs_python_examples_run(page, index, code):
+    """Every ```python block of the docs runs as written (its asserts check the claims)."""
+    exec(compile(code, f"docs/{page}:python[{index}]", "exec"), {"__name__": "__docs__"})
