@@ -260,6 +260,18 @@ def test_cifar10_md5_check_is_torchvisions_over_the_split_files(tmp_path, monkey
         CIFAR10DataModule(tmp_path, num_workers=0).setup("validate")
 
 
+def test_nothing_downloads(tmp_path, monkeypatch):
+    def no_download(self):
+        raise AssertionError("download attempted")
+
+    monkeypatch.setattr(CIFAR10, "download", no_download)
+    _write_cifar10_pickles(tmp_path, with_train=False)
+    dm = CIFAR10DataModule(tmp_path, num_workers=0, check_md5=False)
+    dm.setup("validate")
+    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+        dm.setup("fit")
+
+
 def test_check_md5_key_from_the_preset(tmp_path):
     _write_cifar10_pickles(tmp_path)
     cfg = OmegaConf.load(CONF / "cifar10.yaml")
