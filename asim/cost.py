@@ -420,7 +420,8 @@ class CostRecorder:
         self.cost = cost or CostConfig()
         self.tallies: dict[str, _Tally] = {}
         self._handles: list = []
-        self._rank: dict[str, int] = {}  # report order: the model's module order
+        self._rank: dict[str, int] = {}  # report order: the model's module order, then parts
+        self._order: dict[str, tuple[int, int]] = {}
 
     def __enter__(self) -> CostRecorder:
         for name, module in self.model.named_modules():
@@ -449,16 +450,21 @@ class CostRecorder:
                     stacklevel=2,
                 )
                 return
-            for suffix, tally in parts:
-                self.tallies.setdefault(name + suffix, _Tally()).add(tally)
-            order = sorted(self.tallies, key=lambda n: self._rank.get(n, self._rank[name]))
-            self.tallies = {n: self.tallies[n] for n in order}
+            for part, (suffix, tally) in enumerate(parts):
+                entry = name + suffix
+                if entry not in self.tallies:
+                    self._order[entry] = (self._rank[name], part)
+                    self.tallies[entry] = _Tally()
+                    self.tallies = {
+                        n: self.tallies[n] for n in sorted(self.tallies, key=self._order.get)
+                    }
+                self.tallies[entry].add(tally)
 
         return hook
 
     def reset(self) -> None:
         """Forget the counts recorded so far."""
-        self.tallies = {}
+        self.tallies, self._order = {}, {}
 
     def report(self, num_samples: int) -> CostReport:
         """Per-sample report over everything recorded; ``num_samples`` samples were run."""
@@ -495,7 +501,9 @@ def estimate_cost(
     The forward runs without gradients, with every non-digital ACiM layer temporarily in
     ``"inference"`` mode (fast integer MACs; counts depend only on shapes) and the model in
     eval mode; modes, training flags, noise-aware perturbations and torch's RNG state are
-    restored afterwards, so the model is left exactly as it was.
+    restored afterwards, so the model is left exactly as it was. Only shapes matter: a model
+    built on the meta device (``with torch.device("meta"): ...``) with a meta input gives the
+    same report without allocating any weight.
 
     Args:
         model: a model with ACiM layers (see :func:`asim.convert_to_acim`).

@@ -33,8 +33,12 @@ FJ = 1e-3  # pJ per fJ
 
 @pytest.fixture(scope="module")
 def resnet18():
-    torch.manual_seed(0)
-    return create_model("resnet18", num_classes=10).eval()
+    with torch.device("meta"):  # counts need shapes only: no weights are built
+        return create_model("resnet18", num_classes=10).eval()
+
+
+def _image(size: int = 32) -> torch.Tensor:
+    return torch.empty(1, 3, size, size, device="meta")
 
 
 def _convert_resnet18(model: nn.Module, macro: MacroConfig) -> nn.Module:
@@ -63,7 +67,7 @@ def _one(layer: nn.Module, x: torch.Tensor, cost: CostConfig | None = None) -> d
 
 # ----------------------------------------------------------------------- spec §12.2 (ResNet-18)
 def test_resnet18_w8a8_nrow255_matches_spec_12(resnet18):
-    report = estimate_cost(_convert_resnet18(resnet18, MacroConfig()), torch.randn(1, 3, 32, 32))
+    report = estimate_cost(_convert_resnet18(resnet18, MacroConfig()), _image())
     layers = _layers(report)
     t = report.totals
     assert t["adc_conversions"] == 164_104_064
@@ -87,7 +91,7 @@ def test_resnet18_w8a8_nrow255_matches_spec_12(resnet18):
 
 def test_resnet18_bit_parallel_e2_halves_conv_conversions(resnet18):
     model = _convert_resnet18(resnet18, MacroConfig(input_enc_bits=2))
-    layers = _layers(estimate_cost(model, torch.randn(1, 3, 32, 32)))
+    layers = _layers(estimate_cost(model, _image()))
     convs = sum(x["adc_conversions"] for n, x in layers.items() if n != "fc")
     assert convs == 82_051_072
     # the bit-plane MACs are unchanged by the encoding (spec §5)
@@ -96,10 +100,42 @@ def test_resnet18_bit_parallel_e2_halves_conv_conversions(resnet18):
 
 def test_resnet18_nrow256_drops_channels_as_the_reference(resnet18):
     model = _convert_resnet18(resnet18, MacroConfig(nrow=256))
-    layers = _layers(estimate_cost(model, torch.randn(1, 3, 32, 32)))
+    layers = _layers(estimate_cost(model, _image()))
     assert sum(x["adc_conversions"] for n, x in layers.items() if n != "fc") == 158_334_976
     # layer3.0.conv2: 256 channels, 28 per tile x 9 tiles = 252 mapped (Q1)
     assert layers["layer3.0.conv2"]["binary_macs"] == 64 * 256 * 64 * 252 * 9
+
+
+def test_vit_b32_matches_spec_12():
+    # the example configuration: 9-bit keys and projection inputs, nrow 255, 1000 classes
+    with torch.device("meta"):
+        model = create_model("vit_b_32", num_classes=1000).eval()
+
+    def macro_for(name, module):
+        if name.endswith(".qk") or (
+            isinstance(module, nn.MultiheadAttention) and not name.endswith(".av")
+        ):
+            return MacroConfig(input_bits=9)  # QK keys and the qkv/out projections
+        return None
+
+    model = convert_to_acim(model, MacroConfig(), exclude=["conv_proj"], macro_for=macro_for)
+    report = estimate_cost(model, _image(224))
+    prefix = "encoder.layers.encoder_layer_0."
+    layer = {
+        n.removeprefix(prefix): x["adc_conversions"]
+        for n, x in _layers(report).items()
+        if n.startswith(prefix)
+    }
+    assert layer == {
+        "self_attention.in_proj": 33_177_600,  # qkv 33.2 M
+        "self_attention.qk": 2_160_000,  # 2.16 M
+        "self_attention.av": 2_457_600,  # 2.46 M
+        "self_attention.out_proj": 11_059_200,  # proj 11.1 M
+        "mlp.0": 39_321_600,  # mlp1 39.3 M
+        "mlp.3": 31_948_800,  # mlp2 31.9 M
+    }
+    assert list(layer)[:4] == [f"self_attention.{p}" for p in ("in_proj", "qk", "av", "out_proj")]
+    assert report.totals["adc_conversions"] == pytest.approx(1.44e9, rel=0.005)
 
 
 # ----------------------------------------------------------------------- hand-computed cases
