@@ -38,7 +38,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from torchvision import transforms as T
 
-from .datasets import CIFAR100CSV, CIFARSplit10, CIFARSplit100, ClassFolders, class_dirs
+from .datasets import (
+    IMAGE_EXTENSIONS,
+    CIFAR100CSV,
+    CIFARSplit10,
+    CIFARSplit100,
+    ClassFolders,
+    class_dirs,
+)
 from .sampler import UnpaddedDistributedSampler, first_sample_index, rank_and_world
 
 __all__ = [
@@ -378,10 +385,10 @@ class _ImageDataModule(ClassificationDataModule):
         self.resize_size = image_size if resize_size is None else resize_size
         self.augment = augment
         self.num_classes = num_classes
-        standard = list(self._standard_classes)
-        self.class_names = standard if len(standard) == num_classes else [
-            str(i) for i in range(num_classes)
-        ]  # fmt: skip
+        if len(self._standard_classes) == num_classes:
+            self.class_names = list(self._standard_classes)
+        else:
+            self.class_names = [str(i) for i in range(num_classes)]
 
     # layout ------------------------------------------------------------------------------------
     def _layout_at(self, path: Path) -> str | None:
@@ -440,7 +447,7 @@ class _ImageDataModule(ClassificationDataModule):
         if not dataset.samples:
             raise FileNotFoundError(
                 f"no images in the class folders of {split_dir}: expected {expected} "
-                "(*.png, *.jpg or *.jpeg)"
+                f"({', '.join('*' + e for e in IMAGE_EXTENSIONS)})"
             )
         return dataset
 
