@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 from torchvision import transforms as T
 
 from .datasets import (
-    IMAGE_EXTENSIONS,
     CIFAR100CSV,
+    IMAGE_EXTENSIONS,
     CIFARSplit10,
     CIFARSplit100,
     ClassFolders,
