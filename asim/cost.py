@@ -216,13 +216,13 @@ def _matmul_tally(
     outs = rows * outputs  # output elements of one tile
     widths = [len(c.bits) for c in cycles]
     t = _Tally()
-    c_ = t.counts
+    counts = t.counts
     if macro.weight_parallel:  # spec §8.3: the weight bits are summed in the array
         evals = T * w * n_cyc * outs
         reps = [1] * n_cyc
         per_cycle = macro.weight_parallel_adc == WeightParallelADC.per_cycle
-        c_["adc_conversions"] = evals if per_cycle else outs
-        c_["shift_adds"] = evals if per_cycle else 0
+        counts["adc_conversions"] = evals if per_cycle else outs
+        counts["shift_adds"] = evals if per_cycle else 0
         voted_sums = 0
     else:
         pairs = [(i, c) for i in range(w) for c in range(n_cyc)]
@@ -230,22 +230,24 @@ def _matmul_tally(
         n_digital = sum(1 for i, c in pairs if not analog[i][c])
         reps = [K if any(voted[i][c] for i in range(w)) else 1 for c in range(n_cyc)]
         evals = T * outs * n_conv  # analog column evaluations = conversions
-        c_["adc_conversions"] = evals
-        c_["digital_partial_sums"] = T * outs * n_digital
-        c_["shift_adds"] = T * outs * w * n_cyc
+        counts["adc_conversions"] = evals
+        counts["digital_partial_sums"] = T * outs * n_digital
+        counts["shift_adds"] = T * outs * w * n_cyc
         voted_sums = T * outs * sum(1 for i, c in pairs if voted[i][c])
-    c_["array_cycles"] = T * rows * sum(reps)
-    c_["row_activations"] = mapped * rows * sum(reps)
-    c_["binary_macs"] = w * mapped * outs * sum(r * b for r, b in zip(reps, widths, strict=True))
+    counts["array_cycles"] = T * rows * sum(reps)
+    counts["row_activations"] = mapped * rows * sum(reps)
+    counts["binary_macs"] = (
+        w * mapped * outs * sum(r * b for r, b in zip(reps, widths, strict=True))
+    )
     driven_bits = sum(
         r * b for r, b in zip(reps, widths, strict=True) if b > 1 or cost.binary_input_driver
     )
     e = t.energy
-    e["adc"] = c_["adc_conversions"] * cost.adc_pj(macro.adc_bits)
+    e["adc"] = counts["adc_conversions"] * cost.adc_pj(macro.adc_bits)
     e["array"] = evals * macro.nrow * cost._fF_pj(cost.bitline_fF)
     e["input"] = mapped * rows * driven_bits * cost._fF_pj(cost.input_fF_per_bit)
-    e["hybrid"] = c_["digital_partial_sums"] * macro.nrow * cost.hybrid_pj_per_row
-    e["shift_add"] = c_["shift_adds"] * cost.shift_add_pj
+    e["hybrid"] = counts["digital_partial_sums"] * macro.nrow * cost.hybrid_pj_per_row
+    e["shift_add"] = counts["shift_adds"] * cost.shift_add_pj
     e["vote"] = voted_sums * (K * (K - 1) // 2) * cost.vote_pj_per_compare
     return t
 
