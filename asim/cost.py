@@ -16,13 +16,19 @@ run and a lossy one with the same shapes report the same counts. Per ACiM layer 
 * ``binary_macs``: 1-bit products in the cells: weight bits x input bits x mapped rows x outputs
   (x ``K`` in voted cycles). Channels dropped by the reference tiling (Q1) are not mapped.
 * ``row_activations``: input-driver pulses, one per mapped row per array activation.
-* ``shift_adds``: digital shift-and-add of one partial sum (converted or hybrid-digital).
+* ``shift_adds``: digital shift-and-add of one partial sum (converted or hybrid-digital);
+  none in the weight-parallel ``output`` mode, whose sum is formed before its one conversion.
 * ``digital_macs``: MACs of always-digital layers (``digital=True``, the reference's
   ``QuantConv2d`` first layer); the other fields are 0 for them.
 
 Energy (``energy_pj``, ``energy_breakdown_pj``) applies the per-operation energies of a
 :class:`CostConfig`; the default is ZigZag-IMC's 28 nm charge-domain AIMC model with digital
-adds from Horowitz (ISSCC 2014). Only the macro is modelled: no weight loading, no buffers or
+adds from Horowitz (ISSCC 2014). The terms (:data:`ENERGY_KEYS`): ``adc`` conversions x the
+energy of one ``adc_bits`` conversion; ``array`` analog column evaluations (the conversions;
+every weight bit, tile and cycle in the weight-parallel mode) x ``nrow`` cells x the bit-line
+energy; ``input`` mapped rows x array activations x input bits of the cycle x the driver
+energy; ``hybrid`` digital partial sums x ``nrow`` x the adder-tree energy per row;
+``shift_add``; ``vote`` voted partial sums x K(K-1)/2 comparisons; ``digital`` digital MACs. Only the macro is modelled: no weight loading, no buffers or
 off-macro data movement, no float layers left outside the macro. Published models spread about
 10x, so compare designs with one preset rather than quoting absolute numbers.
 
