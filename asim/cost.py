@@ -28,8 +28,9 @@ energy of one ``adc_bits`` conversion; ``array`` analog column evaluations (the 
 every weight bit, tile and cycle in the weight-parallel mode) x ``nrow`` cells x the bit-line
 energy; ``input`` mapped rows x array activations x input bits of the cycle x the driver
 energy; ``hybrid`` digital partial sums x ``nrow`` x the adder-tree energy per row;
-``shift_add``; ``vote`` voted partial sums x K(K-1)/2 comparisons; ``digital`` digital MACs. Only the macro is modelled: no weight loading, no buffers or
-off-macro data movement, no float layers left outside the macro. Published models spread about
+``shift_add``; ``vote`` voted partial sums x K(K-1)/2 comparisons; ``digital`` digital MACs.
+Only the macro is modelled: no weight loading, no buffers or off-macro data movement, no float
+layers left outside the macro. Published models spread about
 10x, so compare designs with one preset rather than quoting absolute numbers.
 
 Plain PyTorch::
