@@ -18,7 +18,14 @@ from .config import (
 )
 from .convert import LAYER_MAP, acim_modules, convert_to_acim, resample_noise, set_mode, to_float
 from .engine import acim_matmul, activation_cycles
-from .layers import MODES, ACiMConv2d, ACiMLayer, ACiMLinear, ACiMMultiheadAttention
+from .layers import (
+    MODES,
+    ACiMConv2d,
+    ACiMLayer,
+    ACiMLinear,
+    ACiMMultiheadAttention,
+    set_sample_index,
+)
 from .noise import GaussianNoise, TableNoise, build_noise
 
 __version__ = "0.1.0"
@@ -47,5 +54,6 @@ __all__ = [
     "convert_to_acim",
     "resample_noise",
     "set_mode",
+    "set_sample_index",
     "to_float",
 ]

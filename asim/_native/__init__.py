@@ -1,12 +1,18 @@
-"""Optional native (C) kernels for the CPU engine, built on first use and cached.
+"""The native (C) kernel of the CPU engine, built on first use and cached.
 
-``epilogue.c`` computes the bit-plane MACs by popcount on packed 64-row words and runs the
-ADC epilogue on them in registers: one pass instead of a GEMM and ~10 torch passes. It is
-compiled with the system C compiler (``$CC`` or ``cc``) into ``$ASIM_CACHE_DIR`` (default
-``~/.cache/asim``), keyed by source, flags, compiler and CPU, and loaded with ctypes. When no
-compiler is available the engine falls back to its torch path (same numbers, slower) after
-one warning. ``ASIM_NATIVE=0`` disables the native path; ``ASIM_NATIVE_MARCH`` (default
-``native``) is passed as ``-march=``, e.g. ``x86-64`` to build the portable C loops.
+``engine.c`` computes the bit-plane MACs by popcount on packed 64-row words and runs the
+ADC epilogue on them in registers: one pass instead of a GEMM and ~10 torch passes. Its one
+entry point, ``asim_run_call``, takes one struct, ``asim_run``, declared in ``engine.h``;
+this module parses that header for the struct's fields and every ``ASIM_*`` constant (the
+single source of both), so the ctypes mirror :class:`RunArgs` cannot drift from the C side.
+Random draws use ``sampling.h``, the C twin of :mod:`asim.rng`.
+
+The library is compiled with the system C compiler (``$CC`` or ``cc``) into
+``$ASIM_CACHE_DIR`` (default ``~/.cache/asim``), keyed by sources, flags, compiler and CPU,
+and loaded with ctypes. When no compiler is available the engine falls back to its torch
+backend (same numbers, slower) after one warning. ``ASIM_NATIVE=0`` disables the native
+path; ``ASIM_NATIVE_MARCH`` (default ``native``) is passed as ``-march=``, e.g. ``x86-64``
+to build the portable C loops.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,10 +29,40 @@ import threading
 import warnings
 from pathlib import Path
 
-__all__ = ["MAXBITS", "epilogue_lib"]
+__all__ = ["CONST", "RunArgs", "engine_lib"]
 
-MAXBITS = 32
-_SRC = Path(__file__).with_name("epilogue.c")
+_DIR = Path(__file__).parent
+_SRC = _DIR / "engine.c"
+_HEADERS = (_DIR / "engine.h", _DIR / "sampling.h")
+
+
+def _parse_header(text: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """``#define ASIM_NAME <int>`` constants and the ``ASIM_RUN_FIELDS`` (type, name) list."""
+    consts = {
+        m.group(1): int(m.group(2), 0)
+        for m in re.finditer(r"^#define (ASIM_\w+)\s+(-?(?:0x)?[0-9A-Fa-f]+)\b", text, re.M)
+    }
+    block = text[text.index("#define ASIM_RUN_FIELDS(X)") :].split("\n\n", 1)[0]
+    fields = re.findall(r"X\((ptr|i32|i64|u64), (\w+),", block)
+    return consts, fields
+
+
+CONST, _FIELDS = _parse_header((_DIR / "engine.h").read_text())
+"""Every ``ASIM_*`` integer constant of engine.h (max planes, block sizes, code kinds...)."""
+
+_CTYPES = {
+    "ptr": ctypes.c_void_p,
+    "i32": ctypes.c_int32,
+    "i64": ctypes.c_int64,
+    "u64": ctypes.c_uint64,
+}
+
+
+class RunArgs(ctypes.Structure):
+    """ctypes mirror of ``asim_run`` (engine.h documents every field)."""
+
+    _fields_ = [(name, _CTYPES[kind]) for kind, name in _FIELDS]
+
 _FLAGS = [
     "-O3",
     "-funroll-loops",
@@ -55,13 +92,17 @@ def _build() -> ctypes.CDLL | None:
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         warnings.warn(
-            "asim: no C compiler found; using the slower torch epilogue "
+            "asim: no C compiler found; using the slower torch backend "
             "(install gcc, or set ASIM_NATIVE=0 to silence)",
             stacklevel=3,
         )
         return None
-    flags = [*_FLAGS, f"-march={os.environ.get('ASIM_NATIVE_MARCH', 'native')}"]
-    source = _SRC.read_bytes()
+    flags = [
+        *_FLAGS,
+        f"-march={os.environ.get('ASIM_NATIVE_MARCH', 'native')}",
+        f"-I{_DIR}",
+    ]
+    source = b"\0".join(p.read_bytes() for p in (_SRC, *_HEADERS) if p.exists())
     try:
         version = subprocess.run(
             [cc, "--version"], capture_output=True, text=True, timeout=30
@@ -80,7 +121,7 @@ def _build() -> ctypes.CDLL | None:
         )
     )
     cache = Path(os.environ.get("ASIM_CACHE_DIR", Path.home() / ".cache" / "asim"))
-    target = cache / f"epilogue-{key.hexdigest()[:20]}.so"
+    target = cache / f"engine-{key.hexdigest()[:20]}.so"
     if not target.exists():
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -97,65 +138,30 @@ def _build() -> ctypes.CDLL | None:
         except (OSError, subprocess.SubprocessError) as err:
             detail = getattr(err, "stderr", "") or str(err)
             warnings.warn(
-                f"asim: building the native epilogue failed ({detail.strip()[:200]}); "
+                f"asim: building the native engine failed ({detail.strip()[:200]}); "
                 "using the slower torch path",
                 stacklevel=3,
             )
             return None
     lib = ctypes.CDLL(str(target))
-    p, i64, i32, f32, u64 = (
-        ctypes.c_void_p,
-        ctypes.c_int64,
-        ctypes.c_int32,
-        ctypes.c_float,
-        ctypes.c_uint64,
-    )
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     lib.acim_pack.argtypes = [p, i32, i64, i64, i64, i64, i64, i32, p, i64, i64, i64]
     lib.acim_pack.restype = None
-    lib.acim_popcount_run.argtypes = [
-        p,
-        i32,
-        i64,
-        p,
-        p,
-        i64,
-        i32,
-        p,
-        p,
-        p,
-        i64,
-        p,
-        i64,
-        i32,
-        i32,
-        i32,
-        i32,
-        p,
-        p,
-        p,
-        p,
-        p,
-        p,
-        p,
-        f32,
-        i32,
-        f32,
-        f32,
-        f32,
-        f32,
-        i32,
-        p,
-        i32,
-    ]
-    lib.acim_popcount_run.restype = i32
-    lib.acim_fill_normals.argtypes = [p, i64, u64, u64]
-    lib.acim_fill_normals.restype = None
-    lib.acim_simd.argtypes = []
-    lib.acim_simd.restype = i32
+    lib.asim_run_call.argtypes = [ctypes.POINTER(RunArgs)]
+    lib.asim_run_call.restype = i32
+    lib.asim_run_size.argtypes = []
+    lib.asim_run_size.restype = i64
+    lib.asim_simd.argtypes = []
+    lib.asim_simd.restype = i32
+    if lib.asim_run_size() != ctypes.sizeof(RunArgs):
+        raise RuntimeError(
+            f"asim: engine.h's asim_run is {lib.asim_run_size()} bytes in C but "
+            f"{ctypes.sizeof(RunArgs)} in ctypes; delete {target} and retry"
+        )
     return lib
 
 
-def epilogue_lib() -> ctypes.CDLL | None:
+def engine_lib() -> ctypes.CDLL | None:
     """The loaded native library, or None (built once per process)."""
     with _LOCK:
         if "lib" not in _STATE:

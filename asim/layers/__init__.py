@@ -1,7 +1,7 @@
 """ACiM layers: torch layers whose MACs run on a simulated macro."""
 
 from .attention import ATTN_SCALES, ACiMMultiheadAttention
-from .base import MODES, ACiMLayer
+from .base import MODES, ACiMLayer, set_sample_index
 from .conv import ACiMConv2d, conv_tiles
 from .linear import ACiMLinear
 
@@ -13,4 +13,5 @@ __all__ = [
     "ACiMLinear",
     "ACiMMultiheadAttention",
     "conv_tiles",
+    "set_sample_index",
 ]

@@ -157,20 +157,19 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
         B, Nq, C = query.shape
         H, d = self.num_heads, C // self.num_heads
         w, b = self.in_proj_weight, self.in_proj_bias
+        samples = self._batch_samples(B, query.device)  # engine calls 0-4 share them
         if query is key and key is value:
-            qkv = self._linear(query, w, b)  # one packed projection, as the reference
+            qkv = self._linear(query, w, b, 0, samples)  # one packed projection (reference)
             q, k, v = qkv.chunk(3, dim=-1)
         else:
             bs = (None, None, None) if b is None else b.chunk(3)
-            q, k, v = (
-                self._linear(t, wi, bi)
-                for t, wi, bi in zip((query, key, value), w.chunk(3), bs, strict=True)
-            )
+            parts = zip((query, key, value), w.chunk(3), bs, strict=True)
+            q, k, v = (self._linear(t, wi, bi, n, samples) for n, (t, wi, bi) in enumerate(parts))
         q, k, v = (t.reshape(B, -1, H, d).transpose(1, 2) for t in (q, k, v))  # (B, H, N, d)
 
         # QK^T: k is the activation role, q the weight role -> (B, H, Nk, Nq), transposed.
         logits = self._dynamic(
-            k, q.transpose(-2, -1), self.qk_macro, self.qk_noise, signed_x=True
+            k, q.transpose(-2, -1), self.qk_macro, self.qk_noise, True, 3, samples
         ).transpose(-2, -1)
         scale = (C if self.attn_scale == "embed_dim" else d) ** -0.5
         logits = logits * scale
@@ -190,7 +189,7 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
         attn = logits.softmax(dim=-1)
         if self.training and self.dropout > 0:
             attn = F.dropout(attn, p=self.dropout)
-        out = self._dynamic(attn, v, self.av_macro, self.av_noise, signed_x=False)
+        out = self._dynamic(attn, v, self.av_macro, self.av_noise, False, 4, samples)
         out = out.transpose(1, 2).reshape(B, Nq, C)
         out = self.out_proj(out)
         if not self.batch_first:
@@ -201,9 +200,18 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
         return out, weights
 
     def _dynamic(
-        self, x: Tensor, w: Tensor, macro: MacroConfig, noise: NoiseConfig | None, signed_x: bool
+        self,
+        x: Tensor,
+        w: Tensor,
+        macro: MacroConfig,
+        noise: NoiseConfig | None,
+        signed_x: bool,
+        sub: int = 3,
+        samples: Tensor | None = None,
     ) -> Tensor:
-        """``x @ w`` of two activation tensors; ``w`` is the weight role (always signed)."""
+        """``x @ w`` of two activation tensors ``[B, H, N, .]``; ``w`` is the weight role
+        (always signed). Engine call ``sub`` of the forward; a sample's rows are its heads'
+        rows, ``pos = head * N + row``."""
         per_sample = self._per_sample
         if self.digital or self.mode == "train":
             y = torch.matmul(
@@ -226,6 +234,11 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
                     macro=macro,
                     noise=noise,
                     signed=signed_x,
+                    stream=self._stream(
+                        self._batch_samples(x.shape[0], x.device) if samples is None else samples,
+                        x_int.shape[1:-1].numel(),
+                        sub,
+                    ),
                 )
             x_levels = (
                 signed_levels(macro.input_bits) if signed_x else unsigned_levels(macro.input_bits)

@@ -1,14 +1,22 @@
-"""ACiMLayer: the mixin every ACiM layer shares (modes, quantizers, noise state, repr)."""
+"""ACiMLayer: the mixin every ACiM layer shares (modes, quantizers, noise state, repr).
+
+Noise: a layer seeded by :func:`asim.resample_noise` derives one 64-bit key per engine call
+from its seed (:func:`asim.rng.layer_key`, :func:`asim.rng.sub_key`), and tells the engine
+the global dataset index of each batch row (:func:`set_sample_index`), so a sample's noise
+depends on (seed, layer, sample) only. Weights are programmed once per weight change
+(:class:`asim.engine.ProgrammedArray`).
+"""
 
 from __future__ import annotations
 
 import warnings
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .. import rng
 from ..config import ActScale, CellVariation, Division, MacroConfig, NoiseConfig
-from ..engine import acim_matmul
+from ..engine import NoiseStream, ProgrammedArray, acim_matmul
 from ..quant import (
     dequantize,
     fake_quantize,
@@ -18,7 +26,7 @@ from ..quant import (
     unsigned_levels,
 )
 
-__all__ = ["MODES", "ACiMLayer"]
+__all__ = ["MODES", "ACiMLayer", "set_sample_index"]
 
 MODES = ("train", "inference", "simulate")
 """``train``: fake quantization with straight-through gradients (QAT/NAT, spec §1.5);
@@ -87,6 +95,10 @@ class ACiMLayer:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._warned: set[str] = set()
         self._chip_cells: Tensor | None = None
+        self._sample_index: Tensor | None = None  # set_sample_index
+        self._rows_seen = 0  # default sample index of the next batch's first row
+        self._calls = 0  # forward calls since the last reseed
+        self._programs: dict = {}  # sub -> (float copy, w_int, w_scale, ProgrammedArray)
 
     @staticmethod
     def _check_encoding(macro: MacroConfig, signed: bool, what: str = "input") -> None:
@@ -125,6 +137,39 @@ class ACiMLayer:
         self.noise_seed = seed
         self._generators = {}
         self._chip_cells = None
+        self._rows_seen = 0
+        self._calls = 0
+
+    def _layer_key(self) -> int | None:
+        """The 64-bit key of this layer's chip (None: unseeded, torch's global RNG)."""
+        return None if self.noise_seed is None else rng.layer_key(self.noise_seed, 0)
+
+    def _batch_samples(self, batch: int, device) -> Tensor:
+        """Global sample index of each of this forward's ``batch`` rows: the one given by
+        :func:`set_sample_index`, else (seeded layers) the rows seen since the last reseed,
+        so consecutive batches of one pass get consecutive indices."""
+        self._calls += 1
+        idx = self._sample_index
+        if idx is not None:
+            if idx.numel() != batch:
+                raise ValueError(
+                    f"{type(self).__name__}: set_sample_index gave {idx.numel()} sample "
+                    f"indices for a batch of {batch}; call asim.set_sample_index(model, "
+                    "indices) with one index per batch row before each forward"
+                )
+            return idx.to(device)
+        start = self._rows_seen if self.noise_seed is not None else 0
+        self._rows_seen += batch
+        return torch.arange(start, start + batch, dtype=torch.int64, device=device)
+
+    def _stream(self, samples: Tensor, rows_per_sample: int, sub: int = 0) -> NoiseStream:
+        """The noise stream of engine call ``sub`` of this forward (distinct per sub)."""
+        key = self._layer_key()
+        if key is None:  # unseeded: a fresh key from torch's global RNG per call
+            key = int(torch.randint(0, 2**63 - 1, (1,)).item())
+        else:
+            key = rng.sub_key(key, sub)
+        return NoiseStream(key, samples, rows_per_sample)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -183,24 +228,48 @@ class ACiMLayer:
         )
 
     # ---------------------------------------------------------------- the engine call
-    def _cell_noise(self, w_int: Tensor) -> Tensor | None:
-        """Per-bit weight-cell deviation ``[R, w, O]`` for a weight laid out ``[R, O]``."""
+    def _cell_noise(self, rows: int, cols: int, device) -> Tensor | None:
+        """Per-bit weight-cell deviation ``[R, w, O]`` for a weight laid out ``[R, O]``,
+        from the counter-based stream (a Gaussian: these counts are not integers)."""
         noise = self.noise
         if noise is None or noise.cell_sigma == 0:
             return None
-        shape = (*w_int.shape[:-1], self.macro.weight_bits, w_int.shape[-1])
-        if (
-            noise.cell_variation == CellVariation.per_chip
-            and self._chip_cells is not None
-            and self._chip_cells.shape == shape
-        ):
-            return self._chip_cells.to(w_int.device)
-        cells = torch.randn(shape, device=w_int.device, generator=self.generator(w_int.device)) * (
-            noise.cell_sigma / 100
-        )
-        if noise.cell_variation == CellVariation.per_chip:
+        shape = (rows, self.macro.weight_bits, cols)
+        per_chip = noise.cell_variation == CellVariation.per_chip
+        if per_chip and self._chip_cells is not None and self._chip_cells.shape == shape:
+            return self._chip_cells.to(device)
+        key = self._layer_key()
+        if key is None:
+            key = int(torch.randint(0, 2**63 - 1, (1,)).item())
+        else:
+            key = rng.sub_key(rng.sub_key(key, _CELL_SUB), 0 if per_chip else self._calls)
+        r, i, o = (torch.arange(n, dtype=torch.int64, device=device) for n in shape)
+        keys = rng.element_keys(key, r.view(-1, 1, 1), i.view(1, -1, 1), o.view(1, 1, -1))
+        cells = rng.normal_from(keys, 0) * (noise.cell_sigma / 100)
+        if per_chip:
             self._chip_cells = cells
         return cells
+
+    def _programmed(self, weight: Tensor, sub: int, layout) -> tuple[Tensor, Tensor, object]:
+        """``(w_int, w_scale, ProgrammedArray of layout(w_int))`` of ``weight``, quantized
+        and packed once per weight change: the cached copy is reused only while
+        ``torch.equal`` says the float weight is unchanged (in-place edits included)."""
+        w = weight.detach()
+        bits = self.macro.weight_bits
+        hit = self._programs.get(sub)
+        if (
+            hit is not None
+            and hit[4] == bits
+            and hit[0].shape == w.shape
+            and hit[0].dtype == w.dtype
+            and hit[0].device == w.device
+            and torch.equal(hit[0], w)
+        ):
+            return hit[1], hit[2], hit[3]
+        w_int, w_scale = self._quantize_weight(w)
+        prog = ProgrammedArray(layout(w_int))
+        self._programs[sub] = (w.clone(), w_int, w_scale, prog, bits)
+        return w_int, w_scale, prog
 
     def _mvm(
         self,
@@ -211,7 +280,7 @@ class ACiMLayer:
         noise: NoiseConfig | None = None,
         signed: bool | None = None,
         cell_noise: Tensor | None = None,
-        exact_shortcut: bool = True,
+        stream: NoiseStream | None = None,
     ) -> Tensor:
         """Run the engine: ``x_int [..., M, R] @ w_int [R, O]`` on this layer's macro."""
         return acim_matmul(
@@ -221,25 +290,39 @@ class ACiMLayer:
             signed_input=self.signed_input if signed is None else signed,
             tiles=tiles,
             noise=self.noise if noise is None else noise,
-            generator=self.generator(x_int.device),
+            stream=stream,
             cell_noise=cell_noise,
-            exact_shortcut=exact_shortcut,
         )
 
-    def _linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """``x @ weight.T + bias`` in the layer's mode; any number of leading dims (Q15)."""
+    def _linear(
+        self,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        sub: int = 0,
+        samples: Tensor | None = None,
+    ) -> Tensor:
+        """``x @ weight.T + bias`` in the layer's mode; any number of leading dims (Q15).
+        ``sub`` numbers the engine calls of one forward; ``samples`` the batch's sample
+        indices (default: :meth:`_batch_samples` of dim 0)."""
         if self.digital or self._mode == "train":
             y = torch.nn.functional.linear(self._fake_input(x), self._fake_weight(weight), bias)
             return y if self.digital else self._trim(y)
         with torch.no_grad():
             x_int, x_scale = self._quantize_input(x)
-            w_int, w_scale = self._quantize_weight(weight)
+            w_int, w_scale, prog = self._programmed(weight, sub, lambda q: q.t())
             if self._mode == "inference":
                 acc = self._trim(torch.nn.functional.linear(x_int, w_int))
             else:
-                w_t = w_int.t()
+                batch = x.shape[0] if x.dim() > 1 else 1
+                if samples is None:
+                    samples = self._batch_samples(batch, x.device)
+                rows = x_int.reshape(-1, x.shape[-1])
                 acc = self._mvm(
-                    x_int.reshape(-1, x.shape[-1]), w_t, cell_noise=self._cell_noise(w_t)
+                    rows,
+                    prog,
+                    cell_noise=self._cell_noise(x.shape[-1], weight.shape[0], x.device),
+                    stream=self._stream(samples, rows.shape[0] // max(batch, 1), sub),
                 )
                 acc = acc.reshape(*x.shape[:-1], weight.shape[0])
             y = self._dequantize(acc, w_scale, x_scale)
@@ -268,3 +351,46 @@ class ACiMLayer:
         if self.digital:
             parts.append("digital")
         return ", ".join(parts)
+
+
+_CELL_SUB = 1 << 20  # sub-key of the cell-variation stream (engine calls use small subs)
+
+
+class _SampleIndexScope:
+    """Returned by :func:`set_sample_index`; as a context manager it restores the previous
+    indices on exit."""
+
+    def __init__(self, saved: list[tuple[ACiMLayer, Tensor | None]]):
+        self._saved = saved
+
+    def __enter__(self) -> _SampleIndexScope:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for layer, idx in self._saved:
+            layer._sample_index = idx
+
+
+def set_sample_index(model: nn.Module, index) -> _SampleIndexScope:
+    """Tell every ACiM layer of ``model`` the global dataset index of each row of the next
+    batches (one int per batch row; ``None`` returns to the default).
+
+    The noise of a sample then depends only on (seed, layer, sample index), not on which
+    other samples share its batch or process: with ``macro.act_scale="sample"``, results
+    are identical for any batch size and number of DDP processes. Without it, a seeded
+    layer numbers rows consecutively from its last :func:`asim.resample_noise`. Use it
+    once per batch, or as a context manager::
+
+        with asim.set_sample_index(model, batch_indices):
+            logits = model(x)
+    """
+    if index is not None:
+        index = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+        if bool((index < 0).any()):
+            raise ValueError("set_sample_index: sample indices must be >= 0 (dataset indices)")
+    saved = []
+    for module in model.modules():
+        if isinstance(module, ACiMLayer):
+            saved.append((module, module._sample_index))
+            module._sample_index = index
+    return _SampleIndexScope(saved)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConvTiling, MacroConfig, NoiseConfig
-from ..engine import Patches, compact_codes, exact_product, shortcut_applies
+from ..engine import ConvSource, Patches, compact_codes
 from .base import ACiMLayer
 
 __all__ = ["ACiMConv2d", "conv_tiles"]
@@ -43,7 +43,9 @@ def conv_tiles(
 def _patches(x: Tensor, kernel, stride, pad, dilation, out_hw) -> Patches:
     """Input patches as a ``(B*Ho*Wo, C*kh*kw)`` matrix, columns in channel-major kernel order
     (the order of ``F.unfold`` and of ``weight.reshape(O, -1)``), as a strided view: the
-    native engine reads it in place, the other paths copy it once."""
+    native engine reads it in place, the other paths copy it once. The view names its conv,
+    so the engine's exact shortcut can run as a conv."""
+    source = ConvSource(x, tuple(kernel), tuple(stride), tuple(pad), tuple(dilation))
     if pad[0] or pad[1]:
         x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
     x = x.contiguous()
@@ -53,7 +55,7 @@ def _patches(x: Tensor, kernel, stride, pad, dilation, out_hw) -> Patches:
         (B, *out_hw, C, *kernel),
         (sb, sh * stride[0], sw * stride[1], sc, sh * dilation[0], sw * dilation[1]),
     )
-    return Patches(view, row_dims=3)
+    return Patches(view, row_dims=3, source=source)
 
 
 class ACiMConv2d(ACiMLayer, nn.Conv2d):
@@ -149,24 +151,22 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
             return y if self.digital else self._trim(y)
         with torch.no_grad():
             x_int, x_scale = self._quantize_input(x)
-            w_int, w_scale = self._quantize_weight()
+            O = self.out_channels
+            w_int, w_scale, prog = self._programmed(self.weight, 0, lambda q: q.reshape(O, -1).t())
             if self.mode == "inference":
                 acc = self._trim(self._conv_forward(x_int, w_int, None))
             else:
-                acc = self._simulate(x_int, w_int)
+                acc = self._simulate(x_int, prog)
             y = self._dequantize(acc, w_scale, x_scale)
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
-    def _simulate(self, x_int: Tensor, w_int: Tensor) -> Tensor:
+    def _simulate(self, x_int: Tensor, prog) -> Tensor:
+        """The engine on the unfolded input, a chunk of images at a time; ``prog`` holds the
+        weight programmed as ``(R, O)``, rows in unfold order (channel-major)."""
         B, C, H, W = x_int.shape
         kh, kw = self.kernel_size
         pad = self._explicit_padding()
         tiles, dropped = conv_tiles(C, kh * kw, self.macro.nrow, self.macro.conv_tiling)
-        shortcut = shortcut_applies(self.macro, self.noise, self.signed_input)
-        if shortcut:
-            acc = self._exact_conv(x_int, w_int, C - dropped)
-            if acc is not None:
-                return acc
         if dropped:
             self._warn_once(
                 "dropped",
@@ -178,8 +178,9 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         Ho = (H + 2 * pad[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         Wo = (W + 2 * pad[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         L, R, O = Ho * Wo, C * kh * kw, self.out_channels
-        w_mat = w_int.reshape(O, R).t()  # (R, O), rows in unfold order: channel-major
-        cells = self._cell_noise(w_mat)  # one draw per forward, shared by all images
+        cells = self._cell_noise(R, O, x_int.device)  # one draw per forward, shared by images
+        samples = self._batch_samples(B, x_int.device)
+        stream = self._stream(samples, L)
         acc = torch.empty(B, L, O, dtype=torch.float32, device=x_int.device)
         x_int = compact_codes(x_int, self.macro.input_bits, self.signed_input)
         step = max(1, _UNFOLD_BUDGET // max(1, L * R))
@@ -188,24 +189,11 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
             cols = _patches(
                 x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation, (Ho, Wo)
             )  # (b*L, R)
-            acc[b0:b1] = self._mvm(
-                cols, w_mat, tiles=tiles, cell_noise=cells, exact_shortcut=not shortcut
-            ).view(b1 - b0, L, O)
+            part = type(stream)(stream.key, samples[b0:b1], L)
+            acc[b0:b1] = self._mvm(cols, prog, tiles=tiles, cell_noise=cells, stream=part).view(
+                b1 - b0, L, O
+            )
         return acc.transpose(1, 2).reshape(B, O, Ho, Wo)
-
-    def _exact_conv(self, x_int: Tensor, w_int: Tensor, channels: int) -> Tensor | None:
-        """Lossless, noise-free macro: the integer conv over the mapped channels, when the
-        spec's float32 accumulation provably equals it (spec §4.3)."""
-        x, w = x_int[:, :channels], w_int[:, :channels]
-        ones = torch.ones((1, *w.shape[1:]), dtype=x.dtype, device=x.device)
-        return exact_product(
-            x,
-            w,
-            self.macro,
-            self.signed_input,
-            product=lambda a, b: self._conv_forward(a, b, None),
-            row_sums=lambda v: self._conv_forward(v, ones, None),
-        )
 
     @classmethod
     def from_float(

@@ -1,0 +1,370 @@
+/* Native CPU kernel of the ACiM engine: a binary GEMM by popcount fused with the ADC
+ * epilogue, so the bit-plane MACs never leave the core's caches. The interface is one
+ * struct, `asim_run` (engine.h), mirrored on the Python side by asim/engine/native.py.
+ *
+ * asim_run_call computes Y = X @ W for the rows of one call over all tiles:
+ *   1. pack: bit b of every activation code, 64 reduction rows per 64-bit word;
+ *   2. counts: the column MAC of every (weight bit, activation bit) pair of a tile is the
+ *      popcount of (activation word AND weight word), summed over the tile's words (int32);
+ *   3. epilogue: per (weight bit, cycle) the integer cycle count m is converted as the
+ *      plan says (engine.h ASIM_CYC_*): a noise-free ADC is one lookup value_by_count[c][m]
+ *      (the spec's chain of §4.1/§8.1, tabulated by the Python side for every count), a
+ *      noisy conversion draws its code from the exact code table with one 32-bit uniform of
+ *      the counter-based stream (sampling.h) and looks up its value, a voted one draws K
+ *      codes and keeps the mode. The float32 shift-and-add follows the spec's order (tile,
+ *      then weight bit, then cycle, descending), as the torch backend does.
+ * Every float step is a single IEEE float32 operation: build with -ffp-contract=off and
+ * without -ffast-math. Threads (pthreads) split the rows for packing, then take (row block,
+ * output range) items; no result depends on the thread count or on how rows are chunked:
+ * every random draw is a pure function of (call key, sample, position, output, draw index).
+ *
+ * With AVX-512 (F, BW, DQ, VPOPCNTDQ) the pack and count loops use intrinsics; otherwise
+ * portable C gives the same bits.
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "sampling.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
+    defined(__AVX512VPOPCNTDQ__)
+#include <immintrin.h>
+#define ACIM_AVX512 1
+#else
+#define ACIM_AVX512 0
+#endif
+
+#define MB ASIM_MB
+#define IB ASIM_IB
+
+int32_t asim_simd(void) { return ACIM_AVX512; }
+int64_t asim_run_size(void) { return (int64_t)sizeof(asim_run); }
+
+/* ---------------------------------------------------------------------------------------
+ * Bit packing. Codes are integer-valued: kind 0 float32, 1 int32, 2 one byte (int8 or
+ * uint8; int8 only for nbits <= 8). Bit b of the two's-complement code of codes[m*ld + r],
+ * r in [r0, r1), goes to bit (r - r0) % 64 of word out[b*sb + wd*sw + m*sm],
+ * wd = (r - r0) / 64.
+ */
+
+static inline void pack_word(const void *codes, int32_t kind, int64_t at, int64_t cnt,
+                             int32_t nbits, uint64_t *words) {
+    for (int32_t b = 0; b < nbits; ++b) words[b] = 0;
+#if ACIM_AVX512
+    if (kind == ASIM_KIND_I8) {
+        const __mmask64 lm = cnt >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << cnt) - 1);
+        const __m512i v = _mm512_maskz_loadu_epi8(lm, (const uint8_t *)codes + at);
+        for (int32_t b = 0; b < nbits; ++b)
+            words[b] = _mm512_test_epi8_mask(v, _mm512_set1_epi8((char)(1u << b)));
+        return;
+    }
+    for (int64_t g = 0; g < 4 && 16 * g < cnt; ++g) {
+        const int64_t c = cnt - 16 * g;
+        const __mmask16 lm = c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << c) - 1);
+        __m512i v;
+        if (kind == ASIM_KIND_F32)
+            v = _mm512_cvttps_epi32(_mm512_maskz_loadu_ps(lm, (const float *)codes + at + 16 * g));
+        else
+            v = _mm512_maskz_loadu_epi32(lm, (const int32_t *)codes + at + 16 * g);
+        for (int32_t b = 0; b < nbits; ++b)
+            words[b] |= (uint64_t)_mm512_test_epi32_mask(v, _mm512_set1_epi32((int32_t)(1u << b)))
+                        << (16 * g);
+    }
+#else
+    for (int64_t r = 0; r < cnt; ++r) {
+        uint32_t u;
+        if (kind == ASIM_KIND_F32) u = (uint32_t)(int32_t)((const float *)codes)[at + r];
+        else if (kind == ASIM_KIND_I32) u = (uint32_t)((const int32_t *)codes)[at + r];
+        else u = (uint32_t)((const uint8_t *)codes)[at + r];
+        for (int32_t b = 0; b < nbits; ++b) words[b] |= (uint64_t)((u >> b) & 1u) << r;
+    }
+#endif
+}
+
+/* Rows m0..m1 of codes[m*ld + r], or, with row_off non-NULL, of the codes at element
+ * row_off[m] + col_off[r] (a conv's patches, read in place). */
+static void pack_rows(const void *codes, int32_t kind, int64_t ld, const int64_t *row_off,
+                      const int64_t *col_off, int64_t m0, int64_t m1, int64_t r0, int64_t r1,
+                      int32_t nbits, uint64_t *out, int64_t sb, int64_t sw, int64_t sm) {
+    const int64_t nw = (r1 - r0 + 63) / 64;
+    uint64_t words[ASIM_MAXBITS];
+    union { uint8_t b[64]; uint32_t u[64]; } tmp;
+    for (int64_t m = m0; m < m1; ++m)
+        for (int64_t wd = 0; wd < nw; ++wd) {
+            const int64_t ra = r0 + 64 * wd;
+            const int64_t cnt = r1 - ra < 64 ? r1 - ra : 64;
+            if (row_off) { /* gather the word's codes, then pack them as a contiguous run */
+                const int64_t *co = col_off + ra;
+                if (kind == ASIM_KIND_I8) {
+                    const uint8_t *src = (const uint8_t *)codes + row_off[m];
+                    for (int64_t k = 0; k < cnt; ++k) tmp.b[k] = src[co[k]];
+                } else {
+                    const uint32_t *src = (const uint32_t *)codes + row_off[m];
+                    for (int64_t k = 0; k < cnt; ++k) tmp.u[k] = src[co[k]];
+                }
+                pack_word(&tmp, kind, 0, cnt, nbits, words);
+            } else {
+                pack_word(codes, kind, m * ld + ra, cnt, nbits, words);
+            }
+            for (int32_t b = 0; b < nbits; ++b) out[b * sb + wd * sw + m * sm] = words[b];
+        }
+}
+
+void acim_pack(const void *codes, int32_t kind, int64_t ld, int64_t m0, int64_t m1, int64_t r0,
+               int64_t r1, int32_t nbits, uint64_t *out, int64_t sb, int64_t sw, int64_t sm) {
+    pack_rows(codes, kind, ld, NULL, NULL, m0, m1, r0, r1, nbits, out, sb, sw, sm);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Counts of one tile for one output column o and MB rows from mb:
+ * cnt[i*x + j][t] = popcount over the tile of (activation bit j of row mb+t) AND (weight
+ * bit i of column o). xp: the tile's activation planes [x][nw][Mpad]; wo: column o's weight
+ * planes [wpad][nw].
+ */
+static void tile_counts(const uint64_t *xp, const uint64_t *wo, int64_t nw, int64_t Mpad,
+                        int64_t mb, int32_t wpad, int32_t x, int32_t (*cnt)[MB]) {
+#if ACIM_AVX512
+    for (int32_t ib = 0; ib < wpad; ib += IB) {
+        for (int32_t j = 0; j < x; ++j) {
+            __m512i acc[IB][MB / 8];
+            for (int ii = 0; ii < IB; ++ii)
+                for (int k = 0; k < MB / 8; ++k) acc[ii][k] = _mm512_setzero_si512();
+            const uint64_t *xj = xp + (int64_t)j * nw * Mpad + mb;
+            for (int64_t wd = 0; wd < nw; ++wd) {
+                __m512i xv[MB / 8];
+                for (int k = 0; k < MB / 8; ++k)
+                    xv[k] = _mm512_loadu_si512((const void *)(xj + wd * Mpad + 8 * k));
+                for (int ii = 0; ii < IB; ++ii) {
+                    const __m512i wv = _mm512_set1_epi64((long long)wo[(ib + ii) * nw + wd]);
+                    for (int k = 0; k < MB / 8; ++k)
+                        acc[ii][k] = _mm512_add_epi64(
+                            acc[ii][k], _mm512_popcnt_epi64(_mm512_and_si512(xv[k], wv)));
+                }
+            }
+            for (int ii = 0; ii < IB; ++ii)
+                for (int k = 0; k < MB / 8; ++k)
+                    _mm256_storeu_si256((__m256i *)&cnt[(ib + ii) * x + j][8 * k],
+                                        _mm512_cvtepi64_epi32(acc[ii][k]));
+        }
+    }
+#else
+    for (int32_t i = 0; i < wpad; ++i)
+        for (int32_t j = 0; j < x; ++j) {
+            int64_t acc[MB];
+            for (int t = 0; t < MB; ++t) acc[t] = 0;
+            const uint64_t *xj = xp + (int64_t)j * nw * Mpad + mb;
+            for (int64_t wd = 0; wd < nw; ++wd) {
+                const uint64_t wv = wo[i * nw + wd];
+                for (int t = 0; t < MB; ++t) acc[t] += __builtin_popcountll(xj[wd * Mpad + t] & wv);
+            }
+            for (int t = 0; t < MB; ++t) cnt[i * x + j][t] = (int32_t)acc[t];
+        }
+#endif
+}
+
+/* What the threads of one call share. */
+typedef struct {
+    const asim_run *R;
+    int64_t Mpad;
+    uint64_t *xpk;        /* per tile: [x][nw_t][Mpad] */
+    const int64_t *xoff;  /* word offset of each tile in xpk */
+    int noisy;            /* any conversion draws a code */
+    int32_t nthreads;
+    int64_t noc, ochunk, nitems;
+    int64_t next;         /* work counter (atomic) */
+} ctx_t;
+
+/* The cycle sequence of one tile on its counts, accumulated into y[MB] (spec order). */
+static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], const uint64_t *ek,
+                          float *y) {
+    const asim_run *R = X->R;
+    const int32_t x = R->x, ncyc = R->ncyc, K = R->votes;
+    const int32_t *nbits = (const int32_t *)R->cyc_nbits, *allbits = (const int32_t *)R->cyc_bits;
+    const float *coef = (const float *)R->coef;
+    const uint8_t *mode = (const uint8_t *)R->mode;
+    const float *const *vcount = (const float *const *)R->value_by_count;
+    const float *const *vcode = (const float *const *)R->value_by_code;
+    const asim_code_table *tables = (const asim_code_table *)R->tables;
+    int32_t mc[MB];
+    for (int32_t i = R->w - 1; i >= 0; --i) {
+        for (int32_t c = ncyc - 1; c >= 0; --c) {
+            const int32_t nb = nbits[c];
+            const int32_t *bits = allbits + (int64_t)c * ASIM_MAXBITS;
+            const float k = coef[i * ncyc + c];
+            const int32_t *c0 = cnt[i * x + bits[0]];
+            for (int t = 0; t < MB; ++t) mc[t] = c0[t];
+            for (int32_t b = 1; b < nb; ++b) {
+                const int32_t *cb = cnt[i * x + bits[b]];
+                for (int t = 0; t < MB; ++t) mc[t] += cb[t] << b;
+            }
+            const int md = mode[i * ncyc + c];
+            if (md == ASIM_CYC_EXACT) {
+                for (int t = 0; t < MB; ++t) y[t] = y[t] + k * (float)mc[t];
+            } else if (md == ASIM_CYC_ADC) {
+                const float *v = vcount[c];
+                for (int t = 0; t < MB; ++t) y[t] = y[t] + k * v[mc[t]];
+            } else {
+                const asim_code_table *tab = tables + c;
+                const float *v = vcode[c];
+                const uint64_t draw = ((uint64_t)(tile * R->w + i) * (uint64_t)ncyc + (uint64_t)c) *
+                                      (uint64_t)K;
+                if (md == ASIM_CYC_NOISY) {
+                    for (int t = 0; t < MB; ++t) {
+                        const int32_t q = asim_sample_code(tab, mc[t], asim_draw_u32(ek[t], draw));
+                        y[t] = y[t] + k * v[q];
+                    }
+                } else {
+                    int32_t codes[ASIM_MAXVOTES];
+                    for (int t = 0; t < MB; ++t) {
+                        for (int32_t s = 0; s < K; ++s)
+                            codes[s] = asim_sample_code(
+                                tab, mc[t], asim_draw_u32(ek[t], draw + (uint64_t)s));
+                        y[t] = y[t] + k * v[asim_vote(codes, K)];
+                    }
+                }
+            }
+        }
+    }
+}
+
+typedef struct {
+    ctx_t *X;
+    int64_t tid;
+} work_t;
+
+/* Phase 1: pack thread tid's share of the rows (and zero the padding rows), every tile. */
+static void *pack_worker(void *arg) {
+    ctx_t *X = ((work_t *)arg)->X;
+    const asim_run *R = X->R;
+    const int64_t tid = ((work_t *)arg)->tid;
+    const int64_t step = (X->Mpad + X->nthreads - 1) / X->nthreads;
+    const int64_t m0 = tid * step < X->Mpad ? tid * step : X->Mpad;
+    const int64_t m1 = m0 + step < X->Mpad ? m0 + step : X->Mpad;
+    const int64_t mr = m1 < R->M ? m1 : R->M;
+    const int64_t *tiles = (const int64_t *)R->tiles;
+    for (int32_t t = 0; t < R->ntiles; ++t) {
+        const int64_t r0 = tiles[2 * t], r1 = tiles[2 * t + 1];
+        const int64_t nw = (r1 - r0 + 63) / 64;
+        uint64_t *xp = X->xpk + X->xoff[t];
+        if (mr > m0)
+            pack_rows(R->codes, R->kind, R->ld, (const int64_t *)R->row_off,
+                      (const int64_t *)R->col_off, m0, mr, r0, r1, R->x, xp, nw * X->Mpad,
+                      X->Mpad, 1);
+        const int64_t z0 = mr > m0 ? mr : m0;
+        for (int32_t b = 0; b < R->x; ++b)
+            for (int64_t wd = 0; wd < nw; ++wd)
+                for (int64_t m = z0; m < m1; ++m) xp[(b * nw + wd) * X->Mpad + m] = 0;
+    }
+    return NULL;
+}
+
+/* Phase 2: (row block, output range) items taken dynamically: counts and epilogue, tile
+ * by tile in the spec's order, then one store per output. */
+static void *compute_worker(void *arg) {
+    ctx_t *X = ((work_t *)arg)->X;
+    const asim_run *R = X->R;
+    int32_t(*cnt)[MB] = (int32_t(*)[MB])malloc(sizeof(int32_t) * MB * (size_t)R->wpad * R->x);
+    if (!cnt) return (void *)1;
+    const int64_t *tiles = (const int64_t *)R->tiles, *woff = (const int64_t *)R->woff;
+    const int64_t *sample = (const int64_t *)R->sample, *pos = (const int64_t *)R->pos;
+    const uint64_t *wpk = (const uint64_t *)R->wpk;
+    float *out = (float *)R->y;
+    float y[MB];
+    uint64_t ek[MB];
+    for (int t = 0; t < MB; ++t) ek[t] = 0;
+    for (;;) {
+        const int64_t item = __atomic_fetch_add(&X->next, 1, __ATOMIC_RELAXED);
+        if (item >= X->nitems) break;
+        const int64_t mb = (item / X->noc) * MB;
+        const int64_t o0 = (item % X->noc) * X->ochunk;
+        const int64_t o1 = o0 + X->ochunk < R->O ? o0 + X->ochunk : R->O;
+        const int64_t n = R->M - mb < MB ? R->M - mb : MB;
+        for (int64_t o = o0; o < o1; ++o) {
+            for (int t = 0; t < MB; ++t) y[t] = 0.0f;
+            if (X->noisy)
+                for (int64_t t = 0; t < n; ++t)
+                    ek[t] = asim_element_key(R->call_key, sample[mb + t], pos[mb + t], o);
+            for (int32_t tile = 0; tile < R->ntiles; ++tile) {
+                const int64_t nw = (tiles[2 * tile + 1] - tiles[2 * tile] + 63) / 64;
+                tile_counts(X->xpk + X->xoff[tile], wpk + woff[tile] + o * R->wpad * nw, nw,
+                            X->Mpad, mb, R->wpad, R->x, cnt);
+                tile_epilogue(X, tile, cnt, ek, y);
+            }
+            for (int64_t t = 0; t < n; ++t) out[(mb + t) * R->ldy + o] = y[t];
+        }
+    }
+    free(cnt);
+    return NULL;
+}
+
+/* fn(tid) for tid < X->nthreads, on new threads and the caller's; a share whose thread
+ * could not be started runs on the caller. Returns nonzero if any share failed. */
+static int parallel(ctx_t *X, void *(*fn)(void *)) {
+    work_t work[ASIM_MAXTHREADS];
+    pthread_t th[ASIM_MAXTHREADS];
+    int started[ASIM_MAXTHREADS];
+    int failed = 0;
+    for (int32_t t = 0; t < X->nthreads; ++t) {
+        work[t].X = X;
+        work[t].tid = t;
+        started[t] = t > 0 && pthread_create(&th[t], NULL, fn, &work[t]) == 0;
+    }
+    for (int32_t t = 0; t < X->nthreads; ++t)
+        if (!started[t]) failed |= fn(&work[t]) != NULL;
+    for (int32_t t = 1; t < X->nthreads; ++t)
+        if (started[t]) {
+            void *ret = NULL;
+            pthread_join(th[t], &ret);
+            failed |= ret != NULL;
+        }
+    return failed;
+}
+
+/* Y of the call's rows over all tiles (engine.h documents every field).
+ * Returns 0, -1 if out of memory, -2 if votes exceeds ASIM_MAXVOTES. */
+int32_t asim_run_call(const asim_run *R) {
+    if (R->M <= 0 || R->O <= 0) return 0;
+    if (R->votes < 1 || R->votes > ASIM_MAXVOTES) return -2;
+    ctx_t X;
+    memset(&X, 0, sizeof X);
+    X.R = R;
+    X.Mpad = (R->M + MB - 1) / MB * MB;
+    const uint8_t *mode = (const uint8_t *)R->mode;
+    for (int32_t k = 0; k < R->w * R->ncyc; ++k)
+        X.noisy |= mode[k] == ASIM_CYC_NOISY || mode[k] == ASIM_CYC_VOTED;
+
+    const int64_t *tiles = (const int64_t *)R->tiles;
+    int64_t *xoff = (int64_t *)malloc(sizeof(int64_t) * (size_t)(R->ntiles + 1));
+    if (!xoff) return -1;
+    int64_t words = 0;
+    for (int32_t t = 0; t < R->ntiles; ++t) {
+        xoff[t] = words;
+        words += (int64_t)R->x * ((tiles[2 * t + 1] - tiles[2 * t] + 63) / 64) * X.Mpad;
+    }
+    X.xoff = xoff;
+    X.xpk = (uint64_t *)aligned_alloc(64, sizeof(uint64_t) * (size_t)(words > 0 ? words : 1));
+    if (!X.xpk) {
+        free(xoff);
+        return -1;
+    }
+
+    /* items: row blocks x output ranges, enough for dynamic balancing */
+    int32_t nthreads = R->nthreads < 1 ? 1 : R->nthreads;
+    const int64_t nmb = X.Mpad / MB;
+    int64_t noc = 1;
+    while (nmb * noc < 8 * nthreads && noc < R->O) noc *= 2;
+    X.ochunk = (R->O + noc - 1) / noc;
+    X.noc = (R->O + X.ochunk - 1) / X.ochunk;
+    X.nitems = nmb * X.noc;
+    if (nthreads > X.Mpad) nthreads = (int32_t)X.Mpad;
+    if (nthreads > ASIM_MAXTHREADS) nthreads = ASIM_MAXTHREADS;
+    X.nthreads = nthreads;
+    int failed = parallel(&X, pack_worker);
+    if (!failed) failed = parallel(&X, compute_worker);
+    free(X.xpk);
+    free(xoff);
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,72 @@
+/* The one interface between the Python engine (asim/engine/native.py) and the C kernel
+ * (engine.c). Python parses this file at import time: every `#define ASIM_<NAME> <int>`
+ * becomes a constant, and the ASIM_RUN_FIELDS list becomes the ctypes.Structure that
+ * mirrors `asim_run` field for field. Change a field or a constant here and both sides
+ * follow; engine.c also reports sizeof(asim_run), which Python checks on load.
+ *
+ * Field types: ptr (const void *), i32 (int32_t), i64 (int64_t), u64 (uint64_t).
+ */
+#ifndef ASIM_ENGINE_H
+#define ASIM_ENGINE_H
+#include <stdint.h>
+
+#define ASIM_MAXBITS 32   /* most bit planes of a weight or activation code */
+#define ASIM_MB 32        /* output rows per register block (a multiple of 8) */
+#define ASIM_IB 4         /* weight bits per count block; weight planes padded to a multiple */
+#define ASIM_MAXVOTES 64  /* most conversions of one voted cycle */
+#define ASIM_MAXTHREADS 256
+
+/* How activation/weight codes are stored (the packer reads them in place). */
+#define ASIM_KIND_F32 0   /* integer-valued float32 */
+#define ASIM_KIND_I32 1   /* int32 */
+#define ASIM_KIND_I8 2    /* one byte: uint8, or int8 holding <= 8 bits */
+
+/* What one (weight bit, cycle) conversion does (the plan's `mode`, spec §4.1, §6, §8.2). */
+#define ASIM_CYC_ADC 0    /* noise-free ADC: value_by_count[c][m] */
+#define ASIM_CYC_EXACT 1  /* digital exact cycle: the count itself (hybrid_exact, Q4) */
+#define ASIM_CYC_NOISY 2  /* one code drawn from the cycle's code table */
+#define ASIM_CYC_VOTED 3  /* `votes` codes drawn, the most frequent kept (ties: smallest) */
+
+/* X(type, name, meaning) */
+#define ASIM_RUN_FIELDS(X)                                                                  \
+    X(ptr, codes, "activation codes of `kind`: row m at m*ld, or at row_off[m]+col_off[r]")  \
+    X(i32, kind, "ASIM_KIND_* of codes")                                                    \
+    X(i64, ld, "row stride of codes (elements) when row_off is NULL")                       \
+    X(ptr, row_off, "int64 [M] element offset of each row, or NULL")                        \
+    X(ptr, col_off, "int64 [R] element offset of each column, or NULL")                     \
+    X(i64, M, "rows of this call")                                                          \
+    X(i32, ntiles, "number of tiles")                                                       \
+    X(ptr, tiles, "int64 [ntiles][2] reduction-row ranges")                                 \
+    X(ptr, wpk, "uint64 weight planes, per tile [O][wpad][nw_t] (acim_pack)")               \
+    X(ptr, woff, "int64 [ntiles] word offset of each tile in wpk")                          \
+    X(i64, O, "output columns")                                                             \
+    X(ptr, y, "float32 output, y[m*ldy + o], written")                                      \
+    X(i64, ldy, "row stride of y")                                                          \
+    X(i32, w, "weight bits")                                                                \
+    X(i32, wpad, "weight planes in wpk (w rounded up to ASIM_IB)")                          \
+    X(i32, x, "activation bits")                                                            \
+    X(i32, ncyc, "activation cycles")                                                       \
+    X(ptr, cyc_nbits, "int32 [ncyc] activation bits per cycle")                             \
+    X(ptr, cyc_bits, "int32 [ncyc][ASIM_MAXBITS] the bits of each cycle, ascending")        \
+    X(ptr, coef, "float32 [w][ncyc] signed power-of-two weight of each conversion")         \
+    X(ptr, mode, "uint8 [w][ncyc] ASIM_CYC_* of each conversion")                           \
+    X(ptr, value_by_count, "float32 *[ncyc]: noise-free ADC value of every count 0..F_c")   \
+    X(ptr, value_by_code, "float32 *[ncyc]: value fl(fl(k/A)*F_c) of every code 0..A")      \
+    X(ptr, tables, "asim_code_table [ncyc] (sampling.h), or NULL when noise-free")          \
+    X(i32, votes, "conversions per voted cycle (K)")                                        \
+    X(u64, call_key, "the call's 64-bit noise key")                                         \
+    X(ptr, sample, "int64 [M] global sample index of each row")                             \
+    X(ptr, pos, "int64 [M] position of each row inside its sample")                         \
+    X(i32, nthreads, "threads to use (>= 1)")
+
+#define ASIM_C_ptr const void *
+#define ASIM_C_i32 int32_t
+#define ASIM_C_i64 int64_t
+#define ASIM_C_u64 uint64_t
+#define ASIM_FIELD(type, name, doc) ASIM_C_##type name;
+typedef struct {
+    ASIM_RUN_FIELDS(ASIM_FIELD)
+} asim_run;
+#undef ASIM_FIELD
+
+#endif

@@ -1,0 +1,46 @@
+"""The bit-level ACiM matrix-vector engine: one routine for conv, linear and attention.
+
+Layers lower their operation to ``Y = X_int @ W_int`` over integer codes and call
+:func:`acim_matmul`; it reproduces the spec's per-cycle model (spec §3-§8) bit for bit with
+noise off, without its per-cycle loop. The package, in reading order:
+
+* :mod:`~asim.engine.operands`: what layers hand in: codes, :class:`Patches` (a conv's
+  input read in place), :class:`ProgrammedArray` (weights programmed once per weight
+  change), :class:`NoiseStream` (the call's noise key and each row's sample identity);
+* :mod:`~asim.engine.plan`: the cycle plan and ADC arithmetic, built once per call: what
+  every (weight bit, cycle) conversion does and the value/code tables both backends use;
+* :mod:`~asim.engine.shortcut`: the exact shortcut (lossless, noise-free macros), decided by
+  the engine alone;
+* :mod:`~asim.engine.core`: :func:`acim_matmul`: plan, shortcut, backend choice, chunking;
+* :mod:`~asim.engine.native` (the C kernel, ``asim/_native/engine.c``) and
+  :mod:`~asim.engine.torch_backend` (portable reference, CUDA): one small interface,
+  ``run_chunk(x, batch, rows, y)``, chosen once per call; identical bits;
+* :mod:`~asim.engine.weight_parallel`: the W4A4 weight-parallel mode (spec §8.3).
+
+Noise is a counter-based stream (:mod:`asim.rng`): each conversion's code is drawn from its
+exact distribution (:func:`asim.noise.code_table`) with a 32-bit uniform that is a pure
+function of (call key, sample, position, output column, draw number), so results do not
+depend on the backend, thread count, chunk size or batch composition.
+"""
+
+from .core import CHUNK_ELEMENTS, acim_matmul
+from .operands import ConvSource, NoiseStream, Patches, ProgrammedArray, compact_codes
+from .plan import Cycle, Plan, activation_cycles, build_plan, linear_tiles
+from .shortcut import exact_product, shortcut_applies
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "ConvSource",
+    "Cycle",
+    "NoiseStream",
+    "Patches",
+    "Plan",
+    "ProgrammedArray",
+    "acim_matmul",
+    "activation_cycles",
+    "build_plan",
+    "compact_codes",
+    "exact_product",
+    "linear_tiles",
+    "shortcut_applies",
+]

@@ -1,0 +1,173 @@
+"""``acim_matmul``: one engine call, from integer operands to the accumulator ``Y``.
+
+1. build the :class:`~asim.engine.plan.Plan` once (cycles, conversions, noise model);
+2. if the plan is lossless, try the exact shortcut (:mod:`asim.engine.shortcut`);
+3. otherwise choose the backend once (native C on CPU where it can run, else torch) and run
+   it over chunks of rows, so memory stays bounded whatever the batch size. Every random
+   draw is addressed by the call's :class:`~asim.engine.operands.NoiseStream`, so neither
+   the backend nor the chunking nor the thread count changes a bit of the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import rng
+from ..config import MacroConfig, NoiseConfig
+from . import native
+from .operands import NoiseStream, Patches, ProgrammedArray
+from .plan import Plan, build_plan, linear_tiles
+from .shortcut import try_shortcut
+from .torch_backend import TorchBackend
+from .weight_parallel import weight_parallel
+
+__all__ = ["CHUNK_ELEMENTS", "acim_matmul"]
+
+CHUNK_ELEMENTS = 1 << 22
+"""Partial sums handled per chunk (4 Mi float32 = 16 MiB per temporary)."""
+
+
+@dataclass
+class Job:
+    """One call, as the backends see it."""
+
+    x3: Tensor | Patches  # [B, M, R] codes, or a Patches (B = 1)
+    w3: Tensor  # [Bw, R, O] codes, Bw in (1, B)
+    programmed: ProgrammedArray | None
+    plan: Plan
+    tiles: list[tuple[int, int]]
+    cell_noise: Tensor | None  # [Bw, R, w, O]
+    key: int  # the call's noise key (uint64 as a Python int)
+    sample: Tensor | None  # [B, M] int64 global sample index of every output row
+    pos: Tensor | None  # [B, M] int64 position inside the sample
+    O: int
+    device: torch.device
+
+
+def select_backend(job: Job):
+    """The backend of one call: the native kernel where it can run, else torch."""
+    return native.NativeBackend(job) if native.available(job) else TorchBackend(job)
+
+
+def acim_matmul(
+    x_int: Tensor | Patches,
+    w_int: Tensor | ProgrammedArray,
+    *,
+    macro: MacroConfig,
+    signed_input: bool,
+    tiles: Sequence[tuple[int, int]] | None = None,
+    noise: NoiseConfig | None = None,
+    stream: NoiseStream | None = None,
+    generator: torch.Generator | None = None,
+    cell_noise: Tensor | None = None,
+    exact_shortcut: bool = True,
+) -> Tensor:
+    """Integer-domain accumulator ``Y`` of the macro computing ``x_int @ w_int``.
+
+    Args:
+        x_int: activation-role codes ``[..., M, R]``: integer-valued float32, or an
+            integer dtype (:func:`compact_codes`), or a 2-D :class:`Patches`.
+        w_int: weight-role codes ``[R, O]`` (a tensor or a :class:`ProgrammedArray`), or
+            ``[..., R, O]`` with the same leading dims as ``x_int`` (signed,
+            ``|w| <= 2^(weight_bits-1) - 1``).
+        macro: bit widths, array size, ADC and cycle scheme.
+        signed_input: whether ``x_int`` holds signed codes (two's-complement sign plane).
+        tiles: reduction-row ranges ``(start, stop)`` loaded into the array one after the
+            other; each is normalised by ``nrow`` (spec §3). Default: consecutive ``nrow``.
+            Rows outside every tile are not computed (the reference's dropped channels).
+        noise: read-out noise and current-domain effects; None is noise-free.
+        stream: the call's noise key and sample identity of its rows. Default: a key drawn
+            from ``generator`` (or torch's global RNG), each leading index its own sample.
+        generator: only used to draw a key when ``stream`` is None.
+        cell_noise: additive deviation of every stored weight bit, ``[..., R, weight_bits, O]``
+            in bit units (weight-cell variation, spec §8.1), or None.
+        exact_shortcut: False forces the cycles even where the exact shortcut applies.
+
+    Returns:
+        ``Y`` as float32 ``[..., M, O]``, to be de-quantized by the caller (spec §1.4).
+    """
+    programmed = w_int if isinstance(w_int, ProgrammedArray) else None
+    if programmed is not None:
+        w_int = programmed.codes
+    patches = x_int if isinstance(x_int, Patches) else None
+    shape_x = torch.empty(patches.shape, device="meta") if patches is not None else x_int
+    if shape_x.dim() < 2 or w_int.dim() < 2:
+        raise ValueError("acim_matmul expects x_int [..., M, R] and w_int [..., R, O]")
+    rows = shape_x.shape[-1]
+    if w_int.shape[-2] != rows:
+        raise ValueError(
+            f"acim_matmul: reduction sizes differ: x has {rows}, w has {w_int.shape[-2]}"
+        )
+    if tiles is None:
+        tiles = linear_tiles(rows, macro.nrow)
+    tiles = [(int(a), int(b)) for a, b in tiles if b > a]
+    lead = shape_x.shape[:-2]
+    M, O = shape_x.shape[-2], w_int.shape[-1]
+    x3 = x_int.reshape(-1, M, rows) if patches is None else patches
+    w3 = w_int.reshape(-1, rows, O)
+    batch = 1 if patches is not None else x3.shape[0]
+    if w3.shape[0] not in (1, batch):
+        raise ValueError("acim_matmul: w_int leading dims must be absent or match x_int's")
+    if w3.shape[0] > 1:
+        programmed = None  # per-sample weights (attention operands): nothing to reuse
+    device = w_int.device
+    out = torch.zeros(batch, M, O, dtype=torch.float32, device=device)
+    if not tiles or M == 0 or O == 0:
+        return out.reshape(*lead, M, O)
+
+    plan = build_plan(macro, noise, signed_input)
+    if exact_shortcut and plan.lossless() and cell_noise is None:
+        y = try_shortcut(x3, w3, macro, signed_input, tiles)
+        if y is not None:
+            return y.reshape(*lead, M, O)
+
+    random = plan.readout is not None or cell_noise is not None
+    key, sample, pos = 0, None, None
+    if random:
+        if stream is None:
+            key = int(torch.randint(0, 2**63 - 1, (1,), generator=generator).item())
+            stream = NoiseStream(key, torch.arange(batch), M)
+        key = int(stream.key) & ((1 << 64) - 1)
+        sample, pos = (t.view(batch, M) for t in stream.rows(batch * M, device))
+    if plan.noisy and max(b - a for a, b in tiles) > macro.nrow:
+        raise ValueError(
+            f"acim_matmul: a tile has more than nrow={macro.nrow} rows; noisy conversions "
+            "are tabulated for counts up to the full scale: use tiles of <= nrow rows"
+        )
+
+    if macro.weight_parallel:
+        x = patches.materialize()[None] if patches is not None else x3
+        ekeys = None
+        if plan.readout is not None:
+            cols = torch.arange(O, dtype=torch.int64, device=device)
+            ekeys = rng.element_keys(key, sample[..., None], pos[..., None], cols)
+        return weight_parallel(x, w3, plan, tiles, ekeys).reshape(*lead, M, O)
+
+    if cell_noise is not None:
+        cell_noise = cell_noise.reshape(-1, rows, macro.weight_bits, O)
+    job = Job(x3, w3, programmed, plan, tiles, cell_noise, key, sample, pos, O, device)
+    backend = select_backend(job)
+    if isinstance(x3, Patches) and (
+        backend.name != "native" or native.in_place_kind(x3.view.dtype, macro.input_bits) is None
+    ):
+        job.x3 = x3 = x3.materialize()[None]  # only the native kernel reads patches in place
+    _run(backend, x3, out)
+    return out.reshape(*lead, M, O)
+
+
+def _run(backend, x3, out: Tensor) -> None:
+    """Chunks of rows (and of leading indices) through the backend."""
+    Bt, M, R = (1, *x3.shape) if isinstance(x3, Patches) else x3.shape
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // backend.chunk_elements_per_row(R))
+    b_step = max(1, min(Bt, rows_per_chunk // max(M, 1)))
+    m_step = M if b_step > 1 or M <= rows_per_chunk else rows_per_chunk
+    for b0 in range(0, Bt, b_step):
+        b1 = min(Bt, b0 + b_step)
+        for m0 in range(0, M, m_step):
+            m1 = min(M, m0 + m_step)
+            x = x3 if isinstance(x3, Patches) else x3[b0:b1, m0:m1]
+            backend.run_chunk(x, (b0, b1), (m0, m1), out[b0:b1, m0:m1])

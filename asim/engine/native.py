@@ -1,0 +1,177 @@
+"""The native backend: the C kernel (``asim/_native/engine.c``) on CPU.
+
+One call of ``asim_run_call`` per chunk computes the popcount GEMM and the whole epilogue
+with pthreads inside. Its arguments are one struct, :class:`asim._native.RunArgs`, mirrored
+from ``engine.h``; this module fills it from the call's :class:`~asim.engine.plan.Plan`.
+Weights are packed into 64-row words once per programmed array and tile set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import Tensor
+
+from .._native import CONST, RunArgs, engine_lib
+from .operands import Patches
+
+__all__ = ["NativeBackend", "available"]
+
+_MAXBITS, _IB = CONST["ASIM_MAXBITS"], CONST["ASIM_IB"]
+_KIND = {torch.float32: CONST["ASIM_KIND_F32"], torch.int32: CONST["ASIM_KIND_I32"]}
+
+
+def in_place_kind(dtype: torch.dtype, bits: int) -> int | None:
+    """The packer's kind for codes of ``dtype`` read as they are, or None if they must be
+    converted (uint8, or int8 holding <= 8 bits, are read as one byte)."""
+    if dtype == torch.uint8 or (dtype == torch.int8 and bits <= 8):
+        return CONST["ASIM_KIND_I8"]
+    return _KIND.get(dtype)
+
+
+def native_codes(t: Tensor, bits: int) -> tuple[Tensor, int]:
+    """Rows of codes as the packer reads them (unit last stride), and their kind."""
+    kind = in_place_kind(t.dtype, bits)
+    if kind is None:
+        t = t.to(torch.float32) if t.dtype.is_floating_point else t.to(torch.int32)
+        kind = _KIND[t.dtype]
+    if not (t.dim() == 2 and t.stride(-1) == 1 and t.stride(0) >= t.shape[1]):
+        t = t.contiguous()
+    return t, kind
+
+
+def available(job) -> bool:
+    """Can the kernel run this call? (CPU, integer counts, <= MAXBITS planes, <= MAXVOTES
+    votes, a C compiler.)"""
+    plan = job.plan
+    return (
+        job.device.type == "cpu"
+        and job.cell_noise is None
+        and max(plan.macro.weight_bits, plan.macro.input_bits) <= _MAXBITS
+        and plan.votes <= CONST["ASIM_MAXVOTES"]
+        and engine_lib() is not None
+    )
+
+
+def pack_weights(lib, w: Tensor, wb: int, tiles, O: int) -> tuple[Tensor, Tensor]:
+    """Weight planes of every tile packed 64 rows per word, per tile ``[O][wpad][nw]``
+    (planes >= weight_bits zero), concatenated; and each tile's word offset."""
+    wpad = -(-wb // _IB) * _IB
+    wc, kind = native_codes(w.t(), wb)
+    offsets = [0]
+    for a, b in tiles:
+        offsets.append(offsets[-1] + O * wpad * (-(-(b - a) // 64)))
+    out = torch.zeros(max(1, offsets[-1]), dtype=torch.int64)
+    for (r0, r1), off in zip(tiles, offsets, strict=False):
+        nw = -(-(r1 - r0) // 64)
+        lib.acim_pack(
+            wc.data_ptr(), kind, wc.stride(0), 0, O, r0, r1, wb, out.data_ptr() + 8 * off, nw, 1,
+            wpad * nw,
+        )  # fmt: skip
+    return out, torch.tensor(offsets[:-1], dtype=torch.int64)
+
+
+class NativeBackend:
+    """Runs chunks of one call with the C kernel; built once per call."""
+
+    name = "native"
+
+    def __init__(self, job):
+        self.job, self.lib = job, engine_lib()
+        plan = job.plan
+        macro = plan.macro
+        self.wb, self.xb = macro.weight_bits, macro.input_bits
+        ncyc = plan.ncyc
+        tiles = job.tiles
+        max_rows = max(b - a for a, b in tiles)
+        top = max_rows * max(c.levels for c in plan.cycles)
+        bits = torch.zeros(ncyc, _MAXBITS, dtype=torch.int32)
+        for c, cyc in enumerate(plan.cycles):
+            bits[c, : len(cyc.bits)] = torch.tensor(cyc.bits, dtype=torch.int32)
+        keep = {  # tensors the struct points into: alive as long as the backend
+            "tiles": torch.tensor(tiles, dtype=torch.int64),
+            "nbits": torch.tensor([len(c.bits) for c in plan.cycles], dtype=torch.int32),
+            "bits": bits,
+            "coef": torch.tensor(plan.coef, dtype=torch.float32),
+            "mode": torch.tensor(plan.mode, dtype=torch.uint8),
+            "vcount": [plan.value_by_count(c, top).contiguous() for c in range(ncyc)],
+            "vcode": [plan.value_by_code(c).contiguous() for c in range(ncyc)],
+        }
+        vcount = (ctypes.c_void_p * ncyc)(*[t.data_ptr() for t in keep["vcount"]])
+        vcode = (ctypes.c_void_p * ncyc)(*[t.data_ptr() for t in keep["vcode"]])
+        tables = None
+        if plan.noisy:
+            tabs = [plan.code_table(c) for c in range(ncyc)]
+            structs = [t.native() for t in tabs]
+            tables = (type(structs[0]) * ncyc)(*structs)
+            keep["code_tables"] = tabs
+        self._keep, self._arrays = keep, (vcount, vcode, tables)
+        self.wpad = -(-self.wb // _IB) * _IB
+        self.args = RunArgs(
+            ntiles=len(tiles),
+            tiles=keep["tiles"].data_ptr(),
+            O=job.O,
+            w=self.wb,
+            wpad=self.wpad,
+            x=self.xb,
+            ncyc=ncyc,
+            cyc_nbits=keep["nbits"].data_ptr(),
+            cyc_bits=bits.data_ptr(),
+            coef=keep["coef"].data_ptr(),
+            mode=keep["mode"].data_ptr(),
+            value_by_count=ctypes.cast(vcount, ctypes.c_void_p),
+            value_by_code=ctypes.cast(vcode, ctypes.c_void_p),
+            tables=None if tables is None else ctypes.cast(tables, ctypes.c_void_p),
+            votes=plan.votes,
+            call_key=job.key,
+        )
+        self._packed: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def chunk_elements_per_row(self, R: int) -> int:
+        return max(self.job.O, R)  # no per-cycle intermediates; packed rows are R bytes
+
+    def _weights(self, b: int) -> tuple[Tensor, Tensor]:
+        job = self.job
+        key = ("native_words", self.wb, tuple(job.tiles))
+        if job.programmed is not None:
+            return job.programmed.form(
+                key, lambda: pack_weights(self.lib, job.w3[0], self.wb, job.tiles, job.O)
+            )
+        if b not in self._packed:
+            w = job.w3[b if job.w3.shape[0] > 1 else 0]
+            self._packed[b] = pack_weights(self.lib, w, self.wb, job.tiles, job.O)
+        return self._packed[b]
+
+    def run_chunk(self, x, batch: tuple[int, int], rows: tuple[int, int], y: Tensor) -> None:
+        """``y [b, Mc, O]`` for the chunk's codes (a tensor ``[b, Mc, R]``, or the call's
+        :class:`Patches` with ``b = 1``)."""
+        job, args = self.job, self.args
+        (b0, b1), (m0, m1) = batch, rows
+        torch_threads = max(1, torch.get_num_threads())
+        for b in range(b1 - b0):
+            if isinstance(x, Patches):
+                codes, kind = x.view, in_place_kind(x.view.dtype, self.xb)
+                row_off = x.row_offset[m0:m1]
+                args.row_off, args.col_off = row_off.data_ptr(), x.col_offset.data_ptr()
+                args.ld = 0
+            else:
+                codes, kind = native_codes(x[b], self.xb)
+                args.row_off = args.col_off = None
+                args.ld = codes.stride(0)
+            wpk, woff = self._weights(b0 + b)
+            yb = y[b]  # (Mc, O), unit stride along O
+            args.codes, args.kind, args.M = codes.data_ptr(), kind, m1 - m0
+            args.wpk, args.woff = wpk.data_ptr(), woff.data_ptr()
+            args.y, args.ldy = yb.data_ptr(), yb.stride(0)
+            if job.plan.noisy:
+                sample = job.sample[b0 + b, m0:m1].contiguous()
+                pos = job.pos[b0 + b, m0:m1].contiguous()
+                args.sample, args.pos = sample.data_ptr(), pos.data_ptr()
+            args.nthreads = torch_threads
+            rc = self.lib.asim_run_call(ctypes.byref(args))
+            if rc != 0:
+                raise MemoryError(
+                    "asim: the native engine could not allocate its scratch memory; "
+                    "reduce the batch size"
+                )

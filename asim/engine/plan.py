@@ -1,0 +1,261 @@
+"""The cycle plan of one call and the ADC arithmetic (spec §4-§6, §8.1-§8.2).
+
+A :class:`Plan` is built once per engine call from the macro and the noise: which activation
+bits each cycle applies, the signed power-of-two weight of every (weight bit, cycle)
+conversion, what that conversion does (:data:`ADC`, :data:`EXACT`, :data:`NOISY`,
+:data:`VOTED`; the same codes as the C kernel's ``ASIM_CYC_*``), and per cycle the tables both
+backends convert with:
+
+* ``value_by_count[c][m]``: the noise-free ADC output of integer count ``m``: the spec's
+  float32 chain ``fl(fl(rne(fl(m'/F) * A) / A) * F)`` with ``m'`` the compressed count
+  (§8.1), evaluated once for every count, so a conversion is one lookup;
+* ``value_by_code[c][k]``: the output ``fl(fl(k/A) * F)`` of ADC code ``k``;
+* ``code_table(c)``: the exact distribution of the noisy code of every count
+  (:func:`asim.noise.code_table`), sampled with one 32-bit uniform.
+
+Both backends read the same tables and accumulate in the spec's order, so they agree bit
+for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .._native import CONST
+from ..config import Division, MacroConfig, NoiseConfig, SignCycleCompression
+from ..noise import build_noise
+
+__all__ = [
+    "ADC",
+    "EXACT",
+    "NOISY",
+    "VOTED",
+    "Cycle",
+    "Plan",
+    "activation_cycles",
+    "adc_value_table",
+    "code_value_table",
+    "linear_tiles",
+]
+
+ADC, EXACT, NOISY, VOTED = (CONST[f"ASIM_CYC_{n}"] for n in ("ADC", "EXACT", "NOISY", "VOTED"))
+"""What one (weight bit, cycle) conversion does: noise-free ADC, digital exact count (Q4),
+one noisy code, or K noisy codes and their mode (§8.2)."""
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One activation cycle of a bit-serial or bit-parallel scheme (spec §4, §5).
+
+    Attributes:
+        bits: activation bit positions applied together, ascending.
+        shift: activation part of the power-of-two shift.
+        sign: True for the separate sign-plane cycle of signed bit-parallel inputs.
+    """
+
+    bits: tuple[int, ...]
+    shift: int
+    sign: bool = False
+
+    @property
+    def levels(self) -> int:
+        """``2^width - 1``: multi-level input range; the full scale is ``levels * nrow``."""
+        return (1 << len(self.bits)) - 1
+
+
+def activation_cycles(input_bits: int, enc_bits: int | None, signed: bool) -> list[Cycle]:
+    """Cycles indexed ``c = 0 .. C-1`` (processed from ``C-1`` down), spec §5.1/§5.2.
+
+    Bit-serial is the special case ``enc_bits = 1``; leftover bits go to the top cycle.
+    """
+    e = enc_bits or 1
+    mag = input_bits - 1 if signed else input_bits
+    n, r = -(-mag // e), mag % e
+    cycles = []
+    for c in range(n):
+        width = r if (c == n - 1 and r) else e
+        cycles.append(Cycle(tuple(range(c * e, c * e + width)), c * e))
+    if signed:
+        cycles.append(Cycle((input_bits - 1,), input_bits - 1, sign=True))
+    return cycles
+
+
+def linear_tiles(rows: int, nrow: int) -> list[tuple[int, int]]:
+    """Consecutive tiles of ``nrow`` reduction rows (spec §3.2)."""
+    return [(s, min(s + nrow, rows)) for s in range(0, rows, nrow)]
+
+
+def div(t: Tensor, d: float, reciprocal: bool) -> Tensor:
+    """Spec division semantics: IEEE division (CPU canonical) or by the float32 reciprocal
+    (Q10), as a new tensor."""
+    if reciprocal:
+        r = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(d, dtype=torch.float32)
+        return t * r.item()
+    if t.device.type == "cpu":
+        return t / d
+    return t / torch.tensor(d, dtype=t.dtype, device=t.device)
+
+
+@functools.lru_cache(maxsize=256)
+def adc_value_table(
+    full_scale: int, adc_levels: int, reciprocal: bool, alpha: float, late: bool, top: int
+) -> Tensor:
+    """Noise-free ADC output of every integer count ``0..top`` (float32, CPU), spec §4.1
+    steps 2-5 with current-domain compression (§8.1): on the count (``late=False``) or, for
+    the Q28 compatibility sign cycle, on the normalised value (``late=True``)."""
+    m = torch.arange(top + 1, dtype=torch.float32)
+    if alpha and not late:
+        m = m / (m * alpha + 1.0)
+    a = div(m, full_scale, reciprocal).clamp_(0, 1)
+    if alpha and late:
+        a = a / (a * alpha + 1.0)
+    q = a.mul_(adc_levels).round_()
+    return div(q, adc_levels, reciprocal).mul_(full_scale)
+
+
+@functools.lru_cache(maxsize=256)
+def code_value_table(full_scale: int, adc_levels: int, reciprocal: bool) -> Tensor:
+    """Output ``fl(fl(k/A) * F)`` of every ADC code ``k = 0..A`` (float32, CPU), spec §4.1."""
+    q = torch.arange(adc_levels + 1, dtype=torch.float32)
+    return div(q, adc_levels, reciprocal).mul_(full_scale)
+
+
+@dataclass
+class Plan:
+    """Everything one engine call derives from the macro and the noise, built once.
+
+    Attributes:
+        cycles: the activation cycles.
+        coef: ``coef[i][c] = +-2^(i + shift_c)``, the shift-and-add weight (spec §4.2).
+        mode: ``mode[i][c]``, one of :data:`ADC`, :data:`EXACT`, :data:`NOISY`, :data:`VOTED`.
+        full_scale: per cycle, in counts (``levels * nrow``).
+        readout: the read-out noise model (None: noise-free).
+        alpha: current-domain compression (0: off); ``late_sign``: the sign cycle is
+            compressed after the noise (Q28 compatibility).
+        votes: K, conversions per voted cycle (1 without voting); it also numbers the draws.
+    """
+
+    macro: MacroConfig
+    signed: bool
+    cycles: list[Cycle]
+    coef: list[list[float]]
+    mode: list[list[int]]
+    full_scale: list[int]
+    readout: object | None
+    alpha: float
+    late_sign: bool
+    cell_sigma: float
+    votes: int
+    reciprocal: bool
+    _tables: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def ncyc(self) -> int:
+        return len(self.cycles)
+
+    @property
+    def noisy(self) -> bool:
+        """Does any conversion draw a random code?"""
+        return any(m in (NOISY, VOTED) for row in self.mode for m in row)
+
+    def late(self, c: int) -> bool:
+        return self.late_sign and c == self.ncyc - 1
+
+    def value_by_count(self, c: int, top: int) -> Tensor:
+        """Noise-free output of every count ``0..max(top, F_c)`` of cycle ``c``."""
+        f = self.full_scale[c]
+        return adc_value_table(
+            f, self.macro.adc_levels, self.reciprocal, self.alpha, self.late(c), max(top, f)
+        )
+
+    def value_by_code(self, c: int) -> Tensor:
+        return code_value_table(self.full_scale[c], self.macro.adc_levels, self.reciprocal)
+
+    def code_table(self, c: int):
+        """The exact code distribution of every count ``0..F_c`` of cycle ``c``."""
+        from ..noise import code_table
+
+        key = ("code", c)
+        if key not in self._tables:
+            self._tables[key] = code_table(
+                self.readout,
+                full_scale=self.full_scale[c],
+                adc_levels=self.macro.adc_levels,
+                levels=self.cycles[c].levels,
+                nrow=self.macro.nrow,
+                alpha=self.alpha,
+                late_compression=self.late(c),
+                reciprocal=self.reciprocal,
+            )
+        return self._tables[key]
+
+    def lossless(self) -> bool:
+        """Every conversion returns its exact count: no noise, no compression, and each ADC
+        cycle's table is the identity (spec §4.3), so the cycles can be skipped."""
+        if self.noisy or self.alpha or self.cell_sigma or self.macro.weight_parallel:
+            return False
+        for c in range(self.ncyc):
+            if any(self.mode[i][c] == ADC for i in range(self.macro.weight_bits)):
+                if not _is_identity(self.full_scale[c], self.macro.adc_levels, self.reciprocal):
+                    return False
+        return True
+
+
+@functools.lru_cache(maxsize=256)
+def _is_identity(full_scale: int, adc_levels: int, reciprocal: bool) -> bool:
+    t = adc_value_table(full_scale, adc_levels, reciprocal, 0.0, False, full_scale)
+    return bool(torch.equal(t, torch.arange(full_scale + 1, dtype=torch.float32)))
+
+
+def build_plan(macro: MacroConfig, noise: NoiseConfig | None, signed: bool) -> Plan:
+    """The :class:`Plan` of ``macro`` with ``noise`` for signed or unsigned inputs."""
+    w = macro.weight_bits
+    cycles = activation_cycles(macro.input_bits, macro.input_enc_bits, signed)
+    n = len(cycles)
+    readout = build_noise(noise)
+    if readout is not None and readout.constant_sigma(macro.adc_levels) == 0.0:
+        readout = None
+    coef, mode = [], []
+    for i in range(w):
+        row_c, row_m = [], []
+        for c, cyc in enumerate(cycles):
+            msb_w = i == w - 1
+            negate = (not msb_w) if cyc.sign else msb_w
+            row_c.append((-1.0 if negate else 1.0) * float(2 ** (i + cyc.shift)))
+            d = (w - 1 - i) + (n - 1 - c)  # anti-diagonal distance from the MSB x MSB corner
+            if d < macro.hybrid_levels:
+                row_m.append(EXACT if macro.hybrid_exact else ADC)
+            elif readout is None:
+                row_m.append(ADC)
+            elif d < macro.vote_levels and macro.vote_samples > 1:
+                row_m.append(VOTED)
+            else:
+                row_m.append(NOISY)
+        coef.append(row_c)
+        mode.append(row_m)
+    alpha = noise.compression_alpha if noise is not None else 0.0
+    late_sign = bool(
+        alpha
+        and signed
+        and macro.input_enc_bits is not None
+        and noise.sign_cycle_compression == SignCycleCompression.normalised
+    )
+    voting = any(m == VOTED for row in mode for m in row)
+    return Plan(
+        macro=macro,
+        signed=signed,
+        cycles=cycles,
+        coef=coef,
+        mode=mode,
+        full_scale=[c.levels * macro.nrow for c in cycles],
+        readout=readout,
+        alpha=alpha,
+        late_sign=late_sign,
+        cell_sigma=noise.cell_sigma if noise is not None else 0.0,
+        votes=macro.vote_samples if voting else 1,
+        reciprocal=macro.division == Division.reciprocal,
+    )
