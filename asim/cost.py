@@ -30,8 +30,8 @@ energy; ``input`` mapped rows x array activations x input bits of the cycle x th
 energy; ``hybrid`` digital partial sums x ``nrow`` x the adder-tree energy per row;
 ``shift_add``; ``vote`` voted partial sums x K(K-1)/2 comparisons; ``digital`` digital MACs.
 Only the macro is modelled: no weight loading, no buffers or off-macro data movement, no float
-layers left outside the macro. Published models spread about
-10x, so compare designs with one preset rather than quoting absolute numbers.
+layers left outside the macro. Published models spread about 10x, so compare designs with one
+preset rather than quoting absolute numbers.
 
 Plain PyTorch::
 
