@@ -25,6 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._native import CONST
 from ..rng import CONSTANTS
 
 _S1 = tl.constexpr(CONSTANTS["ASIM_MIX_S1"])
@@ -35,8 +36,11 @@ _M2 = tl.constexpr(CONSTANTS["ASIM_MIX_M2"])
 _GAMMA = tl.constexpr(CONSTANTS["ASIM_DRAW_GAMMA"])
 _KEY_OUT = tl.constexpr(CONSTANTS["ASIM_KEY_OUT"])
 
-MODE_ADC, MODE_EXACT, MODE_NOISY, MODE_VOTED = 0, 1, 2, 3
-PIECE_BITS = 7
+MODE_ADC = tl.constexpr(CONST["ASIM_CYC_ADC"])
+MODE_EXACT = tl.constexpr(CONST["ASIM_CYC_EXACT"])
+MODE_NOISY = tl.constexpr(CONST["ASIM_CYC_NOISY"])
+MODE_VOTED = tl.constexpr(CONST["ASIM_CYC_VOTED"])
+PIECE_BITS = tl.constexpr(7)
 """Activation bits cut into one int8 operand (levels <= 127); wider cycles take pieces."""
 
 
@@ -66,6 +70,44 @@ def _draw_code(ekey, draw, cnt, valid, THR, START, KLO, GUIDE, mmin, rowoff, gof
         th = tl.load(THR + j, mask=more, other=0)
         j += (more & (u >= th)).to(tl.int32)
     return tl.load(KLO + ridx) + (j - j0)
+
+
+@triton.jit
+def _load_codes(
+    X, xrow, COL_OFF, sxr, W, wcol, swr, mmask, nmask, r0, r1, k0, GATHER: tl.constexpr,
+    BK: tl.constexpr
+):  # fmt: skip
+    """Codes of reduction rows ``k0 .. k0 + BK`` (those below ``r1``): activations
+    ``[BM, BK]`` and weights ``[BK, BN]`` as stored (one byte each for 8-bit codes; float
+    codes become int32); masked entries are 0 (they add nothing)."""
+    rk = k0 + tl.arange(0, BK)
+    kmask = rk < r1
+    if GATHER:
+        xoff = tl.load(COL_OFF + rk, mask=kmask, other=0)
+    else:
+        xoff = rk.to(tl.int64) * sxr
+    xc = tl.load(X + xrow[:, None] + xoff[None, :], mask=mmask[:, None] & kmask[None, :], other=0)
+    if xc.dtype.is_floating():
+        xc = xc.to(tl.int32)
+    wc = tl.load(
+        W + rk.to(tl.int64)[:, None] * swr + wcol[None, :],
+        mask=kmask[:, None] & nmask[None, :],
+        other=0,
+    )
+    return xc, wc
+
+
+@triton.jit
+def _cycle_count(xc, wp, lo, width, BM: tl.constexpr, BN: tl.constexpr):
+    """The cycle's column count ``sum_k 2^k M(bit lo + k)`` (spec §5): exact int32 dots of
+    the cycle's multi-level input (bits ``lo .. lo + width``, at most 7 per int8 operand)
+    with the weight plane ``wp``."""
+    cnt = tl.zeros((BM, BN), dtype=tl.int32)
+    for p in range(0, width, PIECE_BITS):
+        pw = tl.minimum(width - p, PIECE_BITS)
+        lv = ((xc.to(tl.int32) >> (lo + p)) & ((1 << pw) - 1)).to(tl.int8)
+        cnt += tl.dot(lv, wp, out_dtype=tl.int32) << p
+    return cnt
 
 
 @triton.jit
@@ -113,6 +155,7 @@ def acim_kernel(
     NCYC: tl.constexpr,
     GATHER: tl.constexpr,
     NOISE: tl.constexpr,
+    SINGLE_K: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
@@ -137,35 +180,30 @@ def acim_kernel(
     for t in range(ntiles):
         r0 = tl.load(TILES + 2 * t)
         r1 = tl.load(TILES + 2 * t + 1)
+        if SINGLE_K:  # the tile fits one block: its codes are loaded once for all cycles
+            xc, wc = _load_codes(
+                X, xrow, COL_OFF, sxr, W, wcol, swr, mmask, nmask, r0, r1, r0, GATHER, BK
+            )
         for ii in range(WB):
             i = WB - 1 - ii
+            if SINGLE_K:
+                wp = ((wc.to(tl.int32) >> i) & 1).to(tl.int8)
             for cc in range(NCYC):
                 c = NCYC - 1 - cc
                 lo = tl.load(CYC_LO + c)
                 width = tl.load(CYC_WIDTH + c)
-                cnt = tl.zeros((BM, BN), dtype=tl.int32)
-                for k0 in range(r0, r1, BK):
-                    rk = k0 + tl.arange(0, BK)
-                    kmask = rk < r1
-                    if GATHER:
-                        xoff = tl.load(COL_OFF + rk, mask=kmask, other=0)
-                    else:
-                        xoff = rk.to(tl.int64) * sxr
-                    xc = tl.load(
-                        X + xrow[:, None] + xoff[None, :],
-                        mask=mmask[:, None] & kmask[None, :],
-                        other=0,
-                    ).to(tl.int32)
-                    wc = tl.load(
-                        W + rk.to(tl.int64)[:, None] * swr + wcol[None, :],
-                        mask=kmask[:, None] & nmask[None, :],
-                        other=0,
-                    ).to(tl.int32)
-                    wp = ((wc >> i) & 1).to(tl.int8)
-                    for p in range(0, width, PIECE_BITS):
-                        pw = tl.minimum(width - p, PIECE_BITS)
-                        lv = ((xc >> (lo + p)) & ((1 << pw) - 1)).to(tl.int8)
-                        cnt += tl.dot(lv, wp, out_dtype=tl.int32) << p
+                if SINGLE_K:
+                    cnt = _cycle_count(xc, wp, lo, width, BM, BN)
+                else:
+                    cnt = tl.zeros((BM, BN), dtype=tl.int32)
+                    for k0 in range(r0, r1, BK):
+                        xk, wk = _load_codes(
+                            X, xrow, COL_OFF, sxr, W, wcol, swr, mmask, nmask, r0, r1, k0,
+                            GATHER, BK,
+                        )  # fmt: skip
+                        cnt += _cycle_count(
+                            xk, ((wk.to(tl.int32) >> i) & 1).to(tl.int8), lo, width, BM, BN
+                        )
                 mode = tl.load(MODE + i * NCYC + c)
                 coef = tl.load(COEF + i * NCYC + c)
                 if mode == MODE_EXACT:

@@ -27,8 +27,9 @@ BLOCK_M = 64
 """Output rows per program on a GPU."""
 BLOCK_N = 64
 """Output columns per program on a GPU."""
-BLOCK_K = 64
-"""Reduction rows per ``tl.dot`` on a GPU (a tile of ``nrow`` rows takes ceil(nrow/64))."""
+BLOCK_K_MAX = 256
+"""Most reduction rows per ``tl.dot`` on a GPU: a tile of up to this many rows is loaded once
+for all its cycles (``nrow = 255`` fits); larger tiles loop over blocks of this size."""
 _MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 _GRID_YZ = 65535  # CUDA's limit on grid dims 1 and 2
 
@@ -224,7 +225,7 @@ def launch(
     if _interpreting():  # the interpreter pays per program: blocks just large enough
         bm, bn, bk = _block(M, 64), _block(O, 64), _block(max_rows, 64)
     else:
-        bm, bn, bk = BLOCK_M, BLOCK_N, BLOCK_K
+        bm, bn, bk = BLOCK_M, BLOCK_N, _block(max_rows, BLOCK_K_MAX)
     sx = (0, 0, 0) if gather else x.stride()
     sw = (0 if w.shape[0] == 1 else w.stride(0), w.stride(1), w.stride(2))
     rk = rkeys if rkeys is not None else torch.zeros(1, 1, dtype=torch.int64, device=y.device)
@@ -248,6 +249,7 @@ def launch(
             tables.t_mmin, tables.t_row, tables.t_guide, tables.t_gb,
             tables.max_scan, tables.votes, tables.votes,
             WB=tables.wb, NCYC=tables.ncyc, GATHER=gather, NOISE=tables.noisy,
+            SINGLE_K=max_rows <= bk,
             BM=bm, BN=bn, BK=bk,
             enable_fp_fusion=False,
         )  # fmt: skip
