@@ -147,11 +147,11 @@ class CostConfig:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"CostConfig.{f.name}={value!r} must be a number")
+            if f.name == "vdd" and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"CostConfig.vdd={value} must be a finite voltage > 0")
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"CostConfig.{f.name}={value} must be a finite number >= 0")
             setattr(self, f.name, float(value))
-        if self.vdd <= 0:
-            raise ValueError(f"CostConfig.vdd={self.vdd} must be > 0 volts")
 
     def adc_pj(self, bits: int) -> float:
         """Energy of one ``bits``-bit conversion, pJ."""

@@ -409,6 +409,7 @@ def test_cost_config_defaults_and_validation():
     assert c.adc_pj(8) == pytest.approx((800 + 0.001 * 65536) * 0.81 / 1000)  # 0.70 pJ
     for bad in (
         {"vdd": 0},
+        {"vdd": -0.9},
         {"adc_linear_fF": -1},
         {"bitline_fF": "x"},
         {"shift_add_pj": math.inf},
