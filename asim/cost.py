@@ -36,7 +36,7 @@ preset rather than quoting absolute numbers.
 Plain PyTorch::
 
     from asim import CostConfig, estimate_cost
-    report = estimate_cost(acim_model, example_batch)        # one forward, inference mode
+    report = estimate_cost(acim_model, example_batch)        # one cheap forward
     report.totals["energy_pj"], report.to_dict()["cost_layers"]
 """
 
@@ -507,12 +507,13 @@ def estimate_cost(
 ) -> CostReport:
     """The per-sample cost of ``model`` on ``example_input`` (one forward pass).
 
-    The forward runs without gradients, with every non-digital ACiM layer temporarily in
-    ``"inference"`` mode (fast integer MACs; counts depend only on shapes) and the model in
-    eval mode; modes, training flags, noise-aware perturbations and torch's RNG state are
-    restored afterwards, so the model is left exactly as it was. Only shapes matter: a model
-    built on the meta device (``with torch.device("meta"): ...``) with a meta input gives the
-    same report without allocating any weight.
+    Counts depend only on shapes, so the forward is the cheapest one: without gradients, every
+    ACiM layer temporarily in ``"train"`` mode (fake-quantized float MACs: no macro simulation,
+    no programmed arrays) with its noise-aware perturbation off, the model in eval mode (no
+    dropout, no BatchNorm update). Modes, perturbations, training flags and torch's RNG state
+    are restored afterwards, so the model is left exactly as it was. A model built on the meta
+    device (``with torch.device("meta"): ...``) with a meta input gives the same report
+    without allocating any weight.
 
     Args:
         model: a model with ACiM layers (see :func:`asim.convert_to_acim`).
@@ -535,7 +536,7 @@ def estimate_cost(
     try:
         for m in layers:
             if not m.digital:
-                m.mode = "inference"
+                m.mode = "train"  # the cheapest forward: shapes are all the counts need
             m.trim_noise = 0.0
             if hasattr(m, "attn_trim_noise"):
                 m.attn_trim_noise = 0.0

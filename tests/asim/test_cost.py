@@ -381,6 +381,12 @@ def test_estimate_cost_leaves_the_model_as_it_was():
     assert model.conv2.mode == "simulate" and model.conv2.trim_noise == 10.0
 
 
+def test_meta_models_can_be_estimated_repeatedly(resnet18):
+    model = _convert_resnet18(resnet18, MacroConfig(hybrid_levels=2))
+    first = estimate_cost(model, _image()).to_dict()
+    assert estimate_cost(model, _image()).to_dict() == first
+
+
 def test_models_without_acim_layers_and_bad_inputs_fail_clearly():
     with pytest.raises(ValueError, match="recorded no ACiM layer"):
         estimate_cost(nn.Linear(3, 2), torch.rand(1, 3))
