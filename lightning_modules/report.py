@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.json"
+RESULTS_NAME = re.compile(r"results(?:-(\d+))?\.json")  # results.json, results-1.json, ...
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 CSV_FILE = "sweep.csv"
 MARKDOWN_FILE = "report.md"
@@ -54,6 +55,9 @@ ENERGY = "energy_pj"
 PARETO_SENSES = {ACCURACY: "max", ENERGY: "min"}
 # Overrides that are repeats of one design, not design dimensions: averaged in the plots.
 REPEAT_KEYS = ("seed",)
+# More combinations of the other swept keys than this: an accuracy plot shows every design as
+# a dot and one line per value of a single second key (the best design at each x).
+MAX_LINES = 8
 # What an ordinary run returns to Hydra (a sweeper's objective when none is configured).
 DEFAULT_OBJECTIVE = ACCURACY
 OBJECTIVES_KEY = "optimized_metrics"
@@ -79,11 +83,19 @@ NULL_LABELS = {"macro.input_enc_bits": "serial"}
 
 @dataclass
 class Job:
-    """One run: its folder, its overrides (key -> value as written) and its results.json."""
+    """One run: its folder, its overrides (key -> value as written) and its results."""
 
     folder: Path
     overrides: dict[str, str]
     results: dict[str, Any]
+    path: Path | None = None  # the results file; None: folder/results.json
+
+    @property
+    def location(self) -> Path:
+        """The job folder, or its results file when that is not the first (results-1.json)."""
+        if self.path is None or self.path.name == RESULTS_FILE:
+            return self.folder
+        return self.path
 
     def value(self, key: str) -> str:
         """The value of a key: the override, else the run's resolved config, else ''."""
@@ -174,37 +186,51 @@ def pareto_mask(points: Sequence[Sequence[float]], senses: Sequence[str]) -> lis
 # --------------------------------------------------------------------------- collecting
 
 
+def results_files(folder: Path) -> list[Path]:
+    """The results files of one run folder: results.json, then results-1.json, ... (a run
+    repeated in the same folder never overwrites the earlier one's file)."""
+    numbered = []
+    for path in folder.glob("results*.json"):
+        match = RESULTS_NAME.fullmatch(path.name)
+        if match:
+            numbered.append((int(match.group(1) or 0), path))
+    return [path for _, path in sorted(numbered)]
+
+
 def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
-    """Every job folder under ``dirs`` (a folder with results.json or .hydra/overrides.yaml);
-    runs without results.json, with an unreadable one or marked ``"complete": false`` are
-    skipped with the reason."""
+    """Every run under ``dirs``: each results file (``results.json``, ``results-1.json``, ...)
+    of every folder that has one or a ``.hydra/overrides.yaml``. A folder without results, an
+    unreadable file or one marked ``"complete": false`` is skipped with the reason."""
     found: dict[Path, None] = {}
     for d in dirs:
         root = Path(d)
         if not root.is_dir():
             raise ValueError(f"{root} is not a folder; pass a sweep or run folder")
-        candidates = [p.parent for p in root.rglob(RESULTS_FILE)]
+        candidates = [
+            p.parent for p in root.rglob("results*.json") if RESULTS_NAME.fullmatch(p.name)
+        ]
         candidates += [p.parent.parent for p in root.rglob(str(OVERRIDES_FILE))]
         for folder in sorted(candidates):
             found.setdefault(folder.resolve(), None)
     collection = Collection()
     for folder in found:
-        path = folder / RESULTS_FILE
-        if not path.is_file():
+        paths = results_files(folder)
+        if not paths:
             collection.skipped.append((folder, f"no {RESULTS_FILE} (failed or not finished)"))
             continue
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            collection.skipped.append((folder, f"unreadable {RESULTS_FILE}: {e}"))
-            continue
-        if not isinstance(results, dict):
-            collection.skipped.append((folder, f"{RESULTS_FILE} is not a JSON object"))
-            continue
-        if results.get("complete") is False:
-            collection.skipped.append((folder, "incomplete (still running or interrupted)"))
-            continue
-        collection.jobs.append(Job(folder, _read_overrides(folder), results))
+        overrides = _read_overrides(folder)
+        for path in paths:
+            try:
+                results = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                collection.skipped.append((path, f"unreadable: {e}"))
+                continue
+            if not isinstance(results, dict):
+                collection.skipped.append((path, "not a JSON object"))
+            elif results.get("complete") is False:
+                collection.skipped.append((path, "incomplete (still running or interrupted)"))
+            else:
+                collection.jobs.append(Job(folder, overrides, results, path))
     return collection
 
 
@@ -292,7 +318,7 @@ def write_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike | Non
     swept = swept_keys(collection.jobs)
     jobs = sorted(
         collection.jobs,
-        key=lambda j: (tuple(_sort_key(j.value(k)) for k in swept), str(j.folder)),
+        key=lambda j: (tuple(_sort_key(j.value(k)) for k in swept), str(j.location)),
     )
     pareto = _pareto_jobs(jobs)
     csv_path = _write_csv(out / CSV_FILE, jobs, swept, out)
@@ -332,7 +358,7 @@ def _write_csv(path: Path, jobs: Sequence[Job], swept: Sequence[str], out: Path)
             writer.writerow(
                 [job.value(k) for k in swept]
                 + ["" if v is None else v for v in values]
-                + [_relative(job.folder, out)]
+                + [_relative(job.location, out)]
             )
     return path
 
@@ -414,7 +440,7 @@ def _markdown(
         row += [
             str(n) if n is not None else "",
             f"{s:.1f}" if _is_number(s) else "",
-            f"`{_relative(job.folder, out)}`",
+            f"`{_relative(job.location, out)}`",
         ]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
@@ -558,32 +584,51 @@ def _accuracy_axis(ax, values: Iterable[float]) -> None:
 
 
 def _plot_accuracy_vs(plt, out: Path, jobs: Sequence[Job], key: str, design_keys: Sequence[str]):
+    """Accuracy against one swept key: one line per combination of the other swept keys, or,
+    when those are more than ``MAX_LINES`` (a random or Optuna search), one colour per value
+    of the other key with the fewest values, every design a dot and a line through the best
+    design at each x."""
     others = [k for k in design_keys if k != key]
     values = sorted({j.value(key) for j in jobs}, key=_sort_key)
     numeric = all(isinstance(_typed(v), (int, float)) for v in values)
     position = {v: (float(_typed(v)) if numeric else i) for i, v in enumerate(values)}
-    lines: dict[tuple[str, ...], dict[str, list[Job]]] = {}
-    for job in sorted(jobs, key=lambda j: tuple(_sort_key(j.value(k)) for k in others)):
-        series = lines.setdefault(tuple(job.value(k) for k in others), {})
-        series.setdefault(job.value(key), []).append(job)
+    designs: dict[tuple[str, ...], list[Job]] = {}  # repeats (seeds) of one design together
+    for job in jobs:
+        designs.setdefault(tuple(job.value(k) for k in (key, *others)), []).append(job)
+    combos = {d[1:] for d in designs}
+    many = len(combos) > MAX_LINES
+    if many:
+        second = min(others, key=lambda k: len({j.value(k) for j in jobs}))
+        rest = [k for k in others if k != second]
+        legend_keys = [second]
+    else:
+        legend_keys = others
+    groups: dict[tuple[str, ...], dict[str, list[tuple[float, float]]]] = {}
+    for design in sorted(designs, key=lambda d: tuple(_sort_key(v) for v in d[1:])):
+        line = tuple(design[1 + others.index(k)] for k in legend_keys)
+        groups.setdefault(line, {}).setdefault(design[0], []).append(_point(designs[design]))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    colors = plt.get_cmap("viridis" if len(lines) > 10 else "tab10")
+    colors = plt.get_cmap("viridis" if len(groups) > 10 else "tab10")
     shown = []
-    for i, (line, series) in enumerate(lines.items()):
+    for i, (line, series) in enumerate(groups.items()):
         xs = sorted(series, key=_sort_key)
-        pts = [_point(series[x]) for x in xs]
-        ys = [100 * m for m, _ in pts]
-        shown += ys
-        if len(others) == 1:  # the legend's title names the key
-            label = _display(others[0], line[0])
+        color = colors(i / max(1, len(groups) - 1)) if len(groups) > 10 else colors(i % 10)
+        if len(legend_keys) == 1:  # the legend's title names the key
+            label = _display(legend_keys[0], line[0])
         else:
-            pairs = zip(others, line, strict=True)
+            pairs = zip(legend_keys, line, strict=True)
             label = ", ".join(f"{_short(k)}={_display(k, v)}" for k, v in pairs) or None
-        color = colors(i / max(1, len(lines) - 1)) if len(lines) > 10 else colors(i % 10)
+        if many:
+            dots = [(position[x], 100 * m) for x in xs for m, _ in series[x]]
+            ax.scatter(*zip(*dots, strict=True), color=color, alpha=0.45, s=18)
+            shown += [y for _, y in dots]
+        best = [max(series[x]) for x in xs]
+        ys = [100 * m for m, _ in best]
+        shown += ys
         ax.errorbar(
             [position[x] for x in xs],
             ys,
-            yerr=[100 * s for _, s in pts],
+            yerr=[100 * sd for _, sd in best],
             marker="o",
             capsize=3,
             label=label,
@@ -598,8 +643,10 @@ def _plot_accuracy_vs(plt, out: Path, jobs: Sequence[Job], key: str, design_keys
     inference = metric(jobs[0].results, "inference_top1")
     _accuracy_axis(ax, shown + ([100 * inference] if _is_number(inference) else []))
     ax.set_title(_title(f"Simulated top-1 vs {_short(key)}", jobs))
+    title = _short(legend_keys[0]) if len(legend_keys) == 1 else None
+    if many and rest:
+        title += f"\n(dots: every design;\nline: best over {', '.join(map(_short, rest))})"
     name = f"accuracy_vs_{_safe_name(key)}.png"
-    title = _short(others[0]) if len(others) == 1 else None
     return _finish(plt, fig, ax, out / name, title, outside=bool(others))
 
 

@@ -101,7 +101,7 @@ def test_sweep_csv_rows_equal_results(grid_sweep):
 def test_incomplete_and_failed_runs_are_skipped_with_a_note(grid_sweep):
     sweep, _ = grid_sweep
     rep = report.write_report([sweep])
-    reasons = {folder.name: why for folder, why in rep.collection.skipped}
+    reasons = {(p if p.is_dir() else p.parent).name: why for p, why in rep.collection.skipped}
     assert len(reasons) == 2
     assert "incomplete" in reasons["macro.adc_bits=5,noise.rand_sigma=0,debug=fast"]
     assert "no results.json" in reasons["macro.adc_bits=7,noise.rand_sigma=0,debug=fast"]
@@ -128,6 +128,20 @@ def test_report_md_and_plots(grid_sweep):
     assert len(table) == 1 + 6  # header and one row per complete job
     assert "| 8 | 0 | 95.00 ± 8.00 |" in md  # sim top-1 in %, with the std of the repeats
     assert "energy/sample (nJ)" in md and "| 256 |" in md  # 2^8 * 1000 pJ
+
+
+def test_a_rerun_in_the_same_folder_is_its_own_row(tmp_path):
+    """simulate.py never overwrites results.json: a second run writes results-1.json."""
+    run = make_job(tmp_path, {"macro.adc_bits": 6}, **results(0.5))
+    (run / "results-1.json").write_text(json.dumps(results(0.6)))
+    (run / "results-2.json.tmp").write_text("{")  # a write in progress: not a results file
+    (run / "predictions-1.json").write_text("[]")
+    rep = report.write_report([tmp_path])
+    rows = report.read_csv(rep.csv)
+    assert [(r["sim_top1"], r["job"]) for r in rows] == [
+        ("0.5", "macro.adc_bits=6"),
+        ("0.6", "macro.adc_bits=6/results-1.json"),
+    ]
 
 
 def test_pareto_hand_case():

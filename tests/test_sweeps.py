@@ -1,0 +1,133 @@
+"""Real sweeps of simulate.py on digits: the report every multirun writes, Hydra's joblib and
+submitit launchers, and the Optuna Pareto search (the launchers and the sweeper come with
+`pip install -e ".[sweep]"`; their tests are skipped without them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from lightning_modules import report
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["debug=fast"]  # two validation batches of 256: all 450 digits, about a second a job
+
+
+def multirun(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        [sys.executable, "simulate.py", "-m", *FAST, *overrides, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, f"{' '.join(overrides)} failed:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def job_results(sweep_dir: Path) -> dict[Path, dict]:
+    """results.json of every job folder (one with .hydra/overrides.yaml) of a sweep."""
+    jobs = [p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")]
+    return {job: json.loads((job / "results.json").read_text()) for job in jobs}
+
+
+def overridden(job: Path) -> dict[str, str]:
+    lines = OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+    return dict(line.split("=", 1) for line in lines)
+
+
+def assert_one_result_per_job(sweep_dir: Path, key: str, values: set[str]) -> dict[Path, dict]:
+    """Every job wrote its own results.json, simulated with its own override."""
+    found = job_results(sweep_dir)
+    assert {overridden(job)[key] for job in found} == values
+    assert len(found) == len(values)
+    leaf = key.split(".")
+    for job, res in found.items():
+        node = res["config"]
+        for part in leaf:
+            node = node[part]
+        assert str(node) == overridden(job)[key], job
+        assert res["num_samples"] == 450
+    return found
+
+
+def test_grid_sweep_writes_the_report(tmp_path):
+    sweep = tmp_path / "grid"
+    proc = multirun(sweep, "macro.adc_bits=5,8", "macro.input_enc_bits=null,2")
+    assert "sweep report:" in proc.stdout
+    found = job_results(sweep)
+    assert len(found) == 4
+    rows = report.read_csv(sweep / "sweep.csv")
+    assert len(rows) == 4
+    assert list(rows[0])[:2] == ["macro.adc_bits", "macro.input_enc_bits"]
+    for row in rows:
+        res = found[(sweep / row["job"]).resolve()]
+        assert overridden(sweep / row["job"])["macro.adc_bits"] == row["macro.adc_bits"]
+        for name in report.METRICS:
+            value = report.metric(res, name)
+            assert row[name] == ("" if value is None else str(value)), name
+    # the lossless 8-bit bit-serial macro equals quantized inference; 5 bits loses accuracy
+    by_key = {(r["macro.adc_bits"], r["macro.input_enc_bits"]): r for r in rows}
+    lossless = by_key["8", "null"]
+    assert float(lossless["sim_top1"]) == float(lossless["inference_top1"])
+    assert float(by_key["5", "null"]["sim_top1"]) < float(lossless["sim_top1"])
+    expected = {"sweep.csv", "report.md"}
+    expected |= {"accuracy_vs_macro.adc_bits.png", "accuracy_vs_macro.input_enc_bits.png"}
+    if any(report.metric(res, "energy_pj") is not None for res in found.values()):
+        expected.add("accuracy_vs_energy.png")
+    assert expected <= {p.name for p in sweep.iterdir()}
+    md = (sweep / "report.md").read_text()
+    assert md.count("\n| ") == 1 + 4 and "![accuracy_vs_macro.adc_bits]" in md
+
+
+def test_joblib_sweep_writes_one_result_per_job(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "joblib"
+    proc = multirun(
+        sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "macro.adc_bits=5,6,8"
+    )
+    assert "Joblib.Parallel" in proc.stderr + proc.stdout
+    found = assert_one_result_per_job(sweep, "macro.adc_bits", {"5", "6", "8"})
+    tops = {overridden(job)["macro.adc_bits"]: res["sim_top1"] for job, res in found.items()}
+    assert tops["5"] < tops["8"]  # each worker simulated its own macro
+    assert len(report.read_csv(sweep / "sweep.csv")) == 3
+
+
+def test_submitit_local_sweep_writes_one_result_per_job(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "submitit"
+    multirun(sweep, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+             "macro.adc_bits=5,8")  # fmt: skip
+    assert (sweep / ".submitit").is_dir()
+    assert_one_result_per_job(sweep, "macro.adc_bits", {"5", "8"})
+    assert len(report.read_csv(sweep / "sweep.csv")) == 2
+
+
+def test_pareto_search_completes(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "pareto"
+    multirun(sweep, "hparams_search=macro_pareto", "hydra.sweeper.n_trials=4")
+    found = job_results(sweep)
+    assert len(found) >= 1  # trials that draw the same design share a folder
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.solutions and all(len(t["values"]) == 2 for t in best.solutions)
+    rows = report.read_csv(sweep / "sweep.csv")
+    assert all(r["energy_pj"] for r in rows)
+    assert (sweep / "accuracy_vs_energy.png").is_file()
+    md = (sweep / "report.md").read_text()
+    assert "Pareto set" in md and "| yes |" in md
+    # Optuna's Pareto set and the report's agree on the objective values
+    optuna_front = {(t["values"][0], t["values"][1]) for t in best.solutions}
+    ours = {(float(r["sim_top1"]), float(r["energy_pj"])) for r in rows}
+    front = report.pareto_mask(sorted(ours), ["max", "min"])
+    assert {p for p, keep in zip(sorted(ours), front, strict=True) if keep} == optuna_front
