@@ -160,7 +160,7 @@ class TableNoise(ReadoutNoise):
     @classmethod
     def from_csv(cls, path: str | Path) -> TableNoise:
         """Read a CSV with header ``count,offset,std`` (``#`` lines are comments)."""
-        return _load_table(str(Path(path).expanduser().resolve()))
+        return _load_table(*_file_key(path))
 
     def moments(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor, Tensor]:
         offset = _interp(self.counts, self.offset, level_count).div_(adc_levels)
@@ -220,7 +220,7 @@ class HistogramNoise(ReadoutNoise):
     @classmethod
     def from_csv(cls, path: str | Path) -> HistogramNoise:
         """Read a CSV with header ``count,delta,weight`` (``#`` lines are comments)."""
-        return _load_histogram(str(Path(path).expanduser().resolve()))
+        return _load_histogram(*_file_key(path))
 
     def delta_pmf(self, level_count: Tensor) -> tuple[int, Tensor]:
         """``(delta_min, P)``: ``P[..., j]`` is the probability of code offset
@@ -301,8 +301,18 @@ def _number(p: Path, what: str, no: int, name: str, text: str, *, minimum=None) 
     return v
 
 
+def _file_key(path: str | Path) -> tuple[str, int, int]:
+    """The resolved path with its modification time and size: a changed file is re-read."""
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+        return str(p), st.st_mtime_ns, st.st_size
+    except OSError:
+        return str(p), 0, -1
+
+
 @functools.lru_cache(maxsize=16)
-def _load_table(path: str) -> TableNoise:
+def _load_table(path: str, mtime_ns: int = 0, size: int = -1) -> TableNoise:
     p, what = Path(path), "noise table"
     counts, offset, std = [], [], []
     for no, row in _read_rows(p, ("count", "offset", "std"), what, "noise.file"):
@@ -319,7 +329,7 @@ def _load_table(path: str) -> TableNoise:
 
 
 @functools.lru_cache(maxsize=16)
-def _load_histogram(path: str) -> HistogramNoise:
+def _load_histogram(path: str, mtime_ns: int = 0, size: int = -1) -> HistogramNoise:
     p, what = Path(path), "noise histogram"
     per_count: dict[float, dict[int, float]] = {}
     last: tuple[float, int] | None = None
