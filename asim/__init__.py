@@ -17,6 +17,7 @@ from .config import (
     WeightParallelADC,
 )
 from .convert import LAYER_MAP, acim_modules, convert_to_acim, resample_noise, set_mode, to_float
+from .cost import CostConfig, CostRecorder, CostReport, estimate_cost
 from .engine import acim_matmul, activation_cycles
 from .layers import (
     MODES,
@@ -40,6 +41,9 @@ __all__ = [
     "ActScale",
     "CellVariation",
     "ConvTiling",
+    "CostConfig",
+    "CostRecorder",
+    "CostReport",
     "Division",
     "GaussianNoise",
     "HistogramNoise",
@@ -53,6 +57,7 @@ __all__ = [
     "activation_cycles",
     "build_noise",
     "convert_to_acim",
+    "estimate_cost",
     "resample_noise",
     "set_mode",
     "set_sample_index",
