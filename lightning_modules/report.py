@@ -447,8 +447,16 @@ def _markdown(
     if has_energy:
         lines.append(
             f"Pareto set (highest simulated top-1 for its energy per sample): {len(pareto)} of "
-            f"{sum(_is_number(e) for e in energies)} runs with an energy."
+            f"{sum(_is_number(e) for e in energies)} runs with an energy, by energy:"
         )
+        lines.append("")
+        design_keys = [k for k in swept if k not in REPEAT_KEYS]
+        for number, job in enumerate(_by_energy(pareto), 1):
+            e, top1 = metric(job.results, ENERGY), metric(job.results, ACCURACY)
+            lines.append(
+                f"{number}. {_design(job, design_keys) or 'run'}: {_pct(top1)} % at "
+                f"{e / divisor:.4g} {unit} (`{_relative(job.location, out)}`)"
+            )
     else:
         lines.append(
             "No energy in these results (`cost.energy_pj` in results.json, from the cost "
@@ -462,6 +470,15 @@ def _markdown(
         lines += [f"- `{_relative(f, out)}`: {why}" for f, why in skipped]
         lines.append("")
     return "\n".join(lines)
+
+
+def _by_energy(jobs: Sequence[Job]) -> list[Job]:
+    return sorted(jobs, key=lambda j: metric(j.results, ENERGY))
+
+
+def _design(job: Job, keys: Sequence[str]) -> str:
+    """'adc_bits=6, nrow=127': a job's values of ``keys``, short names."""
+    return ", ".join(f"{_short(k)}={_display(k, job.value(k))}" for k in keys)
 
 
 def _common_summary(jobs: Sequence[Job]) -> str:
@@ -659,6 +676,7 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
     with_energy = [j for j in jobs if _is_number(metric(j.results, ENERGY))]
     divisor, unit = _energy_unit(metric(j.results, ENERGY) for j in with_energy)
     front = {id(j) for j in pareto}
+    inline = len(design_keys) <= 2 and len(pareto) <= 10  # else numbers, listed in report.md
     fig, ax = plt.subplots(figsize=(6.8, 4.6))
     for on_front in (False, True):
         group = [j for j in with_energy if (id(j) in front) == on_front]
@@ -673,10 +691,14 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
             markersize=12 if on_front else 6,
             color="tab:red" if on_front else "0.55",
             capsize=2,
-            label=f"Pareto-optimal ({len(group)})" if on_front else "dominated",
+            label=(
+                f"Pareto-optimal ({len(group)}" + (")" if inline else "; numbered in report.md)")
+                if on_front
+                else "dominated"
+            ),
             zorder=3 if on_front else 2,
         )
-    ordered = sorted(pareto, key=lambda j: metric(j.results, ENERGY))
+    ordered = _by_energy(pareto)
     if len(ordered) > 1:
         ax.step(
             [metric(j.results, ENERGY) / divisor for j in ordered],
@@ -686,14 +708,15 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
             alpha=0.4,
             linewidth=1,
         )
-    if len(ordered) <= 12 and design_keys:
-        for job in ordered:
+    for number, job in enumerate(ordered, 1):
+        text = _design(job, design_keys) if inline else str(number)
+        if text:
             ax.annotate(
-                ", ".join(f"{_short(k)}={_display(k, job.value(k))}" for k in design_keys),
+                text,
                 (metric(job.results, ENERGY) / divisor, 100 * metric(job.results, ACCURACY)),
                 textcoords="offset points",
-                xytext=(6, -12),
-                fontsize="x-small",
+                xytext=(7, -11) if inline else (5, 4),
+                fontsize="x-small" if inline else "small",
                 color="tab:red",
             )
     energies = [metric(j.results, ENERGY) for j in with_energy]

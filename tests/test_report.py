@@ -176,7 +176,14 @@ def test_report_marks_the_pareto_jobs(tmp_path):
     column = table[0].index("Pareto")
     marked = {row[0] for row in table[1:] if row[column] == "yes"}
     assert marked == {"4", "6", "8"}
-    assert "Pareto set" in rep.markdown.read_text()
+    md = rep.markdown.read_text()
+    assert "Pareto set" in md
+    listed = [line for line in md.splitlines() if line[:3] in ("1. ", "2. ", "3. ")]
+    assert [line.split(":")[0] for line in listed] == [
+        "1. adc_bits=4",
+        "2. adc_bits=6",
+        "3. adc_bits=8",
+    ]
 
 
 def test_repeats_by_seed_average_into_one_point_and_null_values(tmp_path):
