@@ -19,8 +19,11 @@ ints in ``[0, 2^64)``. The C twin is ``asim/_native/sampling.h``; every constant
 hash is defined there once (``#define ASIM_...``) and read from it when this module is
 imported.
 
-Deviations from the interface note (``noise-stream.md``): :func:`sub_key` and
-:func:`draw_u64` are extra helpers; nothing was renamed.
+Deviations from the interface note (``noise-stream.md``): :func:`sub_key`,
+:func:`draw_u64` and ``asim_layer_key``/``asim_sub_key``/``asim_normal_from`` in C are
+extra helpers; :func:`asim.noise.code_table` takes one extra keyword, ``reciprocal``
+(MacroConfig.division="reciprocal", spec Q10, for the float32 ``fl(m'/F)``); nothing was
+renamed.
 """
 
 from __future__ import annotations

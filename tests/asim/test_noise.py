@@ -269,6 +269,21 @@ def test_histogram_table_reproduces_the_measured_distribution():
     assert _tv(got[2:7], pmf[1]) < 0.005
 
 
+def test_histogram_with_late_compression_compresses_the_measured_code():
+    """Q28's ``normalised`` sign cycle: the code drawn from the histogram is compressed as
+    the value ``y = code / A``: ``rne(A * y / (alpha * y + 1))``."""
+    model, w = _hist_model()
+    alpha, A = 0.3, 7
+    plain = code_table(model, 8, A, 1, 8).probabilities()
+    late = code_table(model, 8, A, 1, 8, alpha, late_compression=True).probabilities()
+    remap = [round(A * (k / A) / (alpha * k / A + 1)) for k in range(A + 1)]
+    want = torch.zeros_like(plain)
+    for k in range(A + 1):
+        want[:, remap[k]] += plain[:, k]
+    assert (late - want).abs().max() < 2**-31
+    assert late[8, 7] == 0  # the top code is out of reach after compression
+
+
 def test_histogram_moments_are_the_histogram_mean_and_std():
     model, w = _hist_model()
     d = torch.arange(-2, 3, dtype=torch.float64)
