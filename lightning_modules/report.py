@@ -50,6 +50,8 @@ METRIC_PATHS: dict[str, tuple[str, ...]] = {
 }
 METRICS = tuple(METRIC_PATHS)
 ACCURACY = "sim_top1"
+TRAIN_ACCURACY = "val_top1"  # train.py's results.json: a train sweep's accuracy
+TRAIN_METRICS = [TRAIN_ACCURACY, "val_top5"]  # extra sweep.csv columns for train.py runs
 ENERGY = "energy_pj"
 # The Pareto set of the report: maximize accuracy, minimize energy per sample.
 PARETO_SENSES = {ACCURACY: "max", ENERGY: "min"}
@@ -89,6 +91,24 @@ class Job:
     overrides: dict[str, str]
     results: dict[str, Any]
     path: Path | None = None  # the results file; None: folder/results.json
+
+    @property
+    def accuracy_key(self) -> str:
+        """``sim_top1`` for simulate.py runs, ``val_top1`` for train.py runs (QAT/NAT)."""
+        return (
+            ACCURACY
+            if ACCURACY in self.results or TRAIN_ACCURACY not in self.results
+            else TRAIN_ACCURACY
+        )
+
+    @property
+    def accuracy(self) -> Any:
+        return metric(self.results, self.accuracy_key)
+
+    @property
+    def accuracy_std(self) -> float:
+        std = metric(self.results, f"{self.accuracy_key}_std")
+        return float(std) if _is_number(std) else 0.0
 
     @property
     def location(self) -> Path:
@@ -350,11 +370,14 @@ def _relative(folder: Path, out: Path) -> str:
 
 
 def _write_csv(path: Path, jobs: Sequence[Job], swept: Sequence[str], out: Path) -> Path:
+    columns = list(METRICS)
+    if any(TRAIN_ACCURACY in j.results for j in jobs):  # train.py runs
+        columns += TRAIN_METRICS
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*swept, *METRICS, "job"])
+        writer.writerow([*swept, *columns, "job"])
         for job in jobs:
-            values = [metric(job.results, m) for m in METRICS]
+            values = [metric(job.results, m) for m in columns]
             writer.writerow(
                 [job.value(k) for k in swept]
                 + ["" if v is None else v for v in values]
@@ -410,9 +433,10 @@ def _markdown(
         lines.append(f"Swept: {', '.join(f'`{k}`' for k in swept)}.")
     lines.append(f"Table: `{CSV_FILE}` (fractions; energy in pJ per sample). Accuracies in %.")
     lines.append("")
+    short = "val" if _accuracy_name(jobs).startswith("validation") else "sim"
     header = [f"`{k}`" for k in swept] + [
-        "sim top-1",
-        "sim top-5",
+        f"{short} top-1",
+        f"{short} top-5",
         "float top-1",
         "inference top-1",
     ]
@@ -424,8 +448,8 @@ def _markdown(
     for job in jobs:
         r = job.results
         row = [job.value(k) for k in swept] + [
-            _pct(metric(r, "sim_top1"), metric(r, "sim_top1_std")),
-            _pct(metric(r, "sim_top5")),
+            _pct(job.accuracy, job.accuracy_std),
+            _pct(metric(r, job.accuracy_key.replace("top1", "top5"))),
             _pct(metric(r, "float_top1")),
             _pct(metric(r, "inference_top1")),
         ]
@@ -452,7 +476,7 @@ def _markdown(
         lines.append("")
         design_keys = [k for k in swept if k not in REPEAT_KEYS]
         for number, job in enumerate(_by_energy(pareto), 1):
-            e, top1 = metric(job.results, ENERGY), metric(job.results, ACCURACY)
+            e, top1 = metric(job.results, ENERGY), job.accuracy
             lines.append(
                 f"{number}. {_design(job, design_keys) or 'run'}: {_pct(top1)} % at "
                 f"{e / divisor:.4g} {unit} (`{_relative(job.location, out)}`)"
@@ -525,26 +549,29 @@ def _pyplot():
 
 
 def _runs(job: Job) -> list[float]:
-    """The per-repeat simulated top-1 of a job (one value when the list is absent)."""
-    runs = job.results.get("sim_top1_runs")
+    """The per-repeat top-1 of a job (one value when the list is absent)."""
+    runs = job.results.get(f"{job.accuracy_key}_runs")
     if isinstance(runs, list) and runs and all(_is_number(v) for v in runs):
         return [float(v) for v in runs]
-    value = metric(job.results, ACCURACY)
-    return [float(value)] if _is_number(value) else []
+    return [float(job.accuracy)] if _is_number(job.accuracy) else []
 
 
 def _point(jobs: Sequence[Job]) -> tuple[float, float]:
-    """Mean and sample std of the simulated top-1 over every repeat of ``jobs``."""
+    """Mean and sample std of the top-1 over every repeat of ``jobs``."""
     if len(jobs) == 1:
-        job = jobs[0]
-        std = metric(job.results, "sim_top1_std")
-        return float(metric(job.results, ACCURACY)), float(std) if _is_number(std) else 0.0
+        return float(jobs[0].accuracy), jobs[0].accuracy_std
     runs = [v for j in jobs for v in _runs(j)]
     return statistics.fmean(runs), statistics.stdev(runs) if len(runs) > 1 else 0.0
 
 
+def _accuracy_name(jobs: Sequence[Job]) -> str:
+    """'simulated top-1' or, for a sweep of train.py runs, 'validation top-1'."""
+    train = all(j.accuracy_key == TRAIN_ACCURACY for j in jobs)
+    return "validation top-1" if train else "simulated top-1"
+
+
 def _write_plots(out: Path, jobs: Sequence[Job], swept: Sequence[str], pareto: Sequence[Job]):
-    scored = [j for j in jobs if _is_number(metric(j.results, ACCURACY))]
+    scored = [j for j in jobs if _is_number(j.accuracy)]
     plots = []
     if scored:
         plt = _pyplot()
@@ -592,12 +619,12 @@ def _save(plt, fig, path: Path) -> None:
     plt.close(fig)
 
 
-def _accuracy_axis(ax, values: Iterable[float]) -> None:
+def _accuracy_axis(ax, values: Iterable[float], name: str) -> None:
     values = list(values)
     low, high = min(values), max(values)
     pad = max(2.0, 0.08 * (high - low))
     ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad) + 0.5)
-    ax.set_ylabel("simulated top-1 accuracy (%)")
+    ax.set_ylabel(f"{name} accuracy (%)")
 
 
 def _plot_accuracy_vs(plt, out: Path, jobs: Sequence[Job], key: str, design_keys: Sequence[str]):
@@ -658,8 +685,10 @@ def _plot_accuracy_vs(plt, out: Path, jobs: Sequence[Job], key: str, design_keys
         ax.set_xticks([position[v] for v in values], [_display(key, v) for v in values])
     ax.set_xlabel(_label(key))
     inference = metric(jobs[0].results, "inference_top1")
-    _accuracy_axis(ax, shown + ([100 * inference] if _is_number(inference) else []))
-    ax.set_title(_title(f"Simulated top-1 vs {_short(key)}", jobs))
+    _accuracy_axis(
+        ax, shown + ([100 * inference] if _is_number(inference) else []), _accuracy_name(jobs)
+    )
+    ax.set_title(_title(f"{_accuracy_name(jobs)} vs {_short(key)}", jobs))
     title = _short(legend_keys[0]) if len(legend_keys) == 1 else None
     if many and rest:
         title += f"\n(dots: every design;\nline: best over {', '.join(map(_short, rest))})"
@@ -668,6 +697,7 @@ def _plot_accuracy_vs(plt, out: Path, jobs: Sequence[Job], key: str, design_keys
 
 
 def _title(title: str, jobs: Sequence[Job]) -> str:
+    title = title[:1].upper() + title[1:]
     summary = _common_summary(jobs)
     return f"{title}\n{summary}" if summary else title
 
@@ -684,8 +714,8 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
             continue
         ax.errorbar(
             [metric(j.results, ENERGY) / divisor for j in group],
-            [100 * metric(j.results, ACCURACY) for j in group],
-            yerr=[100 * (metric(j.results, "sim_top1_std") or 0) for j in group],
+            [100 * j.accuracy for j in group],
+            yerr=[100 * j.accuracy_std for j in group],
             linestyle="none",
             marker="*" if on_front else "o",
             markersize=12 if on_front else 6,
@@ -702,7 +732,7 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
     if len(ordered) > 1:
         ax.step(
             [metric(j.results, ENERGY) / divisor for j in ordered],
-            [100 * metric(j.results, ACCURACY) for j in ordered],
+            [100 * j.accuracy for j in ordered],
             where="post",
             color="tab:red",
             alpha=0.4,
@@ -713,7 +743,7 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
         if text:
             ax.annotate(
                 text,
-                (metric(job.results, ENERGY) / divisor, 100 * metric(job.results, ACCURACY)),
+                (metric(job.results, ENERGY) / divisor, 100 * job.accuracy),
                 textcoords="offset points",
                 xytext=(7, -11) if inline else (5, 4),
                 fontsize="x-small" if inline else "small",
@@ -724,8 +754,8 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
         ax.set_xscale("log")
     _reference_line(ax, with_energy)
     ax.set_xlabel(f"energy per sample ({unit})")
-    _accuracy_axis(ax, [100 * metric(j.results, ACCURACY) for j in with_energy])
-    ax.set_title(_title("Simulated top-1 vs energy per sample", with_energy))
+    _accuracy_axis(ax, [100 * j.accuracy for j in with_energy], _accuracy_name(with_energy))
+    ax.set_title(_title(f"{_accuracy_name(with_energy)} vs energy per sample", with_energy))
     return _finish(plt, fig, ax, out / "accuracy_vs_energy.png")
 
 

@@ -295,3 +295,20 @@ def test_report_cli(grid_sweep, tmp_path):
     )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_train_sweep_reports_validation_accuracy(tmp_path):
+    """train.py's results.json has val_top1 and no simulation: the report uses it."""
+    for lr, top1 in ((0.01, 0.9), (0.05, 0.95)):
+        make_job(tmp_path, {"optim.lr": lr}, val_top1=top1, val_top5=1.0, mode="qat", seconds=3.0)
+    rep = report.write_report([tmp_path])
+    rows = report.read_csv(rep.csv)
+    assert [(r["optim.lr"], r["val_top1"], r["sim_top1"]) for r in rows] == [
+        ("0.01", "0.9", ""),
+        ("0.05", "0.95", ""),
+    ]
+    assert [p.name for p in rep.plots] == ["accuracy_vs_optim.lr.png"]
+    assert (
+        "| val top-1 |" in rep.markdown.read_text()
+        and "| 0.05 | 95.00 |" in rep.markdown.read_text()
+    )
