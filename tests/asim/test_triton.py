@@ -1,0 +1,360 @@
+"""The Triton backend equals the native backend bit for bit, noise off and noise on (same
+stream), on small random configs; run on CPU by the Triton interpreter (TRITON_INTERPRET=1).
+
+The interpreter must be chosen before ``triton.language`` is first imported (its own
+helpers are decorated then). On a CPU-only machine this module switches it on when it is
+imported first; where that is too late (triton already imported, or a GPU present, where the
+compiled kernel must stay compiled for the ``gpu`` tests), one test re-runs this file in a
+child process with the interpreter on. The interpreter pays per kernel operation, so shapes
+are small: few tiles, bits and cycles.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+_ON = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+if not _ON and "triton.language" not in sys.modules and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # stays on: triton's helpers are decorated once
+    _ON = True
+
+pytest.importorskip("triton")
+
+from asim import (  # noqa: E402
+    ACiMConv2d,
+    ACiMLinear,
+    ACiMMultiheadAttention,
+    MacroConfig,
+    NoiseConfig,
+    resample_noise,
+)
+from asim.engine import NoiseStream, Patches, acim_matmul, build_plan, core  # noqa: E402
+
+from .golden import bits  # noqa: E402
+
+MEASURED = str(Path(__file__).resolve().parents[2] / "conf" / "noise" / "measured_example.csv")
+
+interpreted = pytest.mark.skipif(
+    not _ON, reason="needs the Triton interpreter: run by test_cases_under_the_interpreter"
+)
+
+
+@pytest.mark.skipif(_ON, reason="the interpreter is on in this process")
+def test_cases_under_the_interpreter():
+    """This file's cases in a child process with ``TRITON_INTERPRET=1``."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    """Run ``fn`` once with the engine's own choice (native on CPU) and once with the
+    Triton backend; returns both results and how many calls reached the Triton kernel."""
+    from asim._triton.backend import TritonBackend
+
+    choose = core.select_backend
+
+    def run(fn):
+        monkeypatch.setattr(core, "select_backend", choose)
+        want = fn()
+        used = []
+
+        def triton_backend(job):
+            used.append(job)
+            return TritonBackend(job)
+
+        monkeypatch.setattr(core, "select_backend", triton_backend)
+        got = fn()
+        return want, got, len(used)
+
+    return run
+
+
+def _ints(g, shape, nbits: int, signed: bool) -> torch.Tensor:
+    hi = (1 << (nbits - 1)) - 1 if signed else (1 << nbits) - 1
+    return torch.randint(-hi if signed else 0, hi + 1, shape, generator=g).float()
+
+
+def _macro(rng: random.Random, signed: bool, *, voting: bool = False, enc: bool = True):
+    """A small random macro (at most 5 bits, a few cycles): lossy and lossless ADCs,
+    bit-serial and bit-parallel, hybrid (also exact), voting, both division modes."""
+    w, x = rng.randint(2, 5), rng.randint(2, 5)
+    nrow = rng.choice([3, 4, 7, 8, 15, 16])
+    lossless = rng.random() < 0.3 and (nrow + 1) & nrow == 0
+    adc = (nrow + 1).bit_length() - 1 if lossless else rng.randint(1, 6)
+    e = None
+    top = x - 1 if signed else x
+    if enc and not voting and rng.random() < 0.5 and top >= 1:
+        e = rng.randint(1, top)
+    hybrid = 0 if voting else rng.choice([0, 0, 1, 2])
+    return MacroConfig(
+        weight_bits=w,
+        input_bits=x,
+        nrow=nrow,
+        adc_bits=adc,
+        input_enc_bits=e,
+        hybrid_levels=hybrid,
+        hybrid_exact=hybrid > 0 and rng.random() < 0.5,
+        vote_levels=rng.randint(1, 2) if voting else 0,
+        vote_samples=rng.choice([2, 3]) if voting else 1,
+        division=rng.choice(["ieee", "reciprocal"]),
+    )
+
+
+def _noise(rng: random.Random) -> NoiseConfig:
+    kind = rng.choice(["gaussian", "gaussian", "nonlinear", "measured", "compressed"])
+    if kind == "measured":
+        return NoiseConfig(file=MEASURED)
+    if kind == "compressed":
+        return NoiseConfig(rand_sigma=2.0, compression_alpha=rng.choice([0.02, 0.1]))
+    return NoiseConfig(
+        rand_sigma=rng.choice([0.5, 2.0, 6.0]), nonlinear_sigma=4.0 if kind == "nonlinear" else 0
+    )
+
+
+@interpreted
+@pytest.mark.parametrize("seed", range(40))
+def test_matmul_noise_free_equals_native(seed, backend):
+    """Matrices (2-D and batched 3-D operands), dropped tiles, compression (Q28 modes)."""
+    rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    signed = rng.random() < 0.5
+    macro = _macro(rng, signed)
+    B, M, R, O = rng.choice([1, 1, 2]), rng.randint(1, 20), rng.randint(1, 24), rng.randint(1, 9)
+    x = _ints(g, (B, M, R), macro.input_bits, signed)
+    w = _ints(g, (B if rng.random() < 0.3 else 1, R, O), macro.weight_bits, True)
+    tiles = [(s, min(s + macro.nrow, R)) for s in range(0, R, macro.nrow)]
+    if len(tiles) > 1 and rng.random() < 0.3:
+        tiles = tiles[:-1]  # the trailing rows are not mapped, as conv tiling can drop them
+    noise = NoiseConfig(
+        compression_alpha=rng.choice([0.0, 0.0, 0.05]),
+        sign_cycle_compression=rng.choice(["counts", "normalised"]),
+    )
+    want, got, used = backend(
+        lambda: acim_matmul(
+            x, w, macro=macro, signed_input=signed, tiles=tiles, noise=noise, exact_shortcut=False
+        )
+    )
+    assert used == 1
+    assert bits(got) == bits(want), macro
+
+
+@interpreted
+@pytest.mark.parametrize("seed", range(40))
+def test_matmul_noisy_equals_native(seed, backend):
+    """Same seed, same bits: Gaussian, count-dependent, measured-table and compressed
+    noise, hybrid and voted cycles, several samples and positions per call."""
+    rng, g = random.Random(100 + seed), torch.Generator().manual_seed(seed)
+    signed = rng.random() < 0.5
+    voting = rng.random() < 0.35
+    macro = _macro(rng, signed, voting=voting)
+    B, M, R, O = rng.choice([1, 2]), rng.randint(1, 12), rng.randint(1, 20), rng.randint(1, 6)
+    x = _ints(g, (B, M, R), macro.input_bits, signed)
+    w = _ints(g, (R, O), macro.weight_bits, True)
+    noise = _noise(rng)
+    stream = NoiseStream(rng.getrandbits(64), torch.arange(B) * 5 + rng.randint(0, 99), M)
+    assert build_plan(macro, noise, signed).noisy
+    want, got, used = backend(
+        lambda: acim_matmul(x, w, macro=macro, signed_input=signed, noise=noise, stream=stream)
+    )
+    assert used == 1
+    assert bits(got) == bits(want), (macro, noise)
+
+
+@interpreted
+def test_noise_reaches_the_kernel(backend):
+    """Strong noise changes the result, and per chip: the equality above is not vacuous."""
+    g = torch.Generator().manual_seed(0)
+    macro = MacroConfig(weight_bits=3, input_bits=3, nrow=8, adc_bits=3)
+    x, w = _ints(g, (2, 6, 16), 3, False), _ints(g, (16, 4), 3, True)
+    noise = NoiseConfig(rand_sigma=8.0)
+    clean = acim_matmul(x, w, macro=macro, signed_input=False, exact_shortcut=False)
+    outs = []
+    for key in (1, 2):
+        stream = NoiseStream(key, torch.arange(2), 6)
+        want, got, used = backend(
+            lambda s=stream: acim_matmul(x, w, macro=macro, signed_input=False, noise=noise,
+                                         stream=s)
+        )  # fmt: skip
+        assert used == 1 and bits(got) == bits(want)
+        outs.append(got)
+    assert not torch.equal(outs[0], clean) and not torch.equal(outs[0], outs[1])
+
+
+def _lossy(macro: MacroConfig, signed: bool) -> MacroConfig:
+    """The macro, with more rows if needed so that its ADC is not the identity (the engine
+    would take the exact shortcut and no cycle would run)."""
+    while build_plan(macro, None, signed).lossless():
+        macro = macro.replace(nrow=macro.nrow + 1)
+    return macro
+
+
+def _layer_noise(rng: random.Random, noisy: bool) -> NoiseConfig | None:
+    return NoiseConfig(rand_sigma=rng.choice([1.0, 3.0]), nonlinear_sigma=2.0) if noisy else None
+
+
+@interpreted
+@pytest.mark.parametrize("noisy", [False, True], ids=["noise_off", "noise_on"])
+@interpreted
+@pytest.mark.parametrize("seed", range(10))
+def test_conv_layer_equals_native(seed, noisy, backend):
+    """Conv with stride and padding through ACiMConv2d (patches, channel groups)."""
+    rng, g = random.Random(200 + seed), torch.Generator().manual_seed(seed)
+    k = rng.choice([1, 2, 3])
+    macro = _macro(rng, signed=False).replace(nrow=rng.choice([k * k, 2 * k * k]))
+    macro = _lossy(macro.replace(adc_bits=min(macro.adc_bits, 4)), False)
+    cin, cout = rng.randint(1, 4), rng.randint(1, 4)
+    layer = ACiMConv2d(
+        cin,
+        cout,
+        k,
+        stride=rng.choice([1, 2]),
+        padding=rng.choice([0, 1]),
+        bias=rng.random() < 0.5,
+        macro=macro,
+        noise=_layer_noise(rng, noisy),
+        signed_input=False,
+    )
+    x = torch.rand(rng.randint(1, 2), cin, 5, 5 + rng.randint(0, 1), generator=g)
+
+    def forward():
+        resample_noise(layer, 11)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dropped channel groups (Q1) are expected
+            return layer(x)
+
+    want, got, used = backend(forward)
+    assert used >= 1
+    assert bits(got) == bits(want), macro
+
+
+@interpreted
+@pytest.mark.parametrize("noisy", [False, True], ids=["noise_off", "noise_on"])
+@interpreted
+@pytest.mark.parametrize("seed", range(6))
+def test_linear_layer_equals_native(seed, noisy, backend):
+    """Linear on 2-D and 3-D inputs, signed and unsigned."""
+    rng, g = random.Random(300 + seed), torch.Generator().manual_seed(seed)
+    signed = rng.random() < 0.5
+    macro = _lossy(_macro(rng, signed).replace(adc_bits=rng.randint(1, 3)), signed)
+    fin, fout = rng.randint(2, 20), rng.randint(1, 6)
+    lead = rng.choice([(3,), (2, 3)])
+    layer = ACiMLinear(fin, fout, macro=macro, noise=_layer_noise(rng, noisy), signed_input=signed)
+    x = torch.randn(*lead, fin, generator=g)
+    if not signed:
+        x = x.abs()
+
+    def forward():
+        resample_noise(layer, 5)
+        with torch.no_grad():
+            return layer(x)
+
+    want, got, used = backend(forward)
+    assert used == 1
+    assert bits(got) == bits(want), macro
+
+
+@interpreted
+@pytest.mark.parametrize("noisy", [False, True], ids=["noise_off", "noise_on"])
+@interpreted
+@pytest.mark.parametrize("seed", range(4))
+def test_attention_equals_native(seed, noisy, backend):
+    """Multi-head attention: projections, QK (signed keys, bit-parallel) and AV (unsigned
+    scores): batched operands with per-sample weights."""
+    rng, g = random.Random(400 + seed), torch.Generator().manual_seed(seed)
+    heads = rng.choice([1, 2])
+    C = heads * rng.choice([2, 3])
+    nrow = rng.choice([4, 5])  # adc 2: lossy
+
+    def small(signed):
+        return _macro(rng, signed, enc=False).replace(
+            nrow=nrow, weight_bits=3, input_bits=3, adc_bits=2, hybrid_levels=0,
+            hybrid_exact=False
+        )  # fmt: skip
+
+    qk = small(True).replace(input_enc_bits=rng.choice([None, 2]))
+    noise = _layer_noise(rng, noisy)
+    layer = ACiMMultiheadAttention(
+        C, heads, batch_first=True, macro=small(True), qk_macro=qk, av_macro=small(False),
+        noise=noise, qk_noise=noise, av_noise=noise,
+    ).eval()  # fmt: skip
+    x = torch.randn(rng.randint(1, 2), rng.randint(2, 4), C, generator=g)
+
+    def forward():
+        resample_noise(layer, 3)
+        with torch.no_grad():
+            return layer(x)[0]
+
+    want, got, used = backend(forward)
+    assert used == 4  # qkv projection, QK, AV, output projection
+    assert bits(got) == bits(want)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.float32])
+def test_patches_gathered_in_place_equal_the_unfolded_matrix(dtype):
+    """The kernel reads a conv's patch view through row/column offsets, without the copy."""
+    from asim._triton.launch import KernelTables, launch, weight_codes
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 16, (2, 3, 7, 6), generator=g).to(dtype)  # B, C, H, W
+    view = x.as_strided(
+        (2, 3, 2, 3, 3, 3),
+        (x.stride(0), 2 * x.stride(2), 2 * x.stride(3), x.stride(1), x.stride(2), x.stride(3)),
+    )
+    patches = Patches(view, row_dims=3)
+    dense = view.reshape(patches.shape)
+    macro = MacroConfig(weight_bits=3, input_bits=4, nrow=9, adc_bits=3)
+    plan = build_plan(macro, None, False)
+    tables = KernelTables.from_plan(plan, 9, "cpu")
+    w = weight_codes(_ints(g, (1, 27, 4), 3, True), 3, "cpu")
+    tiles = torch.tensor([[0, 9], [9, 18]])  # the last channel is dropped
+    want = acim_matmul(dense.float(), w[0].float(), macro=macro, signed_input=False,
+                       tiles=[(0, 9), (9, 18)])  # fmt: skip
+    got = torch.full((1, *want.shape), float("nan"))
+    launch(tables, view, w, tiles, got, row_off=patches.row_offset, col_off=patches.col_offset)
+    assert bits(got[0]) == bits(want)
+
+
+@interpreted
+def test_programmed_weights_are_converted_once(backend):
+    """A ProgrammedArray keeps the kernel's device form of the weights across calls."""
+    from asim.engine import ProgrammedArray
+
+    g = torch.Generator().manual_seed(1)
+    macro = MacroConfig(weight_bits=4, input_bits=3, nrow=7, adc_bits=2)
+    prog = ProgrammedArray(_ints(g, (10, 3), 4, True))
+    x = _ints(g, (5, 10), 3, False)
+    want, got, used = backend(lambda: acim_matmul(x, prog, macro=macro, signed_input=False))
+    forms = [k for k in prog._forms if k[0] == "triton_codes"]
+    assert used == 1 and len(forms) == 1
+    form = prog._forms[forms[0]]
+    again = backend(lambda: acim_matmul(x, prog, macro=macro, signed_input=False))[1]
+    assert prog._forms[forms[0]] is form
+    assert bits(got) == bits(want) == bits(again)
+
+
+@interpreted
+def test_availability_follows_device_and_interpreter(monkeypatch):
+    from asim import _triton
+
+    assert _triton.available(torch.device("cpu"))  # the interpreter is on in this module
+    assert _triton.available(torch.device("cuda"))  # compiled when a GPU is there
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not _triton.available(torch.device("cpu"))
