@@ -14,18 +14,22 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lightning_modules import builders
+from lightning_modules import builders, report
 
 builders.register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="simulate")
-def main(cfg: DictConfig) -> float:
-    """Run the simulation; returns the mean simulated top-1 (for sweepers)."""
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
+    """Run the simulation; returns the mean simulated top-1, or the `optimized_metrics` of a
+    multi-objective sweeper (hparams_search=macro_pareto), to Hydra."""
     try:
-        return builders.simulate(cfg)["sim_top1"]
+        return report.objectives(builders.simulate(cfg), cfg)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    except builders.RunInterrupted as e:  # Ctrl-C: one line saying what was kept
+        print(e, file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ def main(cfg: DictConfig) -> float:
         return builders.train(cfg)["best_val_acc"]
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    except builders.RunInterrupted as e:  # Ctrl-C: one line saying what was kept
+        print(e, file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

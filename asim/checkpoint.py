@@ -91,7 +91,8 @@ def load_checkpoint(
         ``naming`` (``"torchvision"``, i.e. ours, or ``"reference"``), ``loaded`` (number of
         keys), ``remapped`` ({checkpoint key: model key}), ``missing`` (model keys left at their
         values), ``ignored`` ({checkpoint key: reason}), ``shared`` (groups of keys loaded from
-        one value), ``classifier`` (``"kept"`` or ``"reset"``) and ``meta`` (epoch, best_acc,
+        one value), ``classifier`` (``"kept"`` or ``"reset"``), ``classifier_classes`` (the
+        checkpoint head's output count, None without a head) and ``meta`` (epoch, best_acc,
         global_step when the file has them).
 
     Raises:
@@ -128,6 +129,8 @@ def load_checkpoint(
     ]
 
     classifier, head_reason = _classifier_status(model, model_sd, state, missing, mis_shaped)
+    head_keys = [k for k in _classifier_keys(model, model_sd) if k in state]
+    classifier_classes = int(state[head_keys[0]].shape[0]) if head_keys else None
     problems: list[str] = []
     if classifier == "reset":
         if strict_classifier:
@@ -174,6 +177,7 @@ def load_checkpoint(
         "ignored": ignored,
         "shared": shared,
         "classifier": classifier,
+        "classifier_classes": classifier_classes,
         "meta": meta,
     }
 

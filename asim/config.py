@@ -39,10 +39,19 @@ class ConvTiling(str, Enum):
 
 
 class Division(str, Enum):
-    """Float semantics of the ADC's divisions by nrow and 2^adc-1 (spec Q10)."""
+    """Float semantics of the ADC's divisions by nrow and 2^adc-1 (spec Q10).
 
-    true = "true"  # IEEE division: the reference on CPU (canonical)
+    ``ieee`` was called ``true`` (``macro.division=true`` reads as a YAML boolean); the old
+    spelling is still accepted, as a string, and means ``ieee``.
+    """
+
+    ieee = "ieee"  # IEEE (true) division: the reference on CPU (canonical)
     reciprocal = "reciprocal"  # multiply by the float32 reciprocal: the reference on CUDA
+    true = "ieee"  # alias of ieee (the old name)
+
+    @classmethod
+    def _missing_(cls, value):
+        return cls.ieee if value == "true" else None
 
 
 class WeightParallelADC(str, Enum):
@@ -136,8 +145,9 @@ class MacroConfig:
     ``all_groups``: map every input channel."""
     act_scale: ActScale = ActScale.batch
     """``batch``: one activation scale per batch tensor (reference, Q5); ``sample``: per sample."""
-    division: Division = Division.true
-    """``true``: CPU float semantics (canonical); ``reciprocal``: the reference's CUDA numbers."""
+    division: Division = Division.ieee
+    """``ieee``: CPU float semantics (canonical; ``true`` is the old name); ``reciprocal``: the
+    reference's CUDA numbers."""
 
     def __post_init__(self) -> None:
         for field, enum in (

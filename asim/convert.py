@@ -6,11 +6,13 @@ import copy
 import fnmatch
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from torch import nn
 
 from .config import MacroConfig, NoiseConfig
 from .layers import ACiMConv2d, ACiMLayer, ACiMLinear, ACiMMultiheadAttention
+from .mapping import AttentionMacros, FirstLayer, MappingPolicy
 
 __all__ = ["LAYER_MAP", "acim_modules", "convert_to_acim", "resample_noise", "set_mode", "to_float"]
 
@@ -48,6 +50,14 @@ def convert_to_acim(
     macro: MacroConfig | None = None,
     noise: NoiseConfig | None = None,
     *,
+    first_layer: FirstLayer | str | None = None,
+    first_layer_bits: int = 8,
+    signed_input: bool | None = None,
+    classifier_signed_input: bool | None = None,
+    layer_macros: Sequence[Any] = (),
+    attention: AttentionMacros | dict | None = None,
+    trim_noise: float = 0.0,
+    attn_trim_noise: float = 0.0,
     exclude: Sequence[str] = (),
     macro_for: Callable[[str, nn.Module], MacroConfig | None] | None = None,
     options_for: Callable[[str, nn.Module], dict | None] | None = None,
@@ -58,19 +68,45 @@ def convert_to_acim(
     """Replace every layer whose exact type is in ``layer_map`` by its ACiM counterpart.
 
     Weights are kept (``construct, copy state``); a replaced module is not descended into,
-    so ``nn.MultiheadAttention`` is replaced as a unit, with its ``out_proj``.
+    so ``nn.MultiheadAttention`` is replaced as a unit, with its ``out_proj``. The mapping
+    keywords (``first_layer`` ... ``attn_trim_noise``) give the reference's mapping (spec §9,
+    :mod:`asim.mapping`) without hand-written callbacks::
+
+        convert_to_acim(resnet, macro, noise, first_layer="digital")        # the reference CNNs
+        convert_to_acim(vit, macro, noise, first_layer="float", signed_input=True,
+                        attention={"qk": {"input_bits": 9}})              # the reference ViTs
 
     Args:
         model: any model; deep-copied unless ``inplace``.
         macro: the macro for every converted layer (default ``MacroConfig()``).
         noise: read-out noise for every converted layer (None: noise-free).
+        first_layer: how the model's first conv is mapped (found by
+            :func:`asim.mapping.first_conv_name`): ``"digital"`` (the reference's W8A8
+            ``QuantConv2d``, signed input, noise-free), ``"acim"`` (on the macro, signed
+            input), ``"float"`` (kept float), or None (like every other layer).
+        first_layer_bits: weight and input bits of a digital first layer.
+        signed_input: signedness of the other ACiM layers (None: each layer type's default,
+            unsigned for convs, signed for linears and attention).
+        classifier_signed_input: signedness of the classifier (the model's
+            ``classifier_name`` or its last ``nn.Linear``); None: as ``signed_input``.
+        layer_macros: per-layer MacroConfig deltas ``{"match": GLOB, FIELD: VALUE, ...}``
+            (or :class:`asim.mapping.LayerMacro`), applied in order to the layers whose
+            qualified name (attention parts: ``NAME.qk``, ``NAME.av``) matches GLOB; a glob
+            that selects no layer is an error.
+        attention: MacroConfig deltas of the attention parts ``proj``, ``qk``, ``av``
+            (:class:`asim.mapping.AttentionMacros` or a dict of dicts).
+        trim_noise: noise-aware-training output perturbation of convs, linears and
+            projections, % (spec §1.6).
+        attn_trim_noise: the same for QK^T and AV, %.
         exclude: qualified-name globs of modules (and their children) to keep float, e.g.
             ``["conv1", "fc"]``; a glob that matches nothing is an error (typo guard).
         macro_for: per-layer macro: ``macro_for(name, module)`` returns a MacroConfig or None
-            (None: ``macro``). For attention it is also asked for ``name + ".qk"`` and
-            ``name + ".av"``, the macros of QK^T and AV.
+            (None: ``macro`` or the attention part's; ``layer_macros`` apply on top). For
+            attention it is also asked for ``name + ".qk"`` and ``name + ".av"``, the macros of
+            QK^T and AV.
         options_for: per-layer keyword arguments for the ACiM constructor (``signed_input``,
-            ``mode``, ``trim_noise``, ``digital``, ``noise``, ...), or None.
+            ``mode``, ``trim_noise``, ``digital``, ``noise``, ...), or None; they override
+            the mapping keywords' choices for that layer.
         mode: initial mode of every converted layer.
         layer_map: float type -> ACiM type (default :data:`LAYER_MAP`).
         inplace: modify ``model`` instead of a copy.
@@ -79,8 +115,24 @@ def convert_to_acim(
         The converted model.
     """
     layer_map = LAYER_MAP if layer_map is None else layer_map
+    macro = MacroConfig() if macro is None else macro
     if not inplace:
         model = copy.deepcopy(model)
+    policy = MappingPolicy.build(
+        model,
+        macro,
+        first_layer=first_layer,
+        first_layer_bits=first_layer_bits,
+        signed_input=signed_input,
+        classifier_signed_input=classifier_signed_input,
+        layer_macros=layer_macros,
+        attention=attention,
+        trim_noise=trim_noise,
+        attn_trim_noise=attn_trim_noise,
+    )
+    exclude = [*exclude, *policy.exclude]
+    macro_for = policy.macro_for(macro_for)
+    options_for = policy.options_for(options_for)
     used: set[str] = set()
     names = dict(model.named_modules())
     for name in names:
@@ -123,6 +175,7 @@ def convert_to_acim(
             converted.append(name)
 
     visit(model, "")
+    policy.check_matched(model)
     log.info("convert_to_acim: %d layers converted: %s", len(converted), ", ".join(converted))
     return model
 

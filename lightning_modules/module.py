@@ -8,7 +8,7 @@ across processes when they are computed, so under DDP every sample counts once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import lightning as L
@@ -20,7 +20,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 __all__ = ["ACiMClassifier"]
 
-OPTIMIZERS = ("sgd", "adam")
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 class ACiMClassifier(L.LightningModule):
@@ -28,28 +29,29 @@ class ACiMClassifier(L.LightningModule):
 
     Logs ``train/loss``, ``train/acc`` and, per evaluation pass, ``<prefix>/loss``,
     ``<prefix>/acc`` (top-1) and ``<prefix>/acc_top5``. After every validation or test epoch,
-    :attr:`results` holds the synced metrics: ``top1``, ``top5``, ``loss``, ``num_samples``,
-    ``per_class`` (top-1 per class) and, with ``collect_predictions``, ``preds`` (argmax per
-    sample in dataset order).
+    :attr:`results` holds the synced metrics: ``top1``, ``top5`` (exact correct counts over
+    ``num_samples``), ``loss``, ``num_samples``, ``per_class`` (top-1 per class) and, with
+    ``collect_predictions``, ``preds``, ``targets`` and ``indices`` (argmax, true label and
+    dataset index per sample, in dataset order).
 
     Args:
         model: the network (float or ACiM-converted; the builder sets its ACiM mode).
         num_classes: classifier outputs.
         class_names: names for per-class results (default ``"0"``, ``"1"``, ...).
         model_name: registry name, recorded in the hyper-parameters.
-        optimizer: ``"sgd"`` (momentum, weight decay; CNNs) or ``"adam"`` (ViTs; spec §9.5).
-        lr: initial learning rate.
-        momentum: SGD momentum.
-        weight_decay: weight decay (SGD; Adam uses none, as the reference).
-        milestones: MultiStepLR milestones as fractions of ``trainer.max_epochs``.
-        gamma: learning-rate factor at each milestone.
+        optimizer: ``optimizer(params) -> Optimizer``, e.g. the Hydra ``_partial_`` config
+            ``conf/optimizer/sgd.yaml`` instantiated; None for evaluation only.
+        scheduler: ``scheduler(optimizer) -> LRScheduler`` stepped every epoch, or None.
         label_smoothing: the reference's epsilon: target 1-eps for the true class and
             eps/(K-1) for the others.
         log_prefix: metric prefix of evaluation passes (``val``; ``float``/``inference``/``sim``
             in simulation runs).
         collect_predictions: keep per-sample predictions in :attr:`results`.
         log_to_logger: send evaluation metrics to the logger (else progress bar only; the
-            simulation builder logs its own summary).
+            simulation runner logs its own summary).
+        sample_index_hook: called as ``hook(model, indices)`` before every evaluation batch
+            with the global dataset index of each row (e.g. to make noise depend on the
+            sample, not on the batch it lands in); None: not called.
     """
 
     def __init__(
@@ -59,97 +61,119 @@ class ACiMClassifier(L.LightningModule):
         *,
         class_names: Sequence[str] | None = None,
         model_name: str | None = None,
-        optimizer: str = "sgd",
-        lr: float = 0.01,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        milestones: Sequence[float] = (0.6, 0.9),
-        gamma: float = 0.1,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
         log_prefix: str = "val",
         collect_predictions: bool = False,
         log_to_logger: bool = True,
+        sample_index_hook: Callable[[nn.Module, Tensor], None] | None = None,
     ):
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"optim.name={optimizer!r} is not valid; choose one of {', '.join(OPTIMIZERS)}"
-            )
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"optim.label_smoothing={label_smoothing} must be in [0, 1)")
-        if any(not 0.0 < m <= 1.0 for m in milestones):
-            raise ValueError(
-                f"optim.milestones={list(milestones)} must be fractions of max_epochs in (0, 1]"
-            )
+            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
         class_names = (
             list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         )
+        # Kept in checkpoints, never sent to the logger: the runners log the config themselves.
         self.save_hyperparameters(
-            ignore=["model", "class_names", "log_prefix", "collect_predictions", "log_to_logger"]
+            ignore=[
+                "model",
+                "class_names",
+                "optimizer",
+                "scheduler",
+                "log_prefix",
+                "collect_predictions",
+                "log_to_logger",
+                "sample_index_hook",
+            ],
+            logger=False,
         )
         self.model = model
         self.class_names = class_names
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.log_prefix = log_prefix
         self.collect_predictions = collect_predictions
         self.log_to_logger = log_to_logger
+        self.sample_index_hook = sample_index_hook
         # torch's label_smoothing s gives the true class 1-s+s/K; the reference's eps gives it
         # 1-eps and eps/(K-1) to each other class, i.e. s = eps*K/(K-1).
         smoothing = label_smoothing * num_classes / (num_classes - 1) if num_classes > 1 else 0.0
         self.criterion = nn.CrossEntropyLoss(label_smoothing=smoothing)
         self.train_acc = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.top_k = min(5, num_classes)
         self.eval_metrics = MetricCollection(
             {
-                "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
-                "acc_top5": MulticlassAccuracy(
-                    num_classes, top_k=min(5, num_classes), average="micro"
-                ),
+                "correct": SumMetric(),
+                "correct_top5": SumMetric(),
+                "count": SumMetric(),
                 "acc_class": MulticlassAccuracy(num_classes, top_k=1, average=None),
                 "loss": MeanMetric(),
-                "count": SumMetric(),
             },
             compute_groups=False,
         )
         self.preds = CatMetric()
+        self.targets = CatMetric()
+        self.indices = CatMetric()
         self.results: dict[str, Any] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def _step(self, batch, stage: str) -> Tensor:
+    def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = self.criterion(logits, y)
-        if stage == "train":
-            self.train_acc(logits, y)
-            self.log(
-                "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y)
-            )
-            self.log(
-                "train/acc",
-                self.train_acc,
-                on_step=False,
-                on_epoch=True,
-                prog_bar=True,
-                batch_size=len(y),
-            )
-            return loss
-        m = self.eval_metrics
-        for name in ("acc", "acc_top5", "acc_class"):
-            m[name].update(logits, y)
-        m["loss"].update(loss.detach(), weight=len(y))
-        m["count"].update(torch.tensor(float(len(y)), device=logits.device))
-        if self.collect_predictions:
-            self.preds.update(logits.argmax(dim=1).to(torch.float32))
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(
+            "train/acc",
+            self.train_acc,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+        )
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+    def batch_indices(self, batch_idx: int, batch_size: int, device) -> Tensor:
+        """Global dataset index of each row of evaluation batch ``batch_idx``: evaluation
+        loaders yield consecutive samples (each rank a contiguous block), so it is the rank's
+        first sample + ``batch_idx * loader.batch_size`` + the row."""
+        from .sampler import first_sample_index
+
+        trainer = self._trainer
+        loaders = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        start = first_sample_index(loader) + batch_idx * int(loader.batch_size)
+        return torch.arange(start, start + batch_size, device=device)
+
+    def _eval_step(self, batch, batch_idx: int) -> None:
+        x, y = batch[0], batch[1]
+        need_index = self.collect_predictions or self.sample_index_hook is not None
+        idx = self.batch_indices(batch_idx, len(y), y.device) if need_index else None
+        if self.sample_index_hook is not None:
+            self.sample_index_hook(self.model, idx)
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        m = self.eval_metrics
+        top = logits.topk(self.top_k, dim=1).indices
+        m["correct"].update((top[:, 0] == y).sum())
+        m["correct_top5"].update((top == y[:, None]).any(dim=1).sum())
+        m["count"].update(torch.tensor(len(y), device=logits.device))
+        m["acc_class"].update(logits, y)
+        m["loss"].update(loss.detach(), weight=len(y))
+        if self.collect_predictions:
+            self.preds.update(top[:, 0].to(torch.float64))
+            self.targets.update(y.to(torch.float64))
+            self.indices.update(idx.to(torch.float64))
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "eval")
+        self._eval_step(batch, batch_idx)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "eval")
+        self._eval_step(batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval()
@@ -160,22 +184,23 @@ class ACiMClassifier(L.LightningModule):
     def _finish_eval(self) -> None:
         """Compute the synced metrics, log the scalars, keep everything in ``results``."""
         values = self.eval_metrics.compute()  # all-reduced across processes
-        n = int(round(float(values["count"])))
-
-        def exact(acc: Tensor) -> float:  # correct/n in float64, not torchmetrics' float32
-            return round(float(acc) * n) / n if n else 0.0
-
+        n = int(values["count"])
+        correct, correct5 = int(values["correct"]), int(values["correct_top5"])
         results = {
-            "top1": exact(values["acc"]),
-            "top5": exact(values["acc_top5"]),
+            "top1": correct / n if n else 0.0,
+            "top5": correct5 / n if n else 0.0,
+            "correct": correct,
+            "correct_top5": correct5,
             "loss": float(values["loss"]),
             "num_samples": n,
             "per_class": [round(float(v), 6) for v in values["acc_class"]],
         }
-        if self.collect_predictions:
-            preds = self.preds.compute()  # gathered in rank order = dataset order
-            results["preds"] = [int(p) for p in preds.reshape(-1).tolist()]
-            self.preds.reset()
+        if self.collect_predictions:  # gathered in rank order = dataset order
+            for key, metric in (("preds", self.preds), ("targets", self.targets)):
+                results[key] = [int(v) for v in metric.compute().reshape(-1).tolist()]
+                metric.reset()
+            results["indices"] = [int(v) for v in self.indices.compute().reshape(-1).tolist()]
+            self.indices.reset()
         self.eval_metrics.reset()
         self.results = results
         p = self.log_prefix
@@ -193,14 +218,10 @@ class ACiMClassifier(L.LightningModule):
         )
 
     def configure_optimizers(self):
-        hp = self.hparams
-        if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(
-                self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-            )
-        else:
-            opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 1
-        milestones = sorted({max(1, int(f * max_epochs)) for f in hp.milestones})
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=hp.gamma)
+        if self.optimizer_factory is None:
+            raise ValueError("ACiMClassifier: training needs optimizer=(a partial optimizer)")
+        opt = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -12,6 +12,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from torch import nn
 
 from asim import ACiMLayer, ACiMMultiheadAttention, MacroConfig, NoiseConfig, acim_modules
+from asim.mapping import first_conv_name
 from lightning_modules import builders
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -24,14 +25,6 @@ def _options(group: str) -> list[str]:
 def _experiments(sub: str = "") -> list[str]:
     base = CONF / "experiment" / sub
     return sorted(f"{sub}/{p.stem}" if sub else p.stem for p in base.glob("*.yaml"))
-
-
-@pytest.fixture
-def compose(tmp_path):
-    def _compose(name: str, *overrides: str):
-        return builders.compose(name, [*overrides, f"output_dir={tmp_path}"])
-
-    return _compose
 
 
 def test_groups_have_presets():
@@ -70,8 +63,69 @@ def test_macro_presets_validate(compose, name):
     assert isinstance(macro, MacroConfig)
     assert macro.name == name
     # a preset lists only what differs from the schema (plus its name)
-    keys = set(OmegaConf.load(CONF / "macro" / f"{name}.yaml")) - {"defaults", "name"}
-    assert keys <= {f for f in MacroConfig.__dataclass_fields__}
+    preset = OmegaConf.load(CONF / "macro" / f"{name}.yaml")
+    _assert_only_deltas(preset, MacroConfig(), f"macro/{name}")
+
+
+def _assert_only_deltas(preset, schema, where: str) -> None:
+    for key, value in preset.items():
+        assert key != "defaults", f"{where}: the schema is the root config's, no defaults list"
+        if key == "name":
+            continue
+        assert hasattr(schema, key), f"{where}: {key} is not a schema field"
+        default = getattr(schema, key)
+        default = getattr(default, "value", default)
+        assert value != default, f"{where}: {key}={value} restates the schema default"
+
+
+@pytest.mark.parametrize("name", _options("model"))
+def test_model_presets_list_only_deltas(name):
+    preset = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+    _assert_only_deltas(preset, builders.ModelConfig(), f"model/{name}")
+
+
+def test_division_true_is_an_accepted_alias(compose):
+    from asim import Division
+
+    assert builders.macro_config(compose("simulate", "macro.division=ieee")).division is (
+        Division.ieee
+    )
+    # the old spelling, as a string (unquoted `true` is a YAML boolean, refused at compose)
+    cfg = compose("simulate", "macro.division='true'")
+    assert builders.macro_config(cfg).division is Division.ieee
+    assert MacroConfig(division="true").division is Division.ieee
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        builders.compose("simulate", ["macro.division=true"])
+
+
+def test_simulate_and_train_share_their_defaults_list():
+    common = OmegaConf.load(CONF / "common.yaml")
+    groups = [next(iter(d)) for d in common.defaults if not isinstance(d, str)]
+    assert {"macro", "noise", "model", "dataset", "trainer", "logger"} <= set(groups)
+    for primary in ("simulate", "train"):
+        own = OmegaConf.load(CONF / f"{primary}.yaml").defaults
+        assert "common" in own
+        assert not {"macro", "noise", "model"} & {
+            next(iter(d)) for d in own if not isinstance(d, str)
+        }
+
+
+@pytest.mark.slow  # a subprocess: 5-25 s
+def test_help_offers_no_schema():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "simulate.py", "--help"],
+        cwd=CONF.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    groups = proc.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert "schema" not in groups
+    assert "macro: " in groups and "bitserial_255" in groups
 
 
 def test_bitserial_255_is_the_reference_macro(compose):
@@ -101,7 +155,8 @@ def test_model_presets_build_and_convert(compose, name):
     acim = builders.convert_model(cfg, float_model, mode="simulate")
     layers = dict(acim_modules(acim))
     assert layers, name
-    first = cfg.model.first_layer_name
+    first = first_conv_name(float_model)
+    assert first == float_model.first_conv  # found by the library, named by the model
     if cfg.model.first_layer == "digital":  # the reference's QuantConv2d: W8A8, signed
         assert layers[first].digital and layers[first].signed_input
     else:
@@ -154,7 +209,7 @@ def test_simulation_experiments_compose(compose, name):
     assert cfg.ckpt is None  # the user must name the released checkpoint
     if name.startswith("vitb32"):
         assert mcfg.name == "vit_b_32"
-        assert mcfg.attention.qk["input_bits"] == 9 and mcfg.attention.proj["input_bits"] == 9
+        assert mcfg.attention.qk.input_bits == 9 and mcfg.attention.proj.input_bits == 9
         assert cfg.dataset.image_size == 224
     else:
         assert mcfg.name == "resnet18"
@@ -177,9 +232,9 @@ def test_attention_macros_follow_the_experiment(compose):
     cfg = compose(
         "simulate",
         "model=vit_tiny",
-        "+model.attention.qk.input_bits=9",
-        "+model.attention.proj.input_bits=9",
-        "+model.attention.av.adc_bits=6",
+        "model.attention.qk.input_bits=9",  # documented keys: no `+` needed
+        "model.attention.proj.input_bits=9",
+        "model.attention.av.adc_bits=6",
     )
     dm = builders.build_datamodule(cfg)
     acim = builders.convert_model(cfg, builders.build_float_model(cfg, dm), mode="simulate")
@@ -192,7 +247,7 @@ def test_attention_macros_follow_the_experiment(compose):
 
 
 def test_layer_macros_override_by_glob(compose):
-    cfg = compose("simulate", '+model.layer_macros=[{match:"f*",adc_bits:5}]')
+    cfg = compose("simulate", 'model.layer_macros=[{match:"f*",adc_bits:5}]')
     dm = builders.build_datamodule(cfg)
     layers = dict(
         acim_modules(
@@ -201,7 +256,7 @@ def test_layer_macros_override_by_glob(compose):
     )
     assert layers["fc"].macro.adc_bits == 5 and layers["conv2"].macro.adc_bits == 8
     assert isinstance(layers["fc"], ACiMLayer) and isinstance(layers["fc"], nn.Linear)
-    cfg = compose("simulate", "+model.layer_macros=[{match:layer9,adc_bits:5}]")
+    cfg = compose("simulate", "model.layer_macros=[{match:layer9,adc_bits:5}]")
     with pytest.raises(ValueError, match="selects no ACiM layer"):
         builders.convert_model(cfg, builders.build_float_model(cfg, dm), mode="simulate")
 
@@ -211,7 +266,14 @@ def test_layer_macros_override_by_glob(compose):
 
 @pytest.mark.parametrize(
     "override",
-    ["macro.adcbits=6", "noise.randsigma=0.1", "simulate.repats=3", "model.frist_layer=float"],
+    [
+        "macro.adcbits=6",
+        "noise.randsigma=0.1",
+        "simulate.repats=3",
+        "model.frist_layer=float",
+        "model.attention.qk.kbits=9",
+        "model.layer_macros=[{match:fc,adcbits:5}]",
+    ],
 )
 def test_typo_fails_at_compose(override):
     with pytest.raises((ConfigCompositionException, ConfigKeyError)):
@@ -250,10 +312,11 @@ def test_bad_value_is_one_line_error(compose, override, message):
 
 
 def test_bad_attention_delta_is_one_line_error(compose):
-    cfg = compose("simulate", "model=vit_tiny", "+model.attention.qk.kbits=9")
+    cfg = compose("simulate", "model=vit_tiny", "model.attention.qk.input_bits=1")
     dm = builders.build_datamodule(cfg)
-    with pytest.raises(ValueError, match=r"model\.attention\.qk: unknown MacroConfig field"):
+    with pytest.raises(ValueError, match=r"model\.attention\.qk: MacroConfig.input_bits=1") as e:
         builders.convert_model(cfg, builders.build_float_model(cfg, dm), mode="simulate")
+    assert "\n" not in str(e.value)
 
 
 def test_missing_noise_file_is_one_line_error(compose):

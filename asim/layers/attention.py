@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention_common import ATTN_SCALES, merge_masks
 from ..config import Division, MacroConfig, NoiseConfig
 from ..engine import linear_tiles
 from ..quant import (
@@ -26,9 +27,6 @@ from .base import ACiMLayer
 from .linear import ACiMLinear
 
 __all__ = ["ACiMMultiheadAttention", "ATTN_SCALES"]
-
-ATTN_SCALES = ("head_dim", "embed_dim")
-"""``head_dim``: torch's ``1/sqrt(d_head)``; ``embed_dim``: the reference's ``1/sqrt(C)`` (Q13)."""
 
 
 class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
@@ -173,7 +171,7 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
         ).transpose(-2, -1)
         scale = (C if self.attn_scale == "embed_dim" else d) ** -0.5
         logits = logits * scale
-        mask = _merge_masks(
+        mask = merge_masks(
             attn_mask,
             key_padding_mask,
             is_causal,
@@ -322,24 +320,3 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
             f"{self.acim_repr()}, qk={self.qk_macro.describe()}, "
             f"av={self.av_macro.describe()}, attn_scale={self.attn_scale}"
         )
-
-
-def _merge_masks(attn_mask, key_padding_mask, is_causal, B, H, Nq, Nk, dtype, device):
-    """Additive float mask broadcastable to (B, H, Nq, Nk), torch's conventions."""
-    mask = None
-    if is_causal and attn_mask is None:
-        attn_mask = torch.ones(Nq, Nk, dtype=torch.bool, device=device).triu(1)
-    if attn_mask is not None:
-        m = attn_mask
-        if m.dtype == torch.bool:
-            m = torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(m, float("-inf"))
-        if m.dim() == 3:  # (B*H, Nq, Nk)
-            m = m.view(B, H, Nq, Nk)
-        mask = m.to(dtype)
-    if key_padding_mask is not None:
-        kp = key_padding_mask
-        if kp.dtype == torch.bool:
-            kp = torch.zeros(kp.shape, dtype=dtype, device=device).masked_fill(kp, float("-inf"))
-        kp = kp.to(dtype).view(B, 1, 1, Nk)
-        mask = kp if mask is None else mask + kp
-    return mask

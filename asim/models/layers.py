@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PACT", "ScaledMultiheadAttention", "pact"]
+from ..attention_common import ATTN_SCALES, merge_masks
 
-ATTN_SCALES = ("embed_dim", "head_dim")
+__all__ = ["PACT", "ScaledMultiheadAttention", "pact"]
 
 
 class _PACTFunction(torch.autograd.Function):
@@ -63,17 +63,6 @@ class PACT(nn.Module):
         if self.alpha.is_meta:
             return "alpha=<meta>"
         return f"alpha={self.alpha.detach().item():.4g}"
-
-
-def _float_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """Boolean masks (True = not allowed) become additive -inf masks; float masks pass."""
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-            mask, float("-inf")
-        )
-    if not torch.is_floating_point(mask):
-        raise TypeError(f"attention masks must be bool or float, got {mask.dtype}")
-    return mask.to(dtype)
 
 
 class ScaledMultiheadAttention(nn.MultiheadAttention):
@@ -180,9 +169,8 @@ class ScaledMultiheadAttention(nn.MultiheadAttention):
         average_attn_weights,
         is_causal,
     ):
-        """Float attention with logits ``(q k^T) * embed_dim^-1/2`` (spec §7.2)."""
-        if is_causal and attn_mask is None:
-            raise ValueError("is_causal=True needs attn_mask (it is only a hint, as in torch)")
+        """Float attention with logits ``(q k^T) * embed_dim^-1/2`` (spec §7.2); masks as
+        the ACiM attention (``is_causal`` without a mask builds the causal one)."""
         is_batched = query.dim() == 3
         if not is_batched:  # (L, E): add a batch dim of 1
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -214,7 +202,9 @@ class ScaledMultiheadAttention(nn.MultiheadAttention):
         v = F.linear(value, w_v, b_v).view(B, S, H, d).transpose(1, 2)  # (B, H, S, d)
 
         attn = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(E))  # (B, H, L, S)
-        mask = self._merged_mask(attn_mask, key_padding_mask, B, L, S, attn.dtype)
+        mask = merge_masks(
+            attn_mask, key_padding_mask, is_causal, B, H, L, S, attn.dtype, attn.device
+        )
         if mask is not None:
             attn = attn + mask
         attn = attn.softmax(dim=-1)
@@ -230,27 +220,3 @@ class ScaledMultiheadAttention(nn.MultiheadAttention):
             return out, None
         weights = attn.mean(dim=1) if average_attn_weights else attn
         return out, (weights.squeeze(0) if not is_batched else weights)
-
-    def _merged_mask(self, attn_mask, key_padding_mask, B, L, S, dtype) -> Tensor | None:
-        """attn_mask (L, S) or (B*H, L, S) plus key_padding_mask (B, S) as one additive mask."""
-        mask = None
-        if attn_mask is not None:
-            m = _float_mask(attn_mask, dtype)
-            if m.dim() == 2 and m.shape == (L, S):
-                mask = m.view(1, 1, L, S)
-            elif m.dim() == 3 and m.shape == (B * self.num_heads, L, S):
-                mask = m.view(B, self.num_heads, L, S)
-            else:
-                raise ValueError(
-                    f"attn_mask has shape {tuple(m.shape)}; expected ({L}, {S}) or "
-                    f"({B * self.num_heads}, {L}, {S})"
-                )
-        if key_padding_mask is not None:
-            if key_padding_mask.shape != (B, S):
-                raise ValueError(
-                    f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; "
-                    f"expected ({B}, {S})"
-                )
-            kpm = _float_mask(key_padding_mask, dtype).view(B, 1, 1, S)
-            mask = kpm if mask is None else mask + kpm
-        return mask

@@ -16,6 +16,7 @@ from asim import (
     set_mode,
     to_float,
 )
+from asim.mapping import AttentionMacros, LayerMacro, MacroDelta, first_conv_name
 
 
 class Net(nn.Module):
@@ -107,6 +108,76 @@ def test_to_float_round_trip_and_acim_modules():
 
 
 def test_inplace_conversion_keeps_device_and_dtype():
-    net = Net().double()
+    device = "cuda" if torch.cuda.is_available() else "meta"
+    net = Net().to(device=device, dtype=torch.float64)
     convert_to_acim(net, inplace=True)
-    assert type(net.fc) is ACiMLinear and net.fc.weight.dtype == torch.float64
+    assert type(net.fc) is ACiMLinear
+    for p in net.parameters():
+        assert p.device.type == device and p.dtype == torch.float64
+    assert net.attn.out_proj.weight.device.type == device
+
+
+# --------------------------------------------------------------------- the mapping (asim.mapping)
+
+
+def test_first_layer_is_found_and_mapped_as_asked():
+    net = Net()
+    assert first_conv_name(net) == "conv1"  # no `first_conv` attribute: the first nn.Conv2d
+    digital = convert_to_acim(net, MacroConfig(adc_bits=6), first_layer="digital")
+    assert digital.conv1.digital and digital.conv1.signed_input
+    assert (digital.conv1.macro.weight_bits, digital.conv1.macro.input_bits) == (8, 8)
+    assert digital.conv1.noise is None and not digital.block[0].digital
+    assert digital.block[0].macro.adc_bits == 6 and not digital.block[0].signed_input
+    acim = convert_to_acim(net, MacroConfig(), first_layer="acim")
+    assert not acim.conv1.digital and acim.conv1.signed_input  # it sees the signed image
+    kept = convert_to_acim(net, MacroConfig(), first_layer="float")
+    assert type(kept.conv1) is nn.Conv2d and isinstance(kept.block[0], ACiMConv2d)
+    with pytest.raises(ValueError, match="first_layer='analog' is not valid"):
+        convert_to_acim(net, first_layer="analog")
+    with pytest.raises(ValueError, match="has no nn.Conv2d"):
+        convert_to_acim(nn.Sequential(nn.Linear(2, 2)), first_layer="digital")
+
+
+def test_model_first_conv_attribute_wins():
+    from asim.models import create_model
+
+    vgg = create_model("vgg11_bn", num_classes=10)
+    assert first_conv_name(vgg) == vgg.first_conv == "features.0"
+    vgg.first_conv = "features.3"  # a model may name another conv
+    assert first_conv_name(vgg) == "features.3"
+
+
+def test_layer_macros_and_attention_deltas():
+    net = Net()
+    acim = convert_to_acim(
+        net,
+        MacroConfig(),
+        layer_macros=[{"match": "block.*", "adc_bits": 5}, LayerMacro(match="block.2", nrow=63)],
+        attention=AttentionMacros(qk=MacroDelta(input_bits=9)),
+        signed_input=True,
+        classifier_signed_input=False,
+    )
+    assert acim.block[0].macro.adc_bits == 5 and acim.block[0].macro.nrow == 255
+    assert (acim.block[2].macro.adc_bits, acim.block[2].macro.nrow) == (5, 63)  # in order
+    assert acim.conv1.macro.adc_bits == 8
+    assert acim.attn.qk_macro.input_bits == 9 and acim.attn.av_macro.input_bits == 8
+    assert acim.block[0].signed_input and not acim.fc.signed_input  # the classifier's own
+    with pytest.raises(ValueError, match=r"layer_macros: match \['blok\.\*'\] selects no"):
+        convert_to_acim(net, layer_macros=[{"match": "blok.*", "adc_bits": 5}])
+    with pytest.raises(ValueError, match=r"layer_macros\[0\]: unknown MacroConfig field"):
+        convert_to_acim(net, layer_macros=[{"match": "fc", "adcbits": 5}])
+    with pytest.raises(ValueError, match=r"layer_macros\[0\] needs match"):
+        convert_to_acim(net, layer_macros=[{"adc_bits": 5}])
+    with pytest.raises(ValueError, match=r"attention\.qk: MacroConfig\.adc_bits=0"):
+        convert_to_acim(net, attention={"qk": {"adc_bits": 0}})
+    with pytest.raises(TypeError):
+        MacroDelta(kbits=9)  # typed: a typo fails where it is written
+
+
+def test_options_for_still_overrides_the_mapping():
+    acim = convert_to_acim(
+        Net(),
+        first_layer="digital",
+        options_for=lambda name, m: {"signed_input": True} if name == "fc" else None,
+    )
+    assert acim.fc.signed_input and acim.conv1.digital

@@ -177,7 +177,6 @@ def test_golden_s2_cuda_value_differs_from_cpu():
     case = DET["S2"]
     y = run_case(case)
     assert hexes(y) != case["expected_output_cuda_emulated_f32_hex"]
-    assert torch.round(torch.tensor(12.5)) == 12.0
 
 
 @pytest.mark.parametrize("cid", [k for k in DET_IDS if "quantized" in DET[k]])
@@ -315,8 +314,7 @@ def test_bit_decomposition_table_and_recombination():
 
 
 def test_quantizer_edge_cases():
-    # rne: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2 (through the quantizer: |x|/s * L hits the tie)
-    assert torch.round(torch.tensor([0.5, 1.5, 2.5, -0.5])).tolist() == [0.0, 2.0, 2.0, -0.0]
+    # (rne ties are the golden S2 case's; asserting torch.round itself tested torch, not us)
     # epsilon edge case of spec 1.3: max = 1e-6, L = 127 -> top code 115
     q, s = O.quantize_signed(torch.tensor([1e-6, -5e-7]), 8)
     assert q[0].item() == 115.0

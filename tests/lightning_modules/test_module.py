@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import lightning as L
@@ -16,22 +17,6 @@ from asim.models import create_model
 from lightning_modules import builders
 from lightning_modules.data import DigitsDataModule, UnpaddedDistributedSampler
 from lightning_modules.module import ACiMClassifier
-
-
-@pytest.fixture
-def compose(tmp_path):
-    def _compose(name: str, *overrides: str):
-        return builders.compose(
-            name,
-            [
-                *overrides,
-                f"output_dir={tmp_path}",
-                "logger=csv",
-                "trainer.enable_progress_bar=false",
-            ],
-        )
-
-    return _compose
 
 
 def _tiny(num_classes: int = 4) -> nn.Module:
@@ -56,7 +41,9 @@ def test_fast_dev_run_on_digits():
     """One QAT training and validation step through a converted model (style §7)."""
     dm = DigitsDataModule(batch_size=32, val_batch_size=64)
     model = convert_to_acim(create_model("digits_cnn"), MacroConfig(), mode="train")
-    module = ACiMClassifier(model, num_classes=10, lr=0.05)
+    module = ACiMClassifier(
+        model, num_classes=10, optimizer=functools.partial(torch.optim.SGD, lr=0.05)
+    )
     before = model.conv2.weight.detach().clone()
     _trainer(fast_dev_run=True).fit(module, datamodule=dm)
     assert not torch.equal(before, model.conv2.weight.detach())
@@ -97,21 +84,28 @@ def test_label_smoothing_matches_the_reference():
     assert module.criterion(logits, y).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
-def test_optimizer_and_milestones():
+def test_optimizer_and_scheduler_are_hydra_partials(compose_run):
+    """conf/optimizer and conf/scheduler: `_partial_` configs; milestones are fractions of
+    trainer.max_epochs (spec §9.5)."""
+    from hydra.utils import instantiate
+
+    cfg = compose_run("train", "optimizer=adam", "trainer.max_epochs=200")
     module = ACiMClassifier(
-        _tiny(), num_classes=4, optimizer="adam", lr=1e-3, milestones=[0.6, 0.9]
+        _tiny(),
+        num_classes=4,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler),
     )
-    module.trainer = _trainer(max_epochs=200)
     conf = module.configure_optimizers()
     assert isinstance(conf["optimizer"], torch.optim.Adam)
-    assert sorted(conf["lr_scheduler"]["scheduler"].milestones) == [120, 180]  # spec §9.1
-    with pytest.raises(ValueError, match="optim.name"):
-        ACiMClassifier(_tiny(), num_classes=4, optimizer="lamb")
+    assert sorted(conf["lr_scheduler"]["scheduler"].milestones) == [120, 180]
+    with pytest.raises(ValueError, match="training needs optimizer"):
+        ACiMClassifier(_tiny(), num_classes=4).configure_optimizers()
 
 
-def test_simulate_builder_results(compose, tmp_path):
+def test_simulate_builder_results(compose_run, tmp_path):
     res = builders.simulate(
-        compose(
+        compose_run(
             "simulate", "noise=gaussian", "simulate.repeats=2", "simulate.save_predictions=true"
         )
     )
@@ -138,8 +132,8 @@ def test_simulate_builder_results(compose, tmp_path):
     assert "simulated (x2)" in table and "±" in table
 
 
-def test_simulate_is_repeatable_and_skips_passes(compose):
-    cfg = compose(
+def test_simulate_is_repeatable_and_skips_passes(compose_run):
+    cfg = compose_run(
         "simulate",
         "noise=measured",
         "simulate.float=false",
@@ -153,18 +147,18 @@ def test_simulate_is_repeatable_and_skips_passes(compose):
     assert a["float_top1"] is None and a["inference_top1"] is None
 
 
-def test_lossless_macro_simulation_equals_inference(compose):
+def test_lossless_macro_simulation_equals_inference(compose_run):
     res = builders.simulate(
-        compose("simulate", "macro=ideal", "simulate.repeats=3", "simulate.float=false")
+        compose_run("simulate", "macro=ideal", "simulate.repeats=3", "simulate.float=false")
     )
     assert res["sim_top1"] == res["inference_top1"] and res["sim_top1_std"] == 0.0
     assert res["repeats"] == 3  # noise off: computed once, reported for every repeat
 
 
-def test_sample_scale_is_independent_of_batching_and_sharding(compose):
+def test_sample_scale_is_independent_of_batching_and_sharding(compose_run):
     """Fast stand-in for the DDP test: with act_scale=sample, two unpadded shards evaluated
     separately in other batch sizes predict exactly what one process does."""
-    cfg = compose("simulate", "macro=bitparallel_enc4", "macro.act_scale=sample")
+    cfg = compose_run("simulate", "macro=bitparallel_enc4", "macro.act_scale=sample")
     dm = builders.build_datamodule(cfg)
     dm.setup("validate")
     float_model = builders.build_float_model(cfg, dm)
@@ -188,7 +182,7 @@ def test_sample_scale_is_independent_of_batching_and_sharding(compose):
 
 
 @pytest.mark.parametrize("fmt", ["reference", "lightning"])
-def test_checkpoint_formats_load(compose, tmp_path, fmt):
+def test_checkpoint_formats_load(compose_run, tmp_path, fmt):
     sd = torch.load(builders.resolve_path("checkpoints/digits_cnn.pt"), weights_only=True)
     if fmt == "reference":  # the reference's .pkl (spec §9.5)
         obj = {"model_state_dict": sd, "optimizer_state_dict": {}, "epoch": 0, "best_acc": 0.9}
@@ -196,27 +190,27 @@ def test_checkpoint_formats_load(compose, tmp_path, fmt):
         obj = {"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 3}
     path = tmp_path / f"ckpt.{'pkl' if fmt == 'reference' else 'ckpt'}"
     torch.save(obj, path)
-    res = builders.simulate(compose("simulate", f"ckpt={path}", "simulate.inference=false"))
+    res = builders.simulate(compose_run("simulate", f"ckpt={path}", "simulate.inference=false"))
     assert res["summary"]["ckpt_format"] == fmt
     assert res["float_top1"] > 0.95
 
 
-def test_mismatched_checkpoint_is_one_line_error(compose, tmp_path):
+def test_mismatched_checkpoint_is_one_line_error(compose_run, tmp_path):
     torch.save(_tiny().state_dict(), tmp_path / "other.pt")
     with pytest.raises(ValueError) as err:
-        builders.simulate(compose("simulate", f"ckpt={tmp_path / 'other.pt'}"))
+        builders.simulate(compose_run("simulate", f"ckpt={tmp_path / 'other.pt'}"))
     msg = str(err.value)
     assert "does not fit digits_cnn" in msg and "missing conv1.weight" in msg
     assert "unexpected 1.weight" in msg and "\n" not in msg
 
 
-def test_nat_needs_a_checkpoint(compose):
+def test_nat_needs_a_checkpoint(compose_run):
     with pytest.raises(ValueError, match="set ckpt=PATH"):
-        builders.train(compose("train", "trim_noise=20"))
+        builders.train(compose_run("train", "trim_noise=20"))
 
 
-def test_train_builder_writes_checkpoints_and_export(compose, tmp_path):
-    cfg = compose(
+def test_train_builder_writes_checkpoints_and_export(compose_run, tmp_path):
+    cfg = compose_run(
         "train",
         "debug=fast",
         "trainer.max_epochs=2",

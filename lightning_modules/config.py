@@ -1,0 +1,446 @@
+"""Configuration: the schemas, composing a config, and turning it into objects.
+
+The only place a ``DictConfig`` meets ``asim`` (style §2, §6). :func:`register_configs` stores
+one schema per primary config (``simulate_schema``, ``train_schema``), typed with
+:class:`asim.MacroConfig`, :class:`asim.NoiseConfig` and :class:`ModelConfig`, so presets list
+only deltas and a typo or a wrong type fails when Hydra composes. The builders below give a
+DataModule, a float model with its weights, the ACiM conversion (:func:`asim.convert_to_acim`
+with the model preset's mapping) and a Trainer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from asim import MacroConfig, NoiseConfig, convert_to_acim
+from asim.checkpoint import load_checkpoint
+from asim.mapping import AttentionMacros, FirstLayer, LayerMacro
+from asim.models import create_model, is_model, model_entrypoint
+
+from . import data as _data
+from .progress import LineProgress
+
+__all__ = [
+    "PROJECT_ROOT",
+    "ModelConfig",
+    "SimulateOptions",
+    "build_datamodule",
+    "build_float_model",
+    "build_trainer",
+    "compose",
+    "convert_model",
+    "job_dirname",
+    "load_weights",
+    "macro_config",
+    "model_config",
+    "noise_config",
+    "register_configs",
+    "resolve_path",
+]
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""The repository root: relative paths not found from the working directory are tried here."""
+
+
+@dataclass
+class ModelConfig:
+    """A registered float model and how it maps onto the macro (the ``model`` group's schema);
+    the mapping fields are the keyword arguments of :func:`asim.convert_to_acim`."""
+
+    name: str = "digits_cnn"
+    """Registry name (``asim.models.list_models()``)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra builder arguments; ``num_classes``, ``in_channels`` and ``image_size`` are derived
+    from the dataset unless given here."""
+    ckpt: str | None = None
+    """Default checkpoint of this model preset (used when the run's ``ckpt`` is not set)."""
+    first_layer: FirstLayer = FirstLayer.digital
+    """``digital`` (reference CNNs), ``acim`` or ``float`` (reference ViTs); the first conv is
+    found by :func:`asim.mapping.first_conv_name`."""
+    first_layer_bits: int = 8
+    """Weight and input bits of a digital first layer (the reference's QuantConv2d: W8A8)."""
+    signed_input: bool = False
+    """Signed activations in the ACiM layers (reference: False for CNN convs, True for ViTs)."""
+    classifier_signed_input: bool = False
+    """Signed activations in the classifier (reference: False for CNNs, True for ViTs)."""
+    exclude: list[str] = field(default_factory=list)
+    """Qualified-name globs of layers kept float."""
+    layer_macros: list[LayerMacro] = field(default_factory=list)
+    """Per-layer MacroConfig deltas ``{match: GLOB, FIELD: VALUE, ...}`` applied in order,
+    after the attention deltas, e.g. ``[{match: "layer4.*", adc_bits: 6}]``."""
+    attention: AttentionMacros = field(default_factory=AttentionMacros)
+    """MacroConfig deltas for attention projections (``proj``), QK^T (``qk``) and AV (``av``),
+    e.g. ``model.attention.qk.input_bits=9``."""
+
+
+@dataclass
+class SimulateOptions:
+    """The ``simulate`` block of ``simulate.yaml``."""
+
+    repeats: int = 1
+    """Noisy simulation re-run with seeds seed, seed+1, ...: mean ± sample std."""
+    float: bool = True
+    """Also validate the float model."""
+    inference: bool = True
+    """Also validate quantized inference (integer MACs, no macro)."""
+    save_predictions: bool = False
+    """Write predictions.json: per-sample index, true label and argmax of every pass."""
+
+
+@dataclass
+class _RunSchema:
+    """Keys every primary config has; the groups without a schema stay untyped (``Any``)."""
+
+    task_name: str = "???"
+    seed: int = 0
+    ckpt: str | None = None
+    output_dir: str = "???"
+    progress_percent: int = 10
+    macro: MacroConfig = field(default_factory=MacroConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: Any = None
+    trainer: Any = None
+    logger: Any = None
+    cost: Any = None
+
+
+@dataclass
+class SimulateSchema(_RunSchema):
+    """``simulate.yaml``'s schema."""
+
+    simulate: SimulateOptions = field(default_factory=SimulateOptions)
+    optimized_metrics: list[str] | None = None
+    """What simulate.py returns to a sweeper, e.g. [sim_top1, energy_pj] (hparams_search=);
+    None: sim_top1. See lightning_modules.report.objectives."""
+
+
+@dataclass
+class TrainSchema(_RunSchema):
+    """``train.yaml``'s schema."""
+
+    trim_noise: float = 0.0
+    attn_trim_noise: float = 0.0
+    export: str | None = None
+    resume: str | None = None
+    label_smoothing: float = 0.0
+    optimizer: Any = None
+    scheduler: Any = None
+    callbacks: Any = None
+
+
+def _epochs(fractions: Sequence[float], max_epochs: int | None) -> list[int]:
+    """MultiStepLR milestones at ``fractions`` of ``max_epochs`` (spec §9.5)."""
+    fractions = list(fractions)
+    if any(not 0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"milestones {fractions} must be fractions of max_epochs in (0, 1]")
+    epochs = max_epochs if max_epochs not in (None, -1) else 1
+    return sorted({max(1, int(f * epochs)) for f in fractions})
+
+
+def _path_name(value: str) -> str:
+    return Path(value).name if ("/" in value or os.sep in value) else value
+
+
+def job_dirname(overrides: Sequence[str]) -> str:
+    """A sweep job's folder name from ALL its command-line overrides: ``k=v`` joined by
+    commas, path values by their file name; too long a name is shortened with a hash."""
+    parts = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        if key.startswith("hydra."):
+            continue
+        parts.append(f"{key.lstrip('+~')}{sep}{_path_name(value)}" if sep else key)
+    name = re.sub(r"[^\w.,=+\-\[\]@%]", "_", ",".join(parts)) or "job"
+    if len(name) > 200:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = f"{name[:180]}...{digest}"
+    return name
+
+
+def _unique_dir(path: str) -> str:
+    """``path``, or ``path_2``, ``path_3``, ... : the first that did not exist, created now so
+    two runs started in the same second never share a folder."""
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        candidate = base if k == 1 else base.with_name(f"{base.name}_{k}")
+        try:
+            candidate.mkdir()
+            return str(candidate)
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run folder next to {base}")
+
+
+def register_configs() -> None:
+    """Store the schemas and resolvers (call before composing; the entry points do)."""
+    cs = ConfigStore.instance()
+    simulate_schema, train_schema = SimulateSchema, TrainSchema
+    try:  # the cost model's schema types the `cost` group (None: no cost estimate)
+        from asim.cost import CostConfig
+    except ImportError:  # pragma: no cover - the cost model is optional
+        pass
+    else:
+        typed = [("cost", Optional[CostConfig], field(default=None))]  # noqa: UP045 (OmegaConf)
+        simulate_schema = make_dataclass("SimulateSchema", typed, bases=(SimulateSchema,))
+        train_schema = make_dataclass("TrainSchema", typed, bases=(TrainSchema,))
+    cs.store(name="simulate_schema", node=simulate_schema)
+    cs.store(name="train_schema", node=train_schema)
+    for name, fn in (
+        ("epochs", _epochs),
+        ("job_dirname", job_dirname),
+        ("unique_dir", _unique_dir),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)
+
+
+def compose(config_name: str = "simulate", overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with command-line style overrides, outside an entry
+    point (tests, notebooks): ``simulate(compose("simulate", ["macro=ideal"]))``.
+
+    ``output_dir`` (the Hydra run dir in an entry point) defaults to
+    ``outputs/<config_name>/compose``; pass ``output_dir=DIR`` to choose it.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    overrides = list(overrides)
+    if not any(o.lstrip("+~").split("=", 1)[0] == "output_dir" for o in overrides):
+        overrides.append(f"output_dir={PROJECT_ROOT / 'outputs' / config_name / 'compose'}")
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app: compose with its loader
+        return hydra_compose(config_name=config_name, overrides=overrides)
+    # initialize_config_dir restores the previous (empty) global state on exit
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+# ------------------------------------------------------------------------------ config -> asim
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """An absolute path: as given, else from the working directory, else from the repository
+    root (so shipped files resolve from anywhere); a missing file keeps the first form."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    if p.exists() or not (PROJECT_ROOT / p).exists():
+        return p.resolve()
+    return PROJECT_ROOT / p
+
+
+def macro_config(cfg: DictConfig) -> MacroConfig:
+    """The validated :class:`MacroConfig` of ``cfg.macro`` (one-line ValueError if invalid)."""
+    return OmegaConf.to_object(cfg.macro)
+
+
+def noise_config(cfg: DictConfig) -> NoiseConfig:
+    """The validated :class:`NoiseConfig` of ``cfg.noise``, its table path made absolute."""
+    noise = OmegaConf.to_object(cfg.noise)
+    if noise.file is not None:
+        path = resolve_path(noise.file)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"noise.file={noise.file} not found; set noise.file=PATH to a "
+                "CSV with columns count,offset,std (see "
+                "conf/noise/measured_example.csv)"
+            )
+        noise = noise.replace(file=str(path))
+    return noise
+
+
+def model_config(cfg: DictConfig) -> ModelConfig:
+    """The validated :class:`ModelConfig` of ``cfg.model``."""
+    return OmegaConf.to_object(cfg.model)
+
+
+def build_datamodule(cfg: DictConfig, **overrides: Any) -> L.LightningDataModule:
+    """The DataModule of ``cfg.dataset``; a relative ``dataset.root`` is resolved here
+    (working directory, then the repository root) and passed as ``root=``."""
+    dataset = cfg.dataset
+    if dataset.get("root") is not None and "root" not in overrides:
+        overrides["root"] = str(resolve_path(dataset.root))
+    instantiate_dm = getattr(_data, "instantiate_datamodule", None)
+    try:
+        if instantiate_dm is not None:
+            return instantiate_dm(dataset, seed=int(cfg.seed), **overrides)
+        kwargs = OmegaConf.to_container(dataset, resolve=True)
+        kwargs.update(overrides)
+        name = kwargs.pop("name")
+        return _data.build_datamodule(name, seed=int(cfg.seed), **kwargs)
+    except TypeError as e:
+        raise ValueError(f"dataset={dataset.get('name')}: {e}") from None
+
+
+def build_float_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> nn.Module:
+    """``create_model(model.name)`` sized by the dataset (classes, channels, image size)."""
+    mcfg = cfg.model
+    kwargs: dict[str, Any] = {"num_classes": datamodule.num_classes}
+    kwargs.update(_derived_kwargs(mcfg.name, datamodule))
+    kwargs.update(OmegaConf.to_container(mcfg.kwargs, resolve=True))
+    try:
+        return create_model(mcfg.name, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"model={mcfg.name}: {e}; check model.kwargs") from None
+
+
+def _derived_kwargs(name: str, datamodule) -> dict[str, Any]:
+    if not is_model(name):
+        return {}
+    params = inspect.signature(model_entrypoint(name)).parameters
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    out = {}
+    if "in_channels" in params or var_kw:
+        out["in_channels"] = datamodule.in_channels
+    if "image_size" in params:
+        out["image_size"] = datamodule.image_size
+    return out
+
+
+def load_weights(
+    model: nn.Module,
+    ckpt: str | None,
+    *,
+    strict_classifier: bool = False,
+    dataset: str | None = None,
+) -> dict[str, Any] | None:
+    """Load a checkpoint into the float model; None leaves it as initialised.
+
+    With ``strict_classifier`` a checkpoint whose classifier has another class count than the
+    dataset is an error that names the dataset (simulation); otherwise the model keeps its
+    fresh head (fine-tuning, a warning).
+    """
+    if ckpt is None:
+        return None
+    path = resolve_path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: ckpt={ckpt} ({path})")
+    report = load_checkpoint(model, path)
+    if report["classifier"] == "reset" and strict_classifier:
+        have = report.get("classifier_classes")
+        if have is None:
+            raise ValueError(f"checkpoint {path} has no classifier for this model; pass ckpt=PATH")
+        want = _head_outputs(model)
+        raise ValueError(
+            f"dataset={dataset} has {want} classes but checkpoint {path.name} was trained on "
+            f"{have}: check dataset= and dataset.root (or pass the checkpoint trained on this "
+            "dataset)"
+        )
+    log.info(
+        "loaded %s (%s, %s names): %d tensors%s",
+        path,
+        report["format"],
+        report["naming"],
+        report["loaded"],
+        "; classifier re-initialised" if report["classifier"] == "reset" else "",
+    )
+    if report["classifier"] == "reset":
+        warnings.warn(
+            f"checkpoint {path}: {next(iter(report['ignored'].values()), '')}; "
+            "the classifier is untrained",
+            stacklevel=2,
+        )
+    return report
+
+
+def _head_outputs(model: nn.Module) -> int | None:
+    from asim.mapping import classifier_name
+
+    name = classifier_name(model)
+    head = model.get_submodule(name) if name else None
+    return getattr(head, "out_features", None)
+
+
+def convert_model(
+    cfg: DictConfig,
+    float_model: nn.Module,
+    *,
+    mode: str,
+    trim_noise: float = 0.0,
+    attn_trim_noise: float = 0.0,
+) -> nn.Module:
+    """:func:`asim.convert_to_acim` with the model preset's mapping (spec §9)."""
+    mcfg = model_config(cfg)
+    try:
+        return convert_to_acim(
+            float_model,
+            macro_config(cfg),
+            noise_config(cfg),
+            first_layer=mcfg.first_layer,
+            first_layer_bits=mcfg.first_layer_bits,
+            signed_input=mcfg.signed_input,
+            classifier_signed_input=mcfg.classifier_signed_input,
+            layer_macros=mcfg.layer_macros,
+            attention=mcfg.attention,
+            exclude=mcfg.exclude,
+            trim_noise=trim_noise,
+            attn_trim_noise=attn_trim_noise,
+            mode=mode,
+        )
+    except ValueError as e:
+        msg = str(e)
+        for key in ("layer_macros", "attention"):
+            if msg.startswith(key):
+                msg = f"model.{msg}"
+        raise ValueError(msg) from None
+
+
+# ----------------------------------------------------------------------------- Lightning side
+
+
+def build_trainer(
+    cfg: DictConfig, *, callbacks: list | None = None, logger: bool = True
+) -> L.Trainer:
+    """The Trainer of ``cfg.trainer`` with the configured logger (or none). When stdout is
+    not a terminal the progress bar becomes one line per ``progress_percent`` %."""
+    lg = instantiate(cfg.logger) if logger and cfg.get("logger") else False
+    callbacks = list(callbacks or [])
+    overrides: dict[str, Any] = {}
+    if cfg.trainer.get("enable_progress_bar", True) and not sys.stdout.isatty():
+        overrides["enable_progress_bar"] = False
+        callbacks.append(LineProgress(int(cfg.get("progress_percent", 10))))
+    trainer = instantiate(cfg.trainer, logger=lg, callbacks=callbacks, **overrides)
+    # trainer.deterministic turns on torch's NaN-filling of torch.empty, a debugging aid that
+    # makes the engine's large scratch buffers ~15x slower; results do not depend on it.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return trainer
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up chatter off; float layers without TF32 (spec Q35)."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*sync_dist=True.*",
+        ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
+        ".*directory .* exists and is not empty.*",
+        ".*GPU available but not used.*",
+    ):
+        warnings.filterwarnings("ignore", pattern)
+    # TF32 convs/matmuls on GPU change float layers (the stem, excluded layers) by ulps against
+    # CPU, which can flip quantization boundaries. Simulation stays exact.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False

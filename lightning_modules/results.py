@@ -1,0 +1,181 @@
+"""Results: ``results.json`` (never overwritten, written after every repeat), the table, the
+TensorBoard/CSV summary.
+
+Field names of ``results.json`` are a contract (README "results.json", the sweep report):
+extend them, never rename them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from asim import MacroConfig, NoiseConfig, acim_modules
+
+__all__ = [
+    "ResultsFile",
+    "describe_macros",
+    "describe_noise",
+    "format_table",
+    "hparams",
+    "log_summary",
+    "mean_std",
+]
+
+TABLE_LOG = logging.getLogger("asim.results")
+"""The results table goes to this logger too; the Hydra run's log file keeps it
+(``conf/hydra/default.yaml``)."""
+
+
+class ResultsFile:
+    """``results.json`` of one run, reserved when the run starts: an existing file is never
+    overwritten (a second run in the same folder writes ``results-1.json``, ...). Every
+    :meth:`write` replaces the file atomically, so a reader never sees half a file."""
+
+    def __init__(self, folder: str | os.PathLike, stem: str = "results") -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(10_000):
+            path = folder / (f"{stem}.json" if k == 0 else f"{stem}-{k}.json")
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                continue
+            os.close(fd)
+            self.path = path
+            self.suffix = "" if k == 0 else f"-{k}"
+            break
+        else:  # pragma: no cover
+            raise RuntimeError(f"no free results file name in {folder}")
+
+    def sibling(self, stem: str) -> Path:
+        """A companion file with the same numbering, e.g. ``predictions-1.json``."""
+        return self.path.with_name(f"{stem}{self.suffix}.json")
+
+    def write(self, results: dict[str, Any], path: Path | None = None) -> Path:
+        path = path or self.path
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        os.replace(tmp, path)
+        return path
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def describe_noise(noise: NoiseConfig) -> str:
+    parts = []
+    if noise.file is not None:
+        parts.append(f"measured({Path(noise.file).name})")
+    elif noise.rand_sigma or noise.nonlinear_sigma:
+        parts.append(f"gaussian(rand={noise.rand_sigma:g}%, nonlinear={noise.nonlinear_sigma:g}%)")
+    if noise.cell_sigma:
+        parts.append(f"cells={noise.cell_sigma:g}% {noise.cell_variation.value}")
+    if noise.compression_alpha:
+        parts.append(f"compression={noise.compression_alpha:g}")
+    return ", ".join(parts) or "none"
+
+
+def layer_macros(model: nn.Module) -> dict[str, list[str]]:
+    """``{macro.describe(): [layer names]}`` of every ACiM layer (attention parts as
+    ``NAME.qk`` / ``NAME.av``), in model order: the macros actually used."""
+    used: dict[str, list[str]] = {}
+    for name, layer in acim_modules(model):
+        kind = "digital " if layer.digital else ""
+        used.setdefault(kind + layer.macro.describe(), []).append(name)
+        for part in ("qk", "av"):
+            m = getattr(layer, f"{part}_macro", None)
+            if isinstance(m, MacroConfig):
+                used.setdefault(kind + m.describe(), []).append(f"{name}.{part}")
+    return used
+
+
+def describe_macros(used: dict[str, list[str]], run_macro: MacroConfig) -> str:
+    """The header's macro: the run's macro, plus every other macro in use with its layers."""
+    main = run_macro.describe()
+    parts = [main]
+    for desc, names in used.items():
+        if desc == main:
+            continue
+        shown = ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+        parts.append(f"{desc} on {shown}")
+    return "; ".join(parts)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A small aligned text table of a simulation result."""
+    s = results["summary"]
+    n = results["num_samples"]
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    def secs(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    rows = [
+        (
+            "float",
+            pct(results["float_top1"]),
+            pct(results["float_top5"]),
+            secs(results["seconds_float"]),
+        ),
+        (
+            "quantized inference",
+            pct(results["inference_top1"]),
+            pct(results["inference_top5"]),
+            secs(results["seconds_inference"]),
+        ),
+    ]
+    if results["repeats"]:
+        sim1, sim5 = pct(results["sim_top1"]), pct(results["sim_top5"])
+        if results["repeats"] > 1:
+            sim1 += f" ± {100 * results['sim_top1_std']:.2f}"
+            sim5 += f" ± {100 * results['sim_top5_std']:.2f}"
+        label = "simulated" + (f" (x{results['repeats']})" if results["repeats"] > 1 else "")
+        rows.append((label, sim1, sim5, secs(results["seconds_sim"])))
+    header = ("pass", "top-1", "top-5", "seconds")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+
+    def line(r) -> str:
+        return "  ".join([r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in (1, 2, 3)])
+
+    title = f"{s['model']} on {s['dataset']} ({n} samples), macro {s['macro']}, noise {s['noise']}"
+    rule = "-" * len(line(header))
+    total = results.get("seconds")
+    footer = f"total {total:.1f} s" if total is not None else "total -"
+    if not results.get("complete", True):
+        footer += f" (interrupted: {results['repeats']} of {results['repeats_requested']} repeats)"
+    return "\n".join([title, rule, line(header), rule, *[line(r) for r in rows], rule, footer])
+
+
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config without Hydra's own node, nested: the logger flattens it itself."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    return container
+
+
+def log_summary(logger, cfg: DictConfig, metrics: dict[str, float], per_repeat=()) -> None:
+    """Metrics with the config in HPARAMS (TensorBoard) or hparams.yaml + metrics.csv."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for r, value in enumerate(per_repeat):
+        logger.log_metrics({"sim/acc_repeat": value}, step=r)
+    if isinstance(logger, TensorBoardLogger):
+        logger.log_hyperparams(hparams(cfg), metrics)
+    else:
+        logger.log_hyperparams(hparams(cfg))
+        logger.log_metrics(metrics, step=0)
+    logger.finalize("success")

@@ -1,0 +1,484 @@
+"""Running: :func:`simulate` and :func:`train` of a composed config.
+
+Nothing is lost: ``results.json`` is reserved when a run starts (never overwriting another
+run's), rewritten after every simulation repeat with ``"complete": false`` until the last, and
+an interrupt (Ctrl-C) keeps what finished and raises :class:`RunInterrupted` (the entry points
+print its one line and exit 130).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from asim import resample_noise, set_mode
+
+from .config import (
+    build_datamodule,
+    build_float_model,
+    build_trainer,
+    convert_model,
+    load_weights,
+    macro_config,
+    noise_config,
+    quiet_lightning,
+    resolve_path,
+)
+from .module import ACiMClassifier
+from .results import (
+    TABLE_LOG,
+    ResultsFile,
+    describe_macros,
+    describe_noise,
+    format_table,
+    hparams,
+    layer_macros,
+    log_summary,
+    mean_std,
+)
+
+__all__ = ["RunInterrupted", "simulate", "train"]
+
+log = logging.getLogger(__name__)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; ``str()`` is the one line saying what was kept."""
+
+
+def _guarded(trainer: L.Trainer, fn, *args, **kwargs):
+    """Call a Trainer loop; Lightning turns Ctrl-C into ``sys.exit(1)``: make it a
+    KeyboardInterrupt again (and restore Ctrl-C, which Lightning switched off)."""
+    try:
+        return fn(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
+        raise
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _ckpt(cfg: DictConfig, required: bool) -> str | None:
+    ckpt = cfg.ckpt
+    if ckpt is None and required:
+        raise ValueError(
+            f"model={cfg.model.name} has no default checkpoint: set ckpt=PATH "
+            "(ours, torchvision's, the reference's .pkl or a Lightning .ckpt)"
+        )
+    return ckpt
+
+
+def _classifier(model: nn.Module, cfg: DictConfig, dm, **kwargs) -> ACiMClassifier:
+    return ACiMClassifier(
+        model,
+        num_classes=dm.num_classes,
+        class_names=dm.class_names,
+        model_name=cfg.model.name,
+        **kwargs,
+    )
+
+
+# ------------------------------------------------------------------------------------ simulate
+
+
+def simulate(cfg: DictConfig) -> dict[str, Any]:
+    """Validate float, quantized-inference and simulated models; print a table, write
+    ``results.json`` (and ``predictions.json`` with ``simulate.save_predictions``).
+
+    Returns:
+        The results dict (see README.md, "results.json", for the fields).
+
+    Raises:
+        RunInterrupted: Ctrl-C; the finished repeats are in ``results.json``.
+    """
+    t_start = time.perf_counter()
+    quiet_lightning()
+    opts = cfg.simulate
+    repeats = opts.repeats
+    if repeats < 1:
+        raise ValueError(f"simulate.repeats={repeats!r} must be an integer >= 1")
+    macro, noise = macro_config(cfg), noise_config(cfg)
+    ckpt = _ckpt(cfg, required=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    dm = build_datamodule(cfg)
+    dm.setup("validate")  # fail fast, in one line, when the data is missing
+    float_model = build_float_model(cfg, dm)
+    report = load_weights(float_model, ckpt, strict_classifier=True, dataset=cfg.dataset.name)
+    acim_model = convert_model(cfg, float_model, mode="inference")
+
+    trainer = build_trainer(cfg)
+    if isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+        raise ValueError(
+            f"trainer.strategy={cfg.trainer.strategy}: spawned processes cannot "
+            "return simulation results; use trainer.strategy=ddp"
+        )
+    rank0 = trainer.is_global_zero
+    files = ResultsFile(_output_dir(cfg)) if rank0 else None
+    collect = bool(opts.save_predictions)
+    common = {"collect_predictions": collect, "log_to_logger": False}
+    stochastic = noise.enabled or noise.cell_sigma > 0
+    passes: dict[str, dict[str, Any]] = {}
+    sim_runs: list[dict[str, Any]] = []
+    used = layer_macros(acim_model)
+
+    def results(complete: bool) -> dict[str, Any]:
+        res = _collect_results(
+            cfg, passes, sim_runs, dm, macro, noise, ckpt, report, trainer, used, repeats
+        )
+        res["complete"] = complete
+        res["seconds"] = time.perf_counter() - t_start
+        return res
+
+    def save(complete: bool) -> dict[str, Any]:
+        res = results(complete)
+        if files is not None:
+            files.write(res)
+        return res
+
+    def run(module: ACiMClassifier, label: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        _guarded(trainer, trainer.validate, module, datamodule=dm, verbose=False)
+        res = dict(module.results)
+        res["seconds"] = time.perf_counter() - t0
+        if rank0:
+            log.info(
+                "%s: top-1 %.4f (%d samples, %.1f s)",
+                label,
+                res["top1"],
+                res["num_samples"],
+                res["seconds"],
+            )
+        return res
+
+    try:
+        if opts.float:
+            module = _classifier(float_model, cfg, dm, log_prefix="float", **common)
+            passes["float"] = run(module, "float")
+            save(False)
+        module = _classifier(acim_model, cfg, dm, log_prefix="inference", **common)
+        if opts.inference:
+            set_mode(acim_model, "inference")
+            passes["inference"] = run(module, "inference")
+            save(False)
+        set_mode(acim_model, "simulate")
+        module.log_prefix = "sim"
+        for r in range(repeats if stochastic else 1):
+            resample_noise(acim_model, int(cfg.seed) + r)
+            sim_runs.append(run(module, f"simulate (seed {int(cfg.seed) + r})"))
+            if not stochastic:
+                if repeats > 1:
+                    log.info(
+                        "noise is off: the simulation is deterministic, ran it once for %d repeats",
+                        repeats,
+                    )
+                sim_runs *= repeats
+            save(len(sim_runs) == repeats)
+    except KeyboardInterrupt:
+        res = save(False)
+        where = files.path if files is not None else cfg.output_dir
+        kept = [name for name in passes] + ([f"{len(sim_runs)} of {repeats} repeats"])
+        raise RunInterrupted(f"interrupted: kept {', '.join(kept)} in {where}") from None
+
+    res = results(True)
+    if rank0:
+        if collect:
+            preds = {k: v.get("preds") for k, v in passes.items()}
+            preds["sim"] = [run_.get("preds") for run_ in sim_runs]
+            first = next(iter([*passes.values(), *sim_runs]))
+            preds["targets"] = first.get("targets")
+            preds["indices"] = first.get("indices")
+            files.write(preds, files.sibling("predictions"))
+        files.write(res)
+        table = format_table(res)
+        print(table, flush=True)
+        print(f"results: {files.path}", flush=True)
+        TABLE_LOG.info("%s\nresults: %s", table, files.path)
+        if trainer.logger is not None:
+            metrics = {}
+            for name, p in passes.items():
+                metrics.update(
+                    {
+                        f"{name}/acc": p["top1"],
+                        f"{name}/acc_top5": p["top5"],
+                        f"{name}/loss": p["loss"],
+                    }
+                )
+            metrics.update(
+                {
+                    "sim/acc": res["sim_top1"],
+                    "sim/acc_std": res["sim_top1_std"],
+                    "sim/acc_top5": res["sim_top5"],
+                    "sim/loss": sum(r["loss"] for r in sim_runs) / len(sim_runs),
+                }
+            )
+            log_summary(trainer.logger, cfg, metrics, [r["top1"] for r in sim_runs])
+    return res
+
+
+def _collect_results(
+    cfg, passes, sim_runs, dm, macro, noise, ckpt, report, trainer, used, requested
+) -> dict:
+    def get(name: str, key: str):
+        return passes[name][key] if name in passes else None
+
+    names = list(dm.class_names)
+
+    def by_class(values):
+        return None if values is None else dict(zip(names, values, strict=True))
+
+    if sim_runs:
+        top1, top1_std = mean_std([r["top1"] for r in sim_runs])
+        top5, top5_std = mean_std([r["top5"] for r in sim_runs])
+        n_cls = len(sim_runs[0]["per_class"])
+        per_class = [sum(r["per_class"][c] for r in sim_runs) / len(sim_runs) for c in range(n_cls)]
+    else:
+        top1 = top1_std = top5 = top5_std = per_class = None
+    counts = {r["num_samples"] for r in [*passes.values(), *sim_runs]}
+    return {
+        "float_top1": get("float", "top1"),
+        "float_top5": get("float", "top5"),
+        "inference_top1": get("inference", "top1"),
+        "inference_top5": get("inference", "top5"),
+        "sim_top1": top1,
+        "sim_top1_std": top1_std,
+        "sim_top5": top5,
+        "sim_top5_std": top5_std,
+        "sim_top1_runs": [r["top1"] for r in sim_runs],
+        "sim_correct_runs": [r["correct"] for r in sim_runs],
+        "repeats": len(sim_runs),
+        "repeats_requested": requested,
+        "complete": False,
+        "num_samples": max(counts) if counts else None,
+        "seconds": None,
+        "seconds_float": get("float", "seconds"),
+        "seconds_inference": get("inference", "seconds"),
+        "seconds_sim": sum(r["seconds"] for r in {id(r): r for r in sim_runs}.values()),
+        "per_class": {
+            "float": by_class(get("float", "per_class")),
+            "inference": by_class(get("inference", "per_class")),
+            "sim": by_class(per_class),
+        },
+        "summary": {
+            "model": cfg.model.name,
+            "dataset": cfg.dataset.name,
+            "num_classes": dm.num_classes,
+            "macro": describe_macros(used, macro),
+            "macro_preset": macro.describe(),
+            "layer_macros": used,
+            "noise": describe_noise(noise),
+            "ckpt": None if ckpt is None else str(resolve_path(ckpt)),
+            "ckpt_format": None if report is None else report["format"],
+            "seed": int(cfg.seed),
+            "world_size": trainer.world_size,
+            "val_batch_size": cfg.dataset.get("val_batch_size"),
+        },
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+# --------------------------------------------------------------------------------------- train
+
+
+def _reinit_zero_classifier(model: nn.Module) -> None:
+    """Xavier-initialise an all-zero classifier weight (torchvision's ViT head init).
+
+    Fake quantization passes no gradient to weights that are exactly 0 (spec §1.5: the
+    straight-through estimator is multiplied by sign(0) = 0), so QAT could never train a
+    zero-initialised head; the reference's converters give the head a Xavier init too (§9.5).
+    """
+    name = getattr(model, "classifier_name", None)
+    head = model.get_submodule(name) if name else None
+    if isinstance(head, nn.Linear) and not bool(head.weight.detach().any()):
+        nn.init.xavier_uniform_(head.weight)
+        log.info("%s.weight was all zero: Xavier-initialised for quantization-aware training", name)
+
+
+def _resume_path(cfg: DictConfig) -> str | None:
+    resume = cfg.get("resume")
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"resume=auto: no checkpoints/last.ckpt in {cfg.output_dir}; run in the "
+                "interrupted run's folder (hydra.run.dir=DIR) or pass resume=PATH"
+            )
+        return str(path)
+    path = resolve_path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume}: no such Lightning checkpoint ({path})")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """QAT (every ACiM layer in ``train`` mode) or NAT (``trim_noise`` > 0, from ``ckpt``);
+    ``resume=PATH|auto`` continues a run from a Lightning checkpoint (epoch, optimizer,
+    scheduler).
+
+    Returns:
+        The results dict: ``best_model_path``, ``best_val_acc``, ``best_epoch``,
+        ``last_model_path``, ``last_val_acc``, ``export`` and the final metrics.
+    """
+    t_start = time.perf_counter()
+    quiet_lightning()
+    macro_config(cfg), noise_config(cfg)  # validate before any work
+    for key in ("trim_noise", "attn_trim_noise"):
+        if cfg[key] < 0:
+            raise ValueError(f"{key}={cfg[key]} must be >= 0 (percent)")
+    resume = _resume_path(cfg)
+    ckpt = _ckpt(cfg, required=False)
+    nat = cfg.trim_noise > 0 or cfg.attn_trim_noise > 0
+    if ckpt is None and nat and resume is None:
+        raise ValueError(
+            "noise-aware training (trim_noise > 0) fine-tunes a trained model: set ckpt=PATH"
+        )
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    float_model = build_float_model(cfg, dm)
+    if resume is None:
+        load_weights(float_model, ckpt)
+    _reinit_zero_classifier(float_model)
+    model = convert_model(
+        cfg,
+        float_model,
+        mode="train",
+        trim_noise=float(cfg.trim_noise),
+        attn_trim_noise=float(cfg.attn_trim_noise),
+    )
+    module = _classifier(
+        model,
+        cfg,
+        dm,
+        log_prefix="val",
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        label_smoothing=float(cfg.label_smoothing),
+    )
+
+    callbacks = []
+    for name, cb_cfg in (cfg.get("callbacks") or {}).items():
+        if cb_cfg is None or (name == "lr_monitor" and not cfg.get("logger")):
+            continue
+        callbacks.append(instantiate(cb_cfg))
+    trainer = build_trainer(cfg, callbacks=callbacks)
+    files = ResultsFile(_output_dir(cfg)) if trainer.is_global_zero else None
+    if trainer.logger is not None:
+        trainer.logger.log_hyperparams(hparams(cfg))
+    try:
+        _guarded(trainer, trainer.fit, module, datamodule=dm, ckpt_path=resume)
+    except KeyboardInterrupt:
+        last = _last_checkpoint(trainer)
+        raise RunInterrupted(
+            f"interrupted at epoch {trainer.current_epoch}: last checkpoint {last or 'none'}; "
+            f"continue with resume={last or 'PATH'}"
+        ) from None
+    last_epoch_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    best_cb = _best_callback(trainer)
+    best = best_cb.best_model_path if best_cb is not None else ""
+    if best:  # export the best weights, not the last
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["state_dict"])
+        best_epoch = int(state.get("epoch", -1))
+    else:
+        best_epoch = trainer.current_epoch - 1
+    _guarded(trainer, trainer.validate, module, datamodule=dm, verbose=False)
+    final = dict(module.results)
+    validation_noise = (
+        f"NAT training noise (trim_noise {cfg.trim_noise:g}%, attn {cfg.attn_trim_noise:g}%)"
+        if nat
+        else "none (fake quantization, train mode)"
+    )
+    results = {
+        "best_model_path": best or None,
+        "best_val_acc": (
+            float(best_cb.best_model_score)
+            if best_cb is not None and best_cb.best_model_score is not None
+            else final["top1"]
+        ),
+        "best_epoch": best_epoch,
+        "last_model_path": _last_checkpoint(trainer),
+        "last_val_acc": last_epoch_metrics.get("val/acc"),
+        "last_epoch": trainer.current_epoch - 1,
+        "validation_noise": validation_noise,
+        "export": None,
+        "val_top1": final["top1"],
+        "val_top5": final["top5"],
+        "num_samples": final["num_samples"],
+        "per_class": dict(zip(dm.class_names, final["per_class"], strict=True)),
+        "epochs": trainer.current_epoch,
+        "resumed_from": resume,
+        "mode": "nat" if nat else "qat",
+        "seconds": None,
+        "complete": True,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if files is not None:
+        if cfg.get("export"):
+            export = Path(cfg.export).expanduser().resolve()
+            export.parent.mkdir(parents=True, exist_ok=True)
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            tmp = export.with_suffix(export.suffix + ".tmp")
+            torch.save(state, tmp)
+            shutil.move(tmp, export)
+            results["export"] = str(export)
+        results["seconds"] = time.perf_counter() - t_start
+        files.write(results)
+        last_acc = results["last_val_acc"]
+        summary = (
+            f"{results['mode'].upper()} {cfg.model.name} on {cfg.dataset.name} "
+            f"({results['epochs']} epochs, {results['seconds']:.0f} s; validation noise: "
+            f"{validation_noise})\n"
+            f"best: val top-1 {100 * results['best_val_acc']:.2f}% at epoch "
+            f"{results['best_epoch']}: {best or '-'}\n"
+            f"last: val top-1 "
+            f"{'-' if last_acc is None else f'{100 * last_acc:.2f}%'} at epoch "
+            f"{results['last_epoch']}: {results['last_model_path'] or '-'}\n"
+            f"float state_dict (best): {results['export']}\n"
+            f"results: {files.path}"
+        )
+        print(summary, flush=True)
+        TABLE_LOG.info("%s", summary)
+    return results
+
+
+def _best_callback(trainer: L.Trainer):
+    """The ModelCheckpoint that monitors a metric (best), if any."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
+            return cb
+    return None
+
+
+def _last_checkpoint(trainer: L.Trainer) -> str | None:
+    """Path of the newest every-epoch checkpoint (``last.ckpt``), if written."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor is None:
+            path = cb.last_model_path or cb.best_model_path
+            return path or None
+    return None

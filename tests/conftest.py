@@ -1,0 +1,35 @@
+"""Shared fixtures: composing the application's configs into a per-test folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_modules import builders
+
+
+@pytest.fixture
+def compose(tmp_path):
+    """``compose(name, *overrides)``: ``builders.compose`` with ``output_dir=tmp_path``."""
+
+    def _compose(name: str, *overrides: str):
+        return builders.compose(name, [*overrides, f"output_dir={tmp_path}"])
+
+    return _compose
+
+
+@pytest.fixture
+def compose_run(tmp_path):
+    """As ``compose``, for configs that run: CSV logger, no progress bar."""
+
+    def _compose(name: str, *overrides: str):
+        return builders.compose(
+            name,
+            [
+                *overrides,
+                f"output_dir={tmp_path}",
+                "logger=csv",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
+
+    return _compose
