@@ -42,6 +42,7 @@ Plain PyTorch::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -376,7 +377,7 @@ class CostReport:
 
     def to_dict(self) -> dict:
         """``{"cost": totals, "cost_layers": [{"name": ..., ...}, ...]}`` for results.json."""
-        return {"cost": dict(self.totals), "cost_layers": [dict(x) for x in self.layers]}
+        return copy.deepcopy({"cost": self.totals, "cost_layers": self.layers})
 
     def table(self) -> str:
         """Per-layer conversions and energy per sample, as aligned text."""
