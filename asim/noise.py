@@ -290,14 +290,20 @@ def _read_rows(p: Path, columns: tuple[str, ...], what: str, option: str) -> lis
 
 
 def _number(p: Path, what: str, no: int, name: str, text: str, *, minimum=None) -> float:
+    where = f"{what} {p}, line {no}"
     try:
         v = float(text)
     except ValueError:
-        raise ValueError(f"{what} {p}, line {no}: {name}={text!r} is not a number") from None
+        raise ValueError(
+            f"{where}: {name}={text!r} is not a number; write a plain decimal number"
+        ) from None
     if not math.isfinite(v):
-        raise ValueError(f"{what} {p}, line {no}: {name}={text!r} must be a finite number")
+        raise ValueError(
+            f"{where}: {name}={text!r} is not a finite number; write the measured value or "
+            "drop the row"
+        )
     if minimum is not None and v < minimum:
-        raise ValueError(f"{what} {p}, line {no}: {name}={text} must be >= {minimum}")
+        raise ValueError(f"{where}: {name}={text} is negative; {name} must be >= {minimum:g}")
     return v
 
 
@@ -473,12 +479,18 @@ class CodeTable:
         """Dense ``[n_m, max_code + 1]`` float64 matrix of ``P(code = k | m_min + r)`` as the
         thresholds encode it (rows sum to 1 exactly)."""
         p = torch.zeros(self.n_m, self.max_code + 1, dtype=torch.float64)
-        for r in range(self.n_m):
-            t = self.thr[self.start[r] : self.start[r + 1]].double()
-            edges = torch.cat([torch.zeros(1), t, torch.full((1,), float(_TWO32))])
-            k = int(self.k_lo[r])
-            p[r, k : k + edges.numel() - 1] = edges.diff() / _TWO32
-        return p
+        start, length = self.start.long(), self.start.diff().long()
+        rows = torch.repeat_interleave(torch.arange(self.n_m), length)
+        i = torch.arange(self.n_thresholds) - start[rows]  # position inside the row
+        prev = torch.where(i == 0, 0, self.thr.roll(1))
+        k_lo = self.k_lo.long()
+        p.index_put_((rows, k_lo[rows] + i), (self.thr - prev).double(), accumulate=True)
+        padded = torch.cat([torch.zeros(1, dtype=torch.int64), self.thr])
+        last = torch.where(length > 0, padded[start[1:]], 0)  # the row's last threshold
+        p.index_put_(
+            (torch.arange(self.n_m), k_lo + length), (_TWO32 - last).double(), accumulate=True
+        )
+        return p / _TWO32
 
     def __repr__(self) -> str:
         return (
