@@ -358,3 +358,41 @@ def test_availability_follows_device_and_interpreter(monkeypatch):
     assert _triton.available(torch.device("cuda"))  # compiled when a GPU is there
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not _triton.available(torch.device("cpu"))
+
+
+_AOT = """
+import subprocess, sys, tempfile
+import triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+from asim._triton.kernel import acim_kernel
+ptrs = dict(X="*u8", W="*i8", Y="*fp32", COEF="*fp32", VCNT="*fp32", VCODE="*fp32",
+            ROW_OFF="*i64", COL_OFF="*i64", TILES="*i64", VCNT_OFF="*i64", VCODE_OFF="*i64",
+            RKEY="*i64", THR="*i64")
+for noise, gather, single in [(False, False, False), (True, True, True)]:
+    const = dict(WB=8, NCYC=8, GATHER=gather, NOISE=noise, SINGLE_K=single, BM=64, BN=64, BK=64)
+    table = lambda n: "*i32" if n.isupper() and len(n) > 1 else "i32"
+    sig = {n: "constexpr" if n in const else ptrs.get(n, table(n)) for n in acim_kernel.arg_names}
+    k = triton.compile(ASTSource(acim_kernel, sig, const), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=8, enable_fp_fusion=False))
+    ptx = k.asm["ptx"]
+    assert "mma" in ptx and "s8" in ptx, "no int8 tensor-core instruction"
+    assert "fma.rn.f32" not in ptx, "a fused multiply-add would change the rounding"
+    print("ok", noise, gather, len(k.asm["cubin"]))
+"""
+
+
+@pytest.mark.slow
+def test_kernel_compiles_for_sm90_with_int8_tensor_cores():
+    """Without a GPU: the compiled (not interpreted) kernel builds to an sm_90 cubin with
+    ptxas, uses int8 tensor-core MMAs and no fused multiply-add."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT], cwd=root, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    if "ptxas" in proc.stderr and "not found" in proc.stderr:
+        pytest.skip("triton's ptxas is not available")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ok") == 2
