@@ -53,6 +53,7 @@ __all__ = [
     "build_noise",
     "code_table",
     "sample_codes",
+    "signed_code_table",
     "vote_codes",
 ]
 
@@ -634,6 +635,55 @@ def _build_table(model, F: int, A: int, nrow: int, alpha: float, late: bool, rec
     cdf = torch.where(s > 0, cdf, (k >= exact).double())
     cdf = torch.where(k >= c_hi.unsqueeze(1), 1.0, cdf)
     return _thresholds(c_lo, cdf, 0, A)
+
+
+def signed_code_table(
+    model: GaussianNoise, full_scale: int, half_levels: int, *, reciprocal: bool = False
+) -> CodeTable:
+    """The exact code distribution of the weight-parallel signed ADC (spec §8.3) for every
+    integer MAC ``y`` in ``[-F, F]`` (clamp larger ones: they convert like ``+-F``):
+    ``a = clamp(fl(y / F), -1, 1)``, ``clamp(a + sigma Z, -1, 1)``, ``q = rne(. * H)``.
+
+    Codes are stored shifted, ``code = q + H`` in ``[0, 2H]`` (``m_min = -F``), so
+    :func:`sample_codes` and ``asim_sample_code`` serve it unchanged; subtract ``H``.
+    Random Gaussian noise only (the mode has no count-dependent term). Cached.
+    """
+    if not isinstance(model, GaussianNoise) or model.nl_var > 0:
+        raise ValueError(
+            "signed_code_table: the weight-parallel ADC models random Gaussian noise only; "
+            "set noise.nonlinear_sigma=0 and noise.file=null"
+        )
+    if full_scale < 1 or half_levels < 1:
+        raise ValueError(
+            f"signed_code_table: full_scale={full_scale} and half_levels={half_levels} must be >= 1"
+        )
+    key = ("signed", model.cache_key(), full_scale, half_levels, bool(reciprocal))
+    with _TABLES_LOCK:
+        if key in _TABLES:
+            _TABLES.move_to_end(key)
+            return _TABLES[key]
+    F, H = full_scale, half_levels
+    y = torch.arange(-F, F + 1, dtype=torch.float32)
+    a = _divide(y, float(F), bool(reciprocal)).clamp_(-1, 1).double()
+    sigma = math.sqrt(model.rand_var)
+    lo = torch.floor((a - _Z_WINDOW * sigma).clamp(-1, 1) * H) - 1
+    hi = torch.ceil((a + _Z_WINDOW * sigma).clamp(-1, 1) * H) + 1
+    q_lo, q_hi = lo.clamp(-H, H).long(), hi.clamp(-H, H).long()
+    width = int((q_hi - q_lo).max()) + 1
+    _check_size(2 * F + 1, width)
+    q = q_lo.unsqueeze(1) + torch.arange(width)
+    edge = (q.double() + 0.5) / H  # q <=> value < edge
+    if sigma > 0:
+        cdf = torch.where(edge > 1, 1.0, torch.special.ndtr((edge - a.unsqueeze(1)) / sigma))
+    else:
+        cdf = (q >= torch.round(a * H).long().unsqueeze(1)).double()
+    cdf = torch.where(q >= q_hi.unsqueeze(1), 1.0, cdf)
+    table = _thresholds(q_lo + H, cdf, -F, 2 * H)
+    with _TABLES_LOCK:
+        _TABLES[key] = table
+        while len(_TABLES) > _TABLES_MAX:
+            _TABLES.popitem(last=False)
+    return table
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -20,6 +20,7 @@ from asim.noise import (
     build_noise,
     code_table,
     sample_codes,
+    signed_code_table,
     vote_codes,
 )
 
@@ -138,6 +139,35 @@ def test_huge_tables_are_refused_with_a_clear_error():
         code_table(GaussianNoise(5.0), 255 * 255, (1 << 20) - 1, 255, 255)
     with pytest.raises(ValueError, match="levels\\*nrow"):
         code_table(GaussianNoise(1.0), 10, 15, 1, 8)
+
+
+def test_signed_table_is_the_weight_parallel_adc():
+    """Spec §8.3: a = clamp(y/F, -1, 1) + N(0, sigma^2), clamped to [-1, 1], q = rne(a H);
+    codes stored as q + H for MAC values y in [-F, F]."""
+    F, H, sigma = 15 * 7 * 4, 7, 0.03
+    t = signed_code_table(GaussianNoise(100 * sigma), F, H)
+    P = t.probabilities()
+    assert t.m_min == -F and t.n_m == 2 * F + 1 and P.shape == (2 * F + 1, 2 * H + 1)
+    assert torch.equal(P.sum(1), torch.ones(2 * F + 1, dtype=torch.float64))
+    for y in (-F, -F + 1, -200, -1, 0, 37, 210, F):
+        a = _f32(y / F)
+        cdf = [
+            1.0 if (q + 0.5) / H > 1 else _ncdf(((q + 0.5) / H - a) / sigma)
+            for q in range(-H, H + 1)
+        ]
+        want = [c - (cdf[i - 1] if i else 0.0) for i, c in enumerate(cdf)]
+        assert (
+            P[y + F] - torch.tensor(want, dtype=torch.float64)
+        ).abs().max() <= 2.0**-32 + 1e-12, y
+    n = 200_000
+    for y in (-F, 0, 150):
+        g = torch.Generator().manual_seed(y + F)
+        v = (_f32(y / F) + sigma * torch.randn(n, generator=g, dtype=torch.float64)).clamp(-1, 1)
+        brute = torch.round(v * H).long() + H
+        mine = sample_codes(t, torch.tensor(y), _draws(n, 3 + y))
+        assert _tv(_hist(mine, 2 * H + 1), _hist(brute, 2 * H + 1)) < 0.01, y
+    with pytest.raises(ValueError, match="random Gaussian noise only"):
+        signed_code_table(GaussianNoise(1.0, 1.0), F, H)
 
 
 # ----------------------------------------------------------------------------- sampling

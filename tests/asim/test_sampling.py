@@ -239,7 +239,7 @@ def test_normal_from_is_standard_normal():
 
 
 def _tables():
-    from asim.noise import GaussianNoise, HistogramNoise, TableNoise, code_table
+    from asim.noise import GaussianNoise, HistogramNoise, TableNoise, code_table, signed_code_table
 
     hist = HistogramNoise([0, 4, 9], -2, [[0, 1, 8, 1, 0], [1, 2, 5, 3, 1], [0, 0, 3, 6, 2]])
     table = TableNoise([0, 5, 9], [-0.3, 0.4, 0.1], [0.5, 1.2, 0.0])
@@ -251,6 +251,7 @@ def _tables():
         "late": code_table(GaussianNoise(2.0), 64, 63, 1, 64, 0.02, late_compression=True),
         "table": code_table(table, 9, 7, 1, 9),
         "histogram": code_table(hist, 9, 7, 1, 9),
+        "signed": signed_code_table(GaussianNoise(3.0), 15 * 7 * 4, 7),  # W4A4, 4 rows
     }
 
 
