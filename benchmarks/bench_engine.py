@@ -6,8 +6,16 @@ macro/noise setting the table gives the time per unique shape (x its count in th
 the total per batch, the oracle's time and the ratio, all measured in this one run.
 Peak memory is measured separately at batch 64 in a fresh subprocess per setting.
 
+Settings: ``adc8`` (lossless, the exact shortcut), ``adc6``, ``noise`` (Gaussian,
+rand = nonlinear = 0.39 %), ``measured`` (``noise=measured``, the shipped example table; the
+oracle has no measured noise, so its Gaussian per-cycle run of the same cycles is the
+reference), ``voting`` (K = 3, vote_levels = 2, the Gaussian noise). ``--network`` adds the
+whole converted ResNet-18 (batch 8) per setting; ``--programming`` the one-time cost of
+quantizing and packing every weight (paid once per weight change, not per call).
+
     python benchmarks/bench_engine.py                 # full table, batch 8
     python benchmarks/bench_engine.py --quick         # fewer shapes, a smoke run
+    python benchmarks/bench_engine.py --settings adc6 --memory-batch 0   # one row
 """
 
 from __future__ import annotations
@@ -44,11 +52,15 @@ SHAPES = [
     ("fc", 512, 10, 0, 0, 0, 0, 1),
 ]
 
+GAUSS = NoiseConfig(rand_sigma=0.39, nonlinear_sigma=0.39)
 SETTINGS = {
     "adc8": (MacroConfig(), None),
     "adc6": (MacroConfig(adc_bits=6), None),
-    "noise": (MacroConfig(), NoiseConfig(rand_sigma=0.39, nonlinear_sigma=0.39)),
+    "noise": (MacroConfig(), GAUSS),
+    "measured": (MacroConfig(), NoiseConfig(file=str(ROOT / "conf/noise/measured_example.csv"))),
+    "voting": (MacroConfig(vote_levels=2, vote_samples=3), GAUSS),
 }
+ORACLE_NOISE = {"measured": GAUSS}  # the oracle's stand-in where it lacks the noise model
 
 
 def _layer(shape, macro, noise):
@@ -76,6 +88,8 @@ def _layer(shape, macro, noise):
 
 
 def _oracle(shape, layer, x, macro, noise):
+    if noise is not None and noise.file is not None:
+        noise = GAUSS
     kw = dict(
         wbit=macro.weight_bits,
         xbit=macro.input_bits,
@@ -84,6 +98,8 @@ def _oracle(shape, layer, x, macro, noise):
         signed_act=False,
         rand_noise_sigma=noise.rand_sigma if noise else 0.0,
         non_linear_sigma=noise.nonlinear_sigma if noise else 0.0,
+        voting_levels=macro.vote_levels,
+        num_samp=macro.vote_samples,
     )
     if shape[3] == 0:
         return oracle.oracle_linear(x, layer.weight.detach(), layer.bias, **kw)
@@ -120,6 +136,40 @@ def run_table(settings, shapes, repeats):
                     flush=True,
                 )
     return rows
+
+
+def network_time(setting: str, repeats: int) -> float:
+    """Seconds per batch of the whole converted ResNet-18 (CIFAR stem), warm."""
+    from asim import convert_to_acim
+    from asim.models import create_model
+
+    macro, noise = SETTINGS[setting]
+    torch.manual_seed(0)
+    model = convert_to_acim(create_model("resnet18", num_classes=10), macro, noise).eval()
+    resample_noise(model, 0)
+    x = torch.randn(BATCH, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+        return _time(lambda: model(x), repeats)
+
+
+def programming_time(shapes, repeats: int) -> tuple[float, float]:
+    """(seconds to program every weight of the network once, seconds per batch it saves):
+    a forward that reprograms minus one that reuses the programmed arrays (adc6)."""
+    macro, noise = SETTINGS["adc6"]
+    cold = warm = 0.0
+    with torch.no_grad():
+        for shape in shapes:
+            layer, x = _layer(shape, macro, noise)
+            layer(x)
+            warm += _time(lambda layer=layer, x=x: layer(x), repeats) * shape[7]
+
+            def fresh(layer=layer, x=x):
+                layer._programs.clear()
+                layer(x)
+
+            cold += _time(fresh, repeats) * shape[7]
+    return cold - warm, warm
 
 
 def peak_memory(setting: str, batch: int) -> float:
@@ -163,6 +213,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="three shapes only")
     ap.add_argument("--memory-batch", type=int, default=64)
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--network", action="store_true", help="time the whole ResNet-18 too")
+    ap.add_argument("--programming", action="store_true", help="one-time programming cost")
     args = ap.parse_args()
     BATCH = args.batch
     shapes = [SHAPES[0], SHAPES[5], SHAPES[-1]] if args.quick else SHAPES
@@ -178,6 +230,19 @@ def main() -> None:
         ref = sum(rows[(sname, s[0])][1] * s[7] for s in shapes)
         summary[sname] = {"ours_s": ours, "per_cycle_s": ref, "speedup": ref / ours}
         print(f"{sname:8s} {ours:15.3f} {ref:14.2f} {ref / ours:8.1f}x")
+    if args.network:
+        print(f"\nwhole converted ResNet-18, batch {BATCH} (s/batch):")
+        for sname in args.settings:
+            t = network_time(sname, args.repeats)
+            summary[sname]["network_s"] = t
+            print(f"  {sname:8s} {t:8.3f}")
+    if args.programming:
+        once, per_batch = programming_time(shapes, args.repeats)
+        summary["programming"] = {"once_s": once, "adc6_batch_s": per_batch}
+        print(
+            f"\nprogramming every weight once: {once:.3f} s (saved per call; an adc6 batch "
+            f"with programmed arrays takes {per_batch:.3f} s)"
+        )
     if args.memory_batch:
         print(f"\npeak additional memory at batch {args.memory_batch} (all shapes, fresh process):")
         for sname in args.settings:

@@ -29,25 +29,28 @@ import threading
 import warnings
 from pathlib import Path
 
-__all__ = ["CONST", "RunArgs", "engine_lib"]
+__all__ = ["CONST", "BucketTable", "RunArgs", "engine_lib"]
 
 _DIR = Path(__file__).parent
 _SRC = _DIR / "engine.c"
 _HEADERS = (_DIR / "engine.h", _DIR / "sampling.h")
 
 
-def _parse_header(text: str) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """``#define ASIM_NAME <int>`` constants and the ``ASIM_RUN_FIELDS`` (type, name) list."""
+def _parse_header(text: str) -> tuple[dict[str, int], dict[str, list[tuple[str, str]]]]:
+    """``#define ASIM_NAME <int>`` constants and each ``ASIM_<NAME>_FIELDS(X)`` list of
+    (type, name) fields."""
     consts = {
         m.group(1): int(m.group(2), 0)
         for m in re.finditer(r"^#define (ASIM_\w+)\s+(-?(?:0x)?[0-9A-Fa-f]+)\b", text, re.M)
     }
-    block = text[text.index("#define ASIM_RUN_FIELDS(X)") :].split("\n\n", 1)[0]
-    fields = re.findall(r"X\((ptr|i32|i64|u64), (\w+),", block)
-    return consts, fields
+    structs = {}
+    for m in re.finditer(r"^#define ASIM_(\w+)_FIELDS\(X\)", text, re.M):
+        block = text[m.end() :].split("\n\n", 1)[0]
+        structs[m.group(1)] = re.findall(r"X\((ptr|i32|i64|u64), (\w+),", block)
+    return consts, structs
 
 
-CONST, _FIELDS = _parse_header((_DIR / "engine.h").read_text())
+CONST, _STRUCTS = _parse_header((_DIR / "engine.h").read_text())
 """Every ``ASIM_*`` integer constant of engine.h (max planes, block sizes, code kinds...)."""
 
 _CTYPES = {
@@ -61,7 +64,13 @@ _CTYPES = {
 class RunArgs(ctypes.Structure):
     """ctypes mirror of ``asim_run`` (engine.h documents every field)."""
 
-    _fields_ = [(name, _CTYPES[kind]) for kind, name in _FIELDS]
+    _fields_ = [(name, _CTYPES[kind]) for kind, name in _STRUCTS["RUN"]]
+
+
+class BucketTable(ctypes.Structure):
+    """ctypes mirror of ``asim_bucket_table`` (engine.h)."""
+
+    _fields_ = [(name, _CTYPES[kind]) for kind, name in _STRUCTS["BUCKET"]]
 
 _FLAGS = [
     "-O3",
@@ -151,13 +160,19 @@ def _build() -> ctypes.CDLL | None:
     lib.asim_run_call.restype = i32
     lib.asim_run_size.argtypes = []
     lib.asim_run_size.restype = i64
+    lib.asim_bucket_size.argtypes = []
+    lib.asim_bucket_size.restype = i64
     lib.asim_simd.argtypes = []
     lib.asim_simd.restype = i32
-    if lib.asim_run_size() != ctypes.sizeof(RunArgs):
-        raise RuntimeError(
-            f"asim: engine.h's asim_run is {lib.asim_run_size()} bytes in C but "
-            f"{ctypes.sizeof(RunArgs)} in ctypes; delete {target} and retry"
-        )
+    for name, size, mirror in (
+        ("asim_run", lib.asim_run_size(), RunArgs),
+        ("asim_bucket_table", lib.asim_bucket_size(), BucketTable),
+    ):
+        if size != ctypes.sizeof(mirror):
+            raise RuntimeError(
+                f"asim: engine.h's {name} is {size} bytes in C but {ctypes.sizeof(mirror)} "
+                f"in ctypes; delete {target} and retry"
+            )
     return lib
 
 

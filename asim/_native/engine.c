@@ -42,6 +42,37 @@
 
 int32_t asim_simd(void) { return ACIM_AVX512; }
 int64_t asim_run_size(void) { return (int64_t)sizeof(asim_run); }
+int64_t asim_bucket_size(void) { return (int64_t)sizeof(asim_bucket_table); }
+
+/* The codes q[t] of MB conversions of counts mc[t] with uniforms u[t]: one lookup in the
+ * bucket table (the few lanes whose bucket holds thresholds count them), or, without a
+ * bucket table, asim_sample_code. Loops are split so the compiler can vectorize them. */
+static inline void draw_codes(const asim_bucket_table *bt, const asim_code_table *tab,
+                              const int32_t *mc, const uint32_t *u, int32_t *q) {
+    if (bt == NULL || bt->entry == NULL) {
+        for (int t = 0; t < MB; ++t) q[t] = asim_sample_code(tab, mc[t], u[t]);
+        return;
+    }
+    const int32_t *entry = (const int32_t *)bt->entry;
+    const int32_t bits = bt->bits, sh = 32 - bt->bits, m0 = bt->m_min;
+    int32_t at[MB];
+    int32_t any = 0;
+    for (int t = 0; t < MB; ++t) {
+        at[t] = ((mc[t] - m0) << bits) + (int32_t)(u[t] >> sh);
+        const int32_t e = entry[at[t]];
+        q[t] = e & 0xFFFFFF;
+        any |= e;
+    }
+    if (any >> 24) {
+        const int32_t *jstart = (const int32_t *)bt->jstart;
+        const uint32_t *thr = (const uint32_t *)bt->thr;
+        for (int t = 0; t < MB; ++t) {
+            const int32_t n = entry[at[t]] >> 24;
+            const uint32_t *th = thr + jstart[at[t]];
+            for (int32_t k = 0; k < n; ++k) q[t] += u[t] >= th[k];
+        }
+    }
+}
 
 /* ---------------------------------------------------------------------------------------
  * Bit packing. Codes are integer-valued: kind 0 float32, 1 int32, 2 one byte (int8 or
@@ -188,6 +219,7 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], cons
     const float *const *vcount = (const float *const *)R->value_by_count;
     const float *const *vcode = (const float *const *)R->value_by_code;
     const asim_code_table *tables = (const asim_code_table *)R->tables;
+    const asim_bucket_table *buckets = (const asim_bucket_table *)R->buckets;
     int32_t mc[MB];
     for (int32_t i = R->w - 1; i >= 0; --i) {
         for (int32_t c = ncyc - 1; c >= 0; --c) {
@@ -208,23 +240,27 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], cons
                 for (int t = 0; t < MB; ++t) y[t] = y[t] + k * v[mc[t]];
             } else {
                 const asim_code_table *tab = tables + c;
+                const asim_bucket_table *bt = buckets ? buckets + c : NULL;
                 const float *v = vcode[c];
                 const uint64_t draw = ((uint64_t)(tile * R->w + i) * (uint64_t)ncyc + (uint64_t)c) *
                                       (uint64_t)K;
+                uint32_t u[MB];
+                int32_t q[MB];
                 if (md == ASIM_CYC_NOISY) {
-                    for (int t = 0; t < MB; ++t) {
-                        const int32_t q = asim_sample_code(tab, mc[t], asim_draw_u32(ek[t], draw));
-                        y[t] = y[t] + k * v[q];
-                    }
+                    for (int t = 0; t < MB; ++t) u[t] = asim_draw_u32(ek[t], draw);
+                    draw_codes(bt, tab, mc, u, q);
                 } else {
-                    int32_t codes[ASIM_MAXVOTES];
+                    int32_t qs[ASIM_MAXVOTES][MB], codes[ASIM_MAXVOTES];
+                    for (int32_t s = 0; s < K; ++s) {
+                        for (int t = 0; t < MB; ++t) u[t] = asim_draw_u32(ek[t], draw + (uint64_t)s);
+                        draw_codes(bt, tab, mc, u, qs[s]);
+                    }
                     for (int t = 0; t < MB; ++t) {
-                        for (int32_t s = 0; s < K; ++s)
-                            codes[s] = asim_sample_code(
-                                tab, mc[t], asim_draw_u32(ek[t], draw + (uint64_t)s));
-                        y[t] = y[t] + k * v[asim_vote(codes, K)];
+                        for (int32_t s = 0; s < K; ++s) codes[s] = qs[s][t];
+                        q[t] = asim_vote(codes, K);
                     }
                 }
+                for (int t = 0; t < MB; ++t) y[t] = y[t] + k * v[q[t]];
             }
         }
     }

@@ -4,6 +4,7 @@
  * mirrors `asim_run` field for field. Change a field or a constant here and both sides
  * follow; engine.c also reports sizeof(asim_run), which Python checks on load.
  *
+ * The same holds for ASIM_BUCKET_FIELDS (`asim_bucket_table`, one per noisy cycle).
  * Field types: ptr (const void *), i32 (int32_t), i64 (int64_t), u64 (uint64_t).
  */
 #ifndef ASIM_ENGINE_H
@@ -53,11 +54,26 @@
     X(ptr, value_by_count, "float32 *[ncyc]: noise-free ADC value of every count 0..F_c")   \
     X(ptr, value_by_code, "float32 *[ncyc]: value fl(fl(k/A)*F_c) of every code 0..A")      \
     X(ptr, tables, "asim_code_table [ncyc] (sampling.h), or NULL when noise-free")          \
+    X(ptr, buckets, "asim_bucket_table [ncyc] (entry NULL: use tables), or NULL")           \
     X(i32, votes, "conversions per voted cycle (K)")                                        \
     X(u64, call_key, "the call's 64-bit noise key")                                         \
     X(ptr, sample, "int64 [M] global sample index of each row")                             \
     X(ptr, pos, "int64 [M] position of each row inside its sample")                         \
     X(i32, nthreads, "threads to use (>= 1)")
+
+/* The code table of one cycle re-indexed for the kernel: row r = m - m_min and bucket
+ * b = u >> (32 - bits) of the uniform u give entry[(r << bits) + b] = c | n << 24, where c is
+ * the code of every u in the bucket below its first threshold and n the number of the row's
+ * thresholds inside the bucket, starting at thr[jstart[...]]: code = c + #{those <= u}.
+ * It gives exactly asim_sample_code's code (built and checked in asim/engine/native.py). */
+#define ASIM_BUCKET_FIELDS(X)                                                               \
+    X(ptr, entry, "int32 [n_m << bits]: code | n << 24")                                    \
+    X(ptr, jstart, "int32 [n_m << bits]: index in thr of the bucket's first threshold")     \
+    X(ptr, thr, "uint32 thresholds of the code table")                                      \
+    X(i32, m_min, "count of row 0")                                                         \
+    X(i32, n_m, "rows")                                                                     \
+    X(i32, bits, "bucket bits (1..16)")                                                     \
+    X(i32, max_n, "most thresholds inside one bucket (< 128)")
 
 #define ASIM_C_ptr const void *
 #define ASIM_C_i32 int32_t
@@ -67,6 +83,9 @@
 typedef struct {
     ASIM_RUN_FIELDS(ASIM_FIELD)
 } asim_run;
+typedef struct {
+    ASIM_BUCKET_FIELDS(ASIM_FIELD)
+} asim_bucket_table;
 #undef ASIM_FIELD
 
 #endif

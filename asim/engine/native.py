@@ -13,7 +13,7 @@ import ctypes
 import torch
 from torch import Tensor
 
-from .._native import CONST, RunArgs, engine_lib
+from .._native import CONST, BucketTable, RunArgs, engine_lib
 from .operands import Patches
 
 __all__ = ["NativeBackend", "available"]
@@ -72,6 +72,66 @@ def pack_weights(lib, w: Tensor, wb: int, tiles, O: int) -> tuple[Tensor, Tensor
     return out, torch.tensor(offsets[:-1], dtype=torch.int64)
 
 
+_BUCKETS: dict[int, tuple[object, dict]] = {}  # id(CodeTable) -> (table, bucket arrays)
+
+
+def bucket_table(table, max_entries: int = 1 << 20) -> dict | None:
+    """The kernel's re-indexing of a code table (engine.h ``asim_bucket_table``), built once
+    per table: for row ``r`` and bucket ``b`` (the top ``bits`` bits of ``u``), the code of
+    ``u`` at the bucket's start and the thresholds inside the bucket, so most draws are one
+    lookup. Gives exactly :func:`asim.noise.sample_codes`' code (``code = k_lo[r] +
+    #{j : thr[j] <= u}``); None when the codes or bucket counts do not fit its encoding."""
+    hit = _BUCKETS.get(id(table))
+    if hit is not None and hit[0] is table:
+        return hit[1]
+    n_m = table.n_m
+    bits = 10
+    while bits > 1 and (n_m << bits) > max_entries:
+        bits -= 1
+    thr, start = table.thr, table.start.long()
+    rows = torch.repeat_interleave(torch.arange(n_m), start.diff())
+    keys = (rows << 32) | thr  # sorted: rows ascending, thresholds non-decreasing
+    r = torch.arange(n_m, dtype=torch.int64).view(-1, 1)
+    lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << (32 - bits)
+    hi = lo + (1 << (32 - bits)) - 1
+    with torch.autograd.grad_mode.no_grad():
+        at_lo = torch.searchsorted(keys, ((r << 32) | lo).reshape(-1), right=True).view(n_m, -1)
+        at_hi = torch.searchsorted(keys, ((r << 32) | hi).reshape(-1), right=True).view(n_m, -1)
+    code = table.k_lo.long().view(-1, 1) + at_lo - start[:-1].view(-1, 1)
+    inside = at_hi - at_lo  # thresholds t with lo < t <= hi
+    table_ok = int(code.max()) < (1 << 24) and int(inside.max()) < 128
+    entry = None
+    if table_ok:
+        thr32 = torch.where(thr >= 1 << 31, thr - (1 << 32), thr).to(torch.int32)
+        entry = {
+            "entry": (code | (inside << 24)).to(torch.int32).reshape(-1).contiguous(),
+            "jstart": at_lo.to(torch.int32).reshape(-1).contiguous(),
+            "thr": thr32.contiguous(),
+            "m_min": table.m_min,
+            "n_m": n_m,
+            "bits": bits,
+            "max_n": int(inside.max()),
+        }
+    if len(_BUCKETS) > 64:
+        _BUCKETS.clear()
+    _BUCKETS[id(table)] = (table, entry)
+    return entry
+
+
+def _bucket_struct(b: dict | None) -> BucketTable:
+    if b is None:
+        return BucketTable()  # entry NULL: the kernel uses asim_sample_code
+    return BucketTable(
+        entry=b["entry"].data_ptr(),
+        jstart=b["jstart"].data_ptr(),
+        thr=b["thr"].data_ptr(),
+        m_min=b["m_min"],
+        n_m=b["n_m"],
+        bits=b["bits"],
+        max_n=b["max_n"],
+    )
+
+
 class NativeBackend:
     """Runs chunks of one call with the C kernel; built once per call."""
 
@@ -100,13 +160,15 @@ class NativeBackend:
         }
         vcount = (ctypes.c_void_p * ncyc)(*[t.data_ptr() for t in keep["vcount"]])
         vcode = (ctypes.c_void_p * ncyc)(*[t.data_ptr() for t in keep["vcode"]])
-        tables = None
+        tables = buckets = None
         if plan.noisy:
             tabs = [plan.code_table(c) for c in range(ncyc)]
             structs = [t.native() for t in tabs]
             tables = (type(structs[0]) * ncyc)(*structs)
             keep["code_tables"] = tabs
-        self._keep, self._arrays = keep, (vcount, vcode, tables)
+            keep["buckets"] = [bucket_table(t) for t in tabs]
+            buckets = (BucketTable * ncyc)(*[_bucket_struct(b) for b in keep["buckets"]])
+        self._keep, self._arrays = keep, (vcount, vcode, tables, buckets)
         self.wpad = -(-self.wb // _IB) * _IB
         self.args = RunArgs(
             ntiles=len(tiles),
@@ -123,6 +185,7 @@ class NativeBackend:
             value_by_count=ctypes.cast(vcount, ctypes.c_void_p),
             value_by_code=ctypes.cast(vcode, ctypes.c_void_p),
             tables=None if tables is None else ctypes.cast(tables, ctypes.c_void_p),
+            buckets=None if buckets is None else ctypes.cast(buckets, ctypes.c_void_p),
             votes=plan.votes,
             call_key=job.key,
         )
