@@ -22,7 +22,7 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from asim import resample_noise, set_mode
+from asim import resample_noise, set_mode, set_sample_index
 
 from .config import (
     build_datamodule,
@@ -173,7 +173,15 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
             module = _classifier(float_model, cfg, dm, log_prefix="float", **common)
             passes["float"] = run(module, "float")
             save(False)
-        module = _classifier(acim_model, cfg, dm, log_prefix="inference", **common)
+        # every row's noise keyed by its dataset index: results independent of batching
+        module = _classifier(
+            acim_model,
+            cfg,
+            dm,
+            log_prefix="inference",
+            sample_index_hook=set_sample_index,
+            **common,
+        )
         if opts.inference:
             set_mode(acim_model, "inference")
             passes["inference"] = run(module, "inference")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -52,6 +54,12 @@ def test_simulate_default(tmp_path):
     assert 0.97 <= res["float_top1"] <= 1.0
     assert res["sim_top1"] == res["inference_top1"]  # lossless macro, no noise
     assert list(tmp_path.glob("events.out.tfevents.*"))  # TensorBoard, in the run dir
+    # stdout is a pipe: progress as whole lines (one per 10 %), no carriage-return bar
+    assert "\r" not in proc.stdout and "\r" not in proc.stderr
+    assert "sim: 100% (2/2 batches" in proc.stdout
+    # the table is in the run's log too
+    log = (tmp_path / "simulate.log").read_text()
+    assert "quantized inference" in log and "results: " in log
 
 
 def test_train_fast(tmp_path):
@@ -89,20 +97,67 @@ def test_typo_is_hydra_compose_error(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_sweep(tmp_path):
+    """Every job gets a folder named by all its overrides (seed and paths included)."""
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    for chip in ("chipA", "chipB"):
+        shutil.copy(ROOT / "conf" / "noise" / "measured_example.csv", chips / f"{chip}.csv")
+    sweep = tmp_path / "sweep"
     proc = run(
         "simulate.py",
         "-m",
-        "macro.adc_bits=6,8",
-        "noise.rand_sigma=0.1",
-        f"hydra.sweep.dir={tmp_path}",
+        "noise=measured",
+        f"noise.file={chips / 'chipA.csv'},{chips / 'chipB.csv'}",
+        "seed=0,1",
+        "simulate.float=false",
+        "trainer.limit_val_batches=1",
+        f"hydra.sweep.dir={sweep}",
     )
-    assert "Launching 2 jobs" in proc.stdout + proc.stderr
-    runs = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("*/results.json")}
+    assert "Launching 4 jobs" in proc.stdout + proc.stderr
+    runs = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
     assert set(runs) == {
-        "macro.adc_bits=6,noise.rand_sigma=0.1",
-        "macro.adc_bits=8,noise.rand_sigma=0.1",
+        f"noise=measured,noise.file={chip}.csv,seed={seed}"
+        for chip in ("chipA", "chipB")
+        for seed in (0, 1)
     }
-    assert runs["macro.adc_bits=6,noise.rand_sigma=0.1"]["config"]["macro"]["adc_bits"] == 6
+    job = runs["noise=measured,noise.file=chipB.csv,seed=1"]
+    assert job["config"]["seed"] == 1 and job["config"]["noise"]["file"].endswith("chipB.csv")
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_repeats_and_exits_130(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "simulate.py",
+            "noise=gaussian",
+            "simulate.repeats=500",
+            "simulate.float=false",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    results = tmp_path / "results.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for a finished repeat
+        if results.is_file() and results.stat().st_size:
+            if json.loads(results.read_text())["repeats"] >= 1:
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("interrupted:")]
+    assert len(lines) == 1 and "of 500 repeats" in lines[0] and str(results) in lines[0]
+    assert "Traceback" not in err
+    saved = json.loads(results.read_text())
+    assert saved["complete"] is False and 1 <= saved["repeats"] < 500
+    assert len(saved["sim_top1_runs"]) == saved["repeats"]
 
 
 @pytest.mark.slow

@@ -128,6 +128,12 @@ def test_simulate_builder_results(compose_run, tmp_path):
     assert set(saved["per_class"]["sim"]) == {str(i) for i in range(10)}
     preds = json.loads((tmp_path / "predictions.json").read_text())
     assert len(preds["float"]) == 450 and len(preds["sim"]) == 2
+    assert preds["indices"] == list(range(450))  # dataset order, the global sample index
+    dm = builders.build_datamodule(compose_run("simulate"))
+    dm.setup("validate")
+    assert preds["targets"] == [int(dm.val_set[i][1]) for i in range(450)]
+    correct = sum(p == t for p, t in zip(preds["float"], preds["targets"], strict=True))
+    assert saved["float_top1"] == correct / 450  # an exact count, not a rounded float
     table = builders.format_table(res)
     assert "simulated (x2)" in table and "±" in table
 
@@ -229,3 +235,114 @@ def test_train_builder_writes_checkpoints_and_export(compose_run, tmp_path):
         assert report["loaded"] == len(model.state_dict())
     trained = dict(acim_modules(builders.convert_model(cfg, model, mode="train")))
     assert trained["conv1"].digital
+
+
+# ------------------------------------------------------------------ nothing lost, nothing silent
+
+
+def test_results_file_is_never_overwritten(compose_run, tmp_path):
+    cfg = compose_run("simulate", "simulate.float=false", "trainer.limit_val_batches=1")
+    first = builders.simulate(cfg)
+    before = (tmp_path / "results.json").read_text()
+    second = builders.simulate(cfg)
+    assert (tmp_path / "results.json").read_text() == before  # the first run's file is kept
+    assert json.loads((tmp_path / "results-1.json").read_text())["sim_top1"] == second["sim_top1"]
+    assert first["complete"] and second["complete"]
+    # the unique-folder resolver of conf/hydra/default.yaml: two runs in one second
+    from omegaconf import OmegaConf
+
+    builders.register_configs()
+    a = OmegaConf.create({"d": f"${{unique_dir:{tmp_path / 'run'}}}"}).d
+    b = OmegaConf.create({"d": f"${{unique_dir:{tmp_path / 'run'}}}"}).d
+    assert a != b and (tmp_path / "run").is_dir() and (tmp_path / "run_2").is_dir()
+
+
+def test_job_folder_names_use_every_override():
+    name = builders.job_dirname(
+        ["seed=1", "noise=measured", "noise.file=/data/chips/chipA.csv", "ckpt=runs/a/model.pt"]
+    )
+    assert name == "seed=1,noise=measured,noise.file=chipA.csv,ckpt=model.pt"
+    assert builders.job_dirname(["seed=2"]) != builders.job_dirname(["seed=3"])
+    assert "/" not in builders.job_dirname(["dataset.root=/x/y"])
+    long = builders.job_dirname([f"k{i}=v" for i in range(80)])
+    assert len(long) < 220 and long != builders.job_dirname([f"k{i}=w" for i in range(80)])
+
+
+def test_interrupted_simulation_keeps_finished_repeats(compose_run, tmp_path, monkeypatch):
+    """Ctrl-C after two repeats: RunInterrupted with one line; results.json holds the two
+    finished repeats and says it is incomplete."""
+    from lightning_modules import run
+
+    cfg = compose_run(
+        "simulate", "noise=gaussian", "simulate.repeats=5", "trainer.limit_val_batches=1"
+    )
+    calls = {"n": 0}
+    real = run.resample_noise
+
+    def resample(model, seed):  # the third repeat is interrupted
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(model, seed)
+
+    monkeypatch.setattr(run, "resample_noise", resample)
+    with pytest.raises(builders.RunInterrupted) as err:
+        builders.simulate(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and "2 of 5 repeats" in msg and str(tmp_path) in msg
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["complete"] is False and saved["repeats"] == 2
+    assert saved["repeats_requested"] == 5 and len(saved["sim_top1_runs"]) == 2
+    assert saved["float_top1"] is not None and saved["inference_top1"] is not None
+
+
+def test_dataset_class_count_mismatch_blames_the_dataset(compose_run, tmp_path):
+    torch.save(create_model("digits_cnn", num_classes=5).state_dict(), tmp_path / "five.pt")
+    with pytest.raises(ValueError) as err:
+        builders.simulate(compose_run("simulate", f"ckpt={tmp_path / 'five.pt'}"))
+    msg = str(err.value)
+    assert msg.startswith("dataset=digits has 10 classes but checkpoint five.pt was trained on 5")
+    assert "dataset.root" in msg and "\n" not in msg
+
+
+def test_header_shows_the_macros_actually_used(compose_run):
+    res = builders.simulate(
+        compose_run(
+            "simulate",
+            "model.layer_macros=[{match:fc,adc_bits:6}]",
+            "simulate.float=false",
+            "simulate.inference=false",
+            "trainer.limit_val_batches=1",
+        )
+    )
+    header = builders.format_table(res).splitlines()[0]
+    assert "bitserial_255(W8A8, nrow=255, adc=8, serial)" in header
+    assert "adc=6, serial) on fc" in header and "digital digital_w8a8" in header
+    assert res["summary"]["layer_macros"]["bitserial_255(W8A8, nrow=255, adc=6, serial)"] == ["fc"]
+
+
+def test_simulation_hparams_hold_no_training_keys(compose_run, tmp_path):
+    builders.simulate(compose_run("simulate", "trainer.limit_val_batches=1"))
+    hparams = (tmp_path / "hparams.yaml").read_text()
+    assert "macro:" in hparams and "adc_bits" in hparams
+    for key in ("optimizer", "lr:", "momentum", "label_smoothing", "milestones", "trim_noise"):
+        assert key not in hparams, key
+
+
+def test_last_checkpoint_is_the_last_epoch_and_resume_continues(compose_run, tmp_path):
+    common = ["debug=fast", "ckpt=checkpoints/digits_cnn.pt", "trim_noise=10"]
+    res = builders.train(compose_run("train", *common, "trainer.max_epochs=2"))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert res["last_model_path"] == str(last)
+    assert torch.load(last, weights_only=False)["epoch"] == 1  # the last epoch, best or not
+    assert res["last_epoch"] == 1 and 0 <= res["best_epoch"] <= 1
+    assert res["validation_noise"].startswith("NAT training noise (trim_noise 10%")
+    # resume=auto: the run folder's last.ckpt; epoch, optimizer and scheduler continue
+    resumed = builders.train(compose_run("train", *common, "trainer.max_epochs=3", "resume=auto"))
+    assert resumed["resumed_from"] == str(last) and resumed["epochs"] == 3
+    assert torch.load(last, weights_only=False)["epoch"] == 2
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "results-1.json").is_file()
+    state = torch.load(last, weights_only=False)
+    assert state["optimizer_states"] and state["lr_schedulers"]
+    with pytest.raises(FileNotFoundError, match="resume=nowhere.ckpt"):
+        builders.train(compose_run("train", *common, "resume=nowhere.ckpt"))
