@@ -76,7 +76,9 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def describe_noise(noise: NoiseConfig) -> str:
     parts = []
-    if noise.file is not None:
+    if noise.histogram is not None:
+        parts.append(f"histogram({Path(noise.histogram).name})")
+    elif noise.file is not None:
         parts.append(f"measured({Path(noise.file).name})")
     elif noise.rand_sigma or noise.nonlinear_sigma:
         parts.append(f"gaussian(rand={noise.rand_sigma:g}%, nonlinear={noise.nonlinear_sigma:g}%)")

@@ -341,7 +341,9 @@ class ACiMLayer:
             parts.append(
                 "noise="
                 + (
-                    f"table({n.file})"
+                    f"histogram({n.histogram})"
+                    if n.histogram
+                    else f"table({n.file})"
                     if n.file
                     else f"(rand={n.rand_sigma:g}%, nl={n.nonlinear_sigma:g}%)"
                 )
