@@ -16,7 +16,23 @@ from torch import Tensor
 
 from .launch import KernelTables, launch, row_keys, weight_codes
 
-__all__ = ["TritonBackend"]
+__all__ = ["MAX_BITS", "TritonBackend", "available"]
+
+MAX_BITS = 31
+"""Most bit planes of a weight or activation code (codes are read as int32)."""
+
+
+def available(job) -> bool:
+    """Can the kernel run this call? Triton importable and the device CUDA (or CPU under
+    the interpreter), integer counts (no weight-cell variation), <= MAX_BITS planes."""
+    from . import available as device_ok
+
+    macro = job.plan.macro
+    return (
+        device_ok(job.device)
+        and job.cell_noise is None
+        and max(macro.weight_bits, macro.input_bits) <= MAX_BITS
+    )
 
 
 class TritonBackend:

@@ -197,6 +197,32 @@ def test_noise_reaches_the_kernel(backend):
     assert not torch.equal(outs[0], clean) and not torch.equal(outs[0], outs[1])
 
 
+@interpreted
+@pytest.mark.parametrize("noisy", [False, True], ids=["noise_off", "noise_on"])
+@pytest.mark.parametrize(
+    "wb,xb,enc,signed",
+    [(3, 10, 10, False), (10, 3, None, True), (9, 9, 8, True), (2, 16, 8, False)],
+    ids=["cycle_of_10_bits", "10bit_weights", "9bit_signed_enc8", "16bit_inputs"],
+)
+def test_wide_cycles_and_codes(wb, xb, enc, signed, noisy, backend):
+    """Cycles wider than one int8 operand (7 bits) are cut into pieces; weights over 8 bits
+    are int16 codes; inputs over 8 bits int32 codes."""
+    g = torch.Generator().manual_seed(wb * 100 + xb)
+    macro = MacroConfig(weight_bits=wb, input_bits=xb, nrow=5, adc_bits=7, input_enc_bits=enc)
+    x = _ints(g, (2, 7, 12), xb, signed)
+    w = _ints(g, (12, 3), wb, True)
+    noise = NoiseConfig(rand_sigma=1.0) if noisy else None
+    stream = NoiseStream(99, torch.tensor([4, 9]), 7)
+    want, got, used = backend(
+        lambda: acim_matmul(
+            x, w, macro=macro, signed_input=signed, noise=noise, stream=stream,
+            exact_shortcut=False,
+        )
+    )  # fmt: skip
+    assert used == 1
+    assert bits(got) == bits(want)
+
+
 def _lossy(macro: MacroConfig, signed: bool) -> MacroConfig:
     """The macro, with more rows if needed so that its ADC is not the identity (the engine
     would take the exact shortcut and no cycle would run)."""
@@ -358,6 +384,25 @@ def test_availability_follows_device_and_interpreter(monkeypatch):
     assert _triton.available(torch.device("cuda"))  # compiled when a GPU is there
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not _triton.available(torch.device("cpu"))
+
+
+@interpreted
+def test_backend_declines_weight_cell_variation(monkeypatch):
+    """Non-integer counts (cell variation) are not the kernel's: available() says so."""
+    from asim._triton.backend import available
+
+    layer = ACiMLinear(6, 2, macro=MacroConfig(adc_bits=4, nrow=4), noise=NoiseConfig(cell_sigma=2))
+    jobs = []
+    choose = core.select_backend
+
+    def spy(job):
+        jobs.append(available(job))
+        return choose(job)
+
+    monkeypatch.setattr(core, "select_backend", spy)
+    with torch.no_grad():
+        layer(torch.randn(3, 6))
+    assert jobs == [False]
 
 
 _AOT = """
