@@ -162,6 +162,8 @@ def _build() -> ctypes.CDLL | None:
     lib.asim_run_size.restype = i64
     lib.asim_bucket_size.argtypes = []
     lib.asim_bucket_size.restype = i64
+    lib.asim_draw_codes.argtypes = [p, p, p, p, p, i64]
+    lib.asim_draw_codes.restype = None
     lib.asim_simd.argtypes = []
     lib.asim_simd.restype = i32
     for name, size, mirror in (

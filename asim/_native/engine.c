@@ -74,6 +74,22 @@ static inline void draw_codes(const asim_bucket_table *bt, const asim_code_table
     }
 }
 
+/* Test entry: the codes of n conversions through draw_codes (bucket table when bt->entry is
+ * set, else asim_sample_code), so tests can compare them with the torch sampler. */
+void asim_draw_codes(const asim_bucket_table *bt, const asim_code_table *tab, const int32_t *m,
+                     const uint32_t *u, int32_t *q, int64_t n) {
+    int32_t mm[MB], qq[MB];
+    uint32_t uu[MB];
+    for (int64_t s = 0; s < n; s += MB) {
+        for (int t = 0; t < MB; ++t) {
+            mm[t] = s + t < n ? m[s + t] : m[0];
+            uu[t] = s + t < n ? u[s + t] : u[0];
+        }
+        draw_codes(bt, tab, mm, uu, qq);
+        for (int t = 0; t < MB && s + t < n; ++t) q[s + t] = qq[t];
+    }
+}
+
 /* ---------------------------------------------------------------------------------------
  * Bit packing. Codes are integer-valued: kind 0 float32, 1 int32, 2 one byte (int8 or
  * uint8; int8 only for nbits <= 8). Bit b of the two's-complement code of codes[m*ld + r],

@@ -11,7 +11,8 @@ noise off, without its per-cycle loop. The package, in reading order:
   every (weight bit, cycle) conversion does and the value/code tables both backends use;
 * :mod:`~asim.engine.shortcut`: the exact shortcut (lossless, noise-free macros), decided by
   the engine alone;
-* :mod:`~asim.engine.core`: :func:`acim_matmul`: plan, shortcut, backend choice, chunking;
+* :mod:`~asim.engine.core`: :func:`acim_matmul`: plan, shortcut, backend choice, chunking
+  (``asim.engine.core.CHUNK_ELEMENTS`` partial sums per chunk);
 * :mod:`~asim.engine.native` (the C kernel, ``asim/_native/engine.c``) and
   :mod:`~asim.engine.torch_backend` (portable reference, CUDA): one small interface,
   ``run_chunk(x, batch, rows, y)``, chosen once per call; identical bits;
@@ -23,13 +24,12 @@ function of (call key, sample, position, output column, draw number), so results
 depend on the backend, thread count, chunk size or batch composition.
 """
 
-from .core import CHUNK_ELEMENTS, acim_matmul
+from .core import acim_matmul
 from .operands import ConvSource, NoiseStream, Patches, ProgrammedArray, compact_codes
 from .plan import Cycle, Plan, activation_cycles, build_plan, linear_tiles
 from .shortcut import exact_product, shortcut_applies
 
 __all__ = [
-    "CHUNK_ELEMENTS",
     "ConvSource",
     "Cycle",
     "NoiseStream",

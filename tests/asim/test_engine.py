@@ -858,3 +858,56 @@ def test_lossless_conv_whose_bound_fails_runs_the_cycles_exactly():
     )
     assert bits(got) == bits(want)
     assert not torch.equal(got, inference)  # the float32 accumulation rounded: no shortcut
+
+
+@pytest.mark.parametrize(
+    "model,F,A,levels,nrow,alpha",
+    [
+        ("gauss", 255, 255, 1, 255, 0.0),
+        ("gauss", 255, 63, 1, 255, 0.0),
+        ("gauss_wide", 36, 15, 3, 12, 0.02),
+        ("table", 15, 15, 1, 15, 0.0),
+    ],
+)
+def test_kernel_bucket_tables_give_the_sampler_codes(model, F, A, levels, nrow, alpha, tmp_path):
+    """The kernel's bucket re-indexing of a code table gives, for every count and uniforms
+    on and next to every threshold, exactly the torch sampler's code."""
+    import ctypes
+
+    from asim._native import engine_lib
+    from asim.engine.native import _bucket_struct, bucket_table
+    from asim.noise import GaussianNoise, TableNoise, code_table, sample_codes
+
+    lib = engine_lib()
+    if lib is None:
+        pytest.skip("no C compiler")
+    noise = {
+        "gauss": GaussianNoise(0.39, 0.39),
+        "gauss_wide": GaussianNoise(8.0, 3.0),
+        "table": TableNoise([0, 5, 15], [0.3, -0.2, 0.1], [0.8, 0.5, 1.2]),
+    }[model]
+    table = code_table(noise, F, A, levels, nrow, alpha)
+    g = torch.Generator().manual_seed(0)
+    m, u = [], []
+    for r in range(table.n_m):
+        thr = table.thr[table.start[r] : table.start[r + 1]]
+        edges = torch.cat([thr, thr - 1, (thr + 1).clamp(max=2**32 - 1)])
+        rand = torch.randint(0, 2**32, (64,), generator=g)
+        both = torch.cat([edges, rand, torch.tensor([0, 2**32 - 1])])
+        m.append(torch.full_like(both, table.m_min + r))
+        u.append(both)
+    m, u = torch.cat(m), torch.cat(u)
+    want = sample_codes(table, m, u)
+    m32 = m.to(torch.int32).contiguous()
+    u32 = torch.where(u >= 2**31, u - 2**32, u).to(torch.int32).contiguous()
+    for use_buckets in (True, False):
+        b = bucket_table(table) if use_buckets else None
+        if use_buckets:
+            assert b is not None
+        bt = _bucket_struct(b)
+        got = torch.empty_like(m32)
+        lib.asim_draw_codes(
+            ctypes.byref(bt), ctypes.byref(table.native()), m32.data_ptr(), u32.data_ptr(),
+            got.data_ptr(), m32.numel(),
+        )  # fmt: skip
+        assert torch.equal(got, want.to(torch.int32))
