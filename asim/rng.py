@@ -124,13 +124,34 @@ def _shr(x: Tensor, s: int) -> Tensor:
     return (x >> s) & ((1 << (64 - s)) - 1)
 
 
+_CHUNK = 1 << 15  # CPU: elements per pass, so the eleven passes of mix64 stay in cache
+
+
 def mix64(x: Tensor) -> Tensor:
     """The splitmix64 finalizer elementwise on an int64 tensor of uint64 bit patterns."""
-    x = x ^ _shr(x, _S1)
-    x = x * to_signed(_M1)
-    x = x ^ _shr(x, _S2)
-    x = x * to_signed(_M2)
-    return x ^ _shr(x, _S3)
+    if x.device.type == "cpu" and x.numel() > _CHUNK:
+        out = torch.empty(x.shape, dtype=torch.int64)
+        flat, dst = x.reshape(-1), out.view(-1)
+        tmp = torch.empty(_CHUNK, dtype=torch.int64)
+        for i in range(0, flat.numel(), _CHUNK):
+            o = dst[i : i + _CHUNK]
+            _mix_into(flat[i : i + _CHUNK], o, tmp[: o.numel()])
+        return out
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _mix_into(x, out, torch.empty_like(out))
+    return out
+
+
+def _mix_into(x: Tensor, out: Tensor, tmp: Tensor) -> None:
+    """``out = mix64(x)`` with ``tmp`` as scratch (same shape), in place: wrap-around
+    multiplies, logical shifts as an arithmetic shift and a mask."""
+    for s, m in ((_S1, _M1), (_S2, _M2), (_S3, None)):
+        src = x if s == _S1 else out
+        torch.bitwise_right_shift(src, s, out=tmp)
+        tmp.bitwise_and_((1 << (64 - s)) - 1)
+        torch.bitwise_xor(src, tmp, out=out)
+        if m is not None:
+            out.mul_(to_signed(m))
 
 
 def _as_long(v, device) -> Tensor:

@@ -96,6 +96,17 @@ def test_torch_mix64_equals_python_ints():
     assert [rng.to_unsigned(v) for v in got] == [rng.mix64_int(x) for x in xs]
 
 
+def test_chunked_cpu_mix64_equals_the_plain_path():
+    """Large CPU tensors are mixed in cache-sized chunks; the bits do not change."""
+    n = 5 * (rng._CHUNK // 2 + 3)
+    x = _u64(_random_u64(n, 7)).view(-1, 5)[:, 1:]  # non-contiguous input, > one chunk
+    big = rng.mix64(x)
+    pieces = torch.cat([rng.mix64(p.contiguous()) for p in x.reshape(-1).split(1000)])
+    assert big.shape == x.shape and torch.equal(big.reshape(-1), pieces)
+    some = x.reshape(-1)[::997].tolist()
+    assert big.reshape(-1)[::997].tolist() == [rng.to_signed(rng.mix64_int(v)) for v in some]
+
+
 def test_c_equals_torch_bit_for_bit(clib):
     n = 5000
     xs = _random_u64(n, 2)
