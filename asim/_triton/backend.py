@@ -47,7 +47,7 @@ class TritonBackend:
         device = job.device
         max_rows = max(b - a for a, b in job.tiles)
         top = max_rows * max(c.levels for c in plan.cycles)
-        self.tables = KernelTables.from_plan(plan, top, device)
+        self.tables = KernelTables.for_plan(plan, top, device)
         self.tiles = torch.tensor(job.tiles, dtype=torch.int64, device=device).reshape(-1, 2)
         if job.programmed is not None:
             self.w = job.programmed.form(
