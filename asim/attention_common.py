@@ -10,20 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["ATTN_SCALES", "attention_scale", "merge_masks"]
+__all__ = ["ATTN_SCALES", "merge_masks"]
 
 ATTN_SCALES = ("head_dim", "embed_dim")
 """``head_dim``: torch's ``1/sqrt(d_head)``; ``embed_dim``: the reference's ``1/sqrt(C)`` (Q13).
 The first is the default of both attention layers' own constructors."""
-
-
-def attention_scale(scale: str, embed_dim: int, num_heads: int) -> float:
-    """The logit factor ``d^-1/2`` of a scale name; a bad name is a one-line ValueError."""
-    if scale not in ATTN_SCALES:
-        raise ValueError(
-            f"attn_scale={scale!r} is not valid; choose one of {', '.join(ATTN_SCALES)}"
-        )
-    return (embed_dim if scale == "embed_dim" else embed_dim // num_heads) ** -0.5
 
 
 def _additive(mask: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from .config import NoiseConfig
+from .quant import divide as _divide  # the one division helper (spec Q10)
 from .rng import CONSTANTS
 
 __all__ = [
@@ -513,14 +514,6 @@ def _thresholds(c0: Tensor, cdf: Tensor, m_min: int, max_code: int) -> CodeTable
     start = torch.zeros(c0.numel() + 1, dtype=torch.int64)
     start[1:] = torch.cumsum(keep.sum(1), 0)
     return CodeTable(thr[keep], start, c0 + j_lo.squeeze(1), m_min, max_code)
-
-
-def _divide(t: Tensor, d: float, reciprocal: bool) -> Tensor:
-    """The engine's division semantics (MacroConfig.division, spec Q10) on CPU float32."""
-    if reciprocal:
-        r = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(d, dtype=torch.float32)
-        return t * r.item()
-    return t / d
 
 
 _TABLES: collections.OrderedDict[tuple, CodeTable] = collections.OrderedDict()

@@ -15,7 +15,7 @@ __all__ = [
     "quantize",
     "signed_levels",
     "tensor_scale",
-    "true_divide",
+    "divide",
     "unsigned_levels",
 ]
 
@@ -33,12 +33,17 @@ def unsigned_levels(bits: int) -> int:
     return (1 << bits) - 1
 
 
-def true_divide(t: Tensor, divisor: float | int) -> Tensor:
-    """``t / divisor`` with IEEE division on every device.
+def divide(t: Tensor, divisor: float | int, reciprocal: bool = False) -> Tensor:
+    """``t / divisor`` with the spec's division semantics (``MacroConfig.division``, Q10), as
+    a new tensor: IEEE division on every device, or (``reciprocal``) multiplication by the
+    float32 reciprocal, as the reference on CUDA. The one division helper of the package.
 
     On CUDA, PyTorch turns division by a Python scalar into multiplication by a float32
-    reciprocal (spec Q10); dividing by a 0-dim tensor on the same device keeps true division.
+    reciprocal; dividing by a 0-dim tensor on the same device keeps true division.
     """
+    if reciprocal:
+        r = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(divisor, dtype=torch.float32)
+        return t * r.item()
     if t.device.type == "cpu":
         return t / divisor
     return t / torch.tensor(divisor, dtype=t.dtype, device=t.device)
@@ -117,8 +122,4 @@ def dequantize(
     ``x_scale`` must already broadcast against ``acc`` (per-sample scales). ``reciprocal``
     multiplies by the float32 reciprocal of ``Lw * Lx`` instead, as the reference on CUDA.
     """
-    y = acc * (w_scale * x_scale)
-    if reciprocal:
-        r = torch.tensor(1.0) / torch.tensor(float(w_levels * x_levels))
-        return y * r.item()
-    return true_divide(y, w_levels * x_levels)
+    return divide(acc * (w_scale * x_scale), w_levels * x_levels, reciprocal)

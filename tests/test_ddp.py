@@ -1,5 +1,6 @@
 """Distributed simulation: 2 CPU processes (gloo) count every validation sample once and, with
-per-sample activation scales and noise off, predict exactly what one process predicts."""
+per-sample activation scales, predict exactly what one process predicts: noise off, and noise
+on (each row's noise is keyed by its dataset index, whatever the batch or the process)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from lightning_modules import builders
 
@@ -24,17 +27,17 @@ ARGS = [
 ]
 
 
-def test_ddp_two_processes_match_single_process(tmp_path):
+def _ddp(args: list[str], out: Path) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [
             sys.executable,
             "simulate.py",
-            *ARGS,
+            *args,
             "trainer.accelerator=cpu",
             "trainer.devices=2",
             "trainer.strategy=ddp",
-            f"hydra.run.dir={tmp_path / 'ddp'}",
+            f"hydra.run.dir={out}",
         ],
         cwd=ROOT,
         env=env,
@@ -43,6 +46,11 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow  # two processes: 20-40 s
+def test_ddp_two_processes_match_single_process(tmp_path):
+    _ddp(ARGS, tmp_path / "ddp")
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
     ddp_preds = json.loads((tmp_path / "ddp" / "predictions.json").read_text())
     assert ddp["summary"]["world_size"] == 2
@@ -61,3 +69,43 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         assert ddp[key] == single[key], key
     assert ddp["per_class"] == single["per_class"]
     assert single["sim_top1"] < single["inference_top1"]  # the macro is lossy indeed
+
+
+NOISY = [
+    "macro=bitserial_255",
+    "macro.act_scale=sample",
+    "noise=gaussian",
+    "simulate.repeats=2",
+    "simulate.float=false",
+    "simulate.save_predictions=true",
+    "logger=csv",
+]
+
+
+@pytest.mark.slow  # two processes: 20-40 s
+def test_noisy_results_do_not_depend_on_batch_size_or_processes(tmp_path):
+    """noise=gaussian, act_scale=sample: batch 16 in one process, batch 64 in one process and
+    batch 64 on 2 DDP ranks give the same predictions, bit for bit, for every repeat."""
+    _ddp([*NOISY, "dataset.val_batch_size=64"], tmp_path / "ddp")
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    ddp_preds = json.loads((tmp_path / "ddp" / "predictions.json").read_text())
+    assert ddp["summary"]["world_size"] == 2 and ddp["num_samples"] == 450
+    for batch in (16, 64):
+        out = tmp_path / f"single{batch}"
+        single = builders.simulate(
+            builders.compose(
+                "simulate",
+                [
+                    *NOISY,
+                    f"dataset.val_batch_size={batch}",
+                    "trainer.enable_progress_bar=false",
+                    f"output_dir={out}",
+                ],
+            )
+        )
+        preds = json.loads((out / "predictions.json").read_text())
+        assert preds["sim"] == ddp_preds["sim"], batch
+        assert preds["indices"] == ddp_preds["indices"] == list(range(450))
+        assert single["sim_top1_runs"] == ddp["sim_top1_runs"], batch
+    assert ddp_preds["sim"][0] != ddp_preds["sim"][1]  # two chips: the noise is real
+    assert ddp["sim_top1"] < ddp["inference_top1"]

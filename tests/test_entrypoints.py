@@ -115,12 +115,13 @@ def test_multirun_sweep(tmp_path):
     )
     assert "Launching 4 jobs" in proc.stdout + proc.stderr
     runs = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
+    rest = "simulate.float=False,trainer.limit_val_batches=1"
     assert set(runs) == {
-        f"noise=measured,noise.file={chip}.csv,seed={seed}"
+        f"noise=measured,noise.file={chip}.csv,seed={seed},{rest}"
         for chip in ("chipA", "chipB")
         for seed in (0, 1)
     }
-    job = runs["noise=measured,noise.file=chipB.csv,seed=1"]
+    job = runs[f"noise=measured,noise.file=chipB.csv,seed=1,{rest}"]
     assert job["config"]["seed"] == 1 and job["config"]["noise"]["file"].endswith("chipB.csv")
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 from .._native import CONST
 from ..config import Division, MacroConfig, NoiseConfig, SignCycleCompression
 from ..noise import build_noise
+from ..quant import divide as div  # the one division helper (spec Q10)
 
 __all__ = [
     "ADC",
@@ -87,17 +88,6 @@ def activation_cycles(input_bits: int, enc_bits: int | None, signed: bool) -> li
 def linear_tiles(rows: int, nrow: int) -> list[tuple[int, int]]:
     """Consecutive tiles of ``nrow`` reduction rows (spec §3.2)."""
     return [(s, min(s + nrow, rows)) for s in range(0, rows, nrow)]
-
-
-def div(t: Tensor, d: float, reciprocal: bool) -> Tensor:
-    """Spec division semantics: IEEE division (CPU canonical) or by the float32 reciprocal
-    (Q10), as a new tensor."""
-    if reciprocal:
-        r = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(d, dtype=torch.float32)
-        return t * r.item()
-    if t.device.type == "cpu":
-        return t / d
-    return t / torch.tensor(d, dtype=t.dtype, device=t.device)
 
 
 @functools.lru_cache(maxsize=256)

@@ -181,3 +181,28 @@ def test_options_for_still_overrides_the_mapping():
         options_for=lambda name, m: {"signed_input": True} if name == "fc" else None,
     )
     assert acim.fc.signed_input and acim.conv1.digital
+
+
+def test_float_and_acim_attention_share_masks_and_scale_names():
+    """The float ScaledMultiheadAttention builds the causal mask the ACiM one builds (it
+    used to raise), and both take the scale names of asim.attention_common."""
+    from asim.attention_common import ATTN_SCALES
+    from asim.layers import attention as acim_attention
+    from asim.models import layers as float_layers
+    from asim.models.layers import ScaledMultiheadAttention
+
+    assert acim_attention.ATTN_SCALES is float_layers.ATTN_SCALES is ATTN_SCALES
+    torch.manual_seed(0)
+    attn = ScaledMultiheadAttention(8, 2, batch_first=True, scale="embed_dim").eval()
+    x = torch.randn(2, 5, 8)
+    causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    with torch.no_grad():
+        y, w = attn(x, x, x, is_causal=True)
+        ref, _ = attn(x, x, x, attn_mask=causal)
+    assert torch.equal(y, ref) and torch.all(w.triu(1) == 0)
+    acim = convert_to_acim(nn.Sequential(attn), MacroConfig(), mode="train")[0]
+    assert acim.attn_scale == "embed_dim"
+    with torch.no_grad():
+        ya, wa = acim(x, x, x, is_causal=True)
+        yb, _ = acim(x, x, x, attn_mask=causal)
+    assert torch.equal(ya, yb) and torch.all(wa.triu(1) == 0)
