@@ -319,3 +319,24 @@ def test_vote_c_equals_torch_and_brute_force_mode(clib, K):
         col = codes[:, i].tolist()
         want = min(col, key=lambda v: (-col.count(v), v))
         assert mine[i] == want
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_stream_and_codes_equal_cpu_bits():
+    """The torch twin on CUDA tensors: same keys, uniforms and codes as on the CPU."""
+    from asim.noise import sample_codes, vote_codes
+
+    n = 300_000
+    idx = torch.arange(n)
+    call = rng.sub_key(rng.layer_key(12, 3), 4)
+    cpu_k = rng.element_keys(call, idx, idx % 7, idx % 11)
+    gpu_k = rng.element_keys(call, idx.cuda(), (idx % 7).cuda(), (idx % 11).cuda())
+    assert torch.equal(gpu_k.cpu(), cpu_k)
+    cpu_u, gpu_u = rng.draw_u32(cpu_k, 9), rng.draw_u32(gpu_k, 9)
+    assert torch.equal(gpu_u.cpu(), cpu_u)
+    for t in _tables().values():
+        m = idx % t.n_m + t.m_min
+        assert torch.equal(sample_codes(t, m.cuda(), gpu_u).cpu(), sample_codes(t, m, cpu_u))
+    codes = torch.randint(0, 5, (3, n), dtype=torch.int32)
+    assert torch.equal(vote_codes(codes.cuda()).cpu(), vote_codes(codes))
