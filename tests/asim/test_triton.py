@@ -441,3 +441,39 @@ def test_kernel_compiles_for_sm90_with_int8_tensor_cores():
         pytest.skip("triton's ptxas is not available")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("ok") == 2
+
+
+gpu_compiled = pytest.mark.skipif(
+    _ON or not torch.cuda.is_available(), reason="needs CUDA and the compiled kernel"
+)
+
+
+@pytest.mark.gpu
+@gpu_compiled
+@pytest.mark.parametrize("seed", range(16))
+def test_cuda_triton_equals_cpu_native(seed, monkeypatch):
+    """The compiled kernel on CUDA gives the CPU native backend's bits: small random macros
+    and array-scale shapes (several blocks, K loops, masks), noise off and on."""
+    from asim._triton.backend import TritonBackend
+
+    rng, g = random.Random(900 + seed), torch.Generator().manual_seed(seed)
+    signed = rng.random() < 0.5
+    if seed < 8:
+        macro = _macro(rng, signed, voting=rng.random() < 0.3)
+        B, M, R, O = rng.choice([1, 3]), rng.randint(1, 90), rng.randint(1, 60), rng.randint(1, 70)
+    else:  # the reference's array: nrow 255, W8A8
+        enc = rng.choice([None, 2]) if not signed else None
+        macro = MacroConfig(adc_bits=rng.choice([5, 6, 7]), input_enc_bits=enc)
+        B, M, R, O = 1, rng.randint(100, 300), rng.randint(256, 700), rng.randint(10, 130)
+    x = _ints(g, (B, M, R), macro.input_bits, signed)
+    w = _ints(g, (R, O), macro.weight_bits, True)
+    noise = _noise(rng) if seed % 2 else None
+    stream = NoiseStream(rng.getrandbits(64), torch.arange(B) + 17, M)
+    kw = dict(macro=macro, signed_input=signed, noise=noise, stream=stream, exact_shortcut=False)
+    want = acim_matmul(x, w, **kw)
+    used = []
+    monkeypatch.setattr(core, "select_backend", lambda job: used.append(1) or TritonBackend(job))
+    got = acim_matmul(x.cuda().to(torch.uint8) if not signed and macro.input_bits <= 8
+                      else x.cuda(), w.cuda(), **kw).cpu()  # fmt: skip
+    assert used == [1]
+    assert bits(got) == bits(want), (macro, noise)
