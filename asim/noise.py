@@ -264,7 +264,7 @@ def _read_rows(p: Path, columns: tuple[str, ...], what: str, option: str) -> lis
         )
     lines = [
         (i, line)
-        for i, line in enumerate(p.read_text().splitlines(), start=1)
+        for i, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1)
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if not lines:

@@ -409,6 +409,9 @@ def test_missing_files_name_the_option(tmp_path):
 def test_good_csvs_load(tmp_path):
     t = TableNoise.from_csv(_write(tmp_path, "count, offset, std\n0,0.1,0.5\n# c\n8,-0.2,1\n"))
     assert t.counts.tolist() == [0, 8] and t.std.tolist() == [0.5, 1.0]
+    excel = tmp_path / "excel.csv"  # a spreadsheet export: byte-order mark, CRLF
+    excel.write_bytes(b"\xef\xbb\xbfcount,offset,std\r\n0,0.1,0.5\r\n")
+    assert TableNoise.from_csv(excel).std.tolist() == [0.5]
     shipped = TableNoise.from_csv(ROOT / "conf/noise/measured_example.csv")
     assert shipped.counts.numel() == 16
 
