@@ -28,6 +28,7 @@ __all__ = [
     "hparams",
     "log_summary",
     "mean_std",
+    "swept_keys",
 ]
 
 TABLE_LOG = logging.getLogger("asim.results")
@@ -162,11 +163,46 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join([title, rule, line(header), rule, *[line(r) for r in rows], rule, footer])
 
 
+def _plain(value: Any) -> Any:
+    value = getattr(value, "value", value)  # enums
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def swept_keys(cfg: DictConfig) -> list[str]:
+    """The command-line overrides of this run or sweep job (Hydra's ``overrides.task``), as
+    config keys; empty outside an entry point."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    keys = []
+    for item in HydraConfig.get().overrides.task:
+        key = str(item).split("=", 1)[0].lstrip("+~")
+        if not key.startswith("hydra.") and key not in keys:
+            keys.append(key)
+    return keys
+
+
 def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config without Hydra's own node, nested: the logger flattens it itself."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return container
+    """What TensorBoard's HPARAMS compares: the swept (overridden) keys first, then every
+    ``macro.*`` and ``noise.*`` field; flat ``{"macro.adc_bits": 8, ...}``. A group override
+    (``macro=ideal``) is logged as its option name."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out: dict[str, Any] = {}
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    for key in swept_keys(cfg):
+        if key in choices:
+            out[key] = _plain(choices[key])
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+            value = json.dumps(OmegaConf.to_container(value, resolve=True))
+        out[key] = _plain(value)
+    for group in ("macro", "noise"):
+        for name, value in OmegaConf.to_container(cfg[group], resolve=True).items():
+            out.setdefault(f"{group}.{name}", _plain(value))
+    return out
 
 
 def log_summary(logger, cfg: DictConfig, metrics: dict[str, float], per_repeat=()) -> None:
@@ -175,6 +211,8 @@ def log_summary(logger, cfg: DictConfig, metrics: dict[str, float], per_repeat=(
 
     for r, value in enumerate(per_repeat):
         logger.log_metrics({"sim/acc_repeat": value}, step=r)
+    # sim/* first: TensorBoard's HPARAMS table shows the metrics in this order
+    metrics = dict(sorted(metrics.items(), key=lambda kv: not kv[0].startswith("sim/")))
     if isinstance(logger, TensorBoardLogger):
         logger.log_hyperparams(hparams(cfg), metrics)
     else:

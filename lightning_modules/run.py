@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -391,8 +392,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks.append(instantiate(cb_cfg))
     trainer = build_trainer(cfg, callbacks=callbacks)
     files = ResultsFile(_output_dir(cfg)) if trainer.is_global_zero else None
-    if trainer.logger is not None:
-        trainer.logger.log_hyperparams(hparams(cfg))
+    if trainer.logger is not None:  # TensorBoard's HPARAMS tab needs the metric declared
+        if isinstance(trainer.logger, TensorBoardLogger):
+            trainer.logger.log_hyperparams(hparams(cfg), {"val/acc": 0.0})
+        else:
+            trainer.logger.log_hyperparams(hparams(cfg))
     try:
         _guarded(trainer, trainer.fit, module, datamodule=dm, ckpt_path=resume)
     except KeyboardInterrupt:

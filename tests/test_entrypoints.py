@@ -111,11 +111,12 @@ def test_multirun_sweep(tmp_path):
         "seed=0,1",
         "simulate.float=false",
         "trainer.limit_val_batches=1",
+        "logger=csv",
         f"hydra.sweep.dir={sweep}",
     )
     assert "Launching 4 jobs" in proc.stdout + proc.stderr
     runs = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/results.json")}
-    rest = "simulate.float=False,trainer.limit_val_batches=1"
+    rest = "simulate.float=False,trainer.limit_val_batches=1,logger=csv"
     assert set(runs) == {
         f"noise=measured,noise.file={chip}.csv,seed={seed},{rest}"
         for chip in ("chipA", "chipB")
@@ -123,6 +124,21 @@ def test_multirun_sweep(tmp_path):
     }
     job = runs[f"noise=measured,noise.file=chipB.csv,seed=1,{rest}"]
     assert job["config"]["seed"] == 1 and job["config"]["noise"]["file"].endswith("chipB.csv")
+    # hparams: the swept keys first (as given), then the macro/noise fields, nothing else
+    import yaml
+
+    folder = sweep / f"noise=measured,noise.file=chipB.csv,seed=1,{rest}"
+    hp = yaml.safe_load((folder / "hparams.yaml").read_text())
+    assert list(hp)[:6] == [
+        "noise",
+        "noise.file",
+        "seed",
+        "simulate.float",
+        "trainer.limit_val_batches",
+        "logger",
+    ]
+    assert hp["noise"] == "measured" and hp["seed"] == 1 and hp["macro.adc_bits"] == 8
+    assert all(k in list(hp)[:6] or k.startswith(("macro.", "noise.")) for k in hp)
 
 
 @pytest.mark.slow

@@ -324,7 +324,8 @@ def test_header_shows_the_macros_actually_used(compose_run):
 def test_simulation_hparams_hold_no_training_keys(compose_run, tmp_path):
     builders.simulate(compose_run("simulate", "trainer.limit_val_batches=1"))
     hparams = (tmp_path / "hparams.yaml").read_text()
-    assert "macro:" in hparams and "adc_bits" in hparams
+    assert "macro.adc_bits: 8" in hparams and "noise.rand_sigma: 0.0" in hparams
+    assert "dataset" not in hparams and "trainer" not in hparams  # macro/noise + swept only
     for key in ("optimizer", "lr:", "momentum", "label_smoothing", "milestones", "trim_noise"):
         assert key not in hparams, key
 
