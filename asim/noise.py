@@ -441,6 +441,7 @@ class CodeTable:
         self.guide = (at - self.start[:-1].long().unsqueeze(1)).to(torch.int32).flatten()
         self._devices: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._native: CodeTableStruct | None = None
+        self._buckets: tuple[int, Tensor, Tensor] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -476,6 +477,25 @@ class CodeTable:
                     self.max_code,
                 )
             return self._native
+
+    def buckets(self) -> tuple[int, Tensor, Tensor]:
+        """``(bits, code, hard)`` (CPU, cached): for row ``r`` and bucket ``b`` (the top
+        ``bits`` bits of ``u``), entry ``r << bits | b`` holds the code of the bucket's
+        smallest ``u`` and whether a threshold lies inside the bucket."""
+        with self._lock:
+            if self._buckets is None:
+                bits = 12
+                while bits > 1 and (self.n_m << bits) > (1 << 22):
+                    bits -= 1
+                r = torch.arange(self.n_m, dtype=torch.int64).unsqueeze(1) << 32
+                lo = torch.arange(1 << bits, dtype=torch.int64) << (32 - bits)
+                hi = lo + ((1 << (32 - bits)) - 1)
+                at_lo = torch.searchsorted(self.keys, (r | lo).flatten(), right=True)
+                at_hi = torch.searchsorted(self.keys, (r | hi).flatten(), right=True)
+                rows = torch.arange(self.n_m).repeat_interleave(1 << bits)
+                code = (self.base[rows] + at_lo).to(torch.int32)
+                self._buckets = (bits, code, at_hi > at_lo)
+            return self._buckets
 
     def probabilities(self) -> Tensor:
         """Dense ``[n_m, max_code + 1]`` float64 matrix of ``P(code = k | m_min + r)`` as the
@@ -685,12 +705,28 @@ def signed_code_table(
 def sample_codes(table: CodeTable, m: Tensor, u: Tensor) -> Tensor:
     """The ADC code (int32) of each integer count ``m`` (in the table's range) for uniforms
     ``u`` in ``[0, 2^32)`` (int64, e.g. :func:`asim.rng.draw_u32`), broadcast; torch twin of
-    ``asim_sample_code``: ``code = k_lo[r] + #{j in row r : u >= thr[j]}``."""
+    ``asim_sample_code``: ``code = k_lo[r] + #{j in row r : u >= thr[j]}``.
+
+    On CPU most draws take one lookup in a bucket table (the code at the start of ``u``'s
+    bucket); the few whose bucket holds a threshold, and every draw on other devices, are
+    counted by a binary search. Both give the same code."""
     keys, base = table.to(u.device)
     r = m.to(device=u.device, dtype=torch.int64) - table.m_min
     r, u = torch.broadcast_tensors(r, u)
-    idx = torch.searchsorted(keys, ((r << 32) | u).contiguous(), right=True)
-    return (base[r] + idx).to(torch.int32)
+    if u.device.type != "cpu" or u.numel() < _BUCKET_MIN_DRAWS:
+        idx = torch.searchsorted(keys, ((r << 32) | u).contiguous(), right=True)
+        return (base[r] + idx).to(torch.int32)
+    bits, code_at, hard_at = table.buckets()
+    b = (r << bits) | (u >> (32 - bits))
+    code = code_at[b]
+    hard = hard_at[b].nonzero(as_tuple=True)
+    if hard[0].numel():
+        rh, uh = r[hard], u[hard]
+        code[hard] = (base[rh] + torch.searchsorted(keys, (rh << 32) | uh, right=True)).int()
+    return code
+
+
+_BUCKET_MIN_DRAWS = 4096
 
 
 def vote_codes(codes: Tensor) -> Tensor:

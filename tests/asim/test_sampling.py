@@ -279,6 +279,12 @@ def test_sample_codes_c_equals_torch(clib, kind):
     r = torch.repeat_interleave(torch.arange(t.n_m), t.start.diff().long())
     m = torch.cat([m, (r + t.m_min).int(), (r + t.m_min).int(), m[:2]])
     u = torch.cat([u, t.thr, t.thr - 1, torch.tensor([0, (1 << 32) - 1])])
+    bits = t.buckets()[0]  # and both ends of every bucket of a few rows
+    ends = torch.arange(1 << bits) << (32 - bits)
+    ends = torch.cat([ends, ends + (1 << (32 - bits)) - 1]).repeat(5)
+    rows = torch.randint(t.m_min, t.m_min + t.n_m, (5,), generator=g, dtype=torch.int32)
+    m = torch.cat([m, rows.repeat_interleave(ends.numel() // 5)])
+    u = torch.cat([u, ends])
     mine = sample_codes(t, m, u)
     c = torch.empty_like(mine)
     u32 = torch.where(u >= 1 << 31, u - (1 << 32), u).int()
@@ -287,6 +293,11 @@ def test_sample_codes_c_equals_torch(clib, kind):
     )
     assert torch.equal(c, mine)
     assert mine.min() >= 0 and mine.max() <= t.max_code
+    # large CPU calls use the bucket table, small ones the binary search: same codes
+    small = torch.cat(
+        [sample_codes(t, a, b) for a, b in zip(m.split(3000), u.split(3000), strict=True)]
+    )
+    assert torch.equal(small, mine)
 
 
 def test_sample_codes_follow_the_table_probabilities():
