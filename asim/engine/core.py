@@ -115,9 +115,8 @@ def acim_matmul(
     if w3.shape[0] > 1:
         programmed = None  # per-sample weights (attention operands): nothing to reuse
     device = w_int.device
-    out = torch.zeros(batch, M, O, dtype=torch.float32, device=device)
     if not tiles or M == 0 or O == 0:
-        return out.reshape(*lead, M, O)
+        return torch.zeros(*lead, M, O, dtype=torch.float32, device=device)
 
     plan = build_plan(macro, noise, signed_input)
     if exact_shortcut and plan.lossless() and cell_noise is None:
@@ -155,6 +154,7 @@ def acim_matmul(
         backend.name != "native" or native.in_place_kind(x3.view.dtype, macro.input_bits) is None
     ):
         job.x3 = x3 = x3.materialize()[None]  # only the native kernel reads patches in place
+    out = torch.empty(batch, M, O, dtype=torch.float32, device=device)  # every chunk writes
     _run(backend, x3, out)
     return out.reshape(*lead, M, O)
 

@@ -91,8 +91,6 @@ class TorchBackend:
         else:
             self.wpt = weight_planes(job.w3, self.wb, self.dtype, job.cell_noise)
 
-    per_row_factor = None  # chunk rows by partial sums (see acim_matmul)
-
     def chunk_elements_per_row(self, R: int) -> int:
         return self.xb * self.wb * self.O
 
