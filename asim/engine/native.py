@@ -9,6 +9,7 @@ Weights are packed into 64-row words once per programmed array and tile set.
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import torch
 from torch import Tensor
@@ -72,7 +73,8 @@ def pack_weights(lib, w: Tensor, wb: int, tiles, O: int) -> tuple[Tensor, Tensor
     return out, torch.tensor(offsets[:-1], dtype=torch.int64)
 
 
-_BUCKETS: dict[int, tuple[object, dict]] = {}  # id(CodeTable) -> (table, bucket arrays)
+_BUCKETS: dict[int, tuple[object, dict | None]] = {}  # id(CodeTable) -> (table, arrays)
+_BUCKETS_LOCK = threading.Lock()
 
 
 def bucket_table(table, max_entries: int = 1 << 20) -> dict | None:
@@ -81,7 +83,8 @@ def bucket_table(table, max_entries: int = 1 << 20) -> dict | None:
     ``u`` at the bucket's start and the thresholds inside the bucket, so most draws are one
     lookup. Gives exactly :func:`asim.noise.sample_codes`' code (``code = k_lo[r] +
     #{j : thr[j] <= u}``); None when the codes or bucket counts do not fit its encoding."""
-    hit = _BUCKETS.get(id(table))
+    with _BUCKETS_LOCK:
+        hit = _BUCKETS.get(id(table))
     if hit is not None and hit[0] is table:
         return hit[1]
     n_m = table.n_m
@@ -94,9 +97,8 @@ def bucket_table(table, max_entries: int = 1 << 20) -> dict | None:
     r = torch.arange(n_m, dtype=torch.int64).view(-1, 1)
     lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << (32 - bits)
     hi = lo + (1 << (32 - bits)) - 1
-    with torch.autograd.grad_mode.no_grad():
-        at_lo = torch.searchsorted(keys, ((r << 32) | lo).reshape(-1), right=True).view(n_m, -1)
-        at_hi = torch.searchsorted(keys, ((r << 32) | hi).reshape(-1), right=True).view(n_m, -1)
+    at_lo = torch.searchsorted(keys, ((r << 32) | lo).reshape(-1), right=True).view(n_m, -1)
+    at_hi = torch.searchsorted(keys, ((r << 32) | hi).reshape(-1), right=True).view(n_m, -1)
     code = table.k_lo.long().view(-1, 1) + at_lo - start[:-1].view(-1, 1)
     inside = at_hi - at_lo  # thresholds t with lo < t <= hi
     table_ok = int(code.max()) < (1 << 24) and int(inside.max()) < 128
@@ -112,9 +114,10 @@ def bucket_table(table, max_entries: int = 1 << 20) -> dict | None:
             "bits": bits,
             "max_n": int(inside.max()),
         }
-    if len(_BUCKETS) > 64:
-        _BUCKETS.clear()
-    _BUCKETS[id(table)] = (table, entry)
+    with _BUCKETS_LOCK:
+        if len(_BUCKETS) > 64:  # running calls keep their arrays alive
+            _BUCKETS.clear()
+        _BUCKETS[id(table)] = (table, entry)
     return entry
 
 
