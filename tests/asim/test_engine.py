@@ -911,3 +911,48 @@ def test_kernel_bucket_tables_give_the_sampler_codes(model, F, A, levels, nrow, 
             got.data_ptr(), m32.numel(),
         )  # fmt: skip
         assert torch.equal(got, want.to(torch.int32))
+
+
+@pytest.mark.parametrize(
+    "macro,noise,oracle_noise",
+    [
+        (
+            MacroConfig(
+                weight_bits=3, input_bits=3, nrow=7, adc_bits=3, vote_levels=2, vote_samples=3
+            ),
+            dict(rand_sigma=9.0),
+            dict(rand_noise_sigma=9.0, voting_levels=2, num_samp=3),
+        ),
+        (
+            MacroConfig(weight_bits=3, input_bits=4, nrow=6, adc_bits=4, input_enc_bits=2),
+            dict(rand_sigma=4.0, compression_alpha=0.05),
+            dict(rand_noise_sigma=4.0, compression_alpha=0.05),
+        ),
+    ],
+    ids=["voting", "compression"],
+)
+def test_sampled_noise_matches_the_per_cycle_oracle_in_distribution(macro, noise, oracle_noise):
+    """Exact code sampling (one draw per conversion, K draws and the mode when voting) has
+    the distribution of the oracle's per-cycle Gaussian model: the noisy outputs of many
+    repeats of one input agree in mean and spread."""
+    g = torch.Generator().manual_seed(4)
+    x = _ints(g, (1, 9), macro.input_bits, False)
+    w = _ints(g, (9, 3), macro.weight_bits, True)
+    n = 4000
+    tiles = linear_tiles(9, macro.nrow)
+    ours = acim_matmul(
+        x.expand(n, -1), w, macro=macro, signed_input=False, tiles=tiles, noise=NoiseConfig(**noise)
+    ).double()
+    ref = oracle.oracle_mvm(
+        x.expand(n, -1),
+        w.t(),
+        signed_act=False,
+        tiles=tiles,
+        generator=torch.Generator().manual_seed(5),
+        **_oracle_kwargs(macro),
+        **oracle_noise,
+    ).double()
+    spread = ref.std(0)
+    assert (spread > 0).all()
+    assert ((ours.mean(0) - ref.mean(0)).abs() <= 5 * spread * math.sqrt(2 / n)).all()
+    assert ((ours.std(0) / spread - 1).abs() <= 0.1).all()
