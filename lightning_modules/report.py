@@ -681,6 +681,7 @@ def _plot_accuracy_vs(plt, out: Path, jobs: Sequence[Job], key: str, design_keys
     _reference_line(ax, jobs)
     if not numeric:
         ax.set_xticks(range(len(values)), [_display(key, v) for v in values])
+        ax.set_xlim(-0.5, len(values) - 0.5)
     elif len(values) <= 12:
         ax.set_xticks([position[v] for v in values], [_display(key, v) for v in values])
     ax.set_xlabel(_label(key))
