@@ -67,12 +67,12 @@ def tensor_scale(t: Tensor, signed: bool, per_sample: bool = False) -> Tensor:
 
 def quantize(t: Tensor, bits: int, scale: Tensor, signed: bool) -> Tensor:
     """Integer codes as float32: signed in ``[-Ls, Ls]`` or unsigned in ``[0, Lu]``."""
-    t = t.detach()
+    t = t.detach()  # the spec's ops in its order, in place on one temporary
     if signed:
         levels = signed_levels(bits)
-        return torch.sign(t) * torch.round(torch.clamp(t.abs() / scale, 0, 1) * levels)
+        return (t.abs() / scale).clamp_(0, 1).mul_(levels).round_().mul_(torch.sign(t))
     levels = unsigned_levels(bits)
-    return torch.round(torch.clamp(t / scale, 0, 1) * levels)
+    return (t / scale).clamp_(0, 1).mul_(levels).round_()
 
 
 class _RoundSTE(torch.autograd.Function):
