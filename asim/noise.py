@@ -23,6 +23,7 @@ conversion then takes one uniform 32-bit integer ``u`` from the counter-based st
 (:mod:`asim.rng`) and a few integer comparisons (:func:`sample_codes`, C twin
 ``asim_sample_code`` in ``asim/_native/sampling.h``), so every backend gives the same
 codes. Each code's probability is exact up to the 2^-32 rounding of its thresholds.
+:func:`signed_code_table` does the same for the weight-parallel signed ADC (§8.3).
 Non-integer counts (weight-cell variation) keep the Gaussian path through
 :meth:`ReadoutNoise.moments`.
 """
