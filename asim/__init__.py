@@ -27,6 +27,7 @@ from .layers import (
     ACiMMultiheadAttention,
     set_sample_index,
 )
+from .mapping import AttentionMacros, FirstLayer, LayerMacro, MacroDelta
 from .noise import GaussianNoise, HistogramNoise, TableNoise, build_noise
 
 __version__ = "0.1.0"
@@ -39,15 +40,19 @@ __all__ = [
     "ACiMLinear",
     "ACiMMultiheadAttention",
     "ActScale",
+    "AttentionMacros",
     "CellVariation",
     "ConvTiling",
     "CostConfig",
     "CostRecorder",
     "CostReport",
     "Division",
+    "FirstLayer",
     "GaussianNoise",
     "HistogramNoise",
+    "LayerMacro",
     "MacroConfig",
+    "MacroDelta",
     "NoiseConfig",
     "SignCycleCompression",
     "TableNoise",
