@@ -37,32 +37,37 @@ TABLE_LOG = logging.getLogger("asim.results")
 
 
 class ResultsFile:
-    """``results.json`` of one run, reserved when the run starts: an existing file is never
-    overwritten (a second run in the same folder writes ``results-1.json``, ...). Every
-    :meth:`write` replaces the file atomically, so a reader never sees half a file."""
+    """``results.json`` of one run. An existing file is never overwritten: the first
+    :meth:`write` claims the first free name (``results.json``, else ``results-1.json``, ...,
+    created exclusively, so concurrent runs cannot take the same one); later writes replace
+    that file atomically, so a reader never sees half a file. A run that fails before its
+    first result leaves no file."""
 
     def __init__(self, folder: str | os.PathLike, stem: str = "results") -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(folder)
+        self.stem = stem
+        self.path: Path | None = None
+        self.suffix = ""
+
+    def _claim(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
         for k in range(10_000):
-            path = folder / (f"{stem}.json" if k == 0 else f"{stem}-{k}.json")
+            path = self.folder / (f"{self.stem}.json" if k == 0 else f"{self.stem}-{k}.json")
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 continue
-            os.close(fd)
-            self.path = path
-            self.suffix = "" if k == 0 else f"-{k}"
-            break
-        else:  # pragma: no cover
-            raise RuntimeError(f"no free results file name in {folder}")
+            self.path, self.suffix = path, "" if k == 0 else f"-{k}"
+            return path
+        raise RuntimeError(f"no free results file name in {self.folder}")  # pragma: no cover
 
     def sibling(self, stem: str) -> Path:
         """A companion file with the same numbering, e.g. ``predictions-1.json``."""
-        return self.path.with_name(f"{stem}{self.suffix}.json")
+        path = self.path or self._claim()
+        return path.with_name(f"{stem}{self.suffix}.json")
 
     def write(self, results: dict[str, Any], path: Path | None = None) -> Path:
-        path = path or self.path
+        path = path or self.path or self._claim()
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(results, indent=2))
         os.replace(tmp, path)
