@@ -14,9 +14,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .launch import KernelTables, launch, row_keys, weight_codes
+from .launch import (
+    KernelTables,
+    activation_levels,
+    block_k,
+    launch,
+    padded_tiles,
+    row_keys,
+    weight_codes,
+    weight_planes,
+)
 
-__all__ = ["MAX_BITS", "TritonBackend", "available"]
+__all__ = ["MAX_BITS", "PLANES", "TritonBackend", "available"]
+
+PLANES: bool | None = None
+"""How the kernel gets its 0/1 operands. True: weight bit planes are programmed once and
+the chunk's cycle levels are precomputed by torch (tiles padded to whole blocks), so the
+kernel only loads and multiplies; False: the kernel cuts them from the integer codes in
+registers (no extra memory; reads a conv's patches in place). None: True on CUDA, where the
+extraction would cost more instructions than the conversion itself, False on CPU."""
 
 MAX_BITS = 31
 """Most bit planes of a weight or activation code (codes are read as int32)."""
@@ -48,8 +64,24 @@ class TritonBackend:
         max_rows = max(b - a for a, b in job.tiles)
         top = max_rows * max(c.levels for c in plan.cycles)
         self.tables = KernelTables.for_plan(plan, top, device)
-        self.tiles = torch.tensor(job.tiles, dtype=torch.int64, device=device).reshape(-1, 2)
-        if job.programmed is not None:
+        self.planes = PLANES if PLANES is not None else device.type == "cuda"
+        self._dense = None
+        tiles = job.tiles
+        if self.planes:
+            self.bk = block_k(max_rows, planes=True)
+            self.ptiles, self.rpad = padded_tiles(tiles, self.bk)
+            tiles = self.ptiles
+        self.tiles = torch.tensor(tiles, dtype=torch.int64, device=device).reshape(-1, 2)
+        if self.planes:
+            args = (self.wb, job.tiles, self.ptiles, self.rpad, device)
+            if job.programmed is not None:
+                self.w = job.programmed.form(
+                    ("triton_planes", self.wb, tuple(job.tiles), self.bk, str(device)),
+                    lambda: weight_planes(job.w3[:1], *args),
+                )
+            else:
+                self.w = weight_planes(job.w3, *args)
+        elif job.programmed is not None:
             self.w = job.programmed.form(
                 ("triton_codes", self.wb, str(device)),
                 lambda: weight_codes(job.w3[:1], self.wb, device),
@@ -58,6 +90,8 @@ class TritonBackend:
             self.w = weight_codes(job.w3, self.wb, device)
 
     def chunk_elements_per_row(self, R: int) -> int:
+        if self.planes:  # a chunk's cycle levels: n_levels * rpad bytes per row, <= 256 MiB
+            return max(1, self.tables.n_levels * self.rpad // 64)
         return 1  # counts and accumulators live in registers: only Y is written
 
     def run_chunk(self, x, batch: tuple[int, int], rows: tuple[int, int], y: Tensor) -> None:
@@ -69,7 +103,14 @@ class TritonBackend:
         if self.tables.noisy:
             rkeys = row_keys(job.key, job.sample[b0:b1, m0:m1], job.pos[b0:b1, m0:m1])
         w = self.w if self.w.shape[0] == 1 else self.w[b0:b1]
-        if hasattr(x, "row_offset"):  # Patches: gathered in place through offsets
+        if self.planes:
+            if hasattr(x, "row_offset"):  # Patches: materialised once, this chunk's rows
+                if self._dense is None:
+                    self._dense = x.materialize()
+                x = self._dense[m0:m1][None]
+            levels = activation_levels(x, self.tables, job.tiles, self.ptiles, self.rpad)
+            launch(self.tables, levels, w, self.tiles, y, rkeys=rkeys, planes=True, bk=self.bk)
+        elif hasattr(x, "row_offset"):  # Patches: gathered in place through offsets
             launch(
                 self.tables, x.view, w, self.tiles, y, rkeys=rkeys,
                 row_off=x.row_offset[m0:m1].contiguous(), col_off=x.col_offset,

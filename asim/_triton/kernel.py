@@ -111,17 +111,31 @@ def _cycle_count(xc, wp, lo, width, BM: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
+def _load_plane(W, wcol, i, swi, swr, nmask, k0, BK: tl.constexpr):
+    """Rows ``k0 .. k0 + BK`` of precomputed 0/1 weight plane ``i`` (int8 ``[BK, BN]``);
+    tiles are padded with zero rows to a multiple of BK, so only columns are masked."""
+    rk = k0 + tl.arange(0, BK)
+    return tl.load(
+        W + wcol[None, :] + i * swi + rk.to(tl.int64)[:, None] * swr,
+        mask=nmask[None, :],
+        other=0,
+    )
+
+
+@triton.jit
 def acim_kernel(
     X,
     sxb,
     sxm,
     sxr,
+    sxl,
     ROW_OFF,
     COL_OFF,
     W,
     swb,
     swr,
     swo,
+    swi,
     Y,
     syb,
     sym,
@@ -132,6 +146,7 @@ def acim_kernel(
     ntiles,
     CYC_LO,
     CYC_WIDTH,
+    LVL0,
     COEF,
     MODE,
     VCNT,
@@ -156,6 +171,7 @@ def acim_kernel(
     GATHER: tl.constexpr,
     NOISE: tl.constexpr,
     SINGLE_K: tl.constexpr,
+    PLANES: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
@@ -180,19 +196,38 @@ def acim_kernel(
     for t in range(ntiles):
         r0 = tl.load(TILES + 2 * t)
         r1 = tl.load(TILES + 2 * t + 1)
-        if SINGLE_K:  # the tile fits one block: its codes are loaded once for all cycles
+        if PLANES:  # padded tiles start on whole blocks: aligned, vectorizable loads
+            r0 = tl.multiple_of(r0, BK)
+        if SINGLE_K and not PLANES:  # the tile fits one block: codes loaded once for all cycles
             xc, wc = _load_codes(
                 X, xrow, COL_OFF, sxr, W, wcol, swr, mmask, nmask, r0, r1, r0, GATHER, BK
             )
         for ii in range(WB):
             i = WB - 1 - ii
             if SINGLE_K:
-                wp = ((wc.to(tl.int32) >> i) & 1).to(tl.int8)
+                if PLANES:
+                    wp = _load_plane(W, wcol, i, swi, swr, nmask, r0, BK)
+                else:
+                    wp = ((wc.to(tl.int32) >> i) & 1).to(tl.int8)
             for cc in range(NCYC):
                 c = NCYC - 1 - cc
                 lo = tl.load(CYC_LO + c)
                 width = tl.load(CYC_WIDTH + c)
-                if SINGLE_K:
+                if PLANES:  # precomputed 0/1 weight planes and cycle levels, tiles padded
+                    l0 = tl.load(LVL0 + c)
+                    cnt = tl.zeros((BM, BN), dtype=tl.int32)
+                    for k0 in range(r0, r1, BK):
+                        if not SINGLE_K:
+                            wp = _load_plane(W, wcol, i, swi, swr, nmask, k0, BK)
+                        rk = k0 + tl.arange(0, BK)
+                        for p in range(0, tl.cdiv(width, PIECE_BITS)):
+                            lv = tl.load(
+                                X + xrow[:, None] + (l0 + p).to(tl.int64) * sxl + rk[None, :],
+                                mask=mmask[:, None],
+                                other=0,
+                            )
+                            cnt += tl.dot(lv, wp, out_dtype=tl.int32) << (p * PIECE_BITS)
+                elif SINGLE_K:
                     cnt = _cycle_count(xc, wp, lo, width, BM, BN)
                 else:
                     cnt = tl.zeros((BM, BN), dtype=tl.int32)

@@ -23,17 +23,31 @@ from torch import Tensor
 
 from .. import rng
 
-__all__ = ["KernelTables", "launch", "row_keys", "weight_codes"]
+__all__ = [
+    "KernelTables",
+    "activation_levels",
+    "block_k",
+    "launch",
+    "padded_tiles",
+    "row_keys",
+    "weight_codes",
+    "weight_planes",
+]
 
 BLOCK_M = 64
 """Output rows per program on a GPU."""
 BLOCK_N = 64
 """Output columns per program on a GPU."""
 BLOCK_K = 64
-"""Reduction rows per ``tl.dot`` on a GPU. A tile of up to this many rows is loaded once for
-all its cycles; larger tiles (``nrow = 255``: 4 blocks) reload their codes per cycle from
-L1/L2. (sm_90 compiles, checked offline with ptxas: BM = BN = BK = 64 and 8 warps use 212
-registers without spills noise-free; a 256-row block, loaded once, spills.)"""
+"""Reduction rows per ``tl.dot`` on a GPU when the kernel cuts the bits from the codes.
+A tile of up to this many rows is loaded once for all its cycles; larger tiles
+(``nrow = 255``: 4 blocks) reload their codes per cycle from L1/L2. (Checked offline for
+sm_90 with ptxas: 64x64x64 blocks and 8 warps use 212 registers without spills noise-free;
+a 256-row block spills. ~114 SASS instructions per thread and conversion at nrow 255.)"""
+BLOCK_K_PLANES = 256
+"""The same for precomputed planes: a tile of up to 256 rows in one block, each weight
+plane loaded once per tile (sm_90, 8 warps: 192 registers, no spills noise-free; ~31 SASS
+instructions per thread and conversion, ~53 with 64-row blocks)."""
 NUM_WARPS = 8
 _MIN_BLOCK_K_GPU = 32  # int8 wgmma/mma take k = 32
 _MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
@@ -45,6 +59,60 @@ _CACHE_MAX = 64
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+PIECE_BITS = 7
+"""Activation bits per int8 level operand (kernel.PIECE_BITS): levels <= 127."""
+
+
+def block_k(max_rows: int, planes: bool = False) -> int:
+    """Reduction rows per ``tl.dot`` for tiles of up to ``max_rows`` rows (``planes``: the
+    precomputed-planes path, whose registers allow a whole 255-row tile per block)."""
+    if _interpreting():
+        return _block(max_rows, 64)
+    return max(_MIN_BLOCK_K_GPU, _block(max_rows, BLOCK_K_PLANES if planes else BLOCK_K))
+
+
+def padded_tiles(tiles, bk: int) -> tuple[list[tuple[int, int]], int]:
+    """Each tile's row range in a layout where every tile starts on a multiple of ``bk``
+    and is padded with zero rows to one (the planes path reads whole blocks, unmasked);
+    and the padded row count."""
+    out, at = [], 0
+    for a, b in tiles:
+        n = -(-(b - a) // bk) * bk
+        out.append((at, at + n))
+        at += n
+    return out, at
+
+
+def activation_levels(x: Tensor, tables: KernelTables, tiles, ptiles, rpad: int) -> Tensor:
+    """The multi-level input of every cycle (pieces of <= 7 bits) for codes ``x [B, M, R]``
+    as int8 ``[B, n_levels, M, rpad]`` in the padded tile layout (zeros in the padding)."""
+    B, M, _ = x.shape
+    codes = x.to(torch.int32)  # two's complement: arithmetic shifts give the code's bits
+    out = torch.zeros(B, tables.n_levels, M, rpad, dtype=torch.int8, device=x.device)
+    lo, width = tables.cyc_lo.tolist(), tables.cyc_width.tolist()
+    for c, l0 in enumerate(tables.lvl0.tolist()):
+        for p in range(-(-width[c] // PIECE_BITS)):
+            mask = (1 << min(PIECE_BITS, width[c] - p * PIECE_BITS)) - 1
+            level = (codes >> (lo[c] + p * PIECE_BITS)) & mask
+            for (a, b), (p0, _) in zip(tiles, ptiles, strict=True):
+                out[:, l0 + p, :, p0 : p0 + b - a] = level[:, :, a:b]
+    return out
+
+
+def weight_planes(w3: Tensor, weight_bits: int, tiles, ptiles, rpad: int, device) -> Tensor:
+    """0/1 weight bit planes ``[Bw, weight_bits, O, rpad]`` int8 in the padded tile layout,
+    reduction rows contiguous (int8 tensor-core operands are K-major): the programmed
+    array's device form for the planes path."""
+    Bw, _, O = w3.shape
+    codes = w3.to(device=device, dtype=torch.int32).transpose(1, 2)  # [Bw, O, R]
+    out = torch.zeros(Bw, weight_bits, O, rpad, dtype=torch.int8, device=device)
+    for i in range(weight_bits):
+        plane = (codes >> i) & 1
+        for (a, b), (p0, _) in zip(tiles, ptiles, strict=True):
+            out[:, i, :, p0 : p0 + b - a] = plane[:, :, a:b]
+    return out
 
 
 def weight_codes(w3: Tensor, weight_bits: int, device) -> Tensor:
@@ -83,6 +151,8 @@ class KernelTables:
     ncyc: int
     cyc_lo: Tensor
     cyc_width: Tensor
+    lvl0: Tensor
+    n_levels: int
     coef: Tensor
     mode: Tensor
     vcount: Tensor
@@ -137,11 +207,14 @@ class KernelTables:
             [plan.value_by_code(c) for c in range(ncyc)], torch.float32, device
         )
         tables = _code_tables(plan, device) if plan.noisy else _no_tables(ncyc, device)
+        pieces = [-(-len(c.bits) // PIECE_BITS) for c in plan.cycles]
         return cls(
             wb=plan.macro.weight_bits,
             ncyc=ncyc,
             cyc_lo=torch.tensor([c.bits[0] for c in plan.cycles], **i32),
             cyc_width=torch.tensor([len(c.bits) for c in plan.cycles], **i32),
+            lvl0=torch.tensor([sum(pieces[:c]) for c in range(ncyc)], **i32),
+            n_levels=sum(pieces),
             coef=torch.tensor(plan.coef, dtype=torch.float32, device=device).reshape(-1),
             mode=torch.tensor(plan.mode, **i32).reshape(-1),
             vcount=vcount,
@@ -234,6 +307,8 @@ def launch(
     rkeys: Tensor | None = None,
     row_off: Tensor | None = None,
     col_off: Tensor | None = None,
+    planes: bool = False,
+    bk: int | None = None,
 ) -> None:
     """``y [B, M, O] = `` the macro's ``x @ w`` over ``tiles`` (int64 ``[T, 2]`` on the device).
 
@@ -243,6 +318,10 @@ def launch(
             base tensor the codes are gathered from (``B = 1``).
         w: weight codes ``[Bw, R, O]``, ``Bw`` 1 or ``B`` (:func:`weight_codes`).
         rkeys: int64 ``[B, M]`` row keys (:func:`row_keys`), needed when the plan is noisy.
+        planes: ``x`` is :func:`activation_levels` ``[B, L, M, rpad]``, ``w`` is
+            :func:`weight_planes` ``[Bw, wb, O, rpad]`` and ``tiles`` the padded tiles
+            (:func:`padded_tiles` with :func:`block_k`): no bit extraction in the kernel.
+        bk: the reduction block (the padding's, for ``planes``); default :func:`block_k`.
     """
     from .kernel import acim_kernel
 
@@ -254,12 +333,22 @@ def launch(
         return
     max_rows = int((tiles[:, 1] - tiles[:, 0]).max()) if tiles.numel() else 0
     if _interpreting():  # the interpreter pays per program: blocks just large enough
-        bm, bn, bk = _block(M, 64), _block(O, 64), _block(max_rows, 64)
+        bm, bn = _block(M, 64), _block(O, 64)
     else:
         bm, bn = BLOCK_M, BLOCK_N
-        bk = max(_MIN_BLOCK_K_GPU, _block(max_rows, BLOCK_K))
-    sx = (0, 0, 0) if gather else x.stride()
-    sw = (0 if w.shape[0] == 1 else w.stride(0), w.stride(1), w.stride(2))
+    bk = bk or block_k(max_rows, planes)
+    if gather:
+        sx = (0, 0, 0, 0)
+    elif planes:  # [B, L, M, rpad]: (batch, row, column, level) strides
+        sx = (x.stride(0), x.stride(2), x.stride(3), x.stride(1))
+    else:
+        sx = (*x.stride(), 0)
+    if planes:  # [Bw, wb, O, rpad]: (batch, row, column, plane) strides
+        sw = (w.stride(0), w.stride(3), w.stride(2), w.stride(1))
+    else:
+        sw = (w.stride(0), w.stride(1), w.stride(2), 0)
+    if w.shape[0] == 1:
+        sw = (0, *sw[1:])
     rk = rkeys if rkeys is not None else torch.zeros(1, 1, dtype=torch.int64, device=y.device)
     dummy = torch.zeros(1, dtype=torch.int64, device=y.device)
     for b0 in range(0, B, _GRID_YZ):
@@ -274,14 +363,14 @@ def launch(
             wb_, *sw,
             y[b0:b1], *y.stride(),
             M, O, tiles, tiles.shape[0],
-            tables.cyc_lo, tables.cyc_width, tables.coef, tables.mode,
+            tables.cyc_lo, tables.cyc_width, tables.lvl0, tables.coef, tables.mode,
             tables.vcount, tables.vcount_off, tables.vcode, tables.vcode_off,
             rk[b0:b1] if rk.shape[0] > 1 else rk, rk.stride(0) if rk.shape[0] > 1 else 0,
             tables.thr, tables.start, tables.k_lo, tables.guide,
             tables.t_mmin, tables.t_row, tables.t_guide, tables.t_gb,
             tables.max_scan, tables.votes, tables.votes,
             WB=tables.wb, NCYC=tables.ncyc, GATHER=gather, NOISE=tables.noisy,
-            SINGLE_K=max_rows <= bk,
+            SINGLE_K=max_rows <= bk, PLANES=planes,
             BM=bm, BN=bn, BK=bk,
             num_warps=NUM_WARPS, enable_fp_fusion=False,
         )  # fmt: skip
