@@ -78,10 +78,14 @@ def _assert_only_deltas(preset, schema, where: str) -> None:
         assert value != default, f"{where}: {key}={value} restates the schema default"
 
 
-@pytest.mark.parametrize("name", _options("model"))
-def test_model_presets_list_only_deltas(name):
-    preset = OmegaConf.load(CONF / "model" / f"{name}.yaml")
-    _assert_only_deltas(preset, builders.ModelConfig(), f"model/{name}")
+@pytest.mark.parametrize(
+    ("group", "name"),
+    [("model", n) for n in _options("model")] + [("noise", n) for n in _options("noise")],
+)
+def test_model_and_noise_presets_list_only_deltas(group, name):
+    preset = OmegaConf.load(CONF / group / f"{name}.yaml") or OmegaConf.create()
+    schema = builders.ModelConfig() if group == "model" else NoiseConfig()
+    _assert_only_deltas(preset, schema, f"{group}/{name}")
 
 
 def test_division_true_is_an_accepted_alias(compose):
