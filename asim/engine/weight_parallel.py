@@ -1,8 +1,10 @@
 """W4A4 weight full bit-parallel mode (spec §8.3): one signed ADC on the exact MAC.
 
-Random read-out noise here is Gaussian on a non-integer-count path (the signed ADC sees
-the shifted running sum), drawn from the counter-based stream with
-:func:`asim.rng.normal_from`.
+Random read-out noise: the per-output ADC sees an integer MAC, so its code is drawn from
+the exact distribution (:func:`asim.noise.signed_code_table`) with one counter-based
+uniform, like every other integer conversion. The ``per_cycle`` compatibility mode converts
+a rescaled running sum (not an integer), so it, and tables too large to build, take the
+Gaussian path on the same stream (:func:`asim.rng.normal_from`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from torch import Tensor
 
 from .. import rng
 from ..config import Division, MacroConfig, WeightParallelADC
-from ..noise import GaussianNoise
+from ..noise import GaussianNoise, sample_codes, signed_code_table
 from .plan import activation_cycles, div
 from .shortcut import rows_used, select_rows
 
@@ -45,7 +47,31 @@ def weight_parallel(x3: Tensor, w3: Tensor, plan, tiles, ekeys) -> Tensor:
     xs = select_rows(x3, used).double()
     ws = select_rows(w3, used, dim=-2).double()
     y = torch.matmul(xs, ws).float()  # exact integer MAC
+    if readout is not None:
+        sampled = _sampled_adc(y, macro, readout, ekeys)
+        if sampled is not None:
+            return sampled
     return _signed_adc(y, macro, readout, ekeys, 0, final_division=False)
+
+
+def _full_scale(macro: MacroConfig) -> int:
+    rows = macro.weight_parallel_rows or macro.nrow
+    return ((1 << macro.input_bits) - 1) * ((1 << (macro.weight_bits - 1)) - 1) * rows
+
+
+def _sampled_adc(y: Tensor, macro: MacroConfig, readout, ekeys) -> Tensor | None:
+    """The per-output signed ADC with its code drawn exactly (draw 0 of each element), or
+    None when the code table would be too large (then the Gaussian path runs)."""
+    full, half = _full_scale(macro), (1 << (macro.adc_bits - 1)) - 1
+    try:
+        table = signed_code_table(
+            readout, full, half, reciprocal=macro.division == Division.reciprocal
+        )
+    except ValueError:
+        return None
+    m = y.to(torch.int64).clamp_(-full, full)  # |y| > F converts like +-F
+    q = sample_codes(table, m, rng.draw_u32(ekeys, 0)).float() - half
+    return div(q, half, False).mul_(float(full))  # fl(fl(q / H) * F), IEEE as noise-free
 
 
 def _signed_adc(
@@ -55,8 +81,7 @@ def _signed_adc(
     noise, clamp, round to ``2^(adc-1)-1`` levels and rescale. ``final_division=False``
     divides by the levels with IEEE division even under ``division="reciprocal"`` (the
     per-output ADC has always done so)."""
-    rows = macro.weight_parallel_rows or macro.nrow
-    full = float(((1 << macro.input_bits) - 1) * ((1 << (macro.weight_bits - 1)) - 1) * rows)
+    full = float(_full_scale(macro))
     half = (1 << (macro.adc_bits - 1)) - 1
     rec = macro.division == Division.reciprocal
     a = div(y, full, rec).clamp_(-1, 1)

@@ -956,3 +956,38 @@ def test_sampled_noise_matches_the_per_cycle_oracle_in_distribution(macro, noise
     assert (spread > 0).all()
     assert ((ours.mean(0) - ref.mean(0)).abs() <= 5 * spread * math.sqrt(2 / n)).all()
     assert ((ours.std(0) / spread - 1).abs() <= 0.1).all()
+
+
+def test_weight_parallel_sampled_noise_matches_the_oracle_in_distribution():
+    """The weight-parallel signed ADC draws its code exactly (signed code table): its noisy
+    outputs have the oracle's Gaussian-model mean and spread."""
+    macro = MacroConfig(weight_bits=4, input_bits=4, nrow=8, adc_bits=4, input_enc_bits=2)
+    macro = macro.replace(weight_parallel=True)
+    g = torch.Generator().manual_seed(8)
+    x = _ints(g, (1, 12), 4, False)
+    w = _ints(g, (12, 3), 4, True)
+    n, tiles = 20000, linear_tiles(12, 8)
+    ours = acim_matmul(
+        x.expand(n, -1),
+        w,
+        macro=macro,
+        signed_input=False,
+        tiles=tiles,
+        noise=NoiseConfig(rand_sigma=6.0),
+    ).double()
+    ref = oracle.oracle_wbp_mvm(
+        x.expand(n, -1),
+        w.t(),
+        wbit=4,
+        xbit=4,
+        adc_prec=4,
+        nrow=8,
+        tiles=tiles,
+        act_enc=2,
+        rand_noise_sigma=6.0,
+        generator=torch.Generator().manual_seed(9),
+    ).double()
+    spread = ref.std(0)
+    assert (spread > 0).all()
+    assert ((ours.mean(0) - ref.mean(0)).abs() <= 5 * spread * math.sqrt(2 / n)).all()
+    assert ((ours.std(0) / spread - 1).abs() <= 0.05).all()
