@@ -62,6 +62,7 @@ class TritonBackend:
         self.wb = plan.macro.weight_bits
         device = job.device
         max_rows = max(b - a for a, b in job.tiles)
+        self.max_rows = max_rows
         top = max_rows * max(c.levels for c in plan.cycles)
         self.tables = KernelTables.for_plan(plan, top, device)
         self.planes = PLANES if PLANES is not None else device.type == "cuda"
@@ -70,6 +71,7 @@ class TritonBackend:
         if self.planes:
             self.bk = block_k(max_rows, planes=True)
             self.ptiles, self.rpad = padded_tiles(tiles, self.bk)
+            self.pmax = max(b - a for a, b in self.ptiles)  # > bk: the kernel loops
             tiles = self.ptiles
         self.tiles = torch.tensor(tiles, dtype=torch.int64, device=device).reshape(-1, 2)
         if self.planes:
@@ -109,11 +111,15 @@ class TritonBackend:
                     self._dense = x.materialize()
                 x = self._dense[m0:m1][None]
             levels = activation_levels(x, self.tables, job.tiles, self.ptiles, self.rpad)
-            launch(self.tables, levels, w, self.tiles, y, rkeys=rkeys, planes=True, bk=self.bk)
+            launch(
+                self.tables, levels, w, self.tiles, y, rkeys=rkeys, planes=True, bk=self.bk,
+                max_rows=self.pmax,
+            )  # fmt: skip
         elif hasattr(x, "row_offset"):  # Patches: gathered in place through offsets
             launch(
                 self.tables, x.view, w, self.tiles, y, rkeys=rkeys,
                 row_off=x.row_offset[m0:m1].contiguous(), col_off=x.col_offset,
+                max_rows=self.max_rows,
             )  # fmt: skip
         else:
-            launch(self.tables, x, w, self.tiles, y, rkeys=rkeys)
+            launch(self.tables, x, w, self.tiles, y, rkeys=rkeys, max_rows=self.max_rows)

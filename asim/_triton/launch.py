@@ -309,6 +309,7 @@ def launch(
     col_off: Tensor | None = None,
     planes: bool = False,
     bk: int | None = None,
+    max_rows: int | None = None,
 ) -> None:
     """``y [B, M, O] = `` the macro's ``x @ w`` over ``tiles`` (int64 ``[T, 2]`` on the device).
 
@@ -322,6 +323,7 @@ def launch(
             :func:`weight_planes` ``[Bw, wb, O, rpad]`` and ``tiles`` the padded tiles
             (:func:`padded_tiles` with :func:`block_k`): no bit extraction in the kernel.
         bk: the reduction block (the padding's, for ``planes``); default :func:`block_k`.
+        max_rows: the most rows of a tile (default: read from ``tiles``, a device sync).
     """
     from .kernel import acim_kernel
 
@@ -331,7 +333,8 @@ def launch(
         raise ValueError("triton backend: a noisy plan needs the rows' noise keys (rkeys)")
     if M == 0 or O == 0 or B == 0:
         return
-    max_rows = int((tiles[:, 1] - tiles[:, 0]).max()) if tiles.numel() else 0
+    if max_rows is None:
+        max_rows = int((tiles[:, 1] - tiles[:, 0]).max()) if tiles.numel() else 0
     if _interpreting():  # the interpreter pays per program: blocks just large enough
         bm, bn = _block(M, 64), _block(O, 64)
     else:

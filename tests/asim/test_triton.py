@@ -227,6 +227,22 @@ def test_wide_cycles_and_codes(wb, xb, enc, signed, noisy, backend):
     assert bits(got) == bits(want)
 
 
+@interpreted
+@pytest.mark.parametrize("noisy", [False, True], ids=["noise_off", "noise_on"])
+def test_tiles_longer_than_one_block(noisy, backend):
+    """Tiles of 100 rows take two 64-row blocks (the K loop; padded blocks for planes)."""
+    g = torch.Generator().manual_seed(7)
+    macro = MacroConfig(weight_bits=3, input_bits=3, nrow=100, adc_bits=5)
+    x, w = _ints(g, (1, 9, 230), 3, False), _ints(g, (230, 5), 3, True)
+    noise = NoiseConfig(rand_sigma=1.5) if noisy else None
+    stream = NoiseStream(5, torch.tensor([2]), 9)
+    want, got, used = backend(
+        lambda: acim_matmul(x, w, macro=macro, signed_input=False, noise=noise, stream=stream)
+    )
+    assert used == 1
+    assert bits(got) == bits(want)
+
+
 def _lossy(macro: MacroConfig, signed: bool) -> MacroConfig:
     """The macro, with more rows if needed so that its ADC is not the identity (the engine
     would take the exact shortcut and no cycle would run)."""
