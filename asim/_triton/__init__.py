@@ -6,8 +6,12 @@
 * :mod:`asim._triton.backend`: :class:`TritonBackend`, the engine backend interface.
 
 Triton ships with the CUDA torch wheel. On CUDA tensors the kernel is compiled; on CPU
-tensors it runs only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
-``triton`` is imported), which is how the CPU test suite checks it bit for bit.
+tensors it runs only under the Triton interpreter, which is how the CPU test suite checks it
+bit for bit. ``TRITON_INTERPRET=1`` must be in the environment before ``triton.language`` is
+first imported (Lightning imports it), i.e. set it when the process starts.
+
+The engine selects it per call (``TritonBackend(job)`` where ``backend.available(job)``):
+on CUDA by default, anywhere with ``ASIM_BACKEND=triton``.
 """
 
 from __future__ import annotations
