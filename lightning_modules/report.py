@@ -424,14 +424,15 @@ def _markdown(
     divisor, unit = _energy_unit(e for e in energies if _is_number(e))
     on_front = {id(j) for j in pareto}
     lines = ["# Sweep report", ""]
-    lines.append(f"{len(jobs)} runs from {', '.join(f'`{d}`' for d in dirs)}")
+    intro = f"{len(jobs)} runs from {', '.join(f'`{d}`' for d in dirs)}"
     summary = _common_summary(jobs)
-    if summary:
-        lines[-1] += f": {summary}"
-    lines[-1] += "."
+    intro += f": {summary}." if summary else "."
     if swept:
-        lines.append(f"Swept: {', '.join(f'`{k}`' for k in swept)}.")
-    lines.append(f"Table: `{CSV_FILE}` (fractions; energy in pJ per sample). Accuracies in %.")
+        intro += f" Swept: {', '.join(f'`{k}`' for k in swept)}."
+    lines += [intro, ""]
+    lines.append(
+        f"Accuracies in %, energy per sample; `{CSV_FILE}` has the same in fractions and pJ."
+    )
     lines.append("")
     short = "val" if _accuracy_name(jobs).startswith("validation") else "sim"
     header = [f"`{k}`" for k in swept] + [
@@ -739,14 +740,18 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
             alpha=0.4,
             linewidth=1,
         )
+    top = max(metric(j.results, ENERGY) for j in with_energy)
     for number, job in enumerate(ordered, 1):
         text = _design(job, design_keys) if inline else str(number)
+        energy = metric(job.results, ENERGY)
+        left = inline and energy > 0.6 * top  # right of the axes' middle: label to the left
         if text:
             ax.annotate(
                 text,
-                (metric(job.results, ENERGY) / divisor, 100 * job.accuracy),
+                (energy / divisor, 100 * job.accuracy),
                 textcoords="offset points",
-                xytext=(7, -11) if inline else (5, 4),
+                xytext=((-7 if left else 7), -11) if inline else (5, 4),
+                ha="right" if left else "left",
                 fontsize="x-small" if inline else "small",
                 color="tab:red",
             )
