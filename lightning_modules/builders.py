@@ -21,6 +21,7 @@ from .config import (
     build_trainer,
     compose,
     convert_model,
+    cost_config,
     job_dirname,
     load_weights,
     macro_config,
@@ -29,7 +30,7 @@ from .config import (
     register_configs,
     resolve_path,
 )
-from .results import ResultsFile, format_table, hparams
+from .results import ResultsFile, format_conversions, format_energy, format_table, hparams
 from .run import RunInterrupted, simulate, train
 
 __all__ = [
@@ -47,6 +48,9 @@ __all__ = [
     "build_trainer",
     "compose",
     "convert_model",
+    "cost_config",
+    "format_conversions",
+    "format_energy",
     "format_table",
     "hparams",
     "job_dirname",

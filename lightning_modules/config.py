@@ -18,7 +18,7 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, make_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +31,7 @@ from torch import nn
 
 from asim import MacroConfig, NoiseConfig, convert_to_acim
 from asim.checkpoint import load_checkpoint
+from asim.cost import CostConfig
 from asim.mapping import AttentionMacros, FirstLayer, LayerMacro
 from asim.models import create_model, is_model, model_entrypoint
 
@@ -46,6 +47,7 @@ __all__ = [
     "build_trainer",
     "compose",
     "convert_model",
+    "cost_config",
     "job_dirname",
     "load_weights",
     "macro_config",
@@ -104,6 +106,9 @@ class SimulateOptions:
     """Also validate quantized inference (integer MACs, no macro)."""
     save_predictions: bool = False
     """Write predictions.json: per-sample index, true label and argmax of every pass."""
+    sensitivity: bool = False
+    """Per ACiM layer, top-1 with only that layer on the macro and with every layer but it
+    (two simulated passes per layer, noise seeded as repeat 0): ``sensitivity`` in results."""
 
 
 @dataclass
@@ -121,7 +126,8 @@ class _RunSchema:
     dataset: Any = None
     trainer: Any = None
     logger: Any = None
-    cost: Any = None
+    cost: Optional[CostConfig] = None  # noqa: UP045 (OmegaConf needs Optional)
+    """The cost model's per-operation energies (``conf/cost``); None: no cost estimate."""
 
 
 @dataclass
@@ -195,17 +201,8 @@ def _unique_dir(path: str) -> str:
 def register_configs() -> None:
     """Store the schemas and resolvers (call before composing; the entry points do)."""
     cs = ConfigStore.instance()
-    simulate_schema, train_schema = SimulateSchema, TrainSchema
-    try:  # the cost model's schema types the `cost` group (None: no cost estimate)
-        from asim.cost import CostConfig
-    except ImportError:  # pragma: no cover - the cost model is optional
-        pass
-    else:
-        typed = [("cost", Optional[CostConfig], field(default=None))]  # noqa: UP045 (OmegaConf)
-        simulate_schema = make_dataclass("SimulateSchema", typed, bases=(SimulateSchema,))
-        train_schema = make_dataclass("TrainSchema", typed, bases=(TrainSchema,))
-    cs.store(name="simulate_schema", node=simulate_schema)
-    cs.store(name="train_schema", node=train_schema)
+    cs.store(name="simulate_schema", node=SimulateSchema)
+    cs.store(name="train_schema", node=TrainSchema)
     for name, fn in (
         ("epochs", _epochs),
         ("job_dirname", job_dirname),
@@ -254,6 +251,17 @@ def resolve_path(path: str | os.PathLike) -> Path:
 def macro_config(cfg: DictConfig) -> MacroConfig:
     """The validated :class:`MacroConfig` of ``cfg.macro`` (one-line ValueError if invalid)."""
     return OmegaConf.to_object(cfg.macro)
+
+
+def cost_config(cfg: DictConfig) -> CostConfig | None:
+    """The validated :class:`asim.CostConfig` of ``cfg.cost`` (None: ``cost=null``, no cost
+    estimate)."""
+    if cfg.get("cost") is None:
+        return None
+    cost = OmegaConf.to_object(cfg.cost)
+    if not isinstance(cost, CostConfig):  # an untyped node (a schema without the cost group)
+        cost = CostConfig(**cost)
+    return cost
 
 
 def noise_config(cfg: DictConfig) -> NoiseConfig:

@@ -24,6 +24,8 @@ __all__ = [
     "ResultsFile",
     "describe_macros",
     "describe_noise",
+    "format_conversions",
+    "format_energy",
     "format_table",
     "hparams",
     "log_summary",
@@ -121,10 +123,33 @@ def describe_macros(used: dict[str, list[str]], run_macro: MacroConfig) -> str:
     return "; ".join(parts)
 
 
+def format_energy(pj: float | None) -> str:
+    """Energy in readable units: ``1.234 µJ``, ``56.7 nJ``, ``890 pJ``."""
+    if pj is None:
+        return "-"
+    for unit, scale in (("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3)):
+        if abs(pj) >= scale:
+            return f"{pj / scale:.3g} {unit}"
+    return f"{pj:.3g} pJ"
+
+
+def format_conversions(count: float | None) -> str:
+    """A count in readable units: ``164.1 M``, ``52.3 k``, ``980``."""
+    if count is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(count) >= scale:
+            return f"{count / scale:.4g} {unit}"
+    return f"{count:.4g}"
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """A small aligned text table of a simulation result."""
+    """A small aligned text table of a simulation result: accuracy and seconds per pass, the
+    macro's energy and ADC conversions per sample on the simulated row (the cost model), and
+    the per-layer sensitivity when it was run."""
     s = results["summary"]
     n = results["num_samples"]
+    cost = results.get("cost")
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.2f}%"
@@ -138,12 +163,16 @@ def format_table(results: dict[str, Any]) -> str:
             pct(results["float_top1"]),
             pct(results["float_top5"]),
             secs(results["seconds_float"]),
+            "-",
+            "-",
         ),
         (
             "quantized inference",
             pct(results["inference_top1"]),
             pct(results["inference_top5"]),
             secs(results["seconds_inference"]),
+            "-",
+            "-",
         ),
     ]
     if results["repeats"]:
@@ -152,12 +181,16 @@ def format_table(results: dict[str, Any]) -> str:
             sim1 += f" ± {100 * results['sim_top1_std']:.2f}"
             sim5 += f" ± {100 * results['sim_top5_std']:.2f}"
         label = "simulated" + (f" (x{results['repeats']})" if results["repeats"] > 1 else "")
-        rows.append((label, sim1, sim5, secs(results["seconds_sim"])))
-    header = ("pass", "top-1", "top-5", "seconds")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        energy = format_energy(cost["energy_pj"]) if cost else "-"
+        conversions = format_conversions(cost["adc_conversions"]) if cost else "-"
+        rows.append((label, sim1, sim5, secs(results["seconds_sim"]), energy, conversions))
+    header = ("pass", "top-1", "top-5", "seconds", "energy/sample", "ADC conv./sample")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r) -> str:
-        return "  ".join([r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in (1, 2, 3)])
+        return "  ".join(
+            [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, len(header))]
+        )
 
     title = f"{s['model']} on {s['dataset']} ({n} samples), macro {s['macro']}, noise {s['noise']}"
     rule = "-" * len(line(header))
@@ -165,7 +198,21 @@ def format_table(results: dict[str, Any]) -> str:
     footer = f"total {total:.1f} s" if total is not None else "total -"
     if not results.get("complete", True):
         footer += f" (interrupted: {results['repeats']} of {results['repeats_requested']} repeats)"
-    return "\n".join([title, rule, line(header), rule, *[line(r) for r in rows], rule, footer])
+    preset = s.get("cost_preset")
+    if cost and preset:
+        footer += f"; cost model {preset} (macro only: compare designs, not absolute energy)"
+    lines = [title, rule, line(header), rule, *[line(r) for r in rows], rule, footer]
+    sens = results.get("sensitivity")
+    if sens:
+        head = ("layer", "only it on the macro", "all but it on the macro")
+        body = [(r["layer"], pct(r["alone_top1"]), pct(r["without_top1"])) for r in sens]
+        w = [max(len(r[i]) for r in [head, *body]) for i in range(3)]
+        rows = [
+            "  ".join([r[0].ljust(w[0]), r[1].rjust(w[1]), r[2].rjust(w[2])]) for r in [head, *body]
+        ]
+        title = f"per-layer sensitivity: simulated top-1 (noise seed {s['seed']}, as repeat 0)"
+        lines += ["", title, "-" * len(rows[0]), rows[0], "-" * len(rows[0]), *rows[1:]]
+    return "\n".join(lines)
 
 
 def _plain(value: Any) -> Any:

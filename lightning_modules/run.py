@@ -23,13 +23,15 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from asim import resample_noise, set_mode, set_sample_index
+from asim import acim_modules, resample_noise, set_mode, set_sample_index
+from asim.cost import CostConfig, estimate_cost
 
 from .config import (
     build_datamodule,
     build_float_model,
     build_trainer,
     convert_model,
+    cost_config,
     load_weights,
     macro_config,
     noise_config,
@@ -103,6 +105,12 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     """Validate float, quantized-inference and simulated models; print a table, write
     ``results.json`` (and ``predictions.json`` with ``simulate.save_predictions``).
 
+    The macro's cost (``cost`` group, :mod:`asim.cost`) is estimated once, from one validation
+    sample (counts depend on shapes only). With ``simulate.sensitivity``, every ACiM layer gets
+    two more simulated passes: only it on the macro (the others ideal integer ``inference``),
+    and every layer but it; one pass each, noise seeded as repeat 0 (``seed``), so they compare
+    with ``sim_top1_runs[0]``.
+
     Returns:
         The results dict (see README.md, "results.json", for the fields).
 
@@ -115,7 +123,7 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     repeats = opts.repeats
     if repeats < 1:
         raise ValueError(f"simulate.repeats={repeats!r} must be an integer >= 1")
-    macro, noise = macro_config(cfg), noise_config(cfg)
+    macro, noise, cost = macro_config(cfg), noise_config(cfg), cost_config(cfg)
     ckpt = _ckpt(cfg, required=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -124,6 +132,7 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     float_model = build_float_model(cfg, dm)
     report = load_weights(float_model, ckpt, strict_classifier=True, dataset=cfg.dataset.name)
     acim_model = convert_model(cfg, float_model, mode="inference")
+    costs = _estimate_cost(acim_model, dm, cost)
 
     trainer = build_trainer(cfg)
     if isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
@@ -139,11 +148,15 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     passes: dict[str, dict[str, Any]] = {}
     sim_runs: list[dict[str, Any]] = []
     used = layer_macros(acim_model)
+    sensitivity: list[dict[str, Any]] | None = [] if opts.sensitivity else None
 
     def results(complete: bool) -> dict[str, Any]:
         res = _collect_results(
             cfg, passes, sim_runs, dm, macro, noise, ckpt, report, trainer, used, repeats
         )
+        res.update(costs)
+        res["sensitivity"] = sensitivity
+        res["summary"]["cost_preset"] = None if cost is None else cost.name
         res["complete"] = complete
         res["seconds"] = time.perf_counter() - t_start
         return res
@@ -199,11 +212,17 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
                         repeats,
                     )
                 sim_runs *= repeats
-            save(len(sim_runs) == repeats)
+            save(len(sim_runs) == repeats and sensitivity is None)
+        if sensitivity is not None:
+            _sensitivity(acim_model, module, run, int(cfg.seed), sensitivity, save, rank0)
+            set_mode(acim_model, "simulate")
+            module.log_prefix = "sim"
     except KeyboardInterrupt:
         res = save(False)
         where = files.path if files is not None else cfg.output_dir
         kept = [name for name in passes] + ([f"{len(sim_runs)} of {repeats} repeats"])
+        if sensitivity:
+            kept.append(f"sensitivity of {len(sensitivity)} layers")
         raise RunInterrupted(f"interrupted: kept {', '.join(kept)} in {where}") from None
 
     res = results(True)
@@ -238,8 +257,53 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
                     "sim/loss": sum(r["loss"] for r in sim_runs) / len(sim_runs),
                 }
             )
+            if res["cost"] is not None:
+                metrics["sim/energy_pj"] = res["cost"]["energy_pj"]
+                metrics["sim/adc_conversions"] = res["cost"]["adc_conversions"]
             log_summary(trainer.logger, cfg, metrics, [r["top1"] for r in sim_runs])
     return res
+
+
+def _example_input(dm) -> torch.Tensor:
+    """One validation sample as a batch of one (the cost model needs only its shape)."""
+    sample = dm.val_set[0]
+    x = sample[0] if isinstance(sample, (tuple, list)) else sample
+    return torch.as_tensor(x).unsqueeze(0)
+
+
+def _estimate_cost(model: nn.Module, dm, cost: CostConfig | None) -> dict[str, Any]:
+    """``{"cost": per-sample totals, "cost_layers": [...]}`` of ``model`` (None values with
+    ``cost`` off or a model without ACiM layers)."""
+    if cost is None or next(acim_modules(model), None) is None:
+        return {"cost": None, "cost_layers": None}
+    return estimate_cost(model, _example_input(dm), cost).to_dict()
+
+
+def _sensitivity(model: nn.Module, module, run, seed: int, rows: list, save, rank0: bool) -> None:
+    """Append ``{layer, alone_top1, without_top1}`` for every ACiM (non-digital) layer, in
+    module order: top-1 with only that layer in ``simulate`` mode (the rest ``inference``), and
+    with every layer but that one; each pass's noise seeded as repeat 0."""
+    layers = [(name, m) for name, m in acim_modules(model) if not m.digital]
+    for k, (name, layer) in enumerate(layers):
+        row: dict[str, Any] = {"layer": name}
+        for key, alone in (("alone_top1", True), ("without_top1", False)):
+            for _, m in layers:
+                m.mode = "simulate" if (m is layer) == alone else "inference"
+            resample_noise(model, seed)
+            what = "alone" if alone else "without"
+            module.log_prefix = f"sensitivity {name} {what}"
+            row[key] = run(module, f"sensitivity {name} ({what})")["top1"]
+        rows.append(row)
+        if rank0:
+            log.info(
+                "sensitivity %d/%d %s: only it on the macro %.4f, all but it %.4f",
+                k + 1,
+                len(layers),
+                name,
+                row["alone_top1"],
+                row["without_top1"],
+            )
+        save(False)
 
 
 def _collect_results(

@@ -53,6 +53,10 @@ def test_simulate_default(tmp_path):
     assert res["num_samples"] == 450
     assert 0.97 <= res["float_top1"] <= 1.0
     assert res["sim_top1"] == res["inference_top1"]  # lossless macro, no noise
+    # the default cost preset: energy and conversions per sample in results.json and the table
+    assert res["summary"]["cost_preset"] == "zigzag_28nm" and res["cost"]["energy_pj"] > 0
+    assert [x["name"] for x in res["cost_layers"]] == ["conv1", "conv2", "conv3", "fc"]
+    assert "energy/sample" in proc.stdout and "ADC conv./sample" in proc.stdout
     assert list(tmp_path.glob("events.out.tfevents.*"))  # TensorBoard, in the run dir
     # stdout is a pipe: progress as whole lines (one per 10 %), no carriage-return bar
     assert "\r" not in proc.stdout and "\r" not in proc.stderr

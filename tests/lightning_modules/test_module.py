@@ -347,3 +347,121 @@ def test_last_checkpoint_is_the_last_epoch_and_resume_continues(compose_run, tmp
     assert state["optimizer_states"] and state["lr_schedulers"]
     with pytest.raises(FileNotFoundError, match="resume=nowhere.ckpt"):
         builders.train(compose_run("train", *common, "resume=nowhere.ckpt"))
+
+
+# ------------------------------------------------------------------------- cost, sensitivity
+FAST = ["simulate.float=false", "simulate.inference=false", "trainer.limit_val_batches=1"]
+
+
+def _assert_same_cost(got: dict, want: dict) -> None:
+    """Equal fields; energies (per sample of 1 vs 8 samples) up to rounding."""
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if key == "energy_breakdown_pj":
+            assert got[key] == pytest.approx(value, rel=1e-12), key
+        elif isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=1e-12), key
+        else:
+            assert got[key] == value, key
+
+
+def test_results_hold_the_cost_of_the_simulated_model(compose_run, tmp_path):
+    """results.json's cost/cost_layers are asim.estimate_cost of the converted model; the
+    table shows energy and conversions per sample; the logger gets sim/energy_pj."""
+    from asim import estimate_cost
+
+    cfg = compose_run("simulate", "macro=bitserial_255_hybrid", *FAST)
+    res = builders.simulate(cfg)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    dm = builders.build_datamodule(cfg)
+    dm.setup("validate")
+    model = builders.build_float_model(cfg, dm)
+    builders.load_weights(model, cfg.ckpt)
+    model = builders.convert_model(cfg, model, mode="simulate")
+    batch = torch.stack([dm.val_set[i][0] for i in range(8)])
+    expected = estimate_cost(model, batch, builders.cost_config(cfg)).to_dict()
+    assert [x["name"] for x in saved["cost_layers"]] == ["conv1", "conv2", "conv3", "fc"]
+    _assert_same_cost(saved["cost"], expected["cost"])
+    assert len(saved["cost_layers"]) == len(expected["cost_layers"])
+    for got, want in zip(saved["cost_layers"], expected["cost_layers"], strict=True):
+        _assert_same_cost(got, want)
+    for key in ("adc_conversions", "digital_partial_sums", "digital_macs", "binary_macs"):
+        assert saved["cost"][key] == expected["cost"][key]  # counts: exact integers
+    assert saved["cost"]["digital_partial_sums"] > 0  # the hybrid preset: digital MSB cycles
+    assert saved["summary"]["cost_preset"] == "zigzag_28nm"
+    table = builders.format_table(res)
+    header = table.splitlines()[2]
+    sim_row = next(r for r in table.splitlines() if r.startswith("simulated"))
+    assert "energy/sample" in header and "ADC conv./sample" in header
+    energy = builders.format_energy(saved["cost"]["energy_pj"])
+    assert energy.endswith(" nJ") and energy in sim_row
+    assert builders.format_conversions(saved["cost"]["adc_conversions"]) in sim_row
+    metrics = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert "sim/energy_pj" in metrics[0] and "sim/adc_conversions" in metrics[0]
+
+
+def test_adc_bits_change_energy_not_conversions(compose_run):
+    eight = builders.simulate(compose_run("simulate", *FAST))["cost"]
+    six = builders.simulate(compose_run("simulate", "macro.adc_bits=6", *FAST))["cost"]
+    assert six["adc_conversions"] == eight["adc_conversions"] > 0
+    assert six["energy_breakdown_pj"]["adc"] < eight["energy_breakdown_pj"]["adc"]
+    assert six["energy_pj"] < eight["energy_pj"]
+    other = {k: v for k, v in six["energy_breakdown_pj"].items() if k != "adc"}
+    assert other == {k: eight["energy_breakdown_pj"][k] for k in other}
+
+
+def test_cost_off_leaves_the_fields_empty(compose_run):
+    res = builders.simulate(compose_run("simulate", "~cost", *FAST))
+    assert res["cost"] is None and res["cost_layers"] is None
+    assert res["summary"]["cost_preset"] is None
+    sim_row = next(r for r in builders.format_table(res).splitlines() if r.startswith("simulated"))
+    assert sim_row.split()[-2:] == ["-", "-"]
+
+
+def test_cost_preset_field_is_validated_in_one_line(compose_run):
+    with pytest.raises(ValueError, match=r"CostConfig.vdd=-1.0 must be a finite voltage > 0"):
+        builders.simulate(compose_run("simulate", "cost.vdd=-1"))
+
+
+def _acim_names(res) -> list[str]:
+    return [n for desc, names in res["summary"]["layer_macros"].items() for n in names
+            if not desc.startswith("digital ")]  # fmt: skip
+
+
+def test_sensitivity_on_a_lossless_macro_equals_inference(compose_run, tmp_path):
+    res = builders.simulate(
+        compose_run("simulate", "macro=ideal", "simulate.sensitivity=true", "simulate.float=false")
+    )
+    rows = res["sensitivity"]
+    assert [r["layer"] for r in rows] == ["conv2", "conv3", "fc"] == _acim_names(res)
+    for r in rows:  # the lossless shortcut is exact: every mix of modes is inference
+        assert r["alone_top1"] == r["without_top1"] == res["inference_top1"], r
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["sensitivity"] == rows and saved["complete"]
+    table = builders.format_table(res)
+    assert "per-layer sensitivity" in table and "only it on the macro" in table
+
+
+def test_sensitivity_on_a_lossy_macro_tells_the_layers_apart(compose_run):
+    res = builders.simulate(
+        compose_run("simulate", "macro.adc_bits=4", "simulate.sensitivity=true")
+    )
+    rows = res["sensitivity"]
+    assert [r["layer"] for r in rows] == _acim_names(res)
+    for r in rows:
+        assert r["alone_top1"] != r["without_top1"], r
+        assert res["sim_top1"] <= r["without_top1"] or res["sim_top1"] <= r["alone_top1"]
+    assert len({r["alone_top1"] for r in rows}) > 1  # layers differ in sensitivity
+    assert res["sensitivity"] is not None and res["complete"]
+
+
+def test_sensitivity_noise_is_seeded_as_repeat_0(compose_run):
+    """With noise, every sensitivity pass uses repeat 0's seed: the rows do not depend on how
+    many repeats ran, and they change with the seed."""
+    common = ["noise=gaussian", "noise.rand_sigma=2", "simulate.sensitivity=true", *FAST]
+    one = builders.simulate(compose_run("simulate", *common))
+    two = builders.simulate(compose_run("simulate", *common, "simulate.repeats=2"))
+    other = builders.simulate(compose_run("simulate", *common, "seed=5"))
+    assert one["sensitivity"] == two["sensitivity"]
+    assert one["sim_top1_runs"][0] == two["sim_top1_runs"][0]
+    assert one["sensitivity"] != other["sensitivity"]
