@@ -167,12 +167,12 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
             files.write(res)
         return res
 
-    def run(module: ACiMClassifier, label: str) -> dict[str, Any]:
+    def run(module: ACiMClassifier, label: str, quiet: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
         _guarded(trainer, trainer.validate, module, datamodule=dm, verbose=False)
         res = dict(module.results)
         res["seconds"] = time.perf_counter() - t0
-        if rank0:
+        if rank0 and not quiet:
             log.info(
                 "%s: top-1 %.4f (%d samples, %.1f s)",
                 label,
@@ -292,11 +292,11 @@ def _sensitivity(model: nn.Module, module, run, seed: int, rows: list, save, ran
             resample_noise(model, seed)
             what = "alone" if alone else "without"
             module.log_prefix = f"sensitivity {name} {what}"
-            row[key] = run(module, f"sensitivity {name} ({what})")["top1"]
+            row[key] = run(module, module.log_prefix, quiet=True)["top1"]
         rows.append(row)
         if rank0:
             log.info(
-                "sensitivity %d/%d %s: only it on the macro %.4f, all but it %.4f",
+                "sensitivity %d/%d %s: top-1 %.4f with only it on the macro, %.4f with all but it",
                 k + 1,
                 len(layers),
                 name,

@@ -23,6 +23,7 @@ ARGS = [
     "noise=none",
     "dataset.val_batch_size=64",
     "simulate.save_predictions=true",
+    "simulate.sensitivity=true",
     "logger=csv",
 ]
 
@@ -68,6 +69,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     for key in ("float_top1", "inference_top1", "sim_top1", "sim_top5", "num_samples"):
         assert ddp[key] == single[key], key
     assert ddp["per_class"] == single["per_class"]
+    assert ddp["sensitivity"] == single["sensitivity"] and len(ddp["sensitivity"]) == 3
     assert single["sim_top1"] < single["inference_top1"]  # the macro is lossy indeed
 
 
