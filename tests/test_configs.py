@@ -37,6 +37,7 @@ def test_groups_have_presets():
         "bitserial_255_vote",
     } <= set(_options("macro"))
     assert {"none", "gaussian", "measured"} <= set(_options("noise"))
+    assert {"zigzag_28nm", "zigzag_28nm_dac_multibit", "adc_only"} <= set(_options("cost"))
     assert {"digits_cnn", "resnet18", "vit_b_32"} <= set(_options("model"))
     assert {"digits", "cifar10", "imagenet"} <= set(_options("dataset"))
     assert {"resnet18_cifar10", "resnet18_imagenet", "vitb32_cifar10", "vitb32_imagenet"} <= set(
@@ -147,6 +148,23 @@ def test_noise_presets_validate(compose, name):
         from asim.noise import build_noise
 
         assert build_noise(noise) is not None
+
+
+@pytest.mark.parametrize("name", _options("cost"))
+def test_cost_presets_validate(compose, name):
+    from asim import CostConfig
+
+    cost = builders.cost_config(compose("simulate", f"cost={name}"))
+    assert isinstance(cost, CostConfig) and cost.name == name
+
+
+def test_cost_default_and_field_override(compose):
+    from asim import CostConfig
+
+    assert builders.cost_config(compose("simulate")) == CostConfig()  # zigzag_28nm: the schema
+    cost = builders.cost_config(compose("simulate", "cost.adc_linear_fF=50"))
+    assert cost.adc_linear_fF == 50.0 and cost.adc_pj(8) < CostConfig().adc_pj(8)
+    assert builders.cost_config(compose("simulate", "~cost")) is None
 
 
 @pytest.mark.parametrize("name", _options("model"))
@@ -277,6 +295,7 @@ def test_layer_macros_override_by_glob(compose):
         "model.frist_layer=float",
         "model.attention.qk.kbits=9",
         "model.layer_macros=[{match:fc,adcbits:5}]",
+        "cost.adc_fF=3",
     ],
 )
 def test_typo_fails_at_compose(override):
@@ -291,6 +310,7 @@ def test_typo_fails_at_compose(override):
         "macro.act_scale=per_pixel",
         "noise.rand_sigma=high",
         "model.first_layer=analog",
+        "cost.vdd=high",
     ],
 )
 def test_wrong_type_fails_at_compose(override):
