@@ -578,7 +578,8 @@ def _write_plots(out: Path, jobs: Sequence[Job], swept: Sequence[str], pareto: S
         plt = _pyplot()
         design_keys = [k for k in swept if k not in REPEAT_KEYS]
         for key in design_keys:
-            plots.append(_plot_accuracy_vs(plt, out, scored, key, design_keys))
+            if len({j.value(key) for j in scored}) > 1:  # a single run has no curve
+                plots.append(_plot_accuracy_vs(plt, out, scored, key, design_keys))
         if any(_is_number(metric(j.results, ENERGY)) for j in scored):
             plots.append(_plot_pareto(plt, out, scored, design_keys, pareto))
         with_sens = [j for j in jobs if j.results.get("sensitivity")]
@@ -766,37 +767,43 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
 
 
 def _plot_sensitivity(plt, path: Path, job: Job, swept: Sequence[str]) -> Path:
+    """Per ACiM layer: top-1 with only that layer on the macro, and with every layer but it;
+    the all-layers and no-layer accuracies as vertical lines."""
     rows = [r for r in job.results["sensitivity"] if isinstance(r, Mapping)]
     layers = [str(r.get("layer", "?")) for r in rows]
-    fig, ax = plt.subplots(figsize=(6.8, 1.2 + 0.42 * len(rows)))
-    ys = range(len(rows))
-    height = 0.38
-    for offset, field_name, label, color in (
-        (-height / 2, "alone_top1", "only this layer on the macro", "tab:orange"),
-        (height / 2, "without_top1", "every layer but this one on the macro", "tab:blue"),
+    fig, ax = plt.subplots(figsize=(6.4, 1.3 + 0.4 * len(rows)))
+    ys = list(range(len(rows)))
+    # a dot plot, not bars: the axis starts near the lowest accuracy, not at 0
+    series = {}
+    for field_name in ("alone_top1", "without_top1"):
+        series[field_name] = [
+            100 * r[field_name] if _is_number(r.get(field_name)) else math.nan for r in rows
+        ]
+    for y, a, b in zip(ys, series["alone_top1"], series["without_top1"], strict=True):
+        ax.plot([a, b], [y, y], color="0.75", linewidth=2, zorder=1)
+    for field_name, label, color, marker in (
+        ("alone_top1", "only this layer on the macro", "tab:orange", "o"),
+        ("without_top1", "every layer but this one", "tab:blue", "s"),
     ):
-        ax.barh(
-            [y + offset for y in ys],
-            [100 * (r.get(field_name) or 0) for r in rows],
-            height=height,
-            color=color,
-            label=label,
-        )
+        ax.scatter(series[field_name], ys, color=color, marker=marker, s=45, label=label, zorder=3)
+    shown = [v for values in series.values() for v in values if not math.isnan(v)]
     sim, inference = metric(job.results, ACCURACY), metric(job.results, "inference_top1")
     if _is_number(sim):
+        shown.append(100 * sim)
         ax.axvline(100 * sim, color="tab:red", linestyle=":", label="every layer on the macro")
     if _is_number(inference):
-        ax.axvline(
-            100 * inference, color="0.3", linestyle="--", label="no layer on the macro (inference)"
-        )
-    ax.set_yticks(list(ys), layers)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 100)
+        shown.append(100 * inference)
+        ax.axvline(100 * inference, color="0.3", linestyle="--", label="no layer (inference)")
+    ax.set_yticks(ys, layers)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first layer on top
+    low = min(shown, default=0.0)
+    ax.set_xlim(max(0.0, low - max(2.0, 0.1 * (100 - low))), 100.5)
     ax.set_xlabel("simulated top-1 accuracy (%)")
     ax.set_ylabel("ACiM layer")
-    where = ", ".join(f"{_short(k)}={_display(k, job.value(k))}" for k in swept)
-    ax.set_title("Per-layer sensitivity" + (f" ({where})" if where else ""))
-    ax.grid(True, axis="x", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    design = [k for k in swept if not k.startswith("simulate.")]  # run options: not the design
+    where = _design(job, design)
+    ax.set_title("Per-layer sensitivity" + (f"\n{where}" if where else ""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     _save(plt, fig, path)
     return path

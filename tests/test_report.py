@@ -210,7 +210,7 @@ def test_sensitivity_chart(tmp_path):
     run = make_job(tmp_path, {"macro.adc_bits": 6}, **results(0.5, sensitivity=sens))
     rep = report.write_report([run])
     assert rep.swept == ["macro.adc_bits"]  # a single run: its overrides
-    assert [p.name for p in rep.plots] == ["accuracy_vs_macro.adc_bits.png", "sensitivity.png"]
+    assert [p.name for p in rep.plots] == ["sensitivity.png"]  # one run: no accuracy curve
     assert_png(rep.out / "sensitivity.png")
 
 
