@@ -459,6 +459,7 @@ def test_sensitivity_noise_is_seeded_as_repeat_0(compose_run):
     """With noise, every sensitivity pass uses repeat 0's seed: the rows do not depend on how
     many repeats ran, and they change with the seed."""
     common = ["noise=gaussian", "noise.rand_sigma=2", "simulate.sensitivity=true", *FAST]
+    common.append("dataset.val_batch_size=64")  # one batch of 64 samples
     one = builders.simulate(compose_run("simulate", *common))
     two = builders.simulate(compose_run("simulate", *common, "simulate.repeats=2"))
     other = builders.simulate(compose_run("simulate", *common, "seed=5"))
