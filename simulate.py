@@ -3,9 +3,12 @@
     python simulate.py                                   # digits, shipped checkpoint, no noise
     python simulate.py macro=bitserial_255 noise=measured simulate.repeats=5
     python simulate.py -m macro.adc_bits=4,5,6,7,8 noise=gaussian noise.rand_sigma=0,0.2,0.4
+    python simulate.py macro.adc_bits=5 simulate.sensitivity=true  # accuracy per ACiM layer
+    python simulate.py cost=adc_only cost.vdd=0.8        # another energy set (conf/cost/)
     python simulate.py experiment=resnet18_cifar10 ckpt=PATH dataset.root=DIR trainer=gpu
 
-Prints a results table and writes results.json into the Hydra run dir (outputs/simulate/...).
+Prints a results table (accuracy per pass; energy and ADC conversions per sample from the cost
+model) and writes results.json into the Hydra run dir (outputs/simulate/...).
 See README.md for every option; configs live in conf/.
 """
 
