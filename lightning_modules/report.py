@@ -177,8 +177,8 @@ def objectives(results: Mapping[str, Any], cfg: Mapping[str, Any]) -> Any:
         value = metric(results, name)
         if value is None:
             hint = (
-                " (the cost model writes cost.energy_pj into results.json; a search on energy "
-                "needs it)"
+                " (the cost model writes cost.energy_pj: keep a cost preset, e.g. "
+                "cost=zigzag_28nm, not ~cost)"
                 if name in ("energy_pj", "adc_conversions")
                 else f"; choose from {', '.join(METRICS)}"
             )
