@@ -402,10 +402,11 @@ def _pct(value: Any, std: Any = None) -> str:
 
 
 def _energy_unit(values_pj: Iterable[float]) -> tuple[float, str]:
-    """(divisor, unit) that shows energies in pJ, nJ, uJ or mJ with few digits."""
-    top = max((abs(v) for v in values_pj), default=0.0)
+    """(divisor, unit) that shows the median energy in pJ, nJ, uJ or mJ as 1 to 999."""
+    values = [abs(v) for v in values_pj]
+    middle = statistics.median(values) if values else 0.0
     for divisor, unit in ((1e9, "mJ"), (1e6, "µJ"), (1e3, "nJ")):
-        if top >= divisor:
+        if middle >= divisor:
             return divisor, unit
     return 1.0, "pJ"
 
@@ -476,11 +477,12 @@ def _markdown(
         )
         lines.append("")
         design_keys = [k for k in swept if k not in REPEAT_KEYS]
-        for number, job in enumerate(_by_energy(pareto), 1):
+        for number, (job, count) in enumerate(_front(pareto, design_keys), 1):
             e, top1 = metric(job.results, ENERGY), job.accuracy
+            runs = f", {count} runs" if count > 1 else ""
             lines.append(
                 f"{number}. {_design(job, design_keys) or 'run'}: {_pct(top1)} % at "
-                f"{e / divisor:.4g} {unit} (`{_relative(job.location, out)}`)"
+                f"{e / divisor:.4g} {unit} (`{_relative(job.location, out)}`{runs})"
             )
     else:
         lines.append(
@@ -498,7 +500,17 @@ def _markdown(
 
 
 def _by_energy(jobs: Sequence[Job]) -> list[Job]:
-    return sorted(jobs, key=lambda j: metric(j.results, ENERGY))
+    return sorted(jobs, key=lambda j: (metric(j.results, ENERGY), j.accuracy))
+
+
+def _front(pareto: Sequence[Job], design_keys: Sequence[str]) -> list[tuple[Job, int]]:
+    """The Pareto set by energy, each design and result once (an Optuna search may run one
+    design several times), with how many runs it stands for."""
+    seen: dict[tuple, list] = {}
+    for job in _by_energy(pareto):
+        key = (tuple(job.value(k) for k in design_keys), metric(job.results, ENERGY), job.accuracy)
+        seen.setdefault(key, [job, 0])[1] += 1
+    return [(job, count) for job, count in seen.values()]
 
 
 def _design(job: Job, keys: Sequence[str]) -> str:
@@ -709,7 +721,8 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
     with_energy = [j for j in jobs if _is_number(metric(j.results, ENERGY))]
     divisor, unit = _energy_unit(metric(j.results, ENERGY) for j in with_energy)
     front = {id(j) for j in pareto}
-    inline = len(design_keys) <= 2 and len(pareto) <= 10  # else numbers, listed in report.md
+    front_designs = _front(pareto, design_keys)
+    inline = len(design_keys) <= 2 and len(front_designs) <= 10  # else numbers, as in report.md
     fig, ax = plt.subplots(figsize=(6.8, 4.6))
     for on_front in (False, True):
         group = [j for j in with_energy if (id(j) in front) == on_front]
@@ -725,7 +738,8 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
             color="tab:red" if on_front else "0.55",
             capsize=2,
             label=(
-                f"Pareto-optimal ({len(group)}" + (")" if inline else "; numbered in report.md)")
+                f"Pareto-optimal ({len(front_designs)}"
+                + (")" if inline else "; numbered in report.md)")
                 if on_front
                 else "dominated"
             ),
@@ -742,7 +756,7 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
             linewidth=1,
         )
     top = max(metric(j.results, ENERGY) for j in with_energy)
-    for number, job in enumerate(ordered, 1):
+    for number, (job, _) in enumerate(front_designs, 1):
         text = _design(job, design_keys) if inline else str(number)
         energy = metric(job.results, ENERGY)
         left = inline and energy > 0.6 * top  # right of the axes' middle: label to the left
@@ -758,7 +772,12 @@ def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str]
             )
     energies = [metric(j.results, ENERGY) for j in with_energy]
     if min(energies) > 0 and max(energies) / min(energies) > 20:
-        ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, LogLocator
+
+        ax.set_xscale("log")  # plain numbers at 1, 2, 5 x 10^k, not powers of ten
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     _reference_line(ax, with_energy)
     ax.set_xlabel(f"energy per sample ({unit})")
     _accuracy_axis(ax, [100 * j.accuracy for j in with_energy], _accuracy_name(with_energy))
