@@ -312,3 +312,16 @@ def test_a_train_sweep_reports_validation_accuracy(tmp_path):
         "| val top-1 |" in rep.markdown.read_text()
         and "| 0.05 | 95.00 |" in rep.markdown.read_text()
     )
+
+
+def test_a_design_run_twice_is_listed_once_in_the_pareto_set(tmp_path):
+    """An Optuna search may draw one design twice (results.json and results-1.json)."""
+    run = make_job(tmp_path, {"macro.adc_bits": 6}, **results(0.5, energy=100.0))
+    (run / "results-1.json").write_text(json.dumps(results(0.5, energy=100.0)))
+    make_job(tmp_path, {"macro.adc_bits": 8}, **results(0.9, energy=300.0))
+    rep = report.write_report([tmp_path])
+    assert len(rep.pareto) == 3  # both runs of adc_bits=6 are on the front
+    listed = [line for line in rep.markdown.read_text().splitlines() if line[:3] in ("1. ", "2. ")]
+    assert len(listed) == 2
+    assert listed[0].startswith("1. adc_bits=6: 50.00 % at 100 pJ") and ", 2 runs)" in listed[0]
+    assert listed[1].startswith("2. adc_bits=8: 90.00 % at 300 pJ") and "runs" not in listed[1]
