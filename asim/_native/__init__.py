@@ -46,7 +46,7 @@ def _parse_header(text: str) -> tuple[dict[str, int], dict[str, list[tuple[str, 
     structs = {}
     for m in re.finditer(r"^#define ASIM_(\w+)_FIELDS\(X\)", text, re.M):
         block = text[m.end() :].split("\n\n", 1)[0]
-        structs[m.group(1)] = re.findall(r"X\((ptr|i32|i64|u64), (\w+),", block)
+        structs[m.group(1)] = re.findall(r"X\((ptr|i32|i64|u64|f32), (\w+),", block)
     return consts, structs
 
 
@@ -58,6 +58,7 @@ _CTYPES = {
     "i32": ctypes.c_int32,
     "i64": ctypes.c_int64,
     "u64": ctypes.c_uint64,
+    "f32": ctypes.c_float,
 }
 
 

@@ -7,11 +7,10 @@
  *   2. counts: the column MAC of every (weight bit, activation bit) pair of a tile is the
  *      popcount of (activation word AND weight word), summed over the tile's words (int32);
  *   3. epilogue: per (weight bit, cycle) the integer cycle count m is converted as the
- *      plan says (engine.h ASIM_CYC_*): a noise-free ADC is one lookup value_by_count[c][m]
- *      (the spec's chain of §4.1/§8.1, tabulated by the Python side for every count), a
- *      noisy conversion draws its code from the exact code table with one 32-bit uniform of
- *      the counter-based stream (sampling.h) and looks up its value, a voted one draws K
- *      codes and keeps the mode. The float32 shift-and-add follows the spec's order (tile,
+ *      plan says (engine.h ASIM_CYC_*): a noise-free ADC runs the spec's float32 chain of
+ *      §4.1/§8.1 (the torch backend tabulates the same chain for every count), a noisy
+ *      conversion draws its code from the exact code table with one 32-bit uniform of the
+ *      counter-based stream (sampling.h), a voted one draws K codes and keeps the mode. The float32 shift-and-add follows the spec's order (tile,
  *      then weight bit, then cycle, descending), as the torch backend does.
  * Every float step is a single IEEE float32 operation: build with -ffp-contract=off and
  * without -ffast-math. Threads (pthreads) split the rows for packing, then take (row block,
@@ -21,6 +20,7 @@
  * With AVX-512 (F, BW, DQ, VPOPCNTDQ) the pack and count loops use intrinsics; otherwise
  * portable C gives the same bits.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -224,7 +224,12 @@ typedef struct {
     int64_t next;         /* work counter (atomic) */
 } ctx_t;
 
-/* The cycle sequence of one tile on its counts, accumulated into y[MB] (spec order). */
+/* The cycle sequence of one tile on its counts, accumulated into y[MB] (spec order).
+ * A noise-free ADC evaluates the spec's float32 chain (§4.1 steps 2-5, §8.1): the same
+ * single operations, in the same order, with which the Python side tabulates
+ * value_by_count for the torch backend, so both give the same bits; with cyc_qmul[c] != 0
+ * the code is rne(m * fl(A/F)), which the Python side verified for every count. A drawn
+ * code k converts to fl(fl(k/A) * F) (value_by_code). */
 static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], const uint64_t *ek,
                           float *y) {
     const asim_run *R = X->R;
@@ -232,16 +237,19 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], cons
     const int32_t *nbits = (const int32_t *)R->cyc_nbits, *allbits = (const int32_t *)R->cyc_bits;
     const float *coef = (const float *)R->coef;
     const uint8_t *mode = (const uint8_t *)R->mode;
-    const float *const *vcount = (const float *const *)R->value_by_count;
-    const float *const *vcode = (const float *const *)R->value_by_code;
+    const float *fs = (const float *)R->cyc_fs, *qmuls = (const float *)R->cyc_qmul;
+    const uint8_t *lates = (const uint8_t *)R->cyc_late;
     const asim_code_table *tables = (const asim_code_table *)R->tables;
     const asim_bucket_table *buckets = (const asim_bucket_table *)R->buckets;
+    const float A = R->adc_levels, invA = 1.0f / A, alpha = R->alpha;
+    const int rec = R->reciprocal;
     int32_t mc[MB];
     for (int32_t i = R->w - 1; i >= 0; --i) {
         for (int32_t c = ncyc - 1; c >= 0; --c) {
             const int32_t nb = nbits[c];
             const int32_t *bits = allbits + (int64_t)c * ASIM_MAXBITS;
             const float k = coef[i * ncyc + c];
+            const float F = fs[c], invF = 1.0f / F;
             const int32_t *c0 = cnt[i * x + bits[0]];
             for (int t = 0; t < MB; ++t) mc[t] = c0[t];
             for (int32_t b = 1; b < nb; ++b) {
@@ -252,12 +260,28 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], cons
             if (md == ASIM_CYC_EXACT) {
                 for (int t = 0; t < MB; ++t) y[t] = y[t] + k * (float)mc[t];
             } else if (md == ASIM_CYC_ADC) {
-                const float *v = vcount[c];
-                for (int t = 0; t < MB; ++t) y[t] = y[t] + k * v[mc[t]];
+                const float qmul = qmuls[c];
+                const int late = lates[c];
+                if (qmul != 0.0f) {
+                    for (int t = 0; t < MB; ++t) {
+                        const float q = nearbyintf((float)mc[t] * qmul);
+                        y[t] = y[t] + k * ((q / A) * F);
+                    }
+                } else { /* clamps as max/min: the operands are never NaN or -0 */
+                    for (int t = 0; t < MB; ++t) {
+                        float m = (float)mc[t];
+                        if (alpha != 0.0f && !late) m = m / (m * alpha + 1.0f);
+                        float a = rec ? m * invF : m / F;
+                        a = a > 0.0f ? a : 0.0f;
+                        a = a < 1.0f ? a : 1.0f;
+                        if (alpha != 0.0f && late) a = a / (a * alpha + 1.0f);
+                        const float q = nearbyintf(a * A);
+                        y[t] = y[t] + k * ((rec ? q * invA : q / A) * F);
+                    }
+                }
             } else {
                 const asim_code_table *tab = tables + c;
                 const asim_bucket_table *bt = buckets ? buckets + c : NULL;
-                const float *v = vcode[c];
                 const uint64_t draw = ((uint64_t)(tile * R->w + i) * (uint64_t)ncyc + (uint64_t)c) *
                                       (uint64_t)K;
                 uint32_t u[MB];
@@ -276,7 +300,10 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], cons
                         q[t] = asim_vote(codes, K);
                     }
                 }
-                for (int t = 0; t < MB; ++t) y[t] = y[t] + k * v[q[t]];
+                for (int t = 0; t < MB; ++t) {
+                    const float qf = (float)q[t];
+                    y[t] = y[t] + k * ((rec ? qf * invA : qf / A) * F);
+                }
             }
         }
     }

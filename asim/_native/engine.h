@@ -5,7 +5,7 @@
  * follow; engine.c also reports sizeof(asim_run), which Python checks on load.
  *
  * The same holds for ASIM_BUCKET_FIELDS (`asim_bucket_table`, one per noisy cycle).
- * Field types: ptr (const void *), i32 (int32_t), i64 (int64_t), u64 (uint64_t).
+ * Field types: ptr (const void *), i32 (int32_t), i64 (int64_t), u64 (uint64_t), f32 (float).
  */
 #ifndef ASIM_ENGINE_H
 #define ASIM_ENGINE_H
@@ -51,8 +51,12 @@
     X(ptr, cyc_bits, "int32 [ncyc][ASIM_MAXBITS] the bits of each cycle, ascending")        \
     X(ptr, coef, "float32 [w][ncyc] signed power-of-two weight of each conversion")         \
     X(ptr, mode, "uint8 [w][ncyc] ASIM_CYC_* of each conversion")                           \
-    X(ptr, value_by_count, "float32 *[ncyc]: noise-free ADC value of every count 0..F_c")   \
-    X(ptr, value_by_code, "float32 *[ncyc]: value fl(fl(k/A)*F_c) of every code 0..A")      \
+    X(ptr, cyc_fs, "float32 [ncyc] full scale F_c of each cycle, in counts")                \
+    X(ptr, cyc_qmul, "float32 [ncyc] fl(A/F_c) where rne(m*qmul) gives every ADC code, or 0") \
+    X(ptr, cyc_late, "uint8 [ncyc] 1: compress after the noise (Q28 sign cycle)")           \
+    X(f32, adc_levels, "A = 2^adc_bits - 1")                                                \
+    X(f32, alpha, "current-domain compression (0: off)")                                    \
+    X(i32, reciprocal, "1: divide by float32 reciprocals (MacroConfig.division, Q10)")      \
     X(ptr, tables, "asim_code_table [ncyc] (sampling.h), or NULL when noise-free")          \
     X(ptr, buckets, "asim_bucket_table [ncyc] (entry NULL: use tables), or NULL")           \
     X(i32, votes, "conversions per voted cycle (K)")                                        \
@@ -79,6 +83,7 @@
 #define ASIM_C_i32 int32_t
 #define ASIM_C_i64 int64_t
 #define ASIM_C_u64 uint64_t
+#define ASIM_C_f32 float
 #define ASIM_FIELD(type, name, doc) ASIM_C_##type name;
 typedef struct {
     ASIM_RUN_FIELDS(ASIM_FIELD)

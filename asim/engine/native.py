@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .._native import CONST, BucketTable, RunArgs, engine_lib
 from .operands import Patches
+from .plan import code_multiplier
 
 __all__ = ["NativeBackend", "available"]
 
@@ -158,11 +159,18 @@ class NativeBackend:
             "bits": bits,
             "coef": torch.tensor(plan.coef, dtype=torch.float32),
             "mode": torch.tensor(plan.mode, dtype=torch.uint8),
-            "vcount": [plan.value_by_count(c, top).contiguous() for c in range(ncyc)],
-            "vcode": [plan.value_by_code(c).contiguous() for c in range(ncyc)],
+            "fs": torch.tensor(plan.full_scale, dtype=torch.float32),
+            "qmul": torch.tensor(
+                [
+                    code_multiplier(f, macro.adc_levels, top)
+                    if not (plan.alpha or plan.reciprocal)
+                    else 0.0
+                    for f in plan.full_scale
+                ],
+                dtype=torch.float32,
+            ),
+            "late": torch.tensor([plan.late(c) for c in range(ncyc)], dtype=torch.uint8),
         }
-        vcount = (ctypes.c_void_p * ncyc)(*[t.data_ptr() for t in keep["vcount"]])
-        vcode = (ctypes.c_void_p * ncyc)(*[t.data_ptr() for t in keep["vcode"]])
         tables = buckets = None
         if plan.noisy:
             tabs = [plan.code_table(c) for c in range(ncyc)]
@@ -171,7 +179,7 @@ class NativeBackend:
             keep["code_tables"] = tabs
             keep["buckets"] = [bucket_table(t) for t in tabs]
             buckets = (BucketTable * ncyc)(*[_bucket_struct(b) for b in keep["buckets"]])
-        self._keep, self._arrays = keep, (vcount, vcode, tables, buckets)
+        self._keep, self._arrays = keep, (tables, buckets)
         self.wpad = -(-self.wb // _IB) * _IB
         self.args = RunArgs(
             ntiles=len(tiles),
@@ -185,8 +193,12 @@ class NativeBackend:
             cyc_bits=bits.data_ptr(),
             coef=keep["coef"].data_ptr(),
             mode=keep["mode"].data_ptr(),
-            value_by_count=ctypes.cast(vcount, ctypes.c_void_p),
-            value_by_code=ctypes.cast(vcode, ctypes.c_void_p),
+            cyc_fs=keep["fs"].data_ptr(),
+            cyc_qmul=keep["qmul"].data_ptr(),
+            cyc_late=keep["late"].data_ptr(),
+            adc_levels=float(macro.adc_levels),
+            alpha=plan.alpha,
+            reciprocal=int(plan.reciprocal),
             tables=None if tables is None else ctypes.cast(tables, ctypes.c_void_p),
             buckets=None if buckets is None else ctypes.cast(buckets, ctypes.c_void_p),
             votes=plan.votes,

@@ -108,6 +108,19 @@ def adc_value_table(
 
 
 @functools.lru_cache(maxsize=256)
+def code_multiplier(full_scale: int, adc_levels: int, top: int) -> float:
+    """``fl(A/F)`` if the native kernel's shortcut ``fl(fl(rne(m * fl(A/F)) / A) * F)`` equals
+    the spec's noise-free value (:func:`adc_value_table`, no compression, IEEE division) for
+    every count ``m`` in ``[0, top]`` (checked exhaustively), else 0: one division fewer
+    per conversion."""
+    m = torch.arange(top + 1, dtype=torch.float32)
+    mul = (torch.tensor(float(adc_levels)) / torch.tensor(float(full_scale))).item()
+    fast = (m * mul).round_().div_(adc_levels).mul_(full_scale)
+    want = adc_value_table(full_scale, adc_levels, False, 0.0, False, max(top, full_scale))
+    return mul if torch.equal(fast, want[: top + 1]) else 0.0
+
+
+@functools.lru_cache(maxsize=256)
 def code_value_table(full_scale: int, adc_levels: int, reciprocal: bool) -> Tensor:
     """Output ``fl(fl(k/A) * F)`` of every ADC code ``k = 0..A`` (float32, CPU), spec §4.1."""
     q = torch.arange(adc_levels + 1, dtype=torch.float32)
