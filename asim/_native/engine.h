@@ -23,7 +23,7 @@
 #define ASIM_KIND_I8 2    /* one byte: uint8, or int8 holding <= 8 bits */
 
 /* What one (weight bit, cycle) conversion does (the plan's `mode`, spec §4.1, §6, §8.2). */
-#define ASIM_CYC_ADC 0    /* noise-free ADC: value_by_count[c][m] */
+#define ASIM_CYC_ADC 0    /* noise-free ADC: the spec chain on the count */
 #define ASIM_CYC_EXACT 1  /* digital exact cycle: the count itself (hybrid_exact, Q4) */
 #define ASIM_CYC_NOISY 2  /* one code drawn from the cycle's code table */
 #define ASIM_CYC_VOTED 3  /* `votes` codes drawn, the most frequent kept (ties: smallest) */

@@ -3,18 +3,17 @@
 A :class:`Plan` is built once per engine call from the macro and the noise: which activation
 bits each cycle applies, the signed power-of-two weight of every (weight bit, cycle)
 conversion, what that conversion does (:data:`ADC`, :data:`EXACT`, :data:`NOISY`,
-:data:`VOTED`; the same codes as the C kernel's ``ASIM_CYC_*``), and per cycle the tables both
-backends convert with:
+:data:`VOTED`; the same codes as the C kernel's ``ASIM_CYC_*``), and per cycle:
 
 * ``value_by_count[c][m]``: the noise-free ADC output of integer count ``m``: the spec's
   float32 chain ``fl(fl(rne(fl(m'/F) * A) / A) * F)`` with ``m'`` the compressed count
-  (§8.1), evaluated once for every count, so a conversion is one lookup;
+  (§8.1), evaluated once for every count (the torch backend converts by lookup; the C
+  kernel evaluates the same single operations in the same order, which is faster there);
 * ``value_by_code[c][k]``: the output ``fl(fl(k/A) * F)`` of ADC code ``k``;
 * ``code_table(c)``: the exact distribution of the noisy code of every count
   (:func:`asim.noise.code_table`), sampled with one 32-bit uniform.
 
-Both backends read the same tables and accumulate in the spec's order, so they agree bit
-for bit.
+Both backends accumulate in the spec's order, so they agree bit for bit.
 """
 
 from __future__ import annotations
