@@ -54,18 +54,60 @@ class Patches:
     unfolded input without the copy. The native CPU engine reads the codes in place
     (``X[m, r]`` is at ``view.data_ptr()`` plus ``row_offset[m] + col_offset[r]`` elements);
     the other paths call :meth:`materialize`. ``source`` optionally names the conv.
+    :meth:`lazy` defers building the view until a backend needs it (the exact shortcut
+    runs the conv on ``source`` and never does).
     """
 
     def __init__(self, view: Tensor, row_dims: int, source: ConvSource | None = None):
-        self.view = view
+        self._view, self._row_dims, self._factory = view, row_dims, None
         self.source = source
-        sizes, strides = view.shape, view.stride()
-        self.row_offset = _offsets(sizes[:row_dims], strides[:row_dims], view.device)
-        self.col_offset = _offsets(sizes[row_dims:], strides[row_dims:], view.device)
-        self.shape = (self.row_offset.numel(), self.col_offset.numel())
+        self.shape = (
+            int(torch.Size(view.shape[:row_dims]).numel()),
+            int(torch.Size(view.shape[row_dims:]).numel()),
+        )
+        self._offsets: tuple[Tensor, Tensor] | None = None
+
+    @classmethod
+    def lazy(
+        cls,
+        shape: tuple[int, int],
+        factory: Callable[[], tuple[Tensor, int]],
+        source: ConvSource | None = None,
+    ) -> Patches:
+        """Patches of ``shape`` whose ``(view, row_dims)`` ``factory()`` builds on first use."""
+        self = cls.__new__(cls)
+        self._view, self._row_dims, self._factory = None, 0, factory
+        self.source, self.shape, self._offsets = source, tuple(shape), None
+        return self
+
+    @property
+    def view(self) -> Tensor:
+        if self._view is None:
+            self._view, self._row_dims = self._factory()
+        return self._view
+
+    @property
+    def row_offset(self) -> Tensor:
+        return self._offset_pair()[0]
+
+    @property
+    def col_offset(self) -> Tensor:
+        return self._offset_pair()[1]
+
+    def _offset_pair(self) -> tuple[Tensor, Tensor]:
+        if self._offsets is None:
+            view, d = self.view, self._row_dims
+            sizes, strides = view.shape, view.stride()
+            self._offsets = (
+                _offsets(sizes[:d], strides[:d], view.device),
+                _offsets(sizes[d:], strides[d:], view.device),
+            )
+        return self._offsets
 
     @property
     def device(self) -> torch.device:
+        if self._view is None and self.source is not None:
+            return self.source.x.device
         return self.view.device
 
     def materialize(self) -> Tensor:

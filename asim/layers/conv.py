@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConvTiling, MacroConfig, NoiseConfig
-from ..engine import ConvSource, Patches, compact_codes
+from ..engine import ConvSource, NoiseStream, Patches, compact_codes
 from .base import ACiMLayer
 
 __all__ = ["ACiMConv2d", "conv_tiles"]
@@ -40,22 +40,29 @@ def conv_tiles(
     return tiles, dropped
 
 
-def _patches(x: Tensor, kernel, stride, pad, dilation, out_hw) -> Patches:
+def _patches(x: Tensor, kernel, stride, pad, dilation, out_hw, bits: int, signed: bool) -> Patches:
     """Input patches as a ``(B*Ho*Wo, C*kh*kw)`` matrix, columns in channel-major kernel order
-    (the order of ``F.unfold`` and of ``weight.reshape(O, -1)``), as a strided view: the
-    native engine reads it in place, the other paths copy it once. The view names its conv,
-    so the engine's exact shortcut can run as a conv."""
+    (the order of ``F.unfold`` and of ``weight.reshape(O, -1)``), as a strided view of the
+    compact codes, built only if a backend needs it: the native engine reads it in place,
+    the other paths copy it once. The patches name their conv, so the engine's exact
+    shortcut runs as a conv on ``x`` instead."""
     source = ConvSource(x, tuple(kernel), tuple(stride), tuple(pad), tuple(dilation))
-    if pad[0] or pad[1]:
-        x = F.pad(x, (pad[1], pad[1], pad[0], pad[0]))
-    x = x.contiguous()
-    B, C = x.shape[:2]
-    sb, sc, sh, sw = x.stride()
-    view = x.as_strided(
-        (B, *out_hw, C, *kernel),
-        (sb, sh * stride[0], sw * stride[1], sc, sh * dilation[0], sw * dilation[1]),
-    )
-    return Patches(view, row_dims=3, source=source)
+
+    def view() -> tuple[Tensor, int]:
+        xc = compact_codes(x, bits, signed)
+        if pad[0] or pad[1]:
+            xc = F.pad(xc, (pad[1], pad[1], pad[0], pad[0]))
+        xc = xc.contiguous()
+        B, C = xc.shape[:2]
+        sb, sc, sh, sw = xc.stride()
+        strided = xc.as_strided(
+            (B, *out_hw, C, *kernel),
+            (sb, sh * stride[0], sw * stride[1], sc, sh * dilation[0], sw * dilation[1]),
+        )
+        return strided, 3
+
+    rows = x.shape[0] * out_hw[0] * out_hw[1]
+    return Patches.lazy((rows, x.shape[1] * kernel[0] * kernel[1]), view, source)
 
 
 class ACiMConv2d(ACiMLayer, nn.Conv2d):
@@ -182,14 +189,14 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         samples = self._batch_samples(B, x_int.device)
         stream = self._stream(samples, L)
         acc = torch.empty(B, L, O, dtype=torch.float32, device=x_int.device)
-        x_int = compact_codes(x_int, self.macro.input_bits, self.signed_input)
         step = max(1, _UNFOLD_BUDGET // max(1, L * R))
+        bits, signed = self.macro.input_bits, self.signed_input
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
             cols = _patches(
-                x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation, (Ho, Wo)
+                x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation, (Ho, Wo), bits, signed
             )  # (b*L, R)
-            part = type(stream)(stream.key, samples[b0:b1], L)
+            part = NoiseStream(stream.key, samples[b0:b1], L)
             acc[b0:b1] = self._mvm(cols, prog, tiles=tiles, cell_noise=cells, stream=part).view(
                 b1 - b0, L, O
             )
