@@ -55,19 +55,25 @@ static inline void draw_codes(const asim_bucket_table *bt, const asim_code_table
     }
     const int32_t *entry = (const int32_t *)bt->entry;
     const int32_t bits = bt->bits, sh = 32 - bt->bits, m0 = bt->m_min;
-    int32_t at[MB];
+    int32_t at[MB], ev[MB];
     int32_t any = 0;
     for (int t = 0; t < MB; ++t) {
         at[t] = ((mc[t] - m0) << bits) + (int32_t)(u[t] >> sh);
-        const int32_t e = entry[at[t]];
-        q[t] = e & 0xFFFFFF;
-        any |= e;
+        ev[t] = entry[at[t]];
+        q[t] = ev[t] & 0xFFFFFF;
+        any |= ev[t];
     }
-    if (any >> 24) {
+    if (any >> 24) { /* the few lanes whose bucket holds thresholds count them */
         const int32_t *jstart = (const int32_t *)bt->jstart;
         const uint32_t *thr = (const uint32_t *)bt->thr;
+        int32_t lanes[MB], nl = 0;
         for (int t = 0; t < MB; ++t) {
-            const int32_t n = entry[at[t]] >> 24;
+            lanes[nl] = t;
+            nl += (ev[t] >> 24) != 0;
+        }
+        for (int32_t j = 0; j < nl; ++j) {
+            const int t = lanes[j];
+            const int32_t n = ev[t] >> 24;
             const uint32_t *th = thr + jstart[at[t]];
             for (int32_t k = 0; k < n; ++k) q[t] += u[t] >= th[k];
         }
@@ -300,9 +306,10 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], cons
                         q[t] = asim_vote(codes, K);
                     }
                 }
-                for (int t = 0; t < MB; ++t) {
-                    const float qf = (float)q[t];
-                    y[t] = y[t] + k * ((rec ? qf * invA : qf / A) * F);
+                if (rec) {
+                    for (int t = 0; t < MB; ++t) y[t] = y[t] + k * (((float)q[t] * invA) * F);
+                } else {
+                    for (int t = 0; t < MB; ++t) y[t] = y[t] + k * (((float)q[t] / A) * F);
                 }
             }
         }
