@@ -25,6 +25,7 @@ from torch import nn
 
 from asim import acim_modules, resample_noise, set_mode, set_sample_index
 from asim.cost import CostConfig, estimate_cost
+from asim.engine import backends_used, describe_backends, reset_backends_used
 
 from .config import (
     build_datamodule,
@@ -149,6 +150,7 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     sim_runs: list[dict[str, Any]] = []
     used = layer_macros(acim_model)
     sensitivity: list[dict[str, Any]] | None = [] if opts.sensitivity else None
+    sim_backends: set[str] = set()
 
     def results(complete: bool) -> dict[str, Any]:
         res = _collect_results(
@@ -157,6 +159,8 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
         res.update(costs)
         res["sensitivity"] = sensitivity
         res["summary"]["cost_preset"] = None if cost is None else cost.name
+        # the engine backend(s) of the simulated passes (asim.engine.describe_backends)
+        res["summary"]["backend"] = describe_backends(sim_backends, trainer.strategy.root_device)
         res["complete"] = complete
         res["seconds"] = time.perf_counter() - t_start
         return res
@@ -204,7 +208,9 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
         module.log_prefix = "sim"
         for r in range(repeats if stochastic else 1):
             resample_noise(acim_model, int(cfg.seed) + r)
+            reset_backends_used()
             sim_runs.append(run(module, f"simulate (seed {int(cfg.seed) + r})"))
+            sim_backends |= backends_used()
             if not stochastic:
                 if repeats > 1:
                     log.info(

@@ -15,7 +15,9 @@ noise off, without its per-cycle loop. The package, in reading order:
   (``asim.engine.core.CHUNK_ELEMENTS`` partial sums per chunk);
 * :mod:`~asim.engine.native` (the C kernel, ``asim/_native/engine.c``) and
   :mod:`~asim.engine.torch_backend` (portable reference, CUDA): one small interface,
-  ``run_chunk(x, batch, rows, y)``, chosen once per call; identical bits;
+  ``run_chunk(x, batch, rows, y)``, chosen once per call; identical bits; and
+  :mod:`asim._triton` (one fused Triton kernel, CUDA). ``ASIM_BACKEND=native|torch|triton``
+  forces one (:mod:`~asim.engine.core` lists the rules);
 * :mod:`~asim.engine.weight_parallel`: the W4A4 weight-parallel mode (spec §8.3).
 
 Noise is a counter-based stream (:mod:`asim.rng`): each conversion's code is drawn from its
@@ -24,12 +26,20 @@ function of (call key, sample, position, output column, draw number), so results
 depend on the backend, thread count, chunk size or batch composition.
 """
 
-from .core import acim_matmul
+from .core import (
+    BACKENDS,
+    acim_matmul,
+    backends_used,
+    describe_backends,
+    forced_backend,
+    reset_backends_used,
+)
 from .operands import ConvSource, NoiseStream, Patches, ProgrammedArray, compact_codes
 from .plan import Cycle, Plan, activation_cycles, build_plan, linear_tiles
 from .shortcut import exact_product, shortcut_applies
 
 __all__ = [
+    "BACKENDS",
     "ConvSource",
     "Cycle",
     "NoiseStream",
@@ -38,9 +48,13 @@ __all__ = [
     "ProgrammedArray",
     "acim_matmul",
     "activation_cycles",
+    "backends_used",
     "build_plan",
     "compact_codes",
+    "describe_backends",
     "exact_product",
+    "forced_backend",
     "linear_tiles",
+    "reset_backends_used",
     "shortcut_applies",
 ]

@@ -2,21 +2,39 @@
 
 1. build the :class:`~asim.engine.plan.Plan` once (cycles, conversions, noise model);
 2. if the plan is lossless, try the exact shortcut (:mod:`asim.engine.shortcut`);
-3. otherwise choose the backend once (native C on CPU where it can run, else torch) and run
-   it over chunks of rows, so memory stays bounded whatever the batch size. Every random
-   draw is addressed by the call's :class:`~asim.engine.operands.NoiseStream`, so neither
-   the backend nor the chunking nor the thread count changes a bit of the result.
+3. otherwise choose the backend once (:func:`select_backend`) and run it over chunks of
+   rows, so memory stays bounded whatever the batch size. Every random draw is addressed by
+   the call's :class:`~asim.engine.operands.NoiseStream`, so neither the backend nor the
+   chunking nor the thread count changes a bit of the result.
+
+Backends (identical bits; the choice only changes speed):
+
+* CPU tensors: ``native`` (the C kernel, ``asim/_native/engine.c``, built on first use)
+  where it can run, else ``torch``;
+* CUDA tensors: ``triton`` (one fused kernel, :mod:`asim._triton`) when triton is
+  installed, else ``torch``;
+* ``ASIM_BACKEND=native|torch|triton`` (environment, read at every call) forces one; a
+  forced backend that cannot run a call fails with one line naming the fix. ``triton`` on
+  CPU tensors runs under the Triton interpreter (``TRITON_INTERPRET=1`` set before Python
+  starts; slow, for tests). Calls with weight-cell variation (``noise.cell_sigma``) run on
+  ``native`` or ``torch``; the weight-parallel mode (``macro.weight_parallel``) is its own
+  torch path.
+
+The lossless, noise-free exact shortcut is taken whatever the backend. The backends that
+ran are recorded per process: :func:`backends_used` (reset with :func:`reset_backends_used`),
+summarised by :func:`describe_backends` (``summary.backend`` of ``results.json``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .. import rng
+from .. import _triton, rng
 from ..config import MacroConfig, NoiseConfig
 from . import native
 from .operands import NoiseStream, Patches, ProgrammedArray
@@ -25,7 +43,28 @@ from .shortcut import try_shortcut
 from .torch_backend import TorchBackend
 from .weight_parallel import weight_parallel
 
-__all__ = ["CHUNK_ELEMENTS", "acim_matmul"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
+    "CHUNK_ELEMENTS",
+    "acim_matmul",
+    "backends_used",
+    "describe_backends",
+    "forced_backend",
+    "reset_backends_used",
+    "select_backend",
+]
+
+BACKENDS = ("native", "torch", "triton")
+"""The engine's backends, the values of ``ASIM_BACKEND``."""
+
+BACKEND_ENV = "ASIM_BACKEND"
+"""The environment variable that forces a backend (unset or empty: the default choice)."""
+
+EXACT = "exact"
+"""What :func:`backends_used` records for a call answered by the exact shortcut."""
+
+_USED: set[str] = set()
 
 CHUNK_ELEMENTS = 1 << 22
 """Partial sums handled per chunk (4 Mi float32 = 16 MiB per temporary)."""
@@ -48,9 +87,107 @@ class Job:
     device: torch.device
 
 
+def forced_backend() -> str | None:
+    """``ASIM_BACKEND`` (one of :data:`BACKENDS`), or None when unset or empty."""
+    value = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in BACKENDS:
+        raise ValueError(
+            f"{BACKEND_ENV}={os.environ[BACKEND_ENV]!r} is not a backend: use one of "
+            f"{', '.join(BACKENDS)} (or unset it for the default choice)"
+        )
+    return value
+
+
+def device_backend(device: torch.device) -> str:
+    """The backend calls on ``device`` get: ``ASIM_BACKEND`` if set (checked that it can run
+    on ``device``), else native (CPU, where the C library builds) or triton (CUDA, where
+    triton is installed), else torch."""
+    forced = forced_backend()
+    kind = torch.device(device).type
+    if forced == "native":
+        if kind != "cpu":
+            raise ValueError(
+                f"{BACKEND_ENV}=native runs on CPU tensors only (this call is on {kind}): "
+                "use ASIM_BACKEND=triton or torch"
+            )
+        if native.engine_lib() is None:
+            raise ValueError(
+                f"{BACKEND_ENV}=native: the C kernel did not build (see the warning above; "
+                "a C compiler is needed): install one or use ASIM_BACKEND=torch"
+            )
+    elif forced == "triton" and not _triton.available(device):
+        if not _triton.importable():
+            fix = "install triton (it ships with the CUDA torch wheel) or use ASIM_BACKEND=torch"
+        elif kind == "cpu":
+            fix = "TRITON_INTERPRET=1 set before Python starts (slow, for tests)"
+        else:
+            fix = "a CUDA device (or CPU tensors with TRITON_INTERPRET=1)"
+        raise ValueError(f"{BACKEND_ENV}=triton on {kind} needs {fix}")
+    if forced is not None:
+        return forced
+    if kind == "cuda":
+        return "triton" if _triton.available(device) else "torch"
+    return "native" if kind == "cpu" and native.engine_lib() is not None else "torch"
+
+
 def select_backend(job: Job):
-    """The backend of one call: the native kernel where it can run, else torch."""
-    return native.NativeBackend(job) if native.available(job) else TorchBackend(job)
+    """The backend of one call: :func:`device_backend`'s choice where it can run this call
+    (a forced one fails in one line where it cannot), else torch."""
+    from .._triton import backend as triton_backend
+
+    name = device_backend(job.device)
+    forced = forced_backend() is not None
+    if name == "native":
+        if native.available(job):
+            return native.NativeBackend(job)
+        if forced:
+            raise ValueError(_cannot("native", job))
+    elif name == "triton":
+        if triton_backend.available(job):
+            return triton_backend.TritonBackend(job)
+        if forced:
+            raise ValueError(_cannot("triton", job))
+    return TorchBackend(job)
+
+
+def _cannot(name: str, job: Job) -> str:
+    """Why backend ``name`` (which runs on the call's device) cannot run ``job``."""
+    macro = job.plan.macro
+    if job.cell_noise is not None:
+        why = "weight-cell variation (noise.cell_sigma)"
+        fix = "ASIM_BACKEND=torch" + (" or native" if name == "triton" else "")
+        return f"{BACKEND_ENV}={name}: {why} needs {fix}"
+    return (
+        f"{BACKEND_ENV}={name} cannot run this call (weight_bits={macro.weight_bits}, "
+        f"input_bits={macro.input_bits}, {job.plan.votes} votes): use ASIM_BACKEND=torch"
+    )
+
+
+def backends_used() -> frozenset[str]:
+    """The backends that ran engine calls in this process since :func:`reset_backends_used`
+    (names of :data:`BACKENDS`, plus ``"exact"`` for calls answered by the exact shortcut)."""
+    return frozenset(_USED)
+
+
+def reset_backends_used() -> None:
+    """Forget what :func:`backends_used` recorded (e.g. before a simulated pass)."""
+    _USED.clear()
+
+
+def describe_backends(used=None, device: torch.device | str = "cpu") -> str | None:
+    """One string for ``used`` (default :func:`backends_used`): the backends that ran the
+    cycle simulation joined by ``+`` (e.g. ``"native"``); ``"<backend> (exact shortcut)"``
+    when every call took the exact shortcut (the backend ``device`` would have used);
+    None when no engine call ran."""
+    used = backends_used() if used is None else set(used)
+    ran = sorted(used - {EXACT})
+    if ran:
+        return "+".join(ran)
+    if EXACT in used:
+        return f"{device_backend(torch.device(device))} (exact shortcut)"
+    return None
 
 
 def acim_matmul(
@@ -122,6 +259,8 @@ def acim_matmul(
     if exact_shortcut and plan.lossless() and cell_noise is None:
         y = try_shortcut(x3, w3, macro, signed_input, tiles)
         if y is not None:
+            device_backend(device)  # a forced backend that cannot run here still fails
+            _USED.add(EXACT)
             return y.reshape(*lead, M, O)
 
     random = plan.readout is not None or cell_noise is not None
@@ -139,6 +278,13 @@ def acim_matmul(
         )
 
     if macro.weight_parallel:
+        if forced_backend() not in (None, "torch"):
+            raise ValueError(
+                f"{BACKEND_ENV}={forced_backend()}: the weight-parallel mode "
+                "(macro.weight_parallel) runs on its own torch path: use ASIM_BACKEND=torch "
+                "or unset it"
+            )
+        _USED.add("torch")
         x = patches.materialize()[None] if patches is not None else x3
         ekeys = None
         if plan.readout is not None:
@@ -150,13 +296,20 @@ def acim_matmul(
         cell_noise = cell_noise.reshape(-1, rows, macro.weight_bits, O)
     job = Job(x3, w3, programmed, plan, tiles, cell_noise, key, sample, pos, O, device)
     backend = select_backend(job)
-    if isinstance(x3, Patches) and (
-        backend.name != "native" or native.in_place_kind(x3.view.dtype, macro.input_bits) is None
-    ):
-        job.x3 = x3 = x3.materialize()[None]  # only the native kernel reads patches in place
+    _USED.add(backend.name)
+    if isinstance(x3, Patches) and not _reads_in_place(backend.name, x3, macro.input_bits):
+        job.x3 = x3 = x3.materialize()[None]
     out = torch.empty(batch, M, O, dtype=torch.float32, device=device)  # every chunk writes
     _run(backend, x3, out)
     return out.reshape(*lead, M, O)
+
+
+def _reads_in_place(name: str, patches: Patches, input_bits: int) -> bool:
+    """Does backend ``name`` read ``patches`` in place? Triton gathers any dtype through
+    the offsets; native the dtypes its packer reads; torch only dense codes."""
+    if name == "triton":
+        return True
+    return name == "native" and native.in_place_kind(patches.view.dtype, input_bits) is not None
 
 
 def _run(backend, x3, out: Tensor) -> None:
