@@ -36,7 +36,15 @@ from asim import (  # noqa: E402
     NoiseConfig,
     resample_noise,
 )
-from asim.engine import NoiseStream, Patches, acim_matmul, build_plan, core  # noqa: E402
+from asim.engine import (  # noqa: E402
+    NoiseStream,
+    Patches,
+    acim_matmul,
+    backends_used,
+    build_plan,
+    core,
+    reset_backends_used,
+)
 
 from .golden import bits  # noqa: E402
 
@@ -65,28 +73,31 @@ def test_cases_under_the_interpreter():
 
 @pytest.fixture(params=["codes", "planes"])
 def backend(request, monkeypatch):
-    """Run ``fn`` once with the engine's own choice (native on CPU) and once with the
-    Triton backend; returns both results and how many calls reached the Triton kernel.
-    Both operand paths: bits cut from the codes in the kernel, or precomputed planes."""
+    """Run ``fn`` once with ``ASIM_BACKEND=native`` and once with ``ASIM_BACKEND=triton``;
+    returns both results and how many calls reached the Triton kernel (``run.patches``: for
+    each, whether it got a conv's :class:`Patches` rather than a dense matrix). Both operand
+    paths: bits cut from the codes in the kernel, or precomputed planes."""
     from asim._triton import backend as triton_backend
-    from asim._triton.backend import TritonBackend
 
     monkeypatch.setattr(triton_backend, "PLANES", request.param == "planes")
+    choose, jobs = core.select_backend, []
 
-    choose = core.select_backend
+    def spy(job):  # the engine's own choice, counted
+        chosen = choose(job)
+        jobs.append((chosen.name, isinstance(job.x3, Patches)))
+        return chosen
+
+    monkeypatch.setattr(core, "select_backend", spy)
 
     def run(fn):
-        monkeypatch.setattr(core, "select_backend", choose)
-        want = fn()
-        used = []
-
-        def select(job):
-            used.append(job)
-            return TritonBackend(job)
-
-        monkeypatch.setattr(core, "select_backend", select)
-        got = fn()
-        return want, got, len(used)
+        results = []
+        for name in ("native", "triton"):
+            monkeypatch.setenv("ASIM_BACKEND", name)
+            jobs.clear()
+            results.append(fn())
+            assert {used for used, _ in jobs} <= {name}
+        run.patches = [patches for _, patches in jobs]
+        return *results, len(jobs)
 
     return run
 
@@ -286,7 +297,7 @@ def test_conv_layer_equals_native(seed, noisy, backend):
             return layer(x)
 
     want, got, used = backend(forward)
-    assert used >= 1
+    assert used >= 1 and all(backend.patches)  # the layer's patches, read in place
     assert bits(got) == bits(want), macro
 
 
@@ -408,7 +419,8 @@ def test_availability_follows_device_and_interpreter(monkeypatch):
 
 @interpreted
 def test_backend_declines_weight_cell_variation(monkeypatch):
-    """Non-integer counts (cell variation) are not the kernel's: available() says so."""
+    """Non-integer counts (cell variation) are not the kernel's: available() says so, and
+    ``ASIM_BACKEND=triton`` fails in one line naming the backends that run them."""
     from asim._triton.backend import available
 
     layer = ACiMLinear(6, 2, macro=MacroConfig(adc_bits=4, nrow=4), noise=NoiseConfig(cell_sigma=2))
@@ -420,7 +432,8 @@ def test_backend_declines_weight_cell_variation(monkeypatch):
         return choose(job)
 
     monkeypatch.setattr(core, "select_backend", spy)
-    with torch.no_grad():
+    monkeypatch.setenv("ASIM_BACKEND", "triton")
+    with torch.no_grad(), pytest.raises(ValueError, match="needs ASIM_BACKEND=torch or native"):
         layer(torch.randn(3, 6))
     assert jobs == [False]
 
@@ -482,9 +495,9 @@ def test_cuda_triton_equals_cpu_native(seed, planes, monkeypatch):
     and array-scale shapes (several blocks, K loops, masks), noise off and on, both operand
     paths."""
     from asim._triton import backend as triton_backend
-    from asim._triton.backend import TritonBackend
 
     monkeypatch.setattr(triton_backend, "PLANES", planes)
+    monkeypatch.delenv("ASIM_BACKEND", raising=False)  # the defaults: native, triton
 
     rng, g = random.Random(900 + seed), torch.Generator().manual_seed(seed)
     signed = rng.random() < 0.5
@@ -500,10 +513,11 @@ def test_cuda_triton_equals_cpu_native(seed, planes, monkeypatch):
     noise = _noise(rng) if seed % 2 else None
     stream = NoiseStream(rng.getrandbits(64), torch.arange(B) + 17, M)
     kw = dict(macro=macro, signed_input=signed, noise=noise, stream=stream, exact_shortcut=False)
+    reset_backends_used()
     want = acim_matmul(x, w, **kw)
-    used = []
-    monkeypatch.setattr(core, "select_backend", lambda job: used.append(1) or TritonBackend(job))
+    assert backends_used() == {"native"}
+    reset_backends_used()
     got = acim_matmul(x.cuda().to(torch.uint8) if not signed and macro.input_bits <= 8
                       else x.cuda(), w.cuda(), **kw).cpu()  # fmt: skip
-    assert used == [1]
+    assert backends_used() == {"triton"}
     assert bits(got) == bits(want), (macro, noise)
