@@ -114,8 +114,9 @@ def device_backend(device: torch.device) -> str:
             )
         if native.engine_lib() is None:
             raise ValueError(
-                f"{BACKEND_ENV}=native: the C kernel did not build (see the warning above; "
-                "a C compiler is needed): install one or use ASIM_BACKEND=torch"
+                f"{BACKEND_ENV}=native: the C kernel is off (ASIM_NATIVE=0) or did not build "
+                "(see the warning above): unset ASIM_NATIVE, install a C compiler, or use "
+                "ASIM_BACKEND=torch"
             )
     elif forced == "triton" and not _triton.available(device):
         if not _triton.importable():
