@@ -50,6 +50,7 @@ __all__ = [
     "acim_matmul",
     "backends_used",
     "describe_backends",
+    "device_backend",
     "forced_backend",
     "reset_backends_used",
     "select_backend",
@@ -120,12 +121,12 @@ def device_backend(device: torch.device) -> str:
             )
     elif forced == "triton" and not _triton.available(device):
         if not _triton.importable():
-            fix = "install triton (it ships with the CUDA torch wheel) or use ASIM_BACKEND=torch"
+            need = "the triton package (it ships with the CUDA torch wheel; or ASIM_BACKEND=torch)"
         elif kind == "cpu":
-            fix = "TRITON_INTERPRET=1 set before Python starts (slow, for tests)"
+            need = "TRITON_INTERPRET=1 set before Python starts (slow, for tests)"
         else:
-            fix = "a CUDA device (or CPU tensors with TRITON_INTERPRET=1)"
-        raise ValueError(f"{BACKEND_ENV}=triton on {kind} needs {fix}")
+            need = "a CUDA device (or CPU tensors with TRITON_INTERPRET=1)"
+        raise ValueError(f"{BACKEND_ENV}=triton on {kind} needs {need}")
     if forced is not None:
         return forced
     if kind == "cuda":

@@ -81,7 +81,7 @@ def test_forced_triton_on_cpu_without_the_interpreter_names_the_fix(monkeypatch)
 def test_forced_triton_without_triton_installed(monkeypatch):
     monkeypatch.setattr(core._triton, "importable", lambda: False)
     monkeypatch.setenv("ASIM_BACKEND", "triton")
-    with pytest.raises(ValueError, match="install triton .* or use ASIM_BACKEND=torch"):
+    with pytest.raises(ValueError, match="needs the triton package .*ASIM_BACKEND=torch"):
         _used()
 
 
