@@ -39,25 +39,28 @@
 
 #define MB ASIM_MB
 #define IB ASIM_IB
+#define OB 4         /* outputs per epilogue block: OB*MB independent accumulation chains */
+#define NL (OB * MB) /* lanes of one epilogue block: lane ob*MB + t is (row t, output ob) */
+#define VT 64 /* codes per value table: ADCs of up to 6 bits look their values up */
 
 int32_t asim_simd(void) { return ACIM_AVX512; }
 int64_t asim_run_size(void) { return (int64_t)sizeof(asim_run); }
 int64_t asim_bucket_size(void) { return (int64_t)sizeof(asim_bucket_table); }
 
-/* The codes q[t] of MB conversions of counts mc[t] with uniforms u[t]: one lookup in the
+/* The codes q[t] of NL conversions of counts mc[t] with uniforms u[t]: one lookup in the
  * bucket table (the few lanes whose bucket holds thresholds count them), or, without a
  * bucket table, asim_sample_code. Loops are split so the compiler can vectorize them. */
 static inline void draw_codes(const asim_bucket_table *bt, const asim_code_table *tab,
                               const int32_t *mc, const uint32_t *u, int32_t *q) {
     if (bt == NULL || bt->entry == NULL) {
-        for (int t = 0; t < MB; ++t) q[t] = asim_sample_code(tab, mc[t], u[t]);
+        for (int t = 0; t < NL; ++t) q[t] = asim_sample_code(tab, mc[t], u[t]);
         return;
     }
     const int32_t *entry = (const int32_t *)bt->entry;
     const int32_t bits = bt->bits, sh = 32 - bt->bits, m0 = bt->m_min;
-    int32_t at[MB], ev[MB];
+    int32_t at[NL], ev[NL];
     int32_t any = 0;
-    for (int t = 0; t < MB; ++t) {
+    for (int t = 0; t < NL; ++t) {
         at[t] = ((mc[t] - m0) << bits) + (int32_t)(u[t] >> sh);
         ev[t] = entry[at[t]];
         q[t] = ev[t] & 0xFFFFFF;
@@ -66,8 +69,8 @@ static inline void draw_codes(const asim_bucket_table *bt, const asim_code_table
     if (any >> 24) { /* the few lanes whose bucket holds thresholds count them */
         const int32_t *jstart = (const int32_t *)bt->jstart;
         const uint32_t *thr = (const uint32_t *)bt->thr;
-        int32_t lanes[MB], nl = 0;
-        for (int t = 0; t < MB; ++t) {
+        int32_t lanes[NL], nl = 0;
+        for (int t = 0; t < NL; ++t) {
             lanes[nl] = t;
             nl += (ev[t] >> 24) != 0;
         }
@@ -84,15 +87,15 @@ static inline void draw_codes(const asim_bucket_table *bt, const asim_code_table
  * set, else asim_sample_code), so tests can compare them with the torch sampler. */
 void asim_draw_codes(const asim_bucket_table *bt, const asim_code_table *tab, const int32_t *m,
                      const uint32_t *u, int32_t *q, int64_t n) {
-    int32_t mm[MB], qq[MB];
-    uint32_t uu[MB];
-    for (int64_t s = 0; s < n; s += MB) {
-        for (int t = 0; t < MB; ++t) {
+    int32_t mm[NL], qq[NL];
+    uint32_t uu[NL];
+    for (int64_t s = 0; s < n; s += NL) {
+        for (int t = 0; t < NL; ++t) {
             mm[t] = s + t < n ? m[s + t] : m[0];
             uu[t] = s + t < n ? u[s + t] : u[0];
         }
         draw_codes(bt, tab, mm, uu, qq);
-        for (int t = 0; t < MB && s + t < n; ++t) q[s + t] = qq[t];
+        for (int t = 0; t < NL && s + t < n; ++t) q[s + t] = qq[t];
     }
 }
 
@@ -178,7 +181,7 @@ void acim_pack(const void *codes, int32_t kind, int64_t ld, int64_t m0, int64_t 
  * planes [wpad][nw].
  */
 static void tile_counts(const uint64_t *xp, const uint64_t *wo, int64_t nw, int64_t Mpad,
-                        int64_t mb, int32_t wpad, int32_t x, int32_t (*cnt)[MB]) {
+                        int64_t mb, int32_t wpad, int32_t x, int32_t (*cnt)[NL]) {
 #if ACIM_AVX512
     for (int32_t ib = 0; ib < wpad; ib += IB) {
         for (int32_t j = 0; j < x; ++j) {
@@ -225,18 +228,20 @@ typedef struct {
     uint64_t *xpk;        /* per tile: [x][nw_t][Mpad] */
     const int64_t *xoff;  /* word offset of each tile in xpk */
     int noisy;            /* any conversion draws a code */
+    float *vtab;          /* [ncyc][VT] value fl(fl(q/A)*F) of code q, or NULL (A >= VT) */
     int32_t nthreads;
     int64_t noc, ochunk, nitems;
     int64_t next;         /* work counter (atomic) */
 } ctx_t;
 
-/* The cycle sequence of one tile on its counts, accumulated into y[MB] (spec order).
+/* The cycle sequence of one tile on its counts, accumulated into y[NL] (spec order; the
+ * lanes are independent chains, so the adds of OB outputs overlap instead of waiting).
  * A noise-free ADC evaluates the spec's float32 chain (§4.1 steps 2-5, §8.1): the same
  * single operations, in the same order, with which the Python side tabulates
  * value_by_count for the torch backend, so both give the same bits; with cyc_qmul[c] != 0
  * the code is rne(m * fl(A/F)), which the Python side verified for every count. A drawn
  * code k converts to fl(fl(k/A) * F) (value_by_code). */
-static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], const uint64_t *ek,
+static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], const uint64_t *ek,
                           float *y) {
     const asim_run *R = X->R;
     const int32_t x = R->x, ncyc = R->ncyc, K = R->votes;
@@ -249,7 +254,7 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], cons
     const asim_bucket_table *buckets = (const asim_bucket_table *)R->buckets;
     const float A = R->adc_levels, invA = 1.0f / A, alpha = R->alpha;
     const int rec = R->reciprocal;
-    int32_t mc[MB];
+    int32_t mc[NL];
     for (int32_t i = R->w - 1; i >= 0; --i) {
         for (int32_t c = ncyc - 1; c >= 0; --c) {
             const int32_t nb = nbits[c];
@@ -257,24 +262,47 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], cons
             const float k = coef[i * ncyc + c];
             const float F = fs[c], invF = 1.0f / F;
             const int32_t *c0 = cnt[i * x + bits[0]];
-            for (int t = 0; t < MB; ++t) mc[t] = c0[t];
+            for (int t = 0; t < NL; ++t) mc[t] = c0[t];
             for (int32_t b = 1; b < nb; ++b) {
                 const int32_t *cb = cnt[i * x + bits[b]];
-                for (int t = 0; t < MB; ++t) mc[t] += cb[t] << b;
+                for (int t = 0; t < NL; ++t) mc[t] += cb[t] << b;
             }
             const int md = mode[i * ncyc + c];
             if (md == ASIM_CYC_EXACT) {
-                for (int t = 0; t < MB; ++t) y[t] = y[t] + k * (float)mc[t];
+                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (float)mc[t];
             } else if (md == ASIM_CYC_ADC) {
                 const float qmul = qmuls[c];
                 const int late = lates[c];
-                if (qmul != 0.0f) {
-                    for (int t = 0; t < MB; ++t) {
+                if (qmul != 0.0f && X->vtab) { /* value of code q: one table lookup */
+                    const float *tv = X->vtab + (int64_t)c * VT;
+#if ACIM_AVX512
+                    const __m512 t0 = _mm512_loadu_ps(tv), t1 = _mm512_loadu_ps(tv + 16);
+                    const __m512 t2 = _mm512_loadu_ps(tv + 32), t3 = _mm512_loadu_ps(tv + 48);
+                    const __m512 vq = _mm512_set1_ps(qmul), vk = _mm512_set1_ps(k);
+                    for (int t = 0; t < NL; t += 16) {
+                        const __m512 mf = _mm512_cvtepi32_ps(_mm512_loadu_si512(mc + t));
+                        const __m512i qi = _mm512_cvtps_epi32(_mm512_roundscale_ps(
+                            _mm512_mul_ps(mf, vq), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                        const __m512 lo = _mm512_permutex2var_ps(t0, qi, t1);
+                        const __m512 hi = _mm512_permutex2var_ps(t2, qi, t3);
+                        const __mmask16 up = _mm512_test_epi32_mask(qi, _mm512_set1_epi32(32));
+                        const __m512 v = _mm512_mask_blend_ps(up, lo, hi);
+                        _mm512_storeu_ps(y + t,
+                                         _mm512_add_ps(_mm512_loadu_ps(y + t), _mm512_mul_ps(vk, v)));
+                    }
+#else
+                    for (int t = 0; t < NL; ++t) {
+                        const int32_t q = (int32_t)nearbyintf((float)mc[t] * qmul);
+                        y[t] = y[t] + k * tv[q];
+                    }
+#endif
+                } else if (qmul != 0.0f) {
+                    for (int t = 0; t < NL; ++t) {
                         const float q = nearbyintf((float)mc[t] * qmul);
                         y[t] = y[t] + k * ((q / A) * F);
                     }
                 } else { /* clamps as max/min: the operands are never NaN or -0 */
-                    for (int t = 0; t < MB; ++t) {
+                    for (int t = 0; t < NL; ++t) {
                         float m = (float)mc[t];
                         if (alpha != 0.0f && !late) m = m / (m * alpha + 1.0f);
                         float a = rec ? m * invF : m / F;
@@ -290,26 +318,29 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[MB], cons
                 const asim_bucket_table *bt = buckets ? buckets + c : NULL;
                 const uint64_t draw = ((uint64_t)(tile * R->w + i) * (uint64_t)ncyc + (uint64_t)c) *
                                       (uint64_t)K;
-                uint32_t u[MB];
-                int32_t q[MB];
+                uint32_t u[NL];
+                int32_t q[NL];
                 if (md == ASIM_CYC_NOISY) {
-                    for (int t = 0; t < MB; ++t) u[t] = asim_draw_u32(ek[t], draw);
+                    for (int t = 0; t < NL; ++t) u[t] = asim_draw_u32(ek[t], draw);
                     draw_codes(bt, tab, mc, u, q);
                 } else {
-                    int32_t qs[ASIM_MAXVOTES][MB], codes[ASIM_MAXVOTES];
+                    int32_t qs[ASIM_MAXVOTES][NL], codes[ASIM_MAXVOTES];
                     for (int32_t s = 0; s < K; ++s) {
-                        for (int t = 0; t < MB; ++t) u[t] = asim_draw_u32(ek[t], draw + (uint64_t)s);
+                        for (int t = 0; t < NL; ++t) u[t] = asim_draw_u32(ek[t], draw + (uint64_t)s);
                         draw_codes(bt, tab, mc, u, qs[s]);
                     }
-                    for (int t = 0; t < MB; ++t) {
+                    for (int t = 0; t < NL; ++t) {
                         for (int32_t s = 0; s < K; ++s) codes[s] = qs[s][t];
                         q[t] = asim_vote(codes, K);
                     }
                 }
-                if (rec) {
-                    for (int t = 0; t < MB; ++t) y[t] = y[t] + k * (((float)q[t] * invA) * F);
+                if (X->vtab) {
+                    const float *tv = X->vtab + (int64_t)c * VT;
+                    for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];
+                } else if (rec) {
+                    for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (((float)q[t] * invA) * F);
                 } else {
-                    for (int t = 0; t < MB; ++t) y[t] = y[t] + k * (((float)q[t] / A) * F);
+                    for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (((float)q[t] / A) * F);
                 }
             }
         }
@@ -352,15 +383,15 @@ static void *pack_worker(void *arg) {
 static void *compute_worker(void *arg) {
     ctx_t *X = ((work_t *)arg)->X;
     const asim_run *R = X->R;
-    int32_t(*cnt)[MB] = (int32_t(*)[MB])malloc(sizeof(int32_t) * MB * (size_t)R->wpad * R->x);
+    int32_t(*cnt)[NL] = (int32_t(*)[NL])calloc((size_t)R->wpad * R->x, sizeof(int32_t) * NL);
     if (!cnt) return (void *)1;
     const int64_t *tiles = (const int64_t *)R->tiles, *woff = (const int64_t *)R->woff;
     const int64_t *sample = (const int64_t *)R->sample, *pos = (const int64_t *)R->pos;
     const uint64_t *wpk = (const uint64_t *)R->wpk;
     float *out = (float *)R->y;
-    float y[MB];
-    uint64_t ek[MB];
-    for (int t = 0; t < MB; ++t) ek[t] = 0;
+    float y[NL];
+    uint64_t ek[NL];
+    for (int t = 0; t < NL; ++t) ek[t] = 0;
     for (;;) {
         const int64_t item = __atomic_fetch_add(&X->next, 1, __ATOMIC_RELAXED);
         if (item >= X->nitems) break;
@@ -368,18 +399,28 @@ static void *compute_worker(void *arg) {
         const int64_t o0 = (item % X->noc) * X->ochunk;
         const int64_t o1 = o0 + X->ochunk < R->O ? o0 + X->ochunk : R->O;
         const int64_t n = R->M - mb < MB ? R->M - mb : MB;
-        for (int64_t o = o0; o < o1; ++o) {
-            for (int t = 0; t < MB; ++t) y[t] = 0.0f;
+        for (int64_t o = o0; o < o1; o += OB) {
+            const int64_t nob = o1 - o < OB ? o1 - o : OB;
+            for (int t = 0; t < NL; ++t) y[t] = 0.0f;
+            if (nob < OB) /* unused lanes: zero counts, results dropped */
+                for (int32_t r = 0; r < R->wpad * R->x; ++r)
+                    for (int t = (int)nob * MB; t < NL; ++t) cnt[r][t] = 0;
             if (X->noisy)
-                for (int64_t t = 0; t < n; ++t)
-                    ek[t] = asim_element_key(R->call_key, sample[mb + t], pos[mb + t], o);
+                for (int64_t ob = 0; ob < nob; ++ob)
+                    for (int64_t t = 0; t < n; ++t)
+                        ek[ob * MB + t] =
+                            asim_element_key(R->call_key, sample[mb + t], pos[mb + t], o + ob);
             for (int32_t tile = 0; tile < R->ntiles; ++tile) {
                 const int64_t nw = (tiles[2 * tile + 1] - tiles[2 * tile] + 63) / 64;
-                tile_counts(X->xpk + X->xoff[tile], wpk + woff[tile] + o * R->wpad * nw, nw,
-                            X->Mpad, mb, R->wpad, R->x, cnt);
+                for (int64_t ob = 0; ob < nob; ++ob)
+                    tile_counts(X->xpk + X->xoff[tile],
+                                wpk + woff[tile] + (o + ob) * R->wpad * nw, nw, X->Mpad, mb,
+                                R->wpad, R->x, (int32_t(*)[NL]) & cnt[0][ob * MB]);
                 tile_epilogue(X, tile, cnt, ek, y);
             }
-            for (int64_t t = 0; t < n; ++t) out[(mb + t) * R->ldy + o] = y[t];
+            for (int64_t t = 0; t < n; ++t)
+                for (int64_t ob = 0; ob < nob; ++ob)
+                    out[(mb + t) * R->ldy + o + ob] = y[ob * MB + t];
         }
     }
     free(cnt);
@@ -409,6 +450,40 @@ static int parallel(ctx_t *X, void *(*fn)(void *)) {
     return failed;
 }
 
+/* The packed activations' scratch, kept between calls: a fresh allocation of several MiB
+ * per call costs page faults and page clearing comparable to the kernel's own work. One
+ * buffer is cached; a call that finds it taken (concurrent calls) allocates its own. */
+static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t *scratch_buf = NULL;
+static size_t scratch_words = 0;
+static int scratch_busy = 0;
+
+static uint64_t *scratch_take(size_t words) {
+    uint64_t *p = NULL;
+    pthread_mutex_lock(&scratch_lock);
+    if (!scratch_busy) {
+        if (scratch_words < words) {
+            free(scratch_buf);
+            scratch_words = 0;
+            scratch_buf = (uint64_t *)aligned_alloc(64, sizeof(uint64_t) * words);
+            if (scratch_buf) scratch_words = words;
+        }
+        if (scratch_buf) {
+            scratch_busy = 1;
+            p = scratch_buf;
+        }
+    }
+    pthread_mutex_unlock(&scratch_lock);
+    return p ? p : (uint64_t *)aligned_alloc(64, sizeof(uint64_t) * words);
+}
+
+static void scratch_give(uint64_t *p) {
+    pthread_mutex_lock(&scratch_lock);
+    if (p == scratch_buf) scratch_busy = 0;
+    else free(p);
+    pthread_mutex_unlock(&scratch_lock);
+}
+
 /* Y of the call's rows over all tiles (engine.h documents every field).
  * Returns 0, -1 if out of memory, -2 if votes exceeds ASIM_MAXVOTES. */
 int32_t asim_run_call(const asim_run *R) {
@@ -431,8 +506,22 @@ int32_t asim_run_call(const asim_run *R) {
         words += (int64_t)R->x * ((tiles[2 * t + 1] - tiles[2 * t] + 63) / 64) * X.Mpad;
     }
     X.xoff = xoff;
-    X.xpk = (uint64_t *)aligned_alloc(64, sizeof(uint64_t) * (size_t)(words > 0 ? words : 1));
+    if (R->adc_levels < (float)VT) { /* the spec's value of every code, as the chain does it */
+        X.vtab = (float *)aligned_alloc(64, sizeof(float) * VT * (size_t)R->ncyc);
+        if (!X.vtab) {
+            free(xoff);
+            return -1;
+        }
+        const float A = R->adc_levels, invA = 1.0f / A;
+        const float *fs = (const float *)R->cyc_fs;
+        for (int32_t c = 0; c < R->ncyc; ++c)
+            for (int32_t q = 0; q < VT; ++q)
+                X.vtab[c * VT + q] =
+                    (float)q <= A ? (R->reciprocal ? (float)q * invA : (float)q / A) * fs[c] : 0.0f;
+    }
+    X.xpk = scratch_take((size_t)(words > 0 ? words : 1));
     if (!X.xpk) {
+        free(X.vtab);
         free(xoff);
         return -1;
     }
@@ -443,6 +532,7 @@ int32_t asim_run_call(const asim_run *R) {
     int64_t noc = 1;
     while (nmb * noc < 8 * nthreads && noc < R->O) noc *= 2;
     X.ochunk = (R->O + noc - 1) / noc;
+    if (X.ochunk > OB) X.ochunk = (X.ochunk + OB - 1) / OB * OB; /* whole epilogue blocks */
     X.noc = (R->O + X.ochunk - 1) / X.ochunk;
     X.nitems = nmb * X.noc;
     if (nthreads > X.Mpad) nthreads = (int32_t)X.Mpad;
@@ -450,7 +540,8 @@ int32_t asim_run_call(const asim_run *R) {
     X.nthreads = nthreads;
     int failed = parallel(&X, pack_worker);
     if (!failed) failed = parallel(&X, compute_worker);
-    free(X.xpk);
+    scratch_give(X.xpk);
+    free(X.vtab);
     free(xoff);
     return failed ? -1 : 0;
 }
