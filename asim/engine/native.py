@@ -89,7 +89,8 @@ def bucket_table(table, max_entries: int = 1 << 20) -> dict | None:
     if hit is not None and hit[0] is table:
         return hit[1]
     n_m = table.n_m
-    bits = 10
+    bits = 12  # 4096 buckets per count: fewer lanes take the threshold scan (measured
+    # faster than 10 bits despite the larger table)
     while bits > 1 and (n_m << bits) > max_entries:
         bits -= 1
     thr, start = table.thr, table.start.long()
