@@ -1,6 +1,6 @@
 """Slow, literal reference oracle for the SRAM ACiM computation model.
 
-Written only from ``/work/shared/docs/acim-model.md`` (sections 0-8), never from
+Written only from the computation spec (``docs/macro-model.md``, §0-§8), never from
 ``asim/``. Everything is float32 on CPU, with one Python loop iteration per
 (tile, weight bit, activation cycle), in the loop order and float-operation
 order of the spec, so that the results are the spec's CPU semantics bit for bit.
