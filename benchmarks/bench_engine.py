@@ -85,7 +85,7 @@ def _layer(shape, macro, noise):
         nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
         x = torch.relu(torch.randn(BATCH, cin, h, h))
     resample_noise(layer, 0)
-    return layer, x
+    return layer.to(DEVICE), x.to(DEVICE)
 
 
 def _oracle(shape, layer, x, macro, noise):
@@ -102,18 +102,25 @@ def _oracle(shape, layer, x, macro, noise):
         voting_levels=macro.vote_levels,
         num_samp=macro.vote_samples,
     )
+    x, w = x.cpu(), layer.weight.detach().cpu()  # the oracle is the CPU reference
     if shape[3] == 0:
-        return oracle.oracle_linear(x, layer.weight.detach(), layer.bias, **kw)
-    return oracle.oracle_conv2d(
-        x, layer.weight.detach(), None, stride=shape[4], padding=shape[5], **kw
-    )
+        bias = None if layer.bias is None else layer.bias.detach().cpu()
+        return oracle.oracle_linear(x, w, bias, **kw)
+    return oracle.oracle_conv2d(x, w, None, stride=shape[4], padding=shape[5], **kw)
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _time(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -164,7 +171,8 @@ def network_time(setting: str, repeats: int) -> float:
     torch.manual_seed(0)
     model = convert_to_acim(create_model("resnet18", num_classes=10), macro, noise).eval()
     resample_noise(model, 0)
-    x = torch.randn(BATCH, 3, 32, 32)
+    model.to(DEVICE)
+    x = torch.randn(BATCH, 3, 32, 32, device=DEVICE)
     with torch.no_grad():
         model(x)
         return _time(lambda: model(x), repeats)
@@ -219,10 +227,11 @@ print(rss('VmHWM') - base)
 
 
 BATCH = 8
+DEVICE = torch.device("cpu")
 
 
 def main() -> None:
-    global BATCH
+    global BATCH, DEVICE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
@@ -232,11 +241,24 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--network", action="store_true", help="time the whole ResNet-18 too")
     ap.add_argument("--programming", action="store_true", help="one-time programming cost")
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the engine runs (the per-cycle oracle always runs on the CPU; on cuda the "
+        "engine's default backend is triton, ASIM_BACKEND forces another)",
+    )
     args = ap.parse_args()
     BATCH = args.batch
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available")
+    if DEVICE.type == "cuda" and args.memory_batch:
+        print("peak memory is measured as process RSS on the CPU only; skipped on cuda")
+        args.memory_batch = 0
     shapes = [SHAPES[0], SHAPES[5], SHAPES[-1]] if args.quick else SHAPES
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
+        f"torch {torch.__version__}, {DEVICE}, {torch.get_num_threads()} threads, batch {BATCH}, "
         f"W8A8 nrow 255; per-cycle = tests/asim/oracle.py"
     )
     rows = run_table(args.settings, shapes, args.repeats)
