@@ -48,38 +48,62 @@ int64_t asim_run_size(void) { return (int64_t)sizeof(asim_run); }
 int64_t asim_bucket_size(void) { return (int64_t)sizeof(asim_bucket_table); }
 
 /* The codes q[t] of NL conversions of counts mc[t] with uniforms u[t]: one lookup in the
- * bucket table (the few lanes whose bucket holds thresholds count them), or, without a
- * bucket table, asim_sample_code. Loops are split so the compiler can vectorize them. */
+ * bucket table and one compare (the rare lanes whose bucket holds several thresholds scan
+ * them), or, without a bucket table, asim_sample_code. */
 static inline void draw_codes(const asim_bucket_table *bt, const asim_code_table *tab,
                               const int32_t *mc, const uint32_t *u, int32_t *q) {
     if (bt == NULL || bt->entry == NULL) {
         for (int t = 0; t < NL; ++t) q[t] = asim_sample_code(tab, mc[t], u[t]);
         return;
     }
-    const int32_t *entry = (const int32_t *)bt->entry;
+    const uint32_t *entry = (const uint32_t *)bt->entry;
     const int32_t bits = bt->bits, sh = 32 - bt->bits, m0 = bt->m_min;
-    int32_t at[NL], ev[NL];
-    int32_t any = 0;
+    const uint32_t lowmask = (1u << sh) - 1u, codemask = (1u << ASIM_BUCKET_CODE_BITS) - 1u;
+    int32_t at[NL];
+    uint16_t several[NL / 16]; /* per group of 16 lanes: the lanes with d = 0 */
+    uint32_t any = 0;
+#if ACIM_AVX512
+    const __m512i vm0 = _mm512_set1_epi32(m0), vlow = _mm512_set1_epi32((int32_t)lowmask);
+    const __m512i vcode = _mm512_set1_epi32((int32_t)codemask), one = _mm512_set1_epi32(1);
+    const __m128i vbits = _mm_cvtsi32_si128(bits), vsh = _mm_cvtsi32_si128(sh);
+    for (int t = 0; t < NL; t += 16) {
+        const __m512i vu = _mm512_loadu_si512(u + t);
+        const __m512i ix = _mm512_add_epi32(
+            _mm512_sll_epi32(_mm512_sub_epi32(_mm512_loadu_si512(mc + t), vm0), vbits),
+            _mm512_srl_epi32(vu, vsh));
+        _mm512_storeu_si512(at + t, ix);
+        const __m512i e = _mm512_i32gather_epi32(ix, (const void *)entry, 4);
+        const __m512i d = _mm512_srli_epi32(e, ASIM_BUCKET_CODE_BITS);
+        const __mmask16 up = _mm512_cmpge_epu32_mask(_mm512_and_si512(vu, vlow), d);
+        const __m512i c = _mm512_and_si512(e, vcode);
+        _mm512_storeu_si512(q + t, _mm512_mask_add_epi32(c, up, c, one));
+        several[t / 16] = _mm512_cmpeq_epi32_mask(d, _mm512_setzero_si512());
+        any |= several[t / 16];
+    }
+#else
+    for (int g = 0; g < NL / 16; ++g) several[g] = 0;
     for (int t = 0; t < NL; ++t) {
         at[t] = ((mc[t] - m0) << bits) + (int32_t)(u[t] >> sh);
-        ev[t] = entry[at[t]];
-        q[t] = ev[t] & 0xFFFFFF;
-        any |= ev[t];
+        const uint32_t e = entry[at[t]], d = e >> ASIM_BUCKET_CODE_BITS;
+        q[t] = (int32_t)(e & codemask) + ((u[t] & lowmask) >= d);
+        several[t / 16] |= (uint16_t)((d == 0) << (t % 16));
     }
-    if (any >> 24) { /* the few lanes whose bucket holds thresholds count them */
-        const int32_t *jstart = (const int32_t *)bt->jstart;
+    for (int g = 0; g < NL / 16; ++g) any |= several[g];
+#endif
+    if (any) { /* d = 0 (c + 1 so far): count the bucket's thresholds instead */
+        const int32_t *scan = (const int32_t *)bt->scan;
         const uint32_t *thr = (const uint32_t *)bt->thr;
-        int32_t lanes[NL], nl = 0;
-        for (int t = 0; t < NL; ++t) {
-            lanes[nl] = t;
-            nl += (ev[t] >> 24) != 0;
-        }
-        for (int32_t j = 0; j < nl; ++j) {
-            const int t = lanes[j];
-            const int32_t n = ev[t] >> 24;
-            const uint32_t *th = thr + jstart[at[t]];
-            for (int32_t k = 0; k < n; ++k) q[t] += u[t] >= th[k];
-        }
+        for (int g = 0; g < NL / 16; ++g)
+            for (uint32_t lanes = several[g]; lanes; lanes &= lanes - 1) {
+            const int t = 16 * g + __builtin_ctz(lanes);
+            const uint32_t e = entry[at[t]];
+            const int32_t s = scan[at[t]];
+            const int32_t n = (int32_t)((uint32_t)s >> ASIM_BUCKET_SCAN_SHIFT);
+            const uint32_t *th = thr + (s & ((1 << ASIM_BUCKET_SCAN_SHIFT) - 1));
+            int32_t k = (int32_t)(e & codemask);
+            for (int32_t j = 0; j < n; ++j) k += u[t] >= th[j];
+            q[t] = k;
+            }
     }
 }
 

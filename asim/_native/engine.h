@@ -65,18 +65,26 @@
     X(ptr, pos, "int64 [M] position of each row inside its sample")                         \
     X(i32, nthreads, "threads to use (>= 1)")
 
-/* The code table of one cycle re-indexed for the kernel: row r = m - m_min and bucket
- * b = u >> (32 - bits) of the uniform u give entry[(r << bits) + b] = c | n << 24, where c is
- * the code of every u in the bucket below its first threshold and n the number of the row's
- * thresholds inside the bucket, starting at thr[jstart[...]]: code = c + #{those <= u}.
+/* The code table of one cycle re-indexed for the kernel, so that most draws are one lookup
+ * and one compare. Row r = m - m_min and bucket b = u >> (32 - bits) of the uniform u give
+ * entry[(r << bits) + b] = c | d << ASIM_BUCKET_CODE_BITS, where c is the code of the
+ * bucket's first u and d says where the code steps inside the bucket:
+ *   d = 2^(32 - bits)         no threshold inside: code = c;
+ *   1 <= d < 2^(32 - bits)    one threshold, at the bucket's start + d: code = c + (low >= d),
+ *                             low = u & (2^(32 - bits) - 1);
+ *   d = 0                     several: scan[...] = j | n << ASIM_BUCKET_SCAN_SHIFT, and
+ *                             code = c + #{k < n : u >= thr[j + k]}.
  * It gives exactly asim_sample_code's code (built and checked in asim/engine/native.py). */
+#define ASIM_BUCKET_CODE_BITS 8  /* codes 0 .. 255 (ADCs of up to 8 bits) */
+#define ASIM_BUCKET_MIN_BITS 9   /* c (8 bits) and d (up to 33 - bits bits) share 32 bits */
+#define ASIM_BUCKET_SCAN_SHIFT 25 /* thr index j below 2^ASIM_TABLE_MAX_LOG2 (sampling.h) */
 #define ASIM_BUCKET_FIELDS(X)                                                               \
-    X(ptr, entry, "int32 [n_m << bits]: code | n << 24")                                    \
-    X(ptr, jstart, "int32 [n_m << bits]: index in thr of the bucket's first threshold")     \
+    X(ptr, entry, "uint32 [n_m << bits]: code | d << ASIM_BUCKET_CODE_BITS")                \
+    X(ptr, scan, "int32 [n_m << bits]: j | n << ASIM_BUCKET_SCAN_SHIFT where d = 0")        \
     X(ptr, thr, "uint32 thresholds of the code table")                                      \
     X(i32, m_min, "count of row 0")                                                         \
     X(i32, n_m, "rows")                                                                     \
-    X(i32, bits, "bucket bits (1..16)")                                                     \
+    X(i32, bits, "bucket bits (ASIM_BUCKET_MIN_BITS .. 16)")                                \
     X(i32, max_n, "most thresholds inside one bucket (< 128)")
 
 #define ASIM_C_ptr const void *

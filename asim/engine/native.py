@@ -74,43 +74,54 @@ def pack_weights(lib, w: Tensor, wb: int, tiles, O: int) -> tuple[Tensor, Tensor
     return out, torch.tensor(offsets[:-1], dtype=torch.int64)
 
 
-_BUCKETS: dict[int, tuple[object, dict | None]] = {}  # id(CodeTable) -> (table, arrays)
+_BUCKETS: dict[tuple, tuple[object, dict | None]] = {}  # (id(CodeTable), bits) -> (table, arrays)
 _BUCKETS_LOCK = threading.Lock()
 
 
-def bucket_table(table, max_entries: int = 1 << 20) -> dict | None:
+def bucket_table(table, bits: int | None = None) -> dict | None:
     """The kernel's re-indexing of a code table (engine.h ``asim_bucket_table``), built once
     per table: for row ``r`` and bucket ``b`` (the top ``bits`` bits of ``u``), the code of
-    ``u`` at the bucket's start and the thresholds inside the bucket, so most draws are one
-    lookup. Gives exactly :func:`asim.noise.sample_codes`' code (``code = k_lo[r] +
-    #{j : thr[j] <= u}``); None when the codes or bucket counts do not fit its encoding."""
+    ``u`` at the bucket's start and where the code steps inside the bucket, so most draws are
+    one lookup and one compare. Gives exactly :func:`asim.noise.sample_codes`' code
+    (``code = k_lo[r] + #{j : thr[j] <= u}``); None when the codes or bucket counts do not fit
+    its encoding (the kernel then searches the code table itself)."""
+    key = (id(table), bits)
     with _BUCKETS_LOCK:
-        hit = _BUCKETS.get(id(table))
+        hit = _BUCKETS.get(key)
     if hit is not None and hit[0] is table:
         return hit[1]
     n_m = table.n_m
-    bits = 12  # 4096 buckets per count: fewer lanes take the threshold scan (measured
-    # faster than 10 bits despite the larger table)
-    while bits > 1 and (n_m << bits) > max_entries:
-        bits -= 1
+    if bits is None:  # 2^10 buckets per count: a 256-count table is 1 MiB (measured best)
+        bits = 10
+    bits = max(CONST["ASIM_BUCKET_MIN_BITS"], bits)
+    low = 32 - bits
     thr, start = table.thr, table.start.long()
     rows = torch.repeat_interleave(torch.arange(n_m), start.diff())
     keys = (rows << 32) | thr  # sorted: rows ascending, thresholds non-decreasing
     r = torch.arange(n_m, dtype=torch.int64).view(-1, 1)
-    lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << (32 - bits)
-    hi = lo + (1 << (32 - bits)) - 1
+    lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << low
+    hi = lo + (1 << low) - 1
     at_lo = torch.searchsorted(keys, ((r << 32) | lo).reshape(-1), right=True).view(n_m, -1)
     at_hi = torch.searchsorted(keys, ((r << 32) | hi).reshape(-1), right=True).view(n_m, -1)
     code = table.k_lo.long().view(-1, 1) + at_lo - start[:-1].view(-1, 1)
     inside = at_hi - at_lo  # thresholds t with lo < t <= hi
-    table_ok = int(code.max()) < (1 << 24) and int(inside.max()) < 128
+    fits = (
+        int(code.min()) >= 0
+        and int(code.max()) < (1 << CONST["ASIM_BUCKET_CODE_BITS"])
+        and int(inside.max()) < (1 << (32 - CONST["ASIM_BUCKET_SCAN_SHIFT"]))
+        and thr.numel() < (1 << CONST["ASIM_BUCKET_SCAN_SHIFT"])
+    )
     entry = None
-    if table_ok:
-        thr32 = torch.where(thr >= 1 << 31, thr - (1 << 32), thr).to(torch.int32)
+    if fits:
+        one = inside == 1  # its threshold, relative to the bucket's start: 1 .. 2^low - 1
+        first = thr[at_lo.clamp(max=max(thr.numel() - 1, 0))] if thr.numel() else lo * 0
+        d = torch.where(one, first - lo, torch.where(inside == 0, 1 << low, 0))
+        word = code | (d << CONST["ASIM_BUCKET_CODE_BITS"])
+        scan = torch.where(inside > 1, at_lo | (inside << CONST["ASIM_BUCKET_SCAN_SHIFT"]), 0)
         entry = {
-            "entry": (code | (inside << 24)).to(torch.int32).reshape(-1).contiguous(),
-            "jstart": at_lo.to(torch.int32).reshape(-1).contiguous(),
-            "thr": thr32.contiguous(),
+            "entry": _as_i32(word).reshape(-1).contiguous(),
+            "scan": scan.to(torch.int32).reshape(-1).contiguous(),
+            "thr": _as_i32(thr).contiguous(),
             "m_min": table.m_min,
             "n_m": n_m,
             "bits": bits,
@@ -119,8 +130,13 @@ def bucket_table(table, max_entries: int = 1 << 20) -> dict | None:
     with _BUCKETS_LOCK:
         if len(_BUCKETS) > 64:  # running calls keep their arrays alive
             _BUCKETS.clear()
-        _BUCKETS[id(table)] = (table, entry)
+        _BUCKETS[key] = (table, entry)
     return entry
+
+
+def _as_i32(v: torch.Tensor) -> torch.Tensor:
+    """Values in [0, 2^32) as the int32 with the same bits."""
+    return torch.where(v >= 1 << 31, v - (1 << 32), v).to(torch.int32)
 
 
 def _bucket_struct(b: dict | None) -> BucketTable:
@@ -128,7 +144,7 @@ def _bucket_struct(b: dict | None) -> BucketTable:
         return BucketTable()  # entry NULL: the kernel uses asim_sample_code
     return BucketTable(
         entry=b["entry"].data_ptr(),
-        jstart=b["jstart"].data_ptr(),
+        scan=b["scan"].data_ptr(),
         thr=b["thr"].data_ptr(),
         m_min=b["m_min"],
         n_m=b["n_m"],
