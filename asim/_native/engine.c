@@ -26,6 +26,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "engine.h"
 #include "sampling.h"
 
@@ -253,6 +257,7 @@ typedef struct {
     const int64_t *xoff;  /* word offset of each tile in xpk */
     int noisy;            /* any conversion draws a code */
     float *vtab;          /* [ncyc][VT] value fl(fl(q/A)*F) of code q, or NULL (A >= VT) */
+    int table_only;       /* every conversion: ADC through vtab (cyc_qmul != 0) or exact */
     int32_t nthreads;
     int64_t noc, ochunk, nitems;
     int64_t next;         /* work counter (atomic) */
@@ -371,6 +376,56 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
     }
 }
 
+#if ACIM_AVX512
+/* tile_epilogue when every conversion is a noise-free ADC read through the value table or a
+ * digital exact cycle (X->table_only): the same float32 operations in the same order per
+ * lane, but 16 lanes at a time through all conversions, so the sums stay in a register. */
+static void tile_epilogue_table(const ctx_t *X, int32_t (*cnt)[NL], float *y) {
+    const asim_run *R = X->R;
+    const int32_t x = R->x, ncyc = R->ncyc;
+    const int32_t *nbits = (const int32_t *)R->cyc_nbits, *allbits = (const int32_t *)R->cyc_bits;
+    const float *coef = (const float *)R->coef, *qmuls = (const float *)R->cyc_qmul;
+    const uint8_t *mode = (const uint8_t *)R->mode;
+    const __m512i bit5 = _mm512_set1_epi32(32);
+    for (int t = 0; t < NL; t += 32) { /* two independent sums per step */
+        __m512 acc0 = _mm512_loadu_ps(y + t), acc1 = _mm512_loadu_ps(y + t + 16);
+        for (int32_t i = R->w - 1; i >= 0; --i)
+            for (int32_t c = ncyc - 1; c >= 0; --c) {
+                const int32_t *bits = allbits + (int64_t)c * ASIM_MAXBITS;
+                const int32_t *c0 = cnt[i * x + bits[0]] + t;
+                __m512i m0 = _mm512_loadu_si512(c0), m1 = _mm512_loadu_si512(c0 + 16);
+                for (int32_t b = 1; b < nbits[c]; ++b) {
+                    const int32_t *cb = cnt[i * x + bits[b]] + t;
+                    m0 = _mm512_add_epi32(m0, _mm512_slli_epi32(_mm512_loadu_si512(cb), b));
+                    m1 = _mm512_add_epi32(m1, _mm512_slli_epi32(_mm512_loadu_si512(cb + 16), b));
+                }
+                __m512 v0 = _mm512_cvtepi32_ps(m0), v1 = _mm512_cvtepi32_ps(m1);
+                if (mode[i * ncyc + c] != ASIM_CYC_EXACT) {
+                    const float *tv = X->vtab + (int64_t)c * VT;
+                    const __m512 t0 = _mm512_loadu_ps(tv), t1 = _mm512_loadu_ps(tv + 16);
+                    const __m512 t2 = _mm512_loadu_ps(tv + 32), t3 = _mm512_loadu_ps(tv + 48);
+                    const __m512 vq = _mm512_set1_ps(qmuls[c]);
+                    const __m512i q0 = _mm512_cvt_roundps_epi32(
+                        _mm512_mul_ps(v0, vq), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    const __m512i q1 = _mm512_cvt_roundps_epi32(
+                        _mm512_mul_ps(v1, vq), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                    v0 = _mm512_mask_blend_ps(_mm512_test_epi32_mask(q0, bit5),
+                                              _mm512_permutex2var_ps(t0, q0, t1),
+                                              _mm512_permutex2var_ps(t2, q0, t3));
+                    v1 = _mm512_mask_blend_ps(_mm512_test_epi32_mask(q1, bit5),
+                                              _mm512_permutex2var_ps(t0, q1, t1),
+                                              _mm512_permutex2var_ps(t2, q1, t3));
+                }
+                const __m512 vk = _mm512_set1_ps(coef[i * ncyc + c]);
+                acc0 = _mm512_add_ps(acc0, _mm512_mul_ps(vk, v0));
+                acc1 = _mm512_add_ps(acc1, _mm512_mul_ps(vk, v1));
+            }
+        _mm512_storeu_ps(y + t, acc0);
+        _mm512_storeu_ps(y + t + 16, acc1);
+    }
+}
+#endif
+
 typedef struct {
     ctx_t *X;
     int64_t tid;
@@ -440,7 +495,11 @@ static void *compute_worker(void *arg) {
                     tile_counts(X->xpk + X->xoff[tile],
                                 wpk + woff[tile] + (o + ob) * R->wpad * nw, nw, X->Mpad, mb,
                                 R->wpad, R->x, (int32_t(*)[NL]) & cnt[0][ob * MB]);
-                tile_epilogue(X, tile, cnt, ek, y);
+#if ACIM_AVX512
+                if (X->table_only) tile_epilogue_table(X, cnt, y);
+                else
+#endif
+                    tile_epilogue(X, tile, cnt, ek, y);
             }
             for (int64_t t = 0; t < n; ++t)
                 for (int64_t ob = 0; ob < nob; ++ob)
@@ -451,18 +510,35 @@ static void *compute_worker(void *arg) {
     return NULL;
 }
 
-/* fn(tid) for tid < X->nthreads, on new threads and the caller's; a share whose thread
- * could not be started runs on the caller. Returns nonzero if any share failed. */
+/* fn(tid) for tid < X->nthreads. Built with OpenMP, the threads are the process's OpenMP
+ * pool: the one torch's own ops use when both link the same libgomp, so its threads are awake
+ * and no second pool competes for the cores. Otherwise new pthreads and the caller's; a
+ * share whose thread could not be started runs on the caller. Nonzero if any share failed. */
 static int parallel(ctx_t *X, void *(*fn)(void *)) {
     work_t work[ASIM_MAXTHREADS];
-    pthread_t th[ASIM_MAXTHREADS];
-    int started[ASIM_MAXTHREADS];
     int failed = 0;
     for (int32_t t = 0; t < X->nthreads; ++t) {
         work[t].X = X;
         work[t].tid = t;
-        started[t] = t > 0 && pthread_create(&th[t], NULL, fn, &work[t]) == 0;
     }
+#ifdef _OPENMP
+    int done[ASIM_MAXTHREADS];
+    for (int32_t t = 0; t < X->nthreads; ++t) done[t] = 0;
+#pragma omp parallel num_threads(X->nthreads) reduction(| : failed)
+    {
+        const int t = omp_get_thread_num();
+        if (t < X->nthreads) {
+            failed |= fn(&work[t]) != NULL;
+            done[t] = 1;
+        }
+    }
+    for (int32_t t = 0; t < X->nthreads; ++t) /* fewer threads than asked (nested region) */
+        if (!done[t]) failed |= fn(&work[t]) != NULL;
+#else
+    pthread_t th[ASIM_MAXTHREADS];
+    int started[ASIM_MAXTHREADS];
+    for (int32_t t = 0; t < X->nthreads; ++t)
+        started[t] = t > 0 && pthread_create(&th[t], NULL, fn, &work[t]) == 0;
     for (int32_t t = 0; t < X->nthreads; ++t)
         if (!started[t]) failed |= fn(&work[t]) != NULL;
     for (int32_t t = 1; t < X->nthreads; ++t)
@@ -471,6 +547,7 @@ static int parallel(ctx_t *X, void *(*fn)(void *)) {
             pthread_join(th[t], &ret);
             failed |= ret != NULL;
         }
+#endif
     return failed;
 }
 
@@ -542,6 +619,15 @@ int32_t asim_run_call(const asim_run *R) {
             for (int32_t q = 0; q < VT; ++q)
                 X.vtab[c * VT + q] =
                     (float)q <= A ? (R->reciprocal ? (float)q * invA : (float)q / A) * fs[c] : 0.0f;
+    }
+    if (X.vtab) {
+        const float *qm = (const float *)R->cyc_qmul;
+        X.table_only = 1;
+        for (int32_t i = 0; i < R->w; ++i)
+            for (int32_t c = 0; c < R->ncyc; ++c) {
+                const int md = mode[i * R->ncyc + c];
+                X.table_only &= md == ASIM_CYC_EXACT || (md == ASIM_CYC_ADC && qm[c] != 0.0f);
+            }
     }
     X.xpk = scratch_take((size_t)(words > 0 ? words : 1));
     if (!X.xpk) {
