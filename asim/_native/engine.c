@@ -13,8 +13,8 @@
  *      counter-based stream (sampling.h), a voted one draws K codes and keeps the mode. The float32 shift-and-add follows the spec's order (tile,
  *      then weight bit, then cycle, descending), as the torch backend does.
  * Every float step is a single IEEE float32 operation: build with -ffp-contract=off and
- * without -ffast-math. Threads (pthreads) split the rows for packing, then take (row block,
- * output range) items; no result depends on the thread count or on how rows are chunked:
+ * without -ffast-math. Threads (OpenMP, or pthreads without it) split the rows for packing,
+ * then take (row block, output range) items; no result depends on the thread count or on how rows are chunked:
  * every random draw is a pure function of (call key, sample, position, output, draw index).
  *
  * With AVX-512 (F, BW, DQ, VPOPCNTDQ) the pack and count loops use intrinsics; otherwise
