@@ -268,7 +268,58 @@ def acim_kernel(
                                 gb,
                                 max_scan,
                             )
+                        elif votes == 3:  # three draws; the mode, else the smallest
+                            c0 = _draw_code(
+                                ekey,
+                                draw,
+                                cnt,
+                                valid,
+                                THR,
+                                START,
+                                KLO,
+                                GUIDE,
+                                mmin,
+                                rowoff,
+                                goff,
+                                gb,
+                                max_scan,
+                            )
+                            c1 = _draw_code(
+                                ekey,
+                                draw + 1,
+                                cnt,
+                                valid,
+                                THR,
+                                START,
+                                KLO,
+                                GUIDE,
+                                mmin,
+                                rowoff,
+                                goff,
+                                gb,
+                                max_scan,
+                            )
+                            c2 = _draw_code(
+                                ekey,
+                                draw + 2,
+                                cnt,
+                                valid,
+                                THR,
+                                START,
+                                KLO,
+                                GUIDE,
+                                mmin,
+                                rowoff,
+                                goff,
+                                gb,
+                                max_scan,
+                            )
+                            smallest = tl.minimum(c0, tl.minimum(c1, c2))
+                            code = tl.where(
+                                (c0 == c1) | (c0 == c2), c0, tl.where(c1 == c2, c1, smallest)
+                            )
                         else:  # majority vote of `votes` codes, ties to the smallest code
+                            # (any K: each candidate's count redraws the K codes)
                             code = tl.zeros((BM, BN), dtype=tl.int32)
                             best_n = tl.zeros((BM, BN), dtype=tl.int32)
                             for k in range(votes):
