@@ -258,6 +258,7 @@ typedef struct {
     int noisy;            /* any conversion draws a code */
     float *vtab;          /* [ncyc][VT] value fl(fl(q/A)*F) of code q, or NULL (A >= VT) */
     int table_only;       /* every conversion: ADC through vtab (cyc_qmul != 0) or exact */
+    int uniform;          /* table_only, all ADC, one bit per cycle, one full scale */
     int32_t nthreads;
     int64_t noc, ochunk, nitems;
     int64_t next;         /* work counter (atomic) */
@@ -380,6 +381,44 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
 /* tile_epilogue when every conversion is a noise-free ADC read through the value table or a
  * digital exact cycle (X->table_only): the same float32 operations in the same order per
  * lane, but 16 lanes at a time through all conversions, so the sums stay in a register. */
+/* tile_epilogue_table's common case (X->uniform): every conversion an ADC read of one
+ * activation bit, all cycles with one full scale, so one value table for the whole tile. */
+static void tile_epilogue_uniform(const ctx_t *X, int32_t (*cnt)[NL], float *y) {
+    const asim_run *R = X->R;
+    const int32_t x = R->x, ncyc = R->ncyc;
+    const int32_t *allbits = (const int32_t *)R->cyc_bits;
+    const float *coef = (const float *)R->coef;
+    const __m512i bit5 = _mm512_set1_epi32(32);
+    const float *tv = X->vtab;
+    const __m512 t0 = _mm512_loadu_ps(tv), t1 = _mm512_loadu_ps(tv + 16);
+    const __m512 t2 = _mm512_loadu_ps(tv + 32), t3 = _mm512_loadu_ps(tv + 48);
+    const __m512 vq = _mm512_set1_ps(((const float *)R->cyc_qmul)[0]);
+    for (int t = 0; t < NL; t += 32) {
+        __m512 acc0 = _mm512_loadu_ps(y + t), acc1 = _mm512_loadu_ps(y + t + 16);
+        for (int32_t i = R->w - 1; i >= 0; --i)
+            for (int32_t c = ncyc - 1; c >= 0; --c) {
+                const int32_t *c0 = cnt[i * x + allbits[(int64_t)c * ASIM_MAXBITS]] + t;
+                const __m512i q0 = _mm512_cvt_roundps_epi32(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(c0)), vq),
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                const __m512i q1 = _mm512_cvt_roundps_epi32(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(c0 + 16)), vq),
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                const __m512 v0 = _mm512_mask_blend_ps(_mm512_test_epi32_mask(q0, bit5),
+                                                       _mm512_permutex2var_ps(t0, q0, t1),
+                                                       _mm512_permutex2var_ps(t2, q0, t3));
+                const __m512 v1 = _mm512_mask_blend_ps(_mm512_test_epi32_mask(q1, bit5),
+                                                       _mm512_permutex2var_ps(t0, q1, t1),
+                                                       _mm512_permutex2var_ps(t2, q1, t3));
+                const __m512 vk = _mm512_set1_ps(coef[i * ncyc + c]);
+                acc0 = _mm512_add_ps(acc0, _mm512_mul_ps(vk, v0));
+                acc1 = _mm512_add_ps(acc1, _mm512_mul_ps(vk, v1));
+            }
+        _mm512_storeu_ps(y + t, acc0);
+        _mm512_storeu_ps(y + t + 16, acc1);
+    }
+}
+
 static void tile_epilogue_table(const ctx_t *X, int32_t (*cnt)[NL], float *y) {
     const asim_run *R = X->R;
     const int32_t x = R->x, ncyc = R->ncyc;
@@ -496,7 +535,8 @@ static void *compute_worker(void *arg) {
                                 wpk + woff[tile] + (o + ob) * R->wpad * nw, nw, X->Mpad, mb,
                                 R->wpad, R->x, (int32_t(*)[NL]) & cnt[0][ob * MB]);
 #if ACIM_AVX512
-                if (X->table_only) tile_epilogue_table(X, cnt, y);
+                if (X->uniform) tile_epilogue_uniform(X, cnt, y);
+                else if (X->table_only) tile_epilogue_table(X, cnt, y);
                 else
 #endif
                     tile_epilogue(X, tile, cnt, ek, y);
@@ -622,12 +662,19 @@ int32_t asim_run_call(const asim_run *R) {
     }
     if (X.vtab) {
         const float *qm = (const float *)R->cyc_qmul;
-        X.table_only = 1;
+        X.table_only = X.uniform = 1;
         for (int32_t i = 0; i < R->w; ++i)
             for (int32_t c = 0; c < R->ncyc; ++c) {
                 const int md = mode[i * R->ncyc + c];
                 X.table_only &= md == ASIM_CYC_EXACT || (md == ASIM_CYC_ADC && qm[c] != 0.0f);
+                X.uniform &= md == ASIM_CYC_ADC;
             }
+        const float *fs = (const float *)R->cyc_fs;
+        const int32_t *nb = (const int32_t *)R->cyc_nbits;
+        for (int32_t c = 0; c < R->ncyc; ++c) /* bit-identical full scale and multiplier */
+            X.uniform &= nb[c] == 1 && memcmp(&fs[c], &fs[0], sizeof(float)) == 0 &&
+                         memcmp(&qm[c], &qm[0], sizeof(float)) == 0;
+        X.uniform &= X.table_only;
     }
     X.xpk = scratch_take((size_t)(words > 0 ? words : 1));
     if (!X.xpk) {
