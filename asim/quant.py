@@ -33,20 +33,23 @@ def unsigned_levels(bits: int) -> int:
     return (1 << bits) - 1
 
 
-def divide(t: Tensor, divisor: float | int, reciprocal: bool = False) -> Tensor:
+def divide(
+    t: Tensor, divisor: float | int, reciprocal: bool = False, out: Tensor | None = None
+) -> Tensor:
     """``t / divisor`` with the spec's division semantics (``MacroConfig.division``, Q10), as
     a new tensor: IEEE division on every device, or (``reciprocal``) multiplication by the
     float32 reciprocal, as the reference on CUDA. The one division helper of the package.
+    ``out`` (e.g. ``t`` itself) receives the result instead of a new tensor.
 
     On CUDA, PyTorch turns division by a Python scalar into multiplication by a float32
     reciprocal; dividing by a 0-dim tensor on the same device keeps true division.
     """
     if reciprocal:
         r = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(divisor, dtype=torch.float32)
-        return t * r.item()
+        return torch.mul(t, r.item(), out=out)
     if t.device.type == "cpu":
-        return t / divisor
-    return t / torch.tensor(divisor, dtype=t.dtype, device=t.device)
+        return torch.div(t, divisor, out=out)
+    return torch.div(t, torch.tensor(divisor, dtype=t.dtype, device=t.device), out=out)
 
 
 def tensor_scale(t: Tensor, signed: bool, per_sample: bool = False) -> Tensor:
@@ -122,4 +125,15 @@ def dequantize(
     ``x_scale`` must already broadcast against ``acc`` (per-sample scales). ``reciprocal``
     multiplies by the float32 reciprocal of ``Lw * Lx`` instead, as the reference on CUDA.
     """
-    return divide(acc * (w_scale * x_scale), w_levels * x_levels, reciprocal)
+    scale = w_scale * x_scale
+    if torch.is_grad_enabled() and (acc.requires_grad or scale.requires_grad):
+        return divide(acc * scale, w_levels * x_levels, reciprocal)
+    # the same two operations into one new contiguous tensor (``acc`` may be a strided
+    # view): a full-size output costs page faults, so one instead of two, or three
+    y = torch.empty(
+        torch.broadcast_shapes(acc.shape, scale.shape),
+        dtype=torch.result_type(acc, scale),
+        device=acc.device,
+    )
+    torch.mul(acc, scale, out=y)
+    return divide(y, w_levels * x_levels, reciprocal, out=y)

@@ -1,9 +1,10 @@
 """The native backend: the C kernel (``asim/_native/engine.c``) on CPU.
 
 One call of ``asim_run_call`` per chunk computes the popcount GEMM and the whole epilogue
-on the process's OpenMP threads (pthreads when built without OpenMP). Its arguments are one struct, :class:`asim._native.RunArgs`, mirrored
-from ``engine.h``; this module fills it from the call's :class:`~asim.engine.plan.Plan`.
-Weights are packed into 64-row words once per programmed array and tile set.
+on the process's OpenMP threads (pthreads when built without OpenMP). Its arguments are
+one struct, :class:`asim._native.RunArgs`, mirrored from ``engine.h``; this module fills
+it from the call's :class:`~asim.engine.plan.Plan`. Weights are packed into 64-row words
+once per programmed array and tile set.
 """
 
 from __future__ import annotations

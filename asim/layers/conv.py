@@ -200,7 +200,7 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
             acc[b0:b1] = self._mvm(cols, prog, tiles=tiles, cell_noise=cells, stream=part).view(
                 b1 - b0, L, O
             )
-        return acc.transpose(1, 2).reshape(B, O, Ho, Wo)
+        return acc.transpose(1, 2).view(B, O, Ho, Wo)  # a strided view: no copy
 
     @classmethod
     def from_float(
