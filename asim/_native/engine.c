@@ -258,11 +258,27 @@ typedef struct {
     int noisy;            /* any conversion draws a code */
     float *vtab;          /* [ncyc][VT] value fl(fl(q/A)*F) of code q, or NULL (A >= VT) */
     int table_only;       /* every conversion: ADC through vtab (cyc_qmul != 0) or exact */
-    int uniform;          /* table_only, all ADC, one bit per cycle, one full scale */
+    int uniform;          /* every cycle has the same full scale: one value table */
     int32_t nthreads;
     int64_t noc, ochunk, nitems;
     int64_t next;         /* work counter (atomic) */
 } ctx_t;
+
+#if ACIM_AVX512
+/* The value table's entry of code rne(m * qmul) for 16 float counts m: the 64 entries are
+ * held in t[0..3] (codes 0-15, 16-31, 32-47, 48-63). */
+static inline __m512 adc_value16(__m512 m, __m512 vq, const __m512 *t) {
+    const __m512i q = _mm512_cvt_roundps_epi32(_mm512_mul_ps(m, vq),
+                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_mask_blend_ps(_mm512_test_epi32_mask(q, _mm512_set1_epi32(32)),
+                                _mm512_permutex2var_ps(t[0], q, t[1]),
+                                _mm512_permutex2var_ps(t[2], q, t[3]));
+}
+
+static inline void load_table(const float *tv, __m512 *t) {
+    for (int k = 0; k < 4; ++k) t[k] = _mm512_loadu_ps(tv + 16 * k);
+}
+#endif
 
 /* The cycle sequence of one tile on its counts, accumulated into y[NL] (spec order; the
  * lanes are independent chains, so the adds of OB outputs overlap instead of waiting).
@@ -306,17 +322,12 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
                 if (qmul != 0.0f && X->vtab) { /* value of code q: one table lookup */
                     const float *tv = X->vtab + (int64_t)c * VT;
 #if ACIM_AVX512
-                    const __m512 t0 = _mm512_loadu_ps(tv), t1 = _mm512_loadu_ps(tv + 16);
-                    const __m512 t2 = _mm512_loadu_ps(tv + 32), t3 = _mm512_loadu_ps(tv + 48);
+                    __m512 tab[4];
+                    load_table(tv, tab);
                     const __m512 vq = _mm512_set1_ps(qmul), vk = _mm512_set1_ps(k);
                     for (int t = 0; t < NL; t += 16) {
-                        const __m512 mf = _mm512_cvtepi32_ps(_mm512_loadu_si512(mc + t));
-                        const __m512i qi = _mm512_cvtps_epi32(_mm512_roundscale_ps(
-                            _mm512_mul_ps(mf, vq), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-                        const __m512 lo = _mm512_permutex2var_ps(t0, qi, t1);
-                        const __m512 hi = _mm512_permutex2var_ps(t2, qi, t3);
-                        const __mmask16 up = _mm512_test_epi32_mask(qi, _mm512_set1_epi32(32));
-                        const __m512 v = _mm512_mask_blend_ps(up, lo, hi);
+                        const __m512 v = adc_value16(
+                            _mm512_cvtepi32_ps(_mm512_loadu_si512(mc + t)), vq, tab);
                         _mm512_storeu_ps(y + t,
                                          _mm512_add_ps(_mm512_loadu_ps(y + t), _mm512_mul_ps(vk, v)));
                     }
@@ -380,53 +391,17 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
 #if ACIM_AVX512
 /* tile_epilogue when every conversion is a noise-free ADC read through the value table or a
  * digital exact cycle (X->table_only): the same float32 operations in the same order per
- * lane, but 16 lanes at a time through all conversions, so the sums stay in a register. */
-/* tile_epilogue_table's common case (X->uniform): every conversion an ADC read of one
- * activation bit, all cycles with one full scale, so one value table for the whole tile. */
-static void tile_epilogue_uniform(const ctx_t *X, int32_t (*cnt)[NL], float *y) {
-    const asim_run *R = X->R;
-    const int32_t x = R->x, ncyc = R->ncyc;
-    const int32_t *allbits = (const int32_t *)R->cyc_bits;
-    const float *coef = (const float *)R->coef;
-    const __m512i bit5 = _mm512_set1_epi32(32);
-    const float *tv = X->vtab;
-    const __m512 t0 = _mm512_loadu_ps(tv), t1 = _mm512_loadu_ps(tv + 16);
-    const __m512 t2 = _mm512_loadu_ps(tv + 32), t3 = _mm512_loadu_ps(tv + 48);
-    const __m512 vq = _mm512_set1_ps(((const float *)R->cyc_qmul)[0]);
-    for (int t = 0; t < NL; t += 32) {
-        __m512 acc0 = _mm512_loadu_ps(y + t), acc1 = _mm512_loadu_ps(y + t + 16);
-        for (int32_t i = R->w - 1; i >= 0; --i)
-            for (int32_t c = ncyc - 1; c >= 0; --c) {
-                const int32_t *c0 = cnt[i * x + allbits[(int64_t)c * ASIM_MAXBITS]] + t;
-                const __m512i q0 = _mm512_cvt_roundps_epi32(
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(c0)), vq),
-                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                const __m512i q1 = _mm512_cvt_roundps_epi32(
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(c0 + 16)), vq),
-                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                const __m512 v0 = _mm512_mask_blend_ps(_mm512_test_epi32_mask(q0, bit5),
-                                                       _mm512_permutex2var_ps(t0, q0, t1),
-                                                       _mm512_permutex2var_ps(t2, q0, t3));
-                const __m512 v1 = _mm512_mask_blend_ps(_mm512_test_epi32_mask(q1, bit5),
-                                                       _mm512_permutex2var_ps(t0, q1, t1),
-                                                       _mm512_permutex2var_ps(t2, q1, t3));
-                const __m512 vk = _mm512_set1_ps(coef[i * ncyc + c]);
-                acc0 = _mm512_add_ps(acc0, _mm512_mul_ps(vk, v0));
-                acc1 = _mm512_add_ps(acc1, _mm512_mul_ps(vk, v1));
-            }
-        _mm512_storeu_ps(y + t, acc0);
-        _mm512_storeu_ps(y + t + 16, acc1);
-    }
-}
-
+ * lane, but 32 lanes at a time through all conversions, so the two sums stay in registers. */
 static void tile_epilogue_table(const ctx_t *X, int32_t (*cnt)[NL], float *y) {
     const asim_run *R = X->R;
     const int32_t x = R->x, ncyc = R->ncyc;
     const int32_t *nbits = (const int32_t *)R->cyc_nbits, *allbits = (const int32_t *)R->cyc_bits;
     const float *coef = (const float *)R->coef, *qmuls = (const float *)R->cyc_qmul;
     const uint8_t *mode = (const uint8_t *)R->mode;
-    const __m512i bit5 = _mm512_set1_epi32(32);
-    for (int t = 0; t < NL; t += 32) { /* two independent sums per step */
+    __m512 tab[4];
+    load_table(X->vtab, tab); /* X->uniform: one table and multiplier for every cycle */
+    __m512 vq = _mm512_set1_ps(qmuls[0]);
+    for (int t = 0; t < NL; t += 32) {
         __m512 acc0 = _mm512_loadu_ps(y + t), acc1 = _mm512_loadu_ps(y + t + 16);
         for (int32_t i = R->w - 1; i >= 0; --i)
             for (int32_t c = ncyc - 1; c >= 0; --c) {
@@ -440,20 +415,12 @@ static void tile_epilogue_table(const ctx_t *X, int32_t (*cnt)[NL], float *y) {
                 }
                 __m512 v0 = _mm512_cvtepi32_ps(m0), v1 = _mm512_cvtepi32_ps(m1);
                 if (mode[i * ncyc + c] != ASIM_CYC_EXACT) {
-                    const float *tv = X->vtab + (int64_t)c * VT;
-                    const __m512 t0 = _mm512_loadu_ps(tv), t1 = _mm512_loadu_ps(tv + 16);
-                    const __m512 t2 = _mm512_loadu_ps(tv + 32), t3 = _mm512_loadu_ps(tv + 48);
-                    const __m512 vq = _mm512_set1_ps(qmuls[c]);
-                    const __m512i q0 = _mm512_cvt_roundps_epi32(
-                        _mm512_mul_ps(v0, vq), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                    const __m512i q1 = _mm512_cvt_roundps_epi32(
-                        _mm512_mul_ps(v1, vq), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                    v0 = _mm512_mask_blend_ps(_mm512_test_epi32_mask(q0, bit5),
-                                              _mm512_permutex2var_ps(t0, q0, t1),
-                                              _mm512_permutex2var_ps(t2, q0, t3));
-                    v1 = _mm512_mask_blend_ps(_mm512_test_epi32_mask(q1, bit5),
-                                              _mm512_permutex2var_ps(t0, q1, t1),
-                                              _mm512_permutex2var_ps(t2, q1, t3));
+                    if (!X->uniform) {
+                        load_table(X->vtab + (int64_t)c * VT, tab);
+                        vq = _mm512_set1_ps(qmuls[c]);
+                    }
+                    v0 = adc_value16(v0, vq, tab);
+                    v1 = adc_value16(v1, vq, tab);
                 }
                 const __m512 vk = _mm512_set1_ps(coef[i * ncyc + c]);
                 acc0 = _mm512_add_ps(acc0, _mm512_mul_ps(vk, v0));
@@ -535,8 +502,7 @@ static void *compute_worker(void *arg) {
                                 wpk + woff[tile] + (o + ob) * R->wpad * nw, nw, X->Mpad, mb,
                                 R->wpad, R->x, (int32_t(*)[NL]) & cnt[0][ob * MB]);
 #if ACIM_AVX512
-                if (X->uniform) tile_epilogue_uniform(X, cnt, y);
-                else if (X->table_only) tile_epilogue_table(X, cnt, y);
+                if (X->table_only) tile_epilogue_table(X, cnt, y);
                 else
 #endif
                     tile_epilogue(X, tile, cnt, ek, y);
@@ -667,12 +633,10 @@ int32_t asim_run_call(const asim_run *R) {
             for (int32_t c = 0; c < R->ncyc; ++c) {
                 const int md = mode[i * R->ncyc + c];
                 X.table_only &= md == ASIM_CYC_EXACT || (md == ASIM_CYC_ADC && qm[c] != 0.0f);
-                X.uniform &= md == ASIM_CYC_ADC;
             }
         const float *fs = (const float *)R->cyc_fs;
-        const int32_t *nb = (const int32_t *)R->cyc_nbits;
         for (int32_t c = 0; c < R->ncyc; ++c) /* bit-identical full scale and multiplier */
-            X.uniform &= nb[c] == 1 && memcmp(&fs[c], &fs[0], sizeof(float)) == 0 &&
+            X.uniform &= memcmp(&fs[c], &fs[0], sizeof(float)) == 0 &&
                          memcmp(&qm[c], &qm[0], sizeof(float)) == 0;
         X.uniform &= X.table_only;
     }
