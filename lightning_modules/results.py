@@ -123,24 +123,25 @@ def describe_macros(used: dict[str, list[str]], run_macro: MacroConfig) -> str:
     return "; ".join(parts)
 
 
+def _scaled(value: float | None, units, digits: int, base: str) -> str:
+    """``value`` in the first of ``units`` (``(name, scale)``, largest first) it reaches,
+    else in ``base``; ``-`` for None."""
+    if value is None:
+        return "-"
+    for unit, scale in units:
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}g} {unit}"
+    return f"{value:.{digits}g}{base}"
+
+
 def format_energy(pj: float | None) -> str:
     """Energy in readable units: ``1.234 µJ``, ``56.7 nJ``, ``890 pJ``."""
-    if pj is None:
-        return "-"
-    for unit, scale in (("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3)):
-        if abs(pj) >= scale:
-            return f"{pj / scale:.3g} {unit}"
-    return f"{pj:.3g} pJ"
+    return _scaled(pj, (("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3)), 3, " pJ")
 
 
 def format_conversions(count: float | None) -> str:
     """A count in readable units: ``164.1 M``, ``52.3 k``, ``980``."""
-    if count is None:
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(count) >= scale:
-            return f"{count / scale:.4g} {unit}"
-    return f"{count:.4g}"
+    return _scaled(count, (("G", 1e9), ("M", 1e6), ("k", 1e3)), 4, "")
 
 
 def format_table(results: dict[str, Any]) -> str:
