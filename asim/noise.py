@@ -176,7 +176,12 @@ class TableNoise(ReadoutNoise):
         return offset, _interp(self.counts64, self.std64, level) / adc_levels
 
     def cache_key(self) -> tuple:
-        return ("table", *(t.numpy().tobytes() for t in (self.counts64, self.offset64, self.std64)))
+        if getattr(self, "_key", None) is None:  # one model per file version: built once
+            self._key = (
+                "table",
+                *(t.numpy().tobytes() for t in (self.counts64, self.offset64, self.std64)),
+            )
+        return self._key
 
     def __repr__(self) -> str:
         return f"TableNoise({self.source}, {self.counts.numel()} counts)"
@@ -243,12 +248,14 @@ class HistogramNoise(ReadoutNoise):
         return offset.float(), sigma.float()
 
     def cache_key(self) -> tuple:
-        return (
-            "histogram",
-            self.delta_min,
-            self.counts64.numpy().tobytes(),
-            self.pmf.numpy().tobytes(),
-        )
+        if getattr(self, "_key", None) is None:  # one model per file version: built once
+            self._key = (
+                "histogram",
+                self.delta_min,
+                self.counts64.numpy().tobytes(),
+                self.pmf.numpy().tobytes(),
+            )
+        return self._key
 
     def __repr__(self) -> str:
         return f"HistogramNoise({self.source}, {self.counts64.numel()} counts)"

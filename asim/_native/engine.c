@@ -259,6 +259,8 @@ typedef struct {
     float *vtab;          /* [ncyc][VT] value fl(fl(q/A)*F) of code q, or NULL (A >= VT) */
     int table_only;       /* every conversion: ADC through vtab (cyc_qmul != 0) or exact */
     int uniform;          /* every cycle has the same full scale: one value table */
+    int exact_products;   /* table_only, and every k * v is exact (k a power of two, no
+                             overflow or subnormal): y + k * v may be one fused op */
     int32_t nthreads;
     int64_t noc, ochunk, nitems;
     int64_t next;         /* work counter (atomic) */
@@ -270,9 +272,11 @@ typedef struct {
 static inline __m512 adc_value16(__m512 m, __m512 vq, const __m512 *t) {
     const __m512i q = _mm512_cvt_roundps_epi32(_mm512_mul_ps(m, vq),
                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    return _mm512_mask_blend_ps(_mm512_test_epi32_mask(q, _mm512_set1_epi32(32)),
-                                _mm512_permutex2var_ps(t[0], q, t[1]),
-                                _mm512_permutex2var_ps(t[2], q, t[3]));
+    /* two masked permutes: codes < 32 from t[0..1] (the others keep q as their index),
+     * then codes >= 32 from t[2..3] */
+    const __mmask16 hi = _mm512_test_epi32_mask(q, _mm512_set1_epi32(32));
+    const __m512 lo = _mm512_mask2_permutex2var_ps(t[0], q, _knot_mask16(hi), t[1]);
+    return _mm512_mask2_permutex2var_ps(t[2], _mm512_castps_si512(lo), hi, t[3]);
 }
 
 static inline void load_table(const float *tv, __m512 *t) {
@@ -423,8 +427,13 @@ static void tile_epilogue_table(const ctx_t *X, int32_t (*cnt)[NL], float *y) {
                     v1 = adc_value16(v1, vq, tab);
                 }
                 const __m512 vk = _mm512_set1_ps(coef[i * ncyc + c]);
-                acc0 = _mm512_add_ps(acc0, _mm512_mul_ps(vk, v0));
-                acc1 = _mm512_add_ps(acc1, _mm512_mul_ps(vk, v1));
+                if (X->exact_products) { /* k * v is exact: one rounding either way */
+                    acc0 = _mm512_fmadd_ps(vk, v0, acc0);
+                    acc1 = _mm512_fmadd_ps(vk, v1, acc1);
+                } else {
+                    acc0 = _mm512_add_ps(acc0, _mm512_mul_ps(vk, v0));
+                    acc1 = _mm512_add_ps(acc1, _mm512_mul_ps(vk, v1));
+                }
             }
         _mm512_storeu_ps(y + t, acc0);
         _mm512_storeu_ps(y + t + 16, acc1);
@@ -591,6 +600,27 @@ static void scratch_give(uint64_t *p) {
     pthread_mutex_unlock(&scratch_lock);
 }
 
+/* Whether every product k * v of the table epilogue is exact in float32: each k = coef is
+ * zero or a power of two, and |k| times the smallest and the largest nonzero v (a table
+ * value, or an exact cycle's count, at most 2^24) stays a normal float. Then the rounded
+ * fl(y + fl(k * v)) equals the fused fl(y + k * v). */
+static int exact_products(const asim_run *R, const float *vtab) {
+    float vmin = 1.0f, vmax = 16777216.0f;
+    for (int64_t q = 0; q < (int64_t)VT * R->ncyc; ++q)
+        if (vtab[q] > 0.0f) {
+            vmin = vtab[q] < vmin ? vtab[q] : vmin;
+            vmax = vtab[q] > vmax ? vtab[q] : vmax;
+        }
+    const float *coef = (const float *)R->coef;
+    for (int32_t k = 0; k < R->w * R->ncyc; ++k) {
+        const float a = fabsf(coef[k]);
+        int e;
+        if (a == 0.0f) continue;
+        if (!(frexpf(a, &e) == 0.5f && a * vmin >= 0x1p-126f && a * vmax <= 0x1p126f)) return 0;
+    }
+    return 1;
+}
+
 /* Y of the call's rows over all tiles (engine.h documents every field).
  * Returns 0, -1 if out of memory, -2 if votes exceeds ASIM_MAXVOTES. */
 int32_t asim_run_call(const asim_run *R) {
@@ -639,6 +669,7 @@ int32_t asim_run_call(const asim_run *R) {
             X.uniform &= memcmp(&fs[c], &fs[0], sizeof(float)) == 0 &&
                          memcmp(&qm[c], &qm[0], sizeof(float)) == 0;
         X.uniform &= X.table_only;
+        X.exact_products = X.table_only && exact_products(R, X.vtab);
     }
     X.xpk = scratch_take((size_t)(words > 0 ? words : 1));
     if (!X.xpk) {

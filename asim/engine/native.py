@@ -154,6 +154,67 @@ def _bucket_struct(b: dict | None) -> BucketTable:
     )
 
 
+def _static_args(plan, tiles: tuple, O: int) -> tuple[RunArgs, dict, tuple]:
+    """The call-independent fields of ``asim_run`` for ``plan`` on ``tiles`` and ``O``
+    outputs, and the tensors and ctypes arrays they point into (kept alive with them)."""
+    macro = plan.macro
+    ncyc = plan.ncyc
+    max_rows = max(b - a for a, b in tiles)
+    top = max_rows * max(c.levels for c in plan.cycles)
+    bits = torch.zeros(ncyc, _MAXBITS, dtype=torch.int32)
+    for c, cyc in enumerate(plan.cycles):
+        bits[c, : len(cyc.bits)] = torch.tensor(cyc.bits, dtype=torch.int32)
+    keep = {
+        "tiles": torch.tensor(tiles, dtype=torch.int64),
+        "nbits": torch.tensor([len(c.bits) for c in plan.cycles], dtype=torch.int32),
+        "bits": bits,
+        "coef": torch.tensor(plan.coef, dtype=torch.float32),
+        "mode": torch.tensor(plan.mode, dtype=torch.uint8),
+        "fs": torch.tensor(plan.full_scale, dtype=torch.float32),
+        "qmul": torch.tensor(
+            [
+                code_multiplier(f, macro.adc_levels, top)
+                if not (plan.alpha or plan.reciprocal)
+                else 0.0
+                for f in plan.full_scale
+            ],
+            dtype=torch.float32,
+        ),
+        "late": torch.tensor([plan.late(c) for c in range(ncyc)], dtype=torch.uint8),
+    }
+    tables = buckets = None
+    if plan.noisy:
+        tabs = [plan.code_table(c) for c in range(ncyc)]
+        structs = [t.native() for t in tabs]
+        tables = (type(structs[0]) * ncyc)(*structs)
+        keep["code_tables"] = tabs
+        keep["buckets"] = [bucket_table(t) for t in tabs]
+        buckets = (BucketTable * ncyc)(*[_bucket_struct(b) for b in keep["buckets"]])
+    args = RunArgs(
+        ntiles=len(tiles),
+        tiles=keep["tiles"].data_ptr(),
+        O=O,
+        w=macro.weight_bits,
+        wpad=-(-macro.weight_bits // _IB) * _IB,
+        x=macro.input_bits,
+        ncyc=ncyc,
+        cyc_nbits=keep["nbits"].data_ptr(),
+        cyc_bits=bits.data_ptr(),
+        coef=keep["coef"].data_ptr(),
+        mode=keep["mode"].data_ptr(),
+        cyc_fs=keep["fs"].data_ptr(),
+        cyc_qmul=keep["qmul"].data_ptr(),
+        cyc_late=keep["late"].data_ptr(),
+        adc_levels=float(macro.adc_levels),
+        alpha=plan.alpha,
+        reciprocal=int(plan.reciprocal),
+        tables=None if tables is None else ctypes.cast(tables, ctypes.c_void_p),
+        buckets=None if buckets is None else ctypes.cast(buckets, ctypes.c_void_p),
+        votes=plan.votes,
+    )
+    return args, keep, (tables, buckets)
+
+
 class NativeBackend:
     """Runs chunks of one call with the C kernel; built once per call."""
 
@@ -161,71 +222,23 @@ class NativeBackend:
 
     def __init__(self, job):
         self.job, self.lib = job, engine_lib()
-        plan = job.plan
-        macro = plan.macro
+        macro = job.plan.macro
         self.wb, self.xb = macro.weight_bits, macro.input_bits
-        ncyc = plan.ncyc
-        tiles = job.tiles
-        max_rows = max(b - a for a, b in tiles)
-        top = max_rows * max(c.levels for c in plan.cycles)
-        bits = torch.zeros(ncyc, _MAXBITS, dtype=torch.int32)
-        for c, cyc in enumerate(plan.cycles):
-            bits[c, : len(cyc.bits)] = torch.tensor(cyc.bits, dtype=torch.int32)
-        keep = {  # tensors the struct points into: alive as long as the backend
-            "tiles": torch.tensor(tiles, dtype=torch.int64),
-            "nbits": torch.tensor([len(c.bits) for c in plan.cycles], dtype=torch.int32),
-            "bits": bits,
-            "coef": torch.tensor(plan.coef, dtype=torch.float32),
-            "mode": torch.tensor(plan.mode, dtype=torch.uint8),
-            "fs": torch.tensor(plan.full_scale, dtype=torch.float32),
-            "qmul": torch.tensor(
-                [
-                    code_multiplier(f, macro.adc_levels, top)
-                    if not (plan.alpha or plan.reciprocal)
-                    else 0.0
-                    for f in plan.full_scale
-                ],
-                dtype=torch.float32,
-            ),
-            "late": torch.tensor([plan.late(c) for c in range(ncyc)], dtype=torch.uint8),
-        }
-        tables = buckets = None
-        if plan.noisy:
-            tabs = [plan.code_table(c) for c in range(ncyc)]
-            structs = [t.native() for t in tabs]
-            tables = (type(structs[0]) * ncyc)(*structs)
-            keep["code_tables"] = tabs
-            keep["buckets"] = [bucket_table(t) for t in tabs]
-            buckets = (BucketTable * ncyc)(*[_bucket_struct(b) for b in keep["buckets"]])
-        self._keep, self._arrays = keep, (tables, buckets)
         self.wpad = -(-self.wb // _IB) * _IB
-        self.args = RunArgs(
-            ntiles=len(tiles),
-            tiles=keep["tiles"].data_ptr(),
-            O=job.O,
-            w=self.wb,
-            wpad=self.wpad,
-            x=self.xb,
-            ncyc=ncyc,
-            cyc_nbits=keep["nbits"].data_ptr(),
-            cyc_bits=bits.data_ptr(),
-            coef=keep["coef"].data_ptr(),
-            mode=keep["mode"].data_ptr(),
-            cyc_fs=keep["fs"].data_ptr(),
-            cyc_qmul=keep["qmul"].data_ptr(),
-            cyc_late=keep["late"].data_ptr(),
-            adc_levels=float(macro.adc_levels),
-            alpha=plan.alpha,
-            reciprocal=int(plan.reciprocal),
-            tables=None if tables is None else ctypes.cast(tables, ctypes.c_void_p),
-            buckets=None if buckets is None else ctypes.cast(buckets, ctypes.c_void_p),
-            votes=plan.votes,
-            call_key=job.key,
+        tiles = tuple(job.tiles)
+        # what depends only on the plan, the tiles and O is built once and kept with the plan
+        self._static = job.plan.cached(
+            ("native", tiles, job.O), lambda: _static_args(job.plan, tiles, job.O)
         )
+        self.args = RunArgs.from_buffer_copy(self._static[0])
+        self.args.call_key = job.key
         self._packed: dict[int, tuple[Tensor, Tensor]] = {}
 
     def chunk_elements_per_row(self, R: int) -> int:
-        return max(self.job.O, R)  # no per-cycle intermediates; packed rows are R bytes
+        # the only intermediate is the packed activations (x planes of 64-row words per
+        # tile, counted in 4-byte elements); outputs go straight into the call's result
+        words = sum(-(-(b - a) // 64) for a, b in self.job.tiles)
+        return max(1, 2 * self.xb * words)
 
     def _weights(self, b: int) -> tuple[Tensor, Tensor]:
         job = self.job

@@ -1,6 +1,7 @@
 """The cycle plan of one call and the ADC arithmetic (spec §4-§6, §8.1-§8.2).
 
-A :class:`Plan` is built once per engine call from the macro and the noise: which activation
+A :class:`Plan` is built from the macro and the noise (once per distinct configuration: calls
+with equal settings share one, and with it every table derived from it): which activation
 bits each cycle applies, the signed power-of-two weight of every (weight bit, cycle)
 conversion, what that conversion does (:data:`ADC`, :data:`EXACT`, :data:`NOISY`,
 :data:`VOTED`; the same codes as the C kernel's ``ASIM_CYC_*``), and per cycle:
@@ -18,6 +19,7 @@ Both backends accumulate in the spec's order, so they agree bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -128,7 +130,8 @@ def code_value_table(full_scale: int, adc_levels: int, reciprocal: bool) -> Tens
 
 @dataclass
 class Plan:
-    """Everything one engine call derives from the macro and the noise, built once.
+    """Everything an engine call derives from the macro and the noise, built once per
+    distinct configuration (:func:`build_plan` caches it; treat it as read-only).
 
     Attributes:
         cycles: the activation cycles.
@@ -163,6 +166,14 @@ class Plan:
     def noisy(self) -> bool:
         """Does any conversion draw a random code?"""
         return any(m in (NOISY, VOTED) for row in self.mode for m in row)
+
+    def cached(self, key, build):
+        """The derived form ``key`` of this plan (e.g. a backend's kernel arguments),
+        built by ``build()`` on first use and kept as long as the plan."""
+        hit = self._tables.get(key)
+        if hit is None:
+            hit = self._tables[key] = build()
+        return hit
 
     def late(self, c: int) -> bool:
         return self.late_sign and c == self.ncyc - 1
@@ -213,12 +224,45 @@ def _is_identity(full_scale: int, adc_levels: int, reciprocal: bool) -> bool:
     return bool(torch.equal(t, torch.arange(full_scale + 1, dtype=torch.float32)))
 
 
+_PLANS: dict = {}
+_PLANS_MAX = 256
+
+
+@functools.cache
+def _field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _settings(cfg) -> tuple | None:
+    return None if cfg is None else tuple(getattr(cfg, n) for n in _field_names(type(cfg)))
+
+
 def build_plan(macro: MacroConfig, noise: NoiseConfig | None, signed: bool) -> Plan:
-    """The :class:`Plan` of ``macro`` with ``noise`` for signed or unsigned inputs."""
+    """The :class:`Plan` of ``macro`` with ``noise`` for signed or unsigned inputs: one per
+    distinct setting values (and noise file contents), reused by every call that has them;
+    it keeps copies of the configs, so changing a config object later makes a new plan."""
+    readout = build_noise(noise)  # file-backed models are cached by path and mtime
+    key = (
+        _settings(macro),
+        _settings(noise),
+        bool(signed),
+        None if readout is None else readout.cache_key(),
+    )
+    plan = _PLANS.get(key)
+    if plan is None:
+        macro = dataclasses.replace(macro)
+        noise = None if noise is None else dataclasses.replace(noise)
+        plan = _new_plan(macro, noise, bool(signed), readout)
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _new_plan(macro: MacroConfig, noise: NoiseConfig | None, signed: bool, readout) -> Plan:
     w = macro.weight_bits
     cycles = activation_cycles(macro.input_bits, macro.input_enc_bits, signed)
     n = len(cycles)
-    readout = build_noise(noise)
     if readout is not None and readout.constant_sigma(macro.adc_levels) == 0.0:
         readout = None
     coef, mode = [], []
