@@ -119,21 +119,24 @@ def dequantize(
     w_levels: int,
     x_levels: int,
     reciprocal: bool = False,
+    in_place: bool = False,
 ) -> Tensor:
     """``y = (Y * (s_w * s_x)) / (Lw * Lx)`` in the spec's order (§1.4).
 
     ``x_scale`` must already broadcast against ``acc`` (per-sample scales). ``reciprocal``
     multiplies by the float32 reciprocal of ``Lw * Lx`` instead, as the reference on CUDA.
+    ``in_place`` writes ``y`` over ``acc`` (a float32 tensor the caller owns, of ``y``'s
+    shape) instead of a new tensor: the same two operations, and no full-size allocation
+    (whose page faults cost more than the arithmetic).
     """
     scale = w_scale * x_scale
     if torch.is_grad_enabled() and (acc.requires_grad or scale.requires_grad):
         return divide(acc * scale, w_levels * x_levels, reciprocal)
-    # the same two operations into one new contiguous tensor (``acc`` may be a strided
-    # view): a full-size output costs page faults, so one instead of two, or three
-    y = torch.empty(
-        torch.broadcast_shapes(acc.shape, scale.shape),
-        dtype=torch.result_type(acc, scale),
-        device=acc.device,
-    )
+    shape = torch.broadcast_shapes(acc.shape, scale.shape)
+    dtype = torch.result_type(acc, scale)
+    if in_place and acc.shape == shape and acc.dtype == dtype:
+        y = acc
+    else:  # one new contiguous tensor (``acc`` may be a strided view)
+        y = torch.empty(shape, dtype=dtype, device=acc.device)
     torch.mul(acc, scale, out=y)
     return divide(y, w_levels * x_levels, reciprocal, out=y)

@@ -483,6 +483,7 @@ static void *compute_worker(void *arg) {
     const int64_t *sample = (const int64_t *)R->sample, *pos = (const int64_t *)R->pos;
     const uint64_t *wpk = (const uint64_t *)R->wpk;
     float *out = (float *)R->y;
+    const int64_t *y_row = (const int64_t *)R->y_row;
     float y[NL];
     uint64_t ek[NL];
     for (int t = 0; t < NL; ++t) ek[t] = 0;
@@ -516,9 +517,13 @@ static void *compute_worker(void *arg) {
 #endif
                     tile_epilogue(X, tile, cnt, ek, y);
             }
-            for (int64_t t = 0; t < n; ++t)
-                for (int64_t ob = 0; ob < nob; ++ob)
-                    out[(mb + t) * R->ldy + o + ob] = y[ob * MB + t];
+            for (int64_t ob = 0; ob < nob; ++ob) {
+                float *col = out + (o + ob) * R->ldo;
+                if (y_row)
+                    for (int64_t t = 0; t < n; ++t) col[y_row[mb + t]] = y[ob * MB + t];
+                else
+                    for (int64_t t = 0; t < n; ++t) col[(mb + t) * R->ldy] = y[ob * MB + t];
+            }
         }
     }
     free(cnt);

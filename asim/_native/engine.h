@@ -41,8 +41,10 @@
     X(ptr, wpk, "uint64 weight planes, per tile [O][wpad][nw_t] (acim_pack)")               \
     X(ptr, woff, "int64 [ntiles] word offset of each tile in wpk")                          \
     X(i64, O, "output columns")                                                             \
-    X(ptr, y, "float32 output, y[m*ldy + o], written")                                      \
-    X(i64, ldy, "row stride of y")                                                          \
+    X(ptr, y, "float32 output: y[m*ldy + o*ldo], or y[y_row[m] + o*ldo], written")          \
+    X(i64, ldy, "row stride of y when y_row is NULL")                                       \
+    X(ptr, y_row, "int64 [M] element offset of each output row, or NULL")                   \
+    X(i64, ldo, "column stride of y")                                                       \
     X(i32, w, "weight bits")                                                                \
     X(i32, wpad, "weight planes in wpk (w rounded up to ASIM_IB)")                          \
     X(i32, x, "activation bits")                                                            \

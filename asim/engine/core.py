@@ -37,7 +37,7 @@ from torch import Tensor
 from .. import _triton, rng
 from ..config import MacroConfig, NoiseConfig
 from . import native
-from .operands import NoiseStream, Patches, ProgrammedArray
+from .operands import NoiseStream, OutputRows, Patches, ProgrammedArray
 from .plan import Plan, build_plan, linear_tiles
 from .shortcut import try_shortcut
 from .torch_backend import TorchBackend
@@ -204,6 +204,7 @@ def acim_matmul(
     generator: torch.Generator | None = None,
     cell_noise: Tensor | None = None,
     exact_shortcut: bool = True,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Integer-domain accumulator ``Y`` of the macro computing ``x_int @ w_int``.
 
@@ -225,9 +226,15 @@ def acim_matmul(
         cell_noise: additive deviation of every stored weight bit, ``[..., R, weight_bits, O]``
             in bit units (weight-cell variation, spec §8.1), or None.
         exact_shortcut: False forces the cycles even where the exact shortcut applies.
+        out: a float32 tensor on ``w_int``'s device that receives ``Y`` instead of a new
+            one, of any strides: shaped ``[..., M, O]`` like ``Y``, or, for a
+            :class:`Patches`, ``(*rows, O)`` with leading dims that flatten in order to
+            the ``M`` rows (a conv passes its NCHW output as ``(B, Ho, Wo, O)``, so no
+            transposing copy follows). The native kernel writes it in place.
 
     Returns:
-        ``Y`` as float32 ``[..., M, O]``, to be de-quantized by the caller (spec §1.4).
+        ``Y`` as float32 ``[..., M, O]``, to be de-quantized by the caller (spec §1.4);
+        ``out`` itself when given.
     """
     programmed = w_int if isinstance(w_int, ProgrammedArray) else None
     if programmed is not None:
@@ -254,8 +261,11 @@ def acim_matmul(
     if w3.shape[0] > 1:
         programmed = None  # per-sample weights (attention operands): nothing to reuse
     device = w_int.device
+    if out is not None:
+        _check_out(out, lead, M, O, patches is not None, device)
     if not tiles or M == 0 or O == 0:
-        return torch.zeros(*lead, M, O, dtype=torch.float32, device=device)
+        y = torch.zeros(*lead, M, O, dtype=torch.float32, device=device)
+        return y if out is None else out.copy_(y.view(out.shape))
 
     plan = build_plan(macro, noise, signed_input)
     if exact_shortcut and plan.lossless() and cell_noise is None:
@@ -263,6 +273,8 @@ def acim_matmul(
         if y is not None:
             device_backend(device)  # a forced backend that cannot run here still fails
             _USED.add(EXACT)
+            if out is not None:
+                return out.copy_(y.reshape(out.shape))
             return y.reshape(*lead, M, O)
 
     random = plan.readout is not None or cell_noise is not None
@@ -292,7 +304,8 @@ def acim_matmul(
         if plan.readout is not None:
             cols = torch.arange(O, dtype=torch.int64, device=device)
             ekeys = rng.element_keys(key, sample[..., None], pos[..., None], cols)
-        return weight_parallel(x, w3, plan, tiles, ekeys).reshape(*lead, M, O)
+        y = weight_parallel(x, w3, plan, tiles, ekeys)
+        return y.reshape(*lead, M, O) if out is None else out.copy_(y.reshape(out.shape))
 
     if cell_noise is not None:
         cell_noise = cell_noise.reshape(-1, rows, macro.weight_bits, O)
@@ -301,9 +314,36 @@ def acim_matmul(
     _USED.add(backend.name)
     if isinstance(x3, Patches) and not _reads_in_place(backend.name, x3, macro.input_bits):
         job.x3 = x3 = x3.materialize()[None]
-    out = torch.empty(batch, M, O, dtype=torch.float32, device=device)  # every chunk writes
-    _run(backend, x3, out)
-    return out.reshape(*lead, M, O)
+    if out is None:
+        y = torch.empty(batch, M, O, dtype=torch.float32, device=device)  # every chunk writes
+        _run(backend, x3, y)
+        return y.reshape(*lead, M, O)
+    try:
+        y = out.view(batch, M, O)  # Y's own layout, any strides: written in place
+    except RuntimeError:
+        y = None
+    if y is not None:
+        _run(backend, x3, y)
+    elif backend.name == "native" and batch == 1:
+        _run(backend, x3, OutputRows.of(out))  # rows at their own offsets
+    else:
+        y = torch.empty(batch, M, O, dtype=torch.float32, device=device)
+        _run(backend, x3, y)
+        out.copy_(y.view(out.shape))
+    return out
+
+
+def _check_out(out: Tensor, lead, M: int, O: int, patches: bool, device) -> None:
+    ok_shape = tuple(out.shape) == (*lead, M, O) or (
+        patches and out.dim() >= 2 and out.shape[-1] == O and out.numel() == M * O
+    )
+    if not ok_shape or out.dtype != torch.float32 or out.device != torch.device(device):
+        raise ValueError(
+            f"acim_matmul: out must be a float32 tensor on {device} shaped like Y "
+            f"{(*lead, M, O)}"
+            + (" (or (*rows, O) with M rows)" if patches else "")
+            + f"; got {out.dtype} {tuple(out.shape)} on {out.device}"
+        )
 
 
 def _reads_in_place(name: str, patches: Patches, input_bits: int) -> bool:
@@ -314,7 +354,7 @@ def _reads_in_place(name: str, patches: Patches, input_bits: int) -> bool:
     return name == "native" and native.in_place_kind(patches.view.dtype, input_bits) is not None
 
 
-def _run(backend, x3, out: Tensor) -> None:
+def _run(backend, x3, out) -> None:
     """Chunks of rows (and of leading indices) through the backend."""
     Bt, M, R = (1, *x3.shape) if isinstance(x3, Patches) else x3.shape
     rows_per_chunk = max(1, CHUNK_ELEMENTS // backend.chunk_elements_per_row(R))
@@ -325,4 +365,5 @@ def _run(backend, x3, out: Tensor) -> None:
         for m0 in range(0, M, m_step):
             m1 = min(M, m0 + m_step)
             x = x3 if isinstance(x3, Patches) else x3[b0:b1, m0:m1]
-            backend.run_chunk(x, (b0, b1), (m0, m1), out[b0:b1, m0:m1])
+            y = out.rows(m0, m1) if isinstance(out, OutputRows) else out[b0:b1, m0:m1]
+            backend.run_chunk(x, (b0, b1), (m0, m1), y)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._native import CONST, BucketTable, RunArgs, engine_lib
-from .operands import Patches
+from .operands import OutputRows, Patches
 from .plan import code_multiplier
 
 __all__ = ["NativeBackend", "available"]
@@ -252,9 +252,10 @@ class NativeBackend:
             self._packed[b] = pack_weights(self.lib, w, self.wb, job.tiles, job.O)
         return self._packed[b]
 
-    def run_chunk(self, x, batch: tuple[int, int], rows: tuple[int, int], y: Tensor) -> None:
-        """``y [b, Mc, O]`` for the chunk's codes (a tensor ``[b, Mc, R]``, or the call's
-        :class:`Patches` with ``b = 1``)."""
+    def run_chunk(self, x, batch: tuple[int, int], rows: tuple[int, int], y) -> None:
+        """``y [b, Mc, O]`` (a tensor, or with ``b = 1`` the chunk's :class:`OutputRows`)
+        for the chunk's codes (a tensor ``[b, Mc, R]``, or the call's :class:`Patches` with
+        ``b = 1``)."""
         job, args = self.job, self.args
         (b0, b1), (m0, m1) = batch, rows
         torch_threads = max(1, torch.get_num_threads())
@@ -269,10 +270,15 @@ class NativeBackend:
                 args.row_off = args.col_off = None
                 args.ld = codes.stride(0)
             wpk, woff = self._weights(b0 + b)
-            yb = y[b]  # (Mc, O), unit stride along O
             args.codes, args.kind, args.M = codes.data_ptr(), kind, m1 - m0
             args.wpk, args.woff = wpk.data_ptr(), woff.data_ptr()
-            args.y, args.ldy = yb.data_ptr(), yb.stride(0)
+            if isinstance(y, OutputRows):  # the chunk's rows of a strided result (b = 1)
+                args.y, args.y_row = y.view.data_ptr(), y.row_offset.data_ptr()
+                args.ldy, args.ldo = 0, y.view.stride(-1)
+            else:
+                yb = y[b]  # (Mc, O), any strides
+                args.y, args.y_row = yb.data_ptr(), None
+                args.ldy, args.ldo = yb.stride(0), yb.stride(1)
             if job.plan.noisy:
                 sample = job.sample[b0 + b, m0:m1].contiguous()
                 pos = job.pos[b0 + b, m0:m1].contiguous()

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -115,7 +116,32 @@ class Patches:
         return self.view.reshape(self.shape)
 
 
+@dataclass(frozen=True)
+class OutputRows:
+    """Rows of ``Y [M, O]`` written in place into ``view``, a tensor ``(*rows, O)`` of any
+    strides (e.g. a conv's NCHW output seen as ``(B, Ho, Wo, O)``): ``Y[m, o]`` is at
+    ``view.data_ptr()`` plus ``row_offset[m] + o * view.stride(-1)`` elements. A chunk of
+    rows is the same view with a slice of ``row_offset``."""
+
+    view: Tensor
+    row_offset: Tensor
+
+    @classmethod
+    def of(cls, view: Tensor) -> OutputRows:
+        return cls(view, _offsets(view.shape[:-1], view.stride()[:-1], view.device))
+
+    def rows(self, m0: int, m1: int) -> OutputRows:
+        return OutputRows(self.view, self.row_offset[m0:m1])
+
+
 def _offsets(sizes, strides, device) -> Tensor:
+    """int64 element offsets of every index of a strided view's ``sizes`` dims, in order.
+    Cached per geometry (a layer sees the same few every forward); never written to."""
+    return _offsets_cached(tuple(sizes), tuple(strides), torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets_cached(sizes: tuple, strides: tuple, device: torch.device) -> Tensor:
     off = torch.zeros((), dtype=torch.int64)
     for n, st in zip(sizes, strides, strict=True):
         off = off.unsqueeze(-1) + torch.arange(n, dtype=torch.int64) * st

@@ -96,7 +96,8 @@ def select_rows(t: Tensor, used, dim: int = -1) -> Tensor:
 
 def try_shortcut(x3, w3: Tensor, macro: MacroConfig, signed: bool, tiles) -> Tensor | None:
     """The exact product ``[B, M, O]`` over the tiles' rows, or None if the bound fails.
-    A :class:`Patches` from a conv runs as a conv over the mapped channels."""
+    A :class:`Patches` from a conv runs as a conv over the mapped channels; its product is
+    returned as the conv's output seen as ``(B, Ho, Wo, O)`` (rows in order, no copy)."""
     rows = w3.shape[-2]
     used = rows_used(tiles, rows, w3.device)
     if isinstance(x3, Patches) and x3.source is not None and isinstance(used, slice):
@@ -117,7 +118,7 @@ def try_shortcut(x3, w3: Tensor, macro: MacroConfig, signed: bool, tiles) -> Ten
             )
             if y is None:
                 return None
-            return y.permute(0, 2, 3, 1).reshape(1, -1, y.shape[1])  # rows (b, ho, wo)
+            return y.permute(0, 2, 3, 1)  # rows (b, ho, wo)
     if isinstance(x3, Patches):
         x3 = x3.materialize()[None]
     return exact_product(select_rows(x3, used), select_rows(w3, used, dim=-2), macro, signed)

@@ -220,6 +220,7 @@ class ACiMLayer:
         return y + z * (self.trim_noise / 100.0 * y)
 
     def _dequantize(self, acc: Tensor, w_scale: Tensor, x_scale: Tensor) -> Tensor:
+        """``acc`` (this forward's own accumulator) de-quantized in place."""
         return dequantize(
             acc,
             w_scale,
@@ -227,6 +228,7 @@ class ACiMLayer:
             signed_levels(self.macro.weight_bits),
             self._input_levels(),
             self.macro.division == Division.reciprocal,
+            in_place=True,
         )
 
     # ---------------------------------------------------------------- the engine call
@@ -259,11 +261,7 @@ class ACiMLayer:
         w = weight.detach()
         bits = self.macro.weight_bits
         hit = self._programs.get(sub)
-        if (
-            hit is not None
-            and hit[4] == bits
-            and _same_values(hit[0], w)
-        ):
+        if hit is not None and hit[4] == bits and _same_values(hit[0], w):
             return hit[1], hit[2], hit[3]
         w_int, w_scale = self._quantize_weight(w)
         prog = ProgrammedArray(layout(w_int))
@@ -280,8 +278,10 @@ class ACiMLayer:
         signed: bool | None = None,
         cell_noise: Tensor | None = None,
         stream: NoiseStream | None = None,
+        out: Tensor | None = None,
     ) -> Tensor:
-        """Run the engine: ``x_int [..., M, R] @ w_int [R, O]`` on this layer's macro."""
+        """Run the engine: ``x_int [..., M, R] @ w_int [R, O]`` on this layer's macro
+        (into ``out`` when given, see :func:`acim_matmul`)."""
         return acim_matmul(
             x_int,
             w_int,
@@ -291,6 +291,7 @@ class ACiMLayer:
             noise=self.noise if noise is None else noise,
             stream=stream,
             cell_noise=cell_noise,
+            out=out,
         )
 
     def _linear(

@@ -188,7 +188,8 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         cells = self._cell_noise(R, O, x_int.device)  # one draw per forward, shared by images
         samples = self._batch_samples(B, x_int.device)
         stream = self._stream(samples, L)
-        acc = torch.empty(B, L, O, dtype=torch.float32, device=x_int.device)
+        acc = torch.empty(B, O, Ho, Wo, dtype=torch.float32, device=x_int.device)
+        rows = acc.permute(0, 2, 3, 1)  # Y's rows (b, ho, wo): the engine writes NCHW
         step = max(1, _UNFOLD_BUDGET // max(1, L * R))
         bits, signed = self.macro.input_bits, self.signed_input
         for b0 in range(0, B, step):
@@ -197,10 +198,8 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
                 x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation, (Ho, Wo), bits, signed
             )  # (b*L, R)
             part = NoiseStream(stream.key, samples[b0:b1], L)
-            acc[b0:b1] = self._mvm(cols, prog, tiles=tiles, cell_noise=cells, stream=part).view(
-                b1 - b0, L, O
-            )
-        return acc.transpose(1, 2).view(B, O, Ho, Wo)  # a strided view: no copy
+            self._mvm(cols, prog, tiles=tiles, cell_noise=cells, stream=part, out=rows[b0:b1])
+        return acc
 
     @classmethod
     def from_float(

@@ -765,6 +765,71 @@ def test_patches_read_in_place_equal_the_unfolded_matrix(dtype, monkeypatch):
     assert bits(got) == bits(want) == bits(plain)
 
 
+@pytest.mark.parametrize("noisy", [False, True])
+def test_out_receives_y_in_any_layout(noisy, monkeypatch):
+    """``acim_matmul(..., out=)`` writes the same bits as the returned ``Y``: a conv's rows
+    into a permuted view of an NCHW buffer (native: in place at row offsets; torch: through
+    a copy), a plain ``[M, O]`` transposed view, and through the exact shortcut."""
+    from asim.engine import NoiseStream, Patches
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (2, 5, 9, 8), generator=g).to(torch.uint8)
+    view = x.as_strided(
+        (2, 4, 3, 5, 3, 3),
+        (x.stride(0), 2 * x.stride(2), 2 * x.stride(3), x.stride(1), x.stride(2), x.stride(3)),
+    )
+    w = _ints(g, (45, 6), 8, True)
+    noise = NoiseConfig(rand_sigma=0.5) if noisy else None
+    stream = NoiseStream(11, torch.arange(2), 12)
+    kw = dict(macro=MacroConfig(nrow=18, adc_bits=4), signed_input=False, noise=noise)
+    for backend in ("native", "torch"):
+        if backend == "torch":
+            _torch_only(monkeypatch)
+        want = acim_matmul(Patches(view, 3), w, stream=stream, **kw)  # (24, 6) rows (b, h, w)
+        nchw = torch.full((2, 6, 4, 3), float("nan"))
+        got = acim_matmul(Patches(view, 3), w, stream=stream, out=nchw.permute(0, 2, 3, 1), **kw)
+        assert got.data_ptr() == nchw.data_ptr()
+        assert bits(nchw.permute(0, 2, 3, 1).reshape(24, 6)) == bits(want)
+        dense = view.reshape(24, 45)
+        t = torch.full((6, 24), float("nan"))
+        acim_matmul(dense, w, stream=stream, out=t.t(), **kw)
+        assert bits(t.t()) == bits(want)
+    lossless = dict(macro=MacroConfig(), signed_input=False)
+    want = acim_matmul(Patches(view, 3), w, **lossless)
+    nchw = torch.empty(2, 6, 4, 3)
+    acim_matmul(Patches(view, 3), w, out=nchw.permute(0, 2, 3, 1), **lossless)
+    assert bits(nchw.permute(0, 2, 3, 1).reshape(24, 6)) == bits(want)
+    with pytest.raises(ValueError, match="out must be a float32 tensor"):
+        acim_matmul(dense, w, out=torch.empty(24, 5), **kw)
+
+
+def test_in_place_dequantize_gives_the_same_bits():
+    from asim.quant import dequantize
+
+    g = torch.Generator().manual_seed(2)
+    acc = torch.randint(-5000, 5000, (3, 4, 5, 5), generator=g).float()
+    ws, xs = torch.tensor(0.0123), torch.rand(3, 1, 1, 1, generator=g) + 0.5
+    for rec in (False, True):
+        want = dequantize(acc, ws, xs, 127, 255, rec)
+        mine = acc.clone()
+        got = dequantize(mine, ws, xs, 127, 255, rec, in_place=True)
+        assert got.data_ptr() == mine.data_ptr() and bits(got) == bits(want)
+
+
+def test_plans_are_shared_per_configuration_and_never_stale():
+    from asim.engine.plan import build_plan
+
+    macro, noise = MacroConfig(adc_bits=5), NoiseConfig(rand_sigma=0.3)
+    plan = build_plan(macro, noise, False)
+    assert build_plan(MacroConfig(adc_bits=5), NoiseConfig(rand_sigma=0.3), False) is plan
+    assert build_plan(macro, noise, True) is not plan
+    macro.adc_bits = 6  # a config edited in place gets its own plan; the old one is intact
+    assert build_plan(macro, noise, False).macro.adc_bits == 6
+    assert plan.macro.adc_bits == 5
+    macro.adc_bits = 5
+    assert build_plan(macro, noise, False) is plan
+
+
 def test_native_portable_build_gives_the_same_bits(tmp_path):
     """The plain-C loops (no AVX-512) build and agree with the default build, noisy too."""
     import os
