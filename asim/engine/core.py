@@ -240,10 +240,10 @@ def acim_matmul(
     if programmed is not None:
         w_int = programmed.codes
     patches = x_int if isinstance(x_int, Patches) else None
-    shape_x = torch.empty(patches.shape, device="meta") if patches is not None else x_int
-    if shape_x.dim() < 2 or w_int.dim() < 2:
+    shape_x = torch.Size(patches.shape) if patches is not None else x_int.shape
+    if len(shape_x) < 2 or w_int.dim() < 2:
         raise ValueError("acim_matmul expects x_int [..., M, R] and w_int [..., R, O]")
-    rows = shape_x.shape[-1]
+    rows = shape_x[-1]
     if w_int.shape[-2] != rows:
         raise ValueError(
             f"acim_matmul: reduction sizes differ: x has {rows}, w has {w_int.shape[-2]}"
@@ -251,8 +251,8 @@ def acim_matmul(
     if tiles is None:
         tiles = linear_tiles(rows, macro.nrow)
     tiles = [(int(a), int(b)) for a, b in tiles if b > a]
-    lead = shape_x.shape[:-2]
-    M, O = shape_x.shape[-2], w_int.shape[-1]
+    lead = shape_x[:-2]
+    M, O = shape_x[-2], w_int.shape[-1]
     x3 = x_int.reshape(-1, M, rows) if patches is None else patches
     w3 = w_int.reshape(-1, rows, O)
     batch = 1 if patches is not None else x3.shape[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ConvTiling, MacroConfig, NoiseConfig
@@ -49,10 +48,13 @@ def _patches(x: Tensor, kernel, stride, pad, dilation, out_hw, bits: int, signed
     source = ConvSource(x, tuple(kernel), tuple(stride), tuple(pad), tuple(dilation))
 
     def view() -> tuple[Tensor, int]:
-        xc = compact_codes(x, bits, signed)
-        if pad[0] or pad[1]:
-            xc = F.pad(xc, (pad[1], pad[1], pad[0], pad[0]))
-        xc = xc.contiguous()
+        if pad[0] or pad[1]:  # compact codes in a zeroed, padded buffer: one conversion pass
+            B, C, H, W = x.shape
+            dtype = compact_codes(x[:0], bits, signed).dtype
+            xc = x.new_zeros((B, C, H + 2 * pad[0], W + 2 * pad[1]), dtype=dtype)
+            xc[:, :, pad[0] : pad[0] + H, pad[1] : pad[1] + W] = x
+        else:
+            xc = compact_codes(x, bits, signed).contiguous()
         B, C = xc.shape[:2]
         sb, sc, sh, sw = xc.stride()
         strided = xc.as_strided(
