@@ -272,12 +272,12 @@ typedef struct {
 
 #if ACIM_AVX512
 /* The value table's entry of each of 16 codes q (0..63): the 64 entries are held in
- * t[0..3] (codes 0-15, 16-31, 32-47, 48-63). Two masked permutes: codes < 32 from t[0..1]
- * (the others keep q as their index), then codes >= 32 from t[2..3]. */
+ * t[0..3] (codes 0-15, 16-31, 32-47, 48-63). Two independent permutes and a blend (measured
+ * faster than chaining two masked permutes, or skipping the second when every q < 32). */
 static inline __m512 code_value16(__m512i q, const __m512 *t) {
-    const __mmask16 hi = _mm512_test_epi32_mask(q, _mm512_set1_epi32(32));
-    const __m512 lo = _mm512_mask2_permutex2var_ps(t[0], q, _knot_mask16(hi), t[1]);
-    return _mm512_mask2_permutex2var_ps(t[2], _mm512_castps_si512(lo), hi, t[3]);
+    return _mm512_mask_blend_ps(_mm512_test_epi32_mask(q, _mm512_set1_epi32(32)),
+                                _mm512_permutex2var_ps(t[0], q, t[1]),
+                                _mm512_permutex2var_ps(t[2], q, t[3]));
 }
 
 /* The value of code rne(m * qmul) for 16 float counts m. */
