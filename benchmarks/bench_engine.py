@@ -298,7 +298,40 @@ def main() -> None:
             summary[sname][f"peak_mib_batch{args.memory_batch}"] = mib
             print(f"  {sname:8s} {mib:8.0f} MiB")
     if args.json:
+        summary["run"] = run_info(args)
         args.json.write_text(json.dumps(summary, indent=2))
+
+
+def run_info(args) -> dict:
+    """How the figures were made: commit, command, machine and library versions."""
+
+    def git(*cmd):
+        try:
+            out = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except OSError:
+            return None
+
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "command": "python benchmarks/bench_engine.py " + " ".join(sys.argv[1:]),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "batch": BATCH,
+        "device": str(DEVICE),
+    }
 
 
 if __name__ == "__main__":

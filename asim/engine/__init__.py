@@ -6,9 +6,13 @@ noise off, without its per-cycle loop. The package, in reading order:
 
 * :mod:`~asim.engine.operands`: what layers hand in: codes, :class:`Patches` (a conv's
   input read in place), :class:`ProgrammedArray` (weights programmed once per weight
-  change), :class:`NoiseStream` (the call's noise key and each row's sample identity);
-* :mod:`~asim.engine.plan`: the cycle plan and ADC arithmetic, built once per call: what
-  every (weight bit, cycle) conversion does and the value/code tables both backends use;
+  change), :class:`NoiseStream` (the call's noise key and each row's sample identity), and
+  where ``Y`` goes (``acim_matmul(out=)``: any layout, e.g. a conv's NCHW output, written in
+  place by the native kernel through :class:`~asim.engine.operands.OutputRows`);
+* :mod:`~asim.engine.plan`: the cycle plan and ADC arithmetic, built once per distinct
+  configuration and shared by every call with it: what every (weight bit, cycle)
+  conversion does, the value/code tables both backends use, and each backend's derived
+  arguments (:meth:`Plan.cached`);
 * :mod:`~asim.engine.shortcut`: the exact shortcut (lossless, noise-free macros), decided by
   the engine alone;
 * :mod:`~asim.engine.core`: :func:`acim_matmul`: plan, shortcut, backend choice, chunking
