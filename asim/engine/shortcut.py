@@ -32,6 +32,15 @@ def _magnitude_bound(codes: Tensor, bits: int, signed: bool) -> Tensor:
     return torch.where(codes < 0, torch.full_like(codes, float(1 << (bits - 1))), codes)
 
 
+def _max_magnitude_bound(codes: Tensor, bits: int, signed: bool) -> Tensor:
+    """``max V(q)`` over ``codes`` (0-dim) with two reductions instead of building V: any
+    negative code makes it ``2^(b-1)``, which exceeds every non-negative code."""
+    top = codes.amax()
+    if signed and codes.numel() and bool(codes.amin() < 0):
+        return torch.full_like(top, float(1 << (bits - 1)))
+    return top
+
+
 def _accumulation_is_exact(bound: Tensor, signed_input: bool) -> bool:
     """True if no prefix sum of the cycle accumulation can leave float32's exact integers.
 
@@ -70,9 +79,10 @@ def exact_product(
     if not x.dtype.is_floating_point:  # compact integer codes
         x = x.float()
     vx = _magnitude_bound(x, macro.input_bits, signed_input)
-    vw = _magnitude_bound(w, macro.weight_bits, True)
     sums = vx.sum(-1, keepdim=True) if row_sums is None else row_sums(vx)
-    if not _accumulation_is_exact(sums * vw.amax(), signed_input):  # >= sum V(x)V(w)
+    vw_max = _max_magnitude_bound(w, macro.weight_bits, True)
+    if not _accumulation_is_exact(sums * vw_max, signed_input):  # >= sum V(x)V(w)
+        vw = _magnitude_bound(w, macro.weight_bits, True)
         if not _accumulation_is_exact(product(vx, vw), signed_input):
             return None
     return product(x, w)
