@@ -907,6 +907,20 @@ def test_native_struct_mirrors_the_header():
     assert lib.asim_run_size() == ctypes.sizeof(RunArgs)
 
 
+def test_weight_bound_from_reductions_equals_the_bound_tensor():
+    """The shortcut's cheap ``max V(w)`` (two reductions) equals the max of ``V(w)`` itself,
+    with and without negative codes."""
+    from asim.engine.shortcut import _magnitude_bound, _max_magnitude_bound
+
+    g = torch.Generator().manual_seed(4)
+    for bits in (2, 4, 8):
+        top = (1 << (bits - 1)) - 1
+        for lo in (-top, 0, 1):
+            w = torch.randint(lo, top + 1, (37, 5), generator=g).float()
+            want = _magnitude_bound(w, bits, True).amax()
+            assert _max_magnitude_bound(w, bits, True).item() == want.item()
+
+
 def test_lossless_conv_whose_bound_fails_runs_the_cycles_exactly():
     """12-bit inputs push sum V(w)V(x) past 2^24: the shortcut must decline, and the cycle
     path (tried once, not again per chunk) must still equal the oracle."""
