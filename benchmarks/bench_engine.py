@@ -12,7 +12,8 @@ rand = nonlinear = 0.39 %), ``measured`` (``noise=measured``, the shipped exampl
 oracle has no measured noise, so its Gaussian per-cycle run of the same cycles is the
 reference), ``voting`` (K = 3, vote_levels = 2, the Gaussian noise). ``--network`` adds the
 whole converted ResNet-18 (batch 8) per setting; ``--programming`` the one-time cost of
-quantizing and packing every weight (paid once per weight change, not per call).
+quantizing and packing every weight (paid once per weight change, not per call);
+``--kernel-share`` splits each call's time into the native kernel and the work around it.
 
     python benchmarks/bench_engine.py                 # full table, batch 8
     python benchmarks/bench_engine.py --quick         # fewer shapes, a smoke run
@@ -162,6 +163,47 @@ def run_table(settings, shapes, repeats):
     return rows
 
 
+def kernel_share(setting: str, shapes, repeats: int) -> tuple[float, float]:
+    """``(total, in_kernel)`` seconds per batch over ``shapes``: each layer call's best time
+    and, in that same call, the time spent inside the native C call (``asim_run_call``); the
+    difference is what a call spends around the kernel (quantize, program check, setup,
+    de-quantize). CPU only: the native library is wrapped by a timing proxy."""
+    from asim.engine import native
+
+    lib, inside = native.engine_lib(), [0.0]
+
+    class Timed:
+        def __getattr__(self, name):
+            return getattr(lib, name)
+
+        def asim_run_call(self, args):
+            t0 = time.perf_counter()
+            rc = lib.asim_run_call(args)
+            inside[0] += time.perf_counter() - t0
+            return rc
+
+    saved = native.engine_lib
+    native.engine_lib = lambda: Timed()
+    total = kernel = 0.0
+    try:
+        macro, noise = SETTINGS[setting]
+        with torch.no_grad():
+            for shape in shapes:
+                layer, x = _layer(shape, macro, noise)
+                layer(x)
+                best = (float("inf"), 0.0)
+                for _ in range(max(repeats, 5)):
+                    inside[0] = 0.0
+                    t0 = time.perf_counter()
+                    layer(x)
+                    best = min(best, (time.perf_counter() - t0, inside[0]))
+                total += best[0] * shape[7]
+                kernel += best[1] * shape[7]
+    finally:
+        native.engine_lib = saved
+    return total, kernel
+
+
 def network_time(setting: str, repeats: int) -> float:
     """Seconds per batch of the whole converted ResNet-18 (CIFAR stem), warm."""
     from asim import convert_to_acim
@@ -242,6 +284,11 @@ def main() -> None:
     ap.add_argument("--network", action="store_true", help="time the whole ResNet-18 too")
     ap.add_argument("--programming", action="store_true", help="one-time programming cost")
     ap.add_argument(
+        "--kernel-share",
+        action="store_true",
+        help="per setting, the time layer calls spend inside the native kernel vs around it",
+    )
+    ap.add_argument(
         "--device",
         choices=["cpu", "cuda"],
         default="cpu",
@@ -284,6 +331,12 @@ def main() -> None:
             t = network_time(sname, args.repeats)
             summary[sname]["network_s"] = t
             print(f"  {sname:8s} {t:8.3f}")
+    if args.kernel_share and DEVICE.type == "cpu":
+        print("\ninside / around the native kernel, s per batch (best call per shape):")
+        for sname in args.settings:
+            total, kernel = kernel_share(sname, shapes, args.repeats)
+            summary[sname]["call_s"], summary[sname]["in_kernel_s"] = total, kernel
+            print(f"  {sname:8s} {total:8.3f} = kernel {kernel:.3f} + around {total - kernel:.3f}")
     if args.programming:
         once, per_batch = programming_time(shapes, args.repeats)
         summary["programming"] = {"once_s": once, "adc6_batch_s": per_batch}
