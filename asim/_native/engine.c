@@ -261,10 +261,8 @@ typedef struct {
     int uniform;          /* every cycle has the same full scale: one value table */
     int exact_products;   /* table_only, and every k * v is exact (k a power of two, no
                              overflow or subnormal): y + k * v may be one fused op */
-    int int_codes;        /* table_only, and each ADC cycle's code rne(m * qmul) equals
-                             (m * code_k + code_b) >> code_s for every count m it can see:
+    int int_codes;        /* table_only, and R->cyc_code gives each ADC cycle's code in
                              integer arithmetic instead of convert, multiply and round */
-    uint32_t code_k[ASIM_MAXBITS], code_b[ASIM_MAXBITS], code_s[ASIM_MAXBITS];
     int32_t nthreads;
     int64_t noc, ochunk, nitems;
     int64_t next;         /* work counter (atomic) */
@@ -413,8 +411,10 @@ static void tile_epilogue_table(const ctx_t *X, int32_t (*cnt)[NL], float *y) {
     __m512 tab[4];
     load_table(X->vtab, tab); /* X->uniform: one table and multiplier for every cycle */
     __m512 vq = _mm512_set1_ps(qmuls[0]);
-    __m512i ck = _mm512_set1_epi32((int32_t)X->code_k[0]), cb = _mm512_set1_epi32((int32_t)X->code_b[0]);
-    __m128i cs = _mm_cvtsi32_si128((int32_t)X->code_s[0]);
+    static const int32_t no_code[3] = {0, 0, 0};
+    const int32_t *code = X->int_codes ? (const int32_t *)R->cyc_code : no_code;
+    __m512i ck = _mm512_set1_epi32(code[0]), cb = _mm512_set1_epi32(code[1]);
+    __m128i cs = _mm_cvtsi32_si128(code[2]);
     for (int t = 0; t < NL; t += 32) {
         __m512 acc0 = _mm512_loadu_ps(y + t), acc1 = _mm512_loadu_ps(y + t + 16);
         for (int32_t i = R->w - 1; i >= 0; --i)
@@ -435,9 +435,11 @@ static void tile_epilogue_table(const ctx_t *X, int32_t (*cnt)[NL], float *y) {
                     if (!X->uniform) {
                         load_table(X->vtab + (int64_t)c * VT, tab);
                         vq = _mm512_set1_ps(qmuls[c]);
-                        ck = _mm512_set1_epi32((int32_t)X->code_k[c]);
-                        cb = _mm512_set1_epi32((int32_t)X->code_b[c]);
-                        cs = _mm_cvtsi32_si128((int32_t)X->code_s[c]);
+                        if (X->int_codes) {
+                            ck = _mm512_set1_epi32(code[3 * c]);
+                            cb = _mm512_set1_epi32(code[3 * c + 1]);
+                            cs = _mm_cvtsi32_si128(code[3 * c + 2]);
+                        }
                     }
                     if (X->int_codes) { /* integer pipes: the float ones are the busy ones */
                         v0 = code_value16(_mm512_srl_epi32(_mm512_add_epi32(_mm512_mullo_epi32(m0, ck), cb), cs), tab);
@@ -647,32 +649,6 @@ static int exact_products(const asim_run *R, const float *vtab) {
     return 1;
 }
 
-/* Integer constants (k, b, s) with (m * k + b) >> s == rne(m * qmul) (the float32 product,
- * as the table path computes the code) for every count m in [0, mtop], found by trying the
- * nearest multipliers at growing precision and checking every count; 0 if none is found
- * (then the float path runs). m * k + b stays below 2^32. */
-static int code_constants(float qmul, int64_t mtop, uint32_t *k, uint32_t *b, uint32_t *s) {
-    if (!(qmul > 0.0f) || mtop <= 0 || mtop > (1 << 20)) return 0;
-    for (uint32_t sh = 8; sh <= 31; ++sh) {
-        const double base = (double)qmul * (double)(1ull << sh);
-        for (int dk = 0; dk <= 1; ++dk) {
-            const uint64_t kk = (uint64_t)base + (uint64_t)dk;
-            const uint64_t bb = 1ull << (sh - 1);
-            if (kk == 0 || (uint64_t)mtop * kk + bb >= (1ull << 32)) continue;
-            int ok = 1;
-            for (int64_t m = 0; m <= mtop && ok; ++m)
-                ok = (int64_t)(((uint64_t)m * kk + bb) >> sh) == (int64_t)nearbyintf((float)m * qmul);
-            if (ok) {
-                *k = (uint32_t)kk;
-                *b = (uint32_t)bb;
-                *s = sh;
-                return 1;
-            }
-        }
-    }
-    return 0;
-}
-
 /* Y of the call's rows over all tiles (engine.h documents every field).
  * Returns 0, -1 if out of memory, -2 if votes exceeds ASIM_MAXVOTES. */
 int32_t asim_run_call(const asim_run *R) {
@@ -722,17 +698,7 @@ int32_t asim_run_call(const asim_run *R) {
                          memcmp(&qm[c], &qm[0], sizeof(float)) == 0;
         X.uniform &= X.table_only;
         X.exact_products = X.table_only && exact_products(R, X.vtab);
-        X.int_codes = X.table_only && R->ncyc <= ASIM_MAXBITS;
-        int64_t max_rows = 0;
-        for (int32_t t = 0; t < R->ntiles; ++t) {
-            const int64_t n = tiles[2 * t + 1] - tiles[2 * t];
-            max_rows = n > max_rows ? n : max_rows;
-        }
-        const int32_t *nb = (const int32_t *)R->cyc_nbits;
-        for (int32_t c = 0; c < R->ncyc && X.int_codes; ++c) /* table_only: ADC cycles have qm != 0 */
-            if (qm[c] != 0.0f)
-                X.int_codes = code_constants(qm[c], max_rows * ((1ll << nb[c]) - 1), &X.code_k[c],
-                                             &X.code_b[c], &X.code_s[c]);
+        X.int_codes = X.table_only && R->cyc_code != NULL;
     }
     X.xpk = scratch_take((size_t)(words > 0 ? words : 1));
     if (!X.xpk) {

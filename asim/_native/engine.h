@@ -55,6 +55,7 @@
     X(ptr, mode, "uint8 [w][ncyc] ASIM_CYC_* of each conversion")                           \
     X(ptr, cyc_fs, "float32 [ncyc] full scale F_c of each cycle, in counts")                \
     X(ptr, cyc_qmul, "float32 [ncyc] fl(A/F_c) where rne(m*qmul) gives every ADC code, or 0") \
+    X(ptr, cyc_code, "uint32 [ncyc][3] (k, b, s): (m*k + b) >> s == rne(m*qmul), or NULL")   \
     X(ptr, cyc_late, "uint8 [ncyc] 1: compress after the noise (Q28 sign cycle)")           \
     X(f32, adc_levels, "A = 2^adc_bits - 1")                                                \
     X(f32, alpha, "current-domain compression (0: off)")                                    \

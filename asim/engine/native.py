@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._native import CONST, BucketTable, RunArgs, engine_lib
 from .operands import OutputRows, Patches
-from .plan import code_multiplier
+from .plan import code_multiplier, integer_code_form
 
 __all__ = ["NativeBackend", "available"]
 
@@ -164,6 +164,11 @@ def _static_args(plan, tiles: tuple, O: int) -> tuple[RunArgs, dict, tuple]:
     bits = torch.zeros(ncyc, _MAXBITS, dtype=torch.int32)
     for c, cyc in enumerate(plan.cycles):
         bits[c, : len(cyc.bits)] = torch.tensor(cyc.bits, dtype=torch.int32)
+    qmul = [
+        code_multiplier(f, macro.adc_levels, top) if not (plan.alpha or plan.reciprocal) else 0.0
+        for f in plan.full_scale
+    ]
+    forms = [integer_code_form(q, top) if q else (0, 0, 0) for q in qmul]
     keep = {
         "tiles": torch.tensor(tiles, dtype=torch.int64),
         "nbits": torch.tensor([len(c.bits) for c in plan.cycles], dtype=torch.int32),
@@ -171,17 +176,11 @@ def _static_args(plan, tiles: tuple, O: int) -> tuple[RunArgs, dict, tuple]:
         "coef": torch.tensor(plan.coef, dtype=torch.float32),
         "mode": torch.tensor(plan.mode, dtype=torch.uint8),
         "fs": torch.tensor(plan.full_scale, dtype=torch.float32),
-        "qmul": torch.tensor(
-            [
-                code_multiplier(f, macro.adc_levels, top)
-                if not (plan.alpha or plan.reciprocal)
-                else 0.0
-                for f in plan.full_scale
-            ],
-            dtype=torch.float32,
-        ),
+        "qmul": torch.tensor(qmul, dtype=torch.float32),
         "late": torch.tensor([plan.late(c) for c in range(ncyc)], dtype=torch.uint8),
     }
+    if all(f is not None for f in forms):
+        keep["code"] = torch.tensor(forms, dtype=torch.int64).to(torch.int32)
     tables = buckets = None
     if plan.noisy:
         tabs = [plan.code_table(c) for c in range(ncyc)]
@@ -204,6 +203,7 @@ def _static_args(plan, tiles: tuple, O: int) -> tuple[RunArgs, dict, tuple]:
         mode=keep["mode"].data_ptr(),
         cyc_fs=keep["fs"].data_ptr(),
         cyc_qmul=keep["qmul"].data_ptr(),
+        cyc_code=keep["code"].data_ptr() if "code" in keep else None,
         cyc_late=keep["late"].data_ptr(),
         adc_levels=float(macro.adc_levels),
         alpha=plan.alpha,
@@ -224,13 +224,13 @@ class NativeBackend:
         self.job, self.lib = job, engine_lib()
         macro = job.plan.macro
         self.wb, self.xb = macro.weight_bits, macro.input_bits
-        self.wpad = -(-self.wb // _IB) * _IB
         tiles = tuple(job.tiles)
         # what depends only on the plan, the tiles and O is built once and kept with the plan
         self._static = job.plan.cached(
             ("native", tiles, job.O), lambda: _static_args(job.plan, tiles, job.O)
         )
         self.args = RunArgs.from_buffer_copy(self._static[0])
+        self.wpad = self.args.wpad
         self.args.call_key = job.key
         self._packed: dict[int, tuple[Tensor, Tensor]] = {}
 

@@ -121,6 +121,23 @@ def code_multiplier(full_scale: int, adc_levels: int, top: int) -> float:
     return mul if torch.equal(fast, want[: top + 1]) else 0.0
 
 
+def integer_code_form(mul: float, top: int) -> tuple[int, int, int] | None:
+    """``(k, b, s)`` with ``(m * k + b) >> s == rne(fl(m * mul))`` (the native kernel's code of
+    count ``m`` with multiplier ``mul`` from :func:`code_multiplier`) for every count ``m``
+    in ``[0, top]`` (checked exhaustively, ``m * k + b < 2^32``), or None: the kernel then
+    computes codes in integer arithmetic instead of convert, multiply and round."""
+    if not mul > 0 or top <= 0:
+        return None
+    m = torch.arange(top + 1, dtype=torch.int64)
+    want = (m.float() * mul).round_().long()
+    for s in range(8, 32):
+        b = 1 << (s - 1)
+        for k in (int(mul * (1 << s)), int(mul * (1 << s)) + 1):
+            if k > 0 and top * k + b < 1 << 32 and torch.equal((m * k + b) >> s, want):
+                return k, b, s
+    return None
+
+
 @functools.lru_cache(maxsize=256)
 def code_value_table(full_scale: int, adc_levels: int, reciprocal: bool) -> Tensor:
     """Output ``fl(fl(k/A) * F)`` of every ADC code ``k = 0..A`` (float32, CPU), spec §4.1."""

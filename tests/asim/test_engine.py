@@ -907,18 +907,41 @@ def test_native_struct_mirrors_the_header():
     assert lib.asim_run_size() == ctypes.sizeof(RunArgs)
 
 
+@pytest.mark.parametrize(
+    "F,A,top",
+    [(255, 63, 255), (765, 31, 765), (3825, 15, 3825), (127, 63, 127), (65025, 15, 65025)],
+)
+def test_integer_code_form_gives_the_spec_values(F, A, top):
+    """The native table path's integer codes ``(m*k + b) >> s``, looked up in the code-value
+    table, give the spec's noise-free value of every count."""
+    from asim.engine.plan import (
+        adc_value_table,
+        code_multiplier,
+        code_value_table,
+        integer_code_form,
+    )
+
+    mul = code_multiplier(F, A, top)
+    assert mul
+    k, b, s = integer_code_form(mul, top)
+    m = torch.arange(top + 1, dtype=torch.int64)
+    got = code_value_table(F, A, False)[(m * k + b) >> s]
+    assert bits(got) == bits(adc_value_table(F, A, False, 0.0, False, top)[: top + 1])
+    assert integer_code_form(0.0, top) is None
+
+
 def test_weight_bound_from_reductions_equals_the_bound_tensor():
     """The shortcut's cheap ``max V(w)`` (two reductions) equals the max of ``V(w)`` itself,
     with and without negative codes."""
     from asim.engine.shortcut import _magnitude_bound, _max_magnitude_bound
 
     g = torch.Generator().manual_seed(4)
-    for bits in (2, 4, 8):
-        top = (1 << (bits - 1)) - 1
+    for nbits in (2, 4, 8):
+        top = (1 << (nbits - 1)) - 1
         for lo in (-top, 0, 1):
             w = torch.randint(lo, top + 1, (37, 5), generator=g).float()
-            want = _magnitude_bound(w, bits, True).amax()
-            assert _max_magnitude_bound(w, bits, True).item() == want.item()
+            want = _magnitude_bound(w, nbits, True).amax()
+            assert _max_magnitude_bound(w, nbits, True).item() == want.item()
 
 
 def test_lossless_conv_whose_bound_fails_runs_the_cycles_exactly():
