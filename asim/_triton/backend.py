@@ -93,7 +93,8 @@ class _TritonCall:
         max_rows = program.max_rows
         self.max_rows = max_rows
         self.tables = program.form(
-            ("triton", str(device)), lambda: KernelTables.from_plan(program.plan, program.top, device)
+            ("triton", str(device)),
+            lambda: KernelTables.from_plan(program.plan, program.top, device),
         )
         self.planes = PLANES if PLANES is not None else device.type == "cuda"
         self._dense = None

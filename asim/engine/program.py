@@ -127,7 +127,10 @@ class Program:
             evals = T * w * ncyc * outs
             per_cycle = macro.weight_parallel_adc == WeightParallelADC.per_cycle
             conversions, digital, shift_adds, voted = (
-                evals if per_cycle else outs, 0, evals if per_cycle else 0, 0
+                evals if per_cycle else outs,
+                0,
+                evals if per_cycle else 0,
+                0,
             )
             reps = (1,) * ncyc
         else:

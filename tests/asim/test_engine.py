@@ -4,7 +4,6 @@ noise matches the spec's analytic model."""
 from __future__ import annotations
 
 import dataclasses
-
 import math
 import random
 import warnings
@@ -570,7 +569,8 @@ def test_noise_does_not_depend_on_threads_or_chunks(backend, monkeypatch):
     threads = torch.get_num_threads()
     outs = []
     try:
-        for n, chunk in [(1, engine_backend.CHUNK_ELEMENTS), (2, engine_backend.CHUNK_ELEMENTS), (2, 5000), (1, 777)]:
+        default = engine_backend.CHUNK_ELEMENTS
+        for n, chunk in [(1, default), (2, default), (2, 5000), (1, 777)]:
             torch.set_num_threads(n)
             monkeypatch.setattr(engine_backend, "CHUNK_ELEMENTS", chunk)
             resample_noise(conv, 3)
