@@ -52,21 +52,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .config import MacroConfig, NoiseConfig, WeightParallelADC
-from .engine import activation_cycles, linear_tiles
+from .config import MacroConfig
+from .engine import (
+    activation_cycles,
+    compile_program,  # the engine's compiled program: what the macro runs
+    linear_tiles,
+)
+from .engine import build_plan as _build_plan  # noqa: F401 (test_cost checks it is importable)
+from .engine.plan import DIGITAL as _DIGITAL
+from .engine.plan import VOTED_ANALOG as _VOTED_ANALOG
 from .layers import ACiMConv2d, ACiMLayer, ACiMLinear, ACiMMultiheadAttention
 from .layers.conv import conv_tiles
-
-try:  # the engine's cycle plan: one source of truth for the hybrid and voting rules
-    from .engine import build_plan as _build_plan
-    from .engine.plan import NOISY as _NOISY
-    from .engine.plan import VOTED as _VOTED
-except ImportError:  # pragma: no cover - the spec's rule below stands in
-    _build_plan = None
-
-_PROBE = NoiseConfig(rand_sigma=1.0)
-"""Any read-out noise: planned with it, every analog conversion is NOISY or VOTED and every
-hybrid digital one is not (the plan of a noise-free macro cannot tell them apart, Q4)."""
 
 __all__ = [
     "COUNT_FIELDS",
@@ -187,19 +183,18 @@ class _Tally:
 
 
 def _pair_kinds(macro: MacroConfig, signed: bool):
-    """Cycles and, per (weight bit i, cycle c), whether it is analog and whether it is voted."""
-    if _build_plan is None:  # pragma: no cover
-        return _spec_kinds(macro, signed)
-    plan = _build_plan(macro, _PROBE, signed)
-    analog = [[m in (_NOISY, _VOTED) for m in row] for row in plan.mode]
-    voted = [[m == _VOTED for m in row] for row in plan.mode]
+    """Cycles and, per (weight bit i, cycle c), whether it is analog and whether it is voted
+    (the engine program's design kinds)."""
+    plan = compile_program(macro, None, signed, (), 1).plan
+    analog = [[k != _DIGITAL for k in row] for row in plan.kind]
+    voted = [[k == _VOTED_ANALOG for k in row] for row in plan.kind]
     return plan.cycles, analog, voted
 
 
 def _spec_kinds(macro: MacroConfig, signed: bool):
     """Spec §6/§8.2 directly: analog iff the anti-diagonal distance ``d`` from the MSB x MSB
-    corner is >= hybrid_levels; voted iff ``d < vote_levels`` (used where the engine's plan is
-    not importable; a test checks that both agree)."""
+    corner is >= hybrid_levels; voted iff ``d < vote_levels`` (only a test's oracle for
+    :func:`_pair_kinds`; the counts come from the engine's program)."""
     cycles = activation_cycles(macro.input_bits, macro.input_enc_bits, signed)
     w, n = macro.weight_bits, len(cycles)
     d = [[(w - 1 - i) + (n - 1 - c) for c in range(n)] for i in range(w)]
@@ -216,37 +211,17 @@ def _matmul_tally(
     signed: bool,
     cost: CostConfig,
 ) -> _Tally:
-    """One ``X [rows, R] @ W [R, outputs]`` on ``macro`` with the reduction tiled as ``tiles``."""
-    cycles, analog, voted = _pair_kinds(macro, signed)
-    w, n_cyc, T = macro.weight_bits, len(cycles), len(tiles)
+    """One ``X [rows, R] @ W [R, outputs]`` on ``macro`` with the reduction tiled as ``tiles``:
+    the operations the engine's compiled program runs (:meth:`Program.operations`)."""
+    ops = compile_program(macro, None, signed, tiles, outputs).operations(rows)
     K = macro.vote_samples
-    mapped = sum(r1 - r0 for r0, r1 in tiles)  # rows holding weights (Q1: dropped ones not)
-    outs = rows * outputs  # output elements of one tile
-    widths = [len(c.bits) for c in cycles]
+    mapped, reps, widths = ops.mapped_rows, ops.cycle_repeats, ops.cycle_widths
+    evals, voted_sums = ops.evaluations, ops.voted_sums
     t = _Tally()
     counts = t.counts
-    if macro.weight_parallel:  # spec §8.3: the weight bits are summed in the array
-        evals = T * w * n_cyc * outs
-        reps = [1] * n_cyc
-        per_cycle = macro.weight_parallel_adc == WeightParallelADC.per_cycle
-        counts["adc_conversions"] = evals if per_cycle else outs
-        counts["shift_adds"] = evals if per_cycle else 0
-        voted_sums = 0
-    else:
-        pairs = [(i, c) for i in range(w) for c in range(n_cyc)]
-        n_conv = sum(K if voted[i][c] else 1 for i, c in pairs if analog[i][c])
-        n_digital = sum(1 for i, c in pairs if not analog[i][c])
-        reps = [K if any(voted[i][c] for i in range(w)) else 1 for c in range(n_cyc)]
-        evals = T * outs * n_conv  # analog column evaluations = conversions
-        counts["adc_conversions"] = evals
-        counts["digital_partial_sums"] = T * outs * n_digital
-        counts["shift_adds"] = T * outs * w * n_cyc
-        voted_sums = T * outs * sum(1 for i, c in pairs if voted[i][c])
-    counts["array_cycles"] = T * rows * sum(reps)
-    counts["row_activations"] = mapped * rows * sum(reps)
-    counts["binary_macs"] = (
-        w * mapped * outs * sum(r * b for r, b in zip(reps, widths, strict=True))
-    )
+    for name in COUNT_FIELDS:
+        if name != "digital_macs":
+            counts[name] = getattr(ops, name)
     driven_bits = sum(
         r * b for r, b in zip(reps, widths, strict=True) if b > 1 or cost.binary_input_driver
     )
