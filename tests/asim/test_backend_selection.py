@@ -184,9 +184,7 @@ def fresh_fallbacks(monkeypatch):
         monkeypatch.setattr(core, state, type(getattr(core, state))())
 
 
-def test_a_backend_failing_its_first_call_falls_back_with_one_warning(
-    fresh_fallbacks, monkeypatch
-):
+def test_a_backend_failing_its_first_call_falls_back_with_one_warning(fresh_fallbacks, monkeypatch):
     """A backend whose first call raises (a compile or launch error on a GPU nobody tested)
     is replaced by the next one that can run the call, the same bits, one warning line,
     and the fallback in summary.backend; later calls skip it without a warning."""
