@@ -14,7 +14,7 @@ from asim import ACiMLinear, MacroConfig, NoiseConfig
 from asim.engine import acim_matmul, backends_used, core, describe_backends, reset_backends_used
 from asim.engine import native as native_module
 
-from .golden import bits
+from ..golden import bits
 
 LOSSY = MacroConfig(weight_bits=4, input_bits=4, nrow=8, adc_bits=3)
 
