@@ -194,14 +194,6 @@ class Plan:
         """Does any conversion draw a random code?"""
         return any(m in (NOISY, VOTED) for row in self.mode for m in row)
 
-    def cached(self, key, build):
-        """The derived form ``key`` of this plan (e.g. a backend's kernel arguments),
-        built by ``build()`` on first use and kept as long as the plan."""
-        hit = self._tables.get(key)
-        if hit is None:
-            hit = self._tables[key] = build()
-        return hit
-
     def late(self, c: int) -> bool:
         return self.late_sign and c == self.ncyc - 1
 
