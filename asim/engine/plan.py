@@ -189,9 +189,9 @@ class Plan:
     def ncyc(self) -> int:
         return len(self.cycles)
 
-    @property
+    @functools.cached_property
     def noisy(self) -> bool:
-        """Does any conversion draw a random code?"""
+        """Does any conversion draw a random code? (Asked on every call: computed once.)"""
         return any(m in (NOISY, VOTED) for row in self.mode for m in row)
 
     def late(self, c: int) -> bool:
