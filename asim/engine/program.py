@@ -68,11 +68,16 @@ class Program:
         plan: the cycle plan and ADC arithmetic of the macro and noise.
         tiles: ``(start, stop)`` reduction-row ranges, each normalised by ``nrow``.
         outputs: output columns ``O``.
+        noise: the noise configuration it was compiled with.
+
+    Copying a layer shares its programs (they are read-only); pickling one stores how to
+    compile it again.
     """
 
     plan: Plan
     tiles: tuple[tuple[int, int], ...]
     outputs: int
+    noise: NoiseConfig | None = None
     _forms: dict = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -103,6 +108,13 @@ class Program:
     def top(self) -> int:
         """The largest count a conversion can see: tallest tile x most input levels."""
         return self.max_rows * max(c.levels for c in self.plan.cycles)
+
+    def __deepcopy__(self, memo) -> Program:
+        return self
+
+    def __reduce__(self):
+        args = (self.plan.macro, self.noise, self.plan.signed, self.tiles, self.outputs)
+        return compile_program, args
 
     def form(self, key, build: Callable[[], object]):
         """The derived form ``key`` (e.g. a backend's kernel arguments on a device), built
@@ -188,7 +200,7 @@ def compile_program(
     hit = _PROGRAMS.get(key)
     if hit is not None and hit.plan is plan:
         return hit
-    program = Program(plan, tiles, int(outputs))
+    program = Program(plan, tiles, int(outputs), noise)
     with _PROGRAMS_LOCK:
         if len(_PROGRAMS) >= _PROGRAMS_MAX:
             _PROGRAMS.clear()

@@ -99,3 +99,24 @@ def test_operations_count_tiles_times_modes_times_rows():
     # d = 0 (one pair) and d = 1 (two pairs) are voted: 13 + 3 x 3 conversions per output
     assert ops.adc_conversions == outs * 22 and ops.voted_sums == outs * 3
     assert ops.cycle_repeats == (1, 1, 3, 3) and ops.array_cycles == 2 * rows * 8
+
+
+def test_a_layer_with_programs_copies_and_pickles():
+    """convert_to_acim deep-copies models, checkpoints pickle them: a layer that has run
+    keeps working after both, with the same bits."""
+    import copy
+    import pickle
+
+    layer = ACiMLinear(
+        20, 4, macro=MacroConfig(adc_bits=5, nrow=8), noise=NoiseConfig(rand_sigma=1)
+    )
+    x = torch.randn(3, 20)
+    with torch.no_grad():
+        from asim import resample_noise
+
+        resample_noise(layer, 1)
+        want = layer(x)
+        for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+            resample_noise(twin, 1)
+            assert torch.equal(twin(x), want)
+        assert copy.deepcopy(layer)._compiled[0][1] is layer._compiled[0][1]
