@@ -18,6 +18,7 @@ The cost model counts operations from it (:meth:`Program.operations`).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -99,12 +100,12 @@ class Program:
         """The W4A4 weight-parallel mode (spec §8.3): one signed ADC on the exact MAC."""
         return self.plan.macro.weight_parallel
 
-    @property
+    @functools.cached_property
     def max_rows(self) -> int:
         """Rows of the tallest tile (0 without tiles)."""
         return max((b - a for a, b in self.tiles), default=0)
 
-    @property
+    @functools.cached_property
     def top(self) -> int:
         """The largest count a conversion can see: tallest tile x most input levels."""
         return self.max_rows * max(c.levels for c in self.plan.cycles)
