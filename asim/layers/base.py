@@ -318,6 +318,33 @@ class ACiMLayer:
         self._compiled[sub] = (key, program)
         return program
 
+    def _mvm(
+        self,
+        x_int: Tensor,
+        w_int: Tensor,
+        tiles=None,
+        macro: MacroConfig | None = None,
+        noise: NoiseConfig | None = None,
+        signed: bool | None = None,
+        cell_noise: Tensor | None = None,
+        stream: NoiseStream | None = None,
+        out: Tensor | None = None,
+    ) -> Tensor:
+        """Run the engine: ``x_int [..., M, R] @ w_int [R, O]`` on this layer's macro (or
+        ``macro``), into ``out`` when given (see :func:`acim_matmul`); its program comes from
+        the engine's cache (layers of this package keep theirs, :meth:`_program`)."""
+        return acim_matmul(
+            x_int,
+            w_int,
+            macro=macro or self.macro,
+            signed_input=self.signed_input if signed is None else signed,
+            tiles=tiles,
+            noise=self.noise if noise is None else noise,
+            stream=stream,
+            cell_noise=cell_noise,
+            out=out,
+        )
+
     def _run(self, mm: Lowered) -> Tensor:
         """The layer's one forward: ``mm`` in the layer's mode (see :class:`Lowered`)."""
         macro = mm.macro or self.macro
