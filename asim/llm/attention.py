@@ -143,7 +143,9 @@ class ACiMAttention(ACiMLayer, nn.Module):
         pv = p * sv.transpose(-2, -1)  # the value scales folded into the scores
         sp = _row_scale(pv, False)
         if self.mode == "train":
-            pf = _ste(pv, quantize(pv, m.input_bits, sp, False) * (sp / unsigned_levels(m.input_bits)))
+            pf = _ste(
+                pv, quantize(pv, m.input_bits, sp, False) * (sp / unsigned_levels(m.input_bits))
+            )
             vf = _ste(v / sv, quantize(v, m.weight_bits, sv, True) / signed_levels(m.weight_bits))
             return pf @ vf
         with torch.no_grad():

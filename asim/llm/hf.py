@@ -7,6 +7,7 @@ Imported only when a ``transformers`` model is converted, so ``asim`` itself nev
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -179,6 +180,7 @@ def decode(model: nn.Module, prompt: Tensor, steps: int) -> None:
     out = model(input_ids=prompt, use_cache=True)
     cache = out.past_key_values
     B = prompt.shape[0]
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     for _ in range(steps):
         step = torch.zeros(B, 1, dtype=prompt.dtype, device=prompt.device)
-        cache = model(input_ids=step, cache=cache, use_cache=True).past_key_values
+        cache = model(input_ids=step, use_cache=True, **{name: cache}).past_key_values

@@ -67,9 +67,7 @@ class TokenIndex:
         self.ids = (self._samples(B, device)[:, None] << POSITION_BITS) | pos
 
     def _samples(self, batch: int, device) -> Tensor:
-        index = next(
-            (m._sample_index for m in self.layers if m._sample_index is not None), None
-        )
+        index = next((m._sample_index for m in self.layers if m._sample_index is not None), None)
         if index is None:
             return torch.arange(batch, dtype=torch.int64, device=device)
         if index.numel() != batch:
