@@ -547,7 +547,9 @@ def estimate_cost(
             the prompt's token ids ``[B, T]`` as ``example_input``.
         generated_tokens: decoding steps after the prompt, one token each: every step writes
             that token's keys and values into the arrays of every attention layer
-            (``cim_write_bits``) and runs QK^T and AV over the grown cache.
+            (``cim_write_bits``) and runs QK^T and AV over the grown cache. These forwards run
+            in ``"inference"`` mode (integer matmuls on the programmed weights), so a step
+            does not fake-quantize every weight again.
     """
     forward = _lm_forward(model, example_input, seq_len, generated_tokens, num_samples)
     if forward is not None:
@@ -565,9 +567,10 @@ def estimate_cost(
     training = [(m, m.training) for m in model.modules()]
     devices = [t.device for t in args if isinstance(t, Tensor) and t.device.type == "cuda"]
     try:
+        cheap = "train" if forward is None else "inference"  # decoding: no weight re-quantized
         for m in layers:
             if not m.digital:
-                m.mode = "train"  # the cheapest forward: shapes are all the counts need
+                m.mode = cheap  # the cheapest forward: shapes are all the counts need
             m.trim_noise = 0.0
             if hasattr(m, "attn_trim_noise"):
                 m.attn_trim_noise = 0.0

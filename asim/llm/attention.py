@@ -102,6 +102,8 @@ class ACiMAttention(ACiMLayer, nn.Module):
             raise ValueError(f"ACiMAttention: {H} query heads do not group onto {Hkv} kv heads")
         g = H // Hkv
         scaling = d**-0.5 if scaling is None else scaling
+        dtype = query.dtype  # codes and accumulators in float32 (exact), whatever the model's
+        query, key, value = (t.float() for t in (query, key, value))
         q = query.reshape(B, Hkv, g * L, d)  # a group's query heads share its kv head's array
         rows = self._row_ids(B, H, L, Hkv, g, query.device)
 
@@ -109,11 +111,11 @@ class ACiMAttention(ACiMLayer, nn.Module):
         mask = self._mask(attention_mask, is_causal, B, L, S, logits)
         if mask is not None:
             logits = logits + mask
-        scores = logits.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+        scores = logits.softmax(dim=-1)
         if dropout > 0 and self.training:
             scores = nn.functional.dropout(scores, p=dropout)
         out = self._av(scores.view(B, Hkv, g * L, S), value, rows)
-        return out.view(B, H, L, d).transpose(1, 2), scores
+        return out.view(B, H, L, d).transpose(1, 2).to(dtype), scores.to(dtype)
 
     # ------------------------------------------------------------------ the two matmuls
     def _qk(self, q: Tensor, k: Tensor, rows: Tensor | None) -> Tensor:

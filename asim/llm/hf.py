@@ -7,10 +7,10 @@ Imported only when a ``transformers`` model is converted, so ``asim`` itself nev
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import torch
+import transformers
 from torch import Tensor, nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
@@ -169,7 +169,8 @@ def attach(
         if isinstance(m, (_TokenLayer, ACiMAttention)):
             m.tokens = tokens
             tokens.layers.append(m)
-    model.register_forward_pre_hook(tokens, with_kwargs=True)
+    for top in {model, getattr(model, "base_model", model)}:  # sim(...) or sim.model(...)
+        top.register_forward_pre_hook(tokens, with_kwargs=True)
     model.set_attn_implementation(ATTENTION)
     return done
 
@@ -180,7 +181,7 @@ def decode(model: nn.Module, prompt: Tensor, steps: int) -> None:
     out = model(input_ids=prompt, use_cache=True)
     cache = out.past_key_values
     B = prompt.shape[0]
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
     for _ in range(steps):
         step = torch.zeros(B, 1, dtype=prompt.dtype, device=prompt.device)
         cache = model(input_ids=step, use_cache=True, **{name: cache}).past_key_values

@@ -32,7 +32,8 @@ HEAD_BITS = 10
 class TokenIndex:
     """The token ids ``sample << POSITION_BITS | position`` of the tokens of the current forward.
 
-    Called as a forward pre-hook (``with_kwargs=True``) on the top-level model. Positions
+    Called as a forward pre-hook (``with_kwargs=True``) on the model and its base model (what
+    a ``transformers`` head model calls with the same inputs). Positions
     come from ``position_ids`` when given, else from the 2-D ``attention_mask`` (a token's
     position counts the real tokens before it, so left padding does not move it), else from
     the cache length. Samples are the indices given by :func:`asim.set_sample_index` (one
