@@ -178,10 +178,9 @@ def attach(
 def decode(model: nn.Module, prompt: Tensor, steps: int) -> None:
     """The forwards of generating with a KV cache: the prompt ``[B, T]`` in one forward, then
     ``steps`` forwards of one token each (token 0: only shapes matter to the cost model)."""
-    out = model(input_ids=prompt, use_cache=True)
-    cache = out.past_key_values
-    B = prompt.shape[0]
     name = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
+    cache = getattr(model(input_ids=prompt, use_cache=True), name)
+    B = prompt.shape[0]
     for _ in range(steps):
         step = torch.zeros(B, 1, dtype=prompt.dtype, device=prompt.device)
-        cache = model(input_ids=step, use_cache=True, **{name: cache}).past_key_values
+        cache = getattr(model(input_ids=step, use_cache=True, **{name: cache}), name)

@@ -34,6 +34,7 @@ VOCAB, LAYERS, HEADS, KV_HEADS, HIDDEN = 48, 2, 4, 2, 32
 SAMPLE = MacroConfig(act_scale="sample")  # every token its own activation scale
 LOSSY = SAMPLE.replace(adc_bits=5, nrow=16)
 NOISE = NoiseConfig(rand_sigma=0.4)
+CACHE = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -152,7 +153,8 @@ def test_kv_cache_generation_equals_rerun(name, noise):
     assert torch.equal(cached, greedy_rerun(sim, prompt, 5))
     with torch.no_grad():  # the last token's logits: one step on the cache vs the full run
         out = sim(input_ids=cached[:, :-1], use_cache=True)
-        step = sim(input_ids=cached[:, -1:], cache=out.past_key_values, use_cache=True).logits
+        past = {CACHE: getattr(out, CACHE)}
+        step = sim(input_ids=cached[:, -1:], use_cache=True, **past).logits
     assert torch.equal(step[:, -1], logits(sim, cached)[:, -1])
 
 
@@ -288,6 +290,17 @@ def test_cost_counts_kv_writes_per_generated_token():
     assert step == HEADS * (P + 1) * per_output  # one query against P + 1 keys
     with pytest.raises(ValueError, match="seq_len=0 must be a positive integer"):
         estimate_cost(sim, seq_len=0)
+    prompt = estimate_cost(sim, ids(1, P), generated_tokens=N)  # the prompt's own tokens
+    assert prompt.totals["cim_write_bits"] == generated.totals["cim_write_bits"]
+    cnn = convert_to_acim(nn.Sequential(nn.Linear(4, 4)))
+    with pytest.raises(ValueError, match="need a transformers causal LM"):
+        estimate_cost(cnn, seq_len=4)
+
+
+def test_batch_act_scale_warns():
+    """act_scale='batch' (the default) makes a token depend on its call: said at conversion."""
+    with pytest.warns(UserWarning, match="act_scale='sample' scales every token on its own"):
+        convert_to_acim(gpt2(), MacroConfig())
 
 
 def test_asim_imports_transformers_only_in_asim_llm():
