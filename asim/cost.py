@@ -615,4 +615,10 @@ def _lm_forward(model, example_input, seq_len, generated_tokens, num_samples):
             "give one of them"
         )
     prompt = example_input
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and prompt.shape[-1] + generated_tokens > limit:
+        raise ValueError(
+            f"seq_len + generated_tokens = {prompt.shape[-1] + generated_tokens} exceeds the "
+            f"model's {limit} positions; give a shorter prompt or fewer tokens"
+        )
     return prompt, int(prompt.shape[0]), lambda: llm.decode(model, prompt, generated_tokens)

@@ -207,10 +207,8 @@ class ACiMAttention(ACiMLayer, nn.Module):
         return FloatAttention()
 
     def extra_repr(self) -> str:
-        return (
-            f"qk={self.macro.describe()}, av={self.av_macro.describe()}, mode={self.mode}, "
-            f"kv_cache=array"
-        )
+        qk = self.acim_repr().replace("macro=", "qk=", 1)
+        return f"{qk}, av={self.av_macro.describe()}, kv_cache=array"
 
     # ------------------------------------------------------------------ cost model
     def cost_tallies(self, args, kwargs, output, cost):

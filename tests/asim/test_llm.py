@@ -292,6 +292,8 @@ def test_cost_counts_kv_writes_per_generated_token():
         estimate_cost(sim, seq_len=0)
     prompt = estimate_cost(sim, ids(1, P), generated_tokens=N)  # the prompt's own tokens
     assert prompt.totals["cim_write_bits"] == generated.totals["cim_write_bits"]
+    with pytest.raises(ValueError, match="= 65 exceeds the model's 64 positions"):
+        estimate_cost(sim, seq_len=60, generated_tokens=5)
     cnn = convert_to_acim(nn.Sequential(nn.Linear(4, 4)))
     with pytest.raises(ValueError, match="need a transformers causal LM"):
         estimate_cost(cnn, seq_len=4)
