@@ -186,7 +186,8 @@ class CostConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"CostConfig.{f.name}={value!r} must be a number")
             if f.name in _POSITIVE and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"CostConfig.{f.name}={value} must be a finite number > 0")
+                what = "voltage" if f.name == "vdd" else "number"
+                raise ValueError(f"CostConfig.{f.name}={value} must be a finite {what} > 0")
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"CostConfig.{f.name}={value} must be a finite number >= 0")
             setattr(self, f.name, float(value))
