@@ -287,6 +287,13 @@ class TokenBlocks(Dataset):
     def __len__(self) -> int:
         return len(self.starts)
 
+    def fingerprint(self) -> str:
+        """A hash of the blocks (tokens, starts, block size): equal fingerprints, equal data."""
+        h = hashlib.sha1(f"{self.block_size}:".encode())
+        h.update(self.tokens.numpy().tobytes())
+        h.update(self.starts.numpy().tobytes())
+        return h.hexdigest()
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         s = int(self.starts[index])
         chunk = self.tokens[s : s + self.block_size + 1]
