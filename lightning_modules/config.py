@@ -107,9 +107,10 @@ class ModelConfig:
     from the dataset unless given here."""
     ckpt: str | None = None
     """Default checkpoint of this model preset (used when the run's ``ckpt`` is not set)."""
-    first_layer: FirstLayer = FirstLayer.digital
+    first_layer: Optional[FirstLayer] = FirstLayer.digital  # noqa: UP045 (OmegaConf)
     """``digital`` (reference CNNs), ``acim`` or ``float`` (reference ViTs); the first conv is
-    found by :func:`asim.mapping.first_conv_name`."""
+    found by :func:`asim.mapping.first_conv_name`. null: no special first layer (a language
+    model, whose token embedding is a float lookup)."""
     first_layer_bits: int = 8
     """Weight and input bits of a digital first layer (the reference's QuantConv2d: W8A8)."""
     signed_input: bool = False
@@ -356,6 +357,8 @@ def _derived_kwargs(name: str, datamodule) -> dict[str, Any]:
         out["in_channels"] = datamodule.in_channels
     if "image_size" in params:
         out["image_size"] = datamodule.image_size
+    if "block_size" in params and getattr(datamodule, "block_size", None):  # language models
+        out["block_size"] = datamodule.block_size
     return out
 
 
