@@ -236,6 +236,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="simulate_schema", node=SimulateSchema)
     cs.store(name="train_schema", node=TrainSchema)
+    for key, cls in _data.DATAMODULES.items():  # the dataset presets' bases (typed deltas)
+        cs.store(name=f"dataset_schema_{key}", node=_data.datamodule_schema(cls))
     for name, fn in (
         ("epochs", _epochs),
         ("job_dirname", job_dirname),

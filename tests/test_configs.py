@@ -198,7 +198,8 @@ def test_model_presets_build_and_convert(compose, name):
 @pytest.mark.parametrize("name", _options("dataset"))
 def test_dataset_presets_instantiate(compose, name):
     dm = builders.build_datamodule(compose("simulate", f"dataset={name}"))
-    assert dm.num_classes >= 10 and dm.class_names
+    assert dm.num_classes >= 10
+    assert dm.class_names or dm.task == "language_modeling"  # a vocabulary has no class names
 
 
 @pytest.mark.parametrize("name", _options("trainer"))
