@@ -400,3 +400,39 @@ def test_a_design_run_twice_is_listed_once_in_the_pareto_set(tmp_path):
     assert len(listed) == 2
     assert listed[0].startswith("1. adc_bits=6: 50.00 % at 100 pJ") and ", 2 runs)" in listed[0]
     assert listed[1].startswith("2. adc_bits=8: 90.00 % at 300 pJ") and "runs" not in listed[1]
+
+
+# ----------------------------------------------------------------------- results.json records
+def test_readme_results_table_is_the_field_docs():
+    from lightning_modules.results import RunResult, field_table
+
+    assert field_table() in (ROOT / "README.md").read_text()
+    assert list(RunResult().to_dict())[:4] == [
+        "float_top1",
+        "float_top5",
+        "inference_top1",
+        "inference_top5",
+    ]
+
+
+def test_measured_row_ideal_header_and_q4_note(compose_run, tmp_path):
+    from lightning_modules import builders
+
+    fast = ["simulate.float=false", "simulate.inference=false", "trainer.limit_val_batches=1"]
+    cfg = compose_run("simulate", "macro=bitserial_255_hybrid", "simulate.measured_top1=0.5", *fast)
+    res = builders.simulate(cfg)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["measured_top1"] == 0.5
+    assert saved["sim_minus_measured"] == pytest.approx(saved["sim_top1"] - 0.5)
+    assert saved["summary"]["hybrid_quantized"] is True
+    assert saved["summary"]["ideal"] == [
+        "lossless ADC (it resolves every column count)",
+        "no read-out noise",
+        "exact shortcut (integer MACs)",
+    ]
+    table = builders.format_table(res)
+    assert "measured (silicon)" in table and "simulated - measured" in table
+    assert "quirk Q4" in table and "macro.hybrid_exact=true" in table
+    assert "latency" in table and "TOPS/W" in table
+    with pytest.raises(ValueError, match=r"simulate.measured_top1=91.7 must be a fraction"):
+        builders.simulate(compose_run("simulate", "simulate.measured_top1=91.7"))
