@@ -34,6 +34,7 @@ __all__ = [
     "format_table",
     "hparams",
     "ideal_parts",
+    "tensorboard_hparams",
     "log_summary",
     "mean_std",
     "swept_keys",
@@ -400,26 +401,51 @@ def swept_keys(cfg: DictConfig) -> list[str]:
     return keys
 
 
-def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """What TensorBoard's HPARAMS compares: the swept (overridden) keys first, then every
-    ``macro.*`` and ``noise.*`` field; flat ``{"macro.adc_bits": 8, ...}``. A group override
-    (``macro=ideal``) is logged as its option name."""
+def _swept_values(cfg: DictConfig) -> dict[str, Any]:
+    """The swept (overridden) keys and their values, flat; a group override (``macro=ideal``)
+    as its option name, a list or dict as JSON."""
     from hydra.core.hydra_config import HydraConfig
 
     out: dict[str, Any] = {}
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     for key in swept_keys(cfg):
-        if key in choices:
-            out[key] = _plain(choices[key])
-            continue
-        value = OmegaConf.select(cfg, key, default=None)
+        value = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig) or OmegaConf.is_list(value):
             value = json.dumps(OmegaConf.to_container(value, resolve=True))
         out[key] = _plain(value)
+    if cfg.get("task_name") == "train":  # QAT vs NAT at a glance
+        out.setdefault("mode", "nat" if cfg.trim_noise > 0 or cfg.attn_trim_noise > 0 else "qat")
+        out.setdefault("trim_noise", float(cfg.trim_noise))
+    return out
+
+
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The run's hyper-parameter record (``hparams.yaml`` of the CSV logger): the swept keys
+    first, then every ``macro.*`` and ``noise.*`` field; flat ``{"macro.adc_bits": 8, ...}``."""
+    out = _swept_values(cfg)
     for group in ("macro", "noise"):
         for name, value in OmegaConf.to_container(cfg[group], resolve=True).items():
             out.setdefault(f"{group}.{name}", _plain(value))
     return out
+
+
+def tensorboard_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """What TensorBoard's HPARAMS tab compares: the swept keys (training: also the mode and
+    ``trim_noise``), else the macro's and the noise's description: every column is shown
+    with no box to tick (the tab lists only the first few hyper-parameters)."""
+    out = _swept_values(cfg)
+    if not any(k == "macro" or k.startswith("macro.") for k in out):
+        out["macro"] = MacroConfig(**OmegaConf.to_container(cfg.macro, resolve=True)).describe()
+    if not any(k == "noise" or k.startswith("noise.") for k in out):
+        out["noise"] = describe_noise(
+            NoiseConfig(**OmegaConf.to_container(cfg.noise, resolve=True))
+        )
+    return out
+
+
+HPARAMS_METRICS = ("sim/acc", "sim/acc_std", "sim/energy_pj", "sim/latency_ns", "sim/area_mm2")
+"""The metrics TensorBoard's HPARAMS tab compares (it shows 5 without a box to tick); every
+other metric is an ordinary scalar of the run."""
 
 
 def log_summary(logger, cfg: DictConfig, metrics: dict[str, float], per_repeat=()) -> None:
@@ -430,8 +456,10 @@ def log_summary(logger, cfg: DictConfig, metrics: dict[str, float], per_repeat=(
         logger.log_metrics({"sim/acc_repeat": value}, step=r)
     # sim/* first: TensorBoard's HPARAMS table shows the metrics in this order
     metrics = dict(sorted(metrics.items(), key=lambda kv: not kv[0].startswith("sim/")))
-    if isinstance(logger, TensorBoardLogger):
-        logger.log_hyperparams(hparams(cfg), metrics)
+    if isinstance(logger, TensorBoardLogger):  # the tab ticks only 5 metrics: declare those
+        declared = {k: metrics[k] for k in HPARAMS_METRICS if k in metrics}
+        logger.log_hyperparams(tensorboard_hparams(cfg), declared)
+        logger.log_metrics({k: v for k, v in metrics.items() if k not in declared}, step=0)
     else:
         logger.log_hyperparams(hparams(cfg))
         logger.log_metrics(metrics, step=0)

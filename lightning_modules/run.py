@@ -53,6 +53,7 @@ from .results import (
     layer_macros,
     log_summary,
     mean_std,
+    tensorboard_hparams,
 )
 
 __all__ = ["RunInterrupted", "simulate", "train"]
@@ -460,7 +461,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     files = ResultsFile(_output_dir(cfg)) if trainer.is_global_zero else None
     if trainer.logger is not None:  # TensorBoard's HPARAMS tab needs the metric declared
         if isinstance(trainer.logger, TensorBoardLogger):
-            trainer.logger.log_hyperparams(hparams(cfg), {"val/acc": 0.0})
+            trainer.logger.log_hyperparams(tensorboard_hparams(cfg), {"val/acc": 0.0})
         else:
             trainer.logger.log_hyperparams(hparams(cfg))
     try:
