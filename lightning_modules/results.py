@@ -102,8 +102,10 @@ class PassResult:
     loss: float
     correct: int
     num_samples: int
-    per_class: list[float]
+    per_class: list[float] | None
     seconds: float = 0.0
+    ppl: float | None = None  # language models: perplexity of the pass
+    num_tokens: int | None = None  # language models: tokens scored
     correct_top5: int | None = None
     preds: list[int] | None = None
     targets: list[int] | None = None
@@ -167,6 +169,14 @@ class RunResult:
     sensitivity: list[dict[str, Any]] | None = _field(
         "`[{layer, alone_top1, without_top1}]` with `simulate.sensitivity=true`, else null"
     )
+    float_ppl: float | None = _field(
+        "language models: float perplexity (`*_top1`: next-token accuracy)"
+    )
+    inference_ppl: float | None = _field("language models: quantized-inference perplexity")
+    sim_ppl: float | None = _field("language models: simulated perplexity, mean over repeats")
+    sim_ppl_std: float | None = _field("language models: sample std of `sim_ppl`")
+    sim_ppl_runs: list[float] | None = _field("language models: perplexity of every repeat")
+    num_tokens: int | None = _field("language models: tokens scored (null for classifiers)")
     measured_top1: float | None = _field(
         "a chip's measured top-1 (`simulate.measured_top1`), else null"
     )
@@ -338,6 +348,8 @@ def format_table(results: dict[str, Any]) -> str:
         if delta is not None:
             rows.append(("simulated - measured", f"{100 * delta:+.2f}", "-", "-", "-", "-"))
     header = ("pass", "top-1", "top-5", "seconds", "energy/sample", "ADC conv./sample")
+    if results.get("num_tokens") is not None:  # a language model
+        header, rows = _with_perplexity(results, header, rows)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r) -> str:
@@ -346,6 +358,8 @@ def format_table(results: dict[str, Any]) -> str:
         )
 
     title = f"{s['model']} on {s['dataset']} ({n} samples), macro {s['macro']}, noise {s['noise']}"
+    if results.get("num_tokens") is not None:  # language model: n blocks of tokens
+        title = title.replace(f"({n} samples)", f"({n} blocks, {results['num_tokens']} tokens)")
     rule = "-" * len(line(header))
     total = results.get("seconds")
     footer = f"total {total:.1f} s" if total is not None else "total -"
@@ -379,6 +393,19 @@ def format_table(results: dict[str, Any]) -> str:
         title = f"per-layer sensitivity: simulated top-1 (noise seed {s['seed']}, as repeat 0)"
         lines += ["", title, "-" * len(rows[0]), rows[0], "-" * len(rows[0]), *rows[1:]]
     return "\n".join(lines)
+
+
+def _with_perplexity(results: dict[str, Any], header: tuple, rows: list) -> tuple[tuple, list]:
+    """A language model's table: perplexity first, top-1/top-5 as next-token accuracy."""
+    ppl = [results.get("float_ppl"), results.get("inference_ppl")]
+    if results["repeats"]:
+        sim = results.get("sim_ppl")
+        text = "-" if sim is None else f"{sim:.3f}"
+        if sim is not None and results["repeats"] > 1:
+            text += f" ± {results['sim_ppl_std']:.3f}"
+    cells = ["-" if v is None else f"{v:.3f}" for v in ppl] + ([text] if results["repeats"] else [])
+    rows = [(r[0], c, *r[1:]) for r, c in zip(rows, cells, strict=True)]
+    return (header[0], "perplexity", "next-token top-1", *header[2:]), rows
 
 
 def _plain(value: Any) -> Any:

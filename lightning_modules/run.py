@@ -39,6 +39,7 @@ from .config import (
     quiet_lightning,
     resolve_path,
 )
+from .lm import ACiMLanguageModel
 from .module import ACiMClassifier
 from .results import (
     TABLE_LOG,
@@ -94,7 +95,9 @@ def _ckpt(cfg: DictConfig, required: bool) -> str | None:
 
 
 def _classifier(model: nn.Module, cfg: DictConfig, dm, **kwargs) -> ACiMClassifier:
-    return ACiMClassifier(
+    """The LightningModule of the DataModule's task: classification or language modelling."""
+    lm = getattr(dm, "task", "classification") == "language_modeling"
+    return (ACiMLanguageModel if lm else ACiMClassifier)(
         model,
         num_classes=dm.num_classes,
         class_names=dm.class_names,
@@ -256,6 +259,8 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
                 metrics.update(
                     {f"{name}/acc": p.top1, f"{name}/acc_top5": p.top5, f"{name}/loss": p.loss}
                 )
+                if p.ppl is not None:
+                    metrics[f"{name}/ppl"] = p.ppl
             metrics.update(
                 {
                     "sim/acc": res["sim_top1"],
@@ -264,6 +269,8 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
                     "sim/loss": sum(r.loss for r in sim_runs) / len(sim_runs),
                 }
             )
+            if res.get("sim_ppl") is not None:
+                metrics["sim/ppl"] = res["sim_ppl"]
             if res["cost"] is not None:
                 for key in ("energy_pj", "adc_conversions", "latency_ns", "area_mm2", "tops_per_w"):
                     metrics[f"sim/{key}"] = res["cost"][key]
@@ -357,17 +364,36 @@ def _collect_results(
     if sim_runs:
         res.sim_top1, res.sim_top1_std = mean_std([r.top1 for r in sim_runs])
         res.sim_top5, res.sim_top5_std = mean_std([r.top5 for r in sim_runs])
-        n_cls = len(sim_runs[0].per_class)
-        per_class = [sum(r.per_class[c] for r in sim_runs) / len(sim_runs) for c in range(n_cls)]
+        if sim_runs[0].per_class is not None:  # language models have no classes
+            n_cls = len(sim_runs[0].per_class)
+            per_class = [
+                sum(r.per_class[c] for r in sim_runs) / len(sim_runs) for c in range(n_cls)
+            ]
     res.per_class = {
         "float": by_class(get("float", "per_class")),
         "inference": by_class(get("inference", "per_class")),
         "sim": by_class(per_class),
     }
+    _ppl_fields(res, passes, sim_runs)
     res.measured_top1 = cfg.simulate.get("measured_top1")
     if res.measured_top1 is not None and res.sim_top1 is not None:
         res.sim_minus_measured = res.sim_top1 - res.measured_top1
     return res
+
+
+def _ppl_fields(res: RunResult, passes: dict, sim_runs: list) -> None:
+    """Language models: ``float_ppl``, ``inference_ppl``, ``sim_ppl`` (mean over repeats) with
+    ``sim_ppl_std``, ``sim_ppl_runs`` and ``num_tokens``; left null for classifiers (whose
+    passes carry no ``ppl``). ``*_top1`` is then the next-token accuracy."""
+    runs = [*passes.values(), *sim_runs]
+    if not runs or runs[0].ppl is None:
+        return
+    if sim_runs:
+        res.sim_ppl, res.sim_ppl_std = mean_std([r.ppl for r in sim_runs])
+    res.float_ppl = passes["float"].ppl if "float" in passes else None
+    res.inference_ppl = passes["inference"].ppl if "inference" in passes else None
+    res.sim_ppl_runs = [r.ppl for r in sim_runs]
+    res.num_tokens = max(r.num_tokens for r in runs)
 
 
 # --------------------------------------------------------------------------------------- train
@@ -505,7 +531,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_top1": final["top1"],
         "val_top5": final["top5"],
         "num_samples": final["num_samples"],
-        "per_class": dict(zip(dm.class_names, final["per_class"], strict=True)),
+        "per_class": (
+            None
+            if final["per_class"] is None
+            else dict(zip(dm.class_names, final["per_class"], strict=True))
+        ),
+        **({"val_ppl": final["ppl"]} if "ppl" in final else {}),
         "epochs": trainer.current_epoch,
         "resumed_from": resume,
         "mode": "nat" if nat else "qat",
