@@ -10,12 +10,14 @@ with the model preset's mapping) and a Trainer.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import logging
 import os
 import re
 import sys
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,36 @@ from asim.models import create_model, is_model, model_entrypoint
 
 from . import data as _data
 from .progress import LineProgress
+
+# --- Hydra schemas of the frozen asim configs (engine track) -------------------------------
+# MacroConfig and NoiseConfig are frozen (a layer's compiled program is keyed on them), and
+# OmegaConf makes a node built from a frozen dataclass read-only, so ``macro.adc_bits=6``
+# would fail at compose. The writable schema is derived from the one definition of the
+# fields; macro_config/noise_config build (and validate) the frozen config from it.
+
+
+def _writable(cls: type) -> type:
+    """A mutable dataclass with ``cls``'s fields, types and defaults (for Hydra)."""
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            spec = field(default_factory=f.default_factory)
+        else:
+            spec = field(default=f.default)
+        specs.append((f.name, hints[f.name], spec))
+    return dataclasses.make_dataclass(cls.__name__, specs)
+
+
+def _frozen(cls: type, node) -> Any:
+    """The frozen ``cls`` of a (writable) schema node, validated by its ``__post_init__``."""
+    values = OmegaConf.to_container(node, resolve=True)
+    return cls(**values)
+
+
+MacroSchema = _writable(MacroConfig)
+NoiseSchema = _writable(NoiseConfig)
+# --- end of the derived schemas --------------------------------------------------------------
 
 __all__ = [
     "PROJECT_ROOT",
@@ -121,8 +153,8 @@ class _RunSchema:
     ckpt: str | None = None
     output_dir: str = "???"
     progress_percent: int = 10
-    macro: MacroConfig = field(default_factory=MacroConfig)
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    macro: MacroSchema = field(default_factory=MacroSchema)  # type: ignore[valid-type]
+    noise: NoiseSchema = field(default_factory=NoiseSchema)  # type: ignore[valid-type]
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: Any = None
     trainer: Any = None
@@ -253,7 +285,7 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 def macro_config(cfg: DictConfig) -> MacroConfig:
     """The validated :class:`MacroConfig` of ``cfg.macro`` (one-line ValueError if invalid)."""
-    return OmegaConf.to_object(cfg.macro)
+    return _frozen(MacroConfig, cfg.macro)
 
 
 def cost_config(cfg: DictConfig) -> CostConfig | None:
@@ -269,7 +301,7 @@ def cost_config(cfg: DictConfig) -> CostConfig | None:
 
 def noise_config(cfg: DictConfig) -> NoiseConfig:
     """The validated :class:`NoiseConfig` of ``cfg.noise``, its table path made absolute."""
-    noise = OmegaConf.to_object(cfg.noise)
+    noise = _frozen(NoiseConfig, cfg.noise)
     if noise.file is not None:
         path = resolve_path(noise.file)
         if not path.is_file():
