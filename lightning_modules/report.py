@@ -32,6 +32,8 @@ from typing import Any
 
 import pandas as pd
 
+from .results import unit
+
 RESULTS_FILE = "results.json"
 RESULTS_NAME = re.compile(r"results(?:-(\d+))?\.json")  # results.json, results-1.json, ...
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
@@ -362,18 +364,9 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- views
-UNITS = {
-    ENERGY: (("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3), ("pJ", 1.0)),
-    "latency_ns": (("ms", 1e6), ("µs", 1e3), ("ns", 1.0)),
-}
-
-
-def _unit(values: pd.Series, metric_name: str) -> tuple[float, str]:
-    """(divisor, unit) that shows the median of a column as 1 to 999."""
-    middle = values.abs().median()
-    return next(
-        ((s, u) for u, s in UNITS[metric_name] if middle >= s), UNITS[metric_name][-1][::-1]
-    )
+def _unit(values: pd.Series, kind: str) -> tuple[float, str]:
+    """(size, name) of the unit that shows the median of a column as 1 to 999."""
+    return unit(values.abs().median(), kind)
 
 
 def _pct(mean: float, std: float = 0.0) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "format_conversions",
     "format_energy",
     "format_table",
+    "format_unit",
     "hparams",
     "ideal_parts",
     "tensorboard_hparams",
@@ -279,25 +280,38 @@ def _lossless(macro: MacroConfig) -> bool:
     return 2**macro.adc_bits - 1 >= levels
 
 
-def _scaled(value: float | None, units, digits: int, base: str) -> str:
-    """``value`` in the first of ``units`` (``(name, scale)``, largest first) it reaches,
-    else in ``base``; ``-`` for None."""
+UNITS: dict[str, tuple[tuple[str, float], ...]] = {
+    "energy_pj": (("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3), ("pJ", 1.0)),
+    "latency_ns": (("ms", 1e6), ("µs", 1e3), ("ns", 1.0)),
+    "count": (("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)),
+}
+"""Readable units of a quantity, largest first, with their size in the base unit: the one
+unit formatter of the results table and the sweep report."""
+
+
+def unit(value: float, kind: str) -> tuple[float, str]:
+    """``(size, name)`` of the largest unit of ``kind`` that ``value`` reaches (else the
+    smallest)."""
+    units = UNITS[kind]
+    return next(((s, u) for u, s in units if abs(value) >= s), units[-1][::-1])
+
+
+def format_unit(value: float | None, kind: str, digits: int = 3) -> str:
+    """``value`` in its readable unit: ``1.23 µJ``, ``19 µs``, ``262.8 k``; ``-`` for None."""
     if value is None:
         return "-"
-    for unit, scale in units:
-        if abs(value) >= scale:
-            return f"{value / scale:.{digits}g} {unit}"
-    return f"{value:.{digits}g}{base}"
+    size, name = unit(value, kind)
+    return f"{value / size:.{digits}g} {name}".rstrip()
 
 
 def format_energy(pj: float | None) -> str:
     """Energy in readable units: ``1.234 µJ``, ``56.7 nJ``, ``890 pJ``."""
-    return _scaled(pj, (("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3)), 3, " pJ")
+    return format_unit(pj, "energy_pj")
 
 
 def format_conversions(count: float | None) -> str:
     """A count in readable units: ``164.1 M``, ``52.3 k``, ``980``."""
-    return _scaled(count, (("G", 1e9), ("M", 1e6), ("k", 1e3)), 4, "")
+    return format_unit(count, "count", 4)
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -370,7 +384,7 @@ def format_table(results: dict[str, Any]) -> str:
         footer += f"; cost model {preset} (macro only: compare designs, not absolute energy)"
     if cost and cost.get("latency_ns"):
         footer += (
-            f"\nmacro per sample: latency {cost['latency_ns'] / 1e3:.3g} µs "
+            f"\nmacro per sample: latency {format_unit(cost['latency_ns'], 'latency_ns')} "
             f"({cost['throughput_fps']:.3g} samples/s), area {cost['area_mm2']:.3g} mm², "
             f"{cost['tops_per_w']:.3g} TOPS/W"
         )
