@@ -64,9 +64,13 @@ from .engine.plan import VOTED_ANALOG as _VOTED_ANALOG
 from .layers import ACiMConv2d, ACiMLayer, ACiMLinear, ACiMMultiheadAttention
 from .layers.conv import conv_tiles
 
+_POSITIVE = ("vdd", "columns", "columns_per_adc", "macros")
+"""CostConfig fields that must be > 0 (the others >= 0)."""
+
 __all__ = [
     "COUNT_FIELDS",
     "ENERGY_KEYS",
+    "PERFORMANCE_FIELDS",
     "CostConfig",
     "CostRecorder",
     "CostReport",
@@ -81,12 +85,21 @@ COUNT_FIELDS = (
     "row_activations",
     "shift_adds",
     "digital_macs",
+    "cim_write_bits",
 )
 """Operation counts reported per sample, for every layer and in total."""
 
-ENERGY_KEYS = ("adc", "array", "input", "hybrid", "shift_add", "vote", "digital")
+PERFORMANCE_FIELDS = ("macs", "latency_ns", "throughput_fps", "area_mm2", "tops_per_w")
+"""Per entry beside the counts and energy: ``macs`` (multi-bit MACs per sample, digital
+layers included), ``latency_ns`` (macro time per sample, a full-utilization lower bound),
+``throughput_fps`` (1e9 / latency_ns: samples per second, one at a time), ``area_mm2`` (the
+macros used: cells and ADCs, ``CostConfig.macros`` copies) and ``tops_per_w`` (2 ops per MAC
+over the energy: ops per pJ = TOPS/W). See :class:`CostConfig` for the formulas' sources."""
+
+ENERGY_KEYS = ("adc", "array", "input", "hybrid", "shift_add", "vote", "digital", "write")
 """Keys of ``energy_breakdown_pj``: ADC conversions, bit-line evaluation of the cells, input
-drivers, hybrid digital partial sums, shift-and-add, majority-vote logic, digital layers."""
+drivers, hybrid digital partial sums, shift-and-add, majority-vote logic, digital layers, bits
+written into the array at run time (a language model's KV cache)."""
 
 
 @dataclass
@@ -130,6 +143,36 @@ class CostConfig:
     digital_mac_pj: float = 0.3
     """One MAC of an always-digital layer, pJ (Horowitz: 8-bit multiply 0.2 pJ + 32-bit add
     0.1 pJ)."""
+    cim_write_fF_per_row: float = 0.35
+    """Writing one bit into the array (a language model's KV cache, written per token):
+    fF * VDD^2 per row of the column, i.e. ``nrow * cim_write_fF_per_row * VDD^2`` per bit, the
+    full-rail swing of one bit line of ``nrow`` cells (ZigZag-IMC bl_cap, 0.35 fF per cell: 72 fJ
+    per bit at nrow 255 and 0.9 V; word line and write driver neglected)."""
+    # --- latency and area (asim.cost.latency_ns / macro_area_mm2; docs/cost.md) ---
+    adc_ns_per_bit_row: float = 0.00653
+    """ADC delay, row term: a B-bit conversion of a column of ``nrow`` rows takes
+    ``B * (adc_ns_per_bit_row * nrow + adc_ns_per_bit)`` ns (ZigZag-IMC ``AimcArray.
+    get_adc_cost``, k3 = 0.00653 ns, fitted on 28 nm AIMC papers)."""
+    adc_ns_per_bit: float = 0.640
+    """ADC delay, constant term per bit, ns (ZigZag-IMC k4 = 0.640 ns)."""
+    cycle_overhead_ns: float = 0.0478
+    """Delay of one array evaluation besides the ADC, ns: ZigZag-IMC's 1-bit multiplier (a
+    28 nm NAND2, 0.0478 ns) on the clock path (DAC delay neglected there too)."""
+    adc_area_um2_log: float = 1.206
+    """ADC area: ``10^(adc_area_um2_log - adc_area_decay_per_bit * B) * 2^B`` um^2 per B-bit
+    ADC (ZigZag-IMC k2 = 1.206; 8 bits: 2.7e-3 mm^2); a 1-bit ADC (sense amplifier) is free."""
+    adc_area_decay_per_bit: float = 0.0369
+    """ADC area exponent per bit (ZigZag-IMC k1 = -0.0369, here without the sign)."""
+    cell_area_um2: float = 0.614
+    """Area per cell of a column, um^2: ZigZag-IMC's 1-bit multiplier (one 28 nm NAND2,
+    0.614 um^2); like ZigZag-IMC, the SRAM storage itself is not counted."""
+    columns: float = 256
+    """Columns of one macro (weight-bit columns read out in the same array evaluation):
+    an assumption, not a property of the simulated arithmetic."""
+    columns_per_adc: float = 1
+    """Columns sharing one ADC (1: an ADC per column, as ZigZag-IMC's AIMC; 8: a column mux)."""
+    macros: float = 1
+    """Macros working in parallel on one sample (area scales with it, latency divides by it)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -144,8 +187,9 @@ class CostConfig:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"CostConfig.{f.name}={value!r} must be a number")
-            if f.name == "vdd" and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"CostConfig.vdd={value} must be a finite voltage > 0")
+            if f.name in _POSITIVE and not (math.isfinite(value) and value > 0):
+                what = "voltage" if f.name == "vdd" else "number"
+                raise ValueError(f"CostConfig.{f.name}={value} must be a finite {what} > 0")
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"CostConfig.{f.name}={value} must be a finite number >= 0")
             setattr(self, f.name, float(value))
@@ -157,6 +201,29 @@ class CostConfig:
     def _fF_pj(self, farads_f: float) -> float:
         """fF switched at VDD -> pJ (fF * V^2 = fJ)."""
         return farads_f * self.vdd**2 / 1000.0
+
+    def adc_ns(self, bits: int, nrow: int) -> float:
+        """Delay of one ``bits``-bit conversion of an ``nrow``-row column, ns (ZigZag-IMC)."""
+        return bits * (self.adc_ns_per_bit_row * nrow + self.adc_ns_per_bit)
+
+    def adc_area_mm2(self, bits: int) -> float:
+        """Area of one ``bits``-bit ADC, mm^2 (ZigZag-IMC's fit; 0 for a 1-bit sense amp)."""
+        if bits <= 1:
+            return 0.0
+        return (
+            10.0 ** (self.adc_area_um2_log - self.adc_area_decay_per_bit * bits) * 2.0**bits / 1e6
+        )
+
+    def adcs(self) -> float:
+        """ADCs working at once: ``columns / columns_per_adc`` per macro, times ``macros``."""
+        return self.columns / self.columns_per_adc * self.macros
+
+    def macro_area_mm2(self, macro: MacroConfig) -> float:
+        """Area of ``macros`` copies of one macro, mm^2: ``nrow x columns`` cells and its
+        ADCs (digital periphery, buffers and the SRAM storage are not counted)."""
+        cells = macro.nrow * self.columns * self.cell_area_um2 / 1e6
+        adcs = self.columns / self.columns_per_adc * self.adc_area_mm2(macro.adc_bits)
+        return (cells + adcs) * self.macros
 
     def replace(self, **changes) -> CostConfig:
         """A copy with some fields changed (validated)."""
@@ -175,32 +242,51 @@ class _Tally:
         default_factory=lambda: dict.fromkeys(ENERGY_KEYS, 0.0)
     )
 
+    timing: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"macs": 0, "latency_ns": 0.0}
+    )
+    """MACs (for TOPS/W) and the macro time of the counted calls (:func:`_timing`)."""
+    macros: dict[str, MacroConfig] = dataclasses.field(default_factory=dict)
+    """The distinct macros the counted calls used, by ``describe()`` (each is its own
+    hardware: area)."""
+
     def add(self, other: _Tally) -> None:
         for k, v in other.counts.items():
             self.counts[k] += v
         for k, v in other.energy.items():
             self.energy[k] += v
+        for k, v in other.timing.items():
+            self.timing[k] += v
+        self.macros.update(other.macros)
 
 
 def _pair_kinds(macro: MacroConfig, signed: bool):
-    """Cycles and, per (weight bit i, cycle c), whether it is analog and whether it is voted
-    (the engine program's design kinds)."""
-    plan = compile_program(macro, None, signed, (), 1).plan
-    analog = [[k != _DIGITAL for k in row] for row in plan.kind]
+    """Cycles and, per (weight bit i, cycle c): whether it is converted by the ADC, whether it
+    is voted and whether it is a hybrid digital cycle. A hybrid cycle with
+    ``hybrid_exact=False`` is both (quirk Q4: the reference still passes it through the ADC,
+    so the cost model charges the conversion it simulates)."""
+    plan = compile_program(macro, None, signed, (), 1).plan  # the program's design kinds
+    digital = [[k == _DIGITAL for k in row] for row in plan.kind]
+    converted = [[k != _DIGITAL or not macro.hybrid_exact for k in row] for row in plan.kind]
     voted = [[k == _VOTED_ANALOG for k in row] for row in plan.kind]
-    return plan.cycles, analog, voted
+    return plan.cycles, converted, voted, digital
 
 
 def _spec_kinds(macro: MacroConfig, signed: bool):
-    """Spec §6/§8.2 directly: analog iff the anti-diagonal distance ``d`` from the MSB x MSB
-    corner is >= hybrid_levels; voted iff ``d < vote_levels`` (only a test's oracle for
-    :func:`_pair_kinds`; the counts come from the engine's program)."""
+    """Spec §6/§8.2 directly: digital iff the anti-diagonal distance ``d`` from the MSB x MSB
+    corner is < hybrid_levels, converted unless it is digital and ``hybrid_exact`` (Q4); voted
+    iff ``d < vote_levels`` (used where the engine's plan is not importable; a test checks
+    that both agree)."""
     cycles = activation_cycles(macro.input_bits, macro.input_enc_bits, signed)
     w, n = macro.weight_bits, len(cycles)
     d = [[(w - 1 - i) + (n - 1 - c) for c in range(n)] for i in range(w)]
-    analog = [[x >= macro.hybrid_levels for x in row] for row in d]
-    voted = [[x < macro.vote_levels and macro.vote_samples > 1 for x in row] for row in d]
-    return cycles, analog, voted
+    digital = [[x < macro.hybrid_levels for x in row] for row in d]
+    converted = [[not (dig and macro.hybrid_exact) for dig in row] for row in digital]
+    voted = [
+        [x < macro.vote_levels and macro.vote_samples > 1 and x >= macro.hybrid_levels for x in row]
+        for row in d
+    ]
+    return cycles, converted, voted, digital
 
 
 def _matmul_tally(
@@ -217,11 +303,14 @@ def _matmul_tally(
     K = macro.vote_samples
     mapped, reps, widths = ops.mapped_rows, ops.cycle_repeats, ops.cycle_widths
     evals, voted_sums = ops.evaluations, ops.voted_sums
+    outs = rows * outputs
     t = _Tally()
     counts = t.counts
-    for name in COUNT_FIELDS:
-        if name != "digital_macs":
-            counts[name] = getattr(ops, name)
+    for name in (
+        "adc_conversions", "digital_partial_sums", "shift_adds", "array_cycles",
+        "row_activations", "binary_macs",
+    ):  # fmt: skip
+        counts[name] = getattr(ops, name)
     driven_bits = sum(
         r * b for r, b in zip(reps, widths, strict=True) if b > 1 or cost.binary_input_driver
     )
@@ -232,6 +321,27 @@ def _matmul_tally(
     e["hybrid"] = counts["digital_partial_sums"] * macro.nrow * cost.hybrid_pj_per_row
     e["shift_add"] = counts["shift_adds"] * cost.shift_add_pj
     e["vote"] = voted_sums * (K * (K - 1) // 2) * cost.vote_pj_per_compare
+    _timing(t, mapped * outs, macro, cost)
+    return t
+
+
+def _timing(t: _Tally, macs: int, macro: MacroConfig, cost: CostConfig) -> None:
+    """MACs, the macro and the time of one matmul on it: its conversions spread over every
+    ADC working at once (:meth:`CostConfig.adcs`), each taking the ADC delay of ``macro`` plus
+    ``cycle_overhead_ns``. A lower bound at full utilization: the digital work (shift-add,
+    hybrid sums, votes) is pipelined behind the conversions; no weight loading, no data
+    movement outside the macro."""
+    per_conversion = cost.adc_ns(macro.adc_bits, macro.nrow) + cost.cycle_overhead_ns
+    t.timing["macs"] += macs
+    t.timing["latency_ns"] += t.counts["adc_conversions"] * per_conversion / cost.adcs()
+    t.macros[macro.describe()] = macro
+
+
+def write_tally(bits: int, macro: MacroConfig, cost: CostConfig) -> _Tally:
+    """``bits`` written into an array of ``macro`` at run time (KV-cache writes)."""
+    t = _Tally()
+    t.counts["cim_write_bits"] = bits
+    t.energy["write"] = bits * macro.nrow * cost._fF_pj(cost.cim_write_fF_per_row)
     return t
 
 
@@ -239,6 +349,7 @@ def _digital_tally(macs: int, cost: CostConfig) -> _Tally:
     t = _Tally()
     t.counts["digital_macs"] = macs
     t.energy["digital"] = macs * cost.digital_mac_pj
+    t.timing["macs"] += macs  # digital logic beside the macro: no macro time, no macro area
     return t
 
 
@@ -301,6 +412,9 @@ def _attention_tallies(layer: ACiMMultiheadAttention, args, kwargs, output, cost
 
 
 def _layer_tallies(layer: ACiMLayer, args, kwargs, output, cost: CostConfig):
+    own = getattr(layer, "cost_tallies", None)  # layers outside asim.layers (asim.llm)
+    if own is not None:
+        return own(args, kwargs, output, cost)
     if isinstance(layer, ACiMMultiheadAttention):
         return _attention_tallies(layer, args, kwargs, output, cost)
     if isinstance(layer, ACiMConv2d):
@@ -317,12 +431,26 @@ def _per_sample(value, n: int):
     return value / n
 
 
-def _entry(tally: _Tally, n: int) -> dict:
+def _entry(tally: _Tally, n: int, cost: CostConfig) -> dict:
     out = {k: _per_sample(v, n) for k, v in tally.counts.items()}
     breakdown = {k: v / n for k, v in tally.energy.items()}
     out["energy_pj"] = sum(breakdown.values())
     out["energy_breakdown_pj"] = breakdown
+    out.update(_performance(tally, n, out["energy_pj"], cost))
     return out
+
+
+def _performance(tally: _Tally, n: int, energy_pj: float, cost: CostConfig) -> dict:
+    """The :data:`PERFORMANCE_FIELDS` of one entry (per sample; area of the macros used)."""
+    latency = tally.timing["latency_ns"] / n
+    macs = _per_sample(tally.timing["macs"], n)
+    return {
+        "macs": macs,
+        "latency_ns": latency,
+        "throughput_fps": 1e9 / latency if latency > 0 else None,
+        "area_mm2": sum(cost.macro_area_mm2(m) for m in tally.macros.values()),
+        "tops_per_w": 2 * macs / energy_pj if energy_pj > 0 else None,
+    }
 
 
 @dataclass
@@ -347,8 +475,8 @@ class CostReport:
         total = _Tally()
         for t in tallies.values():
             total.add(t)
-        layers = [{"name": name, **_entry(t, num_samples)} for name, t in tallies.items()]
-        return cls(layers, _entry(total, num_samples), num_samples, cost)
+        layers = [{"name": name, **_entry(t, num_samples, cost)} for name, t in tallies.items()]
+        return cls(layers, _entry(total, num_samples, cost), num_samples, cost)
 
     def to_dict(self) -> dict:
         """``{"cost": totals, "cost_layers": [{"name": ..., ...}, ...]}`` for results.json."""
@@ -476,10 +604,12 @@ def _first_tensor(obj) -> Tensor | None:
 
 def estimate_cost(
     model: nn.Module,
-    example_input,
+    example_input=None,
     cost: CostConfig | None = None,
     *,
     num_samples: int | None = None,
+    seq_len: int | None = None,
+    generated_tokens: int = 0,
 ) -> CostReport:
     """The per-sample cost of ``model`` on ``example_input`` (one forward pass).
 
@@ -496,7 +626,19 @@ def estimate_cost(
         example_input: a tensor, or a tuple/list of positional arguments of ``model``.
         cost: per-operation energies (default :class:`CostConfig`).
         num_samples: samples in ``example_input``; default its first tensor's first dim.
+        seq_len: a language model's prompt length (``transformers`` causal LMs): the report
+            is that of a prompt of ``seq_len`` tokens (``num_samples`` sequences, default 1)
+            in one forward, then ``generated_tokens`` decoding steps with a KV cache. Or give
+            the prompt's token ids ``[B, T]`` as ``example_input``.
+        generated_tokens: decoding steps after the prompt, one token each: every step writes
+            that token's keys and values into the arrays of every attention layer
+            (``cim_write_bits``) and runs QK^T and AV over the grown cache. These forwards run
+            in ``"inference"`` mode (integer matmuls on the programmed weights), so a step
+            does not fake-quantize every weight again.
     """
+    forward = _lm_forward(model, example_input, seq_len, generated_tokens, num_samples)
+    if forward is not None:
+        example_input, num_samples, run = forward
     args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     if num_samples is None:
         first = _first_tensor(args)
@@ -510,16 +652,17 @@ def estimate_cost(
     training = [(m, m.training) for m in model.modules()]
     devices = [t.device for t in args if isinstance(t, Tensor) and t.device.type == "cuda"]
     try:
+        cheap = "train" if forward is None else "inference"  # decoding: no weight re-quantized
         for m in layers:
             if not m.digital:
-                m.mode = "train"  # the cheapest forward: shapes are all the counts need
+                m.mode = cheap  # the cheapest forward: shapes are all the counts need
             m.trim_noise = 0.0
             if hasattr(m, "attn_trim_noise"):
                 m.attn_trim_noise = 0.0
         model.eval()
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             with CostRecorder(model, cost) as rec:
-                model(*args)
+                run() if forward is not None else model(*args)
     finally:
         for m, mode, trim, attn_trim in saved:
             m.mode = mode
@@ -529,3 +672,38 @@ def estimate_cost(
         for m, flag in training:
             m.training = flag
     return rec.report(num_samples)
+
+
+def _lm_forward(model, example_input, seq_len, generated_tokens, num_samples):
+    """``(prompt, sequences, run)`` of a language model's prompt and decoding steps, or None
+    (``seq_len`` not given, no generated tokens)."""
+    if seq_len is None and not generated_tokens:
+        return None
+    if not (isinstance(generated_tokens, int) and generated_tokens >= 0):
+        raise ValueError(f"generated_tokens={generated_tokens!r} must be an integer >= 0")
+    from .convert import _llm_support
+
+    llm = _llm_support(model)
+    if llm is None:
+        raise ValueError(
+            "estimate_cost: seq_len/generated_tokens need a transformers causal LM converted "
+            "with asim.convert_to_acim"
+        )
+    if example_input is None:
+        if not (isinstance(seq_len, int) and seq_len >= 1):
+            raise ValueError(f"seq_len={seq_len!r} must be a positive integer")
+        device = next(model.parameters()).device
+        example_input = torch.zeros(num_samples or 1, seq_len, dtype=torch.int64, device=device)
+    elif seq_len is not None and example_input.shape[-1] != seq_len:
+        raise ValueError(
+            f"seq_len={seq_len} differs from the prompt's {example_input.shape[-1]} tokens; "
+            "give one of them"
+        )
+    prompt = example_input
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and prompt.shape[-1] + generated_tokens > limit:
+        raise ValueError(
+            f"seq_len + generated_tokens = {prompt.shape[-1] + generated_tokens} exceeds the "
+            f"model's {limit} positions; give a shorter prompt or fewer tokens"
+        )
+    return prompt, int(prompt.shape[0]), lambda: llm.decode(model, prompt, generated_tokens)

@@ -10,6 +10,7 @@ with the model preset's mapping) and a Trainer.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import hashlib
 import inspect
@@ -107,9 +108,10 @@ class ModelConfig:
     from the dataset unless given here."""
     ckpt: str | None = None
     """Default checkpoint of this model preset (used when the run's ``ckpt`` is not set)."""
-    first_layer: FirstLayer = FirstLayer.digital
+    first_layer: Optional[FirstLayer] = FirstLayer.digital  # noqa: UP045 (OmegaConf)
     """``digital`` (reference CNNs), ``acim`` or ``float`` (reference ViTs); the first conv is
-    found by :func:`asim.mapping.first_conv_name`."""
+    found by :func:`asim.mapping.first_conv_name`. null: no special first layer (a language
+    model, whose token embedding is a float lookup)."""
     first_layer_bits: int = 8
     """Weight and input bits of a digital first layer (the reference's QuantConv2d: W8A8)."""
     signed_input: bool = False
@@ -141,6 +143,8 @@ class SimulateOptions:
     sensitivity: bool = False
     """Per ACiM layer, top-1 with only that layer on the macro and with every layer but it
     (two simulated passes per layer, noise seeded as repeat 0): ``sensitivity`` in results."""
+    measured_top1: Optional[builtins.float] = None  # noqa: UP045 (``float`` is a field here)
+    """A chip's measured top-1 (fraction): a predicted-vs-measured row (results, table)."""
 
 
 @dataclass
@@ -235,6 +239,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="simulate_schema", node=SimulateSchema)
     cs.store(name="train_schema", node=TrainSchema)
+    for key, cls in _data.DATAMODULES.items():  # the dataset presets' bases (typed deltas)
+        cs.store(name=f"dataset_schema_{key}", node=_data.datamodule_schema(cls))
     for name, fn in (
         ("epochs", _epochs),
         ("job_dirname", job_dirname),
@@ -356,6 +362,8 @@ def _derived_kwargs(name: str, datamodule) -> dict[str, Any]:
         out["in_channels"] = datamodule.in_channels
     if "image_size" in params:
         out["image_size"] = datamodule.image_size
+    if "block_size" in params and getattr(datamodule, "block_size", None):  # language models
+        out["block_size"] = datamodule.block_size
     return out
 
 

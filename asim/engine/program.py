@@ -35,7 +35,8 @@ class Operations:
     (spec §3-§8): the cost model turns these into energy (:mod:`asim.cost`).
 
     Attributes:
-        adc_conversions: ADC conversions (``K`` per voted partial sum).
+        adc_conversions: ADC conversions (``K`` per voted partial sum; a hybrid digital
+            cycle is converted too unless ``hybrid_exact``, Q4).
         digital_partial_sums: hybrid MSB partial sums computed digitally (§6).
         shift_adds: digital shift-and-adds of partial sums.
         array_cycles: array activations (a voted cycle is run ``K`` times).
@@ -148,7 +149,12 @@ class Program:
             reps = (1,) * ncyc
         else:
             kinds = [plan.kind[i][c] for i in range(w) for c in range(ncyc)]
-            per_output = sum(K if k == VOTED_ANALOG else 1 for k in kinds if k != DIGITAL)
+            # a hybrid digital cycle still passes the ADC unless hybrid_exact (Q4)
+            per_output = sum(
+                K if k == VOTED_ANALOG else 1
+                for k in kinds
+                if k != DIGITAL or not macro.hybrid_exact
+            )
             evals = conversions = T * outs * per_output
             digital = T * outs * kinds.count(DIGITAL)
             shift_adds = T * outs * w * ncyc

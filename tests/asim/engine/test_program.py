@@ -92,7 +92,10 @@ def test_operations_count_tiles_times_modes_times_rows():
     assert plain.array_cycles == 2 * rows * 4 and plain.row_activations == 12 * rows * 4
     assert plain.binary_macs == 4 * 12 * rows * O * 4
     hybrid = compile_program(base.replace(hybrid_levels=1), None, False, tiles, O)
-    ops = hybrid.operations(rows)
+    ops = hybrid.operations(rows)  # Q4: the digital cycle still passes the ADC
+    assert (ops.adc_conversions, ops.digital_partial_sums) == (outs * 16, outs)
+    exact = compile_program(base.replace(hybrid_levels=1, hybrid_exact=True), None, False, tiles, O)
+    ops = exact.operations(rows)
     assert (ops.adc_conversions, ops.digital_partial_sums) == (outs * 15, outs)
     voting = base.replace(vote_levels=2, vote_samples=3)
     ops = compile_program(voting, None, False, tiles, O).operations(rows)
