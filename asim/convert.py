@@ -214,13 +214,14 @@ def convert_to_acim(
 
 
 def _llm_support(model: nn.Module):
-    """:mod:`asim.llm.hf` for a ``transformers`` model, else None (``transformers`` is looked
-    for only where the caller has imported it)."""
-    if "transformers" not in sys.modules or "transformers" not in type(model).__module__:
+    """:mod:`asim.llm.hf` for a ``transformers`` model (a ``PreTrainedModel``, whose module
+    is then imported already), else None: ``transformers`` is never imported here."""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    if modeling is None or not isinstance(model, modeling.PreTrainedModel):
         return None
     from .llm import hf
 
-    return hf if hf.is_causal_lm(model) else None
+    return hf
 
 
 def to_float(model: nn.Module, inplace: bool = False) -> nn.Module:

@@ -18,7 +18,7 @@ Needs ``transformers`` (``pip install -e ".[llm]"``); ``import asim`` does not.
 """
 
 from .attention import ACiMAttention, FloatAttention, attention_forward
-from .hf import ATTENTION, ACiMConv1D, attention_modules, decode, is_causal_lm
+from .hf import ATTENTION, ACiMConv1D, attention_modules, decode
 from .tokens import HEAD_BITS, POSITION_BITS, ACiMTokenLinear, TokenIndex
 
 __all__ = [
@@ -33,5 +33,4 @@ __all__ = [
     "attention_forward",
     "attention_modules",
     "decode",
-    "is_causal_lm",
 ]

@@ -21,7 +21,7 @@ from ..layers import ACiMLayer
 from .attention import ACiMAttention, attention_forward
 from .tokens import ACiMTokenLinear, TokenIndex, _TokenLayer
 
-__all__ = ["ATTENTION", "ACiMConv1D", "attention_modules", "is_causal_lm", "prepare"]
+__all__ = ["ATTENTION", "ACiMConv1D", "attach", "attention_modules", "decode", "prepare"]
 
 ATTENTION = "asim"
 """The name of :func:`~asim.llm.attention.attention_forward` in ``AttentionInterface`` (and of
@@ -96,14 +96,6 @@ class ACiMConv1D(_TokenLayer, ACiMLayer, Conv1D):
 
     def extra_repr(self) -> str:
         return f"nf={self.nf}, nx={self.nx}, {self.acim_repr()}"
-
-
-def is_causal_lm(model: nn.Module) -> bool:
-    """Whether ``model`` is a ``transformers`` model (its config has an attention
-    implementation)."""
-    from transformers import PreTrainedModel
-
-    return isinstance(model, PreTrainedModel)
 
 
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:

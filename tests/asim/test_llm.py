@@ -251,6 +251,19 @@ def test_last_layer_policy_and_tied_head():
     assert parts.transformer.h[0].mlp.c_fc.macro.adc_bits == 8  # not an attention part
 
 
+def test_a_subclass_of_a_transformers_model_converts():
+    """A user's subclass (defined outside transformers) is a transformers model too."""
+
+    class MyGPT(transformers.GPT2LMHeadModel):
+        pass
+
+    torch.manual_seed(0)
+    model = MyGPT(transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=1, n_head=4))
+    sim = convert_to_acim(model, SAMPLE)
+    assert isinstance(sim.transformer.h[0].attn.c_attn, ACiMConv1D)
+    assert isinstance(sim.transformer.h[0].attn.acim, ACiMAttention)
+
+
 def test_to_float_round_trip():
     """to_float gives the float GPT-2 back (Conv1D, float attention), same logits."""
     base = gpt2()
