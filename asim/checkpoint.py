@@ -88,10 +88,10 @@ def read_checkpoint(
                 "load_checkpoint(..., weights_only=False) reads a file you trust)"
             ) from None
         size = os.path.getsize(label)
-        reason = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        reason = text.strip().splitlines()[0].split(". ")[0] if text.strip() else "empty"
         raise ValueError(
             f"{option}={label} ({size} bytes) is not a readable PyTorch checkpoint: truncated "
-            f"or another format ({type(e).__name__}: {reason[:120]}); expected a file written "
+            f"or another format ({type(e).__name__}: {reason[:100]}); expected a file written "
             "by torch.save (a state_dict, a reference .pkl or a Lightning .ckpt)"
         ) from None
 
