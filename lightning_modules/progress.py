@@ -17,7 +17,8 @@ __all__ = ["LineProgress"]
 class LineProgress(L.Callback):
     """Print ``<stage> <epoch>: 30% (3/10 batches, 1.2 s)`` each time another ``percent`` % of
     the batches is done, and after every training epoch one summary line
-    ``epoch 3/30: train/loss 0.1234, train/acc 96.10%, val/acc 97.33% (4.1 s)`` (rank 0 only)."""
+    ``epoch 2 done (3 of 30): train/loss 0.1234, train/acc 96.10%, val/loss 0.1023, val/acc
+    97.33% (4.1 s)`` (epochs count from 0, as in checkpoint names) (rank 0 only)."""
 
     def __init__(self, percent: int = 10, stream=None) -> None:
         if not 1 <= int(percent) <= 100:
@@ -70,7 +71,8 @@ class LineProgress(L.Callback):
                 )
         total = trainer.max_epochs if trainer.max_epochs not in (None, -1) else "?"
         print(
-            f"epoch {trainer.current_epoch + 1}/{total}: {', '.join(parts) or 'no metrics'} "
+            f"epoch {trainer.current_epoch} done ({trainer.current_epoch + 1} of {total}): "
+            f"{', '.join(parts) or 'no metrics'} "
             f"({time.perf_counter() - self._epoch_t0:.1f} s)",
             file=self.stream or sys.stdout,
             flush=True,
