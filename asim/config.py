@@ -81,7 +81,7 @@ def _coerce_enum(obj, field: str, enum: type[Enum]) -> None:
     if isinstance(value, enum):
         return
     try:
-        setattr(obj, field, enum(value))
+        object.__setattr__(obj, field, enum(value))  # frozen: __post_init__ normalises once
     except ValueError:
         choices = ", ".join(repr(m.value) for m in enum)
         raise ValueError(
@@ -98,7 +98,7 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-@dataclass
+@dataclass(frozen=True)
 class MacroConfig:
     """One SRAM ACiM macro: bit widths, array size, ADC and cycle scheme.
 
@@ -256,7 +256,7 @@ class MacroConfig:
         return f"{self.name}({', '.join(parts)})"
 
 
-@dataclass
+@dataclass(frozen=True)
 class NoiseConfig:
     """Analog non-idealities of the column read-out (spec §4.1, §8.1).
 
@@ -300,12 +300,12 @@ class NoiseConfig:
                 f"NoiseConfig.{field}={value!r} must be a number",
             )
             _check(value >= 0, f"NoiseConfig.{field}={value} must be >= 0")
-            setattr(self, field, float(value))
+            object.__setattr__(self, field, float(value))
         for field in ("file", "histogram"):
             value = getattr(self, field)
             if value is not None and not isinstance(value, str):
                 value = str(value) if hasattr(value, "__fspath__") else value
-                setattr(self, field, value)
+                object.__setattr__(self, field, value)
             _check(
                 value is None or (isinstance(value, str) and value.strip() != ""),
                 f"NoiseConfig.{field}={value!r} must be null or a path to a CSV file",

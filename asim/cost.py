@@ -59,10 +59,14 @@ from .layers.conv import conv_tiles
 
 try:  # the engine's cycle plan: one source of truth for the hybrid and voting rules
     from .engine import build_plan as _build_plan
+    from .engine.plan import ADC as _ADC
     from .engine.plan import NOISY as _NOISY
     from .engine.plan import VOTED as _VOTED
 except ImportError:  # pragma: no cover - the spec's rule below stands in
     _build_plan = None
+
+_POSITIVE = ("vdd", "columns", "columns_per_adc", "macros")
+"""CostConfig fields that must be > 0 (the others >= 0)."""
 
 _PROBE = NoiseConfig(rand_sigma=1.0)
 """Any read-out noise: planned with it, every analog conversion is NOISY or VOTED and every
@@ -71,6 +75,7 @@ hybrid digital one is not (the plan of a noise-free macro cannot tell them apart
 __all__ = [
     "COUNT_FIELDS",
     "ENERGY_KEYS",
+    "PERFORMANCE_FIELDS",
     "CostConfig",
     "CostRecorder",
     "CostReport",
@@ -87,6 +92,13 @@ COUNT_FIELDS = (
     "digital_macs",
 )
 """Operation counts reported per sample, for every layer and in total."""
+
+PERFORMANCE_FIELDS = ("macs", "latency_ns", "throughput_fps", "area_mm2", "tops_per_w")
+"""Per entry beside the counts and energy: ``macs`` (multi-bit MACs per sample, digital
+layers included), ``latency_ns`` (macro time per sample, a full-utilization lower bound),
+``throughput_fps`` (1e9 / latency_ns: samples per second, one at a time), ``area_mm2`` (the
+macros used: cells and ADCs, ``CostConfig.macros`` copies) and ``tops_per_w`` (2 ops per MAC
+over the energy: ops per pJ = TOPS/W). See :class:`CostConfig` for the formulas' sources."""
 
 ENERGY_KEYS = ("adc", "array", "input", "hybrid", "shift_add", "vote", "digital")
 """Keys of ``energy_breakdown_pj``: ADC conversions, bit-line evaluation of the cells, input
@@ -134,6 +146,31 @@ class CostConfig:
     digital_mac_pj: float = 0.3
     """One MAC of an always-digital layer, pJ (Horowitz: 8-bit multiply 0.2 pJ + 32-bit add
     0.1 pJ)."""
+    # --- latency and area (asim.cost.latency_ns / macro_area_mm2; docs/cost.md) ---
+    adc_ns_per_bit_row: float = 0.00653
+    """ADC delay, row term: a B-bit conversion of a column of ``nrow`` rows takes
+    ``B * (adc_ns_per_bit_row * nrow + adc_ns_per_bit)`` ns (ZigZag-IMC ``AimcArray.
+    get_adc_cost``, k3 = 0.00653 ns, fitted on 28 nm AIMC papers)."""
+    adc_ns_per_bit: float = 0.640
+    """ADC delay, constant term per bit, ns (ZigZag-IMC k4 = 0.640 ns)."""
+    cycle_overhead_ns: float = 0.0478
+    """Delay of one array evaluation besides the ADC, ns: ZigZag-IMC's 1-bit multiplier (a
+    28 nm NAND2, 0.0478 ns) on the clock path (DAC delay neglected there too)."""
+    adc_area_um2_log: float = 1.206
+    """ADC area: ``10^(adc_area_um2_log - adc_area_decay_per_bit * B) * 2^B`` um^2 per B-bit
+    ADC (ZigZag-IMC k2 = 1.206; 8 bits: 2.7e-3 mm^2); a 1-bit ADC (sense amplifier) is free."""
+    adc_area_decay_per_bit: float = 0.0369
+    """ADC area exponent per bit (ZigZag-IMC k1 = -0.0369, here without the sign)."""
+    cell_area_um2: float = 0.614
+    """Area per cell of a column, um^2: ZigZag-IMC's 1-bit multiplier (one 28 nm NAND2,
+    0.614 um^2); like ZigZag-IMC, the SRAM storage itself is not counted."""
+    columns: float = 256
+    """Columns of one macro (weight-bit columns read out in the same array evaluation):
+    an assumption, not a property of the simulated arithmetic."""
+    columns_per_adc: float = 1
+    """Columns sharing one ADC (1: an ADC per column, as ZigZag-IMC's AIMC; 8: a column mux)."""
+    macros: float = 1
+    """Macros working in parallel on one sample (area scales with it, latency divides by it)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -148,8 +185,9 @@ class CostConfig:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"CostConfig.{f.name}={value!r} must be a number")
-            if f.name == "vdd" and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"CostConfig.vdd={value} must be a finite voltage > 0")
+            if f.name in _POSITIVE and not (math.isfinite(value) and value > 0):
+                what = "voltage" if f.name == "vdd" else "number"
+                raise ValueError(f"CostConfig.{f.name}={value} must be a finite {what} > 0")
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"CostConfig.{f.name}={value} must be a finite number >= 0")
             setattr(self, f.name, float(value))
@@ -161,6 +199,29 @@ class CostConfig:
     def _fF_pj(self, farads_f: float) -> float:
         """fF switched at VDD -> pJ (fF * V^2 = fJ)."""
         return farads_f * self.vdd**2 / 1000.0
+
+    def adc_ns(self, bits: int, nrow: int) -> float:
+        """Delay of one ``bits``-bit conversion of an ``nrow``-row column, ns (ZigZag-IMC)."""
+        return bits * (self.adc_ns_per_bit_row * nrow + self.adc_ns_per_bit)
+
+    def adc_area_mm2(self, bits: int) -> float:
+        """Area of one ``bits``-bit ADC, mm^2 (ZigZag-IMC's fit; 0 for a 1-bit sense amp)."""
+        if bits <= 1:
+            return 0.0
+        return (
+            10.0 ** (self.adc_area_um2_log - self.adc_area_decay_per_bit * bits) * 2.0**bits / 1e6
+        )
+
+    def adcs(self) -> float:
+        """ADCs working at once: ``columns / columns_per_adc`` per macro, times ``macros``."""
+        return self.columns / self.columns_per_adc * self.macros
+
+    def macro_area_mm2(self, macro: MacroConfig) -> float:
+        """Area of ``macros`` copies of one macro, mm^2: ``nrow x columns`` cells and its
+        ADCs (digital periphery, buffers and the SRAM storage are not counted)."""
+        cells = macro.nrow * self.columns * self.cell_area_um2 / 1e6
+        adcs = self.columns / self.columns_per_adc * self.adc_area_mm2(macro.adc_bits)
+        return (cells + adcs) * self.macros
 
     def replace(self, **changes) -> CostConfig:
         """A copy with some fields changed (validated)."""
@@ -179,33 +240,53 @@ class _Tally:
         default_factory=lambda: dict.fromkeys(ENERGY_KEYS, 0.0)
     )
 
+    timing: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"macs": 0, "latency_ns": 0.0}
+    )
+    """MACs (for TOPS/W) and the macro time of the counted calls (:func:`_timing`)."""
+    macros: dict[str, MacroConfig] = dataclasses.field(default_factory=dict)
+    """The distinct macros the counted calls used, by ``describe()`` (each is its own
+    hardware: area)."""
+
     def add(self, other: _Tally) -> None:
         for k, v in other.counts.items():
             self.counts[k] += v
         for k, v in other.energy.items():
             self.energy[k] += v
+        for k, v in other.timing.items():
+            self.timing[k] += v
+        self.macros.update(other.macros)
 
 
 def _pair_kinds(macro: MacroConfig, signed: bool):
-    """Cycles and, per (weight bit i, cycle c), whether it is analog and whether it is voted."""
+    """Cycles and, per (weight bit i, cycle c): whether it is converted by the ADC, whether it
+    is voted and whether it is a hybrid digital cycle. A hybrid cycle with
+    ``hybrid_exact=False`` is both (quirk Q4: the reference still passes it through the ADC,
+    so the cost model charges the conversion it simulates)."""
     if _build_plan is None:  # pragma: no cover
         return _spec_kinds(macro, signed)
     plan = _build_plan(macro, _PROBE, signed)
-    analog = [[m in (_NOISY, _VOTED) for m in row] for row in plan.mode]
+    converted = [[m in (_NOISY, _VOTED, _ADC) for m in row] for row in plan.mode]
     voted = [[m == _VOTED for m in row] for row in plan.mode]
-    return plan.cycles, analog, voted
+    digital = [[m not in (_NOISY, _VOTED) for m in row] for row in plan.mode]
+    return plan.cycles, converted, voted, digital
 
 
 def _spec_kinds(macro: MacroConfig, signed: bool):
-    """Spec §6/§8.2 directly: analog iff the anti-diagonal distance ``d`` from the MSB x MSB
-    corner is >= hybrid_levels; voted iff ``d < vote_levels`` (used where the engine's plan is
-    not importable; a test checks that both agree)."""
+    """Spec §6/§8.2 directly: digital iff the anti-diagonal distance ``d`` from the MSB x MSB
+    corner is < hybrid_levels, converted unless it is digital and ``hybrid_exact`` (Q4); voted
+    iff ``d < vote_levels`` (used where the engine's plan is not importable; a test checks
+    that both agree)."""
     cycles = activation_cycles(macro.input_bits, macro.input_enc_bits, signed)
     w, n = macro.weight_bits, len(cycles)
     d = [[(w - 1 - i) + (n - 1 - c) for c in range(n)] for i in range(w)]
-    analog = [[x >= macro.hybrid_levels for x in row] for row in d]
-    voted = [[x < macro.vote_levels and macro.vote_samples > 1 for x in row] for row in d]
-    return cycles, analog, voted
+    digital = [[x < macro.hybrid_levels for x in row] for row in d]
+    converted = [[not (dig and macro.hybrid_exact) for dig in row] for row in digital]
+    voted = [
+        [x < macro.vote_levels and macro.vote_samples > 1 and x >= macro.hybrid_levels for x in row]
+        for row in d
+    ]
+    return cycles, converted, voted, digital
 
 
 def _matmul_tally(
@@ -217,7 +298,7 @@ def _matmul_tally(
     cost: CostConfig,
 ) -> _Tally:
     """One ``X [rows, R] @ W [R, outputs]`` on ``macro`` with the reduction tiled as ``tiles``."""
-    cycles, analog, voted = _pair_kinds(macro, signed)
+    cycles, converted, voted, digital = _pair_kinds(macro, signed)
     w, n_cyc, T = macro.weight_bits, len(cycles), len(tiles)
     K = macro.vote_samples
     mapped = sum(r1 - r0 for r0, r1 in tiles)  # rows holding weights (Q1: dropped ones not)
@@ -234,8 +315,8 @@ def _matmul_tally(
         voted_sums = 0
     else:
         pairs = [(i, c) for i in range(w) for c in range(n_cyc)]
-        n_conv = sum(K if voted[i][c] else 1 for i, c in pairs if analog[i][c])
-        n_digital = sum(1 for i, c in pairs if not analog[i][c])
+        n_conv = sum(K if voted[i][c] else 1 for i, c in pairs if converted[i][c])
+        n_digital = sum(1 for i, c in pairs if digital[i][c])
         reps = [K if any(voted[i][c] for i in range(w)) else 1 for c in range(n_cyc)]
         evals = T * outs * n_conv  # analog column evaluations = conversions
         counts["adc_conversions"] = evals
@@ -257,13 +338,27 @@ def _matmul_tally(
     e["hybrid"] = counts["digital_partial_sums"] * macro.nrow * cost.hybrid_pj_per_row
     e["shift_add"] = counts["shift_adds"] * cost.shift_add_pj
     e["vote"] = voted_sums * (K * (K - 1) // 2) * cost.vote_pj_per_compare
+    _timing(t, mapped * outs, macro, cost)
     return t
+
+
+def _timing(t: _Tally, macs: int, macro: MacroConfig, cost: CostConfig) -> None:
+    """MACs, the macro and the time of one matmul on it: its conversions spread over every
+    ADC working at once (:meth:`CostConfig.adcs`), each taking the ADC delay of ``macro`` plus
+    ``cycle_overhead_ns``. A lower bound at full utilization: the digital work (shift-add,
+    hybrid sums, votes) is pipelined behind the conversions; no weight loading, no data
+    movement outside the macro."""
+    per_conversion = cost.adc_ns(macro.adc_bits, macro.nrow) + cost.cycle_overhead_ns
+    t.timing["macs"] += macs
+    t.timing["latency_ns"] += t.counts["adc_conversions"] * per_conversion / cost.adcs()
+    t.macros[macro.describe()] = macro
 
 
 def _digital_tally(macs: int, cost: CostConfig) -> _Tally:
     t = _Tally()
     t.counts["digital_macs"] = macs
     t.energy["digital"] = macs * cost.digital_mac_pj
+    t.timing["macs"] += macs  # digital logic beside the macro: no macro time, no macro area
     return t
 
 
@@ -342,12 +437,26 @@ def _per_sample(value, n: int):
     return value / n
 
 
-def _entry(tally: _Tally, n: int) -> dict:
+def _entry(tally: _Tally, n: int, cost: CostConfig) -> dict:
     out = {k: _per_sample(v, n) for k, v in tally.counts.items()}
     breakdown = {k: v / n for k, v in tally.energy.items()}
     out["energy_pj"] = sum(breakdown.values())
     out["energy_breakdown_pj"] = breakdown
+    out.update(_performance(tally, n, out["energy_pj"], cost))
     return out
+
+
+def _performance(tally: _Tally, n: int, energy_pj: float, cost: CostConfig) -> dict:
+    """The :data:`PERFORMANCE_FIELDS` of one entry (per sample; area of the macros used)."""
+    latency = tally.timing["latency_ns"] / n
+    macs = _per_sample(tally.timing["macs"], n)
+    return {
+        "macs": macs,
+        "latency_ns": latency,
+        "throughput_fps": 1e9 / latency if latency > 0 else None,
+        "area_mm2": sum(cost.macro_area_mm2(m) for m in tally.macros.values()),
+        "tops_per_w": 2 * macs / energy_pj if energy_pj > 0 else None,
+    }
 
 
 @dataclass
@@ -372,8 +481,8 @@ class CostReport:
         total = _Tally()
         for t in tallies.values():
             total.add(t)
-        layers = [{"name": name, **_entry(t, num_samples)} for name, t in tallies.items()]
-        return cls(layers, _entry(total, num_samples), num_samples, cost)
+        layers = [{"name": name, **_entry(t, num_samples, cost)} for name, t in tallies.items()]
+        return cls(layers, _entry(total, num_samples, cost), num_samples, cost)
 
     def to_dict(self) -> dict:
         """``{"cost": totals, "cost_layers": [{"name": ..., ...}, ...]}`` for results.json."""

@@ -10,12 +10,14 @@ with the model preset's mapping) and a Trainer.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import logging
 import os
 import re
 import sys
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,36 @@ from asim.models import create_model, is_model, model_entrypoint
 
 from . import data as _data
 from .progress import LineProgress
+
+# --- Hydra schemas of the frozen asim configs (engine track) -------------------------------
+# MacroConfig and NoiseConfig are frozen (a layer's compiled program is keyed on them), and
+# OmegaConf makes a node built from a frozen dataclass read-only, so ``macro.adc_bits=6``
+# would fail at compose. The writable schema is derived from the one definition of the
+# fields; macro_config/noise_config build (and validate) the frozen config from it.
+
+
+def _writable(cls: type) -> type:
+    """A mutable dataclass with ``cls``'s fields, types and defaults (for Hydra)."""
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING:
+            spec = field(default_factory=f.default_factory)
+        else:
+            spec = field(default=f.default)
+        specs.append((f.name, hints[f.name], spec))
+    return dataclasses.make_dataclass(cls.__name__, specs)
+
+
+def _frozen(cls: type, node) -> Any:
+    """The frozen ``cls`` of a (writable) schema node, validated by its ``__post_init__``."""
+    values = OmegaConf.to_container(node, resolve=True)
+    return cls(**values)
+
+
+MacroSchema = _writable(MacroConfig)
+NoiseSchema = _writable(NoiseConfig)
+# --- end of the derived schemas --------------------------------------------------------------
 
 __all__ = [
     "PROJECT_ROOT",
@@ -75,9 +107,10 @@ class ModelConfig:
     from the dataset unless given here."""
     ckpt: str | None = None
     """Default checkpoint of this model preset (used when the run's ``ckpt`` is not set)."""
-    first_layer: FirstLayer = FirstLayer.digital
+    first_layer: Optional[FirstLayer] = FirstLayer.digital  # noqa: UP045 (OmegaConf)
     """``digital`` (reference CNNs), ``acim`` or ``float`` (reference ViTs); the first conv is
-    found by :func:`asim.mapping.first_conv_name`."""
+    found by :func:`asim.mapping.first_conv_name`. null: no special first layer (a language
+    model, whose token embedding is a float lookup)."""
     first_layer_bits: int = 8
     """Weight and input bits of a digital first layer (the reference's QuantConv2d: W8A8)."""
     signed_input: bool = False
@@ -122,8 +155,8 @@ class _RunSchema:
     progress_percent: int = 10
     force: bool = False
     """Run values outside the physics of a macro (e.g. noise above 10 % of full scale)."""
-    macro: MacroConfig = field(default_factory=MacroConfig)
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    macro: MacroSchema = field(default_factory=MacroSchema)  # type: ignore[valid-type]
+    noise: NoiseSchema = field(default_factory=NoiseSchema)  # type: ignore[valid-type]
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: Any = None
     trainer: Any = None
@@ -258,11 +291,11 @@ def macro_config(cfg: DictConfig) -> MacroConfig:
 
     A preset whose fields were overridden is named ``custom``: its label then lists the
     fields (``custom(W8A8, nrow=63, adc=7, ...)``), not a preset it no longer is."""
-    macro = OmegaConf.to_object(cfg.macro)
+    macro = _frozen(MacroConfig, cfg.macro)
     preset = PROJECT_ROOT / "conf" / "macro" / f"{macro.name}.yaml"
     if preset.is_file():
-        fields = OmegaConf.merge(OmegaConf.structured(MacroConfig), OmegaConf.load(preset))
-        if OmegaConf.to_object(fields) != macro.replace(name=fields.name):
+        fields = OmegaConf.merge(OmegaConf.structured(MacroSchema), OmegaConf.load(preset))
+        if _frozen(MacroConfig, fields) != macro.replace(name=fields.name):
             macro = macro.replace(name="custom")
     return macro
 
@@ -280,7 +313,7 @@ def cost_config(cfg: DictConfig) -> CostConfig | None:
 
 def noise_config(cfg: DictConfig) -> NoiseConfig:
     """The validated :class:`NoiseConfig` of ``cfg.noise``, its table path made absolute."""
-    noise = OmegaConf.to_object(cfg.noise)
+    noise = _frozen(NoiseConfig, cfg.noise)
     if noise.file is not None:
         path = resolve_path(noise.file)
         if not path.is_file():
@@ -338,6 +371,8 @@ def _derived_kwargs(name: str, datamodule) -> dict[str, Any]:
         out["in_channels"] = datamodule.in_channels
     if "image_size" in params:
         out["image_size"] = datamodule.image_size
+    if "block_size" in params and getattr(datamodule, "block_size", None):  # language models
+        out["block_size"] = datamodule.block_size
     return out
 
 

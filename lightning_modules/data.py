@@ -44,7 +44,11 @@ from .datasets import (
     CIFARSplit10,
     CIFARSplit100,
     ClassFolders,
+    TokenBlocks,
     class_dirs,
+    encode_files,
+    split_by_file,
+    text_files,
 )
 from .sampler import UnpaddedDistributedSampler, first_sample_index, rank_and_world
 
@@ -62,6 +66,7 @@ __all__ = [
     "ClassificationDataModule",
     "DigitsDataModule",
     "ImageNetDataModule",
+    "TextDataModule",
     "UnpaddedDistributedSampler",
     "build_eval_transform",
     "build_train_transform",
@@ -213,6 +218,9 @@ class ClassificationDataModule(L.LightningDataModule):
     in_channels: int
     image_size: int
     class_names: list[str]
+    task = "classification"
+    """What the batches are for: ``classification`` (image, label) or ``language_modeling``
+    (tokens, next tokens); the runner picks its LightningModule by it."""
 
     def __init__(
         self, name: str, batch_size: int, val_batch_size: int, num_workers: int | None, seed: int
@@ -713,6 +721,143 @@ class ImageNetDataModule(_ImageDataModule):
     def _load_split(self, train: bool) -> Dataset:
         self._layout()
         return self._load_folders(train, self._train_dirs, self._eval_dirs)
+
+
+class TextDataModule(ClassificationDataModule):
+    """Language modelling on a folder of text files: blocks of tokens with next-token targets.
+
+    The files matching ``pattern`` under ``root`` (default: this Python's standard library,
+    present on every machine, so the demo needs no download) are split *by file* into training
+    and validation (:func:`~lightning_modules.datasets.split_by_file`: by the hash of each
+    relative path, so the split depends on names only), each split concatenated into one token
+    stream and cut into blocks of ``block_size`` tokens
+    (:class:`~lightning_modules.datasets.TokenBlocks`). Tokens are raw bytes (vocabulary 256)
+    unless ``tokenizer`` names a Hugging Face tokenizer (a local folder or a cached name,
+    loaded with ``transformers.AutoTokenizer``, never downloaded).
+
+    ``num_classes`` is the vocabulary size (next-token prediction classifies over it).
+
+    Args:
+        root: Text folder; None: the standard library (``sysconfig``'s ``stdlib`` path).
+        pattern: Glob of the files under ``root`` (``"*.py"``: the top-level modules).
+        exclude: Path parts whose files are skipped (``site-packages``, test folders).
+        block_size: Tokens per block (the model's context).
+        val_fraction: Fraction of the files held out for validation, in (0, 1).
+        max_val_blocks: Validation blocks kept, evenly spaced over the held-out stream (a
+            small fixed evaluation set); None keeps them all.
+        tokenizer: None (bytes) or a Hugging Face tokenizer name or folder.
+        batch_size: Training batch size (blocks).
+        val_batch_size: Validation/test batch size (blocks).
+        num_workers: DataLoader worker processes.
+        name: Preset name, for messages.
+        seed: Seeds the training shuffle.
+    """
+
+    task = "language_modeling"
+    in_channels = 1
+    image_size = 0
+
+    def __init__(
+        self,
+        root: str | None = None,
+        pattern: str = "*.py",
+        exclude: Sequence[str] = ("site-packages", "dist-packages", "test", "tests", "idlelib"),
+        block_size: int = 128,
+        val_fraction: float = 0.1,
+        max_val_blocks: int | None = None,
+        tokenizer: str | None = None,
+        batch_size: int = 32,
+        val_batch_size: int = 32,
+        num_workers: int = 0,
+        name: str = "text",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(name, batch_size, val_batch_size, num_workers, seed)
+        if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+            raise ValueError(f"dataset.block_size must be a positive int, got {block_size!r}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"dataset.val_fraction must lie in (0, 1), got {val_fraction}")
+        if max_val_blocks is not None and max_val_blocks < 1:
+            raise ValueError(f"dataset.max_val_blocks must be >= 1 or null, got {max_val_blocks}")
+        if root is None:
+            import sysconfig
+
+            root = sysconfig.get_paths()["stdlib"]
+        self.root = Path(root).expanduser()
+        self.pattern = pattern
+        self.exclude = tuple(exclude)
+        self.block_size = block_size
+        self.val_fraction = val_fraction
+        self.max_val_blocks = max_val_blocks
+        self.tokenizer_name = tokenizer
+        self._tokenizer = None
+        self.train_files: list[Path] = []
+        self.val_files: list[Path] = []
+        if tokenizer is None:
+            self.num_classes = 256
+        else:
+            self.num_classes = len(self.tokenizer())
+        self.class_names = []  # no per-class results: the classes are the vocabulary
+
+    def tokenizer(self):
+        """The Hugging Face tokenizer (loaded once, offline), or None for bytes."""
+        if self.tokenizer_name is None:
+            return None
+        if self._tokenizer is None:
+            try:
+                from transformers import AutoTokenizer
+            except ImportError:
+                raise ValueError(
+                    f"dataset.tokenizer={self.tokenizer_name} needs transformers: pip install "
+                    "transformers, or set dataset.tokenizer=null for byte-level tokens"
+                ) from None
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    self.tokenizer_name, local_files_only=True
+                )
+            except OSError:
+                raise FileNotFoundError(
+                    f"dataset.tokenizer={self.tokenizer_name}: no such tokenizer folder or "
+                    "cached name (nothing is downloaded); pass a local folder"
+                ) from None
+        return self._tokenizer
+
+    def _encode(self, files: Sequence[Path]) -> torch.Tensor:
+        tok = self.tokenizer()
+        return encode_files(files, None if tok is None else tok.encode)
+
+    def _find_files(self) -> None:
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"text folder not found: {self.root}; set dataset.root=DIR (a folder of text "
+                f"files matching dataset.pattern={self.pattern})"
+            )
+        files = text_files(self.root, self.pattern, self.exclude)
+        self.train_files, self.val_files = split_by_file(files, self.root, self.val_fraction)
+        for what, split in (("training", self.train_files), ("validation", self.val_files)):
+            if not split:
+                raise FileNotFoundError(
+                    f"no {what} files: {len(files)} file(s) match dataset.pattern="
+                    f"{self.pattern} under {self.root} (excluding {', '.join(self.exclude)}); "
+                    "the split is by file, so it needs several files (or change "
+                    "dataset.val_fraction)"
+                )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Finds and splits the files, encodes the split(s) needed."""
+        if not self.val_files:
+            self._find_files()
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = TokenBlocks(self._encode(self.train_files), self.block_size)
+        if self.val_set is None:
+            self.val_set = TokenBlocks(
+                self._encode(self.val_files), self.block_size, self.max_val_blocks
+            )
+            if len(self.val_set) == 0:
+                raise ValueError(
+                    f"the validation files under {self.root} hold fewer than "
+                    f"dataset.block_size+1={self.block_size + 1} tokens"
+                )
 
 
 # ------------------------------------------------------------------------------ instantiation

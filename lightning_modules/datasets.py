@@ -8,16 +8,22 @@
   only the files of the requested split, md5-checked by torchvision unless ``check_md5=False``.
 * :class:`CIFAR100CSV`: the reference's CIFAR-100 layout, ``<split>_images/*.jpg`` labelled by
   ``<split>.csv``.
+* :class:`TokenBlocks`: a token stream cut into blocks with next-token targets (language
+  modelling); :func:`text_files`, :func:`split_by_file` and :func:`encode_files` read a folder of
+  text files into such streams, byte-level or with a Hugging Face tokenizer.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.folder import default_loader
@@ -28,7 +34,11 @@ __all__ = [
     "CIFARSplit10",
     "CIFARSplit100",
     "ClassFolders",
+    "TokenBlocks",
     "class_dirs",
+    "encode_files",
+    "split_by_file",
+    "text_files",
     "is_image_file",
     "read_label_csv",
 ]
@@ -208,3 +218,83 @@ class CIFAR100CSV(Dataset):
         path, label = self.samples[index]
         img = default_loader(path)
         return (self.transform(img) if self.transform is not None else img), label
+
+
+# ------------------------------------------------------------------------- language modelling
+
+
+def text_files(root: str | os.PathLike, pattern: str, exclude: Sequence[str] = ()) -> list[Path]:
+    """Files under ``root`` matching the glob ``pattern`` (``"*.py"``, ``"**/*.txt"``), sorted
+    by relative path; hidden files and any path with a part in ``exclude`` are skipped."""
+    root = Path(root)
+    skip = set(exclude)
+    files = []
+    for path in root.glob(pattern):
+        parts = path.relative_to(root).parts
+        if path.is_file() and not any(p.startswith(".") or p in skip for p in parts):
+            files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def split_by_file(
+    files: Sequence[Path], root: str | os.PathLike, val_fraction: float
+) -> tuple[list[Path], list[Path]]:
+    """(training, validation) files: a file is held out when the hash of its relative path
+    falls in the first ``val_fraction`` of the range, so the split depends on names only (not
+    on the machine, the file order or the other files)."""
+    train, val = [], []
+    for path in files:
+        name = Path(path).relative_to(root).as_posix()
+        h = int.from_bytes(hashlib.sha1(name.encode()).digest()[:8], "big") / 2**64
+        (val if h < val_fraction else train).append(path)
+    return train, val
+
+
+def encode_files(files: Sequence[Path], tokenizer: Callable[[str], list[int]] | None) -> Tensor:
+    """One token stream of ``files`` in order: raw bytes (``tokenizer`` None, vocabulary 256),
+    else ``tokenizer(text)`` of each file read as UTF-8 (undecodable bytes replaced)."""
+    if tokenizer is None:
+        data = b"".join(Path(p).read_bytes() for p in files)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.long)
+    ids: list[int] = []
+    for p in files:
+        ids.extend(tokenizer(Path(p).read_text(encoding="utf-8", errors="replace")))
+    return torch.tensor(ids, dtype=torch.long)
+
+
+class TokenBlocks(Dataset):
+    """A token stream as blocks ``(x, y)`` of ``block_size`` tokens, ``y`` = ``x`` shifted by
+    one (next-token targets). Block ``i`` starts at token ``starts[i]``.
+
+    Args:
+        tokens: 1-D token ids.
+        block_size: Tokens per block.
+        max_blocks: Keep this many blocks, evenly spaced over the stream (a small, fixed
+            evaluation set); None keeps every non-overlapping block.
+    """
+
+    def __init__(self, tokens: Tensor, block_size: int, max_blocks: int | None = None) -> None:
+        if tokens.dim() != 1:
+            raise ValueError(f"tokens must be 1-D, got shape {tuple(tokens.shape)}")
+        self.tokens = tokens
+        self.block_size = block_size
+        n = (len(tokens) - 1) // block_size  # a target for every input token
+        starts = torch.arange(n) * block_size
+        if max_blocks is not None and max_blocks < n:
+            starts = starts[torch.linspace(0, n - 1, max_blocks).round().long()]
+        self.starts = starts
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def fingerprint(self) -> str:
+        """A hash of the blocks (tokens, starts, block size): equal fingerprints, equal data."""
+        h = hashlib.sha1(f"{self.block_size}:".encode())
+        h.update(self.tokens.numpy().tobytes())
+        h.update(self.starts.numpy().tobytes())
+        return h.hexdigest()
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        s = int(self.starts[index])
+        chunk = self.tokens[s : s + self.block_size + 1]
+        return chunk[:-1], chunk[1:]

@@ -1,34 +1,36 @@
-"""The design-study report: every job of one or more sweeps side by side.
+"""The design-study report: every run of one or more sweeps in one pandas table, and its views.
 
-``write_report(dirs)`` collects the ``results.json`` of every job under ``dirs`` (a Hydra sweep
-folder, several of them, or single run folders), skips incomplete runs with a note and writes
-into ``out`` (default: the only dir):
+``write_report(dirs)`` collects the ``results.json`` of every run under ``dirs`` (a sweep
+folder, several, or run folders; incomplete runs are skipped with a note), loads them into one
+DataFrame (:func:`pandas.json_normalize`, one row per run, plus the swept keys) and writes into
+``out`` (default: the only dir) views of it:
 
-- ``sweep.csv``: one row per job, one column per swept key, the metrics of ``METRICS`` and
-  the job folder;
-- ``report.md``: the same table for people, the Pareto set and the plots;
-- PNG plots: accuracy against every swept key (one line per combination of the other swept
-  keys, error bars from repeats), accuracy against energy per sample with the Pareto-optimal
-  jobs marked, and a per-layer sensitivity chart for every job whose results have one.
+- ``sweep.csv``: the swept keys, ``condition``, the metrics of :data:`METRIC_PATHS`,
+  ``pareto`` and the run folder (``job``);
+- ``report.md``: the same in % (``to_markdown``), mean ± std over seeds, the Pareto set of each
+  condition and a shmoo grid (accuracy by ADC bits x noise);
+- seaborn plots: accuracy against each swept design key, accuracy against energy with one front
+  per condition, the shmoo grid, per-layer sensitivity.
 
-A job's swept keys come from its ``.hydra/overrides.yaml`` (Hydra writes it per job); the keys
-whose value differs between the collected jobs are the columns. ``python report.py DIR ...``
-calls this; ``lightning_modules.callbacks.SweepReport`` calls it at the end of every multirun.
-``objectives`` is what ``simulate.py`` returns to Hydra's sweepers.
+Keys are *design choices* (``macro.*``, ``cost.*``, per-layer macros, training options) or
+*conditions* a design must survive (``noise.*``, ``seed``, ``ckpt``, ``dataset.*``,
+``model.*``, ``chip``; :func:`is_condition`): designs are compared, and Pareto fronts formed,
+only within one condition; seeds are repeats, averaged. ``python report.py DIR ...`` and
+:class:`lightning_modules.callbacks.SweepReport` call this; :func:`objectives` is what
+``simulate.py`` returns to Hydra's sweepers.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import os
 import re
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 RESULTS_FILE = "results.json"
 RESULTS_NAME = re.compile(r"results(?:-(\d+))?\.json")  # results.json, results-1.json, ...
@@ -36,7 +38,7 @@ OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
 CSV_FILE = "sweep.csv"
 MARKDOWN_FILE = "report.md"
 
-# Metric columns of sweep.csv, in order. Each is a path into results.json.
+# Metric columns of sweep.csv, in order: column -> path into results.json.
 METRIC_PATHS: dict[str, tuple[str, ...]] = {
     "sim_top1": ("sim_top1",),
     "sim_top1_std": ("sim_top1_std",),
@@ -47,40 +49,44 @@ METRIC_PATHS: dict[str, tuple[str, ...]] = {
     "seconds": ("seconds",),
     "energy_pj": ("cost", "energy_pj"),
     "adc_conversions": ("cost", "adc_conversions"),
+    "latency_ns": ("cost", "latency_ns"),
+    "area_mm2": ("cost", "area_mm2"),
+    "throughput_fps": ("cost", "throughput_fps"),
+    "tops_per_w": ("cost", "tops_per_w"),
 }
 METRICS = tuple(METRIC_PATHS)
 ACCURACY = "sim_top1"
 TRAIN_ACCURACY = "val_top1"  # train.py's results.json: a train sweep's accuracy
 TRAIN_METRICS = [TRAIN_ACCURACY, "val_top5"]  # extra sweep.csv columns for train.py runs
 ENERGY = "energy_pj"
-# The Pareto set of the report: maximize accuracy, minimize energy per sample.
-PARETO_SENSES = {ACCURACY: "max", ENERGY: "min"}
-# Overrides that are repeats of one design, not design dimensions: averaged in the plots.
-REPEAT_KEYS = ("seed",)
-# More combinations of the other swept keys than this: an accuracy plot shows every design as
-# a dot and one line per value of a single second key (the best design at each x).
-MAX_LINES = 8
-# What an ordinary run returns to Hydra (a sweeper's objective when none is configured).
-DEFAULT_OBJECTIVE = ACCURACY
+DEFAULT_OBJECTIVE = ACCURACY  # what an ordinary run returns to Hydra
 OBJECTIVES_KEY = "optimized_metrics"
-
-# Axis labels for the keys a study usually sweeps; others are labelled with the key itself.
+CONDITION_GROUPS = ("noise", "seed", "ckpt", "dataset", "model", "chip", "chip_seed")
+"""Keys (or groups of keys) a design must survive rather than choose."""
+DESIGN_KEYS = ("model.layer_macros", "model.attention")
+"""Per-layer macros: design choices although they live in the model group."""
+REPEAT_KEYS = ("seed",)
+"""Conditions that are repeats of one experiment: averaged (mean ± std), not told apart."""
+MAX_LINES = 8  # more curves than this in an accuracy plot: the best design per x only
 KEY_LABELS = {
     "macro.adc_bits": "ADC resolution (bits)",
-    "macro.nrow": "rows read out at once, nrow (rows)",
-    "macro.input_enc_bits": "input bits per cycle, input_enc_bits (bits)",
+    "macro.nrow": "rows read out at once, nrow",
+    "macro.input_enc_bits": "input bits per cycle, input_enc_bits",
     "macro.hybrid_levels": "digital MSB anti-diagonals, hybrid_levels",
     "macro.vote_levels": "voted MSB anti-diagonals, vote_levels",
-    "macro.vote_samples": "conversions per voted cycle, vote_samples",
-    "macro.weight_bits": "weight bits (bits)",
-    "macro.input_bits": "activation bits (bits)",
     "noise.rand_sigma": "random noise sigma (% of ADC full scale)",
     "noise.nonlinear_sigma": "signal-dependent noise sigma (% of ADC full scale)",
     "noise.cell_sigma": "cell variation sigma (% of a cell's current)",
-    "noise.compression_alpha": "gain compression alpha",
 }
-# How a null value of a key reads in plots.
-NULL_LABELS = {"macro.input_enc_bits": "serial"}
+NULL_LABELS = {"macro.input_enc_bits": "serial"}  # how a null value reads
+
+
+def is_condition(key: str) -> bool:
+    """Whether a config key is a condition (noise, seed, checkpoint, data, model, chip) rather
+    than a design choice."""
+    if any(key == k or key.startswith(k + ".") for k in DESIGN_KEYS):
+        return False
+    return key.split(".", 1)[0] in CONDITION_GROUPS
 
 
 @dataclass
@@ -93,32 +99,12 @@ class Job:
     path: Path | None = None  # the results file; None: folder/results.json
 
     @property
-    def accuracy_key(self) -> str:
-        """``sim_top1`` for simulate.py runs, ``val_top1`` for train.py runs (QAT/NAT)."""
-        return (
-            ACCURACY
-            if ACCURACY in self.results or TRAIN_ACCURACY not in self.results
-            else TRAIN_ACCURACY
-        )
-
-    @property
-    def accuracy(self) -> Any:
-        return metric(self.results, self.accuracy_key)
-
-    @property
-    def accuracy_std(self) -> float:
-        std = metric(self.results, f"{self.accuracy_key}_std")
-        return float(std) if _is_number(std) else 0.0
-
-    @property
     def location(self) -> Path:
-        """The job folder, or its results file when that is not the first (results-1.json)."""
-        if self.path is None or self.path.name == RESULTS_FILE:
-            return self.folder
-        return self.path
+        """The folder, or its results file when that is not the first (results-1.json)."""
+        return self.folder if self.path is None or self.path.name == RESULTS_FILE else self.path
 
     def value(self, key: str) -> str:
-        """The value of a key: the override, else the run's resolved config, else ''."""
+        """The value of a key as written: the override, else the resolved config, else ''."""
         if key in self.overrides:
             return self.overrides[key]
         node: Any = self.results.get("config")
@@ -128,7 +114,9 @@ class Job:
             node = node[part]
         if isinstance(node, Mapping):  # a config group: its preset's name
             node = node.get("name", "")
-        return _yaml_scalar(node)
+        if node is None or isinstance(node, bool):
+            return {None: "null", True: "true", False: "false"}[node]
+        return str(node)
 
 
 @dataclass
@@ -141,7 +129,7 @@ class Collection:
 
 @dataclass
 class Report:
-    """What ``write_report`` wrote."""
+    """What ``write_report`` wrote; ``table`` is the DataFrame every file is a view of."""
 
     out: Path
     csv: Path
@@ -149,12 +137,16 @@ class Report:
     plots: list[Path]
     collection: Collection
     swept: list[str]
-    pareto: list[Job]
+    table: pd.DataFrame
+
+    @property
+    def pareto(self) -> pd.DataFrame:
+        """The rows on the front of their condition."""
+        return self.table[self.table["pareto"]]
 
 
 def metric(results: Mapping[str, Any], name: str) -> Any:
-    """A metric of one results.json by column name (``energy_pj`` is ``cost.energy_pj``);
-    None when absent."""
+    """A metric of one results.json by column name (``energy_pj`` is ``cost.energy_pj``)."""
     node: Any = results
     for part in METRIC_PATHS.get(name, tuple(name.split("."))):
         if not isinstance(node, Mapping):
@@ -164,22 +156,19 @@ def metric(results: Mapping[str, Any], name: str) -> Any:
 
 
 def objectives(results: Mapping[str, Any], cfg: Mapping[str, Any]) -> Any:
-    """What a run returns to Hydra: ``sim_top1``, or with ``optimized_metrics: [a, b, ...]`` in
-    the config (a multi-objective sweeper, e.g. ``hparams_search=macro_pareto``) the tuple of
-    those metrics. Raises ValueError when an optimized metric is not in the results."""
+    """What a run returns to Hydra: ``sim_top1``, or with ``optimized_metrics: [a, b, ...]``
+    (a multi-objective sweeper, e.g. ``hparams_search=macro_pareto``) the tuple of those
+    metrics. Raises ValueError when an optimized metric is not in the results."""
     names = cfg.get(OBJECTIVES_KEY) if hasattr(cfg, "get") else None
     if not names:
         return metric(results, DEFAULT_OBJECTIVE)
-    if isinstance(names, str):
-        names = [names]
     values = []
-    for name in names:
+    for name in [names] if isinstance(names, str) else names:
         value = metric(results, name)
         if value is None:
             hint = (
-                " (the cost model writes cost.energy_pj: keep a cost preset, e.g. "
-                "cost=zigzag_28nm, not ~cost)"
-                if name in ("energy_pj", "adc_conversions")
+                " (the cost model writes it: keep a cost preset, e.g. cost=zigzag_28nm, not ~cost)"
+                if METRIC_PATHS.get(name, ("",))[0] == "cost"
                 else f"; choose from {', '.join(METRICS)}"
             )
             raise ValueError(f"{OBJECTIVES_KEY}: {name!r} is not in results.json{hint}")
@@ -190,37 +179,26 @@ def objectives(results: Mapping[str, Any], cfg: Mapping[str, Any]) -> Any:
 def pareto_mask(points: Sequence[Sequence[float]], senses: Sequence[str]) -> list[bool]:
     """True for every point no other point dominates (at least as good in every objective and
     better in one); ``senses`` says per objective "max" or "min"."""
-    signs = [1.0 if s == "max" else -1.0 for s in senses]
     if any(s not in ("max", "min") for s in senses):
         raise ValueError(f"senses must be 'max' or 'min', got {list(senses)}")
-    scored = [[sign * v for sign, v in zip(signs, p, strict=True)] for p in points]
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b, strict=True)) and any(
-            x > y for x, y in zip(a, b, strict=True)
-        )
-
-    return [not any(dominates(other, p) for other in scored) for p in scored]
+    scored = [[v if s == "max" else -v for s, v in zip(senses, p, strict=True)] for p in points]
+    return [
+        not any(all(x >= y for x, y in zip(o, p, strict=True)) and o != p for o in scored)
+        for p in scored
+    ]
 
 
 # --------------------------------------------------------------------------- collecting
-
-
 def results_files(folder: Path) -> list[Path]:
-    """The results files of one run folder: results.json, then results-1.json, ... (a run
-    repeated in the same folder never overwrites the earlier one's file)."""
-    numbered = []
-    for path in folder.glob("results*.json"):
-        match = RESULTS_NAME.fullmatch(path.name)
-        if match:
-            numbered.append((int(match.group(1) or 0), path))
-    return [path for _, path in sorted(numbered)]
+    """results.json, then results-1.json, ... of one run folder."""
+    found = [(int(m.group(1) or 0), p) for p in folder.glob("results*.json")
+             if (m := RESULTS_NAME.fullmatch(p.name))]  # fmt: skip
+    return [p for _, p in sorted(found)]
 
 
 def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
-    """Every run under ``dirs``: each results file (``results.json``, ``results-1.json``, ...)
-    of every folder that has one or a ``.hydra/overrides.yaml``. A folder without results, an
-    unreadable file or one marked ``"complete": false`` is skipped with the reason."""
+    """Every results file of every folder under ``dirs`` that has one or a
+    ``.hydra/overrides.yaml``; unreadable, incomplete and missing results are skipped."""
     found: dict[Path, None] = {}
     for d in dirs:
         root = Path(d)
@@ -237,7 +215,6 @@ def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
         paths = results_files(folder)
         if not paths:
             collection.skipped.append((folder, f"no {RESULTS_FILE} (failed or not finished)"))
-            continue
         overrides = _read_overrides(folder)
         for path in paths:
             try:
@@ -255,8 +232,8 @@ def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
 
 
 def _read_overrides(folder: Path) -> dict[str, str]:
-    """key -> value of the task overrides Hydra recorded for a job ('~key' deletions and
-    '+'/'++' prefixes dropped); {} for a folder without them."""
+    """key -> value of the overrides Hydra recorded for a job (parsed by Hydra's own parser;
+    deletions dropped, ``+`` prefixes stripped)."""
     path = folder / OVERRIDES_FILE
     if not path.is_file():
         return {}
@@ -264,36 +241,21 @@ def _read_overrides(folder: Path) -> dict[str, str]:
     from omegaconf import OmegaConf
 
     lines = [str(x) for x in (OmegaConf.to_container(OmegaConf.load(path)) or [])]
-    out = {}
-    for override in OverridesParser.create().parse_overrides(lines):
-        if override.is_delete():
-            continue
-        out[override.get_key_element().lstrip("+")] = override.get_value_element_as_str()
-    return out
+    return {
+        o.get_key_element().lstrip("+"): o.get_value_element_as_str()
+        for o in OverridesParser.create().parse_overrides(lines)
+        if not o.is_delete()
+    }
 
 
 def swept_keys(jobs: Sequence[Job]) -> list[str]:
-    """The override keys whose value differs between jobs (all keys of a single job), in the
-    order they first appear."""
-    keys: dict[str, None] = {}
-    for job in jobs:
-        for key in job.overrides:
-            keys.setdefault(key, None)
-    if len(jobs) <= 1:
-        return list(keys)
-    return [k for k in keys if len({job.value(k) for job in jobs}) > 1]
-
-
-def _yaml_scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    """The override keys whose value differs between jobs (all keys of a single job)."""
+    keys = list(dict.fromkeys(k for job in jobs for k in job.overrides))
+    return keys if len(jobs) <= 1 else [k for k in keys if len({j.value(k) for j in jobs}) > 1]
 
 
 def _typed(value: str) -> Any:
-    """An override value as a number where it is one; null as None; else the string."""
+    """An override value as a number where it is one, None for null, else the string."""
     if value in ("null", "None", "~"):
         return None
     for kind in (int, float):
@@ -308,58 +270,64 @@ def _sort_key(value: str) -> tuple:
     typed = _typed(value)
     if typed is None:
         return (0, 0.0, "")
-    if isinstance(typed, (int, float)):
-        return (1, float(typed), "")
-    return (2, 0.0, str(typed))
+    return (1, float(typed), "") if isinstance(typed, (int, float)) else (2, 0.0, str(typed))
 
 
-# --------------------------------------------------------------------------- writing
+def _display(key: str, value: str) -> str:
+    """A value for people: a path by its file name, null by its meaning."""
+    if _typed(value) is None:
+        return NULL_LABELS.get(key, "null")
+    return Path(value).name if "/" in value else value
 
 
-def write_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> Report:
-    """Collect the jobs under ``dirs`` and write sweep.csv, report.md and the PNG plots into
-    ``out`` (default: the only dir). Raises ValueError when no complete run is found."""
-    dirs = [Path(d) for d in dirs]
-    if not dirs:
-        raise ValueError("no folder given: pass one or more sweep or run folders")
-    if out is None:
-        if len(dirs) > 1:
-            raise ValueError("several folders: say where the merged report goes (out=DIR)")
-        out = dirs[0]
-    out = Path(out)
-    collection = collect(dirs)
-    if not collection.jobs:
-        notes = "".join(f"; {f}: {why}" for f, why in collection.skipped[:3])
-        raise ValueError(
-            f"no complete {RESULTS_FILE} under {', '.join(map(str, dirs))}{notes}; "
-            "run a sweep first (python simulate.py -m KEY=A,B)"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    swept = swept_keys(collection.jobs)
-    jobs = sorted(
-        collection.jobs,
-        key=lambda j: (tuple(_sort_key(j.value(k)) for k in swept), str(j.location)),
+def _label(keys: Sequence[str], values: Sequence[str]) -> str:
+    """'adc_bits=6, rand_sigma=0.2'; '' for no keys."""
+    return ", ".join(
+        f"{k.rsplit('.', 1)[-1]}={_display(k, v)}" for k, v in zip(keys, values, strict=True)
     )
-    pareto = _pareto_jobs(jobs)
-    csv_path = _write_csv(out / CSV_FILE, jobs, swept, out)
-    plots = _write_plots(out, jobs, swept, pareto)
-    md_path = out / MARKDOWN_FILE
-    md_path.write_text(_markdown(dirs, jobs, swept, pareto, plots, collection.skipped, out))
-    return Report(out, csv_path, md_path, plots, collection, swept, pareto)
 
 
-def _pareto_jobs(jobs: Sequence[Job]) -> list[Job]:
-    names = list(PARETO_SENSES)
-    scored = [j for j in jobs if all(_is_number(metric(j.results, n)) for n in names)]
-    mask = pareto_mask(
-        [[float(metric(j.results, n)) for n in names] for j in scored],
-        [PARETO_SENSES[n] for n in names],
+def load(collection: Collection, out: Path) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run: every results.json field flattened (``json_normalize``: ``cost.
+    energy_pj``, ``config.macro.adc_bits``, ...), the swept keys as written, ``accuracy``
+    (``sim_top1``, or ``val_top1`` for train.py runs) and its std, ``condition``, ``design``,
+    ``pareto`` and ``job``; sorted by the swept keys."""
+    jobs = collection.jobs
+    swept = swept_keys(jobs)
+    jobs = sorted(jobs, key=lambda j: ([_sort_key(j.value(k)) for k in swept], str(j.location)))
+    df = pd.json_normalize([j.results for j in jobs])
+    for name, path in METRIC_PATHS.items():
+        df[name] = df[".".join(path)] if ".".join(path) in df else None
+    for k in swept:
+        df[k] = [j.value(k) for j in jobs]
+    train = ACCURACY not in df or df[ACCURACY].isna().all()
+    acc = TRAIN_ACCURACY if train and TRAIN_ACCURACY in df else ACCURACY
+    df["accuracy"] = pd.to_numeric(df.get(acc), errors="coerce")
+    std = df[f"{acc}_std"] if f"{acc}_std" in df else pd.Series(0.0, df.index)
+    df["accuracy_std"] = pd.to_numeric(std, errors="coerce").fillna(0.0)
+    df.attrs["accuracy_name"] = "validation top-1" if acc == TRAIN_ACCURACY else "simulated top-1"
+    conditions = [k for k in swept if is_condition(k) and k not in REPEAT_KEYS]
+    designs = [k for k in swept if not is_condition(k)]
+    df.attrs.update(conditions=conditions, designs=designs, swept=swept)
+    df["condition"] = [_label(conditions, [j.value(k) for k in conditions]) or "all" for j in jobs]
+    df["design"] = [_label(designs, [j.value(k) for k in designs]) for j in jobs]
+    df["job"] = [_relative(j.location, out) for j in jobs]
+    df["pareto"] = _pareto_column(df)
+    return df, swept
+
+
+def _pareto_column(df: pd.DataFrame) -> pd.Series:
+    """True for runs whose design (mean over seeds) is on the front of its condition: highest
+    accuracy for its energy, among designs run under the same condition."""
+    scored = df.dropna(subset=["accuracy", ENERGY])
+    means = scored.groupby(["condition", "design"], sort=False)[["accuracy", ENERGY]].mean()
+    front = set()
+    for _, group in means.groupby(level="condition", sort=False):
+        mask = pareto_mask(group.to_numpy(float).tolist(), ["max", "min"])
+        front |= {key for key, keep in zip(group.index, mask, strict=True) if keep}
+    return pd.Series(
+        [(c, d) in front for c, d in zip(df["condition"], df["design"], strict=True)], df.index
     )
-    return [j for j, keep in zip(scored, mask, strict=True) if keep]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _relative(folder: Path, out: Path) -> str:
@@ -369,460 +337,351 @@ def _relative(folder: Path, out: Path) -> str:
         return str(folder)
 
 
-def _write_csv(path: Path, jobs: Sequence[Job], swept: Sequence[str], out: Path) -> Path:
-    columns = list(METRICS)
-    if any(TRAIN_ACCURACY in j.results for j in jobs):  # train.py runs
-        columns += TRAIN_METRICS
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*swept, *columns, "job"])
-        for job in jobs:
-            values = [metric(job.results, m) for m in columns]
-            writer.writerow(
-                [job.value(k) for k in swept]
-                + ["" if v is None else v for v in values]
-                + [_relative(job.location, out)]
-            )
-    return path
+# --------------------------------------------------------------------------- writing
+def write_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None) -> Report:
+    """Collect the runs under ``dirs`` and write sweep.csv, report.md and the plots into
+    ``out`` (default: the only dir). Raises ValueError when no complete run is found."""
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise ValueError("no folder given: pass one or more sweep or run folders")
+    if out is None and len(dirs) > 1:
+        raise ValueError("several folders: say where the merged report goes (out=DIR)")
+    out = Path(out if out is not None else dirs[0])
+    collection = collect(dirs)
+    if not collection.jobs:
+        notes = "".join(f"; {f}: {why}" for f, why in collection.skipped[:3])
+        raise ValueError(
+            f"no complete {RESULTS_FILE} under {', '.join(map(str, dirs))}{notes}; "
+            "run a sweep first (python simulate.py -m KEY=A,B)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    df, swept = load(collection, out)
+    columns = [*swept, "condition", *METRICS]
+    columns += [c for c in TRAIN_METRICS if c in df]
+    df[[*columns, "pareto", "job"]].to_csv(out / CSV_FILE, index=False)
+    plots = _plots(df, out)
+    markdown = out / MARKDOWN_FILE
+    markdown.write_text(_markdown(df, dirs, plots, collection.skipped))
+    return Report(out, out / CSV_FILE, markdown, plots, collection, swept, df)
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """The rows of a sweep.csv as dicts (values as written; blank for absent)."""
-    with Path(path).open(newline="") as f:
-        return list(csv.DictReader(f))
+    """The rows of a sweep.csv as dicts of strings (blank for absent)."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
 
 
-def _pct(value: Any, std: Any = None) -> str:
-    if not _is_number(value):
-        return ""
-    text = f"{100 * value:.2f}"
-    if _is_number(std) and std > 0:
-        text += f" ± {100 * std:.2f}"
-    return text
+# --------------------------------------------------------------------------- views
+UNITS = {
+    ENERGY: (("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3), ("pJ", 1.0)),
+    "latency_ns": (("ms", 1e6), ("µs", 1e3), ("ns", 1.0)),
+}
 
 
-def _energy_unit(values_pj: Iterable[float]) -> tuple[float, str]:
-    """(divisor, unit) that shows the median energy in pJ, nJ, uJ or mJ as 1 to 999."""
-    values = [abs(v) for v in values_pj]
-    middle = statistics.median(values) if values else 0.0
-    for divisor, unit in ((1e9, "mJ"), (1e6, "µJ"), (1e3, "nJ")):
-        if middle >= divisor:
-            return divisor, unit
-    return 1.0, "pJ"
-
-
-def _markdown(
-    dirs: Sequence[Path],
-    jobs: Sequence[Job],
-    swept: Sequence[str],
-    pareto: Sequence[Job],
-    plots: Sequence[Path],
-    skipped: Sequence[tuple[Path, str]],
-    out: Path,
-) -> str:
-    energies = [metric(j.results, ENERGY) for j in jobs]
-    has_energy = any(_is_number(e) for e in energies)
-    divisor, unit = _energy_unit(e for e in energies if _is_number(e))
-    on_front = {id(j) for j in pareto}
-    lines = ["# Sweep report", ""]
-    intro = f"{len(jobs)} runs from {', '.join(f'`{d}`' for d in dirs)}"
-    summary = _common_summary(jobs)
-    intro += f": {summary}." if summary else "."
-    if swept:
-        intro += f" Swept: {', '.join(f'`{k}`' for k in swept)}."
-    lines += [intro, ""]
-    lines.append(
-        f"Accuracies in %, energy per sample; `{CSV_FILE}` has the same in fractions and pJ."
+def _unit(values: pd.Series, metric_name: str) -> tuple[float, str]:
+    """(divisor, unit) that shows the median of a column as 1 to 999."""
+    middle = values.abs().median()
+    return next(
+        ((s, u) for u, s in UNITS[metric_name] if middle >= s), UNITS[metric_name][-1][::-1]
     )
-    lines.append("")
-    short = "val" if _accuracy_name(jobs).startswith("validation") else "sim"
-    header = [f"`{k}`" for k in swept] + [
-        f"{short} top-1",
-        f"{short} top-5",
-        "float top-1",
-        "inference top-1",
+
+
+def _pct(mean: float, std: float = 0.0) -> str:
+    if pd.isna(mean):
+        return ""
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std > 0 else "")
+
+
+def _summary(df: pd.DataFrame) -> str:
+    """'MODEL on DATASET (N samples)' when every run shares them."""
+    cols = ["summary.model", "summary.dataset", "num_samples"]
+    if not all(c in df and df[c].nunique(dropna=False) == 1 for c in cols):
+        return ""
+    model, dataset, n = df[cols].iloc[0]
+    return f"{model} on {dataset} ({n} samples)"
+
+
+def _view(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs as people read them: % accuracies, energy and latency in a common unit."""
+    view = pd.DataFrame({k: [_display(k, v) for v in df[k]] for k in df.attrs["swept"]})
+    short = "val" if df.attrs["accuracy_name"].startswith("validation") else "sim"
+    view[f"{short} top-1"] = [
+        _pct(m, s) for m, s in zip(df["accuracy"], df["accuracy_std"], strict=True)
     ]
-    if has_energy:
-        header += [f"energy/sample ({unit})", "ADC conversions/sample", "Pareto"]
-    header += ["samples", "seconds", "job"]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for job in jobs:
-        r = job.results
-        row = [job.value(k) for k in swept] + [
-            _pct(job.accuracy, job.accuracy_std),
-            _pct(metric(r, job.accuracy_key.replace("top1", "top5"))),
-            _pct(metric(r, "float_top1")),
-            _pct(metric(r, "inference_top1")),
-        ]
-        if has_energy:
-            e, conv = metric(r, ENERGY), metric(r, "adc_conversions")
-            row += [
-                f"{e / divisor:.4g}" if _is_number(e) else "",
-                f"{conv:,.0f}" if _is_number(conv) else "",
-                "yes" if id(job) in on_front else "",
-            ]
-        n, s = metric(r, "num_samples"), metric(r, "seconds")
-        row += [
-            str(n) if n is not None else "",
-            f"{s:.1f}" if _is_number(s) else "",
-            f"`{_relative(job.location, out)}`",
-        ]
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    if has_energy:
-        lines.append(
-            f"Pareto set (highest simulated top-1 for its energy per sample): {len(pareto)} of "
-            f"{sum(_is_number(e) for e in energies)} runs with an energy, by energy:"
-        )
-        lines.append("")
-        design_keys = [k for k in swept if k not in REPEAT_KEYS]
-        for number, (job, count) in enumerate(_front(pareto, design_keys), 1):
-            e, top1 = metric(job.results, ENERGY), job.accuracy
-            runs = f", {count} runs" if count > 1 else ""
+    for name, col in (("float top-1", "float_top1"), ("inference top-1", "inference_top1")):
+        view[name] = [_pct(v) for v in pd.to_numeric(df[col], errors="coerce")]
+    if df[ENERGY].notna().any():
+        for name in (ENERGY, "latency_ns"):
+            values = pd.to_numeric(df[name], errors="coerce")
+            div, unit = _unit(values.dropna(), name)
+            view[f"{name.split('_')[0]}/sample ({unit})"] = (values / div).map("{:.4g}".format)
+        view["area (mm²)"] = pd.to_numeric(df["area_mm2"], errors="coerce").map("{:.3g}".format)
+        view["TOPS/W"] = pd.to_numeric(df["tops_per_w"], errors="coerce").map("{:.3g}".format)
+        view["Pareto"] = df["pareto"].map({True: "yes", False: ""})
+    view["seconds"] = pd.to_numeric(df["seconds"], errors="coerce").map("{:.1f}".format)
+    view["job"] = "`" + df["job"] + "`"
+    return view.replace("nan", "")
+
+
+def _fronts(df: pd.DataFrame) -> list[str]:
+    """Per condition: its Pareto-optimal designs by energy (mean over seeds, run count)."""
+    on = df[df["pareto"]]
+    div, unit = _unit(pd.to_numeric(df[ENERGY], errors="coerce").dropna(), ENERGY)
+    lines = []
+    for condition, group in on.groupby("condition", sort=False):
+        if df.attrs["conditions"]:
+            lines += [f"Condition {condition}:", ""]
+        designs = group.groupby("design", sort=False).agg(
+            accuracy=("accuracy", "mean"), energy=(ENERGY, "mean"),
+            latency=("latency_ns", "mean"), runs=("job", "size"), job=("job", "first"),
+        ).sort_values(["energy", "accuracy"])  # fmt: skip
+        for number, (design, row) in enumerate(designs.iterrows(), 1):
+            runs = f", {row.runs} runs" if row.runs > 1 else ""
             lines.append(
-                f"{number}. {_design(job, design_keys) or 'run'}: {_pct(top1)} % at "
-                f"{e / divisor:.4g} {unit} (`{_relative(job.location, out)}`{runs})"
+                f"{number}. {design or 'run'}: {_pct(row.accuracy)} % at "
+                f"{row.energy / div:.4g} {unit} (`{row.job}`{runs})"
             )
-    else:
-        lines.append(
-            "No energy in these results (`cost.energy_pj` in results.json, from the cost "
-            "model): no Pareto set."
-        )
-    lines.append("")
-    for plot in plots:
-        lines += [f"![{plot.stem}]({plot.name})", ""]
-    if skipped:
-        lines.append(f"Skipped {len(skipped)} folders:")
-        lines += [f"- `{_relative(f, out)}`: {why}" for f, why in skipped]
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
-def _by_energy(jobs: Sequence[Job]) -> list[Job]:
-    return sorted(jobs, key=lambda j: (metric(j.results, ENERGY), j.accuracy))
+def shmoo(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Accuracy by ADC bits (rows) x noise sigma (% of full scale, columns): the mean over
+    seeds, the best over any other design key; None unless both were swept."""
+    noise = next((k for k in df.attrs["conditions"] if k.endswith("_sigma")), None)
+    if "macro.adc_bits" not in df.attrs["designs"] or noise is None:
+        return None
+    grid = df.assign(bits=df["macro.adc_bits"].map(int), sigma=df[noise].map(float))
+    mean = grid.groupby(["bits", "sigma", "design"])["accuracy"].mean()
+    table = mean.groupby(["bits", "sigma"]).max().unstack("sigma").sort_index()
+    table.attrs["noise"] = noise
+    return table
 
 
-def _front(pareto: Sequence[Job], design_keys: Sequence[str]) -> list[tuple[Job, int]]:
-    """The Pareto set by energy, each design and result once (an Optuna search may run one
-    design several times), with how many runs it stands for."""
-    seen: dict[tuple, list] = {}
-    for job in _by_energy(pareto):
-        key = (tuple(job.value(k) for k in design_keys), metric(job.results, ENERGY), job.accuracy)
-        seen.setdefault(key, [job, 0])[1] += 1
-    return [(job, count) for job, count in seen.values()]
+def _lsb(sigma_pct: float, bits: int) -> float:
+    """A sigma in % of the ADC full scale in LSB rms of a ``bits``-bit ADC (2^B - 1 steps)."""
+    return sigma_pct / 100 * (2**bits - 1)
 
 
-def _design(job: Job, keys: Sequence[str]) -> str:
-    """'adc_bits=6, nrow=127': a job's values of ``keys``, short names."""
-    return ", ".join(f"{_short(k)}={_display(k, job.value(k))}" for k in keys)
-
-
-def _common_summary(jobs: Sequence[Job]) -> str:
-    """'MODEL on DATASET (N samples)' when every job shares them."""
-    parts = []
-    for key in ("model", "dataset"):
-        values = {str((j.results.get("summary") or {}).get(key, "")) for j in jobs}
-        if len(values) != 1 or values == {""}:
-            return ""
-        parts.append(values.pop())
-    samples = {metric(j.results, "num_samples") for j in jobs}
-    text = f"{parts[0]} on {parts[1]}"
-    if len(samples) == 1 and None not in samples:
-        text += f" ({samples.pop()} samples)"
-    return text
+def _markdown(df, dirs, plots, skipped) -> str:
+    conditions, designs = df.attrs["conditions"], df.attrs["designs"]
+    intro = f"{len(df)} runs from {', '.join(f'`{d}`' for d in dirs)}"
+    intro += f": {_summary(df)}." if _summary(df) else "."
+    if designs:
+        intro += f" Design choices: {', '.join(f'`{k}`' for k in designs)}."
+    if conditions:
+        named = ", ".join(f"`{k}`" for k in conditions)
+        intro += f" Conditions (fronts are drawn within each): {named}."
+    if set(REPEAT_KEYS) & set(df.attrs["swept"]):
+        intro += " Seeds are repeats: averaged."
+    lines = ["# Sweep report", "", intro, ""]
+    quantized = df.get("summary.hybrid_quantized")
+    if quantized is not None and quantized.fillna(False).astype(bool).any():
+        lines += [
+            "Hybrid cycles pass the ADC in some runs (quirk Q4, `macro.hybrid_exact=false`): "
+            "noise-free but still quantized, and charged a conversion; "
+            "`macro.hybrid_exact=true` makes them exact.",
+            "",
+        ]
+    lines += [f"Accuracies in %; `{CSV_FILE}` has the same in fractions and pJ/ns.", ""]
+    lines += [_view(df).to_markdown(index=False, disable_numparse=True), ""]
+    if df[ENERGY].notna().any():
+        lines += ["## Pareto fronts (highest accuracy for its energy, within a condition)", ""]
+        lines += _fronts(df)
+    else:
+        lines += ["No energy in these results (the cost model's `cost.energy_pj`): no fronts.", ""]
+    grid = shmoo(df)
+    if grid is not None:
+        noise = grid.attrs["noise"]
+        lines += [f"## Shmoo grid: {df.attrs['accuracy_name']} (%), ADC bits x `{noise}`", ""]
+        shown = grid.map(lambda v: f"{100 * v:.1f}")
+        for sigma in grid.columns:
+            shown[sigma] = [
+                f"{text} ({_lsb(sigma, bits):.2g} LSB)" for bits, text in shown[sigma].items()
+            ]
+        shown.columns = [f"σ {s:g} % FS" for s in grid.columns]
+        lines += [shown.rename_axis("ADC bits").to_markdown(disable_numparse=True), ""]
+        lines += [
+            "(in brackets: the same sigma in LSB rms of that ADC, % FS x (2^B - 1) / 100)",
+            "",
+        ]
+    lines += [f"![{p.stem}]({p.name})\n" for p in plots]
+    if skipped:
+        lines += [f"Skipped {len(skipped)} folders:"] + [f"- `{f}`: {why}" for f, why in skipped]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- plots
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=,-]+", "_", text).strip("_")[:120] or "run"
-
-
-def _label(key: str) -> str:
-    return KEY_LABELS.get(key, key)
-
-
-def _display(key: str, value: str) -> str:
-    return NULL_LABELS.get(key, value) if _typed(value) is None else value
-
-
-def _short(key: str) -> str:
-    return key.rsplit(".", 1)[-1]
-
-
-def _pyplot():
+def _plots(df: pd.DataFrame, out: Path) -> list[Path]:
+    scored = df.dropna(subset=["accuracy"])
+    if scored.empty:
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import seaborn as sns
 
-    return plt
-
-
-def _runs(job: Job) -> list[float]:
-    """The per-repeat top-1 of a job (one value when the list is absent)."""
-    runs = job.results.get(f"{job.accuracy_key}_runs")
-    if isinstance(runs, list) and runs and all(_is_number(v) for v in runs):
-        return [float(v) for v in runs]
-    return [float(job.accuracy)] if _is_number(job.accuracy) else []
-
-
-def _point(jobs: Sequence[Job]) -> tuple[float, float]:
-    """Mean and sample std of the top-1 over every repeat of ``jobs``."""
-    if len(jobs) == 1:
-        return float(jobs[0].accuracy), jobs[0].accuracy_std
-    runs = [v for j in jobs for v in _runs(j)]
-    return statistics.fmean(runs), statistics.stdev(runs) if len(runs) > 1 else 0.0
-
-
-def _accuracy_name(jobs: Sequence[Job]) -> str:
-    """'simulated top-1' or, for a sweep of train.py runs, 'validation top-1'."""
-    train = all(j.accuracy_key == TRAIN_ACCURACY for j in jobs)
-    return "validation top-1" if train else "simulated top-1"
-
-
-def _write_plots(out: Path, jobs: Sequence[Job], swept: Sequence[str], pareto: Sequence[Job]):
-    scored = [j for j in jobs if _is_number(j.accuracy)]
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
     plots = []
-    if scored:
-        plt = _pyplot()
-        design_keys = [k for k in swept if k not in REPEAT_KEYS]
-        for key in design_keys:
-            if len({j.value(key) for j in scored}) > 1:  # a single run has no curve
-                plots.append(_plot_accuracy_vs(plt, out, scored, key, design_keys))
-        if any(_is_number(metric(j.results, ENERGY)) for j in scored):
-            plots.append(_plot_pareto(plt, out, scored, design_keys, pareto))
-        with_sens = [j for j in jobs if j.results.get("sensitivity")]
-        for job in with_sens:
-            name = (
-                "sensitivity"
-                if len(with_sens) == 1
-                else f"sensitivity_{_safe_name(job.folder.name)}"
-            )
-            plots.append(_plot_sensitivity(plt, out / f"{name}.png", job, swept))
+    designs = df.attrs["designs"]
+    for key in designs + df.attrs["conditions"]:
+        if scored[key].nunique() > 1:
+            plots.append(_plot_accuracy_vs(scored, key, out / f"accuracy_vs_{key}.png"))
+    if scored[ENERGY].notna().any():
+        plots.append(_plot_fronts(scored.dropna(subset=[ENERGY]), out / "accuracy_vs_energy.png"))
+    grid = shmoo(scored)
+    if grid is not None:
+        plots.append(_plot_shmoo(grid, scored, out / "shmoo.png"))
+    with_sens = [i for i, s in df.get("sensitivity", pd.Series(dtype=object)).items()
+                 if isinstance(s, list) and s]  # fmt: skip
+    for i in with_sens:
+        name = (
+            "sensitivity"
+            if len(with_sens) == 1
+            else "sensitivity_" + re.sub(r"[^\w.=,-]+", "_", df["job"][i])
+        )
+        plots.append(_plot_sensitivity(df.loc[i], out / f"{name}.png"))
     return plots
 
 
-def _reference_line(ax, jobs: Sequence[Job]) -> None:
-    """A dashed line at the quantized-inference top-1 when every job shares it."""
-    values = {metric(j.results, "inference_top1") for j in jobs}
-    if len(values) == 1 and _is_number(next(iter(values))):
-        ax.axhline(
-            100 * values.pop(),
-            color="0.4",
-            linestyle="--",
-            linewidth=1,
-            label="quantized inference (no macro)",
-        )
+def _figure(title: str, df: pd.DataFrame, size=(6.6, 4.4)):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    summary = _summary(df)
+    ax.set_title(title + (f"\n{summary}" if summary else ""))
+    return fig, ax
 
 
-def _finish(plt, fig, ax, path: Path, legend_title: str | None = None, outside=False) -> Path:
-    """Grid, legend (right of the axes when ``outside``: one entry per line), save, close."""
-    ax.grid(True, alpha=0.3)
+def _save(fig, ax, path: Path, legend_title: str | None = None) -> Path:
+    import matplotlib.pyplot as plt
+
     if ax.get_legend_handles_labels()[0]:
-        where = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0}
-        ax.legend(title=legend_title, fontsize="small", **(where if outside else {}))
-    _save(plt, fig, path)
-    return path
-
-
-def _save(plt, fig, path: Path) -> None:
+        ax.legend(title=legend_title, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
-
-
-def _accuracy_axis(ax, values: Iterable[float], name: str) -> None:
-    values = list(values)
-    low, high = min(values), max(values)
-    pad = max(2.0, 0.08 * (high - low))
-    ax.set_ylim(max(0.0, low - pad), min(100.0, high + pad) + 0.5)
-    ax.set_ylabel(f"{name} accuracy (%)")
-
-
-def _plot_accuracy_vs(plt, out: Path, jobs: Sequence[Job], key: str, design_keys: Sequence[str]):
-    """Accuracy against one swept key: one line per combination of the other swept keys, or,
-    when those are more than ``MAX_LINES`` (a random or Optuna search), one colour per value
-    of the other key with the fewest values, every design a dot and a line through the best
-    design at each x."""
-    others = [k for k in design_keys if k != key]
-    values = sorted({j.value(key) for j in jobs}, key=_sort_key)
-    numeric = all(isinstance(_typed(v), (int, float)) for v in values)
-    position = {v: (float(_typed(v)) if numeric else i) for i, v in enumerate(values)}
-    designs: dict[tuple[str, ...], list[Job]] = {}  # repeats (seeds) of one design together
-    for job in jobs:
-        designs.setdefault(tuple(job.value(k) for k in (key, *others)), []).append(job)
-    combos = {d[1:] for d in designs}
-    many = len(combos) > MAX_LINES
-    if many:
-        second = min(others, key=lambda k: len({j.value(k) for j in jobs}))
-        rest = [k for k in others if k != second]
-        legend_keys = [second]
-    else:
-        legend_keys = others
-    groups: dict[tuple[str, ...], dict[str, list[tuple[float, float]]]] = {}
-    for design in sorted(designs, key=lambda d: tuple(_sort_key(v) for v in d[1:])):
-        line = tuple(design[1 + others.index(k)] for k in legend_keys)
-        groups.setdefault(line, {}).setdefault(design[0], []).append(_point(designs[design]))
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    colors = plt.get_cmap("viridis" if len(groups) > 10 else "tab10")
-    shown = []
-    for i, (line, series) in enumerate(groups.items()):
-        xs = sorted(series, key=_sort_key)
-        color = colors(i / max(1, len(groups) - 1)) if len(groups) > 10 else colors(i % 10)
-        if len(legend_keys) == 1:  # the legend's title names the key
-            label = _display(legend_keys[0], line[0])
-        else:
-            pairs = zip(legend_keys, line, strict=True)
-            label = ", ".join(f"{_short(k)}={_display(k, v)}" for k, v in pairs) or None
-        if many:
-            dots = [(position[x], 100 * m) for x in xs for m, _ in series[x]]
-            ax.scatter(*zip(*dots, strict=True), color=color, alpha=0.45, s=18)
-            shown += [y for _, y in dots]
-        best = [max(series[x]) for x in xs]
-        ys = [100 * m for m, _ in best]
-        shown += ys
-        ax.errorbar(
-            [position[x] for x in xs],
-            ys,
-            yerr=[100 * sd for _, sd in best],
-            marker="o",
-            capsize=3,
-            label=label,
-            color=color,
-        )
-    _reference_line(ax, jobs)
-    if not numeric:
-        ax.set_xticks(range(len(values)), [_display(key, v) for v in values])
-        ax.set_xlim(-0.5, len(values) - 0.5)
-    elif len(values) <= 12:
-        ax.set_xticks([position[v] for v in values], [_display(key, v) for v in values])
-    ax.set_xlabel(_label(key))
-    inference = metric(jobs[0].results, "inference_top1")
-    _accuracy_axis(
-        ax, shown + ([100 * inference] if _is_number(inference) else []), _accuracy_name(jobs)
-    )
-    ax.set_title(_title(f"{_accuracy_name(jobs)} vs {_short(key)}", jobs))
-    title = _short(legend_keys[0]) if len(legend_keys) == 1 else None
-    if many and rest:
-        title += f"\n(dots: every design;\nline: best over {', '.join(map(_short, rest))})"
-    name = f"accuracy_vs_{_safe_name(key)}.png"
-    return _finish(plt, fig, ax, out / name, title, outside=bool(others))
-
-
-def _title(title: str, jobs: Sequence[Job]) -> str:
-    title = title[:1].upper() + title[1:]
-    summary = _common_summary(jobs)
-    return f"{title}\n{summary}" if summary else title
-
-
-def _plot_pareto(plt, out: Path, jobs: Sequence[Job], design_keys: Sequence[str], pareto):
-    with_energy = [j for j in jobs if _is_number(metric(j.results, ENERGY))]
-    divisor, unit = _energy_unit(metric(j.results, ENERGY) for j in with_energy)
-    front = {id(j) for j in pareto}
-    front_designs = _front(pareto, design_keys)
-    inline = len(design_keys) <= 2 and len(front_designs) <= 10  # else numbers, as in report.md
-    fig, ax = plt.subplots(figsize=(6.8, 4.6))
-    for on_front in (False, True):
-        group = [j for j in with_energy if (id(j) in front) == on_front]
-        if not group:
-            continue
-        ax.errorbar(
-            [metric(j.results, ENERGY) / divisor for j in group],
-            [100 * j.accuracy for j in group],
-            yerr=[100 * j.accuracy_std for j in group],
-            linestyle="none",
-            marker="*" if on_front else "o",
-            markersize=12 if on_front else 6,
-            color="tab:red" if on_front else "0.55",
-            capsize=2,
-            label=(
-                f"Pareto-optimal ({len(front_designs)}"
-                + (")" if inline else "; numbered in report.md)")
-                if on_front
-                else "dominated"
-            ),
-            zorder=3 if on_front else 2,
-        )
-    ordered = _by_energy(pareto)
-    if len(ordered) > 1:
-        ax.step(
-            [metric(j.results, ENERGY) / divisor for j in ordered],
-            [100 * j.accuracy for j in ordered],
-            where="post",
-            color="tab:red",
-            alpha=0.4,
-            linewidth=1,
-        )
-    top = max(metric(j.results, ENERGY) for j in with_energy)
-    for number, (job, _) in enumerate(front_designs, 1):
-        text = _design(job, design_keys) if inline else str(number)
-        energy = metric(job.results, ENERGY)
-        left = inline and energy > 0.6 * top  # right of the axes' middle: label to the left
-        if text:
-            ax.annotate(
-                text,
-                (energy / divisor, 100 * job.accuracy),
-                textcoords="offset points",
-                xytext=((-7 if left else 7), -11) if inline else (5, 4),
-                ha="right" if left else "left",
-                fontsize="x-small" if inline else "small",
-                color="tab:red",
-            )
-    energies = [metric(j.results, ENERGY) for j in with_energy]
-    if min(energies) > 0 and max(energies) / min(energies) > 20:
-        from matplotlib.ticker import FuncFormatter, LogLocator
-
-        ax.set_xscale("log")  # plain numbers at 1, 2, 5 x 10^k, not powers of ten
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-    _reference_line(ax, with_energy)
-    ax.set_xlabel(f"energy per sample ({unit})")
-    _accuracy_axis(ax, [100 * j.accuracy for j in with_energy], _accuracy_name(with_energy))
-    ax.set_title(_title(f"{_accuracy_name(with_energy)} vs energy per sample", with_energy))
-    return _finish(plt, fig, ax, out / "accuracy_vs_energy.png")
-
-
-def _plot_sensitivity(plt, path: Path, job: Job, swept: Sequence[str]) -> Path:
-    """Per ACiM layer: top-1 with only that layer on the macro, and with every layer but it;
-    the all-layers and no-layer accuracies as vertical lines."""
-    rows = [r for r in job.results["sensitivity"] if isinstance(r, Mapping)]
-    layers = [str(r.get("layer", "?")) for r in rows]
-    fig, ax = plt.subplots(figsize=(6.4, 1.3 + 0.4 * len(rows)))
-    ys = list(range(len(rows)))
-    # a dot plot, not bars: the axis starts near the lowest accuracy, not at 0
-    series = {}
-    for field_name in ("alone_top1", "without_top1"):
-        series[field_name] = [
-            100 * r[field_name] if _is_number(r.get(field_name)) else math.nan for r in rows
-        ]
-    for y, a, b in zip(ys, series["alone_top1"], series["without_top1"], strict=True):
-        ax.plot([a, b], [y, y], color="0.75", linewidth=2, zorder=1)
-    for field_name, label, color, marker in (
-        ("alone_top1", "only this layer on the macro", "tab:orange", "o"),
-        ("without_top1", "every layer but this one", "tab:blue", "s"),
-    ):
-        ax.scatter(series[field_name], ys, color=color, marker=marker, s=45, label=label, zorder=3)
-    shown = [v for values in series.values() for v in values if not math.isnan(v)]
-    sim, inference = metric(job.results, ACCURACY), metric(job.results, "inference_top1")
-    if _is_number(sim):
-        shown.append(100 * sim)
-        ax.axvline(100 * sim, color="tab:red", linestyle=":", label="every layer on the macro")
-    if _is_number(inference):
-        shown.append(100 * inference)
-        ax.axvline(100 * inference, color="0.3", linestyle="--", label="no layer (inference)")
-    ax.set_yticks(ys, layers)
-    ax.set_ylim(len(rows) - 0.5, -0.5)  # first layer on top
-    low = min(shown, default=0.0)
-    ax.set_xlim(max(0.0, low - max(2.0, 0.1 * (100 - low))), 100.5)
-    ax.set_xlabel("simulated top-1 accuracy (%)")
-    ax.set_ylabel("ACiM layer")
-    design = [k for k in swept if not k.startswith("simulate.")]  # run options: not the design
-    where = _design(job, design)
-    ax.set_title("Per-layer sensitivity" + (f"\n{where}" if where else ""))
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    _save(plt, fig, path)
     return path
+
+
+def _inference_line(ax, df: pd.DataFrame) -> None:
+    values = pd.to_numeric(df["inference_top1"], errors="coerce").dropna().unique()
+    if len(values) == 1:
+        ax.axhline(100 * values[0], color="0.4", ls="--", lw=1, label="quantized inference")
+
+
+def _plot_accuracy_vs(df: pd.DataFrame, key: str, path: Path) -> Path:
+    """Accuracy against one key: a line per condition and other design (mean ± sd over
+    seeds); with more than MAX_LINES, every run a dot and the best design per x a line."""
+    import seaborn as sns
+
+    others = [k for k in (*df.attrs["designs"], *df.attrs["conditions"]) if k != key]
+    data = df.assign(
+        x=[_typed(v) if _typed(v) is not None else NULL_LABELS.get(key, "null") for v in df[key]],
+        acc=100 * df["accuracy"],
+        line=[_label(others, vals) for vals in zip(*(df[k] for k in others), strict=True)]
+        if others
+        else "",
+    )
+    numeric = all(isinstance(v, (int, float)) for v in data["x"])
+    if not numeric:
+        order = sorted(df[key].unique(), key=_sort_key)
+        data["x"] = [order.index(v) for v in df[key]]
+    name = df.attrs["accuracy_name"]
+    fig, ax = _figure(f"{name} vs {key.rsplit('.', 1)[-1]}", df)
+    many = data["line"].nunique() > MAX_LINES
+    if many:  # a search: dots, and the best design per x under each condition
+        sns.scatterplot(data=data, x="x", y="acc", color="0.6", s=18, ax=ax, label="every run")
+        best = data.groupby(["condition", "x"], as_index=False)["acc"].max()
+        hue = "condition" if best["condition"].nunique() > 1 else None
+        sns.lineplot(data=best, x="x", y="acc", hue=hue, marker="o", ax=ax,
+                     **({} if hue else {"label": "best design"}))  # fmt: skip
+    else:
+        hue = "line" if data["line"].nunique() > 1 else None
+        sns.lineplot(data=data, x="x", y="acc", hue=hue, marker="o", errorbar="sd",
+                     err_style="bars", ax=ax)  # fmt: skip
+    _inference_line(ax, df)
+    if not numeric:
+        ax.set_xticks(range(len(order)), [_display(key, v) for v in order])
+    elif data["x"].nunique() <= 12:
+        ax.set_xticks(sorted(data["x"].unique()))
+    ax.set(xlabel=KEY_LABELS.get(key, key), ylabel=f"{name} (%)")
+    return _save(fig, ax, path)
+
+
+def _plot_fronts(df: pd.DataFrame, path: Path) -> Path:
+    """Accuracy against energy: every design (mean over seeds), one colour and one front per
+    condition, the Pareto-optimal designs starred and named."""
+    import seaborn as sns
+
+    div, unit = _unit(pd.to_numeric(df[ENERGY]), ENERGY)
+    points = df.groupby(["condition", "design"], sort=False).agg(
+        acc=("accuracy", "mean"), sd=("accuracy", "std"), energy=(ENERGY, "mean"),
+        pareto=("pareto", "any"),
+    ).reset_index()  # fmt: skip
+    points = points.assign(acc=100 * points["acc"], energy=points["energy"] / div)
+    several = points["condition"].nunique() > 1
+    name = df.attrs["accuracy_name"]
+    fig, ax = _figure(
+        f"{name} vs energy per sample" + (", a front per condition" if several else ""),
+        df,
+        (7.2, 4.8),
+    )
+    hue = "condition" if several else None
+    sns.scatterplot(data=points[~points["pareto"]], x="energy", y="acc", hue=hue, alpha=0.5,
+                    color=None if several else "0.55", ax=ax, legend=False)  # fmt: skip
+    front = points[points["pareto"]].sort_values("energy")
+    sns.lineplot(data=front, x="energy", y="acc", hue=hue, marker="*", markersize=14,
+                 drawstyle="steps-post", ax=ax, color=None if several else "tab:red",
+                 **({} if several else {"label": "Pareto-optimal"}))  # fmt: skip
+    if len(front) <= 12:
+        for row in front.itertuples():
+            ax.annotate(row.design, (row.energy, row.acc), textcoords="offset points",
+                        xytext=(6, -10), fontsize="x-small")  # fmt: skip
+    if points["energy"].max() / max(points["energy"].min(), 1e-30) > 20:
+        ax.set_xscale("log")
+    _inference_line(ax, df)
+    ax.set(xlabel=f"energy per sample ({unit})", ylabel=f"{name} (%)")
+    return _save(fig, ax, path, "condition" if several else None)
+
+
+def _plot_shmoo(grid: pd.DataFrame, df: pd.DataFrame, path: Path) -> Path:
+    """The shmoo grid as a heat map: accuracy by ADC bits x noise, each cell with its sigma in
+    LSB rms of that ADC."""
+    import seaborn as sns
+
+    labels = grid.copy().astype(object)
+    for sigma in grid.columns:
+        labels[sigma] = [f"{100 * v:.1f}\n{_lsb(sigma, b):.2g} LSB" for b, v in grid[sigma].items()]
+    fig, ax = _figure(
+        f"Shmoo: {df.attrs['accuracy_name']} (%)",
+        df,
+        (1.2 * len(grid.columns) + 2.6, 0.7 * len(grid) + 1.8),
+    )
+    sns.heatmap(100 * grid, annot=labels, fmt="", cmap="RdYlGn", vmin=0, vmax=100, ax=ax,
+                cbar_kws={"label": "accuracy (%)"}, annot_kws={"fontsize": "small"})  # fmt: skip
+    ax.invert_yaxis()
+    ax.set(xlabel=f"{grid.attrs['noise']} (% of ADC full scale)", ylabel="ADC resolution (bits)")
+    ax.set_xticklabels([f"{s:g}" for s in grid.columns])
+    return _save(fig, ax, path)
+
+
+def _plot_sensitivity(row: pd.Series, path: Path) -> Path:
+    """Per ACiM layer: top-1 with only it on the macro and with every layer but it."""
+    sens = pd.DataFrame(row["sensitivity"]).melt("layer", var_name="pass", value_name="top1")
+    sens["pass"] = sens["pass"].map(
+        {"alone_top1": "only this layer on the macro", "without_top1": "every layer but this one"}
+    )
+    sens["top1"] = 100 * sens["top1"]
+    import seaborn as sns
+
+    title = "Per-layer sensitivity" + (f", {row['design']}" if row.get("design") else "")
+    fig, ax = _figure(title, pd.DataFrame([row]), (6.4, 1.3 + 0.4 * len(row["sensitivity"])))
+    sns.pointplot(data=sens, x="top1", y="layer", hue="pass", linestyles="none", ax=ax)
+    lines = (
+        (row.get("accuracy"), "every layer on the macro", ":"),
+        (row.get("inference_top1"), "no layer (inference)", "--"),
+    )
+    for value, label, style in lines:
+        if value is not None and not pd.isna(value):
+            ax.axvline(100 * value, color="0.3", ls=style, label=label)
+    ax.set(xlabel="simulated top-1 accuracy (%)", ylabel="ACiM layer")
+    return _save(fig, ax, path)

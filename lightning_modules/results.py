@@ -186,6 +186,8 @@ def format_table(results: dict[str, Any]) -> str:
         conversions = format_conversions(cost["adc_conversions"]) if cost else "-"
         rows.append((label, sim1, sim5, secs(results["seconds_sim"]), energy, conversions))
     header = ("pass", "top-1", "top-5", "seconds", "energy/sample", "ADC conv./sample")
+    if "sim_ppl" in results:  # a language model
+        header, rows = _with_perplexity(results, header, rows)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r) -> str:
@@ -194,6 +196,8 @@ def format_table(results: dict[str, Any]) -> str:
         )
 
     title = f"{s['model']} on {s['dataset']} ({n} samples), macro {s['macro']}, noise {s['noise']}"
+    if results.get("num_tokens") is not None:  # language model: n blocks of tokens
+        title = title.replace(f"({n} samples)", f"({n} blocks, {results['num_tokens']} tokens)")
     rule = "-" * len(line(header))
     total = results.get("seconds")
     footer = f"total {total:.1f} s" if total is not None else "total -"
@@ -214,6 +218,19 @@ def format_table(results: dict[str, Any]) -> str:
         title = f"per-layer sensitivity: simulated top-1 (noise seed {s['seed']}, as repeat 0)"
         lines += ["", title, "-" * len(rows[0]), rows[0], "-" * len(rows[0]), *rows[1:]]
     return "\n".join(lines)
+
+
+def _with_perplexity(results: dict[str, Any], header: tuple, rows: list) -> tuple[tuple, list]:
+    """A language model's table: perplexity first, top-1/top-5 as next-token accuracy."""
+    ppl = [results.get("float_ppl"), results.get("inference_ppl")]
+    if results["repeats"]:
+        sim = results.get("sim_ppl")
+        text = "-" if sim is None else f"{sim:.3f}"
+        if sim is not None and results["repeats"] > 1:
+            text += f" ± {results['sim_ppl_std']:.3f}"
+    cells = ["-" if v is None else f"{v:.3f}" for v in ppl] + ([text] if results["repeats"] else [])
+    rows = [(r[0], c, *r[1:]) for r, c in zip(rows, cells, strict=True)]
+    return (header[0], "perplexity", "next-token top-1", *header[2:]), rows
 
 
 def _plain(value: Any) -> Any:

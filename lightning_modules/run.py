@@ -41,6 +41,7 @@ from .config import (
     quiet_lightning,
     resolve_path,
 )
+from .lm import ACiMLanguageModel
 from .module import ACiMClassifier
 from .results import (
     TABLE_LOG,
@@ -100,7 +101,9 @@ def _ckpt(cfg: DictConfig, required: bool) -> str | None:
 
 
 def _classifier(model: nn.Module, cfg: DictConfig, dm, **kwargs) -> ACiMClassifier:
-    return ACiMClassifier(
+    """The LightningModule of the DataModule's task: classification or language modelling."""
+    lm = getattr(dm, "task", "classification") == "language_modeling"
+    return (ACiMLanguageModel if lm else ACiMClassifier)(
         model,
         num_classes=dm.num_classes,
         class_names=dm.class_names,
@@ -264,6 +267,8 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
                         f"{name}/loss": p["loss"],
                     }
                 )
+                if "ppl" in p:
+                    metrics[f"{name}/ppl"] = p["ppl"]
             metrics.update(
                 {
                     "sim/acc": res["sim_top1"],
@@ -272,6 +277,8 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
                     "sim/loss": sum(r["loss"] for r in sim_runs) / len(sim_runs),
                 }
             )
+            if res.get("sim_ppl") is not None:
+                metrics["sim/ppl"] = res["sim_ppl"]
             if res["cost"] is not None:
                 metrics["sim/energy_pj"] = res["cost"]["energy_pj"]
                 metrics["sim/adc_conversions"] = res["cost"]["adc_conversions"]
@@ -346,8 +353,12 @@ def _collect_results(
     if sim_runs:
         top1, top1_std = mean_std([r["top1"] for r in sim_runs])
         top5, top5_std = mean_std([r["top5"] for r in sim_runs])
-        n_cls = len(sim_runs[0]["per_class"])
-        per_class = [sum(r["per_class"][c] for r in sim_runs) / len(sim_runs) for c in range(n_cls)]
+        per_class = None
+        if sim_runs[0]["per_class"] is not None:
+            n_cls = len(sim_runs[0]["per_class"])
+            per_class = [
+                sum(r["per_class"][c] for r in sim_runs) / len(sim_runs) for c in range(n_cls)
+            ]
     else:
         top1 = top1_std = top5 = top5_std = per_class = None
     counts = {r["num_samples"] for r in [*passes.values(), *sim_runs]}
@@ -375,6 +386,7 @@ def _collect_results(
             "inference": by_class(get("inference", "per_class")),
             "sim": by_class(per_class),
         },
+        **_ppl_fields(passes, sim_runs),
         "summary": {
             "model": cfg.model.name,
             "dataset": cfg.dataset.name,
@@ -390,6 +402,24 @@ def _collect_results(
             "val_batch_size": cfg.dataset.get("val_batch_size"),
         },
         "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def _ppl_fields(passes: dict, sim_runs: list) -> dict[str, Any]:
+    """Language models: ``float_ppl``, ``inference_ppl``, ``sim_ppl`` (mean over repeats) with
+    ``sim_ppl_std``, ``sim_ppl_runs`` and ``num_tokens``; nothing for classifiers (whose
+    passes carry no ``ppl``). ``*_top1`` is then the next-token accuracy."""
+    runs = [*passes.values(), *sim_runs]
+    if not runs or "ppl" not in runs[0]:
+        return {}
+    mean, std = mean_std([r["ppl"] for r in sim_runs]) if sim_runs else (None, None)
+    return {
+        "float_ppl": passes["float"]["ppl"] if "float" in passes else None,
+        "inference_ppl": passes["inference"]["ppl"] if "inference" in passes else None,
+        "sim_ppl": mean,
+        "sim_ppl_std": std,
+        "sim_ppl_runs": [r["ppl"] for r in sim_runs],
+        "num_tokens": max(r["num_tokens"] for r in runs),
     }
 
 
@@ -505,6 +535,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     dm = build_datamodule(cfg)
     dm.setup("fit")
+    task = getattr(dm, "task", "classification")
+    if cfg.mixup_alpha > 0 and task != "classification":
+        raise ValueError(
+            f"mixup_alpha={cfg.mixup_alpha:g} mixes images of a classification dataset; "
+            f"dataset={cfg.dataset.name} is {task}: set mixup_alpha=0"
+        )
     float_model = build_float_model(cfg, dm)
     if resume is None:
         load_weights(float_model, ckpt)
@@ -582,7 +618,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val_top1": final["top1"],
         "val_top5": final["top5"],
         "num_samples": final["num_samples"],
-        "per_class": dict(zip(dm.class_names, final["per_class"], strict=True)),
+        "per_class": (
+            None
+            if final["per_class"] is None
+            else dict(zip(dm.class_names, final["per_class"], strict=True))
+        ),
+        **({"val_ppl": final["ppl"]} if "ppl" in final else {}),
         "epochs": trainer.current_epoch,
         "resumed_from": resume,
         "mode": "nat" if nat else "qat",

@@ -41,7 +41,10 @@ def results(top1: float, *, std: float = 0.0, energy: float | None = None, **ext
         "num_samples": 450,
         "seconds": 1.25,
         "summary": {"model": "digits_cnn", "dataset": "digits"},
-        "config": {"macro": {"name": "bitserial_255", "adc_bits": 8, "nrow": 255}},
+        "config": {
+            "macro": {"name": "bitserial_255", "adc_bits": 8, "nrow": 255},
+            "noise": {"name": "none", "rand_sigma": 0},
+        },
     }
     if energy is not None:
         out["cost"] = {"energy_pj": energy, "adc_conversions": energy * 10}
@@ -82,7 +85,14 @@ def test_sweep_csv_rows_equal_results(grid_sweep):
     assert rep.csv == sweep / "sweep.csv"
     rows = report.read_csv(rep.csv)
     # 'debug' is the same in every job: not a swept column
-    assert list(rows[0]) == ["macro.adc_bits", "noise.rand_sigma", *report.METRICS, "job"]
+    assert list(rows[0]) == [
+        "macro.adc_bits",
+        "noise.rand_sigma",
+        "condition",
+        *report.METRICS,
+        "pareto",
+        "job",
+    ]
     assert len(rows) == len(jobs) == 6
     for row in rows:
         folder = jobs[int(row["macro.adc_bits"]), float(row["noise.rand_sigma"])]
@@ -94,6 +104,7 @@ def test_sweep_csv_rows_equal_results(grid_sweep):
         assert float(row["seconds"]) == res["seconds"]
         assert float(row["energy_pj"]) == res["cost"]["energy_pj"]
         assert float(row["adc_conversions"]) == res["cost"]["adc_conversions"]
+        assert row["condition"] == f"rand_sigma={row['noise.rand_sigma']}"
     # sorted by the swept keys, numerically
     assert [int(r["macro.adc_bits"]) for r in rows] == [4, 4, 6, 6, 8, 8]
 
@@ -110,6 +121,14 @@ def test_incomplete_and_failed_runs_are_skipped_with_a_note(grid_sweep):
     assert all(r["macro.adc_bits"] not in ("5", "7") for r in report.read_csv(rep.csv))
 
 
+def markdown_table(md: str) -> list[list[str]]:
+    """The first Markdown table of report.md as rows of stripped cells (header first)."""
+    lines = md[md.index("\n|") + 1 :].split("\n\n")[0].splitlines()
+    return [
+        [c.strip() for c in line.strip("|").split("|")] for i, line in enumerate(lines) if i != 1
+    ]
+
+
 def test_report_md_and_plots(grid_sweep):
     sweep, _ = grid_sweep
     rep = report.write_report([sweep])
@@ -118,16 +137,66 @@ def test_report_md_and_plots(grid_sweep):
         "accuracy_vs_energy.png",
         "accuracy_vs_macro.adc_bits.png",
         "accuracy_vs_noise.rand_sigma.png",
+        "shmoo.png",
     ]
     for plot in rep.plots:
         assert_png(plot)
     md = rep.markdown.read_text()
     for name in names:
         assert f"]({name})" in md
-    table = [line for line in md.splitlines() if line.startswith("| ")]
+    table = markdown_table(md)
     assert len(table) == 1 + 6  # header and one row per complete job
-    assert "| 8 | 0 | 95.00 ± 8.00 |" in md  # sim top-1 in %, with the std of the repeats
-    assert "energy/sample (nJ)" in md and "| 256 |" in md  # 2^8 * 1000 pJ
+    head = table[0]
+    row = next(r for r in table if r[:2] == ["8", "0"])
+    assert row[head.index("sim top-1")] == "95.00 ± 8.00"  # %, with the std of the repeats
+    assert row[head.index("energy/sample (nJ)")] == "256"  # 2^8 * 1000 pJ
+    assert "Design choices: `macro.adc_bits`" in md and "Conditions" in md
+    # the shmoo grid: ADC bits x sigma, the sigma also in LSB rms of each ADC
+    grid = report.shmoo(rep.table)
+    assert list(grid.index) == [4, 6, 8] and list(grid.columns) == [0.0, 0.2]
+    assert grid.loc[6, 0.2] == pytest.approx(0.55)
+    assert "| 55.0 (0.13 LSB)" in md  # 0.2 % of 63 steps
+
+
+def test_fronts_are_drawn_within_each_condition(grid_sweep):
+    """Noise is a condition: a noisy design never competes with a noise-free one."""
+    sweep, _ = grid_sweep
+    rep = report.write_report([sweep])
+    front = rep.pareto
+    # within each rand_sigma every adc_bits trades accuracy for energy: all on their front
+    assert sorted(front["condition"].unique()) == ["rand_sigma=0", "rand_sigma=0.2"]
+    assert len(front) == 6
+    # the same runs pooled together would drop the noisy designs (dominated by noise-free ones)
+    pooled = report.pareto_mask(
+        rep.table[["accuracy", "energy_pj"]].to_numpy().tolist(), ["max", "min"]
+    )
+    assert sum(pooled) == 3
+    md = rep.markdown.read_text()
+    assert "Condition rand_sigma=0:" in md and "Condition rand_sigma=0.2:" in md
+    rows = report.read_csv(rep.csv)
+    assert all(r["pareto"] == "True" for r in rows)
+
+
+def test_conditions_and_design_choices():
+    for key in ("noise.rand_sigma", "noise", "seed", "ckpt", "dataset.root", "model", "chip"):
+        assert report.is_condition(key), key
+    for key in ("macro.adc_bits", "macro", "cost.vdd", "model.layer_macros", "optimizer.lr"):
+        assert not report.is_condition(key), key
+
+
+def test_a_dominated_design_is_off_its_conditions_front(tmp_path):
+    for ckpt, shift in (("qat.pt", 0.0), ("nat.pt", 0.1)):
+        for bits, top1, energy in ((4, 0.5, 100.0), (6, 0.4, 200.0), (8, 0.9, 400.0)):
+            make_job(
+                tmp_path,
+                {"macro.adc_bits": bits, "ckpt": f"/runs/{ckpt}"},
+                **results(top1 + shift, energy=energy),
+            )
+    rep = report.write_report([tmp_path])
+    rows = report.read_csv(rep.csv)
+    assert {r["ckpt"] for r in rows} == {"/runs/qat.pt", "/runs/nat.pt"}
+    on = {(r["condition"], r["macro.adc_bits"]) for r in rows if r["pareto"] == "True"}
+    assert on == {(f"ckpt={c}", b) for c in ("qat.pt", "nat.pt") for b in ("4", "8")}
 
 
 def test_a_rerun_in_the_same_folder_is_its_own_row(tmp_path):
@@ -167,17 +236,12 @@ def test_report_marks_the_pareto_jobs(tmp_path):
         make_job(sweep, {"macro.adc_bits": bits}, **results(top1, energy=energy))
     make_job(sweep, {"macro.adc_bits": 3}, **results(0.2))  # no energy: not on any front
     rep = report.write_report([sweep])
-    assert sorted(job.value("macro.adc_bits") for job in rep.pareto) == ["4", "6", "8"]
-    table = [
-        [cell.strip() for cell in line.strip("|").split("|")]
-        for line in rep.markdown.read_text().splitlines()
-        if line.startswith("| ")
-    ]
+    assert sorted(rep.pareto["macro.adc_bits"]) == ["4", "6", "8"]
+    table = markdown_table(rep.markdown.read_text())
     column = table[0].index("Pareto")
-    marked = {row[0] for row in table[1:] if row[column] == "yes"}
-    assert marked == {"4", "6", "8"}
+    assert {row[0] for row in table[1:] if row[column] == "yes"} == {"4", "6", "8"}
     md = rep.markdown.read_text()
-    assert "Pareto set" in md
+    assert "Pareto fronts" in md
     listed = [line for line in md.splitlines() if line[:3] in ("1. ", "2. ", "3. ")]
     assert [line.split(":")[0] for line in listed] == [
         "1. adc_bits=4",
@@ -191,14 +255,25 @@ def test_repeats_by_seed_average_into_one_point_and_null_values(tmp_path):
     sweep = tmp_path / "s"
     for enc in (None, 2):
         for seed, top1 in ((0, 0.6), (1, 0.8)):
-            make_job(sweep, {"macro.input_enc_bits": enc, "seed": seed}, **results(top1))
+            make_job(
+                sweep,
+                {"macro.input_enc_bits": enc, "seed": seed},
+                **results(top1 + (enc or 0) / 100, energy=100.0 + (enc or 0)),
+            )
     rep = report.write_report([sweep])
     assert rep.swept == ["macro.input_enc_bits", "seed"]
     rows = report.read_csv(rep.csv)
     assert [r["macro.input_enc_bits"] for r in rows] == ["null", "null", "2", "2"]
-    assert [p.name for p in rep.plots] == ["accuracy_vs_macro.input_enc_bits.png"]
-    mean, std = report._point([j for j in rep.collection.jobs if j.value("seed") in "01"][:2])
-    assert math.isclose(mean, 0.7) and math.isclose(std, math.sqrt(0.02))
+    assert {r["condition"] for r in rows} == {"all"}  # seeds are repeats, not conditions
+    assert [p.name for p in rep.plots] == [
+        "accuracy_vs_macro.input_enc_bits.png",
+        "accuracy_vs_energy.png",
+    ]
+    means = rep.table.groupby("design")["accuracy"].agg(["mean", "std"])
+    assert means.loc["input_enc_bits=serial"].tolist() == pytest.approx([0.7, math.sqrt(0.02)])
+    # both designs on the front by their means over seeds (0.7 at 100 pJ, 0.72 at 102 pJ)
+    assert rep.table["pareto"].all()
+    assert "1. input_enc_bits=serial: 70.00 % at 100 pJ" in rep.markdown.read_text()
 
 
 def test_sensitivity_chart(tmp_path):
@@ -220,13 +295,15 @@ def test_merging_sweeps_fills_keys_from_the_config(tmp_path):
     make_job(a, {"macro.adc_bits": 6}, **results(0.5))
     make_job(a, {"macro.adc_bits": 7}, **results(0.6))
     make_job(b, {"macro.nrow": 127}, **results(0.7))
+    make_job(b, {"macro.nrow": 127, "noise.rand_sigma": 0.2}, **results(0.6))
     rep = report.write_report([a, b, a], out=tmp_path / "merged")  # a twice: once each job
     rows = report.read_csv(rep.csv)
-    assert len(rows) == 3
-    assert {(r["macro.adc_bits"], r["macro.nrow"]) for r in rows} == {
-        ("6", "255"),
-        ("7", "255"),
-        ("8", "127"),
+    assert len(rows) == 4
+    assert {(r["macro.adc_bits"], r["macro.nrow"], r["condition"]) for r in rows} == {
+        ("6", "255", "rand_sigma=0"),
+        ("7", "255", "rand_sigma=0"),
+        ("8", "127", "rand_sigma=0"),
+        ("8", "127", "rand_sigma=0.2"),  # the merged report keeps the conditions apart
     }
     assert (tmp_path / "merged" / "report.md").is_file()
     with pytest.raises(ValueError, match="out=DIR"):
@@ -308,10 +385,8 @@ def test_a_train_sweep_reports_validation_accuracy(tmp_path):
         ("0.05", "0.95", ""),
     ]
     assert [p.name for p in rep.plots] == ["accuracy_vs_optim.lr.png"]
-    assert (
-        "| val top-1 |" in rep.markdown.read_text()
-        and "| 0.05 | 95.00 |" in rep.markdown.read_text()
-    )
+    table = markdown_table(rep.markdown.read_text())
+    assert table[0][1] == "val top-1" and table[2][:2] == ["0.05", "95.00"]
 
 
 def test_a_design_run_twice_is_listed_once_in_the_pareto_set(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..engine.backend import run_chunks
 from .launch import (
     KernelTables,
     activation_levels,
@@ -25,7 +26,7 @@ from .launch import (
     weight_planes,
 )
 
-__all__ = ["MAX_BITS", "PLANES", "TritonBackend", "available"]
+__all__ = ["BACKEND", "MAX_BITS", "PLANES", "TritonBackend"]
 
 PLANES: bool | None = None
 """How the kernel gets its 0/1 operands. True: weight bit planes are programmed once and
@@ -38,36 +39,66 @@ MAX_BITS = 31
 """Most bit planes of a weight or activation code (codes are read as int32)."""
 
 
-def available(job) -> bool:
-    """Can the kernel run this call? Triton importable and the device CUDA (or CPU under
-    the interpreter), integer counts (no weight-cell variation), <= MAX_BITS planes."""
-    from . import available as device_ok
-
-    macro = job.plan.macro
-    return (
-        device_ok(job.device)
-        and job.cell_noise is None
-        and max(macro.weight_bits, macro.input_bits) <= MAX_BITS
-    )
-
-
 class TritonBackend:
-    """Runs chunks of one call with the Triton kernel; built once per call."""
+    """The Triton kernel (see the module docstring); one shared instance."""
 
     name = "triton"
+    writes_rows = False
 
-    def __init__(self, job):
-        self.job = job
-        plan = job.plan
-        self.wb = plan.macro.weight_bits
-        device = job.device
-        max_rows = max(b - a for a, b in job.tiles)
+    def why_not_device(self, device: torch.device) -> str | None:
+        from . import available as device_ok
+        from . import importable
+
+        if device_ok(device):
+            return None
+        if not importable():
+            need = "the triton package (it ships with the CUDA torch wheel; or ASIM_BACKEND=torch)"
+        elif device.type == "cpu":
+            need = "TRITON_INTERPRET=1 set before Python starts (slow, for tests)"
+        else:
+            need = "a CUDA device (or CPU tensors with TRITON_INTERPRET=1)"
+        return f"on {device.type} it needs {need}"
+
+    def why_not(self, program, operands) -> str | None:
+        why = self.why_not_device(operands.device)
+        if why is not None:
+            return why
+        macro = program.macro
+        if program.weight_parallel:
+            return (
+                "the weight-parallel mode (macro.weight_parallel) runs on the torch backend: "
+                "use ASIM_BACKEND=torch or unset it"
+            )
+        if operands.cell_noise is not None:
+            return "weight-cell variation (noise.cell_sigma) needs ASIM_BACKEND=torch or native"
+        if max(macro.weight_bits, macro.input_bits) > MAX_BITS:
+            return (
+                f"cannot run this call (weight_bits={macro.weight_bits}, input_bits="
+                f"{macro.input_bits}): use ASIM_BACKEND=torch"
+            )
+        return None
+
+    def run(self, program, operands, out) -> None:
+        run_chunks(_TritonCall(program, operands), operands.x, out)
+
+
+class _TritonCall:
+    """Runs chunks of one call with the Triton kernel."""
+
+    def __init__(self, program, ops):
+        self.job = ops
+        self.src_tiles = program.tiles
+        self.wb = program.macro.weight_bits
+        device = ops.device
+        max_rows = program.max_rows
         self.max_rows = max_rows
-        top = max_rows * max(c.levels for c in plan.cycles)
-        self.tables = KernelTables.for_plan(plan, top, device)
+        self.tables = program.form(
+            ("triton", str(device)),
+            lambda: KernelTables.from_plan(program.plan, program.top, device),
+        )
         self.planes = PLANES if PLANES is not None else device.type == "cuda"
         self._dense = None
-        tiles = job.tiles
+        tiles = program.tiles
         if self.planes:
             self.bk = block_k(max_rows, planes=True)
             self.ptiles, self.rpad = padded_tiles(tiles, self.bk)
@@ -75,21 +106,21 @@ class TritonBackend:
             tiles = self.ptiles
         self.tiles = torch.tensor(tiles, dtype=torch.int64, device=device).reshape(-1, 2)
         if self.planes:
-            args = (self.wb, job.tiles, self.ptiles, self.rpad, device)
-            if job.programmed is not None:
-                self.w = job.programmed.form(
-                    ("triton_planes", self.wb, tuple(job.tiles), self.bk, str(device)),
-                    lambda: weight_planes(job.w3[:1], *args),
+            args = (self.wb, program.tiles, self.ptiles, self.rpad, device)
+            if ops.programmed is not None:
+                self.w = ops.programmed.form(
+                    ("triton_planes", self.wb, program.tiles, self.bk, str(device)),
+                    lambda: weight_planes(ops.w[:1], *args),
                 )
             else:
-                self.w = weight_planes(job.w3, *args)
-        elif job.programmed is not None:
-            self.w = job.programmed.form(
+                self.w = weight_planes(ops.w, *args)
+        elif ops.programmed is not None:
+            self.w = ops.programmed.form(
                 ("triton_codes", self.wb, str(device)),
-                lambda: weight_codes(job.w3[:1], self.wb, device),
+                lambda: weight_codes(ops.w[:1], self.wb, device),
             )
         else:
-            self.w = weight_codes(job.w3, self.wb, device)
+            self.w = weight_codes(ops.w, self.wb, device)
 
     def chunk_elements_per_row(self, R: int) -> int:
         if self.planes:  # a chunk's cycle levels: n_levels * rpad bytes per row, <= 256 MiB
@@ -110,7 +141,7 @@ class TritonBackend:
                 if self._dense is None:
                     self._dense = x.materialize()
                 x = self._dense[m0:m1][None]
-            levels = activation_levels(x, self.tables, job.tiles, self.ptiles, self.rpad)
+            levels = activation_levels(x, self.tables, self.src_tiles, self.ptiles, self.rpad)
             launch(
                 self.tables, levels, w, self.tiles, y, rkeys=rkeys, planes=True, bk=self.bk,
                 max_rows=self.pmax,
@@ -123,3 +154,7 @@ class TritonBackend:
             )  # fmt: skip
         else:
             launch(self.tables, x, w, self.tiles, y, rkeys=rkeys, max_rows=self.max_rows)
+
+
+BACKEND = TritonBackend()
+"""The Triton backend."""

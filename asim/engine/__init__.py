@@ -30,9 +30,12 @@ function of (call key, sample, position, output column, draw number), so results
 depend on the backend, thread count, chunk size or batch composition.
 """
 
+from .backend import Backend, Operands
 from .core import (
     BACKENDS,
+    Fallback,
     acim_matmul,
+    backend_fallbacks,
     backends_used,
     describe_backends,
     forced_backend,
@@ -40,10 +43,16 @@ from .core import (
 )
 from .operands import ConvSource, NoiseStream, Patches, ProgrammedArray, compact_codes
 from .plan import Cycle, Plan, activation_cycles, build_plan, linear_tiles
+from .program import Operations, Program, compile_program
 from .shortcut import exact_product, shortcut_applies
 
 __all__ = [
     "BACKENDS",
+    "Backend",
+    "Fallback",
+    "Operands",
+    "Operations",
+    "Program",
     "ConvSource",
     "Cycle",
     "NoiseStream",
@@ -52,9 +61,11 @@ __all__ = [
     "ProgrammedArray",
     "acim_matmul",
     "activation_cycles",
+    "backend_fallbacks",
     "backends_used",
     "build_plan",
     "compact_codes",
+    "compile_program",
     "describe_backends",
     "exact_product",
     "forced_backend",

@@ -1,24 +1,32 @@
 """``acim_matmul``: one engine call, from integer operands to the accumulator ``Y``.
 
-1. build the :class:`~asim.engine.plan.Plan` once (cycles, conversions, noise model);
+1. compile the layer's :class:`~asim.engine.program.Program` (a layer passes its own, built
+   once; a bare call finds it in a cache): the cycle plan, tiles and every backend's tables;
 2. if the plan is lossless, try the exact shortcut (:mod:`asim.engine.shortcut`);
-3. otherwise choose the backend once (:func:`select_backend`) and run it over chunks of
-   rows, so memory stays bounded whatever the batch size. Every random draw is addressed by
-   the call's :class:`~asim.engine.operands.NoiseStream`, so neither the backend nor the
-   chunking nor the thread count changes a bit of the result.
+3. otherwise run the first backend of the device that can run the call
+   (:class:`~asim.engine.backend.Backend`: ``why_not`` / ``run``). Every random draw is
+   addressed by the call's :class:`~asim.engine.operands.NoiseStream`, so neither the
+   backend nor the chunking nor the thread count changes a bit of the result.
 
-Backends (identical bits; the choice only changes speed):
+Backends (identical bits; the choice only changes speed), in order of preference
+(:data:`PREFERENCE`):
 
-* CPU tensors: ``native`` (the C kernel, ``asim/_native/engine.c``, built on first use)
-  where it can run, else ``torch``;
+* CPU tensors: ``native`` (the C kernel, ``asim/_native/engine.c``, built on first use),
+  then ``torch``;
 * CUDA tensors: ``triton`` (one fused kernel, :mod:`asim._triton`) when triton is
-  installed, else ``torch``;
+  installed, then ``torch``;
 * ``ASIM_BACKEND=native|torch|triton`` (environment, read at every call) forces one; a
-  forced backend that cannot run a call fails with one line naming the fix. ``triton`` on
-  CPU tensors runs under the Triton interpreter (``TRITON_INTERPRET=1`` set before Python
-  starts; slow, for tests). Calls with weight-cell variation (``noise.cell_sigma``) run on
-  ``native`` or ``torch``; the weight-parallel mode (``macro.weight_parallel``) is its own
-  torch path.
+  forced backend that cannot run a call fails with one line naming the fix (its
+  ``why_not``). ``triton`` on CPU tensors runs under the Triton interpreter
+  (``TRITON_INTERPRET=1`` set before Python starts; slow, for tests). Calls with
+  weight-cell variation (``noise.cell_sigma``) and the weight-parallel mode
+  (``macro.weight_parallel``) run on ``torch`` (``native`` also runs the former).
+
+A chosen backend that fails on its first call on a device (a compile or launch error on a
+GPU nobody tested) is not used again in the process: the call falls back to the next
+backend that can run it, with one warning line, and :func:`backend_fallbacks` records it
+(``describe_backends``, hence ``summary.backend`` of ``results.json``, names it). A forced
+backend never falls back: its failure is an error.
 
 The lossless, noise-free exact shortcut is taken whatever the backend. The backends that
 ran are recorded per process: :func:`backends_used` (reset with :func:`reset_backends_used`),
@@ -28,26 +36,31 @@ summarised by :func:`describe_backends` (``summary.backend`` of ``results.json``
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .. import _triton, rng
+from .. import _triton  # noqa: F401 (asim.engine.core._triton: what tests patch)
+from .._triton.backend import BACKEND as TRITON
 from ..config import MacroConfig, NoiseConfig
-from . import native
+from .backend import CHUNK_ELEMENTS, Backend, Operands
+from .native import BACKEND as NATIVE
 from .operands import NoiseStream, OutputRows, Patches, ProgrammedArray
-from .plan import Plan, build_plan, linear_tiles
+from .program import Program, compile_program, normalise_tiles
 from .shortcut import try_shortcut
-from .torch_backend import TorchBackend
-from .weight_parallel import weight_parallel
+from .torch_backend import BACKEND as TORCH
 
 __all__ = [
     "BACKENDS",
     "BACKEND_ENV",
     "CHUNK_ELEMENTS",
+    "PREFERENCE",
+    "Fallback",
     "acim_matmul",
+    "backend_fallbacks",
     "backends_used",
     "describe_backends",
     "device_backend",
@@ -56,8 +69,14 @@ __all__ = [
     "select_backend",
 ]
 
-BACKENDS = ("native", "torch", "triton")
-"""The engine's backends, the values of ``ASIM_BACKEND``."""
+BY_NAME: dict[str, Backend] = {b.name: b for b in (NATIVE, TORCH, TRITON)}
+"""The engine's backends by name (the values of ``ASIM_BACKEND``)."""
+
+BACKENDS = tuple(BY_NAME)
+"""The engine's backend names."""
+
+PREFERENCE: dict[str, tuple[Backend, ...]] = {"cpu": (NATIVE, TORCH), "cuda": (TRITON, TORCH)}
+"""The backends tried per device type, best first (other device types: torch)."""
 
 BACKEND_ENV = "ASIM_BACKEND"
 """The environment variable that forces a backend (unset or empty: the default choice)."""
@@ -67,25 +86,27 @@ EXACT = "exact"
 
 _USED: set[str] = set()
 
-CHUNK_ELEMENTS = 1 << 22
-"""Partial sums handled per chunk (4 Mi float32 = 16 MiB per temporary)."""
+
+@dataclass(frozen=True)
+class Fallback:
+    """A backend that failed on its first call on a device, and what ran instead."""
+
+    failed: str
+    used: str
+    device: str
+    error: str  # one line: the exception's type and message
+
+    def describe(self) -> str:
+        return f"{self.failed} failed on {self.device} ({self.error}); fell back to {self.used}"
 
 
-@dataclass
-class Job:
-    """One call, as the backends see it."""
-
-    x3: Tensor | Patches  # [B, M, R] codes, or a Patches (B = 1)
-    w3: Tensor  # [Bw, R, O] codes, Bw in (1, B)
-    programmed: ProgrammedArray | None
-    plan: Plan
-    tiles: list[tuple[int, int]]
-    cell_noise: Tensor | None  # [Bw, R, w, O]
-    key: int  # the call's noise key (uint64 as a Python int)
-    sample: Tensor | None  # [B, M] int64 global sample index of every output row
-    pos: Tensor | None  # [B, M] int64 position inside the sample
-    O: int
-    device: torch.device
+_FALLBACKS: list[Fallback] = []
+_PROVEN: set[tuple[str, str]] = set()  # (backend, device type) that ran a call
+_BROKEN: set[tuple[str, str]] = set()  # (backend, device type) that failed its first call
+REPORT = (
+    "please report it (the line above, the GPU, torch and triton versions) to the asim "
+    "maintainers; ASIM_BACKEND=torch avoids the failing backend"
+)
 
 
 def forced_backend() -> str | None:
@@ -93,7 +114,7 @@ def forced_backend() -> str | None:
     value = os.environ.get(BACKEND_ENV, "").strip().lower()
     if not value:
         return None
-    if value not in BACKENDS:
+    if value not in BY_NAME:
         raise ValueError(
             f"{BACKEND_ENV}={os.environ[BACKEND_ENV]!r} is not a backend: use one of "
             f"{', '.join(BACKENDS)} (or unset it for the default choice)"
@@ -101,70 +122,98 @@ def forced_backend() -> str | None:
     return value
 
 
+def _candidates(device: torch.device) -> tuple[tuple[Backend, ...], bool]:
+    """The backends a call on ``device`` may use, best first, and whether one is forced
+    (a forced one that cannot run on ``device`` at all fails here, in one line)."""
+    forced = forced_backend()
+    if forced is not None:
+        backend = BY_NAME[forced]
+        why = backend.why_not_device(device)
+        if why is not None:
+            raise ValueError(f"{BACKEND_ENV}={forced}: {why}")
+        return (backend,), True
+    return PREFERENCE.get(device.type, (TORCH,)), False
+
+
 def device_backend(device: torch.device) -> str:
     """The backend calls on ``device`` get: ``ASIM_BACKEND`` if set (checked that it can run
-    on ``device``), else native (CPU, where the C library builds) or triton (CUDA, where
-    triton is installed), else torch."""
-    forced = forced_backend()
-    kind = torch.device(device).type
-    if forced == "native":
-        if kind != "cpu":
-            raise ValueError(
-                f"{BACKEND_ENV}=native runs on CPU tensors only (this call is on {kind}): "
-                "use ASIM_BACKEND=triton or torch"
-            )
-        if native.engine_lib() is None:
-            raise ValueError(
-                f"{BACKEND_ENV}=native: the C kernel is off (ASIM_NATIVE=0) or did not build "
-                "(see the warning above): unset ASIM_NATIVE, install a C compiler, or use "
-                "ASIM_BACKEND=torch"
-            )
-    elif forced == "triton" and not _triton.available(device):
-        if not _triton.importable():
-            need = "the triton package (it ships with the CUDA torch wheel; or ASIM_BACKEND=torch)"
-        elif kind == "cpu":
-            need = "TRITON_INTERPRET=1 set before Python starts (slow, for tests)"
+    on ``device``), else the first of :data:`PREFERENCE` that can run there."""
+    device = torch.device(device)
+    candidates, forced = _candidates(device)
+    for backend in candidates:
+        if forced or (
+            (backend.name, device.type) not in _BROKEN and backend.why_not_device(device) is None
+        ):
+            return backend.name
+    return TORCH.name
+
+
+def select_backend(program: Program, operands: Operands) -> Backend:
+    """The backend of one call: the first candidate that can run it (a forced one fails in
+    one line, its ``why_not``, where it cannot)."""
+    candidates, forced = _candidates(operands.device)
+    for backend in candidates:
+        why = backend.why_not(program, operands)
+        if why is None and (forced or (backend.name, operands.device.type) not in _BROKEN):
+            return backend
+        if forced:
+            raise ValueError(f"{BACKEND_ENV}={backend.name}: {why}")
+    return TORCH
+
+
+def _run(program: Program, operands: Operands, y: Tensor, rows_out: OutputRows | None) -> bool:
+    """Run the call on the first backend that can, falling back once per (backend, device)
+    where a backend fails on its first call (see the module docstring). The backend writes
+    ``rows_out`` where given and it can (then True is returned), else ``y``."""
+    candidates, forced = _candidates(operands.device)
+    kind = operands.device.type
+    for backend in candidates:
+        why = backend.why_not(program, operands)
+        if why is not None:
+            if forced:
+                raise ValueError(f"{BACKEND_ENV}={backend.name}: {why}")
+            continue
+        if not forced and (backend.name, kind) in _BROKEN:
+            continue
+        out = rows_out if (rows_out is not None and backend.writes_rows) else y
+        first = (backend.name, kind) not in _PROVEN
+        if not first:
+            backend.run(program, operands, out)
         else:
-            need = "a CUDA device (or CPU tensors with TRITON_INTERPRET=1)"
-        raise ValueError(f"{BACKEND_ENV}=triton on {kind} needs {need}")
-    if forced is not None:
-        return forced
-    if kind == "cuda":
-        return "triton" if _triton.available(device) else "torch"
-    return "native" if kind == "cpu" and native.engine_lib() is not None else "torch"
-
-
-def select_backend(job: Job):
-    """The backend of one call: :func:`device_backend`'s choice where it can run this call
-    (a forced one fails in one line where it cannot), else torch."""
-    from .._triton import backend as triton_backend
-
-    name = device_backend(job.device)
-    forced = forced_backend() is not None
-    if name == "native":
-        if native.available(job):
-            return native.NativeBackend(job)
-        if forced:
-            raise ValueError(_cannot("native", job))
-    elif name == "triton":
-        if triton_backend.available(job):
-            return triton_backend.TritonBackend(job)
-        if forced:
-            raise ValueError(_cannot("triton", job))
-    return TorchBackend(job)
-
-
-def _cannot(name: str, job: Job) -> str:
-    """Why backend ``name`` (which runs on the call's device) cannot run ``job``."""
-    macro = job.plan.macro
-    if job.cell_noise is not None:
-        why = "weight-cell variation (noise.cell_sigma)"
-        fix = "ASIM_BACKEND=torch" + (" or native" if name == "triton" else "")
-        return f"{BACKEND_ENV}={name}: {why} needs {fix}"
-    return (
-        f"{BACKEND_ENV}={name} cannot run this call (weight_bits={macro.weight_bits}, "
-        f"input_bits={macro.input_bits}, {job.plan.votes} votes): use ASIM_BACKEND=torch"
+            try:
+                backend.run(program, operands, out)
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as err:
+                line = f"{type(err).__name__}: {' '.join(str(err).split())}"[:300]
+                if forced:
+                    raise RuntimeError(
+                        f"{BACKEND_ENV}={backend.name}: the backend failed on its first call "
+                        f"on {kind} ({line}); {REPORT}"
+                    ) from err
+                _BROKEN.add((backend.name, kind))
+                _pending.append((backend.name, kind, line))
+                continue
+            _PROVEN.add((backend.name, kind))
+        _USED.add(backend.name)
+        for failed, dev, line in _pending:
+            fb = Fallback(failed, backend.name, dev, line)
+            _FALLBACKS.append(fb)
+            warnings.warn(f"asim: the {fb.describe()}; {REPORT}", RuntimeWarning, stacklevel=4)
+        _pending.clear()
+        return out is rows_out
+    raise RuntimeError(  # pragma: no cover - torch runs every call
+        "acim_matmul: no backend could run this call"
     )
+
+
+_pending: list[tuple[str, str, str]] = []
+
+
+def backend_fallbacks() -> tuple[Fallback, ...]:
+    """The backends that failed on their first call in this process and what ran instead
+    (:func:`describe_backends` names them; empty when every chosen backend worked)."""
+    return tuple(_FALLBACKS)
 
 
 def backends_used() -> frozenset[str]:
@@ -174,7 +223,8 @@ def backends_used() -> frozenset[str]:
 
 
 def reset_backends_used() -> None:
-    """Forget what :func:`backends_used` recorded (e.g. before a simulated pass)."""
+    """Forget what :func:`backends_used` recorded (e.g. before a simulated pass). Fallbacks
+    stay recorded: the failed backend stays unused for the rest of the process."""
     _USED.clear()
 
 
@@ -182,22 +232,27 @@ def describe_backends(used=None, device: torch.device | str = "cpu") -> str | No
     """One string for ``used`` (default :func:`backends_used`): the backends that ran the
     cycle simulation joined by ``+`` (e.g. ``"native"``); ``"<backend> (exact shortcut)"``
     when every call took the exact shortcut (the backend ``device`` would have used);
-    None when no engine call ran."""
+    None when no engine call ran. A fallback of this process is appended, e.g.
+    ``"torch (fallback: triton failed on cuda (...); fell back to torch)"``."""
     used = backends_used() if used is None else set(used)
     ran = sorted(used - {EXACT})
     if ran:
-        return "+".join(ran)
-    if EXACT in used:
-        return f"{device_backend(torch.device(device))} (exact shortcut)"
-    return None
+        text = "+".join(ran)
+    elif EXACT in used:
+        text = f"{device_backend(torch.device(device))} (exact shortcut)"
+    else:
+        return None
+    if _FALLBACKS:
+        text += " (fallback: " + "; ".join(f.describe() for f in _FALLBACKS) + ")"
+    return text
 
 
 def acim_matmul(
     x_int: Tensor | Patches,
     w_int: Tensor | ProgrammedArray,
     *,
-    macro: MacroConfig,
-    signed_input: bool,
+    macro: MacroConfig | None = None,
+    signed_input: bool | None = None,
     tiles: Sequence[tuple[int, int]] | None = None,
     noise: NoiseConfig | None = None,
     stream: NoiseStream | None = None,
@@ -205,6 +260,7 @@ def acim_matmul(
     cell_noise: Tensor | None = None,
     exact_shortcut: bool = True,
     out: Tensor | None = None,
+    program: Program | None = None,
 ) -> Tensor:
     """Integer-domain accumulator ``Y`` of the macro computing ``x_int @ w_int``.
 
@@ -214,7 +270,7 @@ def acim_matmul(
         w_int: weight-role codes ``[R, O]`` (a tensor or a :class:`ProgrammedArray`), or
             ``[..., R, O]`` with the same leading dims as ``x_int`` (signed,
             ``|w| <= 2^(weight_bits-1) - 1``).
-        macro: bit widths, array size, ADC and cycle scheme.
+        macro: bit widths, array size, ADC and cycle scheme (or give ``program``).
         signed_input: whether ``x_int`` holds signed codes (two's-complement sign plane).
         tiles: reduction-row ranges ``(start, stop)`` loaded into the array one after the
             other; each is normalised by ``nrow`` (spec §3). Default: consecutive ``nrow``.
@@ -231,6 +287,8 @@ def acim_matmul(
             :class:`Patches`, ``(*rows, O)`` with leading dims that flatten in order to
             the ``M`` rows (a conv passes its NCHW output as ``(B, Ho, Wo, O)``, so no
             transposing copy follows). The native kernel writes it in place.
+        program: the compiled :class:`~asim.engine.program.Program` (a layer keeps its
+            own); replaces ``macro``, ``signed_input``, ``tiles`` and ``noise``.
 
     Returns:
         ``Y`` as float32 ``[..., M, O]``, to be de-quantized by the caller (spec §1.4);
@@ -248,11 +306,17 @@ def acim_matmul(
         raise ValueError(
             f"acim_matmul: reduction sizes differ: x has {rows}, w has {w_int.shape[-2]}"
         )
-    if tiles is None:
-        tiles = linear_tiles(rows, macro.nrow)
-    tiles = [(int(a), int(b)) for a, b in tiles if b > a]
     lead = shape_x[:-2]
     M, O = shape_x[-2], w_int.shape[-1]
+    if program is None:
+        if macro is None or signed_input is None:
+            raise ValueError("acim_matmul: pass macro= and signed_input= (or program=)")
+        program = compile_program(
+            macro, noise, signed_input, normalise_tiles(tiles, rows, macro.nrow), O
+        )
+    elif program.outputs != O:
+        raise ValueError(f"acim_matmul: the program has {program.outputs} outputs, w has {O}")
+    plan, macro, tiles = program.plan, program.macro, program.tiles
     x3 = x_int.reshape(-1, M, rows) if patches is None else patches
     w3 = w_int.reshape(-1, rows, O)
     batch = 1 if patches is not None else x3.shape[0]
@@ -267,9 +331,8 @@ def acim_matmul(
         y = torch.zeros(*lead, M, O, dtype=torch.float32, device=device)
         return y if out is None else out.copy_(y.view(out.shape))
 
-    plan = build_plan(macro, noise, signed_input)
-    if exact_shortcut and plan.lossless() and cell_noise is None:
-        y = try_shortcut(x3, w3, macro, signed_input, tiles)
+    if exact_shortcut and cell_noise is None and program.form("lossless", plan.lossless):
+        y = try_shortcut(x3, w3, macro, plan.signed, tiles)
         if y is not None:
             device_backend(device)  # a forced backend that cannot run here still fails
             _USED.add(EXACT)
@@ -285,50 +348,28 @@ def acim_matmul(
             stream = NoiseStream(key, torch.arange(batch), M)
         key = int(stream.key) & ((1 << 64) - 1)
         sample, pos = (t.view(batch, M) for t in stream.rows(batch * M, device))
-    if plan.noisy and max(b - a for a, b in tiles) > macro.nrow:
+    if plan.noisy and program.max_rows > macro.nrow:
         raise ValueError(
             f"acim_matmul: a tile has more than nrow={macro.nrow} rows; noisy conversions "
             "are tabulated for counts up to the full scale: use tiles of <= nrow rows"
         )
-
-    if macro.weight_parallel:
-        if forced_backend() not in (None, "torch"):
-            raise ValueError(
-                f"{BACKEND_ENV}={forced_backend()}: the weight-parallel mode "
-                "(macro.weight_parallel) runs on its own torch path: use ASIM_BACKEND=torch "
-                "or unset it"
-            )
-        _USED.add("torch")
-        x = patches.materialize()[None] if patches is not None else x3
-        ekeys = None
-        if plan.readout is not None:
-            cols = torch.arange(O, dtype=torch.int64, device=device)
-            ekeys = rng.element_keys(key, sample[..., None], pos[..., None], cols)
-        y = weight_parallel(x, w3, plan, tiles, ekeys)
-        return y.reshape(*lead, M, O) if out is None else out.copy_(y.reshape(out.shape))
-
     if cell_noise is not None:
         cell_noise = cell_noise.reshape(-1, rows, macro.weight_bits, O)
-    job = Job(x3, w3, programmed, plan, tiles, cell_noise, key, sample, pos, O, device)
-    backend = select_backend(job)
-    _USED.add(backend.name)
-    if isinstance(x3, Patches) and not _reads_in_place(backend.name, x3, macro.input_bits):
-        job.x3 = x3 = x3.materialize()[None]
+    operands = Operands(x3, w3, programmed, cell_noise, key, sample, pos, device)
     if out is None:
         y = torch.empty(batch, M, O, dtype=torch.float32, device=device)  # every chunk writes
-        _run(backend, x3, y)
+        _run(program, operands, y, None)
         return y.reshape(*lead, M, O)
     try:
         y = out.view(batch, M, O)  # Y's own layout, any strides: written in place
     except RuntimeError:
         y = None
     if y is not None:
-        _run(backend, x3, y)
-    elif backend.name == "native" and batch == 1:
-        _run(backend, x3, OutputRows.of(out))  # rows at their own offsets
-    else:
-        y = torch.empty(batch, M, O, dtype=torch.float32, device=device)
-        _run(backend, x3, y)
+        _run(program, operands, y, None)
+        return out
+    rows_out = OutputRows.of(out) if batch == 1 else None  # rows at their own offsets
+    y = torch.empty(batch, M, O, dtype=torch.float32, device=device)
+    if not _run(program, operands, y, rows_out):
         out.copy_(y.view(out.shape))
     return out
 
@@ -344,26 +385,3 @@ def _check_out(out: Tensor, lead, M: int, O: int, patches: bool, device) -> None
             + (" (or (*rows, O) with M rows)" if patches else "")
             + f"; got {out.dtype} {tuple(out.shape)} on {out.device}"
         )
-
-
-def _reads_in_place(name: str, patches: Patches, input_bits: int) -> bool:
-    """Does backend ``name`` read ``patches`` in place? Triton gathers any dtype through
-    the offsets; native the dtypes its packer reads; torch only dense codes."""
-    if name == "triton":
-        return True
-    return name == "native" and native.in_place_kind(patches.view.dtype, input_bits) is not None
-
-
-def _run(backend, x3, out) -> None:
-    """Chunks of rows (and of leading indices) through the backend."""
-    Bt, M, R = (1, *x3.shape) if isinstance(x3, Patches) else x3.shape
-    rows_per_chunk = max(1, CHUNK_ELEMENTS // backend.chunk_elements_per_row(R))
-    b_step = max(1, min(Bt, rows_per_chunk // max(M, 1)))
-    m_step = M if b_step > 1 or M <= rows_per_chunk else rows_per_chunk
-    for b0 in range(0, Bt, b_step):
-        b1 = min(Bt, b0 + b_step)
-        for m0 in range(0, M, m_step):
-            m1 = min(M, m0 + m_step)
-            x = x3 if isinstance(x3, Patches) else x3[b0:b1, m0:m1]
-            y = out.rows(m0, m1) if isinstance(out, OutputRows) else out[b0:b1, m0:m1]
-            backend.run_chunk(x, (b0, b1), (m0, m1), y)

@@ -16,10 +16,11 @@ import torch
 from torch import Tensor
 
 from .._native import CONST, BucketTable, RunArgs, engine_lib
+from .backend import run_chunks
 from .operands import OutputRows, Patches
 from .plan import code_multiplier, integer_code_form
 
-__all__ = ["NativeBackend", "available"]
+__all__ = ["BACKEND", "NativeBackend"]
 
 _MAXBITS, _IB = CONST["ASIM_MAXBITS"], CONST["ASIM_IB"]
 _KIND = {torch.float32: CONST["ASIM_KIND_F32"], torch.int32: CONST["ASIM_KIND_I32"]}
@@ -42,19 +43,6 @@ def native_codes(t: Tensor, bits: int) -> tuple[Tensor, int]:
     if not (t.dim() == 2 and t.stride(-1) == 1 and t.stride(0) >= t.shape[1]):
         t = t.contiguous()
     return t, kind
-
-
-def available(job) -> bool:
-    """Can the kernel run this call? (CPU, integer counts, <= MAXBITS planes, <= MAXVOTES
-    votes, a C compiler.)"""
-    plan = job.plan
-    return (
-        job.device.type == "cpu"
-        and job.cell_noise is None
-        and max(plan.macro.weight_bits, plan.macro.input_bits) <= _MAXBITS
-        and plan.votes <= CONST["ASIM_MAXVOTES"]
-        and engine_lib() is not None
-    )
 
 
 def pack_weights(lib, w: Tensor, wb: int, tiles, O: int) -> tuple[Tensor, Tensor]:
@@ -154,13 +142,13 @@ def _bucket_struct(b: dict | None) -> BucketTable:
     )
 
 
-def _static_args(plan, tiles: tuple, O: int) -> tuple[RunArgs, dict, tuple]:
-    """The call-independent fields of ``asim_run`` for ``plan`` on ``tiles`` and ``O``
-    outputs, and the tensors and ctypes arrays they point into (kept alive with them)."""
+def _static_args(program) -> tuple[RunArgs, dict, tuple]:
+    """The call-independent fields of ``asim_run`` for ``program``, and the tensors and
+    ctypes arrays they point into (kept alive with them)."""
+    plan, tiles, O = program.plan, program.tiles, program.outputs
     macro = plan.macro
     ncyc = plan.ncyc
-    max_rows = max(b - a for a, b in tiles)
-    top = max_rows * max(c.levels for c in plan.cycles)
+    top = program.top
     bits = torch.zeros(ncyc, _MAXBITS, dtype=torch.int32)
     for c, cyc in enumerate(plan.cycles):
         bits[c, : len(cyc.bits)] = torch.tensor(cyc.bits, dtype=torch.int32)
@@ -216,49 +204,94 @@ def _static_args(plan, tiles: tuple, O: int) -> tuple[RunArgs, dict, tuple]:
 
 
 class NativeBackend:
-    """Runs chunks of one call with the C kernel; built once per call."""
+    """The C kernel on CPU tensors (see the module docstring); one shared instance."""
 
     name = "native"
+    writes_rows = True  # OutputRows: a conv's NCHW output written in place
 
-    def __init__(self, job):
-        self.job, self.lib = job, engine_lib()
-        macro = job.plan.macro
+    def why_not_device(self, device: torch.device) -> str | None:
+        if device.type != "cpu":
+            return (
+                f"native runs on CPU tensors only (this call is on {device.type}): "
+                "use ASIM_BACKEND=triton or torch"
+            )
+        if engine_lib() is None:
+            return (
+                "the C kernel is off (ASIM_NATIVE=0) or did not build (see the warning "
+                "above): unset ASIM_NATIVE, install a C compiler, or use ASIM_BACKEND=torch"
+            )
+        return None
+
+    def why_not(self, program, operands) -> str | None:
+        why = self.why_not_device(operands.device)
+        if why is not None:
+            return why
+        macro = program.macro
+        if program.weight_parallel:
+            return (
+                "the weight-parallel mode (macro.weight_parallel) runs on the torch backend: "
+                "use ASIM_BACKEND=torch or unset it"
+            )
+        if operands.cell_noise is not None:
+            return "weight-cell variation (noise.cell_sigma) needs ASIM_BACKEND=torch"
+        if (
+            max(macro.weight_bits, macro.input_bits) > _MAXBITS
+            or program.plan.votes > CONST["ASIM_MAXVOTES"]
+        ):
+            return (
+                f"cannot run this call (weight_bits={macro.weight_bits}, input_bits="
+                f"{macro.input_bits}, {program.plan.votes} votes): use ASIM_BACKEND=torch"
+            )
+        return None
+
+    def run(self, program, operands, out) -> None:
+        x = operands.x
+        if isinstance(x, Patches) and in_place_kind(x.view.dtype, program.macro.input_bits) is None:
+            operands = operands.dense()
+        run_chunks(_NativeCall(program, operands), operands.x, out)
+
+
+class _NativeCall:
+    """Runs chunks of one call with the C kernel."""
+
+    def __init__(self, program, operands):
+        self.program, self.ops, self.lib = program, operands, engine_lib()
+        macro = program.macro
         self.wb, self.xb = macro.weight_bits, macro.input_bits
-        tiles = tuple(job.tiles)
-        # what depends only on the plan, the tiles and O is built once and kept with the plan
-        self._static = job.plan.cached(
-            ("native", tiles, job.O), lambda: _static_args(job.plan, tiles, job.O)
-        )
-        self.args = RunArgs.from_buffer_copy(self._static[0])
-        self.wpad = self.args.wpad
-        self.args.call_key = job.key
+        # what depends only on the program is built once and kept with it
+        static = program.form("native", lambda: _static_args(program))
+        self.args = RunArgs.from_buffer_copy(static[0])
+        self.args.call_key = operands.key
         self._packed: dict[int, tuple[Tensor, Tensor]] = {}
+        self._words = program.form(
+            "native_words", lambda: sum(-(-(b - a) // 64) for a, b in program.tiles)
+        )
 
     def chunk_elements_per_row(self, R: int) -> int:
         # the only intermediate is the packed activations (x planes of 64-row words per
         # tile, counted in 4-byte elements); outputs go straight into the call's result
-        words = sum(-(-(b - a) // 64) for a, b in self.job.tiles)
-        return max(1, 2 * self.xb * words)
+        return max(1, 2 * self.xb * self._words)
 
     def _weights(self, b: int) -> tuple[Tensor, Tensor]:
-        job = self.job
-        key = ("native_words", self.wb, tuple(job.tiles))
-        if job.programmed is not None:
-            return job.programmed.form(
-                key, lambda: pack_weights(self.lib, job.w3[0], self.wb, job.tiles, job.O)
+        ops, tiles, O = self.ops, self.program.tiles, self.program.outputs
+        if ops.programmed is not None:
+            return ops.programmed.form(
+                ("native_words", self.wb, tiles),
+                lambda: pack_weights(self.lib, ops.w[0], self.wb, tiles, O),
             )
         if b not in self._packed:
-            w = job.w3[b if job.w3.shape[0] > 1 else 0]
-            self._packed[b] = pack_weights(self.lib, w, self.wb, job.tiles, job.O)
+            w = ops.w[b if ops.w.shape[0] > 1 else 0]
+            self._packed[b] = pack_weights(self.lib, w, self.wb, tiles, O)
         return self._packed[b]
 
     def run_chunk(self, x, batch: tuple[int, int], rows: tuple[int, int], y) -> None:
         """``y [b, Mc, O]`` (a tensor, or with ``b = 1`` the chunk's :class:`OutputRows`)
         for the chunk's codes (a tensor ``[b, Mc, R]``, or the call's :class:`Patches` with
         ``b = 1``)."""
-        job, args = self.job, self.args
+        ops, args = self.ops, self.args
         (b0, b1), (m0, m1) = batch, rows
         torch_threads = max(1, torch.get_num_threads())
+        noisy = self.program.noisy
         for b in range(b1 - b0):
             if isinstance(x, Patches):
                 codes, kind = x.view, in_place_kind(x.view.dtype, self.xb)
@@ -279,9 +312,9 @@ class NativeBackend:
                 yb = y[b]  # (Mc, O), any strides
                 args.y, args.y_row = yb.data_ptr(), None
                 args.ldy, args.ldo = yb.stride(0), yb.stride(1)
-            if job.plan.noisy:
-                sample = job.sample[b0 + b, m0:m1].contiguous()
-                pos = job.pos[b0 + b, m0:m1].contiguous()
+            if noisy:
+                sample = ops.sample[b0 + b, m0:m1].contiguous()
+                pos = ops.pos[b0 + b, m0:m1].contiguous()
                 args.sample, args.pos = sample.data_ptr(), pos.data_ptr()
             args.nthreads = torch_threads
             rc = self.lib.asim_run_call(ctypes.byref(args))
@@ -290,3 +323,7 @@ class NativeBackend:
                     "asim: the native engine could not allocate its scratch memory; "
                     "reduce the batch size"
                 )
+
+
+BACKEND = NativeBackend()
+"""The native backend."""

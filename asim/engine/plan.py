@@ -19,7 +19,6 @@ Both backends accumulate in the spec's order, so they agree bit for bit.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -36,6 +35,9 @@ __all__ = [
     "EXACT",
     "NOISY",
     "VOTED",
+    "ANALOG",
+    "DIGITAL",
+    "VOTED_ANALOG",
     "Cycle",
     "Plan",
     "activation_cycles",
@@ -47,6 +49,11 @@ __all__ = [
 ADC, EXACT, NOISY, VOTED = (CONST[f"ASIM_CYC_{n}"] for n in ("ADC", "EXACT", "NOISY", "VOTED"))
 """What one (weight bit, cycle) conversion does: noise-free ADC, digital exact count (Q4),
 one noisy code, or K noisy codes and their mode (§8.2)."""
+
+ANALOG, VOTED_ANALOG, DIGITAL = "analog", "voted", "digital"
+"""What the macro's design makes of one (weight bit, cycle) pair, whatever the noise: one
+analog conversion, ``vote_samples`` analog conversions and a vote (§8.2), or a hybrid
+digital partial sum (§6). The cost model counts these (:meth:`Plan.kind`)."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,8 @@ class Plan:
         cycles: the activation cycles.
         coef: ``coef[i][c] = +-2^(i + shift_c)``, the shift-and-add weight (spec §4.2).
         mode: ``mode[i][c]``, one of :data:`ADC`, :data:`EXACT`, :data:`NOISY`, :data:`VOTED`.
+        kind: ``kind[i][c]``, the design's :data:`ANALOG`, :data:`VOTED_ANALOG` or
+            :data:`DIGITAL` (the same with noise on or off; ``mode`` follows from it).
         full_scale: per cycle, in counts (``levels * nrow``).
         readout: the read-out noise model (None: noise-free).
         alpha: current-domain compression (0: off); ``late_sign``: the sign cycle is
@@ -166,6 +175,7 @@ class Plan:
     cycles: list[Cycle]
     coef: list[list[float]]
     mode: list[list[int]]
+    kind: list[list[str]]
     full_scale: list[int]
     readout: object | None
     alpha: float
@@ -245,30 +255,13 @@ _PLANS: dict = {}
 _PLANS_MAX = 256
 
 
-@functools.cache
-def _field_names(cls) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def _settings(cfg) -> tuple | None:
-    return None if cfg is None else tuple(getattr(cfg, n) for n in _field_names(type(cfg)))
-
-
 def build_plan(macro: MacroConfig, noise: NoiseConfig | None, signed: bool) -> Plan:
     """The :class:`Plan` of ``macro`` with ``noise`` for signed or unsigned inputs: one per
-    distinct setting values (and noise file contents), reused by every call that has them;
-    it keeps copies of the configs, so changing a config object later makes a new plan."""
+    distinct (frozen) configuration and noise file contents, reused by every call with them."""
     readout = build_noise(noise)  # file-backed models are cached by path and mtime
-    key = (
-        _settings(macro),
-        _settings(noise),
-        bool(signed),
-        None if readout is None else readout.cache_key(),
-    )
+    key = (macro, noise, bool(signed), None if readout is None else readout.cache_key())
     plan = _PLANS.get(key)
     if plan is None:
-        macro = dataclasses.replace(macro)
-        noise = None if noise is None else dataclasses.replace(noise)
         plan = _new_plan(macro, noise, bool(signed), readout)
         if len(_PLANS) >= _PLANS_MAX:
             _PLANS.clear()
@@ -282,24 +275,31 @@ def _new_plan(macro: MacroConfig, noise: NoiseConfig | None, signed: bool, reado
     n = len(cycles)
     if readout is not None and readout.constant_sigma(macro.adc_levels) == 0.0:
         readout = None
-    coef, mode = [], []
+    coef, mode, kind = [], [], []
     for i in range(w):
-        row_c, row_m = [], []
+        row_c, row_m, row_k = [], [], []
         for c, cyc in enumerate(cycles):
             msb_w = i == w - 1
             negate = (not msb_w) if cyc.sign else msb_w
             row_c.append((-1.0 if negate else 1.0) * float(2 ** (i + cyc.shift)))
             d = (w - 1 - i) + (n - 1 - c)  # anti-diagonal distance from the MSB x MSB corner
             if d < macro.hybrid_levels:
+                row_k.append(DIGITAL)
+            elif d < macro.vote_levels and macro.vote_samples > 1:
+                row_k.append(VOTED_ANALOG)
+            else:
+                row_k.append(ANALOG)
+            if row_k[-1] == DIGITAL:
                 row_m.append(EXACT if macro.hybrid_exact else ADC)
             elif readout is None:
                 row_m.append(ADC)
-            elif d < macro.vote_levels and macro.vote_samples > 1:
+            elif row_k[-1] == VOTED_ANALOG:
                 row_m.append(VOTED)
             else:
                 row_m.append(NOISY)
         coef.append(row_c)
         mode.append(row_m)
+        kind.append(row_k)
     alpha = noise.compression_alpha if noise is not None else 0.0
     late_sign = bool(
         alpha
@@ -314,6 +314,7 @@ def _new_plan(macro: MacroConfig, noise: NoiseConfig | None, signed: bool, reado
         cycles=cycles,
         coef=coef,
         mode=mode,
+        kind=kind,
         full_scale=[c.levels * macro.nrow for c in cycles],
         readout=readout,
         alpha=alpha,

@@ -17,9 +17,11 @@ import torch
 from torch import Tensor
 
 from .. import rng
+from .backend import run_chunks
 from .plan import ADC, EXACT, NOISY, VOTED, div
+from .weight_parallel import weight_parallel
 
-__all__ = ["TorchBackend"]
+__all__ = ["BACKEND", "TorchBackend"]
 
 
 def _codes(t: Tensor, bits: int, signed: bool) -> Tensor:
@@ -61,35 +63,70 @@ def weight_planes(w3: Tensor, wb: int, dtype: torch.dtype, cell_noise: Tensor | 
 
 
 class TorchBackend:
-    """Runs chunks of one call; built once per call by ``acim_matmul``."""
+    """The portable backend (CPU and CUDA, see the module docstring); one shared instance.
+    It also runs the weight-parallel mode (:mod:`asim.engine.weight_parallel`)."""
 
     name = "torch"
+    writes_rows = False
 
-    def __init__(self, job):
-        self.job = job
-        plan = job.plan
+    def why_not_device(self, device: torch.device) -> str | None:
+        return None
+
+    def why_not(self, program, operands) -> str | None:
+        return None
+
+    def run(self, program, operands, out) -> None:
+        operands = operands.dense()
+        if program.weight_parallel:
+            out.copy_(_weight_parallel(program, operands))
+            return
+        run_chunks(_TorchCall(program, operands), operands.x, out)
+
+
+def _weight_parallel(program, ops) -> Tensor:
+    """``Y [B, M, O]`` of the weight-parallel mode (spec §8.3)."""
+    ekeys = None
+    if program.plan.readout is not None:
+        cols = torch.arange(program.outputs, dtype=torch.int64, device=ops.device)
+        ekeys = rng.element_keys(ops.key, ops.sample[..., None], ops.pos[..., None], cols)
+    return weight_parallel(ops.x, ops.w, program.plan, program.tiles, ekeys)
+
+
+def _value_tables(program, device) -> tuple[list[Tensor], list[Tensor]]:
+    plan, top = program.plan, program.top
+    vcount = [plan.value_by_count(c, top).to(device) for c in range(plan.ncyc)]
+    vcode = [plan.value_by_code(c).to(device) for c in range(plan.ncyc)]
+    return vcount, vcode
+
+
+class _TorchCall:
+    """Runs chunks of one call with torch operations."""
+
+    def __init__(self, program, ops):
+        self.job = ops
+        self.tiles = program.tiles
+        plan = program.plan
         self.plan, self.macro = plan, plan.macro
         self.wb, self.xb, self.ncyc = plan.macro.weight_bits, plan.macro.input_bits, plan.ncyc
-        self.O = job.O
-        device = job.device
-        max_rows = max(b - a for a, b in job.tiles)
-        self.float_counts = job.cell_noise is not None
-        self.dtype = _gemm_dtype(max_rows, device, self.float_counts)
-        top = max_rows * max(c.levels for c in plan.cycles)
-        self.vcount = [plan.value_by_count(c, top).to(device) for c in range(self.ncyc)]
-        self.vcode = [plan.value_by_code(c).to(device) for c in range(self.ncyc)]
+        self.O = program.outputs
+        device = ops.device
+        self.float_counts = ops.cell_noise is not None
+        self.dtype = _gemm_dtype(program.max_rows, device, self.float_counts)
+        self.vcount, self.vcode = program.form(
+            ("torch", str(device)), lambda: _value_tables(program, device)
+        )
         self.tables = (
             [plan.code_table(c) for c in range(self.ncyc)]
             if plan.noisy and not self.float_counts
             else None
         )
-        if job.programmed is not None and job.cell_noise is None:
-            self.wpt = job.programmed.form(
+        if ops.programmed is not None and ops.cell_noise is None:
+            self.wpt = ops.programmed.form(
                 ("torch_planes", self.wb, self.dtype, str(device)),
-                lambda: weight_planes(job.w3, self.wb, self.dtype, None),
+                lambda: weight_planes(ops.w, self.wb, self.dtype, None),
             )
         else:
-            self.wpt = weight_planes(job.w3, self.wb, self.dtype, job.cell_noise)
+            self.wpt = weight_planes(ops.w, self.wb, self.dtype, ops.cell_noise)
 
     def chunk_elements_per_row(self, R: int) -> int:
         return self.xb * self.wb * self.O
@@ -106,7 +143,7 @@ class TorchBackend:
         ekeys = self._element_keys(batch, rows) if self.plan.noisy else None
         coef = self.plan.coef
         yt = torch.zeros(B, self.O, Mc, dtype=torch.float32, device=x.device)  # Y^T
-        for t, (r0, r1) in enumerate(self.job.tiles):
+        for t, (r0, r1) in enumerate(self.tiles):
             g = torch.matmul(wpt[:, :, r0:r1], xpt[:, r0:r1])  # (B, w*O, x*Mc)
             counts = self._cycle_counts(g.view(B, self.wb, self.O, self.xb, Mc))
             if self.float_counts:
@@ -240,3 +277,7 @@ class TorchBackend:
         if plan.late(c):
             y = y / (y * plan.alpha + 1.0)
         return y.mul_(macro.adc_levels).round_()
+
+
+BACKEND = TorchBackend()
+"""The torch backend."""

@@ -10,8 +10,9 @@ Every model class names its first conv and its head in the class attributes ``fi
 its class-count policy to the head.
 """
 
-from . import resnet, small, vgg, vit  # noqa: F401  (registers the builders)
+from . import gpt, resnet, small, vgg, vit  # noqa: F401  (registers the builders)
 from ._registry import create_model, is_model, list_models, model_entrypoint, register_model
+from .gpt import GPT
 from .layers import PACT, ScaledMultiheadAttention, pact
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .small import DigitsCNN
@@ -24,6 +25,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "DigitsCNN",
+    "GPT",
     "ResNet",
     "ScaledMultiheadAttention",
     "VisionTransformer",

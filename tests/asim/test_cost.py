@@ -23,7 +23,7 @@ from asim import (
     estimate_cost,
 )
 from asim import cost as cost_mod
-from asim.cost import COUNT_FIELDS, ENERGY_KEYS
+from asim.cost import COUNT_FIELDS, ENERGY_KEYS, PERFORMANCE_FIELDS
 from asim.models import create_model
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "cost"
@@ -144,9 +144,11 @@ def _linear(in_f, out_f, macro, signed=False):
     return ACiMLinear(in_f, out_f, macro=macro, signed_input=signed).eval()
 
 
-def test_hybrid_cycles_are_digital_partial_sums_not_conversions():
+def test_exact_hybrid_cycles_are_digital_partial_sums_not_conversions():
     # in=10 over nrow=4: 3 tiles (4, 4, 2); W4A4 bit-serial: 16 cycles, 3 of them digital (h=2)
-    macro = MacroConfig(weight_bits=4, input_bits=4, nrow=4, adc_bits=3, hybrid_levels=2)
+    macro = MacroConfig(
+        weight_bits=4, input_bits=4, nrow=4, adc_bits=3, hybrid_levels=2, hybrid_exact=True
+    )
     x = _one(_linear(10, 3, macro), torch.rand(1, 10))
     assert x["adc_conversions"] == 3 * 3 * 13
     assert x["digital_partial_sums"] == 3 * 3 * 3
@@ -164,9 +166,20 @@ def test_hybrid_cycles_are_digital_partial_sums_not_conversions():
     assert x["energy_pj"] == pytest.approx(sum(e.values()))
 
 
+def test_quantized_hybrid_cycles_are_charged_the_conversion_they_simulate():
+    """hybrid_exact=False (Q4, the default): a "digital" cycle still passes the ADC in the
+    simulation, so the cost model counts its conversion as well as its digital sum."""
+    kw = dict(weight_bits=4, input_bits=4, nrow=4, adc_bits=3, hybrid_levels=2)
+    x = _one(_linear(10, 3, MacroConfig(**kw)), torch.rand(1, 10))
+    plain = _one(_linear(10, 3, MacroConfig(**{**kw, "hybrid_levels": 0})), torch.rand(1, 10))
+    assert x["adc_conversions"] == plain["adc_conversions"] == 3 * 3 * 16
+    assert x["digital_partial_sums"] == 3 * 3 * 3
+    assert x["energy_pj"] > plain["energy_pj"]  # never cheaper than no hybrid cycles
+
+
 def test_hybrid_count_is_triangular():
     for h in range(5):
-        macro = MacroConfig(weight_bits=4, input_bits=4, nrow=4, hybrid_levels=h)
+        macro = MacroConfig(weight_bits=4, input_bits=4, nrow=4, hybrid_levels=h, hybrid_exact=True)
         x = _one(_linear(4, 1, macro), torch.rand(1, 4))
         assert x["digital_partial_sums"] == h * (h + 1) // 2
         assert x["adc_conversions"] == 16 - h * (h + 1) // 2
@@ -349,7 +362,7 @@ def test_report_layout_and_energy_is_the_sum_of_its_breakdown():
     )
     d = report.to_dict()
     assert set(d) == {"cost", "cost_layers"}
-    fields = {*COUNT_FIELDS, "energy_pj", "energy_breakdown_pj"}
+    fields = {*COUNT_FIELDS, *PERFORMANCE_FIELDS, "energy_pj", "energy_breakdown_pj"}
     assert set(d["cost"]) == fields
     assert [x["name"] for x in d["cost_layers"]] == ["conv1", "conv2", "conv3", "fc"]
     for entry in [d["cost"], *d["cost_layers"]]:
@@ -400,9 +413,10 @@ def test_cycle_plan_matches_the_engine():
     if cost_mod._build_plan is None:
         pytest.skip("the engine's plan is not importable")
     macros = [
-        MacroConfig(weight_bits=4, input_bits=5, hybrid_levels=h, input_enc_bits=e)
+        MacroConfig(weight_bits=4, input_bits=5, hybrid_levels=h, input_enc_bits=e, hybrid_exact=x)
         for h in (0, 1, 3, 9)
         for e in (None, 2, 3)
+        for x in (False, True)
     ] + [MacroConfig(weight_bits=5, input_bits=4, vote_levels=v, vote_samples=3) for v in (1, 4)]
     for macro in macros:
         for signed in (False, True):
@@ -450,3 +464,67 @@ def test_adc_only_preset_keeps_only_adc_energy():
 def test_default_preset_is_the_schema_default():
     raw = yaml.safe_load((CONF / "zigzag_28nm.yaml").read_text())
     assert raw == {"name": CostConfig().name}
+
+
+# ----------------------------------------------------------------------- latency, area, TOPS/W
+def _perf(macro: MacroConfig, cost: CostConfig | None = None) -> dict:
+    return _one(_linear(300, 64, macro), torch.rand(1, 300), cost)
+
+
+def test_latency_area_and_tops_per_w_follow_their_formulas():
+    macro = MacroConfig(nrow=255, adc_bits=8)
+    x = _perf(macro)
+    # 300 inputs over nrow 255: 2 tiles; 8 x 8 bit-serial pairs; 64 outputs
+    assert x["adc_conversions"] == 2 * 64 * 64
+    t_conv = 8 * (0.00653 * 255 + 0.640) + 0.0478  # ZigZag-IMC ADC delay + NAND2 path, ns
+    assert x["latency_ns"] == pytest.approx(2 * 64 * 64 * t_conv / 256)  # 256 ADCs at once
+    assert x["throughput_fps"] == pytest.approx(1e9 / x["latency_ns"])
+    adc = 10 ** (1.206 - 0.0369 * 8) * 2**8 / 1e6  # mm^2
+    assert x["area_mm2"] == pytest.approx(255 * 256 * 0.614 / 1e6 + 256 * adc)
+    assert x["macs"] == 300 * 64
+    assert x["tops_per_w"] == pytest.approx(2 * 300 * 64 / x["energy_pj"])
+
+
+def test_halving_nrow_and_one_more_adc_bit_scale_as_the_formulas_say():
+    base = _perf(MacroConfig(nrow=200, adc_bits=7))
+    half = _perf(MacroConfig(nrow=100, adc_bits=7))
+    # 300 rows: 2 tiles of 200 -> 3 tiles of 100: 1.5x conversions, each faster
+    assert half["adc_conversions"] == base["adc_conversions"] * 3 // 2
+    per_conv = {n: 7 * (0.00653 * n + 0.640) + 0.0478 for n in (100, 200)}
+    assert half["latency_ns"] / base["latency_ns"] == pytest.approx(
+        1.5 * per_conv[100] / per_conv[200]
+    )
+    cells = 256 * 0.614 / 1e6
+    assert base["area_mm2"] - half["area_mm2"] == pytest.approx(100 * cells)  # ADCs unchanged
+    more = _perf(MacroConfig(nrow=200, adc_bits=8))
+    assert more["adc_conversions"] == base["adc_conversions"]
+    assert more["latency_ns"] / base["latency_ns"] == pytest.approx(
+        (8 * (0.00653 * 200 + 0.640) + 0.0478) / per_conv[200]
+    )
+    adc = {b: 10 ** (1.206 - 0.0369 * b) * 2**b / 1e6 for b in (7, 8)}
+    assert more["area_mm2"] - base["area_mm2"] == pytest.approx(256 * (adc[8] - adc[7]))
+    assert more["energy_pj"] > base["energy_pj"] and more["tops_per_w"] < base["tops_per_w"]
+
+
+def test_adc_sharing_and_parallel_macros():
+    macro = MacroConfig(nrow=255, adc_bits=6)
+    one = _perf(macro)
+    muxed = _perf(macro, CostConfig(columns_per_adc=8))
+    assert muxed["latency_ns"] == pytest.approx(8 * one["latency_ns"])
+    assert muxed["area_mm2"] < one["area_mm2"]
+    four = _perf(macro, CostConfig(macros=4))
+    assert four["latency_ns"] == pytest.approx(one["latency_ns"] / 4)
+    assert four["area_mm2"] == pytest.approx(4 * one["area_mm2"])
+    assert four["energy_pj"] == pytest.approx(one["energy_pj"])
+    assert CostConfig().adc_area_mm2(1) == 0.0  # a sense amplifier
+    with pytest.raises(ValueError, match="CostConfig.columns_per_adc=0 must be"):
+        CostConfig(columns_per_adc=0)
+
+
+def test_model_totals_sum_latency_and_count_each_macro_once():
+    report = estimate_cost(_digits(MacroConfig()), torch.rand(2, 1, 8, 8)).to_dict()
+    layers = [x for x in report["cost_layers"] if x["adc_conversions"]]
+    assert report["cost"]["latency_ns"] == pytest.approx(sum(x["latency_ns"] for x in layers))
+    # every ACiM layer uses the same macro: the model's area is that one macro's
+    assert report["cost"]["area_mm2"] == pytest.approx(layers[0]["area_mm2"])
+    assert report["cost"]["macs"] == sum(x["macs"] for x in report["cost_layers"])

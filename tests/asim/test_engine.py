@@ -3,6 +3,7 @@ noise matches the spec's analytic model."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import warnings
@@ -452,9 +453,9 @@ def test_noise_under_inference_mode_runs():
 
 def _torch_only(monkeypatch) -> None:
     """Make every following engine call take the torch backend."""
-    from asim.engine import native
+    from asim.engine import core
 
-    monkeypatch.setattr(native, "available", lambda job: False)
+    monkeypatch.setitem(core.PREFERENCE, "cpu", (core.TORCH,))
 
 
 def _native_or_skip() -> None:
@@ -550,7 +551,7 @@ def test_noisy_native_kernel_equals_torch_backend(kind, signed, tmp_path, monkey
 def test_noise_does_not_depend_on_threads_or_chunks(backend, monkeypatch):
     """1 or 2 threads and any chunk size give the same noisy bits (conv + voting + measured
     noise paths all draw by address, not by order)."""
-    from asim.engine import core
+    from asim.engine import backend as engine_backend
 
     if backend == "native":
         _native_or_skip()
@@ -568,9 +569,10 @@ def test_noise_does_not_depend_on_threads_or_chunks(backend, monkeypatch):
     threads = torch.get_num_threads()
     outs = []
     try:
-        for n, chunk in [(1, core.CHUNK_ELEMENTS), (2, core.CHUNK_ELEMENTS), (2, 5000), (1, 777)]:
+        default = engine_backend.CHUNK_ELEMENTS
+        for n, chunk in [(1, default), (2, default), (2, 5000), (1, 777)]:
             torch.set_num_threads(n)
-            monkeypatch.setattr(core, "CHUNK_ELEMENTS", chunk)
+            monkeypatch.setattr(engine_backend, "CHUNK_ELEMENTS", chunk)
             resample_noise(conv, 3)
             with torch.no_grad():
                 outs.append(conv(x))
@@ -823,11 +825,10 @@ def test_plans_are_shared_per_configuration_and_never_stale():
     plan = build_plan(macro, noise, False)
     assert build_plan(MacroConfig(adc_bits=5), NoiseConfig(rand_sigma=0.3), False) is plan
     assert build_plan(macro, noise, True) is not plan
-    macro.adc_bits = 6  # a config edited in place gets its own plan; the old one is intact
-    assert build_plan(macro, noise, False).macro.adc_bits == 6
-    assert plan.macro.adc_bits == 5
-    macro.adc_bits = 5
-    assert build_plan(macro, noise, False) is plan
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        macro.adc_bits = 6  # configs are frozen: a changed setting is a new config
+    assert build_plan(macro.replace(adc_bits=6), noise, False).macro.adc_bits == 6
+    assert plan.macro.adc_bits == 5 and build_plan(macro, noise, False) is plan
 
 
 def test_native_portable_build_gives_the_same_bits(tmp_path):

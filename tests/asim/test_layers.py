@@ -133,7 +133,7 @@ def test_per_sample_scale_makes_results_independent_of_batching():
 
 
 def test_chunked_conv_equals_unchunked(monkeypatch):
-    from asim.engine import core
+    from asim.engine import backend as engine_backend
     from asim.layers import conv as conv_mod
 
     torch.manual_seed(5)
@@ -142,7 +142,7 @@ def test_chunked_conv_equals_unchunked(monkeypatch):
     with torch.no_grad():
         ref = conv(x)
         monkeypatch.setattr(conv_mod, "_UNFOLD_BUDGET", 40)
-        monkeypatch.setattr(core, "CHUNK_ELEMENTS", 500)
+        monkeypatch.setattr(engine_backend, "CHUNK_ELEMENTS", 500)
         assert torch.equal(conv(x), ref)
 
 

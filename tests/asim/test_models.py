@@ -21,6 +21,9 @@ from asim.models import (
 )
 
 CHEAP = {"digits_cnn", "vit_tiny", "resnet20", "resnet18"}
+IMAGE_MODELS = [
+    n for n in list_models() if n not in list_models("gpt*")
+]  # gpt: tests/asim/test_gpt.py
 
 
 def _input_for(model: nn.Module, batch: int = 2, device: str | torch.device = "cpu"):
@@ -74,7 +77,7 @@ def test_create_model_tags_name():
 # --- every model runs -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_model_forward_shape_on_meta(name):
     """Every registered model builds and runs (shapes only) without allocating memory."""
     with torch.device("meta"):
@@ -87,7 +90,7 @@ def test_model_forward_shape_on_meta(name):
 
 
 @pytest.mark.parametrize(
-    "name", [n if n in CHEAP else pytest.param(n, marks=pytest.mark.slow) for n in list_models()]
+    "name", [n if n in CHEAP else pytest.param(n, marks=pytest.mark.slow) for n in IMAGE_MODELS]
 )
 def test_model_forward_backward_cpu(name):
     torch.manual_seed(0)

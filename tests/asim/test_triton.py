@@ -419,23 +419,23 @@ def test_availability_follows_device_and_interpreter(monkeypatch):
 
 @interpreted
 def test_backend_declines_weight_cell_variation(monkeypatch):
-    """Non-integer counts (cell variation) are not the kernel's: available() says so, and
+    """Non-integer counts (cell variation) are not the kernel's: why_not says so, and
     ``ASIM_BACKEND=triton`` fails in one line naming the backends that run them."""
-    from asim._triton.backend import available
+    from asim._triton.backend import BACKEND
 
     layer = ACiMLinear(6, 2, macro=MacroConfig(adc_bits=4, nrow=4), noise=NoiseConfig(cell_sigma=2))
-    jobs = []
-    choose = core.select_backend
+    reasons = []
+    why_not = BACKEND.why_not
 
-    def spy(job):
-        jobs.append(available(job))
-        return choose(job)
+    def spy(program, operands):
+        reasons.append(why_not(program, operands))
+        return reasons[-1]
 
-    monkeypatch.setattr(core, "select_backend", spy)
+    monkeypatch.setattr(BACKEND, "why_not", spy)
     monkeypatch.setenv("ASIM_BACKEND", "triton")
     with torch.no_grad(), pytest.raises(ValueError, match="needs ASIM_BACKEND=torch or native"):
         layer(torch.randn(3, 6))
-    assert jobs == [False]
+    assert len(reasons) == 1 and "weight-cell variation" in reasons[0]
 
 
 _AOT = """
