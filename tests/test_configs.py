@@ -143,11 +143,15 @@ def test_bitserial_255_is_the_reference_macro(compose):
 def test_noise_presets_validate(compose, name):
     noise = builders.noise_config(compose("simulate", f"noise={name}"))
     assert isinstance(noise, NoiseConfig)
+    from asim.noise import GaussianNoise, HistogramNoise, TableNoise, build_noise
+
+    model = build_noise(noise)  # the model the preset describes, its table parsed
+    expected = {"none": type(None), "gaussian": GaussianNoise, "measured": TableNoise}
+    expected["histogram"] = HistogramNoise
+    assert isinstance(model, expected.get(name, object)), (name, model)
     if name == "measured":
         assert Path(noise.file).is_absolute() and Path(noise.file).is_file()
-        from asim.noise import build_noise
-
-        assert build_noise(noise) is not None
+        assert model.counts.numel() > 1 and model.source == noise.file
 
 
 @pytest.mark.parametrize("name", _options("cost"))

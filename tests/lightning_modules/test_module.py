@@ -293,7 +293,7 @@ def test_interrupted_simulation_keeps_finished_repeats(compose_run, tmp_path, mo
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["complete"] is False and saved["repeats"] == 2
     assert saved["repeats_requested"] == 5 and len(saved["sim_top1_runs"]) == 2
-    assert saved["float_top1"] is not None and saved["inference_top1"] is not None
+    assert 0.9 < saved["float_top1"] <= 1 and 0.9 < saved["inference_top1"] <= 1  # kept
 
 
 def test_dataset_class_count_mismatch_blames_the_dataset(compose_run, tmp_path):
@@ -496,3 +496,17 @@ def test_one_summary_line_per_epoch(tmp_path, capsys):
     lines = [x for x in capsys.readouterr().out.splitlines() if " done (" in x]
     assert [x.split(":")[0] for x in lines] == ["epoch 0 done (1 of 2)", "epoch 1 done (2 of 2)"]
     assert all("train/loss " in x and "val/acc " in x for x in lines)
+
+
+def test_simulation_hparams_yaml_is_written_with_tensorboard(tmp_path):
+    """TensorBoard writes hparams.yaml when the first pass starts; the run rewrites it with
+    its hyper-parameters (it was left as {})."""
+    import yaml
+
+    cfg = builders.compose(
+        "simulate",
+        [*FAST, "macro.adc_bits=7", "trainer.enable_progress_bar=false", f"output_dir={tmp_path}"],
+    )
+    builders.simulate(cfg)
+    hp = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
+    assert hp["macro.adc_bits"] == 7 and hp["noise.rand_sigma"] == 0.0
