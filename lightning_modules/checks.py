@@ -1,7 +1,8 @@
 """Every check that needs no model pass, run before the first one.
 
 :func:`check_run` validates a composed config: the macro and noise configs (ranges, and
-measured noise tables/histograms parsed now, not at the first simulated batch), keys a primary
+measured noise tables/histograms parsed now, not at the first simulated batch), the checkpoint
+file (readable), keys a primary
 config does not use, combinations that would silently do nothing, and values outside the
 physics of an SRAM macro (``force=true`` runs them anyway). :func:`check_sweep` does it for
 every job of a basic multirun before the first job runs. Errors are one-line ValueErrors
@@ -11,13 +12,15 @@ every job of a basic multirun before the first job runs. Errors are one-line Val
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
+from asim.checkpoint import read_checkpoint
 from asim.noise import build_noise
 
-from .config import SimulateSchema, TrainSchema, macro_config, noise_config
+from .config import SimulateSchema, TrainSchema, macro_config, noise_config, resolve_path
 
 __all__ = ["MAX_NOISE_PERCENT", "MAX_NROW", "check_run", "check_sweep"]
 
@@ -90,6 +93,24 @@ def _no_ops(macro, noise) -> None:
         )
 
 
+@functools.lru_cache(maxsize=8)
+def _readable(path: str, mtime_ns: int, size: int) -> None:
+    read_checkpoint(path)
+
+
+def _check_ckpt(cfg: DictConfig) -> None:
+    """``ckpt`` names a readable PyTorch file (whether it fits the model is checked when the
+    model is built, still before the first pass)."""
+    ckpt = cfg.get("ckpt")
+    if ckpt is None:
+        return
+    path = resolve_path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: ckpt={ckpt} ({path})")
+    stat = path.stat()
+    _readable(str(path), stat.st_mtime_ns, stat.st_size)
+
+
 def check_run(cfg: DictConfig, task: str) -> None:
     """Validate ``cfg`` for ``task`` (``simulate`` or ``train``) without running a model.
 
@@ -102,6 +123,7 @@ def check_run(cfg: DictConfig, task: str) -> None:
     build_noise(noise)  # parse measured tables and histograms now (cached for the run)
     _no_ops(macro, noise)
     _plausible(cfg, macro, noise)
+    _check_ckpt(cfg)
     if task == "simulate":
         repeats = cfg.simulate.repeats
         if repeats < 1:

@@ -282,12 +282,13 @@ def test_a_sweep_with_one_bad_value_runs_no_job(tmp_path):
 
 
 def test_a_job_failing_at_run_time_does_not_stop_the_sweep_report(tmp_path):
-    files = _bad_files(tmp_path)
+    """The digits checkpoint does not fit vit_tiny: found when that job builds its model."""
     sweep = tmp_path / "sweep"
     proc = run(
         "simulate.py",
         "-m",
-        f"ckpt=checkpoints/digits_cnn.pt,{files['truncated']}",
+        "model=digits_cnn,vit_tiny",
+        "ckpt=checkpoints/digits_cnn.pt",
         *FAST_SIM,
         "logger=csv",
         f"hydra.sweep.dir={sweep}",
@@ -296,7 +297,22 @@ def test_a_job_failing_at_run_time_does_not_stop_the_sweep_report(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: 1 job(s) failed" in proc.stderr
     failed = [p.parent for p in sweep.glob("*/error.txt")]
-    assert len(failed) == 1 and "truncated.pt" in failed[0].name
-    assert "is not a readable PyTorch checkpoint" in (failed[0] / "error.txt").read_text()
+    assert len(failed) == 1 and "model=vit_tiny" in failed[0].name
+    assert "does not fit" in (failed[0] / "error.txt").read_text()
     report = (sweep / "report.md").read_text()
     assert failed[0].name in report and len(list(sweep.glob("*/results.json"))) == 1
+
+
+def test_a_sweep_with_an_unreadable_checkpoint_runs_no_job(tmp_path):
+    files = _bad_files(tmp_path)
+    sweep = tmp_path / "sweep"
+    proc = run(
+        "simulate.py",
+        "-m",
+        f"ckpt=checkpoints/digits_cnn.pt,{files['truncated']}",
+        *FAST_SIM,
+        f"hydra.sweep.dir={sweep}",
+        check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "is not a readable PyTorch checkpoint" in proc.stderr and not sweep.exists()
