@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -52,6 +53,8 @@ def convert_to_acim(
     *,
     first_layer: FirstLayer | str | None = None,
     first_layer_bits: int = 8,
+    last_layer: FirstLayer | str | None = None,
+    last_layer_bits: int = 8,
     signed_input: bool | None = None,
     classifier_signed_input: bool | None = None,
     layer_macros: Sequence[Any] = (),
@@ -85,6 +88,10 @@ def convert_to_acim(
             ``QuantConv2d``, signed input, noise-free), ``"acim"`` (on the macro, signed
             input), ``"float"`` (kept float), or None (like every other layer).
         first_layer_bits: weight and input bits of a digital first layer.
+        last_layer: how the classifier (the model's ``classifier_name`` or its last
+            ``nn.Linear``: a language model's LM head) is mapped: ``"digital"``, ``"acim"``,
+            ``"float"`` or None (like every other layer), as ``first_layer``.
+        last_layer_bits: weight and input bits of a digital last layer.
         signed_input: signedness of the other ACiM layers (None: each layer type's default,
             unsigned for convs, signed for linears and attention).
         classifier_signed_input: signedness of the classifier (the model's
@@ -111,18 +118,34 @@ def convert_to_acim(
         layer_map: float type -> ACiM type (default :data:`LAYER_MAP`).
         inplace: modify ``model`` instead of a copy.
 
+    A Hugging Face ``transformers`` causal LM (GPT-2, LLaMA, Qwen, ...) is converted with
+    :mod:`asim.llm`: GPT-2's ``Conv1D`` too, every token its own sample, and QK^T and AV of
+    every self-attention module on their macros (``NAME.qk``, ``NAME.av``) with the KV cache
+    written into the array.
+
     Returns:
         The converted model.
     """
-    layer_map = LAYER_MAP if layer_map is None else layer_map
     macro = MacroConfig() if macro is None else macro
+    llm = _llm_support(model)  # --- language models (asim.llm) ---
+    attention_layers: dict[str, nn.Module] = {}
+    if llm is not None:
+        llm.prepare(model, macro, attn_trim_noise)
+        if layer_map is None:
+            layer_map = {**LAYER_MAP, **llm.LAYER_MAP}
+    layer_map = LAYER_MAP if layer_map is None else layer_map
     if not inplace:
         model = copy.deepcopy(model)
+    if llm is not None:
+        attention_layers = llm.attention_modules(model)
     policy = MappingPolicy.build(
         model,
         macro,
         first_layer=first_layer,
         first_layer_bits=first_layer_bits,
+        last_layer=last_layer,
+        last_layer_bits=last_layer_bits,
+        attention_layers=tuple(attention_layers),
         signed_input=signed_input,
         classifier_signed_input=classifier_signed_input,
         layer_macros=layer_macros,
@@ -175,9 +198,30 @@ def convert_to_acim(
             converted.append(name)
 
     visit(model, "")
+    if llm is not None:  # QK^T and AV of every self-attention module, the token ids
+        done = llm.attach(
+            model,
+            attention_layers,
+            macro_for,
+            noise,
+            mode,
+            lambda name: _excluded(name, exclude, set()),
+        )
+        converted += [f"{name}.acim" for name in done]
     policy.check_matched(model)
     log.info("convert_to_acim: %d layers converted: %s", len(converted), ", ".join(converted))
     return model
+
+
+def _llm_support(model: nn.Module):
+    """:mod:`asim.llm.hf` for a ``transformers`` model (a ``PreTrainedModel``, whose module
+    is then imported already), else None: ``transformers`` is never imported here."""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    if modeling is None or not isinstance(model, modeling.PreTrainedModel):
+        return None
+    from .llm import hf
+
+    return hf
 
 
 def to_float(model: nn.Module, inplace: bool = False) -> nn.Module:

@@ -52,25 +52,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .config import MacroConfig, NoiseConfig, WeightParallelADC
-from .engine import activation_cycles, linear_tiles
+from .config import MacroConfig
+from .engine import (
+    activation_cycles,
+    compile_program,  # the engine's compiled program: what the macro runs
+    linear_tiles,
+)
+from .engine import build_plan as _build_plan  # noqa: F401 (test_cost checks it is importable)
+from .engine.plan import DIGITAL as _DIGITAL
+from .engine.plan import VOTED_ANALOG as _VOTED_ANALOG
 from .layers import ACiMConv2d, ACiMLayer, ACiMLinear, ACiMMultiheadAttention
 from .layers.conv import conv_tiles
 
-try:  # the engine's cycle plan: one source of truth for the hybrid and voting rules
-    from .engine import build_plan as _build_plan
-    from .engine.plan import ADC as _ADC
-    from .engine.plan import NOISY as _NOISY
-    from .engine.plan import VOTED as _VOTED
-except ImportError:  # pragma: no cover - the spec's rule below stands in
-    _build_plan = None
-
 _POSITIVE = ("vdd", "columns", "columns_per_adc", "macros")
 """CostConfig fields that must be > 0 (the others >= 0)."""
-
-_PROBE = NoiseConfig(rand_sigma=1.0)
-"""Any read-out noise: planned with it, every analog conversion is NOISY or VOTED and every
-hybrid digital one is not (the plan of a noise-free macro cannot tell them apart, Q4)."""
 
 __all__ = [
     "COUNT_FIELDS",
@@ -90,6 +85,7 @@ COUNT_FIELDS = (
     "row_activations",
     "shift_adds",
     "digital_macs",
+    "cim_write_bits",
 )
 """Operation counts reported per sample, for every layer and in total."""
 
@@ -100,9 +96,10 @@ layers included), ``latency_ns`` (macro time per sample, a full-utilization lowe
 macros used: cells and ADCs, ``CostConfig.macros`` copies) and ``tops_per_w`` (2 ops per MAC
 over the energy: ops per pJ = TOPS/W). See :class:`CostConfig` for the formulas' sources."""
 
-ENERGY_KEYS = ("adc", "array", "input", "hybrid", "shift_add", "vote", "digital")
+ENERGY_KEYS = ("adc", "array", "input", "hybrid", "shift_add", "vote", "digital", "write")
 """Keys of ``energy_breakdown_pj``: ADC conversions, bit-line evaluation of the cells, input
-drivers, hybrid digital partial sums, shift-and-add, majority-vote logic, digital layers."""
+drivers, hybrid digital partial sums, shift-and-add, majority-vote logic, digital layers, bits
+written into the array at run time (a language model's KV cache)."""
 
 
 @dataclass
@@ -146,6 +143,11 @@ class CostConfig:
     digital_mac_pj: float = 0.3
     """One MAC of an always-digital layer, pJ (Horowitz: 8-bit multiply 0.2 pJ + 32-bit add
     0.1 pJ)."""
+    cim_write_fF_per_row: float = 0.35
+    """Writing one bit into the array (a language model's KV cache, written per token):
+    fF * VDD^2 per row of the column, i.e. ``nrow * cim_write_fF_per_row * VDD^2`` per bit, the
+    full-rail swing of one bit line of ``nrow`` cells (ZigZag-IMC bl_cap, 0.35 fF per cell: 72 fJ
+    per bit at nrow 255 and 0.9 V; word line and write driver neglected)."""
     # --- latency and area (asim.cost.latency_ns / macro_area_mm2; docs/cost.md) ---
     adc_ns_per_bit_row: float = 0.00653
     """ADC delay, row term: a B-bit conversion of a column of ``nrow`` rows takes
@@ -263,12 +265,10 @@ def _pair_kinds(macro: MacroConfig, signed: bool):
     is voted and whether it is a hybrid digital cycle. A hybrid cycle with
     ``hybrid_exact=False`` is both (quirk Q4: the reference still passes it through the ADC,
     so the cost model charges the conversion it simulates)."""
-    if _build_plan is None:  # pragma: no cover
-        return _spec_kinds(macro, signed)
-    plan = _build_plan(macro, _PROBE, signed)
-    converted = [[m in (_NOISY, _VOTED, _ADC) for m in row] for row in plan.mode]
-    voted = [[m == _VOTED for m in row] for row in plan.mode]
-    digital = [[m not in (_NOISY, _VOTED) for m in row] for row in plan.mode]
+    plan = compile_program(macro, None, signed, (), 1).plan  # the program's design kinds
+    digital = [[k == _DIGITAL for k in row] for row in plan.kind]
+    converted = [[k != _DIGITAL or not macro.hybrid_exact for k in row] for row in plan.kind]
+    voted = [[k == _VOTED_ANALOG for k in row] for row in plan.kind]
     return plan.cycles, converted, voted, digital
 
 
@@ -297,37 +297,20 @@ def _matmul_tally(
     signed: bool,
     cost: CostConfig,
 ) -> _Tally:
-    """One ``X [rows, R] @ W [R, outputs]`` on ``macro`` with the reduction tiled as ``tiles``."""
-    cycles, converted, voted, digital = _pair_kinds(macro, signed)
-    w, n_cyc, T = macro.weight_bits, len(cycles), len(tiles)
+    """One ``X [rows, R] @ W [R, outputs]`` on ``macro`` with the reduction tiled as ``tiles``:
+    the operations the engine's compiled program runs (:meth:`Program.operations`)."""
+    ops = compile_program(macro, None, signed, tiles, outputs).operations(rows)
     K = macro.vote_samples
-    mapped = sum(r1 - r0 for r0, r1 in tiles)  # rows holding weights (Q1: dropped ones not)
-    outs = rows * outputs  # output elements of one tile
-    widths = [len(c.bits) for c in cycles]
+    mapped, reps, widths = ops.mapped_rows, ops.cycle_repeats, ops.cycle_widths
+    evals, voted_sums = ops.evaluations, ops.voted_sums
+    outs = rows * outputs
     t = _Tally()
     counts = t.counts
-    if macro.weight_parallel:  # spec §8.3: the weight bits are summed in the array
-        evals = T * w * n_cyc * outs
-        reps = [1] * n_cyc
-        per_cycle = macro.weight_parallel_adc == WeightParallelADC.per_cycle
-        counts["adc_conversions"] = evals if per_cycle else outs
-        counts["shift_adds"] = evals if per_cycle else 0
-        voted_sums = 0
-    else:
-        pairs = [(i, c) for i in range(w) for c in range(n_cyc)]
-        n_conv = sum(K if voted[i][c] else 1 for i, c in pairs if converted[i][c])
-        n_digital = sum(1 for i, c in pairs if digital[i][c])
-        reps = [K if any(voted[i][c] for i in range(w)) else 1 for c in range(n_cyc)]
-        evals = T * outs * n_conv  # analog column evaluations = conversions
-        counts["adc_conversions"] = evals
-        counts["digital_partial_sums"] = T * outs * n_digital
-        counts["shift_adds"] = T * outs * w * n_cyc
-        voted_sums = T * outs * sum(1 for i, c in pairs if voted[i][c])
-    counts["array_cycles"] = T * rows * sum(reps)
-    counts["row_activations"] = mapped * rows * sum(reps)
-    counts["binary_macs"] = (
-        w * mapped * outs * sum(r * b for r, b in zip(reps, widths, strict=True))
-    )
+    for name in (
+        "adc_conversions", "digital_partial_sums", "shift_adds", "array_cycles",
+        "row_activations", "binary_macs",
+    ):  # fmt: skip
+        counts[name] = getattr(ops, name)
     driven_bits = sum(
         r * b for r, b in zip(reps, widths, strict=True) if b > 1 or cost.binary_input_driver
     )
@@ -352,6 +335,14 @@ def _timing(t: _Tally, macs: int, macro: MacroConfig, cost: CostConfig) -> None:
     t.timing["macs"] += macs
     t.timing["latency_ns"] += t.counts["adc_conversions"] * per_conversion / cost.adcs()
     t.macros[macro.describe()] = macro
+
+
+def write_tally(bits: int, macro: MacroConfig, cost: CostConfig) -> _Tally:
+    """``bits`` written into an array of ``macro`` at run time (KV-cache writes)."""
+    t = _Tally()
+    t.counts["cim_write_bits"] = bits
+    t.energy["write"] = bits * macro.nrow * cost._fF_pj(cost.cim_write_fF_per_row)
+    return t
 
 
 def _digital_tally(macs: int, cost: CostConfig) -> _Tally:
@@ -421,6 +412,9 @@ def _attention_tallies(layer: ACiMMultiheadAttention, args, kwargs, output, cost
 
 
 def _layer_tallies(layer: ACiMLayer, args, kwargs, output, cost: CostConfig):
+    own = getattr(layer, "cost_tallies", None)  # layers outside asim.layers (asim.llm)
+    if own is not None:
+        return own(args, kwargs, output, cost)
     if isinstance(layer, ACiMMultiheadAttention):
         return _attention_tallies(layer, args, kwargs, output, cost)
     if isinstance(layer, ACiMConv2d):
@@ -610,10 +604,12 @@ def _first_tensor(obj) -> Tensor | None:
 
 def estimate_cost(
     model: nn.Module,
-    example_input,
+    example_input=None,
     cost: CostConfig | None = None,
     *,
     num_samples: int | None = None,
+    seq_len: int | None = None,
+    generated_tokens: int = 0,
 ) -> CostReport:
     """The per-sample cost of ``model`` on ``example_input`` (one forward pass).
 
@@ -630,7 +626,19 @@ def estimate_cost(
         example_input: a tensor, or a tuple/list of positional arguments of ``model``.
         cost: per-operation energies (default :class:`CostConfig`).
         num_samples: samples in ``example_input``; default its first tensor's first dim.
+        seq_len: a language model's prompt length (``transformers`` causal LMs): the report
+            is that of a prompt of ``seq_len`` tokens (``num_samples`` sequences, default 1)
+            in one forward, then ``generated_tokens`` decoding steps with a KV cache. Or give
+            the prompt's token ids ``[B, T]`` as ``example_input``.
+        generated_tokens: decoding steps after the prompt, one token each: every step writes
+            that token's keys and values into the arrays of every attention layer
+            (``cim_write_bits``) and runs QK^T and AV over the grown cache. These forwards run
+            in ``"inference"`` mode (integer matmuls on the programmed weights), so a step
+            does not fake-quantize every weight again.
     """
+    forward = _lm_forward(model, example_input, seq_len, generated_tokens, num_samples)
+    if forward is not None:
+        example_input, num_samples, run = forward
     args = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     if num_samples is None:
         first = _first_tensor(args)
@@ -644,16 +652,17 @@ def estimate_cost(
     training = [(m, m.training) for m in model.modules()]
     devices = [t.device for t in args if isinstance(t, Tensor) and t.device.type == "cuda"]
     try:
+        cheap = "train" if forward is None else "inference"  # decoding: no weight re-quantized
         for m in layers:
             if not m.digital:
-                m.mode = "train"  # the cheapest forward: shapes are all the counts need
+                m.mode = cheap  # the cheapest forward: shapes are all the counts need
             m.trim_noise = 0.0
             if hasattr(m, "attn_trim_noise"):
                 m.attn_trim_noise = 0.0
         model.eval()
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             with CostRecorder(model, cost) as rec:
-                model(*args)
+                run() if forward is not None else model(*args)
     finally:
         for m, mode, trim, attn_trim in saved:
             m.mode = mode
@@ -663,3 +672,38 @@ def estimate_cost(
         for m, flag in training:
             m.training = flag
     return rec.report(num_samples)
+
+
+def _lm_forward(model, example_input, seq_len, generated_tokens, num_samples):
+    """``(prompt, sequences, run)`` of a language model's prompt and decoding steps, or None
+    (``seq_len`` not given, no generated tokens)."""
+    if seq_len is None and not generated_tokens:
+        return None
+    if not (isinstance(generated_tokens, int) and generated_tokens >= 0):
+        raise ValueError(f"generated_tokens={generated_tokens!r} must be an integer >= 0")
+    from .convert import _llm_support
+
+    llm = _llm_support(model)
+    if llm is None:
+        raise ValueError(
+            "estimate_cost: seq_len/generated_tokens need a transformers causal LM converted "
+            "with asim.convert_to_acim"
+        )
+    if example_input is None:
+        if not (isinstance(seq_len, int) and seq_len >= 1):
+            raise ValueError(f"seq_len={seq_len!r} must be a positive integer")
+        device = next(model.parameters()).device
+        example_input = torch.zeros(num_samples or 1, seq_len, dtype=torch.int64, device=device)
+    elif seq_len is not None and example_input.shape[-1] != seq_len:
+        raise ValueError(
+            f"seq_len={seq_len} differs from the prompt's {example_input.shape[-1]} tokens; "
+            "give one of them"
+        )
+    prompt = example_input
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and prompt.shape[-1] + generated_tokens > limit:
+        raise ValueError(
+            f"seq_len + generated_tokens = {prompt.shape[-1] + generated_tokens} exceeds the "
+            f"model's {limit} positions; give a shorter prompt or fewer tokens"
+        )
+    return prompt, int(prompt.shape[0]), lambda: llm.decode(model, prompt, generated_tokens)

@@ -45,7 +45,8 @@ MACRO_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MacroCo
 
 
 class FirstLayer(str, Enum):
-    """How the network's first conv is mapped (spec §1.7, §9.2-9.4)."""
+    """How the network's first conv (``first_layer``) or its classifier / a language model's
+    head (``last_layer``) is mapped (spec §1.7, §9.2-9.4)."""
 
     digital = "digital"
     """The reference's ``QuantConv2d``: fake-quantized W8A8 (``first_layer_bits``), signed
@@ -54,6 +55,16 @@ class FirstLayer(str, Enum):
     """On the macro like every other layer, with signed inputs (it sees the image)."""
     float = "float"
     """Kept float (the reference ViTs' patch embedding, ``vit_quant_conv_proj=False``)."""
+
+
+def _layer_choice(key: str, value: FirstLayer | str | None) -> FirstLayer | None:
+    if value is None or isinstance(value, FirstLayer):
+        return value
+    try:
+        return FirstLayer(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in FirstLayer)
+        raise ValueError(f"{key}={value!r} is not valid; choose one of {choices} or None") from None
 
 
 def _optional_fields(extra: Sequence[tuple[str, Any, Any]] = ()) -> list[tuple[str, Any, Any]]:
@@ -179,6 +190,11 @@ class MappingPolicy:
     first: str | None = None
     classifier: str | None = None
     matched: set[str] = field(default_factory=set)
+    # --- language models (asim.llm): the classifier is the LM head; attention modules whose
+    # children are projections and whose NAME.qk / NAME.av are QK^T and AV
+    last_layer: FirstLayer | None = None
+    last_layer_bits: int = 8
+    attention_layers: frozenset[str] = frozenset()
 
     @classmethod
     def build(
@@ -194,15 +210,12 @@ class MappingPolicy:
         attention: AttentionMacros | Mapping[str, Any] | None = None,
         trim_noise: float = 0.0,
         attn_trim_noise: float = 0.0,
+        last_layer: FirstLayer | str | None = None,
+        last_layer_bits: int = 8,
+        attention_layers: Sequence[str] = (),
     ) -> MappingPolicy:
-        if first_layer is not None and not isinstance(first_layer, FirstLayer):
-            try:
-                first_layer = FirstLayer(first_layer)
-            except ValueError:
-                choices = ", ".join(repr(m.value) for m in FirstLayer)
-                raise ValueError(
-                    f"first_layer={first_layer!r} is not valid; choose one of {choices} or None"
-                ) from None
+        first_layer = _layer_choice("first_layer", first_layer)
+        last_layer = _layer_choice("last_layer", last_layer)
         for key, value in (("trim_noise", trim_noise), ("attn_trim_noise", attn_trim_noise)):
             if value < 0:
                 raise ValueError(f"{key}={value} must be >= 0 (percent)")
@@ -231,6 +244,12 @@ class MappingPolicy:
             macro_delta(macro, delta, f"layer_macros[{i}]")  # validate before converting
             entries.append((glob, delta))
         first = first_conv_name(model) if first_layer is not None else None
+        classifier = classifier_name(model)
+        if last_layer is not None and classifier is None:
+            raise ValueError(
+                f"last_layer: {type(model).__name__} has no nn.Linear to treat as the last "
+                "layer; pass last_layer=None"
+            )
         return cls(
             macro=macro,
             first_layer=first_layer,
@@ -242,17 +261,22 @@ class MappingPolicy:
             trim_noise=float(trim_noise),
             attn_trim_noise=float(attn_trim_noise),
             first=first,
-            classifier=classifier_name(model),
+            classifier=classifier,
+            last_layer=last_layer,
+            last_layer_bits=int(last_layer_bits),
+            attention_layers=frozenset(attention_layers),
         )
 
     @property
     def exclude(self) -> list[str]:
-        """Layers the policy keeps float (a float first layer)."""
-        return [self.first] if self.first_layer == FirstLayer.float else []
+        """Layers the policy keeps float (a float first or last layer)."""
+        out = [self.first] if self.first_layer == FirstLayer.float else []
+        return out + ([self.classifier] if self.last_layer == FirstLayer.float else [])
 
-    def first_macro(self) -> MacroConfig:
-        """The digital first layer's macro: W``first_layer_bits``A``first_layer_bits``."""
-        bits = self.first_layer_bits
+    def first_macro(self, bits: int | None = None) -> MacroConfig:
+        """The digital first (or last) layer's macro: W``bits``A``bits`` (default
+        ``first_layer_bits``)."""
+        bits = self.first_layer_bits if bits is None else bits
         return MacroConfig(
             name=f"digital_w{bits}a{bits}",
             weight_bits=bits,
@@ -271,8 +295,8 @@ class MappingPolicy:
             base = user(name, module) if user is not None else None
             if base is None:
                 base = self.macro
-                if isinstance(module, nn.MultiheadAttention) and self.attention:
-                    part = name.rsplit(".", 1)[-1] if name.endswith((".qk", ".av")) else "proj"
+                part = self._attention_part(name, module)
+                if part is not None and self.attention:
                     base = self.attention[part]
             for glob, delta in self.layer_macros:
                 if fnmatch.fnmatchcase(name, glob):
@@ -292,6 +316,11 @@ class MappingPolicy:
             if name == self.first and self.first_layer == FirstLayer.digital:
                 opts = {"digital": True, "signed_input": True, "macro": self.first_macro()}
                 opts["noise"] = None
+            elif name == self.classifier and self.last_layer == FirstLayer.digital:
+                signed = self.classifier_signed_input
+                opts = {"digital": True, "macro": self.first_macro(self.last_layer_bits)}
+                opts["signed_input"] = True if signed is None else signed
+                opts["noise"] = None
             elif isinstance(module, nn.MultiheadAttention):
                 opts = {"trim_noise": self.trim_noise, "attn_trim_noise": self.attn_trim_noise}
             else:
@@ -310,6 +339,17 @@ class MappingPolicy:
             return opts
 
         return options_for
+
+    def _attention_part(self, name: str, module: nn.Module) -> str | None:
+        """``proj``/``qk``/``av`` for an attention layer's parts: a ``nn.MultiheadAttention``
+        (and its ``NAME.qk``/``NAME.av``), or a language model's attention module's
+        projections (its children) and ``NAME.qk``/``NAME.av`` (``attention_layers``)."""
+        parent, _, leaf = name.rpartition(".")
+        if isinstance(module, nn.MultiheadAttention):
+            return leaf if name.endswith((".qk", ".av")) else "proj"
+        if parent in self.attention_layers:
+            return leaf if leaf in ("qk", "av") else "proj"
+        return None
 
     def check_matched(self, model: nn.Module) -> None:
         """A ``layer_macros`` glob that selected no ACiM layer is an error (typo guard)."""

@@ -282,6 +282,9 @@ def main() -> None:
     ap.add_argument("--memory-batch", type=int, default=64)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--network", action="store_true", help="time the whole ResNet-18 too")
+    ap.add_argument(
+        "--no-table", action="store_true", help="skip the per-shape table and its oracle runs"
+    )
     ap.add_argument("--programming", action="store_true", help="one-time programming cost")
     ap.add_argument(
         "--kernel-share",
@@ -308,13 +311,9 @@ def main() -> None:
         f"torch {torch.__version__}, {DEVICE}, {torch.get_num_threads()} threads, batch {BATCH}, "
         f"W8A8 nrow 255; per-cycle = tests/asim/oracle.py"
     )
-    rows = run_table(args.settings, shapes, args.repeats)
-    print(
-        f"\n{'setting':8s} {'ours (s/batch)':>15s} {'per-cycle (s)':>14s} {'speed-up':>9s} "
-        f"{'CPU-time speed-up':>18s}"
-    )
-    summary = {}
-    for sname in args.settings:
+    summary = {s: {} for s in args.settings}
+    rows = {} if args.no_table else run_table(args.settings, shapes, args.repeats)
+    for sname in args.settings if rows else ():
         ours, ref, ours_cpu, ref_cpu = (
             sum(rows[(sname, s[0])][k] * s[7] for s in shapes) for k in (0, 1, 3, 4)
         )
@@ -324,7 +323,16 @@ def main() -> None:
             "speedup": ref / ours,
             "cpu_speedup": ref_cpu / ours_cpu,
         }
-        print(f"{sname:8s} {ours:15.3f} {ref:14.2f} {ref / ours:8.1f}x {ref_cpu / ours_cpu:17.1f}x")
+    print(
+        f"\n{'setting':8s} {'ours (s/batch)':>15s} {'per-cycle (s)':>14s} {'speed-up':>9s} "
+        f"{'CPU-time speed-up':>18s}"
+    )
+    for sname in args.settings if rows else ():
+        r = summary[sname]
+        print(
+            f"{sname:8s} {r['ours_s']:15.3f} {r['per_cycle_s']:14.2f} {r['speedup']:8.1f}x "
+            f"{r['cpu_speedup']:17.1f}x"
+        )
     if args.network:
         print(f"\nwhole converted ResNet-18, batch {BATCH} (s/batch):")
         for sname in args.settings:

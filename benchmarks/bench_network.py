@@ -19,9 +19,9 @@ conversions per second. Backends: ``native`` (C, CPU), ``torch`` (CPU, CUDA), ``
     python benchmarks/bench_network.py --device cpu --batch 2 --images 2 --models resnet18_cifar10
     python benchmarks/bench_network.py --device cuda --backends triton --noise none
 
-The backend is forced per run by replacing the engine's per-call choice
-(``asim.engine.core.select_backend``); a call a backend cannot run (e.g. weight-cell
-variation) falls back to the engine's own choice.
+The backend is chosen per run by putting it first in the engine's order of preference
+(``asim.engine.core.PREFERENCE``); a call a backend cannot run (e.g. weight-cell
+variation) goes to the next one.
 """
 
 from __future__ import annotations
@@ -90,42 +90,37 @@ def available_backends(device: str) -> list[str]:
 
 
 class _Counter:
-    """Conversions the engine made: tiles x weight bits x cycles x rows x outputs."""
+    """ADC conversions the engine's programs made (:meth:`asim.engine.Program.operations`)."""
 
     def __init__(self):
         self.conversions = 0
 
-    def add(self, job) -> None:
-        x = job.x3  # [B, M, R] codes, or a conv's Patches ([M, R])
-        b, m = (x.shape[0], x.shape[1]) if isinstance(x, torch.Tensor) else (1, x.shape[0])
-        plan = job.plan
-        self.conversions += len(job.tiles) * plan.macro.weight_bits * plan.ncyc * b * m * job.O
+    def add(self, program, operands) -> None:
+        x = operands.x  # [B, M, R] codes, or a conv's Patches ([M, R])
+        rows = x.shape[0] * x.shape[1] if isinstance(x, torch.Tensor) else x.shape[0]
+        self.conversions += program.operations(rows).adc_conversions
 
 
 @contextlib.contextmanager
 def forced_backend(name: str, counter: _Counter):
-    """Every engine call of the block runs on backend ``name`` (where it can)."""
-    from asim.engine import core, native, torch_backend
+    """Every engine call of the block tries backend ``name`` first (where it can run the
+    call; else the engine's next choice), counting conversions."""
+    from asim.engine import core
 
-    choose = core.select_backend
+    run, preference = core._run, dict(core.PREFERENCE)
 
-    def select(job):
-        counter.add(job)
-        if name == "native" and native.available(job):
-            return native.NativeBackend(job)
-        if name == "torch":
-            return torch_backend.TorchBackend(job)
-        if name == "triton" and job.cell_noise is None:
-            from asim._triton.backend import TritonBackend
+    def counted(program, operands, *args):
+        counter.add(program, operands)
+        return run(program, operands, *args)
 
-            return TritonBackend(job)
-        return choose(job)
-
-    core.select_backend = select
+    core._run = counted
+    for device in core.PREFERENCE:
+        core.PREFERENCE[device] = (core.BY_NAME[name], core.TORCH)
     try:
         yield
     finally:
-        core.select_backend = choose
+        core._run = run
+        core.PREFERENCE.update(preference)
 
 
 def _sync(device: str) -> None:

@@ -10,6 +10,7 @@ with the model preset's mapping) and a Trainer.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import hashlib
 import inspect
@@ -142,6 +143,8 @@ class SimulateOptions:
     sensitivity: bool = False
     """Per ACiM layer, top-1 with only that layer on the macro and with every layer but it
     (two simulated passes per layer, noise seeded as repeat 0): ``sensitivity`` in results."""
+    measured_top1: Optional[builtins.float] = None  # noqa: UP045 (``float`` is a field here)
+    """A chip's measured top-1 (fraction): a predicted-vs-measured row (results, table)."""
 
 
 @dataclass
@@ -241,6 +244,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="simulate_schema", node=SimulateSchema)
     cs.store(name="train_schema", node=TrainSchema)
+    for key, cls in _data.DATAMODULES.items():  # the dataset presets' bases (typed deltas)
+        cs.store(name=f"dataset_schema_{key}", node=_data.datamodule_schema(cls))
     for name, fn in (
         ("epochs", _epochs),
         ("job_dirname", job_dirname),

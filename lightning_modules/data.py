@@ -22,9 +22,13 @@ training loader uses a seeded ``DistributedSampler``.
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import inspect
 import os
 import pickle
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,7 +73,9 @@ __all__ = [
     "TextDataModule",
     "UnpaddedDistributedSampler",
     "build_eval_transform",
+    "DATAMODULES",
     "build_train_transform",
+    "datamodule_schema",
     "first_sample_index",
     "instantiate_datamodule",
 ]
@@ -861,6 +867,54 @@ class TextDataModule(ClassificationDataModule):
 
 
 # ------------------------------------------------------------------------------ instantiation
+
+
+DATAMODULES: dict[str, type[ClassificationDataModule]] = {
+    "digits": DigitsDataModule,
+    "cifar10": CIFAR10DataModule,
+    "cifar100": CIFAR100DataModule,
+    "imagenet": ImageNetDataModule,
+    "text": TextDataModule,
+}
+"""Schema name -> DataModule class; :func:`lightning_modules.config.register_configs` stores
+:func:`datamodule_schema` of each as ``dataset_schema_<name>``, the base of the presets."""
+
+
+def _schema_type(tp: Any) -> Any:
+    """The OmegaConf field type of a constructor annotation (paths as ``str``, sequences as
+    lists, anything else untyped)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        inner = str if str in kinds else (kinds[0] if len(kinds) == 1 else Any)
+        inner = _schema_type(inner)
+        return typing.Optional[inner] if len(kinds) < len(args) else inner  # noqa: UP045
+    if origin in (list, tuple, Sequence, collections.abc.Sequence):
+        return list[_schema_type(args[0])] if args else list[Any]
+    return tp if tp in (int, float, bool, str) else Any
+
+
+def datamodule_schema(cls: type) -> type:
+    """A dataclass schema of ``cls``'s constructor: one field per argument (but ``seed``, which
+    the run passes), with the constructor's type and default, plus ``_target_``. The defaults
+    stay the constructor's (one source of truth); presets state only what differs, and a wrong
+    type (``dataset.val_batch_size=abc``) fails when Hydra composes."""
+    hints = typing.get_type_hints(cls.__init__)
+    fields: list[tuple[str, Any, Any]] = [
+        ("_target_", str, dataclasses.field(default=f"{cls.__module__}.{cls.__qualname__}"))
+    ]
+    for name, param in inspect.signature(cls).parameters.items():
+        if name == "seed" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = param.default
+        if default is param.empty:
+            spec = dataclasses.field(default="???")  # OmegaConf's MISSING: the preset sets it
+        elif isinstance(default, (list, tuple)):
+            spec = dataclasses.field(default_factory=lambda d=default: list(d))
+        else:
+            spec = dataclasses.field(default=default)
+        fields.append((name, _schema_type(hints.get(name, Any)), spec))
+    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
 
 
 def instantiate_datamodule(

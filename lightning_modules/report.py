@@ -32,6 +32,8 @@ from typing import Any
 
 import pandas as pd
 
+from .results import unit
+
 RESULTS_FILE = "results.json"
 RESULTS_NAME = re.compile(r"results(?:-(\d+))?\.json")  # results.json, results-1.json, ...
 OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
@@ -40,19 +42,10 @@ MARKDOWN_FILE = "report.md"
 
 # Metric columns of sweep.csv, in order: column -> path into results.json.
 METRIC_PATHS: dict[str, tuple[str, ...]] = {
-    "sim_top1": ("sim_top1",),
-    "sim_top1_std": ("sim_top1_std",),
-    "sim_top5": ("sim_top5",),
-    "float_top1": ("float_top1",),
-    "inference_top1": ("inference_top1",),
-    "num_samples": ("num_samples",),
-    "seconds": ("seconds",),
-    "energy_pj": ("cost", "energy_pj"),
-    "adc_conversions": ("cost", "adc_conversions"),
-    "latency_ns": ("cost", "latency_ns"),
-    "area_mm2": ("cost", "area_mm2"),
-    "throughput_fps": ("cost", "throughput_fps"),
-    "tops_per_w": ("cost", "tops_per_w"),
+    **{k: (k,) for k in ("sim_top1", "sim_top1_std", "sim_top5", "float_top1")},
+    **{k: (k,) for k in ("inference_top1", "num_samples", "seconds")},
+    **{k: ("cost", k) for k in ("energy_pj", "adc_conversions", "latency_ns", "area_mm2")},
+    **{k: ("cost", k) for k in ("throughput_fps", "tops_per_w")},
 }
 METRICS = tuple(METRIC_PATHS)
 ACCURACY = "sim_top1"
@@ -371,18 +364,9 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- views
-UNITS = {
-    ENERGY: (("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3), ("pJ", 1.0)),
-    "latency_ns": (("ms", 1e6), ("µs", 1e3), ("ns", 1.0)),
-}
-
-
-def _unit(values: pd.Series, metric_name: str) -> tuple[float, str]:
-    """(divisor, unit) that shows the median of a column as 1 to 999."""
-    middle = values.abs().median()
-    return next(
-        ((s, u) for u, s in UNITS[metric_name] if middle >= s), UNITS[metric_name][-1][::-1]
-    )
+def _unit(values: pd.Series, kind: str) -> tuple[float, str]:
+    """(size, name) of the unit that shows the median of a column as 1 to 999."""
+    return unit(values.abs().median(), kind)
 
 
 def _pct(mean: float, std: float = 0.0) -> str:
@@ -484,6 +468,21 @@ def _markdown(df, dirs, plots, skipped) -> str:
         ]
     lines += [f"Accuracies in %; `{CSV_FILE}` has the same in fractions and pJ/ns.", ""]
     lines += [_view(df).to_markdown(index=False, disable_numparse=True), ""]
+    if set(REPEAT_KEYS) & set(df.attrs["swept"]):
+        by = df.groupby(["condition", "design"], sort=False)["accuracy"]
+        stats = by.agg(["mean", "std", "size"]).reset_index()
+        stats["top-1 (%)"] = [
+            _pct(m, s if s == s else 0.0) for m, s in zip(stats["mean"], stats["std"], strict=True)
+        ]
+        stats = stats.rename(columns={"size": "seeds"})[
+            ["condition", "design", "top-1 (%)", "seeds"]
+        ]
+        lines += [
+            "## Mean ± std over seeds",
+            "",
+            stats.to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
     if df[ENERGY].notna().any():
         lines += ["## Pareto fronts (highest accuracy for its energy, within a condition)", ""]
         lines += _fronts(df)

@@ -7,11 +7,13 @@ extend them, never rename them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,19 @@ from torch import nn
 from asim import MacroConfig, NoiseConfig, acim_modules
 
 __all__ = [
+    "PassResult",
     "ResultsFile",
+    "RunResult",
+    "field_table",
     "describe_macros",
     "describe_noise",
     "format_conversions",
     "format_energy",
     "format_table",
+    "format_unit",
     "hparams",
+    "ideal_parts",
+    "tensorboard_hparams",
     "log_summary",
     "mean_std",
     "swept_keys",
@@ -74,6 +82,118 @@ class ResultsFile:
         tmp.write_text(json.dumps(results, indent=2))
         os.replace(tmp, path)
         return path
+
+
+def _field(doc: str, default: Any = None, factory=None):
+    """A results field with its documentation (README's results.json table is made of it)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"doc": doc})
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class PassResult:
+    """One validation pass (float, quantized inference, one simulated repeat, a sensitivity
+    pass): what :class:`~lightning_modules.module.ACiMClassifier` measured, and its time.
+    Fields are global (all processes); a new metric (e.g. perplexity) is one more field."""
+
+    name: str
+    top1: float
+    top5: float
+    loss: float
+    correct: int
+    num_samples: int
+    per_class: list[float] | None
+    seconds: float = 0.0
+    ppl: float | None = None  # language models: perplexity of the pass
+    num_tokens: int | None = None  # language models: tokens scored
+    correct_top5: int | None = None
+    preds: list[int] | None = None
+    targets: list[int] | None = None
+    indices: list[int] | None = None
+
+    @classmethod
+    def of(cls, name: str, measured: dict[str, Any], seconds: float) -> PassResult:
+        """From the module's ``results`` dict."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(name=name, seconds=seconds, **{k: v for k, v in measured.items() if k in known})
+
+
+@dataclass
+class RunResult:
+    """``results.json`` of a simulation run: ``asdict`` of this record. Field names are a
+    contract: add fields (one line each, with their doc), never rename them."""
+
+    float_top1: float | None = _field(
+        "float model top-1, a fraction in [0, 1] (null with `simulate.float=false`)"
+    )
+    float_top5: float | None = _field("float model top-5")
+    inference_top1: float | None = _field(
+        "quantized inference top-1 (null with `simulate.inference=false`)"
+    )
+    inference_top5: float | None = _field("quantized inference top-5")
+    sim_top1: float | None = _field("simulated top-1, mean over repeats")
+    sim_top1_std: float | None = _field("sample std of `sim_top1` over repeats (0 for one repeat)")
+    sim_top5: float | None = _field("simulated top-5, mean over repeats")
+    sim_top5_std: float | None = _field("sample std of `sim_top5` over repeats")
+    sim_top1_runs: list[float] = _field("top-1 of every repeat", factory=list)
+    sim_correct_runs: list[int] = _field(
+        "correct samples of every repeat (exact counts)", factory=list
+    )
+    repeats: int = _field("repeats finished", 0)
+    repeats_requested: int = _field("`simulate.repeats`", 0)
+    complete: bool = _field(
+        "false while passes are missing (written after every pass; Ctrl-C keeps them)", False
+    )
+    num_samples: int | None = _field("validation samples counted (all processes together)")
+    seconds: float | None = _field("wall time of the run after start-up")
+    seconds_float: float | None = _field("seconds of the float pass")
+    seconds_inference: float | None = _field("seconds of the quantized-inference pass")
+    seconds_sim: float | None = _field("seconds of the simulated passes (every repeat run)")
+    per_class: dict[str, Any] = _field(
+        "top-1 per class name for `float`, `inference` and `sim` (mean over repeats)", factory=dict
+    )
+    summary: dict[str, Any] = _field(
+        "model, dataset, classes, macro (with every per-layer macro in use; `layer_macros`: "
+        "macro -> layers) and noise in words, checkpoint path and format, seed, world size, "
+        "batch size, `cost_preset`, `backend` (engine backends of the simulated pass), "
+        "`ideal` (what the simulated pass left ideal: ADC, noise, exact shortcut, float "
+        "layers) and "
+        "`hybrid_quantized` (hybrid cycles still pass the ADC, quirk Q4)",
+        factory=dict,
+    )
+    cost: dict[str, Any] | None = _field(
+        "the cost model per sample: counts, `energy_pj`, `energy_breakdown_pj`, `latency_ns`, "
+        "`throughput_fps`, `area_mm2`, `tops_per_w`, `macs` (docs/cost.md); null with `~cost`"
+    )
+    cost_layers: list[dict[str, Any]] | None = _field("the same per layer, `[{name, ...}]`")
+    sensitivity: list[dict[str, Any]] | None = _field(
+        "`[{layer, alone_top1, without_top1}]` with `simulate.sensitivity=true`, else null"
+    )
+    float_ppl: float | None = _field(
+        "language models: float perplexity (`*_top1`: next-token accuracy)"
+    )
+    inference_ppl: float | None = _field("language models: quantized-inference perplexity")
+    sim_ppl: float | None = _field("language models: simulated perplexity, mean over repeats")
+    sim_ppl_std: float | None = _field("language models: sample std of `sim_ppl`")
+    sim_ppl_runs: list[float] | None = _field("language models: perplexity of every repeat")
+    num_tokens: int | None = _field("language models: tokens scored (null for classifiers)")
+    measured_top1: float | None = _field(
+        "a chip's measured top-1 (`simulate.measured_top1`), else null"
+    )
+    sim_minus_measured: float | None = _field(
+        "`sim_top1 - measured_top1`: the prediction error against silicon"
+    )
+    config: dict[str, Any] = _field("the resolved config", factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_table(record: type = RunResult) -> str:
+    """The Markdown table of a record's fields and their docs (README, "results.json")."""
+    rows = [f"| `{f.name}` | {f.metadata['doc']} |" for f in dataclasses.fields(record)]
+    return "\n".join(["| field | meaning |", "|---|---|", *rows])
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -123,25 +243,75 @@ def describe_macros(used: dict[str, list[str]], run_macro: MacroConfig) -> str:
     return "; ".join(parts)
 
 
-def _scaled(value: float | None, units, digits: int, base: str) -> str:
-    """``value`` in the first of ``units`` (``(name, scale)``, largest first) it reaches,
-    else in ``base``; ``-`` for None."""
+def ideal_parts(model: nn.Module, noise: NoiseConfig, backend: str | None) -> dict[str, Any]:
+    """What the simulated pass left ideal, in words (``summary.ideal``), and whether hybrid
+    cycles still pass the ADC (``summary.hybrid_quantized``, quirk Q4): so that a number
+    that looks too good explains itself."""
+    ideal, quantized = [], False
+    macros = [m for _, layer in acim_modules(model) if not layer.digital for m in _macros(layer)]
+    if macros and all(_lossless(m) for m in macros):
+        ideal.append("lossless ADC (it resolves every column count)")
+    if not (noise.enabled or noise.cell_sigma):
+        ideal.append("no read-out noise")
+    if "exact shortcut" in (backend or ""):
+        ideal.append("exact shortcut (integer MACs)")
+    acim = {id(m) for _, m in acim_modules(model)}
+    parts = {id(p) for _, m in acim_modules(model) for p in m.modules()}
+    floats = [n for n, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear, nn.MultiheadAttention))
+              and id(m) not in acim and id(m) not in parts]  # fmt: skip
+    if floats:
+        ideal.append(f"float layers: {', '.join(floats[:3])}" + (" ..." if len(floats) > 3 else ""))
+    quantized = any(m.hybrid_levels > 0 and not m.hybrid_exact for m in macros)
+    return {"ideal": ideal, "hybrid_quantized": quantized}
+
+
+def _macros(layer) -> list[MacroConfig]:
+    return [layer.macro] + [
+        m
+        for part in ("qk", "av")
+        if isinstance(m := getattr(layer, f"{part}_macro", None), MacroConfig)
+    ]
+
+
+def _lossless(macro: MacroConfig) -> bool:
+    """Whether the ADC has a code for every column count (bit-parallel: nrow x (2^e - 1))."""
+    levels = macro.nrow * (2 ** (macro.input_enc_bits or 1) - 1)
+    return 2**macro.adc_bits - 1 >= levels
+
+
+UNITS: dict[str, tuple[tuple[str, float], ...]] = {
+    "energy_pj": (("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3), ("pJ", 1.0)),
+    "latency_ns": (("ms", 1e6), ("µs", 1e3), ("ns", 1.0)),
+    "count": (("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1.0)),
+}
+"""Readable units of a quantity, largest first, with their size in the base unit: the one
+unit formatter of the results table and the sweep report."""
+
+
+def unit(value: float, kind: str) -> tuple[float, str]:
+    """``(size, name)`` of the largest unit of ``kind`` that ``value`` reaches (else the
+    smallest)."""
+    units = UNITS[kind]
+    return next(((s, u) for u, s in units if abs(value) >= s), units[-1][::-1])
+
+
+def format_unit(value: float | None, kind: str, digits: int = 3) -> str:
+    """``value`` in its readable unit: ``1.23 µJ``, ``19 µs``, ``262.8 k``; ``-`` for None."""
     if value is None:
         return "-"
-    for unit, scale in units:
-        if abs(value) >= scale:
-            return f"{value / scale:.{digits}g} {unit}"
-    return f"{value:.{digits}g}{base}"
+    size, name = unit(value, kind)
+    return f"{value / size:.{digits}g} {name}".rstrip()
 
 
 def format_energy(pj: float | None) -> str:
     """Energy in readable units: ``1.234 µJ``, ``56.7 nJ``, ``890 pJ``."""
-    return _scaled(pj, (("mJ", 1e9), ("µJ", 1e6), ("nJ", 1e3)), 3, " pJ")
+    return format_unit(pj, "energy_pj")
 
 
 def format_conversions(count: float | None) -> str:
     """A count in readable units: ``164.1 M``, ``52.3 k``, ``980``."""
-    return _scaled(count, (("G", 1e9), ("M", 1e6), ("k", 1e3)), 4, "")
+    return format_unit(count, "count", 4)
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -185,8 +355,14 @@ def format_table(results: dict[str, Any]) -> str:
         energy = format_energy(cost["energy_pj"]) if cost else "-"
         conversions = format_conversions(cost["adc_conversions"]) if cost else "-"
         rows.append((label, sim1, sim5, secs(results["seconds_sim"]), energy, conversions))
+    measured = results.get("measured_top1")
+    if measured is not None:
+        rows.append(("measured (silicon)", pct(measured), "-", "-", "-", "-"))
+        delta = results.get("sim_minus_measured")
+        if delta is not None:
+            rows.append(("simulated - measured", f"{100 * delta:+.2f}", "-", "-", "-", "-"))
     header = ("pass", "top-1", "top-5", "seconds", "energy/sample", "ADC conv./sample")
-    if "sim_ppl" in results:  # a language model
+    if results.get("num_tokens") is not None:  # a language model
         header, rows = _with_perplexity(results, header, rows)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -206,6 +382,19 @@ def format_table(results: dict[str, Any]) -> str:
     preset = s.get("cost_preset")
     if cost and preset:
         footer += f"; cost model {preset} (macro only: compare designs, not absolute energy)"
+    if cost and cost.get("latency_ns"):
+        footer += (
+            f"\nmacro per sample: latency {format_unit(cost['latency_ns'], 'latency_ns')} "
+            f"({cost['throughput_fps']:.3g} samples/s), area {cost['area_mm2']:.3g} mm², "
+            f"{cost['tops_per_w']:.3g} TOPS/W"
+        )
+    if s.get("ideal"):
+        footer += f"\nideal in this simulation: {'; '.join(s['ideal'])}"
+    if s.get("hybrid_quantized"):
+        footer += (
+            "\nhybrid cycles are noise-free but still pass the ADC (quirk Q4) and are charged "
+            "a conversion; macro.hybrid_exact=true makes them exact"
+        )
     lines = [title, rule, line(header), rule, *[line(r) for r in rows], rule, footer]
     sens = results.get("sensitivity")
     if sens:
@@ -253,26 +442,51 @@ def swept_keys(cfg: DictConfig) -> list[str]:
     return keys
 
 
-def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """What TensorBoard's HPARAMS compares: the swept (overridden) keys first, then every
-    ``macro.*`` and ``noise.*`` field; flat ``{"macro.adc_bits": 8, ...}``. A group override
-    (``macro=ideal``) is logged as its option name."""
+def _swept_values(cfg: DictConfig) -> dict[str, Any]:
+    """The swept (overridden) keys and their values, flat; a group override (``macro=ideal``)
+    as its option name, a list or dict as JSON."""
     from hydra.core.hydra_config import HydraConfig
 
     out: dict[str, Any] = {}
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     for key in swept_keys(cfg):
-        if key in choices:
-            out[key] = _plain(choices[key])
-            continue
-        value = OmegaConf.select(cfg, key, default=None)
+        value = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
         if isinstance(value, DictConfig) or OmegaConf.is_list(value):
             value = json.dumps(OmegaConf.to_container(value, resolve=True))
         out[key] = _plain(value)
+    if cfg.get("task_name") == "train":  # QAT vs NAT at a glance
+        out.setdefault("mode", "nat" if cfg.trim_noise > 0 or cfg.attn_trim_noise > 0 else "qat")
+        out.setdefault("trim_noise", float(cfg.trim_noise))
+    return out
+
+
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The run's hyper-parameter record (``hparams.yaml`` of the CSV logger): the swept keys
+    first, then every ``macro.*`` and ``noise.*`` field; flat ``{"macro.adc_bits": 8, ...}``."""
+    out = _swept_values(cfg)
     for group in ("macro", "noise"):
         for name, value in OmegaConf.to_container(cfg[group], resolve=True).items():
             out.setdefault(f"{group}.{name}", _plain(value))
     return out
+
+
+def tensorboard_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """What TensorBoard's HPARAMS tab compares: the swept keys (training: also the mode and
+    ``trim_noise``), else the macro's and the noise's description: every column is shown
+    with no box to tick (the tab lists only the first few hyper-parameters)."""
+    out = _swept_values(cfg)
+    if not any(k == "macro" or k.startswith("macro.") for k in out):
+        out["macro"] = MacroConfig(**OmegaConf.to_container(cfg.macro, resolve=True)).describe()
+    if not any(k == "noise" or k.startswith("noise.") for k in out):
+        out["noise"] = describe_noise(
+            NoiseConfig(**OmegaConf.to_container(cfg.noise, resolve=True))
+        )
+    return out
+
+
+HPARAMS_METRICS = ("sim/acc", "sim/acc_std", "sim/energy_pj", "sim/latency_ns", "sim/area_mm2")
+"""The metrics TensorBoard's HPARAMS tab compares (it shows 5 without a box to tick); every
+other metric is an ordinary scalar of the run."""
 
 
 def log_summary(logger, cfg: DictConfig, metrics: dict[str, float], per_repeat=()) -> None:
@@ -283,8 +497,10 @@ def log_summary(logger, cfg: DictConfig, metrics: dict[str, float], per_repeat=(
         logger.log_metrics({"sim/acc_repeat": value}, step=r)
     # sim/* first: TensorBoard's HPARAMS table shows the metrics in this order
     metrics = dict(sorted(metrics.items(), key=lambda kv: not kv[0].startswith("sim/")))
-    if isinstance(logger, TensorBoardLogger):
-        logger.log_hyperparams(hparams(cfg), metrics)
+    if isinstance(logger, TensorBoardLogger):  # the tab ticks only 5 metrics: declare those
+        declared = {k: metrics[k] for k in HPARAMS_METRICS if k in metrics}
+        logger.log_hyperparams(tensorboard_hparams(cfg), declared)
+        logger.log_metrics({k: v for k, v in metrics.items() if k not in declared}, step=0)
     else:
         logger.log_hyperparams(hparams(cfg))
         logger.log_metrics(metrics, step=0)

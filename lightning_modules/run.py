@@ -45,14 +45,18 @@ from .lm import ACiMLanguageModel
 from .module import ACiMClassifier
 from .results import (
     TABLE_LOG,
+    PassResult,
     ResultsFile,
+    RunResult,
     describe_macros,
     describe_noise,
     format_table,
     hparams,
+    ideal_parts,
     layer_macros,
     log_summary,
     mean_std,
+    tensorboard_hparams,
 )
 from .resume import (
     ResumeState,
@@ -136,6 +140,11 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     opts = cfg.simulate
     repeats = opts.repeats
     check_run(cfg, "simulate")  # every check that needs no model pass, before any work
+    measured = opts.get("measured_top1")
+    if measured is not None and not 0.0 <= measured <= 1.0:
+        raise ValueError(
+            f"simulate.measured_top1={measured} must be a fraction in [0, 1] (e.g. 0.917)"
+        )
     macro, noise, cost = macro_config(cfg), noise_config(cfg), cost_config(cfg)
     ckpt = _ckpt(cfg, required=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -158,8 +167,8 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     collect = bool(opts.save_predictions)
     common = {"collect_predictions": collect, "log_to_logger": False}
     stochastic = noise.enabled or noise.cell_sigma > 0
-    passes: dict[str, dict[str, Any]] = {}
-    sim_runs: list[dict[str, Any]] = []
+    passes: dict[str, PassResult] = {}
+    sim_runs: list[PassResult] = []
     used = layer_macros(acim_model)
     sensitivity: list[dict[str, Any]] | None = [] if opts.sensitivity else None
     sim_backends: set[str] = set()
@@ -168,14 +177,15 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
         res = _collect_results(
             cfg, passes, sim_runs, dm, macro, noise, ckpt, report, trainer, used, repeats
         )
-        res.update(costs)
-        res["sensitivity"] = sensitivity
-        res["summary"]["cost_preset"] = None if cost is None else cost.name
+        res.cost, res.cost_layers = costs["cost"], costs["cost_layers"]
+        res.sensitivity = sensitivity
+        res.summary["cost_preset"] = None if cost is None else cost.name
         # the engine backend(s) of the simulated passes (asim.engine.describe_backends)
-        res["summary"]["backend"] = describe_backends(sim_backends, trainer.strategy.root_device)
-        res["complete"] = complete
-        res["seconds"] = time.perf_counter() - t_start
-        return res
+        res.summary["backend"] = describe_backends(sim_backends, trainer.strategy.root_device)
+        res.summary.update(ideal_parts(acim_model, noise, res.summary["backend"]))
+        res.complete = complete
+        res.seconds = time.perf_counter() - t_start
+        return res.to_dict()
 
     def save(complete: bool) -> dict[str, Any]:
         res = results(complete)
@@ -183,18 +193,13 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
             files.write(res)
         return res
 
-    def run(module: ACiMClassifier, label: str, quiet: bool = False) -> dict[str, Any]:
+    def run(module: ACiMClassifier, label: str, quiet: bool = False) -> PassResult:
         t0 = time.perf_counter()
         _guarded(trainer, trainer.validate, module, datamodule=dm, verbose=False)
-        res = dict(module.results)
-        res["seconds"] = time.perf_counter() - t0
+        res = PassResult.of(label, module.results, time.perf_counter() - t0)
         if rank0 and not quiet:
             log.info(
-                "%s: top-1 %.4f (%d samples, %.1f s)",
-                label,
-                res["top1"],
-                res["num_samples"],
-                res["seconds"],
+                "%s: top-1 %.4f (%d samples, %.1f s)", label, res.top1, res.num_samples, res.seconds
             )
         return res
 
@@ -246,11 +251,11 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     res = results(True)
     if rank0:
         if collect:
-            preds = {k: v.get("preds") for k, v in passes.items()}
-            preds["sim"] = [run_.get("preds") for run_ in sim_runs]
+            preds = {k: v.preds for k, v in passes.items()}
+            preds["sim"] = [run_.preds for run_ in sim_runs]
             first = next(iter([*passes.values(), *sim_runs]))
-            preds["targets"] = first.get("targets")
-            preds["indices"] = first.get("indices")
+            preds["targets"] = first.targets
+            preds["indices"] = first.indices
             files.write(preds, files.sibling("predictions"))
         files.write(res)
         table = format_table(res)
@@ -261,28 +266,24 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
             metrics = {}
             for name, p in passes.items():
                 metrics.update(
-                    {
-                        f"{name}/acc": p["top1"],
-                        f"{name}/acc_top5": p["top5"],
-                        f"{name}/loss": p["loss"],
-                    }
+                    {f"{name}/acc": p.top1, f"{name}/acc_top5": p.top5, f"{name}/loss": p.loss}
                 )
-                if "ppl" in p:
-                    metrics[f"{name}/ppl"] = p["ppl"]
+                if p.ppl is not None:
+                    metrics[f"{name}/ppl"] = p.ppl
             metrics.update(
                 {
                     "sim/acc": res["sim_top1"],
                     "sim/acc_std": res["sim_top1_std"],
                     "sim/acc_top5": res["sim_top5"],
-                    "sim/loss": sum(r["loss"] for r in sim_runs) / len(sim_runs),
+                    "sim/loss": sum(r.loss for r in sim_runs) / len(sim_runs),
                 }
             )
             if res.get("sim_ppl") is not None:
                 metrics["sim/ppl"] = res["sim_ppl"]
             if res["cost"] is not None:
-                metrics["sim/energy_pj"] = res["cost"]["energy_pj"]
-                metrics["sim/adc_conversions"] = res["cost"]["adc_conversions"]
-            log_summary(trainer.logger, cfg, metrics, [r["top1"] for r in sim_runs])
+                for key in ("energy_pj", "adc_conversions", "latency_ns", "area_mm2", "tops_per_w"):
+                    metrics[f"sim/{key}"] = res["cost"][key]
+            log_summary(trainer.logger, cfg, metrics, [r.top1 for r in sim_runs])
             _write_hparams_yaml(trainer.logger)
     return res
 
@@ -325,7 +326,7 @@ def _sensitivity(model: nn.Module, module, run, seed: int, rows: list, save, ran
             resample_noise(model, seed)
             what = "alone" if alone else "without"
             module.log_prefix = f"sensitivity {name} {what}"
-            row[key] = run(module, module.log_prefix, quiet=True)["top1"]
+            row[key] = run(module, module.log_prefix, quiet=True).top1
         rows.append(row)
         if rank0:
             log.info(
@@ -341,53 +342,29 @@ def _sensitivity(model: nn.Module, module, run, seed: int, rows: list, save, ran
 
 def _collect_results(
     cfg, passes, sim_runs, dm, macro, noise, ckpt, report, trainer, used, requested
-) -> dict:
+) -> RunResult:
     def get(name: str, key: str):
-        return passes[name][key] if name in passes else None
+        return getattr(passes[name], key) if name in passes else None
 
     names = list(dm.class_names)
 
     def by_class(values):
         return None if values is None else dict(zip(names, values, strict=True))
 
-    if sim_runs:
-        top1, top1_std = mean_std([r["top1"] for r in sim_runs])
-        top5, top5_std = mean_std([r["top5"] for r in sim_runs])
-        per_class = None
-        if sim_runs[0]["per_class"] is not None:
-            n_cls = len(sim_runs[0]["per_class"])
-            per_class = [
-                sum(r["per_class"][c] for r in sim_runs) / len(sim_runs) for c in range(n_cls)
-            ]
-    else:
-        top1 = top1_std = top5 = top5_std = per_class = None
-    counts = {r["num_samples"] for r in [*passes.values(), *sim_runs]}
-    return {
-        "float_top1": get("float", "top1"),
-        "float_top5": get("float", "top5"),
-        "inference_top1": get("inference", "top1"),
-        "inference_top5": get("inference", "top5"),
-        "sim_top1": top1,
-        "sim_top1_std": top1_std,
-        "sim_top5": top5,
-        "sim_top5_std": top5_std,
-        "sim_top1_runs": [r["top1"] for r in sim_runs],
-        "sim_correct_runs": [r["correct"] for r in sim_runs],
-        "repeats": len(sim_runs),
-        "repeats_requested": requested,
-        "complete": False,
-        "num_samples": max(counts) if counts else None,
-        "seconds": None,
-        "seconds_float": get("float", "seconds"),
-        "seconds_inference": get("inference", "seconds"),
-        "seconds_sim": sum(r["seconds"] for r in {id(r): r for r in sim_runs}.values()),
-        "per_class": {
-            "float": by_class(get("float", "per_class")),
-            "inference": by_class(get("inference", "per_class")),
-            "sim": by_class(per_class),
-        },
-        **_ppl_fields(passes, sim_runs),
-        "summary": {
+    res = RunResult(
+        float_top1=get("float", "top1"),
+        float_top5=get("float", "top5"),
+        inference_top1=get("inference", "top1"),
+        inference_top5=get("inference", "top5"),
+        sim_top1_runs=[r.top1 for r in sim_runs],
+        sim_correct_runs=[r.correct for r in sim_runs],
+        repeats=len(sim_runs),
+        repeats_requested=requested,
+        num_samples=max((r.num_samples for r in [*passes.values(), *sim_runs]), default=None),
+        seconds_float=get("float", "seconds"),
+        seconds_inference=get("inference", "seconds"),
+        seconds_sim=sum(r.seconds for r in {id(r): r for r in sim_runs}.values()),
+        summary={
             "model": cfg.model.name,
             "dataset": cfg.dataset.name,
             "num_classes": dm.num_classes,
@@ -401,26 +378,42 @@ def _collect_results(
             "world_size": trainer.world_size,
             "val_batch_size": cfg.dataset.get("val_batch_size"),
         },
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    per_class = None
+    if sim_runs:
+        res.sim_top1, res.sim_top1_std = mean_std([r.top1 for r in sim_runs])
+        res.sim_top5, res.sim_top5_std = mean_std([r.top5 for r in sim_runs])
+        if sim_runs[0].per_class is not None:  # language models have no classes
+            n_cls = len(sim_runs[0].per_class)
+            per_class = [
+                sum(r.per_class[c] for r in sim_runs) / len(sim_runs) for c in range(n_cls)
+            ]
+    res.per_class = {
+        "float": by_class(get("float", "per_class")),
+        "inference": by_class(get("inference", "per_class")),
+        "sim": by_class(per_class),
     }
+    _ppl_fields(res, passes, sim_runs)
+    res.measured_top1 = cfg.simulate.get("measured_top1")
+    if res.measured_top1 is not None and res.sim_top1 is not None:
+        res.sim_minus_measured = res.sim_top1 - res.measured_top1
+    return res
 
 
-def _ppl_fields(passes: dict, sim_runs: list) -> dict[str, Any]:
+def _ppl_fields(res: RunResult, passes: dict, sim_runs: list) -> None:
     """Language models: ``float_ppl``, ``inference_ppl``, ``sim_ppl`` (mean over repeats) with
-    ``sim_ppl_std``, ``sim_ppl_runs`` and ``num_tokens``; nothing for classifiers (whose
+    ``sim_ppl_std``, ``sim_ppl_runs`` and ``num_tokens``; left null for classifiers (whose
     passes carry no ``ppl``). ``*_top1`` is then the next-token accuracy."""
     runs = [*passes.values(), *sim_runs]
-    if not runs or "ppl" not in runs[0]:
-        return {}
-    mean, std = mean_std([r["ppl"] for r in sim_runs]) if sim_runs else (None, None)
-    return {
-        "float_ppl": passes["float"]["ppl"] if "float" in passes else None,
-        "inference_ppl": passes["inference"]["ppl"] if "inference" in passes else None,
-        "sim_ppl": mean,
-        "sim_ppl_std": std,
-        "sim_ppl_runs": [r["ppl"] for r in sim_runs],
-        "num_tokens": max(r["num_tokens"] for r in runs),
-    }
+    if not runs or runs[0].ppl is None:
+        return
+    if sim_runs:
+        res.sim_ppl, res.sim_ppl_std = mean_std([r.ppl for r in sim_runs])
+    res.float_ppl = passes["float"].ppl if "float" in passes else None
+    res.inference_ppl = passes["inference"].ppl if "inference" in passes else None
+    res.sim_ppl_runs = [r.ppl for r in sim_runs]
+    res.num_tokens = max(r.num_tokens for r in runs)
 
 
 # --------------------------------------------------------------------------------------- train
@@ -574,7 +567,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     files = ResultsFile(_output_dir(cfg)) if trainer.is_global_zero else None
     if trainer.logger is not None:  # TensorBoard's HPARAMS tab needs the metric declared
         if isinstance(trainer.logger, TensorBoardLogger):
-            trainer.logger.log_hyperparams(hparams(cfg), {"val/acc": 0.0})
+            trainer.logger.log_hyperparams(tensorboard_hparams(cfg), {"val/acc": 0.0})
         else:
             trainer.logger.log_hyperparams(hparams(cfg))
     try:

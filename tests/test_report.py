@@ -400,3 +400,130 @@ def test_a_design_run_twice_is_listed_once_in_the_pareto_set(tmp_path):
     assert len(listed) == 2
     assert listed[0].startswith("1. adc_bits=6: 50.00 % at 100 pJ") and ", 2 runs)" in listed[0]
     assert listed[1].startswith("2. adc_bits=8: 90.00 % at 300 pJ") and "runs" not in listed[1]
+
+
+# ----------------------------------------------------------------------- results.json records
+def test_readme_results_table_is_the_field_docs():
+    from lightning_modules.results import RunResult, field_table
+
+    assert field_table() in (ROOT / "README.md").read_text()
+    assert list(RunResult().to_dict())[:4] == [
+        "float_top1",
+        "float_top5",
+        "inference_top1",
+        "inference_top5",
+    ]
+
+
+def test_measured_row_ideal_header_and_q4_note(compose_run, tmp_path):
+    from lightning_modules import builders
+
+    fast = ["simulate.float=false", "simulate.inference=false", "trainer.limit_val_batches=1"]
+    cfg = compose_run("simulate", "macro=bitserial_255_hybrid", "simulate.measured_top1=0.5", *fast)
+    res = builders.simulate(cfg)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["measured_top1"] == 0.5
+    assert saved["sim_minus_measured"] == pytest.approx(saved["sim_top1"] - 0.5)
+    assert saved["summary"]["hybrid_quantized"] is True
+    assert saved["summary"]["ideal"] == [
+        "lossless ADC (it resolves every column count)",
+        "no read-out noise",
+        "exact shortcut (integer MACs)",
+    ]
+    table = builders.format_table(res)
+    assert "measured (silicon)" in table and "simulated - measured" in table
+    assert "quirk Q4" in table and "macro.hybrid_exact=true" in table
+    assert "latency" in table and "TOPS/W" in table
+    with pytest.raises(ValueError, match=r"simulate.measured_top1=91.7 must be a fraction"):
+        builders.simulate(compose_run("simulate", "simulate.measured_top1=91.7"))
+
+
+# ----------------------------------------------------------------------- TensorBoard
+def _session_hparams(folder: Path) -> tuple[dict, list[str]]:
+    """The HPARAMS session start of a run folder's event file, and its scalar tags."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    events.Reload()
+    meta = events.SummaryMetadata("_hparams_/session_start_info")
+    start = plugin_data_pb2.HParamsPluginData.FromString(meta.plugin_data.content)
+    hp = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in
+          start.session_start_info.hparams.items()}  # fmt: skip
+    return hp, events.Tags()["scalars"]
+
+
+@pytest.fixture(scope="module")
+def tb_sweep(tmp_path_factory):
+    """A 2-job simulate.py sweep with the TensorBoard logger (debug=fast: a few seconds)."""
+    sweep = tmp_path_factory.mktemp("tb") / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "simulate.py", "-m", "debug=fast", "noise.rand_sigma=0,0.3",
+         "macro.adc_bits=6", f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
+def test_tensorboard_event_files_carry_the_swept_keys(tb_sweep):
+    folder = tb_sweep / "debug=fast,noise.rand_sigma=0.3,macro.adc_bits=6"
+    hp, scalars = _session_hparams(folder)
+    assert hp == {"debug": "fast", "noise.rand_sigma": 0.3, "macro.adc_bits": 6.0}
+    for tag in ("sim/acc", "sim/energy_pj", "sim/latency_ns", "sim/area_mm2", "inference/acc"):
+        assert tag in scalars, tag
+    rows = report.read_csv(tb_sweep / "sweep.csv")
+    assert {r["condition"] for r in rows} == {"rand_sigma=0", "rand_sigma=0.3"}
+
+
+@pytest.mark.browser
+def test_hparams_tab_in_a_real_browser(tb_sweep, tmp_path):
+    """TensorBoard's HPARAMS tab, rendered by headless Chromium, lists the swept keys and the
+    sim/* metrics as columns (the screenshot is kept in tmp_path to look at)."""
+    import shutil
+    import socket
+    import time
+    import urllib.request
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tb = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tb_sweep),
+         "--port", str(port), "--host", "127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        shot = tmp_path / "hparams.png"
+        subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000",
+             "--virtual-time-budget=15000", f"--screenshot={shot}", f"{url}/#hparams"],
+            capture_output=True, timeout=180, check=True,
+        )  # fmt: skip
+        # what the tab renders (its table lives in shadow DOM, out of --dump-dom's reach)
+        request = urllib.request.Request(
+            f"{url}/data/plugin/hparams/experiment",
+            data=json.dumps({"experimentName": ""}).encode(),
+            headers={"Content-Type": "application/json", "X-TensorBoard-Feature-Flags": "{}"},
+        )
+        experiment = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    finally:
+        tb.terminate()
+        tb.wait(timeout=30)
+    assert_png(shot)
+    with Image.open(shot) as im:  # a rendered page, not a blank one
+        assert len(im.convert("L").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50
+    hparams = [h["name"] for h in experiment["hparamInfos"]]
+    assert sorted(hparams) == ["debug", "macro.adc_bits", "noise.rand_sigma"]
+    metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+    assert metrics == ["sim/acc", "sim/acc_std", "sim/energy_pj", "sim/latency_ns", "sim/area_mm2"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,7 @@ def test_optuna_search_returns_the_configured_objectives(tmp_path):
     )  # fmt: skip
     assert_fronts_agree(sweep, ("sim_top1", "seconds"))
     space = {"macro.adc_bits", "macro.input_enc_bits", "macro.hybrid_levels", "macro.nrow"}
+    space |= {"macro.hybrid_exact"}
     for job, res in job_results(sweep).items():
         assert space <= set(overridden(job)), job  # every trial drew the whole search space
         assert res["config"]["optimized_metrics"] == ["sim_top1", "seconds"]
@@ -160,4 +162,48 @@ def test_pareto_search_completes(tmp_path):
     assert_fronts_agree(sweep, ("sim_top1", "energy_pj"))
     assert (sweep / "accuracy_vs_energy.png").is_file()
     md = (sweep / "report.md").read_text()
-    assert "Pareto set" in md and "| yes |" in md
+    assert "Pareto fronts" in md and re.search(r"\| yes +\|", md)
+
+
+def test_fronts_within_each_noise_level(tmp_path):
+    """A 2x2 sweep (ADC bits x noise): each noise level has its own front, computed on its
+    runs only; pooled, the noise-free designs would push the noisy ones off."""
+    sweep = tmp_path / "grid"
+    multirun(sweep, "macro.adc_bits=4,8", "noise.rand_sigma=0,0.4")
+    rows = report.read_csv(sweep / "sweep.csv")
+    assert {r["condition"] for r in rows} == {"rand_sigma=0", "rand_sigma=0.4"}
+
+    def front(subset):
+        points = [(float(r["sim_top1"]), float(r["energy_pj"])) for r in subset]
+        return [
+            r["job"]
+            for r, keep in zip(subset, report.pareto_mask(points, ["max", "min"]), strict=True)
+            if keep
+        ]
+
+    marked = sorted(r["job"] for r in rows if r["pareto"] == "True")
+    per_condition = sorted(
+        job
+        for c in ("rand_sigma=0", "rand_sigma=0.4")
+        for job in front([r for r in rows if r["condition"] == c])
+    )
+    assert marked == per_condition
+    assert len(front(rows)) < len(marked)
+    assert (sweep / "shmoo.png").is_file()
+    assert "Shmoo grid" in (sweep / "report.md").read_text()
+
+
+def test_qat_and_nat_checkpoints_are_two_rows_with_a_ckpt_column(tmp_path):
+    nat = tmp_path / "digits_cnn_nat.pt"
+    proc = subprocess.run(
+        [sys.executable, "train.py", "experiment=train/digits_nat", "debug=fast",
+         f"export={nat}", f"hydra.run.dir={tmp_path / 'train'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "ckpts"
+    multirun(sweep, f"ckpt=checkpoints/digits_cnn.pt,{nat}", "noise.rand_sigma=0.2")
+    rows = report.read_csv(sweep / "sweep.csv")
+    assert len(rows) == 2
+    assert {Path(r["ckpt"]).name for r in rows} == {"digits_cnn.pt", "digits_cnn_nat.pt"}
+    assert {r["condition"] for r in rows} == {"ckpt=digits_cnn.pt", "ckpt=digits_cnn_nat.pt"}

@@ -13,9 +13,7 @@ memory. Launches are split only to respect CUDA's grid limits.
 
 from __future__ import annotations
 
-import collections
 import os
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -52,9 +50,6 @@ NUM_WARPS = 8
 _MIN_BLOCK_K_GPU = 32  # int8 wgmma/mma take k = 32
 _MIN_BLOCK = 16  # tl.dot needs every dimension >= 16
 _GRID_YZ = 65535  # CUDA's limit on grid dims 1 and 2
-_CACHE: collections.OrderedDict = collections.OrderedDict()  # KernelTables.for_plan
-_CACHE_LOCK = threading.Lock()
-_CACHE_MAX = 64
 
 
 def _interpreting() -> bool:
@@ -143,8 +138,9 @@ def _concat(parts: list[Tensor], dtype, device) -> tuple[Tensor, Tensor]:
 class KernelTables:
     """Everything the kernel reads about one call's plan, as device arrays.
 
-    Built from an engine plan with :meth:`from_plan`; ``top`` is the largest count a
-    conversion can see (``max tile rows * max levels``).
+    Built from an engine plan with :meth:`from_plan` once per program and device (the
+    program keeps it); ``top`` is the largest count a conversion can see (``max tile rows *
+    max levels``).
     """
 
     wb: int
@@ -170,28 +166,6 @@ class KernelTables:
     t_guide: Tensor
     t_gb: Tensor
     max_scan: int
-
-    @classmethod
-    def for_plan(cls, plan, top: int, device) -> KernelTables:
-        """:meth:`from_plan`, cached per (macro, inputs, noise model, compression, votes,
-        top, device): a network's layers share a few plans, and on a GPU the tables are
-        then uploaded once, not on every call."""
-        model = plan.readout.cache_key() if plan.readout is not None else None
-        key = (
-            repr(plan.macro), plan.signed, model, plan.alpha, plan.late_sign, plan.votes,
-            tuple(map(tuple, plan.mode)), top, str(torch.device(device)),
-        )  # fmt: skip
-        with _CACHE_LOCK:
-            hit = _CACHE.get(key)
-            if hit is not None:
-                _CACHE.move_to_end(key)
-                return hit
-        tables = cls.from_plan(plan, top, device)
-        with _CACHE_LOCK:
-            _CACHE[key] = tables
-            while len(_CACHE) > _CACHE_MAX:
-                _CACHE.popitem(last=False)
-        return tables
 
     @classmethod
     def from_plan(cls, plan, top: int, device) -> KernelTables:

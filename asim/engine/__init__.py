@@ -2,27 +2,27 @@
 
 Layers lower their operation to ``Y = X_int @ W_int`` over integer codes and call
 :func:`acim_matmul`; it reproduces the spec's per-cycle model (spec §3-§8) bit for bit with
-noise off, without its per-cycle loop. The package, in reading order:
+noise off, without its per-cycle loop. The package, in reading order (``docs/engine.md``
+walks through it):
 
 * :mod:`~asim.engine.operands`: what layers hand in: codes, :class:`Patches` (a conv's
   input read in place), :class:`ProgrammedArray` (weights programmed once per weight
-  change), :class:`NoiseStream` (the call's noise key and each row's sample identity), and
-  where ``Y`` goes (``acim_matmul(out=)``: any layout, e.g. a conv's NCHW output, written in
-  place by the native kernel through :class:`~asim.engine.operands.OutputRows`);
-* :mod:`~asim.engine.plan`: the cycle plan and ADC arithmetic, built once per distinct
-  configuration and shared by every call with it: what every (weight bit, cycle)
-  conversion does, the value/code tables both backends use, and each backend's derived
-  arguments (:meth:`Plan.cached`);
+  change), :class:`NoiseStream` (the call's noise key and each row's sample identity);
+* :mod:`~asim.engine.plan`: the cycle plan and ADC arithmetic of a (macro, noise);
+* :mod:`~asim.engine.program`: the compiled :class:`Program` of a layer's matmul (plan,
+  tiles, outputs, and every backend's derived tables, built once), and the operation
+  counts the cost model reads (:meth:`Program.operations`);
+* :mod:`~asim.engine.backend`: the :class:`Backend` protocol (``why_not``, ``run``) and the
+  :class:`Operands` of a call;
 * :mod:`~asim.engine.shortcut`: the exact shortcut (lossless, noise-free macros), decided by
   the engine alone;
-* :mod:`~asim.engine.core`: :func:`acim_matmul`: plan, shortcut, backend choice, chunking
-  (``asim.engine.core.CHUNK_ELEMENTS`` partial sums per chunk);
-* :mod:`~asim.engine.native` (the C kernel, ``asim/_native/engine.c``) and
-  :mod:`~asim.engine.torch_backend` (portable reference, CUDA): one small interface,
-  ``run_chunk(x, batch, rows, y)``, chosen once per call; identical bits; and
-  :mod:`asim._triton` (one fused Triton kernel, CUDA). ``ASIM_BACKEND=native|torch|triton``
-  forces one (:mod:`~asim.engine.core` lists the rules);
-* :mod:`~asim.engine.weight_parallel`: the W4A4 weight-parallel mode (spec §8.3).
+* :mod:`~asim.engine.core`: :func:`acim_matmul`: program, shortcut, backend choice by
+  preference (``ASIM_BACKEND=native|torch|triton`` forces one), the fallback of a backend
+  that fails its first call (:func:`backend_fallbacks`);
+* the backends, identical bits: :mod:`~asim.engine.native` (the C kernel,
+  ``asim/_native/engine.c``), :mod:`~asim.engine.torch_backend` (portable reference, CUDA;
+  it also runs the W4A4 weight-parallel mode, :mod:`~asim.engine.weight_parallel`, spec
+  §8.3) and :mod:`asim._triton` (one fused Triton kernel, CUDA).
 
 Noise is a counter-based stream (:mod:`asim.rng`): each conversion's code is drawn from its
 exact distribution (:func:`asim.noise.code_table`) with a 32-bit uniform that is a pure

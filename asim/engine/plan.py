@@ -189,18 +189,10 @@ class Plan:
     def ncyc(self) -> int:
         return len(self.cycles)
 
-    @property
+    @functools.cached_property
     def noisy(self) -> bool:
-        """Does any conversion draw a random code?"""
+        """Does any conversion draw a random code? (Asked on every call: computed once.)"""
         return any(m in (NOISY, VOTED) for row in self.mode for m in row)
-
-    def cached(self, key, build):
-        """The derived form ``key`` of this plan (e.g. a backend's kernel arguments),
-        built by ``build()`` on first use and kept as long as the plan."""
-        hit = self._tables.get(key)
-        if hit is None:
-            hit = self._tables[key] = build()
-        return hit
 
     def late(self, c: int) -> bool:
         return self.late_sign and c == self.ncyc - 1

@@ -18,6 +18,7 @@ The cost model counts operations from it (:meth:`Program.operations`).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,8 @@ class Operations:
     (spec §3-§8): the cost model turns these into energy (:mod:`asim.cost`).
 
     Attributes:
-        adc_conversions: ADC conversions (``K`` per voted partial sum).
+        adc_conversions: ADC conversions (``K`` per voted partial sum; a hybrid digital
+            cycle is converted too unless ``hybrid_exact``, Q4).
         digital_partial_sums: hybrid MSB partial sums computed digitally (§6).
         shift_adds: digital shift-and-adds of partial sums.
         array_cycles: array activations (a voted cycle is run ``K`` times).
@@ -68,11 +70,16 @@ class Program:
         plan: the cycle plan and ADC arithmetic of the macro and noise.
         tiles: ``(start, stop)`` reduction-row ranges, each normalised by ``nrow``.
         outputs: output columns ``O``.
+        noise: the noise configuration it was compiled with.
+
+    Copying a layer shares its programs (they are read-only); pickling one stores how to
+    compile it again.
     """
 
     plan: Plan
     tiles: tuple[tuple[int, int], ...]
     outputs: int
+    noise: NoiseConfig | None = None
     _forms: dict = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -94,15 +101,22 @@ class Program:
         """The W4A4 weight-parallel mode (spec §8.3): one signed ADC on the exact MAC."""
         return self.plan.macro.weight_parallel
 
-    @property
+    @functools.cached_property
     def max_rows(self) -> int:
         """Rows of the tallest tile (0 without tiles)."""
         return max((b - a for a, b in self.tiles), default=0)
 
-    @property
+    @functools.cached_property
     def top(self) -> int:
         """The largest count a conversion can see: tallest tile x most input levels."""
         return self.max_rows * max(c.levels for c in self.plan.cycles)
+
+    def __deepcopy__(self, memo) -> Program:
+        return self
+
+    def __reduce__(self):
+        args = (self.plan.macro, self.noise, self.plan.signed, self.tiles, self.outputs)
+        return compile_program, args
 
     def form(self, key, build: Callable[[], object]):
         """The derived form ``key`` (e.g. a backend's kernel arguments on a device), built
@@ -135,7 +149,12 @@ class Program:
             reps = (1,) * ncyc
         else:
             kinds = [plan.kind[i][c] for i in range(w) for c in range(ncyc)]
-            per_output = sum(K if k == VOTED_ANALOG else 1 for k in kinds if k != DIGITAL)
+            # a hybrid digital cycle still passes the ADC unless hybrid_exact (Q4)
+            per_output = sum(
+                K if k == VOTED_ANALOG else 1
+                for k in kinds
+                if k != DIGITAL or not macro.hybrid_exact
+            )
             evals = conversions = T * outs * per_output
             digital = T * outs * kinds.count(DIGITAL)
             shift_adds = T * outs * w * ncyc
@@ -188,7 +207,7 @@ def compile_program(
     hit = _PROGRAMS.get(key)
     if hit is not None and hit.plan is plan:
         return hit
-    program = Program(plan, tiles, int(outputs))
+    program = Program(plan, tiles, int(outputs), noise)
     with _PROGRAMS_LOCK:
         if len(_PROGRAMS) >= _PROGRAMS_MAX:
             _PROGRAMS.clear()

@@ -13,20 +13,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention_common import ATTN_SCALES, merge_masks
-from ..config import Division, MacroConfig, NoiseConfig
-from ..engine import linear_tiles
-from ..quant import (
-    dequantize,
-    fake_quantize,
-    quantize,
-    signed_levels,
-    tensor_scale,
-    unsigned_levels,
-)
-from .base import ACiMLayer
+from ..config import MacroConfig, NoiseConfig
+from ..engine import acim_matmul
+from .base import ACiMLayer, Lowered
 from .linear import ACiMLinear
 
 __all__ = ["ACiMMultiheadAttention", "ATTN_SCALES"]
+
+
+def _matmul(x: Tensor, w: Tensor, bias: None) -> Tensor:
+    return torch.matmul(x, w)
 
 
 class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
@@ -210,45 +206,20 @@ class ACiMMultiheadAttention(ACiMLayer, nn.MultiheadAttention):
         """``x @ w`` of two activation tensors ``[B, H, N, .]``; ``w`` is the weight role
         (always signed). Engine call ``sub`` of the forward; a sample's rows are its heads'
         rows, ``pos = head * N + row``."""
-        per_sample = self._per_sample
-        if self.digital or self.mode == "train":
-            y = torch.matmul(
-                fake_quantize(x, macro.input_bits, signed_x, per_sample),
-                fake_quantize(w, macro.weight_bits, True, per_sample),
+
+        def engine(x_int: Tensor, w_int: Tensor) -> Tensor:
+            R, O = x.shape[-1], w.shape[-1]
+            idx = self._batch_samples(x.shape[0], x.device) if samples is None else samples
+            return acim_matmul(
+                x_int,
+                w_int,
+                program=self._program(sub, R, O, macro=macro, noise=noise, signed=signed_x),
+                stream=self._stream(idx, x_int.shape[1:-1].numel(), sub),
             )
-            return y if self.digital else self._attn_trim(y)
-        with torch.no_grad():
-            sx = tensor_scale(x, signed_x, per_sample)
-            sw = tensor_scale(w, True, per_sample)
-            x_int = quantize(x, macro.input_bits, sx, signed_x)
-            w_int = quantize(w, macro.weight_bits, sw, True)
-            if self.mode == "inference":
-                acc = self._attn_trim(torch.matmul(x_int, w_int))
-            else:
-                acc = self._mvm(
-                    x_int,
-                    w_int,
-                    tiles=linear_tiles(x.shape[-1], macro.nrow),
-                    macro=macro,
-                    noise=noise,
-                    signed=signed_x,
-                    stream=self._stream(
-                        self._batch_samples(x.shape[0], x.device) if samples is None else samples,
-                        x_int.shape[1:-1].numel(),
-                        sub,
-                    ),
-                )
-            x_levels = (
-                signed_levels(macro.input_bits) if signed_x else unsigned_levels(macro.input_bits)
-            )
-            return dequantize(
-                acc,
-                sw,
-                sx,
-                signed_levels(macro.weight_bits),
-                x_levels,
-                macro.division == Division.reciprocal,
-            )
+
+        return self._run(
+            Lowered(x, w, None, _matmul, engine, macro=macro, signed=signed_x, trim=self._attn_trim)
+        )
 
     def _attn_trim(self, y: Tensor) -> Tensor:
         if self.attn_trim_noise <= 0:

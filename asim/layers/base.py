@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import operator
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .. import rng
 from ..config import ActScale, CellVariation, Division, MacroConfig, NoiseConfig
-from ..engine import NoiseStream, ProgrammedArray, acim_matmul
+from ..engine import NoiseStream, Program, ProgrammedArray, acim_matmul, compile_program
 from ..quant import (
     dequantize,
     fake_quantize,
@@ -28,12 +31,48 @@ from ..quant import (
     unsigned_levels,
 )
 
-__all__ = ["MODES", "ACiMLayer", "set_sample_index"]
+__all__ = ["MODES", "ACiMLayer", "Lowered", "set_sample_index"]
 
 MODES = ("train", "inference", "simulate")
 """``train``: fake quantization with straight-through gradients (QAT/NAT, spec §1.5);
 ``inference``: integer quantized MAC, the ideal quantized result (§1.4);
 ``simulate``: the bit-level macro (§2-§8)."""
+
+
+@dataclass
+class Lowered:
+    """One matmul a layer's forward lowers to, run in the layer's mode by
+    :meth:`ACiMLayer._run`: ``op(x, w, bias)`` with fake-quantized operands (``train``), the
+    integer ``op`` (``inference``), or ``engine(x_int, weights)`` on the macro
+    (``simulate``), then de-quantized and ``add_bias``-ed.
+
+    Attributes:
+        x: the activation-role input (float).
+        w: the weight-role operand (float): a parameter (``layout`` given: quantized and
+            programmed once per weight change, laid out ``[R, O]`` by ``layout``) or another
+            activation (``layout`` None: quantized every call, per sample with
+            ``act_scale="sample"``).
+        bias: added in the float domain (inside ``op`` in ``train``), or None.
+        op: the digital product ``op(x, w, bias)`` (conv, linear, matmul).
+        engine: ``engine(x_int, weights)``: the macro's accumulator (``weights`` the
+            programmed array, or the integer operand).
+        macro, signed: the matmul's macro and input signedness (default: the layer's).
+        sub: which programmed weight of the layer (static weights).
+        add_bias: ``add_bias(y, bias)`` outside ``train``.
+        trim: the noise-aware-training perturbation (default: the layer's ``trim_noise``).
+    """
+
+    x: Tensor
+    w: Tensor
+    bias: Tensor | None
+    op: Callable[[Tensor, Tensor, Tensor | None], Tensor]
+    engine: Callable[[Tensor, object], Tensor]
+    layout: Callable[[Tensor], Tensor] | None = None
+    macro: MacroConfig | None = None
+    signed: bool | None = None
+    sub: int = 0
+    add_bias: Callable[[Tensor, Tensor], Tensor] = operator.add
+    trim: Callable[[Tensor], Tensor] | None = None
 
 
 def _check_mode(mode: str) -> str:
@@ -101,6 +140,7 @@ class ACiMLayer:
         self._rows_seen = 0  # default sample index of the next batch's first row
         self._calls = 0  # forward calls since the last reseed
         self._programs: dict = {}  # sub -> (float copy, w_int, w_scale, ProgrammedArray)
+        self._compiled: dict = {}  # sub -> (key, Program)
 
     @staticmethod
     def _check_encoding(macro: MacroConfig, signed: bool, what: str = "input") -> None:
@@ -188,9 +228,13 @@ class ACiMLayer:
         signed = self.signed_input if signed is None else signed
         return signed_levels(macro.input_bits) if signed else unsigned_levels(macro.input_bits)
 
-    def _quantize_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _quantize_input(
+        self, x: Tensor, macro: MacroConfig | None = None, signed: bool | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Integer codes and a scale that broadcasts against the layer output."""
-        if not self.signed_input and self._mode == "simulate" and "neg" not in self._warned:
+        macro = macro or self.macro
+        signed = self.signed_input if signed is None else signed
+        if not signed and self._mode == "simulate" and "neg" not in self._warned:
             if bool(x.detach().amin() < 0):  # one reduction: ~10x faster than (x < 0).any()
                 self._warn_once(
                     "neg",
@@ -198,19 +242,13 @@ class ACiMLayer:
                     "signed_input=False: they are quantized to 0 (reference "
                     "behaviour); pass signed_input=True if that is not intended",
                 )
-        scale = tensor_scale(x, self.signed_input, self._per_sample)
-        return quantize(x, self.macro.input_bits, scale, self.signed_input), scale
+        scale = tensor_scale(x, signed, self._per_sample)
+        return quantize(x, macro.input_bits, scale, signed), scale
 
     def _quantize_weight(self, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
         w = self.weight if w is None else w
         scale = tensor_scale(w, signed=True)
         return quantize(w, self.macro.weight_bits, scale, signed=True), scale
-
-    def _fake_weight(self, w: Tensor | None = None) -> Tensor:
-        return fake_quantize(self.weight if w is None else w, self.macro.weight_bits, signed=True)
-
-    def _fake_input(self, x: Tensor) -> Tensor:
-        return fake_quantize(x, self.macro.input_bits, self.signed_input, self._per_sample)
 
     def _trim(self, y: Tensor) -> Tensor:
         """``y + z * (tau * y)``, fresh z per element (spec §1.6); gradients not detached."""
@@ -219,19 +257,6 @@ class ACiMLayer:
         z = torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=self.generator(y.device))
         return y + z * (self.trim_noise / 100.0 * y)
 
-    def _dequantize(self, acc: Tensor, w_scale: Tensor, x_scale: Tensor) -> Tensor:
-        """``acc`` (this forward's own accumulator) de-quantized in place."""
-        return dequantize(
-            acc,
-            w_scale,
-            x_scale,
-            signed_levels(self.macro.weight_bits),
-            self._input_levels(),
-            self.macro.division == Division.reciprocal,
-            in_place=True,
-        )
-
-    # ---------------------------------------------------------------- the engine call
     def _cell_noise(self, rows: int, cols: int, device) -> Tensor | None:
         """Per-bit weight-cell deviation ``[R, w, O]`` for a weight laid out ``[R, O]``,
         from the counter-based stream (a Gaussian: these counts are not integers)."""
@@ -268,6 +293,31 @@ class ACiMLayer:
         self._programs[sub] = (w.clone(), w_int, w_scale, prog, bits)
         return w_int, w_scale, prog
 
+    def _program(
+        self,
+        sub: int,
+        rows: int,
+        outputs: int,
+        tiles=None,
+        macro: MacroConfig | None = None,
+        noise: NoiseConfig | None = None,
+        signed: bool | None = None,
+    ) -> Program:
+        """The compiled macro program of engine call ``sub`` (kept by the layer; rebuilt
+        only when its macro, noise, signedness, tiles or shape change)."""
+        macro = macro or self.macro
+        noise = self.noise if noise is None else noise
+        signed = self.signed_input if signed is None else signed
+        key = (macro, noise, signed, rows, outputs, tiles)
+        hit = self._compiled.get(sub)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        if tiles is None:
+            tiles = [(s, min(s + macro.nrow, rows)) for s in range(0, rows, macro.nrow)]
+        program = compile_program(macro, noise, signed, tiles, outputs)
+        self._compiled[sub] = (key, program)
+        return program
+
     def _mvm(
         self,
         x_int: Tensor,
@@ -280,8 +330,9 @@ class ACiMLayer:
         stream: NoiseStream | None = None,
         out: Tensor | None = None,
     ) -> Tensor:
-        """Run the engine: ``x_int [..., M, R] @ w_int [R, O]`` on this layer's macro
-        (into ``out`` when given, see :func:`acim_matmul`)."""
+        """Run the engine: ``x_int [..., M, R] @ w_int [R, O]`` on this layer's macro (or
+        ``macro``), into ``out`` when given (see :func:`acim_matmul`); its program comes from
+        the engine's cache (layers of this package keep theirs, :meth:`_program`)."""
         return acim_matmul(
             x_int,
             w_int,
@@ -294,6 +345,40 @@ class ACiMLayer:
             out=out,
         )
 
+    def _run(self, mm: Lowered) -> Tensor:
+        """The layer's one forward: ``mm`` in the layer's mode (see :class:`Lowered`)."""
+        macro = mm.macro or self.macro
+        signed = self.signed_input if mm.signed is None else mm.signed
+        trim = mm.trim or self._trim
+        dynamic = mm.layout is None
+        per_sample = self._per_sample
+        if self.digital or self._mode == "train":
+            x = fake_quantize(mm.x, macro.input_bits, signed, per_sample)
+            w = fake_quantize(mm.w, macro.weight_bits, True, per_sample and dynamic)
+            y = mm.op(x, w, mm.bias)
+            return y if self.digital else trim(y)
+        with torch.no_grad():
+            x_int, x_scale = self._quantize_input(mm.x, macro, signed)
+            if dynamic:
+                w_scale = tensor_scale(mm.w, True, per_sample)
+                w_int = weights = quantize(mm.w, macro.weight_bits, w_scale, True)
+            else:
+                w_int, w_scale, weights = self._programmed(mm.w, mm.sub, mm.layout)
+            if self._mode == "inference":
+                acc = trim(mm.op(x_int, w_int, None))
+            else:
+                acc = mm.engine(x_int, weights)
+            y = dequantize(
+                acc,
+                w_scale,
+                x_scale,
+                signed_levels(macro.weight_bits),
+                self._input_levels(macro, signed),
+                macro.division == Division.reciprocal,
+                in_place=True,
+            )
+        return y if mm.bias is None else mm.add_bias(y, mm.bias)
+
     def _linear(
         self,
         x: Tensor,
@@ -305,28 +390,28 @@ class ACiMLayer:
         """``x @ weight.T + bias`` in the layer's mode; any number of leading dims (Q15).
         ``sub`` numbers the engine calls of one forward; ``samples`` the batch's sample
         indices (default: :meth:`_batch_samples` of dim 0)."""
-        if self.digital or self._mode == "train":
-            y = torch.nn.functional.linear(self._fake_input(x), self._fake_weight(weight), bias)
-            return y if self.digital else self._trim(y)
-        with torch.no_grad():
-            x_int, x_scale = self._quantize_input(x)
-            w_int, w_scale, prog = self._programmed(weight, sub, lambda q: q.t())
-            if self._mode == "inference":
-                acc = self._trim(torch.nn.functional.linear(x_int, w_int))
-            else:
-                batch = x.shape[0] if x.dim() > 1 else 1
-                if samples is None:
-                    samples = self._batch_samples(batch, x.device)
-                rows = x_int.reshape(-1, x.shape[-1])
-                acc = self._mvm(
-                    rows,
-                    prog,
-                    cell_noise=self._cell_noise(x.shape[-1], weight.shape[0], x.device),
-                    stream=self._stream(samples, rows.shape[0] // max(batch, 1), sub),
-                )
-                acc = acc.reshape(*x.shape[:-1], weight.shape[0])
-            y = self._dequantize(acc, w_scale, x_scale)
-        return y if bias is None else y + bias
+        return self._run(self._lower_linear(x, weight, bias, sub, samples))
+
+    def _lower_linear(self, x, weight, bias, sub: int = 0, samples=None) -> Lowered:
+        """The matmul of a linear: ``x [..., R] @ weight.T`` on the layer's macro."""
+        R, O = weight.shape[1], weight.shape[0]
+
+        def engine(x_int: Tensor, prog) -> Tensor:
+            batch = x.shape[0] if x.dim() > 1 else 1
+            idx = self._batch_samples(batch, x.device) if samples is None else samples
+            rows = x_int.reshape(-1, R)
+            acc = acim_matmul(
+                rows,
+                prog,
+                program=self._program(sub, R, O),
+                cell_noise=self._cell_noise(R, O, x.device),
+                stream=self._stream(idx, rows.shape[0] // max(batch, 1), sub),
+            )
+            return acc.reshape(*x.shape[:-1], O)
+
+        return Lowered(
+            x, weight, bias, torch.nn.functional.linear, engine, layout=_transpose, sub=sub
+        )
 
     def acim_repr(self) -> str:
         parts = [
@@ -386,6 +471,11 @@ def _same_values(old: Tensor, new: Tensor) -> bool:
 
 
 _CELL_SUB = 1 << 20  # sub-key of the cell-variation stream (engine calls use small subs)
+
+
+def _transpose(w_int: Tensor) -> Tensor:
+    """A linear's ``[O, R]`` weight codes laid out ``[R, O]`` for the array."""
+    return w_int.t()
 
 
 class _SampleIndexScope:

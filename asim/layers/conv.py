@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConvTiling, MacroConfig, NoiseConfig
-from ..engine import ConvSource, NoiseStream, Patches, compact_codes
-from .base import ACiMLayer
+from ..engine import ConvSource, NoiseStream, Patches, acim_matmul, compact_codes
+from .base import ACiMLayer, Lowered
 
 __all__ = ["ACiMConv2d", "conv_tiles"]
 
@@ -37,6 +37,10 @@ def conv_tiles(
     ]
     dropped = in_channels - min(in_channels, n * per_tile)
     return tiles, dropped
+
+
+def _add_channel_bias(y: Tensor, bias: Tensor) -> Tensor:
+    return y + bias.view(1, -1, 1, 1)
 
 
 def _patches(x: Tensor, kernel, stride, pad, dilation, out_hw, bits: int, signed: bool) -> Patches:
@@ -155,19 +159,20 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.digital or self.mode == "train":
-            y = self._conv_forward(self._fake_input(x), self._fake_weight(), self.bias)
-            return y if self.digital else self._trim(y)
-        with torch.no_grad():
-            x_int, x_scale = self._quantize_input(x)
-            O = self.out_channels
-            w_int, w_scale, prog = self._programmed(self.weight, 0, lambda q: q.reshape(O, -1).t())
-            if self.mode == "inference":
-                acc = self._trim(self._conv_forward(x_int, w_int, None))
-            else:
-                acc = self._simulate(x_int, prog)
-            y = self._dequantize(acc, w_scale, x_scale)
-        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+        return self._run(self.lower(x))
+
+    def lower(self, x: Tensor) -> Lowered:
+        """The conv as one matmul of the unfolded input (spec §3.1), for :meth:`_run`."""
+        O = self.out_channels
+        return Lowered(
+            x,
+            self.weight,
+            self.bias,
+            self._conv_forward,
+            self._simulate,
+            layout=lambda q: q.reshape(O, -1).t(),
+            add_bias=_add_channel_bias,
+        )
 
     def _simulate(self, x_int: Tensor, prog) -> Tensor:
         """The engine on the unfolded input, a chunk of images at a time; ``prog`` holds the
@@ -187,6 +192,7 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
         Ho = (H + 2 * pad[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         Wo = (W + 2 * pad[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         L, R, O = Ho * Wo, C * kh * kw, self.out_channels
+        program = self._program(0, R, O, tuple(tiles))
         cells = self._cell_noise(R, O, x_int.device)  # one draw per forward, shared by images
         samples = self._batch_samples(B, x_int.device)
         stream = self._stream(samples, L)
@@ -200,7 +206,7 @@ class ACiMConv2d(ACiMLayer, nn.Conv2d):
                 x_int[b0:b1], (kh, kw), self.stride, pad, self.dilation, (Ho, Wo), bits, signed
             )  # (b*L, R)
             part = NoiseStream(stream.key, samples[b0:b1], L)
-            self._mvm(cols, prog, tiles=tiles, cell_noise=cells, stream=part, out=rows[b0:b1])
+            acim_matmul(cols, prog, program=program, cell_noise=cells, stream=part, out=rows[b0:b1])
         return acc
 
     @classmethod

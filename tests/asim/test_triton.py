@@ -2,11 +2,10 @@
 stream), on small random configs; run on CPU by the Triton interpreter (TRITON_INTERPRET=1).
 
 The interpreter must be chosen before ``triton.language`` is first imported (its own
-helpers are decorated then). On a CPU-only machine this module switches it on when it is
-imported first; where that is too late (triton already imported, or a GPU present, where the
-compiled kernel must stay compiled for the ``gpu`` tests), one test re-runs this file in a
-child process with the interpreter on. The interpreter pays per kernel operation, so shapes
-are small: few tiles, bits and cycles.
+helpers are decorated then), so it is never switched on inside a test session: the
+interpreted cases run only in a process started with ``TRITON_INTERPRET=1``, which
+``test_cases_under_the_interpreter`` (marked ``triton``) starts as a child process. The
+interpreter pays per kernel operation, so shapes are small: few tiles, bits and cycles.
 """
 
 from __future__ import annotations
@@ -21,14 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-_ON = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-if not _ON and "triton.language" not in sys.modules and not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"  # stays on: triton's helpers are decorated once
-    _ON = True
-
-pytest.importorskip("triton")
-
-from asim import (  # noqa: E402
+from asim import (
     ACiMConv2d,
     ACiMLinear,
     ACiMMultiheadAttention,
@@ -36,7 +28,7 @@ from asim import (  # noqa: E402
     NoiseConfig,
     resample_noise,
 )
-from asim.engine import (  # noqa: E402
+from asim.engine import (
     NoiseStream,
     Patches,
     acim_matmul,
@@ -46,29 +38,37 @@ from asim.engine import (  # noqa: E402
     reset_backends_used,
 )
 
-from .golden import bits  # noqa: E402
+from .golden import bits
+
+_ON = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_HAVE_TRITON = __import__("importlib.util").util.find_spec("triton") is not None
 
 MEASURED = str(Path(__file__).resolve().parents[2] / "conf" / "noise" / "measured_example.csv")
 
 interpreted = pytest.mark.skipif(
-    not _ON, reason="needs the Triton interpreter: run by test_cases_under_the_interpreter"
+    not (_ON and _HAVE_TRITON),
+    reason="needs the Triton interpreter: run by test_cases_under_the_interpreter",
 )
 
 
+@pytest.mark.triton
 @pytest.mark.skipif(_ON, reason="the interpreter is on in this process")
+@pytest.mark.skipif(not _HAVE_TRITON, reason="triton is not installed")
 def test_cases_under_the_interpreter():
     """This file's cases in a child process with ``TRITON_INTERPRET=1``."""
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow and "
+         "not gpu", str(Path(__file__))],
         cwd=root,
         env=env,
         capture_output=True,
         text=True,
         timeout=1200,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
 
 
 @pytest.fixture(params=["codes", "planes"])
@@ -80,14 +80,14 @@ def backend(request, monkeypatch):
     from asim._triton import backend as triton_backend
 
     monkeypatch.setattr(triton_backend, "PLANES", request.param == "planes")
-    choose, jobs = core.select_backend, []
+    jobs = []
+    for chosen in (core.NATIVE, core.TRITON, core.TORCH):  # the engine's own choice, counted
 
-    def spy(job):  # the engine's own choice, counted
-        chosen = choose(job)
-        jobs.append((chosen.name, isinstance(job.x3, Patches)))
-        return chosen
+        def spy(program, operands, out, chosen=chosen, run=chosen.run):
+            jobs.append((chosen.name, isinstance(operands.x, Patches)))
+            return run(program, operands, out)
 
-    monkeypatch.setattr(core, "select_backend", spy)
+        monkeypatch.setattr(chosen, "run", spy)
 
     def run(fn):
         results = []
@@ -521,3 +521,43 @@ def test_cuda_triton_equals_cpu_native(seed, planes, monkeypatch):
                       else x.cuda(), w.cuda(), **kw).cpu()  # fmt: skip
     assert backends_used() == {"triton"}
     assert bits(got) == bits(want), (macro, noise)
+
+
+@interpreted
+def test_a_failing_first_launch_falls_back_once_with_one_warning(monkeypatch):
+    """A Triton launch that fails on its first call (as a compile error on an untested GPU
+    would) falls back to the next backend with one warning line, the same bits, and the
+    fallback in ``describe_backends`` (``summary.backend``); a forced backend errors."""
+    from asim._triton import backend as triton_backend
+
+    macro = MacroConfig(weight_bits=4, input_bits=4, nrow=8, adc_bits=3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 16, (3, 20), generator=g).float()
+    w = torch.randint(-7, 8, (20, 5), generator=g).float()
+    monkeypatch.delenv("ASIM_BACKEND", raising=False)
+    want = acim_matmul(x, w, macro=macro, signed_input=False)  # native
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("PTX assembly failed:\n  ptxas fatal: unknown target")
+
+    for state in ("_BROKEN", "_PROVEN", "_FALLBACKS", "_pending"):
+        monkeypatch.setattr(core, state, type(getattr(core, state))())
+    monkeypatch.setattr(triton_backend, "launch", fail)
+    monkeypatch.setitem(core.PREFERENCE, "cpu", (core.TRITON, core.NATIVE, core.TORCH))
+    reset_backends_used()
+    with pytest.warns(RuntimeWarning) as caught:
+        got = acim_matmul(x, w, macro=macro, signed_input=False)
+    assert bits(got) == bits(want) and backends_used() == {"native"}
+    (message,) = [str(c.message) for c in caught]
+    assert "\n" not in message
+    assert "triton failed on cpu (RuntimeError: PTX assembly failed: ptxas fatal" in message
+    assert "fell back to native" in message and "report" in message
+    assert "fallback: triton failed on cpu" in core.describe_backends()
+    assert [f.failed for f in core.backend_fallbacks()] == ["triton"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the broken backend is skipped silently from now on
+        assert bits(acim_matmul(x, w, macro=macro, signed_input=False)) == bits(want)
+    monkeypatch.setattr(core, "_BROKEN", set())
+    monkeypatch.setenv("ASIM_BACKEND", "triton")
+    with pytest.raises(RuntimeError, match="ASIM_BACKEND=triton: the backend failed on its first"):
+        acim_matmul(x, w, macro=macro, signed_input=False)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, ImageFolder
 
-from lightning_modules import data
+from lightning_modules import builders, data
 from lightning_modules.data import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -37,6 +37,13 @@ from lightning_modules.data import (
 from lightning_modules.sampler import UnpaddedDistributedSampler, first_sample_index
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
+
+
+def _preset(name: str):
+    """The ``dataset`` node of a run with ``dataset=NAME``: the schema plus the preset's delta."""
+    return builders.compose("simulate", [f"dataset={name}"]).dataset
+
+
 # The seed-0 digits validation split, as the DataModule drew it before the torchvision rework.
 DIGITS_SEED0_VAL_COUNTS = [45, 46, 44, 46, 45, 46, 45, 45, 43, 45]
 DIGITS_SEED0_VAL_HEAD = [1, 4, 8, 6, 5, 9, 9, 1, 3, 5, 2, 2]
@@ -274,7 +281,7 @@ def test_nothing_downloads(tmp_path, monkeypatch):
 
 def test_check_md5_key_from_the_preset(tmp_path):
     _write_cifar10_pickles(tmp_path)
-    cfg = OmegaConf.load(CONF / "cifar10.yaml")
+    cfg = _preset("cifar10")
     with pytest.raises(ValueError, match="dataset.check_md5=false"):
         instantiate_datamodule(cfg, seed=0, root=str(tmp_path), num_workers=0).setup("validate")
     cfg.check_md5 = False  # what the command-line override dataset.check_md5=false sets
@@ -483,7 +490,7 @@ def test_class_count_differs_from_the_preset(tmp_path):
     """7 class folders under a cifar10 root: the data is named, not the checkpoint's head."""
     for k in range(7):
         _png(tmp_path / "test" / CIFAR10_CLASSES[k] / "a.png", k)
-    cfg = OmegaConf.load(CONF / "cifar10.yaml")
+    cfg = _preset("cifar10")
     dm = instantiate_datamodule(cfg, seed=0, root=str(tmp_path), num_workers=0)
     assert dm.num_classes == 10
     with pytest.raises(ValueError) as excinfo:
@@ -548,19 +555,20 @@ def test_torchvision_folder_itself_is_accepted_as_root(tmp_path):
 
 @pytest.mark.parametrize("preset", ["digits", "cifar10", "cifar100", "imagenet"])
 def test_presets_instantiate_by_target(tmp_path, preset):
-    cfg = OmegaConf.load(CONF / f"{preset}.yaml")
+    cfg = _preset(preset)
     root = {} if preset == "digits" else {"root": str(tmp_path)}
     dm = instantiate_datamodule(cfg, seed=3, **root)
     assert type(dm).__name__ == cfg._target_.rsplit(".", 1)[1]
     assert dm.name == preset and dm.seed == 3 and dm.batch_size == cfg.batch_size
     assert dm.val_batch_size == cfg.val_batch_size
-    assert dm.num_classes == cfg.get("num_classes", 10) == len(dm.class_names)
+    assert dm.num_classes == {"cifar100": 100, "imagenet": 1000}.get(preset, 10)
+    assert dm.num_classes == len(dm.class_names)
     if preset != "digits":
         assert dm.root == tmp_path
 
 
 def test_instantiate_bad_keyword_is_one_line(tmp_path):
-    cfg = OmegaConf.load(CONF / "cifar10.yaml")
+    cfg = _preset("cifar10")
     with pytest.raises(ValueError) as excinfo:
         instantiate_datamodule(cfg, seed=0, root=str(tmp_path), check_md6=False)
     _assert_one_line(excinfo, "dataset=cifar10", "check_md6", "valid keys:", "check_md5")
@@ -568,7 +576,8 @@ def test_instantiate_bad_keyword_is_one_line(tmp_path):
         instantiate_datamodule(cfg, seed=0, root=str(tmp_path), batch_size=0)
     message = _assert_one_line(excinfo, "dataset.batch_size must be a positive int, got 0")
     assert "Error in call" not in message
-    del cfg.root
+    cfg = OmegaConf.to_container(cfg)
+    del cfg["root"]
     with pytest.raises(ValueError) as excinfo:
         instantiate_datamodule(cfg, seed=0)
     _assert_one_line(excinfo, "needs root", "dataset.root=")
@@ -657,3 +666,65 @@ def test_transform_builders():
     assert len(train.transforms) == 8
     with pytest.raises(ValueError):
         build_eval_transform(224, IMAGENET_MEAN, IMAGENET_STD, center_crop=True)
+
+
+# ------------------------------------------------------------------- typed schemas (deltas)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONF.glob("*.yaml")))
+def test_dataset_presets_list_only_deltas_on_their_schema(preset):
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / f"{preset}.yaml"))
+    (base,) = [d for d in raw.pop("defaults") if d != "_self_"]
+    key = base.removeprefix("/dataset_schema_").removesuffix("@_here_")
+    schema = data.datamodule_schema(data.DATAMODULES[key])()
+    restated = {k: v for k, v in raw.items() if getattr(schema, k) == v}
+    assert not restated, f"dataset/{preset} restates the constructor's defaults {restated}"
+
+
+@pytest.mark.parametrize("key", sorted(data.DATAMODULES))
+def test_schema_defaults_are_the_constructors(key):
+    import dataclasses
+    import inspect
+
+    cls = data.DATAMODULES[key]
+    schema = data.datamodule_schema(cls)()
+    assert schema._target_ == f"lightning_modules.data.{cls.__name__}"
+    for name, param in inspect.signature(cls).parameters.items():
+        if name == "seed":
+            assert not hasattr(schema, name)
+            continue
+        want = "???" if param.default is param.empty else param.default
+        want = list(want) if isinstance(want, tuple) else want
+        assert getattr(schema, name) == want, name
+    assert {f.name for f in dataclasses.fields(schema)} - {"_target_"} <= set(
+        inspect.signature(cls).parameters
+    )
+
+
+def test_cifar100_evaluates_with_its_constructors_batch():
+    """The preset used to say 128 and the code 512: now only the code says it."""
+    import inspect
+
+    want = inspect.signature(CIFAR100DataModule).parameters["val_batch_size"].default
+    assert _preset("cifar100").val_batch_size == want
+    assert (
+        builders.build_datamodule(builders.compose("simulate", ["dataset=cifar100"])).val_batch_size
+        == want
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["dataset.val_batch_size=abc"],
+        ["dataset=cifar10", "dataset.augment=maybe"],
+        ["dataset=pycode", "dataset.block_size=long"],
+        ["dataset=imagenet", "dataset.num_classes=1k"],
+        ["dataset.val_fractoin=0.2"],
+    ],
+)
+def test_wrong_dataset_type_or_key_fails_at_compose(overrides):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        builders.compose("simulate", overrides)

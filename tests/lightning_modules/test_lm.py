@@ -144,3 +144,25 @@ def test_model_context_comes_from_the_dataset(compose):
     dm = builders.build_datamodule(cfg)
     model = builders.build_float_model(cfg, dm)
     assert model.block_size == 32 and model.vocab_size == 256
+
+
+def test_a_hugging_face_tokenizer_by_configuration(tmp_path):
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "x": 1, "=": 2, "1": 3, "#": 4, "module": 5}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(
+        tmp_path / "tok"
+    )
+    (tmp_path / "text").mkdir()
+    root = _corpus(tmp_path / "text")
+    dm = TextDataModule(root=str(root), tokenizer=str(tmp_path / "tok"), block_size=4)
+    assert dm.num_classes == 6
+    dm.setup("validate")
+    ids = [i for p in dm.val_files for i in tok.encode(p.read_text()).ids]
+    assert dm.val_set.tokens.tolist() == ids and len(set(ids)) > 3
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        TextDataModule(tokenizer=str(tmp_path / "no-such-tokenizer"))

@@ -5,6 +5,7 @@ record of what ran (``summary.backend`` of ``results.json``)."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from asim import ACiMLinear, MacroConfig, NoiseConfig
 from asim.engine import acim_matmul, backends_used, core, describe_backends, reset_backends_used
 from asim.engine import native as native_module
 
-from .golden import bits
+from ..golden import bits
 
 LOSSY = MacroConfig(weight_bits=4, input_bits=4, nrow=8, adc_bits=3)
 
@@ -174,3 +175,49 @@ def test_results_json_reports_the_backend(env, overrides, want, compose_run, tmp
     builders.simulate(compose_run("simulate", *overrides, *FAST))
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["summary"]["backend"] == want
+
+
+@pytest.fixture
+def fresh_fallbacks(monkeypatch):
+    """No backend proven, broken or fallen back in this test (the record is per process)."""
+    for state in ("_BROKEN", "_PROVEN", "_FALLBACKS", "_pending"):
+        monkeypatch.setattr(core, state, type(getattr(core, state))())
+
+
+def test_a_backend_failing_its_first_call_falls_back_with_one_warning(fresh_fallbacks, monkeypatch):
+    """A backend whose first call raises (a compile or launch error on a GPU nobody tested)
+    is replaced by the next one that can run the call, the same bits, one warning line,
+    and the fallback in summary.backend; later calls skip it without a warning."""
+    want, _ = _used()
+    core._PROVEN.clear()  # as if that had been another process
+    native_run = core.NATIVE.run
+    monkeypatch.setattr(core.NATIVE, "run", lambda *a: (_ for _ in ()).throw(OSError("bad\nlib")))
+    with pytest.warns(RuntimeWarning) as caught:
+        got, used = _used()
+    assert bits(got) == bits(want) and used == {"torch"}
+    (message,) = [str(c.message) for c in caught]
+    assert message.startswith("asim: the native failed on cpu (OSError: bad lib); fell back")
+    assert "\n" not in message and "report" in message
+    assert describe_backends() == (
+        "torch (fallback: native failed on cpu (OSError: bad lib); fell back to torch)"
+    )
+    monkeypatch.setattr(core.NATIVE, "run", native_run)  # even if it would work now
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _used()[1] == {"torch"}
+
+
+def test_a_forced_backend_failing_its_first_call_is_an_error(fresh_fallbacks, monkeypatch):
+    monkeypatch.setattr(core.NATIVE, "run", lambda *a: (_ for _ in ()).throw(OSError("bad")))
+    monkeypatch.setenv("ASIM_BACKEND", "native")
+    with pytest.raises(RuntimeError, match=r"^ASIM_BACKEND=native: the backend failed on its "):
+        _used()
+    assert core.backend_fallbacks() == ()
+
+
+def test_a_proven_backend_failing_later_raises(fresh_fallbacks, monkeypatch):
+    """Only a first call falls back: a later failure is a bug to see, not to hide."""
+    _used()
+    monkeypatch.setattr(core.NATIVE, "run", lambda *a: (_ for _ in ()).throw(ValueError("x")))
+    with pytest.raises(ValueError, match="^x$"):
+        _used()
