@@ -17,7 +17,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lightning_modules import builders, report
+from lightning_modules import builders, entry, report
 
 builders.register_configs()
 
@@ -25,15 +25,14 @@ builders.register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="simulate")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Run the simulation; returns the mean simulated top-1, or the `optimized_metrics` of a
-    multi-objective sweeper (hparams_search=macro_pareto), to Hydra."""
-    try:
-        return report.objectives(builders.simulate(cfg), cfg)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
-    except builders.RunInterrupted as e:  # Ctrl-C: one line saying what was kept
-        print(e, file=sys.stderr, flush=True)
-        sys.exit(130)
+    multi-objective sweeper (hparams_search=macro_pareto), to Hydra (NaN for a failed job)."""
+    metrics = cfg.get("optimized_metrics")
+    failed = tuple(float("nan") for _ in metrics) if metrics else float("nan")
+    return entry.run_task(lambda c: report.objectives(builders.simulate(c), c), cfg, failed)
 
 
 if __name__ == "__main__":
+    # -m: every job's config is checked before the first job runs
+    sys.argv[1:] = entry.preflight("simulate", sys.argv[1:])
     main()
+    sys.exit(entry.exit_status())

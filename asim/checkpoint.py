@@ -36,7 +36,10 @@ from torch import Tensor, nn
 
 from .models.layers import PACT
 
-__all__ = ["load_checkpoint"]
+__all__ = [
+    "load_checkpoint",
+    "read_checkpoint",
+]
 
 # (pattern, replacement, naming) applied in order to every key; see the module docstring.
 _RENAMES: list[tuple[re.Pattern[str], str, str]] = [
@@ -57,6 +60,40 @@ _RENAMES: list[tuple[re.Pattern[str], str, str]] = [
 ]
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / torch.compile
 _N_LISTED = 3  # keys named per category in an error message
+
+
+def read_checkpoint(
+    path: str | os.PathLike, *, weights_only: bool = True, option: str = "ckpt"
+) -> Any:
+    """``torch.load`` of a checkpoint file on the CPU; a file that is not one fails with a
+    one-line ValueError naming the file, what it is and what was expected (``option``: the
+    command-line key the path came from, for the message).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: truncated or not a PyTorch file, or pickled objects other than tensors
+            with ``weights_only``.
+    """
+    label = os.fspath(path)
+    if not os.path.isfile(label):
+        raise FileNotFoundError(f"{option}={label}: no such file")
+    try:
+        return torch.load(label, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # unpickling and zip errors have many types
+        text = str(e)
+        if weights_only and "weights_only" in text:
+            raise ValueError(
+                f"{option}={label} holds pickled Python objects, not only tensors (e.g. a "
+                "whole model): save model.state_dict() instead (from Python, "
+                "load_checkpoint(..., weights_only=False) reads a file you trust)"
+            ) from None
+        size = os.path.getsize(label)
+        reason = text.strip().splitlines()[0].split(". ")[0] if text.strip() else "empty"
+        raise ValueError(
+            f"{option}={label} ({size} bytes) is not a readable PyTorch checkpoint: truncated "
+            f"or another format ({type(e).__name__}: {reason[:100]}); expected a file written "
+            "by torch.save (a state_dict, a reference .pkl or a Lightning .ckpt)"
+        ) from None
 
 
 def load_checkpoint(
@@ -103,15 +140,7 @@ def load_checkpoint(
         label, ckpt = "<dict>", source
     else:
         label = os.fspath(source)
-        try:
-            ckpt = torch.load(label, map_location="cpu", weights_only=weights_only)
-        except Exception as e:  # unpickling errors have many types
-            if weights_only and "weights_only" in str(e):
-                raise ValueError(
-                    f"checkpoint {label} holds objects other than tensors; if you "
-                    "trust the file, pass weights_only=False"
-                ) from e
-            raise
+        ckpt = read_checkpoint(label, weights_only=weights_only)
     name = getattr(model, "model_name", None) or type(model).__name__
     fmt, state, ignored, meta = _unwrap(ckpt, label)
     model_sd = model.state_dict()

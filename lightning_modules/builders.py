@@ -31,6 +31,7 @@ from .config import (
     resolve_path,
 )
 from .results import ResultsFile, format_conversions, format_energy, format_table, hparams
+from .resume import RunFinished
 from .run import RunInterrupted, simulate, train
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "MacroDelta",
     "ModelConfig",
     "ResultsFile",
+    "RunFinished",
     "RunInterrupted",
     "SimulateOptions",
     "build_datamodule",

@@ -156,6 +156,8 @@ class _RunSchema:
     ckpt: str | None = None
     output_dir: str = "???"
     progress_percent: int = 10
+    force: bool = False
+    """Run values outside the physics of a macro (e.g. noise above 10 % of full scale)."""
     macro: MacroSchema = field(default_factory=MacroSchema)  # type: ignore[valid-type]
     noise: NoiseSchema = field(default_factory=NoiseSchema)  # type: ignore[valid-type]
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -185,6 +187,9 @@ class TrainSchema(_RunSchema):
     export: str | None = None
     resume: str | None = None
     label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    """Mixup (spec §9.5): lambda ~ Beta(alpha, alpha) mixes each batch with a permutation of
+    itself; 0 = off, 1.0 = the reference's."""
     optimizer: Any = None
     scheduler: Any = None
     callbacks: Any = None
@@ -287,8 +292,17 @@ def resolve_path(path: str | os.PathLike) -> Path:
 
 
 def macro_config(cfg: DictConfig) -> MacroConfig:
-    """The validated :class:`MacroConfig` of ``cfg.macro`` (one-line ValueError if invalid)."""
-    return _frozen(MacroConfig, cfg.macro)
+    """The validated :class:`MacroConfig` of ``cfg.macro`` (one-line ValueError if invalid).
+
+    A preset whose fields were overridden is named ``custom``: its label then lists the
+    fields (``custom(W8A8, nrow=63, adc=7, ...)``), not a preset it no longer is."""
+    macro = _frozen(MacroConfig, cfg.macro)
+    preset = PROJECT_ROOT / "conf" / "macro" / f"{macro.name}.yaml"
+    if preset.is_file():
+        fields = OmegaConf.merge(OmegaConf.structured(MacroSchema), OmegaConf.load(preset))
+        if _frozen(MacroConfig, fields) != macro.replace(name=fields.name):
+            macro = macro.replace(name="custom")
+    return macro
 
 
 def cost_config(cfg: DictConfig) -> CostConfig | None:

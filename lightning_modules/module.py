@@ -44,6 +44,10 @@ class ACiMClassifier(L.LightningModule):
         scheduler: ``scheduler(optimizer) -> LRScheduler`` stepped every epoch, or None.
         label_smoothing: the reference's epsilon: target 1-eps for the true class and
             eps/(K-1) for the others.
+        mixup_alpha: mixup in training (spec §9.5): ``lam ~ Beta(alpha, alpha)`` mixes the
+            batch with a random permutation of itself, the loss is ``lam * L(y) + (1 - lam) *
+            L(y[perm])``; training accuracy counts the original labels. 0 = off; the
+            reference uses 1.0. Draws from torch's global RNG (restored on resume).
         log_prefix: metric prefix of evaluation passes (``val``; ``float``/``inference``/``sim``
             in simulation runs).
         collect_predictions: keep per-sample predictions in :attr:`results`.
@@ -64,6 +68,7 @@ class ACiMClassifier(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
         log_prefix: str = "val",
         collect_predictions: bool = False,
         log_to_logger: bool = True,
@@ -72,6 +77,8 @@ class ACiMClassifier(L.LightningModule):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+        if mixup_alpha < 0:
+            raise ValueError(f"mixup_alpha={mixup_alpha} must be >= 0 (0: off)")
         class_names = (
             list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         )
@@ -93,6 +100,7 @@ class ACiMClassifier(L.LightningModule):
         self.class_names = class_names
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.mixup_alpha = float(mixup_alpha)
         self.log_prefix = log_prefix
         self.collect_predictions = collect_predictions
         self.log_to_logger = log_to_logger
@@ -123,8 +131,15 @@ class ACiMClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, y = batch[0], batch[1]
-        logits = self(x)
-        loss = self.criterion(logits, y)
+        if self.mixup_alpha > 0:
+            alpha = torch.tensor(self.mixup_alpha, dtype=torch.float64)
+            lam = float(torch.distributions.Beta(alpha, alpha).sample())
+            perm = torch.randperm(len(y)).to(y.device)
+            logits = self(lam * x + (1.0 - lam) * x[perm])
+            loss = lam * self.criterion(logits, y) + (1.0 - lam) * self.criterion(logits, y[perm])
+        else:
+            logits = self(x)
+            loss = self.criterion(logits, y)
         self.train_acc(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log(

@@ -8,6 +8,7 @@ print its one line and exit 130).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import signal
@@ -27,6 +28,7 @@ from asim import acim_modules, resample_noise, set_mode, set_sample_index
 from asim.cost import CostConfig, estimate_cost
 from asim.engine import backends_used, describe_backends, reset_backends_used
 
+from .checks import check_run
 from .config import (
     build_datamodule,
     build_float_model,
@@ -56,8 +58,16 @@ from .results import (
     mean_std,
     tensorboard_hparams,
 )
+from .resume import (
+    ResumeState,
+    RunFinished,
+    check_resumed_config,
+    completed_epochs,
+    read_training_checkpoint,
+    resume_command,
+)
 
-__all__ = ["RunInterrupted", "simulate", "train"]
+__all__ = ["RunFinished", "RunInterrupted", "simulate", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +139,7 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
     opts = cfg.simulate
     repeats = opts.repeats
-    if repeats < 1:
-        raise ValueError(f"simulate.repeats={repeats!r} must be an integer >= 1")
+    check_run(cfg, "simulate")  # every check that needs no model pass, before any work
     measured = opts.get("measured_top1")
     if measured is not None and not 0.0 <= measured <= 1.0:
         raise ValueError(
@@ -275,7 +284,18 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
                 for key in ("energy_pj", "adc_conversions", "latency_ns", "area_mm2", "tops_per_w"):
                     metrics[f"sim/{key}"] = res["cost"][key]
             log_summary(trainer.logger, cfg, metrics, [r.top1 for r in sim_runs])
+            _write_hparams_yaml(trainer.logger)
     return res
+
+
+def _write_hparams_yaml(logger) -> None:
+    """TensorBoard's ``hparams.yaml`` is written once, when the first pass starts (empty
+    then); rewrite it with the run's hyper-parameters."""
+    from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+    log_dir = getattr(logger, "log_dir", None)
+    if isinstance(logger, TensorBoardLogger) and log_dir and logger.hparams:
+        save_hparams_to_yaml(Path(log_dir) / "hparams.yaml", logger.hparams)
 
 
 def _example_input(dm) -> torch.Tensor:
@@ -426,9 +446,60 @@ def _resume_path(cfg: DictConfig) -> str | None:
             )
         return str(path)
     path = resolve_path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise FileNotFoundError(f"resume={resume}: no such Lightning checkpoint ({path})")
     return str(path)
+
+
+def _check_resume(cfg: DictConfig, resume: str) -> None:
+    """The checkpoint is a Lightning training checkpoint of this very run configuration, and
+    the run has epochs left (else :class:`RunFinished`)."""
+    ckpt = read_training_checkpoint(resume)
+    check_resumed_config(cfg, ckpt, resume)
+    done, planned = completed_epochs(ckpt), cfg.trainer.get("max_epochs")
+    if planned not in (None, -1) and done >= int(planned):
+        raise RunFinished(
+            f"the run of {resume} is finished ({done} of {planned} epochs); nothing changed. "
+            f"To train on, add trainer.max_epochs=N with N > {done}"
+        )
+
+
+def _keep_csv_metrics(folder: Path) -> None:
+    """Lightning's CSV logger deletes an existing ``metrics.csv``: a resumed run first moves
+    the interrupted run's to ``metrics-1.csv`` (``-2``, ... for later resumes)."""
+    old = folder / "metrics.csv"
+    if not old.is_file():
+        return
+    for k in range(1, 10_000):
+        kept = folder / f"metrics-{k}.csv"
+        if not kept.exists():
+            old.rename(kept)
+            log.info("resume: the interrupted run's metrics.csv is kept as %s", kept.name)
+            return
+
+
+def _export_path(cfg: DictConfig, resume: str | None) -> Path | None:
+    """Where the best model's state_dict goes; one that exists and is not this run's own (in
+    its folder, or named by its results) is refused before any work."""
+    if not cfg.get("export"):
+        return None
+    export = Path(cfg.export).expanduser().resolve()
+    out = Path(cfg.output_dir).resolve()
+    if not export.exists() or export.is_relative_to(out):
+        return export
+    if resume is not None:
+        for old in out.glob("results*.json"):
+            try:
+                if json.loads(old.read_text()).get("export") == str(export):
+                    return export
+            except (OSError, ValueError):
+                continue
+    raise ValueError(
+        f"export={cfg.export} exists and belongs to another run: pass export=NEW_PATH "
+        "(or remove the file first to replace it)"
+    )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -442,11 +513,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     t_start = time.perf_counter()
     quiet_lightning()
-    macro_config(cfg), noise_config(cfg)  # validate before any work
-    for key in ("trim_noise", "attn_trim_noise"):
-        if cfg[key] < 0:
-            raise ValueError(f"{key}={cfg[key]} must be >= 0 (percent)")
+    check_run(cfg, "train")  # every check that needs no model pass, before any work
     resume = _resume_path(cfg)
+    if resume is not None:
+        _check_resume(cfg, resume)
+    export = _export_path(cfg, resume)
     ckpt = _ckpt(cfg, required=False)
     nat = cfg.trim_noise > 0 or cfg.attn_trim_noise > 0
     if ckpt is None and nat and resume is None:
@@ -457,6 +528,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     dm = build_datamodule(cfg)
     dm.setup("fit")
+    task = getattr(dm, "task", "classification")
+    if cfg.mixup_alpha > 0 and task != "classification":
+        raise ValueError(
+            f"mixup_alpha={cfg.mixup_alpha:g} mixes images of a classification dataset; "
+            f"dataset={cfg.dataset.name} is {task}: set mixup_alpha=0"
+        )
     float_model = build_float_model(cfg, dm)
     if resume is None:
         load_weights(float_model, ckpt)
@@ -476,13 +553,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         label_smoothing=float(cfg.label_smoothing),
+        mixup_alpha=float(cfg.mixup_alpha),
     )
 
-    callbacks = []
+    callbacks: list = [ResumeState(int(cfg.seed), OmegaConf.to_yaml(cfg))]
     for name, cb_cfg in (cfg.get("callbacks") or {}).items():
         if cb_cfg is None or (name == "lr_monitor" and not cfg.get("logger")):
             continue
         callbacks.append(instantiate(cb_cfg))
+    if resume is not None:
+        _keep_csv_metrics(Path(cfg.output_dir))
     trainer = build_trainer(cfg, callbacks=callbacks)
     files = ResultsFile(_output_dir(cfg)) if trainer.is_global_zero else None
     if trainer.logger is not None:  # TensorBoard's HPARAMS tab needs the metric declared
@@ -496,7 +576,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         last = _last_checkpoint(trainer)
         raise RunInterrupted(
             f"interrupted at epoch {trainer.current_epoch}: last checkpoint {last or 'none'}; "
-            f"continue with resume={last or 'PATH'}"
+            f"continue with: {resume_command(last)}"
         ) from None
     last_epoch_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -545,8 +625,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     if files is not None:
-        if cfg.get("export"):
-            export = Path(cfg.export).expanduser().resolve()
+        if export is not None:
             export.parent.mkdir(parents=True, exist_ok=True)
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             tmp = export.with_suffix(export.suffix + ".tmp")

@@ -143,11 +143,15 @@ def test_bitserial_255_is_the_reference_macro(compose):
 def test_noise_presets_validate(compose, name):
     noise = builders.noise_config(compose("simulate", f"noise={name}"))
     assert isinstance(noise, NoiseConfig)
+    from asim.noise import GaussianNoise, HistogramNoise, TableNoise, build_noise
+
+    model = build_noise(noise)  # the model the preset describes, its table parsed
+    expected = {"none": type(None), "gaussian": GaussianNoise, "measured": TableNoise}
+    expected["histogram"] = HistogramNoise
+    assert isinstance(model, expected.get(name, object)), (name, model)
     if name == "measured":
         assert Path(noise.file).is_absolute() and Path(noise.file).is_file()
-        from asim.noise import build_noise
-
-        assert build_noise(noise) is not None
+        assert model.counts.numel() > 1 and model.source == noise.file
 
 
 @pytest.mark.parametrize("name", _options("cost"))
@@ -359,3 +363,82 @@ def test_missing_dataset_folder_names_path_and_layout(compose, tmp_path):
         dm.setup("validate")
     msg = str(err.value)
     assert str(tmp_path / "nope") in msg and "train/<class>" in msg and "\n" not in msg
+
+
+# ------------------------------------------------------- checks before the first pass (checks.py)
+
+
+@pytest.mark.parametrize(
+    ("task", "overrides", "message"),
+    [
+        ("simulate", ["noise=measured", "noise.rand_sigma=0.3"], "would be ignored"),
+        ("simulate", ["macro.vote_levels=2"], "votes over macro.vote_samples=1 draw"),
+        ("simulate", ["macro.vote_samples=3"], "votes on no cycle"),
+        (
+            "simulate",
+            ["noise=gaussian", "noise.rand_sigma=50"],
+            "did you mean noise.rand_sigma=0.5",
+        ),
+        ("simulate", ["macro.nrow=5000"], "beyond any SRAM array"),
+        ("simulate", ["+resume=auto"], "a simulation has no training state"),
+        ("simulate", ["+trim_noise=5"], "it is a train.py option"),
+        ("train", ["mixup_alpha=-1"], "mixup_alpha=-1.0 must be >= 0"),
+    ],
+)
+def test_silent_no_ops_and_implausible_values_are_errors(compose, task, overrides, message):
+    from lightning_modules.checks import check_run
+
+    with pytest.raises(ValueError, match=message) as info:
+        check_run(compose(task, *overrides), task)
+    assert "\n" not in str(info.value)
+
+
+def test_force_runs_implausible_values(compose):
+    from lightning_modules.checks import check_run
+
+    check_run(
+        compose("simulate", "noise=gaussian", "noise.rand_sigma=50", "force=true"), "simulate"
+    )
+    with pytest.raises(ValueError, match="add force=true"):
+        check_run(compose("simulate", "noise=gaussian", "noise.rand_sigma=50"), "simulate")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("count;offset;std\n0;0;0.1\n", "count"),
+        ("count,offset,std\n0,0,nan\n", "line 2"),
+        ("count,offset,std\n4,0,0.1\n0,0,0.1\n", "line 3"),
+        ("count,offset,std\n0,0,-1\n", "line 2"),
+        ("", "bad.csv"),
+    ],
+)
+def test_malformed_noise_tables_fail_before_any_pass(compose, tmp_path, text, message):
+    from lightning_modules.checks import check_run
+
+    table = tmp_path / "bad.csv"
+    table.write_text(text)
+    cfg = compose("simulate", "noise=measured", f"noise.file={table}")
+    with pytest.raises(ValueError, match=message):
+        check_run(cfg, "simulate")
+
+
+def test_a_sweep_is_checked_job_by_job_before_it_runs():
+    from lightning_modules.checks import check_sweep
+
+    bad = check_sweep("simulate", ["macro.adc_bits=7,0", "noise.rand_sigma=0,50"])
+    assert bad == [
+        "job 1 (macro.adc_bits=7,noise.rand_sigma=50): noise.rand_sigma=50 is 50 % of the ADC "
+        "full scale (above 10 %; one 8-bit LSB is 0.392 %): did you mean noise.rand_sigma=0.5? "
+        "If meant, add force=true",
+        "job 2 (macro.adc_bits=0,noise.rand_sigma=0): MacroConfig.adc_bits=0 must be in 1..24",
+        "job 3 (macro.adc_bits=0,noise.rand_sigma=50): MacroConfig.adc_bits=0 must be in 1..24",
+    ]
+    assert check_sweep("simulate", ["macro.adc_bits=7,8"]) == []
+
+
+def test_an_overridden_preset_is_labelled_custom(compose):
+    assert builders.macro_config(compose("simulate")).name == "bitserial_255"
+    custom = builders.macro_config(compose("simulate", "macro.nrow=63", "macro.adc_bits=7"))
+    assert custom.describe().startswith("custom(W8A8, nrow=63, adc=7")
+    assert builders.macro_config(compose("simulate", "macro=ideal")).name == "ideal"

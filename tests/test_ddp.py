@@ -50,6 +50,7 @@ def _ddp(args: list[str], out: Path) -> None:
 
 
 @pytest.mark.slow  # two processes: 20-40 s
+@pytest.mark.ddp
 def test_ddp_two_processes_match_single_process(tmp_path):
     _ddp(ARGS, tmp_path / "ddp")
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
@@ -86,6 +87,7 @@ NOISY = [
 NOISY_SAMPLES = 108
 
 
+@pytest.mark.ddp  # two processes
 def test_noisy_results_do_not_depend_on_batch_size_or_processes(tmp_path):
     """noise=gaussian, act_scale=sample: batch 16 in one process, batch 32 in one process and
     batch 32 on 2 DDP ranks (two blocks each) give the same predictions, bit for bit, for

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+pytestmark = pytest.mark.entrypoint  # subprocesses: CI runs them in their own step
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = (
@@ -190,3 +193,126 @@ def test_train_default_reproduces_shipped_accuracy(tmp_path):
     proc = run("simulate.py", f"ckpt={res['export']}", f"hydra.run.dir={tmp_path / 'sim'}")
     assert json.loads((tmp_path / "sim" / "results.json").read_text())["float_top1"] >= 0.97
     assert proc.returncode == 0
+
+
+# ---------------------------------------------------------- user mistakes: one line, no work
+
+
+def _bad_files(tmp_path: Path) -> dict[str, Path]:
+    files = {}
+    csv = tmp_path / "bad_noise.csv"
+    csv.write_text("count;offset;std\n0;0;0.1\n")
+    files["csv"] = csv
+    trunc = tmp_path / "truncated.pt"
+    data = (ROOT / "checkpoints" / "digits_cnn.pt").read_bytes()
+    trunc.write_bytes(data[: len(data) // 2])
+    files["truncated"] = trunc
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    files["text"] = text
+    return files
+
+
+BAD_SIMULATE = [
+    (["noise=measured", "noise.rand_sigma=0.3"], "error: noise.file (a measured table) replaces"),
+    (["macro.vote_levels=2"], "error: macro.vote_levels=2 votes over macro.vote_samples=1"),
+    (["noise=gaussian", "noise.rand_sigma=50"], "error: noise.rand_sigma=50 is 50 % of the ADC"),
+    (["macro.nrow=100000"], "error: macro.nrow=100000 rows on one bit line is beyond any"),
+    (["+resume=auto"], "error: +resume= is not used by simulate.py"),
+    (["noise=measured", "noise.file={csv}"], "error: "),
+    (["ckpt={truncated}"], "error: ckpt="),
+    (["ckpt={text}"], "error: ckpt="),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_SIMULATE)
+def test_bad_input_stops_before_any_pass_in_one_line(args, expected, tmp_path):
+    files = _bad_files(tmp_path)
+    args = [a.format(**files) for a in args]
+    folder = tmp_path / "run"
+    proc = run("simulate.py", *args, f"hydra.run.dir={folder}", check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith(expected), lines[-3:]
+    assert "float:" not in proc.stdout  # no pass started
+    assert not folder.exists()  # a refused run leaves no folder behind
+
+
+def test_resume_with_a_state_dict_is_one_line(tmp_path):
+    proc = run("train.py", "resume=checkpoints/digits_cnn.pt", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.match(r"error: resume=\S*digits_cnn.pt is a weights-only state_dict, not a", last)
+    assert "use ckpt=PATH" in last
+
+
+def test_resume_auto_of_a_finished_run_changes_no_file(tmp_path):
+    folder = tmp_path / "run"
+    run("train.py", "debug=fast", f"hydra.run.dir={folder}")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    proc = run("train.py", "resume=auto", f"hydra.run.dir={folder}")
+    assert "is finished (1 of 1 epochs); nothing changed" in proc.stdout
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    # the printed kind of hint, resume=<last.ckpt>, finds the folder and its overrides itself
+    proc = run("train.py", f"resume={folder / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=2")
+    res = json.loads((folder / "results-1.json").read_text())
+    assert res["epochs"] == 2 and res["config"]["trainer"]["limit_train_batches"] == 3
+
+
+FAST_SIM = ["simulate.float=false", "simulate.inference=false", "trainer.limit_val_batches=1"]
+
+
+def test_a_sweep_with_one_bad_value_runs_no_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run(
+        "simulate.py",
+        "-m",
+        "macro.adc_bits=7,8,0",
+        *FAST_SIM,
+        f"hydra.sweep.dir={sweep}",
+        check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0].startswith("error: job 2 (macro.adc_bits=0,")
+    assert "MacroConfig.adc_bits=0 must be in 1..24" in errors[0]
+    assert errors[-1] == "error: 1 job(s) of the sweep are invalid (listed above); no job ran"
+    assert not sweep.exists()
+
+
+def test_a_job_failing_at_run_time_does_not_stop_the_sweep_report(tmp_path):
+    """The digits checkpoint does not fit vit_tiny: found when that job builds its model."""
+    sweep = tmp_path / "sweep"
+    proc = run(
+        "simulate.py",
+        "-m",
+        "model=digits_cnn,vit_tiny",
+        "ckpt=checkpoints/digits_cnn.pt",
+        *FAST_SIM,
+        "logger=csv",
+        f"hydra.sweep.dir={sweep}",
+        check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: 1 job(s) failed" in proc.stderr
+    failed = [p.parent for p in sweep.glob("*/error.txt")]
+    assert len(failed) == 1 and "model=vit_tiny" in failed[0].name
+    assert "does not fit" in (failed[0] / "error.txt").read_text()
+    report = (sweep / "report.md").read_text()
+    assert failed[0].name in report and len(list(sweep.glob("*/results.json"))) == 1
+
+
+def test_a_sweep_with_an_unreadable_checkpoint_runs_no_job(tmp_path):
+    files = _bad_files(tmp_path)
+    sweep = tmp_path / "sweep"
+    proc = run(
+        "simulate.py",
+        "-m",
+        f"ckpt=checkpoints/digits_cnn.pt,{files['truncated']}",
+        *FAST_SIM,
+        f"hydra.sweep.dir={sweep}",
+        check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "is not a readable PyTorch checkpoint" in proc.stderr and not sweep.exists()

@@ -293,7 +293,7 @@ def test_interrupted_simulation_keeps_finished_repeats(compose_run, tmp_path, mo
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["complete"] is False and saved["repeats"] == 2
     assert saved["repeats_requested"] == 5 and len(saved["sim_top1_runs"]) == 2
-    assert saved["float_top1"] is not None and saved["inference_top1"] is not None
+    assert 0.9 < saved["float_top1"] <= 1 and 0.9 < saved["inference_top1"] <= 1  # kept
 
 
 def test_dataset_class_count_mismatch_blames_the_dataset(compose_run, tmp_path):
@@ -466,3 +466,47 @@ def test_sensitivity_noise_is_seeded_as_repeat_0(compose_run):
     assert one["sensitivity"] == two["sensitivity"]
     assert one["sim_top1_runs"][0] == two["sim_top1_runs"][0]
     assert one["sensitivity"] != other["sensitivity"]
+
+
+def test_mixup_loss_is_the_references():
+    """lam ~ Beta(a, a) from the global RNG, one permutation pairs the rows; the loss is
+    lam * CE(y) + (1 - lam) * CE(y[perm]) on the mixed batch (spec §9.5)."""
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    module = ACiMClassifier(net, 3, mixup_alpha=1.0)
+    torch.manual_seed(1)
+    loss = module.training_step((x, y), 0)
+    torch.manual_seed(1)
+    a = torch.tensor(1.0, dtype=torch.float64)
+    lam = float(torch.distributions.Beta(a, a).sample())
+    perm = torch.randperm(6)
+    logits = net(lam * x + (1 - lam) * x[perm])
+    ce = nn.functional.cross_entropy
+    assert 0 < lam < 1 and not torch.equal(perm, torch.arange(6))
+    assert torch.equal(loss, lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm]))
+    plain = ACiMClassifier(net, 3).training_step((x, y), 0)
+    assert torch.equal(plain, ce(net(x), y))
+
+
+def test_one_summary_line_per_epoch(tmp_path, capsys):
+    """Without a terminal: one line per epoch with train loss and val/acc."""
+    overrides = ["debug=fast", "trainer.max_epochs=2", "logger=csv", f"output_dir={tmp_path}"]
+    builders.train(builders.compose("train", overrides))
+    lines = [x for x in capsys.readouterr().out.splitlines() if " done (" in x]
+    assert [x.split(":")[0] for x in lines] == ["epoch 0 done (1 of 2)", "epoch 1 done (2 of 2)"]
+    assert all("train/loss " in x and "val/acc " in x for x in lines)
+
+
+def test_simulation_hparams_yaml_is_written_with_tensorboard(tmp_path):
+    """TensorBoard writes hparams.yaml when the first pass starts; the run rewrites it with
+    its hyper-parameters (it was left as {})."""
+    import yaml
+
+    cfg = builders.compose(
+        "simulate",
+        [*FAST, "macro.adc_bits=7", "trainer.enable_progress_bar=false", f"output_dir={tmp_path}"],
+    )
+    builders.simulate(cfg)
+    hp = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
+    assert "adc=7" in hp["macro"] and hp["noise"] == "none"

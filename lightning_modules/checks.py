@@ -1,0 +1,177 @@
+"""Every check that needs no model pass, run before the first one.
+
+:func:`check_run` validates a composed config: the macro and noise configs (ranges, and
+measured noise tables/histograms parsed now, not at the first simulated batch), the checkpoint
+file (readable), keys a primary
+config does not use, combinations that would silently do nothing, and values outside the
+physics of an SRAM macro (``force=true`` runs them anyway). :func:`check_sweep` does it for
+every job of a basic multirun before the first job runs. Errors are one-line ValueErrors
+(FileNotFoundError for a missing file) the entry points print as ``error: ...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+from omegaconf import DictConfig
+
+from asim.checkpoint import read_checkpoint
+from asim.noise import build_noise
+
+from .config import SimulateSchema, TrainSchema, macro_config, noise_config, resolve_path
+
+__all__ = ["MAX_NOISE_PERCENT", "MAX_NROW", "check_run", "check_sweep"]
+
+MAX_NOISE_PERCENT = 10.0
+"""Read-out noise above this (% of the ADC full scale, about 25 LSB of an 8-bit ADC) is
+beyond any published macro: most likely a fraction typed as a percentage."""
+MAX_NROW = 4096
+"""Rows summed on one bit line: more than any published SRAM compute-in-memory array."""
+
+_SCHEMAS = {"simulate": SimulateSchema, "train": TrainSchema}
+_OTHER = {"simulate": "train.py", "train": "simulate.py"}
+
+
+def _unknown_keys(cfg: DictConfig, task: str) -> None:
+    """Root keys the task's schema does not have (added with ``+KEY=``) would be ignored."""
+    known = {f.name for f in dataclasses.fields(_SCHEMAS[task])} | {"hydra"}
+    twin = "train" if task == "simulate" else "simulate"
+    other = {f.name for f in dataclasses.fields(_SCHEMAS[twin])}
+    for key in cfg:
+        if key in known:
+            continue
+        hint = f"it is a {_OTHER[task]} option" if key in other else "no option has that name"
+        if key == "resume" and task == "simulate":
+            hint = "a simulation has no training state to continue; run it again instead"
+        raise ValueError(f"+{key}= is not used by {task}.py ({hint}): drop it")
+
+
+def _plausible(cfg: DictConfig, macro, noise) -> None:
+    """Values outside the physics stop the run unless ``force=true``."""
+    if cfg.get("force"):
+        return
+    for name in ("rand_sigma", "nonlinear_sigma"):
+        value = getattr(noise, name)
+        if value > MAX_NOISE_PERCENT:
+            raise ValueError(
+                f"noise.{name}={value:g} is {value:g} % of the ADC full scale (above "
+                f"{MAX_NOISE_PERCENT:g} %; one 8-bit LSB is 0.392 %): did you mean "
+                f"noise.{name}={value / 100:g}? If meant, add force=true"
+            )
+    if noise.cell_sigma > 100:
+        raise ValueError(
+            f"noise.cell_sigma={noise.cell_sigma:g} is above 100 % of a cell's unit current: "
+            "did you mean a fraction of it? If meant, add force=true"
+        )
+    if macro.nrow > MAX_NROW:
+        raise ValueError(
+            f"macro.nrow={macro.nrow} rows on one bit line is beyond any SRAM array "
+            f"(> {MAX_NROW}); if meant, add force=true"
+        )
+
+
+def _no_ops(macro, noise) -> None:
+    """Settings that would be ignored or do nothing."""
+    if noise.file is not None and (noise.rand_sigma > 0 or noise.nonlinear_sigma > 0):
+        raise ValueError(
+            f"noise.file (a measured table) replaces the Gaussian terms: "
+            f"noise.rand_sigma={noise.rand_sigma:g}, noise.nonlinear_sigma="
+            f"{noise.nonlinear_sigma:g} would be ignored; set them to 0, or use noise=gaussian"
+        )
+    if macro.vote_levels > 0 and macro.vote_samples == 1:
+        raise ValueError(
+            f"macro.vote_levels={macro.vote_levels} votes over macro.vote_samples=1 draw, "
+            "which changes nothing: set macro.vote_samples=3 (or another odd count > 1), or "
+            "macro.vote_levels=0"
+        )
+    if macro.vote_samples > 1 and macro.vote_levels == 0:
+        raise ValueError(
+            f"macro.vote_samples={macro.vote_samples} with macro.vote_levels=0 votes on no "
+            "cycle: set macro.vote_levels=N (the MSB cycles to vote on), or vote_samples=1"
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _readable(path: str, mtime_ns: int, size: int) -> None:
+    read_checkpoint(path)
+
+
+def _check_ckpt(cfg: DictConfig) -> None:
+    """``ckpt`` names a readable PyTorch file (whether it fits the model is checked when the
+    model is built, still before the first pass)."""
+    ckpt = cfg.get("ckpt")
+    if ckpt is None:
+        return
+    path = resolve_path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: ckpt={ckpt} ({path})")
+    stat = path.stat()
+    _readable(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def check_run(cfg: DictConfig, task: str) -> None:
+    """Validate ``cfg`` for ``task`` (``simulate`` or ``train``) without running a model.
+
+    Raises:
+        ValueError: one line naming the override to change.
+        FileNotFoundError: a file named by the config is missing.
+    """
+    _unknown_keys(cfg, task)
+    macro, noise = macro_config(cfg), noise_config(cfg)
+    build_noise(noise)  # parse measured tables and histograms now (cached for the run)
+    _no_ops(macro, noise)
+    _plausible(cfg, macro, noise)
+    _check_ckpt(cfg)
+    if task == "simulate":
+        repeats = cfg.simulate.repeats
+        if repeats < 1:
+            raise ValueError(f"simulate.repeats={repeats!r} must be an integer >= 1")
+    else:
+        for key in ("trim_noise", "attn_trim_noise"):
+            if cfg[key] < 0:
+                raise ValueError(f"{key}={cfg[key]} must be >= 0 (percent)")
+        if cfg.mixup_alpha < 0:
+            raise ValueError(
+                f"mixup_alpha={cfg.mixup_alpha} must be >= 0 (0: off; 1.0: the reference's)"
+            )
+
+
+def _job_overrides(overrides: Sequence[str]) -> list[list[str]] | None:
+    """Every job's overrides of a basic multirun (Hydra's own sweep expansion), or None when
+    another sweeper (e.g. Optuna) chooses the jobs."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    chooser = ("hparams_search", "hydra/sweeper")
+    if any(o.split("=", 1)[0].lstrip("+~") in chooser for o in overrides):
+        return None
+    parsed = OverridesParser.create().parse_overrides(
+        [o for o in overrides if not o.split("=", 1)[0].startswith("hydra.")]
+    )
+    jobs: list[list[str]] = []
+    for batch in BasicSweeper.split_arguments(parsed, None):
+        jobs.extend(list(job) for job in batch)
+    return jobs
+
+
+def check_sweep(task: str, overrides: Sequence[str]) -> list[str]:
+    """Compose and :func:`check_run` every job of ``python TASK.py -m OVERRIDES``; returns one
+    line per bad job (``job N (k=v,...): error``), empty when all are fine."""
+    from hydra.errors import HydraException
+
+    from .config import compose
+
+    jobs = _job_overrides(list(overrides))
+    if jobs is None:
+        return []
+    bad: list[str] = []
+    for n, job in enumerate(jobs):
+        try:
+            cfg = compose(task, [*job, "output_dir=/nonexistent/sweep-check"])
+            check_run(cfg, task)
+        except (ValueError, FileNotFoundError, HydraException) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            bad.append(f"job {n} ({','.join(job) or 'defaults'}): {msg}")
+    return bad
