@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..engine.backend import run_chunks
+from ..engine.backend import run_chunks, why_not_packed
 from .launch import (
     KernelTables,
     activation_levels,
@@ -60,23 +60,10 @@ class TritonBackend:
         return f"on {device.type} it needs {need}"
 
     def why_not(self, program, operands) -> str | None:
-        why = self.why_not_device(operands.device)
-        if why is not None:
-            return why
-        macro = program.macro
-        if program.weight_parallel:
-            return (
-                "the weight-parallel mode (macro.weight_parallel) runs on the torch backend: "
-                "use ASIM_BACKEND=torch or unset it"
-            )
-        if operands.cell_noise is not None:
-            return "weight-cell variation (noise.cell_sigma) needs ASIM_BACKEND=torch or native"
-        if max(macro.weight_bits, macro.input_bits) > MAX_BITS:
-            return (
-                f"cannot run this call (weight_bits={macro.weight_bits}, input_bits="
-                f"{macro.input_bits}): use ASIM_BACKEND=torch"
-            )
-        return None
+        return self.why_not_device(operands.device) or why_not_packed(
+            program, operands, max_bits=MAX_BITS, max_votes=None,
+            cell_noise_fix="ASIM_BACKEND=torch or native",
+        )  # fmt: skip
 
     def run(self, program, operands, out) -> None:
         run_chunks(_TritonCall(program, operands), operands.x, out)

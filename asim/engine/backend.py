@@ -92,6 +92,32 @@ class ChunkRunner(Protocol):
     def run_chunk(self, x, batch: tuple[int, int], rows: tuple[int, int], y) -> None: ...
 
 
+def why_not_packed(
+    program: Program, operands, *, max_bits: int, max_votes: int | None, cell_noise_fix: str
+) -> str | None:
+    """The refusals the bit-packed kernels (native C, Triton) share, as one line each:
+    weight-parallel programs, weight-cell variation and operand widths (or vote counts) beyond
+    the kernel's limits run on the torch backend."""
+    macro = program.macro
+    if program.weight_parallel:
+        return (
+            "the weight-parallel mode (macro.weight_parallel) runs on the torch backend: "
+            "use ASIM_BACKEND=torch or unset it"
+        )
+    if operands.cell_noise is not None:
+        return f"weight-cell variation (noise.cell_sigma) needs {cell_noise_fix}"
+    votes = program.plan.votes
+    if max(macro.weight_bits, macro.input_bits) > max_bits or (
+        max_votes is not None and votes > max_votes
+    ):
+        shown = f", {votes} votes" if max_votes is not None else ""
+        return (
+            f"cannot run this call (weight_bits={macro.weight_bits}, input_bits="
+            f"{macro.input_bits}{shown}): use ASIM_BACKEND=torch"
+        )
+    return None
+
+
 def run_chunks(runner: ChunkRunner, x, out) -> None:
     """Chunks of rows (and of leading indices) of ``x`` through ``runner``, so memory stays
     bounded whatever the batch size (every draw is addressed by the call's noise stream,

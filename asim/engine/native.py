@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._native import CONST, BucketTable, RunArgs, engine_lib
-from .backend import run_chunks
+from .backend import run_chunks, why_not_packed
 from .operands import OutputRows, Patches
 from .plan import code_multiplier, integer_code_form
 
@@ -223,26 +223,10 @@ class NativeBackend:
         return None
 
     def why_not(self, program, operands) -> str | None:
-        why = self.why_not_device(operands.device)
-        if why is not None:
-            return why
-        macro = program.macro
-        if program.weight_parallel:
-            return (
-                "the weight-parallel mode (macro.weight_parallel) runs on the torch backend: "
-                "use ASIM_BACKEND=torch or unset it"
-            )
-        if operands.cell_noise is not None:
-            return "weight-cell variation (noise.cell_sigma) needs ASIM_BACKEND=torch"
-        if (
-            max(macro.weight_bits, macro.input_bits) > _MAXBITS
-            or program.plan.votes > CONST["ASIM_MAXVOTES"]
-        ):
-            return (
-                f"cannot run this call (weight_bits={macro.weight_bits}, input_bits="
-                f"{macro.input_bits}, {program.plan.votes} votes): use ASIM_BACKEND=torch"
-            )
-        return None
+        return self.why_not_device(operands.device) or why_not_packed(
+            program, operands, max_bits=_MAXBITS, max_votes=CONST["ASIM_MAXVOTES"],
+            cell_noise_fix="ASIM_BACKEND=torch",
+        )  # fmt: skip
 
     def run(self, program, operands, out) -> None:
         x = operands.x
