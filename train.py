@@ -1,13 +1,13 @@
 """Train a model for an SRAM ACiM macro: quantization-aware (QAT) or noise-aware (NAT).
 
-    python train.py                                      # digits_cnn QAT, 30 epochs: ~2-4 min
+    python train.py                                      # digits_cnn QAT, 30 epochs: ~30 s
     python train.py export=my_digits_cnn.pt              # the best model also written there
     python train.py experiment=train/digits_nat          # NAT from the shipped checkpoint
     python train.py experiment=train/resnet18_cifar10_qat dataset.root=DIR trainer=gpu
 
 Writes Lightning checkpoints, the best model's float state_dict and results.json into the
 Hydra run dir (outputs/train/...); Ctrl-C prints the command that resumes the run exactly.
-`python train.py` took 262 s of CPU time on the 2-core CPU (README "Running simulations and
+`python train.py` took 27.9 s wall on the 2-core CPU (README "Running simulations and
 training" says how that was measured). See README.md; configs live in conf/.
 """
 
