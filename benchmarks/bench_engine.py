@@ -23,6 +23,7 @@ quantizing and packing every weight (paid once per weight change, not per call);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -163,14 +164,13 @@ def run_table(settings, shapes, repeats):
     return rows
 
 
-def kernel_share(setting: str, shapes, repeats: int) -> tuple[float, float]:
-    """``(total, in_kernel)`` seconds per batch over ``shapes``: each layer call's best time
-    and, in that same call, the time spent inside the native C call (``asim_run_call``); the
-    difference is what a call spends around the kernel (quantize, program check, setup,
-    de-quantize). CPU only: the native library is wrapped by a timing proxy."""
+@contextlib.contextmanager
+def timed_kernel():
+    """Wraps the native library in a timing proxy for the ``with`` block and yields
+    ``[seconds, calls]`` spent inside ``asim_run_call`` (reset it between timed forwards)."""
     from asim.engine import native
 
-    lib, inside = native.engine_lib(), [0.0]
+    lib, inside, saved = native.engine_lib(), [0.0, 0], native.engine_lib
 
     class Timed:
         def __getattr__(self, name):
@@ -180,12 +180,23 @@ def kernel_share(setting: str, shapes, repeats: int) -> tuple[float, float]:
             t0 = time.perf_counter()
             rc = lib.asim_run_call(args)
             inside[0] += time.perf_counter() - t0
+            inside[1] += 1
             return rc
 
-    saved = native.engine_lib
     native.engine_lib = lambda: Timed()
-    total = kernel = 0.0
     try:
+        yield inside
+    finally:
+        native.engine_lib = saved
+
+
+def kernel_share(setting: str, shapes, repeats: int) -> tuple[float, float]:
+    """``(total, in_kernel)`` seconds per batch over ``shapes``: each layer call's best time
+    and, in that same call, the time spent inside the native C call (``asim_run_call``); the
+    difference is what a call spends around the kernel (quantize, program check, setup,
+    de-quantize). CPU only: the native library is wrapped by a timing proxy."""
+    total = kernel = 0.0
+    with timed_kernel() as inside:
         macro, noise = SETTINGS[setting]
         with torch.no_grad():
             for shape in shapes:
@@ -199,8 +210,6 @@ def kernel_share(setting: str, shapes, repeats: int) -> tuple[float, float]:
                     best = min(best, (time.perf_counter() - t0, inside[0]))
                 total += best[0] * shape[7]
                 kernel += best[1] * shape[7]
-    finally:
-        native.engine_lib = saved
     return total, kernel
 
 

@@ -33,6 +33,7 @@ from asim import (  # noqa: E402
     NoiseConfig,
     resample_noise,
 )
+from benchmarks.bench_engine import timed_kernel  # noqa: E402
 
 GAUSS = NoiseConfig(rand_sigma=0.39, nonlinear_sigma=0.39)
 SETTINGS = {
@@ -64,30 +65,13 @@ class Block(nn.Module):
 
 def measure(setting: str, repeats: int) -> tuple[float, float, int]:
     """``(best forward s, kernel s in that forward, kernel calls)`` of the block."""
-    from asim.engine import native
-
-    lib, inside = native.engine_lib(), [0.0, 0]
-
-    class Timed:
-        def __getattr__(self, name):
-            return getattr(lib, name)
-
-        def asim_run_call(self, args):
-            t0 = time.perf_counter()
-            rc = lib.asim_run_call(args)
-            inside[0] += time.perf_counter() - t0
-            inside[1] += 1
-            return rc
-
     macro, noise = SETTINGS[setting]
     torch.manual_seed(0)
     block = Block(macro, noise).eval()
     resample_noise(block, 0)
     x = torch.randn(1, TOKENS, WIDTH)
-    saved = native.engine_lib
-    native.engine_lib = lambda: Timed()
     best = (float("inf"), 0.0, 0)
-    try:
+    with timed_kernel() as inside:
         with torch.no_grad():
             block(x)  # warm: programs compiled, weights programmed
             for _ in range(repeats):
@@ -95,8 +79,6 @@ def measure(setting: str, repeats: int) -> tuple[float, float, int]:
                 t0 = time.perf_counter()
                 block(x)
                 best = min(best, (time.perf_counter() - t0, inside[0], inside[1]))
-    finally:
-        native.engine_lib = saved
     return best
 
 
