@@ -149,6 +149,14 @@ class MacroConfig:
     """``ieee``: CPU float semantics (canonical; ``true`` is the old name); ``reciprocal``: the
     reference's CUDA numbers."""
 
+    adc_full_scale: int | None = None
+    """TEMP contract field (issue 16, engine side in progress): the ADC full scale in column
+    counts; None = nrow."""
+    adc_thresholds: tuple[float, ...] | None = None
+    """TEMP contract field: A ascending decision thresholds, fractions of full scale."""
+    adc_values: tuple[float, ...] | None = None
+    """TEMP contract field: A + 1 output levels, fractions of full scale."""
+
     def __post_init__(self) -> None:
         for field, enum in (
             ("conv_tiling", ConvTiling),
