@@ -6,6 +6,7 @@ Convert any model and simulate it::
     acim = convert_to_acim(model, MacroConfig(adc_bits=6), NoiseConfig(rand_sigma=0.39))
 """
 
+from .calibrate import Calibration, LayerCalibration, calibrate_adc
 from .config import (
     ActScale,
     CellVariation,
@@ -41,6 +42,7 @@ __all__ = [
     "ACiMMultiheadAttention",
     "ActScale",
     "AttentionMacros",
+    "Calibration",
     "CellVariation",
     "ConvTiling",
     "CostConfig",
@@ -50,6 +52,7 @@ __all__ = [
     "FirstLayer",
     "GaussianNoise",
     "HistogramNoise",
+    "LayerCalibration",
     "LayerMacro",
     "MacroConfig",
     "MacroDelta",
@@ -61,6 +64,7 @@ __all__ = [
     "acim_modules",
     "activation_cycles",
     "build_noise",
+    "calibrate_adc",
     "convert_to_acim",
     "estimate_cost",
     "resample_noise",
