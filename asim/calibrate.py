@@ -89,7 +89,7 @@ class CountHistogram:
     counts: dict[int, Tensor] = field(default_factory=dict)
 
     def add(self, levels: int, m: Tensor) -> None:
-        n = torch.bincount(m.reshape(-1).long().cpu(), minlength=levels * self.nrow + 1)
+        n = torch.bincount(m.reshape(-1).to(torch.int32), minlength=levels * self.nrow + 1).cpu()
         have = self.counts.get(levels)
         self.counts[levels] = n if have is None else have + n
 
@@ -129,75 +129,64 @@ class _Observer:
 
     def __init__(self):
         self.hists: dict[str, CountHistogram] = {}
-        self.parts: dict[str, tuple[str, str]] = {}  # key -> (layer name, macro attribute)
 
     def record(self, name: str, layer, mm) -> None:
         macro = mm.macro or layer.macro
         signed = layer.signed_input if mm.signed is None else mm.signed
-        part = _part(layer, mm, signed)
-        key = name + _SUFFIX[part]
-        self.parts[key] = (name, part)
+        key = name + _SUFFIX[_part(layer, mm, signed)]
         hist = self.hists.setdefault(key, CountHistogram(macro.nrow, macro.adc_bits))
         x_int, _ = layer._quantize_input(mm.x, macro, signed)
-        if mm.layout is None:  # a dynamic operand (attention): quantized per call
+        if mm.layout is None:  # a dynamic operand (attention): quantized per call, [..., R, O]
             w_scale = tensor_scale(mm.w, True, layer._per_sample)
-            w_int = quantize(mm.w, macro.weight_bits, w_scale, True)
-        else:  # a programmed weight: the layer's cached codes (original shape)
-            w_int = layer._programmed(mm.w, mm.sub, mm.layout)[0]
-        plan = build_plan(macro, None, signed)
-        cycles = activation_cycles(macro.input_bits, macro.input_enc_bits, signed)
-        xu = _bits(x_int, macro.input_bits)
-        wb = macro.weight_bits
+            w = quantize(mm.w, macro.weight_bits, w_scale, True)
+        else:  # a programmed weight: the layer's cached codes, laid out [R, O]
+            w = mm.layout(layer._programmed(mm.w, mm.sub, mm.layout)[0])
+        planes = _weight_planes(w, macro.weight_bits, dim=-1)  # [..., R, wb * O]
+        R = planes.shape[-2]
         if isinstance(layer, ACiMConv2d) and mm.layout is not None:
-            counts = self._conv_counts(layer, macro, xu, w_int, cycles)
-            bit_dim = 1  # (B, wb * O, Ho, Wo)
+            kh, kw = layer.kernel_size
+            tiles, _ = conv_tiles(x_int.shape[1], kh * kw, macro.nrow, macro.conv_tiling)
+            for rows in _unfolded(layer, x_int, R):  # [b * Ho * Wo, R], channel-major rows
+                self._count(hist, macro, signed, rows, planes, tiles)
         else:
-            counts = self._matmul_counts(macro, xu, w_int, mm.layout, cycles)
-            bit_dim = -1  # (..., M, wb * O)
-        for c, per_tile in counts:
-            analog = [i for i in range(wb) if plan.mode[i][c] != EXACT]
-            for m in per_tile:
-                bits = m.unflatten(bit_dim, (wb, -1))  # the weight bit's own dim
-                dim = bit_dim if bit_dim > 0 else bits.dim() - 2
-                if len(analog) < wb:  # hybrid exact cycles never reach the ADC (spec §6)
-                    bits = bits.index_select(dim, torch.tensor(analog, device=m.device))
-                hist.add(cycles[c].levels, bits)
+            rows = x_int if mm.layout is None else x_int.reshape(-1, R)
+            self._count(hist, macro, signed, rows, planes, linear_tiles(R, macro.nrow))
 
     @staticmethod
-    def _cycle_values(xu: Tensor, cycle) -> Tensor:
-        """The multi-level input of one cycle: its bits as an integer ``0 .. levels``."""
-        return ((xu >> cycle.bits[0]) & cycle.levels).float()
+    def _count(hist, macro: MacroConfig, signed: bool, x_int, planes, tiles) -> None:
+        """Add the counts ``M`` of every (tile, weight bit, cycle) conversion of
+        ``x_int [..., M, R] @ W [..., R, O]`` (``planes``: W's bit planes side by side)."""
+        plan = build_plan(macro, None, signed)
+        xu = _bits(x_int, macro.input_bits)
+        wb = macro.weight_bits
+        for c, cyc in enumerate(activation_cycles(macro.input_bits, macro.input_enc_bits, signed)):
+            xc = ((xu >> cyc.bits[0]) & cyc.levels).float()  # the cycle's multi-level input
+            analog = [i for i in range(wb) if plan.mode[i][c] != EXACT]
+            pick = torch.tensor(analog, device=xc.device)
+            for s, e in tiles:
+                m = (xc[..., s:e] @ planes[..., s:e, :]).unflatten(-1, (wb, -1))  # [.., wb, O]
+                if len(analog) < wb:  # hybrid exact cycles never reach the ADC (spec §6)
+                    m = m.index_select(-2, pick)
+                hist.add(cyc.levels, m)
 
-    def _matmul_counts(self, macro: MacroConfig, xu: Tensor, w_int: Tensor, layout, cycles):
-        if layout is not None:  # linear: x [..., R] @ w [O, R].T
-            R = w_int.shape[-1]
-            xu = xu.reshape(-1, R)
-            w = layout(w_int)  # [R, O]
-        else:
-            R = xu.shape[-1]
-            w = w_int  # [..., R, O]
-        planes = _weight_planes(w, macro.weight_bits, dim=-1)  # [..., R, wb * O]
-        tiles = linear_tiles(R, macro.nrow)
-        for c, cyc in enumerate(cycles):
-            xc = self._cycle_values(xu, cyc)
-            yield c, (xc[..., s:e] @ planes[..., s:e, :] for s, e in tiles)
 
-    def _conv_counts(self, layer, macro: MacroConfig, xu: Tensor, w_int: Tensor, cycles):
-        C = xu.shape[1]
-        kh, kw = layer.kernel_size
-        tiles, _ = conv_tiles(C, kh * kw, macro.nrow, macro.conv_tiling)
-        planes = _weight_planes(w_int, macro.weight_bits, dim=0)  # (wb * O, C, kh, kw)
-        pad = layer._explicit_padding()
+_UNFOLD_BUDGET = 1 << 24  # unfolded input elements per chunk of images
 
-        def conv(xc: Tensor, s: int, e: int) -> Tensor:
-            c0, c1 = s // (kh * kw), e // (kh * kw)  # tiles hold whole kernels (spec §3.1)
-            return nn.functional.conv2d(
-                xc[:, c0:c1], planes[:, c0:c1], None, layer.stride, pad, layer.dilation
-            )
 
-        for c, cyc in enumerate(cycles):
-            xc = self._cycle_values(xu, cyc)
-            yield c, (conv(xc, s, e) for s, e in tiles)
+def _unfolded(layer, x_int: Tensor, R: int):
+    """A conv's input patches ``[b * Ho * Wo, R]``, a chunk of images at a time."""
+    pad = layer._explicit_padding()
+    B = x_int.shape[0]
+    per_image = None
+    b0 = 0
+    while b0 < B:
+        step = 1 if per_image is None else max(1, _UNFOLD_BUDGET // per_image)
+        cols = nn.functional.unfold(
+            x_int[b0 : b0 + step], layer.kernel_size, layer.dilation, pad, layer.stride
+        )  # [b, R, L]
+        per_image = cols.shape[1] * cols.shape[2]
+        yield cols.transpose(1, 2).reshape(-1, R)
+        b0 += step
 
 
 def _part(layer, mm, signed: bool) -> str:
