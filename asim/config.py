@@ -269,7 +269,8 @@ class NoiseConfig:
     """Analog non-idealities of the column read-out (spec §4.1, §8.1).
 
     Sigmas are in percent of the ADC full scale, as in the reference: one LSB of an 8-bit
-    ADC is 100/255 = 0.392 %. Noise is temporal: fresh for every partial sum and forward call.
+    ADC is 100/255 = 0.392 %; or, with the ``_lsb`` fields, in LSB of each layer's ADC
+    (:meth:`at_adc` converts). Noise is temporal: fresh for every partial sum and forward call.
     """
 
     rand_sigma: float = 0.0
