@@ -263,6 +263,31 @@ def test_attention_parts_are_calibrated_apart():
     assert attn.macro.adc_full_scale == cal.layers["attn"].full_scale
 
 
+def test_digits_cnn_calibrates_its_analog_layers():
+    from asim.models import create_model
+
+    torch.manual_seed(5)
+    model = asim.convert_to_acim(
+        create_model("digits_cnn", num_classes=10, in_channels=1),
+        MacroConfig(adc_bits=6),
+        first_layer="digital",
+    )
+    cal = calibrate_adc(model, [torch.rand(8, 1, 8, 8)], method="max")
+    assert set(cal.layers) == {"conv2", "conv3", "fc"}  # the digital conv1 has no ADC
+    assert all(lc.clip_rate == 0 and lc.full_scale < 255 for lc in cal.layers.values())
+    cal.apply(model)
+    assert model.conv1.macro.adc_full_scale is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_observes_the_same_counts_as_cpu():
+    model = _model(MACRO)
+    cpu = calibrate_adc(model, _batches(), method="lloyd_max")
+    cuda = calibrate_adc(model.cuda(), [b.cuda() for b in _batches()], method="lloyd_max")
+    assert cuda == cpu
+
+
 def _engine_honours_full_scale() -> bool:
     """Whether the engine rescales by ``adc_full_scale`` (issue 16 item 1, engine side)."""
     m = MacroConfig(weight_bits=2, input_bits=2, nrow=8, adc_bits=3)
