@@ -35,6 +35,7 @@ import csv
 import ctypes
 import functools
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -391,6 +392,21 @@ def build_noise(cfg: NoiseConfig | None) -> ReadoutNoise | None:
     if cfg.rand_sigma > 0 or cfg.nonlinear_sigma > 0:
         return GaussianNoise(cfg.rand_sigma, cfg.nonlinear_sigma)
     return None
+
+
+def file_version(cfg: NoiseConfig | None) -> tuple:
+    """(path, modification time, size) of the file ``cfg``'s noise is read from (the
+    histogram before the table, as :func:`build_noise` reads them), or ``()`` when none: what
+    something built from that file must still match to be reused. One ``stat``, no path
+    resolution: it is checked on every layer call."""
+    path = None if cfg is None else cfg.histogram if cfg.histogram is not None else cfg.file
+    if path is None:
+        return ()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path, 0, -1
+    return path, st.st_mtime_ns, st.st_size
 
 
 # ----------------------------------------------------------------------------- code tables
