@@ -651,7 +651,7 @@ static void *compute_worker(void *arg) {
     float *out = (float *)R->y;
     const int64_t *y_row = (const int64_t *)R->y_row;
     float y[NL];
-    uint64_t ek[NL];
+    uint64_t ek[NL], rk[MB];
     for (int t = 0; t < NL; ++t) ek[t] = 0;
     for (;;) {
         const int64_t item = __atomic_fetch_add(&X->next, 1, __ATOMIC_RELAXED);
@@ -660,6 +660,10 @@ static void *compute_worker(void *arg) {
         const int64_t o0 = (item % X->noc) * X->ochunk;
         const int64_t o1 = o0 + X->ochunk < R->O ? o0 + X->ochunk : R->O;
         const int64_t n = R->M - mb < MB ? R->M - mb : MB;
+        if (X->noisy) /* asim_element_key: the rows' part once for all their outputs */
+            for (int64_t t = 0; t < n; ++t)
+                rk[t] = asim_derive(asim_derive(R->call_key, sample[mb + t], ASIM_KEY_SAMPLE),
+                                    pos[mb + t], ASIM_KEY_POS);
         for (int64_t o = o0; o < o1; o += OB) {
             const int64_t nob = o1 - o < OB ? o1 - o : OB;
             for (int t = 0; t < NL; ++t) y[t] = 0.0f;
@@ -669,8 +673,7 @@ static void *compute_worker(void *arg) {
             if (X->noisy)
                 for (int64_t ob = 0; ob < nob; ++ob)
                     for (int64_t t = 0; t < n; ++t)
-                        ek[ob * MB + t] =
-                            asim_element_key(R->call_key, sample[mb + t], pos[mb + t], o + ob);
+                        ek[ob * MB + t] = asim_derive(rk[t], o + ob, ASIM_KEY_OUT);
             for (int32_t tile = 0; tile < R->ntiles; ++tile) {
                 const int64_t nw = (tiles[2 * tile + 1] - tiles[2 * tile] + 63) / 64;
                 for (int64_t ob = 0; ob < nob; ++ob)
