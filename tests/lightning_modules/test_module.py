@@ -510,3 +510,26 @@ def test_simulation_hparams_yaml_is_written_with_tensorboard(tmp_path):
     builders.simulate(cfg)
     hp = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
     assert "adc=7" in hp["macro"] and hp["noise"] == "none"
+
+
+def test_the_passes_of_a_run_are_one_plan():
+    """simulate() runs float, inference, the repeats and the sensitivity passes as one list."""
+    from omegaconf import OmegaConf
+
+    from lightning_modules.run import plan_passes
+
+    opts = OmegaConf.create({"float": True, "inference": False, "repeats": 3, "sensitivity": True})
+    plan = plan_passes(opts, 5, stochastic=True, layers=["conv1", "fc"])
+    assert [(p.kind, p.seed, p.layer, p.alone) for p in plan] == [
+        ("float", None, None, False),
+        ("sim", 5, None, False),
+        ("sim", 6, None, False),
+        ("sim", 7, None, False),
+        ("sensitivity", 5, "conv1", True),
+        ("sensitivity", 5, "conv1", False),
+        ("sensitivity", 5, "fc", True),
+        ("sensitivity", 5, "fc", False),
+    ]
+    # noise off: one deterministic simulated pass stands for the three repeats
+    quiet = plan_passes(OmegaConf.merge(opts, {"sensitivity": False}), 5, stochastic=False, layers=[])
+    assert [(p.kind, p.copies) for p in quiet] == [("float", 1), ("sim", 3)]
