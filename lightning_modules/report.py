@@ -153,7 +153,7 @@ def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
     for folder in folders:
         paths = sorted((int(m.group(1) or 0), p) for p in folder.glob("results*.json")
                        if (m := RESULTS_NAME.fullmatch(p.name)))  # fmt: skip
-        if not paths:
+        if not paths and not any(RESULTS_NAME.fullmatch(p.name) for p in folder.rglob("*.json")):
             out.skipped.append((folder, f"no {RESULTS_FILE} (failed or not finished)"))
         overrides = _read_overrides(folder / OVERRIDES_FILE)
         for number, path in paths:

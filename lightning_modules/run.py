@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import signal
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +37,17 @@ from .config import (
     build_trainer,
     convert_model,
     cost_config,
+    job_dirname,
     load_weights,
     macro_config,
     noise_config,
     quiet_lightning,
     resolve_path,
+    train_mode,
 )
 from .lm import ACiMLanguageModel
 from .module import ACiMClassifier
+from .report import objectives, sense
 from .results import (
     TABLE_LOG,
     PassResult,
@@ -68,7 +72,7 @@ from .resume import (
     resume_command,
 )
 
-__all__ = ["RunFinished", "RunInterrupted", "simulate", "train"]
+__all__ = ["RunFinished", "RunInterrupted", "simulate", "train", "trial"]
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +271,63 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
                         [r.top1 for r in sim_runs])  # fmt: skip
             _write_hparams_yaml(trainer.logger)
     return res
+
+
+def trial(cfg: DictConfig) -> Any:
+    """What ``simulate.py`` returns to Hydra (:func:`.report.objectives`). With ``conditions``
+    (a search evaluating each design under several noise conditions), one simulation per
+    condition in a sub-folder named by it (``noise.rand_sigma=0.3/``, with the job's overrides
+    and the condition's in ``.hydra/overrides.yaml``, so the report keeps the conditions apart)
+    and each objective pooled over them: ``condition_objective=worst`` (the lowest accuracy,
+    the highest energy or perplexity: :func:`.report.sense`) or ``mean``."""
+    conditions = [dict(c) for c in cfg.get("conditions") or []]
+    if not conditions:
+        return objectives(simulate(cfg), cfg)
+    how = cfg.get("condition_objective", "worst")
+    if how not in ("worst", "mean"):
+        raise ValueError(f"condition_objective={how} must be worst or mean")
+    for key in {k for c in conditions for k in c}:
+        if (
+            key.startswith(("macro", "cost"))
+            or OmegaConf.select(cfg, key, default=KeyError) is KeyError
+        ):
+            raise ValueError(
+                f"conditions: {key!r} is not a condition key of the config (e.g. noise.rand_sigma,"
+                " seed, ckpt; design keys macro.* and cost.* are what a search varies)"
+            )
+    job = [
+        o
+        for o in _job_overrides()
+        if o.split("=", 1)[0] not in ("conditions", "condition_objective")
+    ]
+    runs = []
+    for condition in conditions:
+        over = [f"{k}={v}" for k, v in condition.items()]
+        c = OmegaConf.merge(
+            cfg, {"conditions": None, "output_dir": str(Path(cfg.output_dir) / job_dirname(over))}
+        )
+        for key, value in condition.items():
+            OmegaConf.update(c, key, value)
+        (Path(c.output_dir) / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(
+            OmegaConf.create(job + over), Path(c.output_dir) / ".hydra" / "overrides.yaml"
+        )
+        value = objectives(simulate(c), c)
+        runs.append(value if isinstance(value, tuple) else (value,))
+    names = cfg.get("optimized_metrics") or ["sim_top1"]
+    names = [names] if isinstance(names, str) else list(names)
+    pooled = []
+    for name, values in zip(names, zip(*runs, strict=True), strict=True):
+        worst = min if sense(name) == "max" else max
+        pooled.append(statistics.fmean(values) if how == "mean" else worst(values))
+    return pooled[0] if len(pooled) == 1 else tuple(pooled)
+
+
+def _job_overrides() -> list[str]:
+    """The overrides of this Hydra job (none outside an entry point)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _summary_metrics(passes: dict, sim_runs: list, res: dict[str, Any]) -> dict[str, float]:
@@ -525,7 +586,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _check_resume(cfg, resume)
     export = _export_path(cfg, resume)
     ckpt = _ckpt(cfg, required=False)
-    nat = cfg.trim_noise > 0 or cfg.attn_trim_noise > 0
+    nat = train_mode(cfg.trim_noise, cfg.attn_trim_noise) == "nat"
     if ckpt is None and nat and resume is None:
         raise ValueError(
             "noise-aware training (trim_noise > 0) fine-tunes a trained model: set ckpt=PATH"
@@ -638,6 +699,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             torch.save(state, tmp)
             shutil.move(tmp, export)
             results["export"] = str(export)
+            _alias(export, Path(cfg.output_dir).resolve() / f"{cfg.model.name}.pt")
         results["seconds"] = time.perf_counter() - t_start
         files.write(results)
         last_acc = results["last_val_acc"]
@@ -656,6 +718,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print(summary, flush=True)
         TABLE_LOG.info("%s", summary)
     return results
+
+
+def _alias(export: Path, alias: Path) -> None:
+    """``<model>.pt`` in the run folder, a link to the export's descriptive name
+    (``digits_cnn-nat-<run>.pt``), so commands written for the old name keep working."""
+    if export.parent != alias.parent or export.name == alias.name or alias.exists():
+        return
+    try:
+        alias.symlink_to(export.name)
+    except OSError:  # no symlinks (some Windows setups): a copy
+        shutil.copyfile(export, alias)
 
 
 def _best_callback(trainer: L.Trainer):

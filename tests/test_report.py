@@ -559,3 +559,18 @@ def test_perplexity_is_lower_is_better(tmp_path):
     assert report.directions(["sim_top1", "sim_ppl", "energy_pj", "tops_per_w"]) == [
         "maximize", "minimize", "minimize", "maximize",
     ]  # fmt: skip
+
+
+def test_search_directions_follow_the_metrics():
+    """hparams_search=macro_pareto: Optuna's direction per optimized metric (report.sense)."""
+    from hydra import compose, initialize_config_dir
+
+    from lightning_modules import builders
+
+    builders.register_configs()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        metrics = "optimized_metrics=[sim_ppl,tops_per_w,latency_ns]"
+        cfg = compose("simulate", ["hparams_search=macro_pareto", metrics], return_hydra_config=True)
+        default = compose("simulate", ["hparams_search=macro_pareto"], return_hydra_config=True)
+        assert list(cfg.hydra.sweeper.direction) == ["minimize", "maximize", "minimize"]
+        assert list(default.hydra.sweeper.direction) == ["maximize", "minimize"]

@@ -207,3 +207,21 @@ def test_qat_and_nat_checkpoints_are_two_rows_with_a_ckpt_column(tmp_path):
     assert len(rows) == 2
     assert {Path(r["ckpt"]).name for r in rows} == {"digits_cnn.pt", "digits_cnn_nat.pt"}
     assert {r["condition"] for r in rows} == {"ckpt=digits_cnn.pt", "ckpt=digits_cnn_nat.pt"}
+
+
+def test_pareto_search_over_several_noise_conditions(tmp_path):
+    """Each trial simulated at two noise levels (a sub-folder each); Optuna gets the worst of
+    each objective: the lowest top-1 and the highest energy over the two."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "conds"
+    multirun(sweep, "hparams_search=macro_pareto", "hydra.sweeper.n_trials=2",
+             "conditions=[{noise.rand_sigma:0},{noise.rand_sigma:0.4}]")  # fmt: skip
+    rows = report.read_csv(sweep / "sweep.csv")
+    assert len(rows) == 4 and {r["condition"] for r in rows} == {"rand_sigma=0", "rand_sigma=0.4"}
+    pooled = set()
+    for trial in {Path(r["job"]).parent for r in rows}:
+        mine = [r for r in rows if Path(r["job"]).parent == trial]
+        worst = min(float(r["sim_top1"]) for r in mine)
+        pooled.add((worst, max(float(r["energy_pj"]) for r in mine)))
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert {(t["values"][0], t["values"][1]) for t in best.solutions} <= pooled

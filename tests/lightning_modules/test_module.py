@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -227,7 +228,10 @@ def test_train_builder_writes_checkpoints_and_export(compose_run, tmp_path):
     assert res["mode"] == "nat" and res["epochs"] == 2
     assert res["best_model_path"].startswith(str(tmp_path / "checkpoints"))
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["export"] == str(tmp_path / "digits_cnn.pt")
+    # named by what it is (model, mode, run); <model>.pt links to it for older commands
+    assert saved["export"] == str(tmp_path / f"digits_cnn-nat-{tmp_path.name}.pt")
+    alias = tmp_path / "digits_cnn.pt"
+    assert alias.is_symlink() and alias.resolve() == Path(saved["export"])
     # the export and the Lightning checkpoint both load into a fresh model for simulation
     for ckpt in (saved["export"], saved["best_model_path"]):
         model = create_model("digits_cnn")
@@ -533,3 +537,28 @@ def test_the_passes_of_a_run_are_one_plan():
     # noise off: one deterministic simulated pass stands for the three repeats
     quiet = plan_passes(OmegaConf.merge(opts, {"sensitivity": False}), 5, stochastic=False, layers=[])
     assert [(p.kind, p.copies) for p in quiet] == [("float", 1), ("sim", 3)]
+
+
+@pytest.mark.parametrize("how", ["worst", "mean"])
+def test_a_trial_pools_its_objectives_over_the_conditions(compose_run, tmp_path, how):
+    """conditions=[...]: one simulation per noise condition, each in its own sub-folder that
+    the report keeps apart; the objective is the worst (or mean) over them, by direction."""
+    from lightning_modules import report, run
+
+    fast = ["simulate.float=false", "simulate.inference=false", "trainer.limit_val_batches=1"]
+    cfg = compose_run(
+        "simulate", *fast, "macro.adc_bits=6", "optimized_metrics=[sim_top1,energy_pj]",
+        "conditions=[{noise.rand_sigma:0},{noise.rand_sigma:0.6}]", f"condition_objective={how}",
+    )  # fmt: skip
+    top1, energy = run.trial(cfg)
+    subs = {p.name: json.loads((p / "results.json").read_text()) for p in tmp_path.iterdir()
+            if (p / "results.json").is_file()}  # fmt: skip
+    assert set(subs) == {"noise.rand_sigma=0", "noise.rand_sigma=0.6"}
+    clean, noisy = subs["noise.rand_sigma=0"], subs["noise.rand_sigma=0.6"]
+    assert noisy["config"]["noise"]["rand_sigma"] == 0.6 and noisy["sim_top1"] < clean["sim_top1"]
+    pooled = noisy["sim_top1"] if how == "worst" else (clean["sim_top1"] + noisy["sim_top1"]) / 2
+    assert top1 == pytest.approx(pooled) and energy == clean["cost"]["energy_pj"]
+    rows = report.read_csv(report.write_report([tmp_path]).csv)
+    assert {r["condition"] for r in rows} == {"rand_sigma=0", "rand_sigma=0.6"}
+    with pytest.raises(ValueError, match="not a condition key"):
+        run.trial(compose_run("simulate", "conditions=[{macro.adc_bits:4}]"))
