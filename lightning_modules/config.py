@@ -349,8 +349,10 @@ def macro_config(cfg: DictConfig) -> MacroConfig:
     if preset.is_file():
         fields = OmegaConf.merge(OmegaConf.structured(MacroSchema), OmegaConf.load(preset))
         base = _frozen(MacroConfig, fields)
-        changed = [f"{f.name}={getattr(macro, f.name)}" for f in dataclasses.fields(macro)
-                   if f.name != "name" and getattr(macro, f.name) != getattr(base, f.name)]  # fmt: skip
+        names = [f.name for f in dataclasses.fields(macro) if f.name != "name"]
+        changed = [
+            f"{k}={getattr(macro, k)}" for k in names if getattr(macro, k) != getattr(base, k)
+        ]
         if changed:
             macro = macro.replace(name=f"{base.name}+{','.join(changed)}")
     return macro

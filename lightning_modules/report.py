@@ -211,14 +211,22 @@ def _order(value: str) -> tuple:
     return 0 if typed is None else 2 - number, float(typed) if number else 0.0, str(typed)
 
 
-def _display(key: str, value: str) -> str:
-    """A value for people: a path by its file name, null by its meaning."""
-    return NULL_LABELS.get(key, "null") if _typed(value) is None else Path(value).name
+def _names(key: str, values: Iterable[str]) -> dict[str, str]:
+    """Each value of a key as people read it: null by its meaning, a path by its file name, or
+    by as many trailing parts as tell it from another path of the same file name."""
+    paths = {v: Path(v).parts for v in set(values) if "/" in v}
+    names = {v: NULL_LABELS.get(key, "null") if _typed(v) is None else v for v in set(values)}
+    for v, parts in paths.items():
+        n = 1
+        while n < len(parts) and any(o[-n:] == parts[-n:] for o in paths.values() if o != parts):
+            n += 1
+        names[v] = "/".join(parts[-n:])
+    return names
 
 
-def _label(row: pd.Series, keys: Sequence[str]) -> str:
+def _label(df: pd.DataFrame, row: pd.Series, keys: Sequence[str]) -> str:
     """'adc_bits=6, rand_sigma=0.2' of a row; '' for no keys."""
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={_display(k, row[k])}" for k in keys)
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={df.attrs['names'][k][row[k]]}" for k in keys)
 
 
 def load(collection: Collection, out: Path) -> pd.DataFrame:
@@ -246,8 +254,9 @@ def load(collection: Collection, out: Path) -> pd.DataFrame:
     designs = [k for k in swept if not is_condition(k)]
     df.attrs.update(conditions=conditions, designs=designs, swept=swept, score=ppl or acc,
                     accuracy_name="validation top-1" if train else "simulated top-1")  # fmt: skip
-    df["condition"] = [_label(r, conditions) or "all" for _, r in df.iterrows()]
-    df["design"] = [_label(r, designs) for _, r in df.iterrows()]
+    df.attrs["names"] = {k: _names(k, df[k]) for k in swept}
+    df["condition"] = [_label(df, r, conditions) or "all" for _, r in df.iterrows()]
+    df["design"] = [_label(df, r, designs) for _, r in df.iterrows()]
     df = df.sort_values("job")
     if swept:
         df = df.sort_values(swept, key=lambda s: s.map(_order), kind="stable")
@@ -338,7 +347,7 @@ def _summary(df: pd.DataFrame) -> str:
 
 def _view(df: pd.DataFrame) -> pd.DataFrame:
     """The runs as people read them: % accuracies, energy and latency in a common unit."""
-    view = pd.DataFrame({k: [_display(k, v) for v in df[k]] for k in df.attrs["swept"]})
+    view = pd.DataFrame({k: df[k].map(df.attrs["names"][k]) for k in df.attrs["swept"]})
     short = df.attrs["accuracy_name"][:3]
     view[f"{short} top-1"] = [
         _pct(m, s) for m, s in zip(df["accuracy"], df["accuracy_std"], strict=True)
@@ -523,7 +532,7 @@ def _plot_vs(df: pd.DataFrame, key: str, path: Path) -> Path:
     numeric = all(isinstance(_typed(v), (int, float)) for v in order)
     y, label = _y(df)
     data = df.assign(x=df[key].map(_typed if numeric else order.index), y=y,
-                     line=[_label(r, others) for _, r in df.iterrows()])  # fmt: skip
+                     line=[_label(df, r, others) for _, r in df.iterrows()])  # fmt: skip
     fig, ax = _figure(f"{label.split(' (')[0]} vs {key.rsplit('.', 1)[-1]}", df)
     if data["line"].nunique() > MAX_LINES:  # a search: dots, the best design per x a line
         sns.scatterplot(data=data, x="x", y="y", color="0.6", s=18, ax=ax, label="every run")
@@ -535,7 +544,7 @@ def _plot_vs(df: pd.DataFrame, key: str, path: Path) -> Path:
         sns.lineplot(data=data, x="x", y="y", hue="line" if data["line"].nunique() > 1 else None,
                      marker="o", errorbar="sd", err_style="bars", ax=ax)  # fmt: skip
     if not numeric:
-        ax.set_xticks(range(len(order)), [_display(key, v) for v in order])
+        ax.set_xticks(range(len(order)), [df.attrs["names"][key][v] for v in order])
     elif len(order) <= 12:
         ax.set_xticks(sorted(data["x"].unique()))
     ax.set(xlabel=KEY_LABELS.get(key, key), ylabel=label)

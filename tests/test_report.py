@@ -547,7 +547,8 @@ def test_measured_top1_is_a_column_when_a_run_has_it(tmp_path):
 
 def test_perplexity_is_lower_is_better(tmp_path):
     """A language model's fronts minimise sim_ppl; Optuna's directions follow the metric."""
-    for bits, ppl, energy in ((4, 40.0, 100.0), (6, 30.0, 200.0), (7, 35.0, 300.0), (8, 8.0, 400.0)):
+    points = ((4, 40.0, 100.0), (6, 30.0, 200.0), (7, 35.0, 300.0), (8, 8.0, 400.0))
+    for bits, ppl, energy in points:
         make_job(tmp_path, {"model.attention.av.adc_bits": bits},
                  **results(0.3, energy=energy, sim_ppl=ppl, sim_ppl_std=0.0))  # fmt: skip
     rep = report.write_report([tmp_path])
@@ -570,7 +571,20 @@ def test_search_directions_follow_the_metrics():
     builders.register_configs()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         metrics = "optimized_metrics=[sim_ppl,tops_per_w,latency_ns]"
-        cfg = compose("simulate", ["hparams_search=macro_pareto", metrics], return_hydra_config=True)
-        default = compose("simulate", ["hparams_search=macro_pareto"], return_hydra_config=True)
+        search = "hparams_search=macro_pareto"
+        cfg = compose("simulate", [search, metrics], return_hydra_config=True)
+        default = compose("simulate", [search], return_hydra_config=True)
         assert list(cfg.hydra.sweeper.direction) == ["minimize", "maximize", "minimize"]
         assert list(default.hydra.sweeper.direction) == ["maximize", "minimize"]
+
+
+def test_two_checkpoints_with_one_file_name_stay_two_conditions(tmp_path):
+    """ckpt=a/train/digits_cnn.pt,checkpoints/digits_cnn.pt: told apart by their folders."""
+    for ckpt, top1 in (("checkpoints/digits_cnn.pt", 0.9), ("/runs/nat/digits_cnn.pt", 0.8)):
+        make_job(tmp_path / ckpt.split("/")[-2], {"ckpt": ckpt}, **results(top1))
+    rep = report.write_report([tmp_path])
+    rows = report.read_csv(rep.csv)
+    assert sorted(r["condition"] for r in rows) == [
+        "ckpt=checkpoints/digits_cnn.pt", "ckpt=nat/digits_cnn.pt",
+    ]  # fmt: skip
+    assert [r["ckpt"] for r in rows] == ["/runs/nat/digits_cnn.pt", "checkpoints/digits_cnn.pt"]

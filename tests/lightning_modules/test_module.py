@@ -272,6 +272,23 @@ def test_job_folder_names_use_every_override():
     assert len(long) < 220 and long != builders.job_dirname([f"k{i}=w" for i in range(80)])
 
 
+def test_two_checkpoints_of_one_file_name_get_two_job_folders(tmp_path):
+    """The sweep's sub-folder resolver: a folder that holds another job's overrides is not
+    shared (the second gets a digest); the same job run again keeps its folder."""
+    from omegaconf import OmegaConf
+
+    from lightning_modules.config import _job_subdir
+
+    first, second = ["ckpt=checkpoints/digits_cnn.pt"], ["ckpt=/tmp/train/digits_cnn.pt"]
+    name = _job_subdir(str(tmp_path), first)
+    assert name == "ckpt=digits_cnn.pt"
+    (tmp_path / name / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(first), tmp_path / name / ".hydra" / "overrides.yaml")
+    assert _job_subdir(str(tmp_path), first) == name
+    other = _job_subdir(str(tmp_path), second)
+    assert other.startswith("ckpt=digits_cnn.pt@") and other != name
+
+
 def test_interrupted_simulation_keeps_finished_repeats(compose_run, tmp_path, monkeypatch):
     """Ctrl-C after two repeats: RunInterrupted with one line; results.json holds the two
     finished repeats and says it is incomplete."""
@@ -535,7 +552,8 @@ def test_the_passes_of_a_run_are_one_plan():
         ("sensitivity", 5, "fc", False),
     ]
     # noise off: one deterministic simulated pass stands for the three repeats
-    quiet = plan_passes(OmegaConf.merge(opts, {"sensitivity": False}), 5, stochastic=False, layers=[])
+    opts.sensitivity = False
+    quiet = plan_passes(opts, 5, stochastic=False, layers=[])
     assert [(p.kind, p.copies) for p in quiet] == [("float", 1), ("sim", 3)]
 
 
