@@ -238,9 +238,10 @@ def _file_label(folder: str) -> str:
 
 def _run_label(overrides: Sequence[str]) -> str:
     """``_`` + the overrides of a single run for its folder name (TensorBoard's run name says
-    what was changed), '' for none."""
+    what was changed; ``=`` and ``,`` as ``_`` so that paths into it need no quotes on the
+    command line, e.g. ``resume=``), '' for none."""
     name = job_dirname(overrides)
-    return "" if name == "job" else f"_{name}"
+    return "" if name == "job" else f"_{_file_label(name)}"
 
 
 def job_dirname(overrides: Sequence[str]) -> str:

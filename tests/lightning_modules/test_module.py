@@ -289,6 +289,15 @@ def test_two_checkpoints_of_one_file_name_get_two_job_folders(tmp_path):
     assert other.startswith("ckpt=digits_cnn.pt@") and other != name
 
 
+def test_a_single_run_folder_says_what_was_changed():
+    """hydra.run.dir = outputs/<task>/<date><run_label>: the overrides, quote-free."""
+    from lightning_modules.config import _run_label
+
+    label = _run_label(["experiment=train/digits_nat", "trim_noise=10", "hydra.run.dir=x"])
+    assert label == "_experiment_digits_nat_trim_noise_10"
+    assert _run_label([]) == "" and _run_label(["hydra.job.chdir=true"]) == ""
+
+
 def test_interrupted_simulation_keeps_finished_repeats(compose_run, tmp_path, monkeypatch):
     """Ctrl-C after two repeats: RunInterrupted with one line; results.json holds the two
     finished repeats and says it is incomplete."""
