@@ -163,8 +163,8 @@ def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
                 out.skipped.append((path, f"unreadable: {e}"))
                 continue
             if not isinstance(res, dict) or res.get("complete") is False:
-                why = "not a JSON object" if not isinstance(res, dict) else "incomplete"
-                out.skipped.append((path, f"{why} (still running or interrupted)"))
+                why = "incomplete (still running or interrupted)" if isinstance(res, dict) else ""
+                out.skipped.append((path, why or "not a JSON object"))
                 continue
             out.jobs.append({"location": path if number else folder, "overrides": overrides,
                              "results": res})  # fmt: skip
