@@ -505,7 +505,8 @@ def instantiate_datamodule(
         raise cause from None
     params = _params()
     kwargs = {k: v for k, v in resolved.items() if k in params or k == "_target_"}
-    missing = [p.name for p in params.values() if p.default is p.empty and kwargs.get(p.name) is None]
+    required = [p.name for p in params.values() if p.default is p.empty]
+    missing = [name for name in required if kwargs.get(name) is None]
     if missing:
         raise ValueError(f"dataset={label} needs {missing[0]} (set dataset.{missing[0]}=...)")
     try:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, ImageFolder
 
-from lightning_modules import builders, data, datasets
+from lightning_modules import builders, data
 from lightning_modules.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
@@ -779,3 +779,22 @@ def test_wrong_dataset_type_or_key_fails_at_compose(overrides):
         builders.compose("simulate", overrides)
     assert overrides[-1] in str(excinfo.value)  # Hydra names the override it refused
 
+
+def test_readme_dataset_of_ones_own_is_one_yaml_file(tmp_path):
+    """The README's `dataset=mine` example, merged on its schema as Hydra composes it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:]]
+    (block,) = [b for b in blocks if "/dataset_schema_folders@_here_" in b]
+    raw = OmegaConf.create(block)
+    assert list(raw.pop("defaults")) == ["/dataset_schema_folders@_here_", "_self_"]
+    cfg = OmegaConf.merge(OmegaConf.structured(data.dataset_schema("folders")), raw)
+    for k in range(5):
+        for split in ("train", "valid"):
+            _png(tmp_path / split / f"class{k}" / "a.png", 40 * k)
+    dm = instantiate_datamodule(cfg, seed=0, root=str(tmp_path))
+    dm.setup()
+    assert dm.name == "mine" and dm.class_names == [f"class{k}" for k in range(5)]
+    images, targets = next(iter(dm.val_dataloader()))
+    assert images.shape == (5, 3, 32, 32) and targets.tolist() == [0, 1, 2, 3, 4]
+    assert type(dm.train_set.transform.transforms[0]) is T.RandomChoice  # augmented
+    assert type(dm.val_set.transform.transforms[0]) is T.Resize
