@@ -452,6 +452,24 @@ def _params() -> Mapping[str, inspect.Parameter]:
     return inspect.signature(DataModule).parameters
 
 
+def _check_read(node: DictConfig, resolved: dict, params: Mapping, label: str) -> None:
+    """A shared key that no interpolation reads (``root: ${..root}``) does nothing: unless it
+    keeps its schema default, a one-line ValueError naming it."""
+    text = OmegaConf.to_yaml(OmegaConf.to_container(node, resolve=False))
+    read = set(re.findall(r"\$\{\.+(\w+)\}", text))
+    schema = OmegaConf.get_type(node)
+    defaults = schema() if dataclasses.is_dataclass(schema) else None
+    for key, value in resolved.items():
+        if key in params or key in read or key == "_target_":
+            continue
+        if defaults is not None and getattr(defaults, key, "???") == value:
+            continue
+        raise ValueError(
+            f"dataset={label}: dataset.{key}={value!r} is read by neither dataset.train nor "
+            f"dataset.val (no ${{..{key}}} in them): wire it there, or leave it unset"
+        )
+
+
 def instantiate_datamodule(
     dataset_cfg: DictConfig | Mapping[str, Any], *, seed: int | None = None, **overrides: Any
 ) -> DataModule:
@@ -504,6 +522,7 @@ def instantiate_datamodule(
             raise
         raise cause from None
     params = _params()
+    _check_read(node, resolved, params, label)
     kwargs = {k: v for k, v in resolved.items() if k in params or k == "_target_"}
     required = [p.name for p in params.values() if p.default is p.empty]
     missing = [name for name in required if kwargs.get(name) is None]

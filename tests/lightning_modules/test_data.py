@@ -798,3 +798,22 @@ def test_readme_dataset_of_ones_own_is_one_yaml_file(tmp_path):
     assert images.shape == (5, 3, 32, 32) and targets.tolist() == [0, 1, 2, 3, 4]
     assert type(dm.train_set.transform.transforms[0]) is T.RandomChoice  # augmented
     assert type(dm.val_set.transform.transforms[0]) is T.Resize
+    # the example leaves resize_size unwired: setting it would do nothing, so it fails
+    with pytest.raises(ValueError, match="dataset.resize_size=40 is read by neither"):
+        instantiate_datamodule(cfg, seed=0, root=str(tmp_path), resize_size=40)
+
+
+def test_a_shared_key_no_split_reads_is_one_line(tmp_path):
+    """Settings that would do nothing fail: a key the train/val nodes never interpolate."""
+    node = {
+        "_target_": "lightning_modules.data.DataModule",
+        "num_classes": 10,
+        "val_fractoin": 0.5,
+        "val": {"_target_": "lightning_modules.datasets.digits", "train": False},
+    }
+    with pytest.raises(ValueError) as excinfo:
+        instantiate_datamodule(node, seed=0)
+    _assert_one_line(excinfo, "dataset.val_fractoin=0.5 is read by neither dataset.train nor")
+    node["val_fractoin"] = 0.25  # a typo'd key does nothing, even at the builder's default
+    with pytest.raises(ValueError, match="val_fractoin=0.25 is read by neither"):
+        instantiate_datamodule(node, seed=0)
