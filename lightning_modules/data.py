@@ -307,12 +307,13 @@ class DataModule(L.LightningDataModule):
                 )
             self.class_names = found
         targets = getattr(dataset, "targets", None)
-        if targets is not None:
-            bad = [int(y) for y in targets if not 0 <= int(y) < self.num_classes]
-            if bad:
+        if targets is not None and len(targets) > 0:
+            labels = torch.as_tensor(targets)
+            bad = labels[(labels < 0) | (labels >= self.num_classes)]
+            if len(bad):
                 raise ValueError(
                     f"labels in {origin} must lie in [0, {self.num_classes}), found "
-                    f"{min(bad)}..{max(bad)}"
+                    f"{int(bad.min())}..{int(bad.max())}"
                 )
 
     def setup(self, stage: str | None = None) -> None:
