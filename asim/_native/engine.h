@@ -28,6 +28,14 @@
 #define ASIM_CYC_NOISY 2  /* one code drawn from the cycle's code table */
 #define ASIM_CYC_VOTED 3  /* `votes` codes drawn, the most frequent kept (ties: smallest) */
 
+/* A chip's fixed column pattern (spec §4.7): an ADC with gain G and offset D (integers)
+ * converts count m at the fine index n = min(max(m*G + D, 0) >> ASIM_GAIN_BITS, F << ASIM_FINE_BITS)
+ * of a grid of 2^-ASIM_FINE_BITS counts; the temporal noise of an ADC is scaled by a
+ * multiple of 1/ASIM_SIGMA_STEPS. */
+#define ASIM_FINE_BITS 4
+#define ASIM_GAIN_BITS 8
+#define ASIM_SIGMA_STEPS 8
+
 /* X(type, name, meaning) */
 #define ASIM_RUN_FIELDS(X)                                                                  \
     X(ptr, codes, "activation codes of `kind`: row m at m*ld, or at row_off[m]+col_off[r]")  \

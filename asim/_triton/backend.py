@@ -60,10 +60,16 @@ class TritonBackend:
         return f"on {device.type} it needs {need}"
 
     def why_not(self, program, operands) -> str | None:
-        return self.why_not_device(operands.device) or why_not_packed(
+        why = self.why_not_device(operands.device) or why_not_packed(
             program, operands, max_bits=MAX_BITS, max_votes=None,
             cell_noise_fix="ASIM_BACKEND=torch or native",
         )  # fmt: skip
+        if why is None and program.pattern is not None:
+            why = (
+                "the fixed column pattern (noise.column_*) runs on the torch backend: "
+                "use ASIM_BACKEND=torch"
+            )
+        return why
 
     def run(self, program, operands, out) -> None:
         run_chunks(_TritonCall(program, operands), operands.x, out)

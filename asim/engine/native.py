@@ -223,10 +223,21 @@ class NativeBackend:
         return None
 
     def why_not(self, program, operands) -> str | None:
-        return self.why_not_device(operands.device) or why_not_packed(
+        why = self.why_not_device(operands.device) or why_not_packed(
             program, operands, max_bits=_MAXBITS, max_votes=CONST["ASIM_MAXVOTES"],
             cell_noise_fix="ASIM_BACKEND=torch",
         )  # fmt: skip
+        if why is None and program.pattern is not None:
+            why = (
+                "the fixed column pattern (noise.column_*) runs on the torch backend: "
+                "use ASIM_BACKEND=torch"
+            )
+        if why is None and program.macro.adc_thresholds is not None:
+            why = (
+                "non-uniform ADC levels (macro.adc_thresholds) run on the torch backend: "
+                "use ASIM_BACKEND=torch"
+            )
+        return why
 
     def run(self, program, operands, out) -> None:
         x = operands.x
