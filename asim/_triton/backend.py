@@ -64,11 +64,6 @@ class TritonBackend:
             program, operands, max_bits=MAX_BITS, max_votes=None,
             cell_noise_fix="ASIM_BACKEND=torch or native",
         )  # fmt: skip
-        if why is None and program.pattern is not None:
-            why = (
-                "the fixed column pattern (noise.column_*) runs on the torch backend: "
-                "use ASIM_BACKEND=torch"
-            )
         return why
 
     def run(self, program, operands, out) -> None:
@@ -87,7 +82,7 @@ class _TritonCall:
         self.max_rows = max_rows
         self.tables = program.form(
             ("triton", str(device)),
-            lambda: KernelTables.from_plan(program.plan, program.top, device),
+            lambda: KernelTables.from_plan(program.plan, program.top, device, program.pattern),
         )
         self.planes = PLANES if PLANES is not None else device.type == "cuda"
         self._dense = None
