@@ -327,3 +327,24 @@ def test_pattern_refusals_are_one_line():
         NoiseConfig(adc_group=0)
     with pytest.raises(ValueError, match="a step > 0"):
         NoiseConfig(column_trim_lsb=0)
+
+
+def test_a_fresh_process_draws_the_same_chip():
+    """Another process (a DDP rank, a later run) draws the same pattern for the same chip."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from asim import MacroConfig, NoiseConfig;"
+        "from asim.engine import compile_program;"
+        "n = NoiseConfig(column_offset_lsb=1.0, column_gain_pct=2.0, column_sigma_spread=0.3,"
+        " rand_sigma=1.0, chip_seed=4);"
+        "p = compile_program(MacroConfig(nrow=16, adc_bits=4), n, False, [(0, 16)], 9).pattern;"
+        "print(p.G.sum().item(), p.D.sum().item(), (p.cls * 7).sum().item())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    noise = NoiseConfig(column_offset_lsb=1.0, column_gain_pct=2.0, column_sigma_spread=0.3,
+                        rand_sigma=1.0, chip_seed=4)  # fmt: skip
+    p = compile_program(MacroConfig(nrow=16, adc_bits=4), noise, False, [(0, 16)], 9).pattern
+    here = f"{p.G.sum().item()} {p.D.sum().item()} {(p.cls * 7).sum().item()}"
+    assert out.stdout.split() == here.split()
