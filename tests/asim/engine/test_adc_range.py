@@ -348,3 +348,32 @@ def test_a_fresh_process_draws_the_same_chip():
     p = compile_program(MacroConfig(nrow=16, adc_bits=4), noise, False, [(0, 16)], 9).pattern
     here = f"{p.G.sum().item()} {p.D.sum().item()} {(p.cls * 7).sum().item()}"
     assert out.stdout.split() == here.split()
+
+
+def test_per_layer_full_scale_and_levels_through_layer_macros():
+    """``layer_macros`` sets the ADC range and levels of the layers it matches (YAML lists
+    become the macro's tuples, so the layer's program cache keys on them)."""
+    from torch import nn
+
+    from asim import convert_to_acim
+
+    net = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 4))
+    t, v = uniform_levels(3)
+    acim = convert_to_acim(
+        net,
+        MacroConfig(adc_bits=3),
+        layer_macros=[
+            {"match": "2", "adc_full_scale": 12, "adc_thresholds": list(t), "adc_values": list(v)}
+        ],  # fmt: skip
+        first_layer=None,
+    )
+    assert acim[0].macro.adc_full_scale is None and acim[0].macro.adc_thresholds is None
+    assert acim[2].macro.adc_full_scale == 12 and acim[2].macro.adc_thresholds == t
+    hash(acim[2].macro)
+    plain = acim[2].macro.replace(adc_thresholds=None, adc_values=None)
+    x = torch.rand(5, 20)
+    acim[2].mode = "simulate"
+    with torch.no_grad():
+        y = acim[2](x)
+        acim[2].macro = plain
+        assert bits(acim[2](x)) == bits(y)  # uniform levels: the plain ADC's bits
