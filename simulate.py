@@ -17,7 +17,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from lightning_modules import builders, entry, report
+from lightning_modules import builders, entry, run
 
 builders.register_configs()
 
@@ -25,10 +25,11 @@ builders.register_configs()
 @hydra.main(version_base="1.3", config_path="conf", config_name="simulate")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Run the simulation; returns the mean simulated top-1, or the `optimized_metrics` of a
-    multi-objective sweeper (hparams_search=macro_pareto), to Hydra (NaN for a failed job)."""
+    multi-objective sweeper (hparams_search=macro_pareto; pooled over `conditions` when
+    given), to Hydra (NaN for a failed job)."""
     metrics = cfg.get("optimized_metrics")
     failed = tuple(float("nan") for _ in metrics) if metrics else float("nan")
-    return entry.run_task(lambda c: report.objectives(builders.simulate(c), c), cfg, failed)
+    return entry.run_task(run.trial, cfg, failed)
 
 
 if __name__ == "__main__":

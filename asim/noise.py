@@ -35,7 +35,9 @@ import csv
 import ctypes
 import functools
 import math
+import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -395,6 +397,21 @@ def build_noise(cfg: NoiseConfig | None) -> ReadoutNoise | None:
     return None
 
 
+def file_version(cfg: NoiseConfig | None) -> tuple:
+    """(path, modification time, size) of the file ``cfg``'s noise is read from (the
+    histogram before the table, as :func:`build_noise` reads them), or ``()`` when none: what
+    something built from that file must still match to be reused. One ``stat``, no path
+    resolution: it is checked on every layer call."""
+    path = None if cfg is None else cfg.histogram if cfg.histogram is not None else cfg.file
+    if path is None:
+        return ()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path, 0, -1
+    return path, st.st_mtime_ns, st.st_size
+
+
 # ----------------------------------------------------------------------------- code tables
 
 _TWO32 = 1 << 32
@@ -452,6 +469,7 @@ class CodeTable:
         self._devices: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._native: CodeTableStruct | None = None
         self._buckets: tuple[int, Tensor, Tensor] | None = None
+        self._forms: dict = {}
         self._lock = threading.Lock()
 
     @property
@@ -487,6 +505,17 @@ class CodeTable:
                     self.max_code,
                 )
             return self._native
+
+    def form(self, key, build: Callable[[], object]):
+        """The derived encoding ``key`` of this table (e.g. a kernel's re-indexing), built by
+        ``build()`` on first use and kept with the table, so every program sharing the table
+        shares it."""
+        hit = self._forms.get(key, self._forms)  # the dict itself: not built yet (None is a form)
+        if hit is self._forms:
+            built = build()  # outside the lock: build may use the table's cached views
+            with self._lock:
+                hit = self._forms.setdefault(key, built)
+        return hit
 
     def buckets(self) -> tuple[int, Tensor, Tensor]:
         """``(bits, code, hard)`` (CPU, cached): for row ``r`` and bucket ``b`` (the top

@@ -176,6 +176,12 @@ class SimulateSchema(_RunSchema):
     optimized_metrics: list[str] | None = None
     """What simulate.py returns to a sweeper, e.g. [sim_top1, energy_pj] (hparams_search=);
     None: sim_top1. See lightning_modules.report.objectives."""
+    conditions: list[dict[str, Any]] | None = None
+    """Conditions every run (a search's trial) is simulated under, each a dict of dotted keys,
+    e.g. ``[{noise.rand_sigma: 0.1}, {noise.rand_sigma: 0.3}]``: one sub-folder each; the
+    objectives are pooled by ``condition_objective``. None: the run's own condition."""
+    condition_objective: str = "worst"
+    """How the objectives of several ``conditions`` are pooled: ``worst`` or ``mean``."""
 
 
 @dataclass
@@ -206,6 +212,36 @@ def _epochs(fractions: Sequence[float], max_epochs: int | None) -> list[int]:
 
 def _path_name(value: str) -> str:
     return Path(value).name if ("/" in value or os.sep in value) else value
+
+
+def train_mode(trim_noise: float, attn_trim_noise: float = 0.0) -> str:
+    """``nat`` (noise-aware: a training noise > 0) or ``qat``: the mode of a training run."""
+    return "nat" if float(trim_noise) > 0 or float(attn_trim_noise) > 0 else "qat"
+
+
+def _job_subdir(sweep_dir: str, overrides: Sequence[str]) -> str:
+    """A sweep job's folder: :func:`job_dirname`, unless a folder of that name already holds
+    another job (two checkpoints with one file name, ``a/model.pt`` and ``b/model.pt``): then
+    with a digest of the overrides. A job run again (same overrides) shares its folder."""
+    name = job_dirname(overrides)
+    recorded = Path(sweep_dir) / name / ".hydra" / "overrides.yaml"
+    if recorded.is_file() and list(OmegaConf.load(recorded)) != [str(o) for o in overrides]:
+        name += "@" + hashlib.sha1("\n".join(map(str, overrides)).encode()).hexdigest()[:8]
+    return name
+
+
+def _file_label(folder: str) -> str:
+    """A run folder's name fit for a file name one can pass on the command line unquoted
+    (``trim_noise=30,seed=1`` -> ``trim_noise_30_seed_1``)."""
+    return re.sub(r"[^\w.+\-@%]+", "_", Path(str(folder)).name)
+
+
+def _run_label(overrides: Sequence[str]) -> str:
+    """``_`` + the overrides of a single run for its folder name (TensorBoard's run name says
+    what was changed; ``=`` and ``,`` as ``_`` so that paths into it need no quotes on the
+    command line, e.g. ``resume=``), '' for none."""
+    name = job_dirname(overrides)
+    return "" if name == "job" else f"_{_file_label(name)}"
 
 
 def job_dirname(overrides: Sequence[str]) -> str:
@@ -250,9 +286,21 @@ def register_configs() -> None:
         ("epochs", _epochs),
         ("job_dirname", job_dirname),
         ("unique_dir", _unique_dir),
+        ("job_subdir", _job_subdir),
+        ("run_label", _run_label),
+        ("train_mode", train_mode),
+        ("file_label", _file_label),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
+    if not OmegaConf.has_resolver("metric_directions"):  # Optuna's direction per metric
+        OmegaConf.register_new_resolver("metric_directions", _metric_directions)
+
+
+def _metric_directions(names: Sequence[str]) -> list[str]:
+    from .report import directions
+
+    return directions(list(names))
 
 
 def compose(config_name: str = "simulate", overrides: Sequence[str] = ()) -> DictConfig:
@@ -294,14 +342,20 @@ def resolve_path(path: str | os.PathLike) -> Path:
 def macro_config(cfg: DictConfig) -> MacroConfig:
     """The validated :class:`MacroConfig` of ``cfg.macro`` (one-line ValueError if invalid).
 
-    A preset whose fields were overridden is named ``custom``: its label then lists the
-    fields (``custom(W8A8, nrow=63, adc=7, ...)``), not a preset it no longer is."""
+    A preset whose fields were overridden is named by the preset and the changed fields
+    (``bitserial_255+adc_bits=7,nrow=63(W8A8, nrow=63, adc=7, ...)``), not as a preset it no
+    longer is."""
     macro = _frozen(MacroConfig, cfg.macro)
     preset = PROJECT_ROOT / "conf" / "macro" / f"{macro.name}.yaml"
     if preset.is_file():
         fields = OmegaConf.merge(OmegaConf.structured(MacroSchema), OmegaConf.load(preset))
-        if _frozen(MacroConfig, fields) != macro.replace(name=fields.name):
-            macro = macro.replace(name="custom")
+        base = _frozen(MacroConfig, fields)
+        names = [f.name for f in dataclasses.fields(macro) if f.name != "name"]
+        changed = [
+            f"{k}={getattr(macro, k)}" for k in names if getattr(macro, k) != getattr(base, k)
+        ]
+        if changed:
+            macro = macro.replace(name=f"{base.name}+{','.join(changed)}")
     return macro
 
 

@@ -447,6 +447,8 @@ def _swept_values(cfg: DictConfig) -> dict[str, Any]:
     as its option name, a list or dict as JSON."""
     from hydra.core.hydra_config import HydraConfig
 
+    from .config import train_mode
+
     out: dict[str, Any] = {}
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     for key in swept_keys(cfg):
@@ -455,7 +457,7 @@ def _swept_values(cfg: DictConfig) -> dict[str, Any]:
             value = json.dumps(OmegaConf.to_container(value, resolve=True))
         out[key] = _plain(value)
     if cfg.get("task_name") == "train":  # QAT vs NAT at a glance
-        out.setdefault("mode", "nat" if cfg.trim_noise > 0 or cfg.attn_trim_noise > 0 else "qat")
+        out.setdefault("mode", train_mode(cfg.trim_noise, cfg.attn_trim_noise))
         out.setdefault("trim_noise", float(cfg.trim_noise))
     return out
 
@@ -476,7 +478,9 @@ def tensorboard_hparams(cfg: DictConfig) -> dict[str, Any]:
     with no box to tick (the tab lists only the first few hyper-parameters)."""
     out = _swept_values(cfg)
     if not any(k == "macro" or k.startswith("macro.") for k in out):
-        out["macro"] = MacroConfig(**OmegaConf.to_container(cfg.macro, resolve=True)).describe()
+        from .config import macro_config  # the preset's name, or it + the changed fields
+
+        out["macro"] = macro_config(cfg).describe()
     if not any(k == "noise" or k.startswith("noise.") for k in out):
         out["noise"] = describe_noise(
             NoiseConfig(**OmegaConf.to_container(cfg.noise, resolve=True))

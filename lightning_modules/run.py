@@ -12,7 +12,9 @@ import json
 import logging
 import shutil
 import signal
+import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +37,17 @@ from .config import (
     build_trainer,
     convert_model,
     cost_config,
+    job_dirname,
     load_weights,
     macro_config,
     noise_config,
     quiet_lightning,
     resolve_path,
+    train_mode,
 )
 from .lm import ACiMLanguageModel
 from .module import ACiMClassifier
+from .report import objectives, sense
 from .results import (
     TABLE_LOG,
     PassResult,
@@ -67,7 +72,7 @@ from .resume import (
     resume_command,
 )
 
-__all__ = ["RunFinished", "RunInterrupted", "simulate", "train"]
+__all__ = ["RunFinished", "RunInterrupted", "simulate", "train", "trial"]
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +129,9 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     ``results.json`` (and ``predictions.json`` with ``simulate.save_predictions``).
 
     The macro's cost (``cost`` group, :mod:`asim.cost`) is estimated once, from one validation
-    sample (counts depend on shapes only). With ``simulate.sensitivity``, every ACiM layer gets
-    two more simulated passes: only it on the macro (the others ideal integer ``inference``),
-    and every layer but it; one pass each, noise seeded as repeat 0 (``seed``), so they compare
-    with ``sim_top1_runs[0]``.
+    sample (counts depend on shapes only). The passes (:func:`plan_passes`: float, quantized
+    inference, simulated repeats, per-layer sensitivity) run through one loop, and
+    ``results.json`` is rewritten after each.
 
     Returns:
         The results dict (see README.md, "results.json", for the fields).
@@ -165,13 +169,25 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     rank0 = trainer.is_global_zero
     files = ResultsFile(_output_dir(cfg)) if rank0 else None
     collect = bool(opts.save_predictions)
-    common = {"collect_predictions": collect, "log_to_logger": False}
     stochastic = noise.enabled or noise.cell_sigma > 0
+    used = layer_macros(acim_model)
+    layers = [(name, m) for name, m in acim_modules(acim_model) if not m.digital]
+    plan = plan_passes(opts, int(cfg.seed), stochastic, [name for name, _ in layers])
+    # one module per model; every row's noise keyed by its dataset index (results
+    # independent of batching)
+    modules = {
+        model: _classifier(
+            net, cfg, dm, log_prefix=model, collect_predictions=collect, log_to_logger=False,
+            sample_index_hook=set_sample_index if model == "acim" else None,
+        )
+        for model, net in (("float", float_model), ("acim", acim_model))
+        if model == "acim" or opts.float
+    }  # fmt: skip
     passes: dict[str, PassResult] = {}
     sim_runs: list[PassResult] = []
-    used = layer_macros(acim_model)
     sensitivity: list[dict[str, Any]] | None = [] if opts.sensitivity else None
     sim_backends: set[str] = set()
+    alone = None
 
     def results(complete: bool) -> dict[str, Any]:
         res = _collect_results(
@@ -193,53 +209,41 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
             files.write(res)
         return res
 
-    def run(module: ACiMClassifier, label: str, quiet: bool = False) -> PassResult:
-        t0 = time.perf_counter()
-        _guarded(trainer, trainer.validate, module, datamodule=dm, verbose=False)
-        res = PassResult.of(label, module.results, time.perf_counter() - t0)
-        if rank0 and not quiet:
-            log.info(
-                "%s: top-1 %.4f (%d samples, %.1f s)", label, res.top1, res.num_samples, res.seconds
-            )
-        return res
-
+    if not stochastic and repeats > 1:
+        log.info("noise is off: the simulation is deterministic, runs once for %d repeats", repeats)
     try:
-        if opts.float:
-            module = _classifier(float_model, cfg, dm, log_prefix="float", **common)
-            passes["float"] = run(module, "float")
-            save(False)
-        # every row's noise keyed by its dataset index: results independent of batching
-        module = _classifier(
-            acim_model,
-            cfg,
-            dm,
-            log_prefix="inference",
-            sample_index_hook=set_sample_index,
-            **common,
-        )
-        if opts.inference:
-            set_mode(acim_model, "inference")
-            passes["inference"] = run(module, "inference")
-            save(False)
-        set_mode(acim_model, "simulate")
-        module.log_prefix = "sim"
-        for r in range(repeats if stochastic else 1):
-            resample_noise(acim_model, int(cfg.seed) + r)
-            reset_backends_used()
-            sim_runs.append(run(module, f"simulate (seed {int(cfg.seed) + r})"))
-            sim_backends |= backends_used()
-            if not stochastic:
-                if repeats > 1:
-                    log.info(
-                        "noise is off: the simulation is deterministic, ran it once for %d repeats",
-                        repeats,
+        for step, p in enumerate(plan, 1):  # the one loop: set up, validate, record, save
+            module = modules["float" if p.kind == "float" else "acim"]
+            if p.kind != "float":
+                set_mode(acim_model, "inference" if p.kind == "inference" else "simulate")
+            if p.layer is not None:  # sensitivity: this layer alone on the macro, or all but it
+                for name, layer in layers:
+                    layer.mode = "simulate" if (name == p.layer) == p.alone else "inference"
+            if p.seed is not None:
+                resample_noise(acim_model, p.seed)
+                reset_backends_used()
+            module.log_prefix = p.prefix
+            t0 = time.perf_counter()
+            _guarded(trainer, trainer.validate, module, datamodule=dm, verbose=False)
+            res = PassResult.of(p.label, module.results, time.perf_counter() - t0)
+            if p.kind == "sim":
+                sim_runs += [res] * p.copies
+                sim_backends |= backends_used()
+            elif p.kind == "sensitivity":  # a layer's row once both of its passes ran
+                alone = res.top1 if p.alone else alone
+                if not p.alone:
+                    sensitivity.append(
+                        {"layer": p.layer, "alone_top1": alone, "without_top1": res.top1}
                     )
-                sim_runs *= repeats
-            save(len(sim_runs) == repeats and sensitivity is None)
-        if sensitivity is not None:
-            _sensitivity(acim_model, module, run, int(cfg.seed), sensitivity, save, rank0)
-            set_mode(acim_model, "simulate")
-            module.log_prefix = "sim"
+            else:
+                passes[p.kind] = res
+            if rank0:
+                log.info(
+                    "%s: top-1 %.4f (%d samples, %.1f s)", p.label, res.top1, res.num_samples,
+                    res.seconds,
+                )  # fmt: skip
+            save(step == len(plan))
+        set_mode(acim_model, "simulate")
     except KeyboardInterrupt:
         res = save(False)
         where = files.path if files is not None else cfg.output_dir
@@ -263,29 +267,86 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
         print(f"results: {files.path}", flush=True)
         TABLE_LOG.info("%s\nresults: %s", table, files.path)
         if trainer.logger is not None:
-            metrics = {}
-            for name, p in passes.items():
-                metrics.update(
-                    {f"{name}/acc": p.top1, f"{name}/acc_top5": p.top5, f"{name}/loss": p.loss}
-                )
-                if p.ppl is not None:
-                    metrics[f"{name}/ppl"] = p.ppl
-            metrics.update(
-                {
-                    "sim/acc": res["sim_top1"],
-                    "sim/acc_std": res["sim_top1_std"],
-                    "sim/acc_top5": res["sim_top5"],
-                    "sim/loss": sum(r.loss for r in sim_runs) / len(sim_runs),
-                }
-            )
-            if res.get("sim_ppl") is not None:
-                metrics["sim/ppl"] = res["sim_ppl"]
-            if res["cost"] is not None:
-                for key in ("energy_pj", "adc_conversions", "latency_ns", "area_mm2", "tops_per_w"):
-                    metrics[f"sim/{key}"] = res["cost"][key]
-            log_summary(trainer.logger, cfg, metrics, [r.top1 for r in sim_runs])
+            log_summary(trainer.logger, cfg, _summary_metrics(passes, sim_runs, res),
+                        [r.top1 for r in sim_runs])  # fmt: skip
             _write_hparams_yaml(trainer.logger)
     return res
+
+
+def trial(cfg: DictConfig) -> Any:
+    """What ``simulate.py`` returns to Hydra (:func:`.report.objectives`). With ``conditions``
+    (a search evaluating each design under several noise conditions), one simulation per
+    condition in a sub-folder named by it (``noise.rand_sigma=0.3/``, with the job's overrides
+    and the condition's in ``.hydra/overrides.yaml``, so the report keeps the conditions apart)
+    and each objective pooled over them: ``condition_objective=worst`` (the lowest accuracy,
+    the highest energy or perplexity: :func:`.report.sense`) or ``mean``."""
+    conditions = [dict(c) for c in cfg.get("conditions") or []]
+    if not conditions:
+        return objectives(simulate(cfg), cfg)
+    how = cfg.get("condition_objective", "worst")
+    if how not in ("worst", "mean"):
+        raise ValueError(f"condition_objective={how} must be worst or mean")
+    for key in {k for c in conditions for k in c}:
+        if (
+            key.startswith(("macro", "cost"))
+            or OmegaConf.select(cfg, key, default=KeyError) is KeyError
+        ):
+            raise ValueError(
+                f"conditions: {key!r} is not a condition key of the config (e.g. noise.rand_sigma,"
+                " seed, ckpt; design keys macro.* and cost.* are what a search varies)"
+            )
+    job = [
+        o
+        for o in _job_overrides()
+        if o.split("=", 1)[0] not in ("conditions", "condition_objective")
+    ]
+    runs = []
+    for condition in conditions:
+        over = [f"{k}={v}" for k, v in condition.items()]
+        c = OmegaConf.merge(
+            cfg, {"conditions": None, "output_dir": str(Path(cfg.output_dir) / job_dirname(over))}
+        )
+        for key, value in condition.items():
+            OmegaConf.update(c, key, value)
+        (Path(c.output_dir) / ".hydra").mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(
+            OmegaConf.create(job + over), Path(c.output_dir) / ".hydra" / "overrides.yaml"
+        )
+        value = objectives(simulate(c), c)
+        runs.append(value if isinstance(value, tuple) else (value,))
+    names = cfg.get("optimized_metrics") or ["sim_top1"]
+    names = [names] if isinstance(names, str) else list(names)
+    pooled = []
+    for name, values in zip(names, zip(*runs, strict=True), strict=True):
+        worst = min if sense(name) == "max" else max
+        pooled.append(statistics.fmean(values) if how == "mean" else worst(values))
+    return pooled[0] if len(pooled) == 1 else tuple(pooled)
+
+
+def _job_overrides() -> list[str]:
+    """The overrides of this Hydra job (none outside an entry point)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _summary_metrics(passes: dict, sim_runs: list, res: dict[str, Any]) -> dict[str, float]:
+    """The run's scalars for the logger: ``<pass>/acc``, ``acc_top5``, ``loss`` (``ppl`` for
+    language models) of every pass, the simulated mean over repeats and the cost fields."""
+    metrics = {}
+    for name, p in passes.items():
+        metrics.update({f"{name}/acc": p.top1, f"{name}/acc_top5": p.top5, f"{name}/loss": p.loss})
+        if p.ppl is not None:
+            metrics[f"{name}/ppl"] = p.ppl
+    metrics.update({"sim/acc": res["sim_top1"], "sim/acc_std": res["sim_top1_std"],
+                    "sim/acc_top5": res["sim_top5"],
+                    "sim/loss": sum(r.loss for r in sim_runs) / len(sim_runs)})  # fmt: skip
+    if res.get("sim_ppl") is not None:
+        metrics["sim/ppl"] = res["sim_ppl"]
+    for key in ("energy_pj", "adc_conversions", "latency_ns", "area_mm2", "tops_per_w"):
+        if res["cost"] is not None:
+            metrics[f"sim/{key}"] = res["cost"][key]
+    return metrics
 
 
 def _write_hparams_yaml(logger) -> None:
@@ -313,31 +374,37 @@ def _estimate_cost(model: nn.Module, dm, cost: CostConfig | None) -> dict[str, A
     return estimate_cost(model, _example_input(dm), cost).to_dict()
 
 
-def _sensitivity(model: nn.Module, module, run, seed: int, rows: list, save, rank0: bool) -> None:
-    """Append ``{layer, alone_top1, without_top1}`` for every ACiM (non-digital) layer, in
-    module order: top-1 with only that layer in ``simulate`` mode (the rest ``inference``), and
-    with every layer but that one; each pass's noise seeded as repeat 0."""
-    layers = [(name, m) for name, m in acim_modules(model) if not m.digital]
-    for k, (name, layer) in enumerate(layers):
-        row: dict[str, Any] = {"layer": name}
-        for key, alone in (("alone_top1", True), ("without_top1", False)):
-            for _, m in layers:
-                m.mode = "simulate" if (m is layer) == alone else "inference"
-            resample_noise(model, seed)
-            what = "alone" if alone else "without"
-            module.log_prefix = f"sensitivity {name} {what}"
-            row[key] = run(module, module.log_prefix, quiet=True).top1
-        rows.append(row)
-        if rank0:
-            log.info(
-                "sensitivity %d/%d %s: top-1 %.4f with only it on the macro, %.4f with all but it",
-                k + 1,
-                len(layers),
-                name,
-                row["alone_top1"],
-                row["without_top1"],
-            )
-        save(False)
+@dataclass(frozen=True)
+class Pass:
+    """One validation pass of a simulation run, as :func:`simulate`'s loop runs it."""
+
+    kind: str  # "float", "inference", "sim" (a repeat) or "sensitivity"
+    label: str  # in the log
+    prefix: str  # of the pass's metrics (``float/acc``, ``sim/acc``, ...)
+    seed: int | None = None  # the noise seed of a simulated pass
+    copies: int = 1  # noise off: one deterministic pass stands for every repeat
+    layer: str | None = None  # sensitivity: the layer
+    alone: bool = False  # sensitivity: only it on the macro (else every layer but it)
+
+
+def plan_passes(opts, seed: int, stochastic: bool, layers: list[str]) -> list[Pass]:
+    """The passes of a run in order: float, quantized inference, the simulated repeats (noise
+    seeds ``seed``, ``seed + 1``, ...; one pass when noise is off) and, with
+    ``opts.sensitivity``, two passes per ACiM layer noise-seeded as repeat 0: only it on the
+    macro (the others ideal integer ``inference``) and every layer but it, so they compare
+    with ``sim_top1_runs[0]``."""
+    plan = [Pass(k, k, k) for k in ("float", "inference") if opts[k]]
+    repeats = opts.repeats if stochastic else 1
+    copies = 1 if stochastic else opts.repeats
+    plan += [Pass("sim", f"simulate (seed {seed + r})", "sim", seed + r, copies)
+             for r in range(repeats)]  # fmt: skip
+    if opts.sensitivity:
+        plan += [
+            Pass("sensitivity", f"sensitivity {name} {'alone' if alone else 'without'}",
+                 f"sensitivity {name}", seed, layer=name, alone=alone)
+            for name in layers for alone in (True, False)
+        ]  # fmt: skip
+    return plan
 
 
 def _collect_results(
@@ -519,7 +586,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _check_resume(cfg, resume)
     export = _export_path(cfg, resume)
     ckpt = _ckpt(cfg, required=False)
-    nat = cfg.trim_noise > 0 or cfg.attn_trim_noise > 0
+    nat = train_mode(cfg.trim_noise, cfg.attn_trim_noise) == "nat"
     if ckpt is None and nat and resume is None:
         raise ValueError(
             "noise-aware training (trim_noise > 0) fine-tunes a trained model: set ckpt=PATH"
@@ -632,6 +699,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             torch.save(state, tmp)
             shutil.move(tmp, export)
             results["export"] = str(export)
+            _alias(export, Path(cfg.output_dir).resolve() / f"{cfg.model.name}.pt")
         results["seconds"] = time.perf_counter() - t_start
         files.write(results)
         last_acc = results["last_val_acc"]
@@ -650,6 +718,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print(summary, flush=True)
         TABLE_LOG.info("%s", summary)
     return results
+
+
+def _alias(export: Path, alias: Path) -> None:
+    """``<model>.pt`` in the run folder, a link to the export's descriptive name
+    (``digits_cnn-nat-<run>.pt``), so commands written for the old name keep working."""
+    if export.parent != alias.parent or export.name == alias.name or alias.exists():
+        return
+    try:
+        alias.symlink_to(export.name)
+    except OSError:  # no symlinks (some Windows setups): a copy
+        shutil.copyfile(export, alias)
 
 
 def _best_callback(trainer: L.Trainer):

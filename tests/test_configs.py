@@ -437,8 +437,8 @@ def test_a_sweep_is_checked_job_by_job_before_it_runs():
     assert check_sweep("simulate", ["macro.adc_bits=7,8"]) == []
 
 
-def test_an_overridden_preset_is_labelled_custom(compose):
+def test_an_overridden_preset_is_labelled_by_its_changes(compose):
     assert builders.macro_config(compose("simulate")).name == "bitserial_255"
     custom = builders.macro_config(compose("simulate", "macro.nrow=63", "macro.adc_bits=7"))
-    assert custom.describe().startswith("custom(W8A8, nrow=63, adc=7")
+    assert custom.describe().startswith("bitserial_255+nrow=63,adc_bits=7(W8A8, nrow=63, adc=7")
     assert builders.macro_config(compose("simulate", "macro=ideal")).name == "ideal"

@@ -75,6 +75,21 @@ def test_train_fast(tmp_path):
     assert res["mode"] == "qat" and Path(res["best_model_path"]).is_file()
     state = torch.load(res["export"], weights_only=True)
     assert "conv1.weight" in state and "fc.weight" in state
+    # named by what it is: model, mode, run (the folder); the old name links to it
+    assert Path(res["export"]).name == f"digits_cnn-qat-{tmp_path.name}.pt"
+    assert (tmp_path / "digits_cnn.pt").resolve() == Path(res["export"])
+    # TensorBoard: the run's HPARAMS say what was changed, the mode and trim_noise; val/acc
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    meta = events.SummaryMetadata("_hparams_/session_start_info")
+    start = plugin_data_pb2.HParamsPluginData.FromString(meta.plugin_data.content)
+    hp = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.session_start_info.hparams.items()}
+    assert hp["debug"] == "fast" and hp["mode"] == "qat" and hp["trim_noise"] == 0.0
+    assert hp["macro"].startswith("bitserial_255(")  # the preset's name, not "custom"
+    assert "val/acc" in events.Tags()["scalars"]
 
 
 @pytest.mark.parametrize(

@@ -527,3 +527,64 @@ def test_hparams_tab_in_a_real_browser(tb_sweep, tmp_path):
     assert sorted(hparams) == ["debug", "macro.adc_bits", "noise.rand_sigma"]
     metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert metrics == ["sim/acc", "sim/acc_std", "sim/energy_pj", "sim/latency_ns", "sim/area_mm2"]
+
+
+def test_measured_top1_is_a_column_when_a_run_has_it(tmp_path):
+    """simulate.measured_top1: sweep.csv and report.md carry the silicon row's numbers."""
+    for bits, top1 in ((6, 0.90), (8, 0.95)):
+        make_job(tmp_path, {"macro.adc_bits": bits},
+                 **results(top1, measured_top1=0.917, sim_minus_measured=top1 - 0.917))  # fmt: skip
+    rep = report.write_report([tmp_path])
+    rows = report.read_csv(rep.csv)
+    assert [float(r["measured_top1"]) for r in rows] == [0.917, 0.917]
+    assert [float(r["sim_minus_measured"]) for r in rows] == pytest.approx([-0.017, 0.033])
+    table = markdown_table(rep.markdown.read_text())
+    assert [r[table[0].index("sim - measured (pp)")] for r in table[1:]] == ["-1.70", "+3.30"]
+    # absent from a sweep without silicon (test_sweep_csv_rows_equal_results: exact columns)
+    plain = make_job(tmp_path / "plain", {"macro.adc_bits": 6}, **results(0.9))
+    assert "measured_top1" not in report.read_csv(report.write_report([plain]).csv)[0]
+
+
+def test_perplexity_is_lower_is_better(tmp_path):
+    """A language model's fronts minimise sim_ppl; Optuna's directions follow the metric."""
+    points = ((4, 40.0, 100.0), (6, 30.0, 200.0), (7, 35.0, 300.0), (8, 8.0, 400.0))
+    for bits, ppl, energy in points:
+        make_job(tmp_path, {"model.attention.av.adc_bits": bits},
+                 **results(0.3, energy=energy, sim_ppl=ppl, sim_ppl_std=0.0))  # fmt: skip
+    rep = report.write_report([tmp_path])
+    rows = report.read_csv(rep.csv)
+    on = {r["model.attention.av.adc_bits"] for r in rows if r["pareto"] == "True"}
+    assert on == {"4", "6", "8"}  # 7 bits: more energy and a higher perplexity than 6
+    assert "lowest perplexity" in rep.markdown.read_text()
+    assert [float(r["sim_ppl"]) for r in rows] == [40.0, 30.0, 35.0, 8.0]
+    assert report.directions(["sim_top1", "sim_ppl", "energy_pj", "tops_per_w"]) == [
+        "maximize", "minimize", "minimize", "maximize",
+    ]  # fmt: skip
+
+
+def test_search_directions_follow_the_metrics():
+    """hparams_search=macro_pareto: Optuna's direction per optimized metric (report.sense)."""
+    from hydra import compose, initialize_config_dir
+
+    from lightning_modules import builders
+
+    builders.register_configs()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        metrics = "optimized_metrics=[sim_ppl,tops_per_w,latency_ns]"
+        search = "hparams_search=macro_pareto"
+        cfg = compose("simulate", [search, metrics], return_hydra_config=True)
+        default = compose("simulate", [search], return_hydra_config=True)
+        assert list(cfg.hydra.sweeper.direction) == ["minimize", "maximize", "minimize"]
+        assert list(default.hydra.sweeper.direction) == ["maximize", "minimize"]
+
+
+def test_two_checkpoints_with_one_file_name_stay_two_conditions(tmp_path):
+    """ckpt=a/train/digits_cnn.pt,checkpoints/digits_cnn.pt: told apart by their folders."""
+    for ckpt, top1 in (("checkpoints/digits_cnn.pt", 0.9), ("/runs/nat/digits_cnn.pt", 0.8)):
+        make_job(tmp_path / ckpt.split("/")[-2], {"ckpt": ckpt}, **results(top1))
+    rep = report.write_report([tmp_path])
+    rows = report.read_csv(rep.csv)
+    assert sorted(r["condition"] for r in rows) == [
+        "ckpt=checkpoints/digits_cnn.pt", "ckpt=nat/digits_cnn.pt",
+    ]  # fmt: skip
+    assert [r["ckpt"] for r in rows] == ["/runs/nat/digits_cnn.pt", "checkpoints/digits_cnn.pt"]

@@ -194,16 +194,46 @@ def test_fronts_within_each_noise_level(tmp_path):
 
 
 def test_qat_and_nat_checkpoints_are_two_rows_with_a_ckpt_column(tmp_path):
-    nat = tmp_path / "digits_cnn_nat.pt"
+    """A NAT run's export is named by what it is; through its <model>.pt link it has the
+    shipped QAT checkpoint's file name, yet the sweep gives each its own job folder and row."""
+    run = tmp_path / "train"
     proc = subprocess.run(
         [sys.executable, "train.py", "experiment=train/digits_nat", "debug=fast",
-         f"export={nat}", f"hydra.run.dir={tmp_path / 'train'}"],
+         f"hydra.run.dir={run}"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    export = json.loads((run / "results.json").read_text())["export"]
+    assert Path(export).name == "digits_cnn-nat-train.pt"
+    assert (run / "digits_cnn.pt").resolve() == Path(export)
     sweep = tmp_path / "ckpts"
-    multirun(sweep, f"ckpt=checkpoints/digits_cnn.pt,{nat}", "noise.rand_sigma=0.2")
+    multirun(
+        sweep, f"ckpt=checkpoints/digits_cnn.pt,{run / 'digits_cnn.pt'}", "noise.rand_sigma=0.2"
+    )
+    found = job_results(sweep)
+    assert len(found) == 2  # two job folders, one results.json each
     rows = report.read_csv(sweep / "sweep.csv")
-    assert len(rows) == 2
-    assert {Path(r["ckpt"]).name for r in rows} == {"digits_cnn.pt", "digits_cnn_nat.pt"}
-    assert {r["condition"] for r in rows} == {"ckpt=digits_cnn.pt", "ckpt=digits_cnn_nat.pt"}
+    assert len(rows) == 2 and all(r["ckpt"] for r in rows)
+    assert {r["condition"] for r in rows} == {
+        "ckpt=checkpoints/digits_cnn.pt", "ckpt=train/digits_cnn.pt",
+    }  # fmt: skip
+    tops = {Path(r["ckpt"]).parent.name: float(r["sim_top1"]) for r in rows}
+    assert tops["train"] != tops["checkpoints"]  # each job simulated its own checkpoint
+
+
+def test_pareto_search_over_several_noise_conditions(tmp_path):
+    """Each trial simulated at two noise levels (a sub-folder each); Optuna gets the worst of
+    each objective: the lowest top-1 and the highest energy over the two."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "conds"
+    multirun(sweep, "hparams_search=macro_pareto", "hydra.sweeper.n_trials=2",
+             "conditions=[{noise.rand_sigma:0},{noise.rand_sigma:0.4}]")  # fmt: skip
+    rows = report.read_csv(sweep / "sweep.csv")
+    assert len(rows) == 4 and {r["condition"] for r in rows} == {"rand_sigma=0", "rand_sigma=0.4"}
+    pooled = set()
+    for trial in {Path(r["job"]).parent for r in rows}:
+        mine = [r for r in rows if Path(r["job"]).parent == trial]
+        worst = min(float(r["sim_top1"]) for r in mine)
+        pooled.add((worst, max(float(r["energy_pj"]) for r in mine)))
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert {(t["values"][0], t["values"][1]) for t in best.solutions} <= pooled

@@ -17,7 +17,8 @@
  * then take (row block, output range) items; no result depends on the thread count or on how rows are chunked:
  * every random draw is a pure function of (call key, sample, position, output, draw index).
  *
- * With AVX-512 (F, BW, DQ, VPOPCNTDQ) the pack and count loops use intrinsics; otherwise
+ * With AVX-512 (F, BW, DQ, VPOPCNTDQ) the pack and count loops use intrinsics; with AVX2 (and
+ * no AVX-512) each drawn conversion is one fused pass of hash, code and value; otherwise
  * portable C gives the same bits.
  */
 #include <math.h>
@@ -39,6 +40,13 @@
 #define ACIM_AVX512 1
 #else
 #define ACIM_AVX512 0
+#endif
+/* With AVX2 and without AVX-512, a drawn conversion is one fused 8-lane pass (draw_add8). */
+#if defined(__AVX2__) && !ACIM_AVX512
+#include <immintrin.h>
+#define ACIM_AVX2 1
+#else
+#define ACIM_AVX2 0
 #endif
 
 #define MB ASIM_MB
@@ -85,14 +93,18 @@ static inline void draw_codes(const asim_bucket_table *bt, const asim_code_table
         any |= several[t / 16];
     }
 #else
-    for (int g = 0; g < NL / 16; ++g) several[g] = 0;
-    for (int t = 0; t < NL; ++t) {
-        at[t] = ((mc[t] - m0) << bits) + (int32_t)(u[t] >> sh);
-        const uint32_t e = entry[at[t]], d = e >> ASIM_BUCKET_CODE_BITS;
-        q[t] = (int32_t)(e & codemask) + ((u[t] & lowmask) >= d);
-        several[t / 16] |= (uint16_t)((d == 0) << (t % 16));
+    for (int g = 0; g < NL / 16; ++g) { /* the mask in a register, not through memory */
+        uint32_t sv = 0;
+        for (int l = 0; l < 16; ++l) {
+            const int t = 16 * g + l;
+            at[t] = ((mc[t] - m0) << bits) + (int32_t)(u[t] >> sh);
+            const uint32_t e = entry[at[t]], d = e >> ASIM_BUCKET_CODE_BITS;
+            q[t] = (int32_t)(e & codemask) + ((u[t] & lowmask) >= d);
+            sv |= (uint32_t)(d == 0) << l;
+        }
+        several[g] = (uint16_t)sv;
+        any |= sv;
     }
-    for (int g = 0; g < NL / 16; ++g) any |= several[g];
 #endif
     if (any) { /* d = 0 (c + 1 so far): count the bucket's thresholds instead */
         const int32_t *scan = (const int32_t *)bt->scan;
@@ -111,8 +123,125 @@ static inline void draw_codes(const asim_bucket_table *bt, const asim_code_table
     }
 }
 
-/* Test entry: the codes of n conversions through draw_codes (bucket table when bt->entry is
- * set, else asim_sample_code), so tests can compare them with the torch sampler. */
+#if ACIM_AVX2
+/* x * m mod 2^64 in each 64-bit lane, m given as its 32-bit halves (m_lo, m_hi) in every
+ * lane: lo*lo + ((hi*lo + lo*hi) << 32), three 32x32 -> 64-bit multiplies. */
+static inline __m256i mul64(__m256i x, __m256i m_lo, __m256i m_hi) {
+    const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(x, 32), m_lo),
+                                           _mm256_mul_epu32(x, m_hi));
+    return _mm256_add_epi64(_mm256_mul_epu32(x, m_lo), _mm256_slli_epi64(cross, 32));
+}
+
+/* The first two rounds of asim_mix64 on four 64-bit lanes. */
+static inline __m256i mix64_head(__m256i x) {
+    const __m256i l1 = _mm256_set1_epi64x((int64_t)(ASIM_MIX_M1 & 0xffffffffULL));
+    const __m256i h1 = _mm256_set1_epi64x((int64_t)(ASIM_MIX_M1 >> 32));
+    const __m256i l2 = _mm256_set1_epi64x((int64_t)(ASIM_MIX_M2 & 0xffffffffULL));
+    const __m256i h2 = _mm256_set1_epi64x((int64_t)(ASIM_MIX_M2 >> 32));
+    x = mul64(_mm256_xor_si256(x, _mm256_srli_epi64(x, ASIM_MIX_S1)), l1, h1);
+    return mul64(_mm256_xor_si256(x, _mm256_srli_epi64(x, ASIM_MIX_S2)), l2, h2);
+}
+
+/* asim_draw_u32(ek[t], draw) of 8 lanes t (gd = draw * ASIM_DRAW_GAMMA in every lane). The
+ * last round's upper half is hi ^ (hi >> S3), hi the upper half before it: x >> S3 moves
+ * only bits at or above 32 + S3 into the upper half. */
+static inline __m256i draw8(const uint64_t *ek, __m256i gd) {
+    const __m256i a = mix64_head(_mm256_add_epi64(_mm256_loadu_si256((const __m256i *)ek), gd));
+    const __m256i b =
+        mix64_head(_mm256_add_epi64(_mm256_loadu_si256((const __m256i *)(ek + 4)), gd));
+    /* upper halves: lanes 0 1 4 5 | 2 3 6 7, then in order */
+    const __m256i hi = _mm256_permute4x64_epi64(
+        _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b),
+                                              _MM_SHUFFLE(3, 1, 3, 1))),
+        _MM_SHUFFLE(3, 1, 2, 0));
+    return _mm256_xor_si256(hi, _mm256_srli_epi32(hi, ASIM_MIX_S3));
+}
+
+/* draw_codes for 8 lanes (bt->entry set): the codes of counts mc[0..7] with uniforms vu. */
+static inline __m256i codes8(const asim_bucket_table *bt, const int32_t *mc, __m256i vu) {
+    const uint32_t *entry = (const uint32_t *)bt->entry;
+    const int32_t sh = 32 - bt->bits;
+    const __m256i ix = _mm256_add_epi32(
+        _mm256_sll_epi32(_mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)mc),
+                                          _mm256_set1_epi32(bt->m_min)),
+                         _mm_cvtsi32_si128(bt->bits)),
+        _mm256_srl_epi32(vu, _mm_cvtsi32_si128(sh)));
+    const __m256i e = _mm256_i32gather_epi32((const int *)entry, ix, 4);
+    const __m256i d = _mm256_srli_epi32(e, ASIM_BUCKET_CODE_BITS);
+    /* d and the low bits are below 2^24: a signed compare; c + (low >= d) = c + 1 - (d > low) */
+    const __m256i low = _mm256_and_si256(vu, _mm256_set1_epi32((int32_t)((1u << sh) - 1u)));
+    __m256i q = _mm256_add_epi32(
+        _mm256_and_si256(e, _mm256_set1_epi32((1 << ASIM_BUCKET_CODE_BITS) - 1)),
+        _mm256_add_epi32(_mm256_set1_epi32(1), _mm256_cmpgt_epi32(d, low)));
+    const int several =
+        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(d, _mm256_setzero_si256())));
+    if (several) { /* d = 0: count the bucket's thresholds (as draw_codes does) */
+        int32_t qq[8], at[8];
+        uint32_t uu[8];
+        _mm256_storeu_si256((__m256i *)qq, q);
+        _mm256_storeu_si256((__m256i *)at, ix);
+        _mm256_storeu_si256((__m256i *)uu, vu);
+        const int32_t *scan = (const int32_t *)bt->scan;
+        const uint32_t *thr = (const uint32_t *)bt->thr;
+        for (int lanes = several; lanes; lanes &= lanes - 1) {
+            const int t = __builtin_ctz((unsigned)lanes);
+            const int32_t sc = scan[at[t]];
+            const int32_t n = (int32_t)((uint32_t)sc >> ASIM_BUCKET_SCAN_SHIFT);
+            const uint32_t *th = thr + (sc & ((1 << ASIM_BUCKET_SCAN_SHIFT) - 1));
+            int32_t c = (int32_t)(entry[at[t]] & ((1u << ASIM_BUCKET_CODE_BITS) - 1u));
+            for (int32_t j = 0; j < n; ++j) c += uu[t] >= th[j];
+            qq[t] = c;
+        }
+        q = _mm256_loadu_si256((const __m256i *)qq);
+    }
+    return q;
+}
+
+/* One drawn conversion of NL lanes in one pass per 8 lanes: the uniforms (draws draw ..
+ * draw + K - 1 of each element), their codes, for K > 1 the vote (asim_vote: the most
+ * frequent code, ties to the smallest), the code's value (tv[q], or fl(fl(q/A)*F), with
+ * rec fl(fl(q*invA)*F)) and y + k * value: the same operations as tile_epilogue's scalar
+ * loops, lane by lane. */
+static void draw_add8(const asim_bucket_table *bt, const int32_t *mc, const uint64_t *ek,
+                      uint64_t draw, int32_t K, const float *tv, float k, float A, float F,
+                      int rec, float *y) {
+    const __m256 vk = _mm256_set1_ps(k), vA = _mm256_set1_ps(A), vF = _mm256_set1_ps(F);
+    const __m256 vinvA = _mm256_set1_ps(1.0f / A);
+    const __m256i gd = _mm256_set1_epi64x((int64_t)(draw * ASIM_DRAW_GAMMA));
+    const __m256i gstep = _mm256_set1_epi64x((int64_t)ASIM_DRAW_GAMMA);
+    for (int t = 0; t < NL; t += 8) {
+        __m256i q = codes8(bt, mc + t, draw8(ek + t, gd));
+        if (K > 1) {
+            __m256i qs[ASIM_MAXVOTES];
+            __m256i g = gd;
+            qs[0] = q;
+            for (int32_t s = 1; s < K; ++s) {
+                g = _mm256_add_epi64(g, gstep);
+                qs[s] = codes8(bt, mc + t, draw8(ek + t, g));
+            }
+            __m256i best = qs[0], bestn = _mm256_setzero_si256(); /* minus the counts */
+            for (int32_t i = 0; i < K; ++i) {
+                __m256i n = _mm256_setzero_si256();
+                for (int32_t j = 0; j < K; ++j) n = _mm256_add_epi32(n, _mm256_cmpeq_epi32(qs[j], qs[i]));
+                const __m256i take = _mm256_or_si256(
+                    _mm256_cmpgt_epi32(bestn, n),
+                    _mm256_and_si256(_mm256_cmpeq_epi32(n, bestn), _mm256_cmpgt_epi32(best, qs[i])));
+                best = _mm256_blendv_epi8(best, qs[i], take);
+                bestn = _mm256_blendv_epi8(bestn, n, take);
+            }
+            q = best;
+        }
+        __m256 v;
+        if (tv) v = _mm256_i32gather_ps(tv, q, 4);
+        else if (rec) v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), vinvA), vF);
+        else v = _mm256_mul_ps(_mm256_div_ps(_mm256_cvtepi32_ps(q), vA), vF);
+        _mm256_storeu_ps(y + t, _mm256_add_ps(_mm256_loadu_ps(y + t), _mm256_mul_ps(vk, v)));
+    }
+}
+#endif
+
+/* Test entry: the codes of n conversions as the kernel draws them (bucket table when
+ * bt->entry is set, else asim_sample_code), so tests can compare them with the torch sampler. */
 void asim_draw_codes(const asim_bucket_table *bt, const asim_code_table *tab, const int32_t *m,
                      const uint32_t *u, int32_t *q, int64_t n) {
     int32_t mm[NL], qq[NL];
@@ -122,7 +251,14 @@ void asim_draw_codes(const asim_bucket_table *bt, const asim_code_table *tab, co
             mm[t] = s + t < n ? m[s + t] : m[0];
             uu[t] = s + t < n ? u[s + t] : u[0];
         }
-        draw_codes(bt, tab, mm, uu, qq);
+#if ACIM_AVX2
+        if (bt && bt->entry) {
+            for (int t = 0; t < NL; t += 8)
+                _mm256_storeu_si256((__m256i *)(qq + t),
+                                    codes8(bt, mm + t, _mm256_loadu_si256((const __m256i *)(uu + t))));
+        } else
+#endif
+            draw_codes(bt, tab, mm, uu, qq);
         for (int t = 0; t < NL && s + t < n; ++t) q[s + t] = qq[t];
     }
 }
@@ -369,6 +505,13 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
                 const asim_bucket_table *bt = buckets ? buckets + c : NULL;
                 const uint64_t draw = ((uint64_t)(tile * R->w + i) * (uint64_t)ncyc + (uint64_t)c) *
                                       (uint64_t)K;
+#if ACIM_AVX2
+                if (bt && bt->entry) {
+                    draw_add8(bt, mc, ek, draw, md == ASIM_CYC_NOISY ? 1 : K,
+                              X->vtab ? X->vtab + (int64_t)c * VT : NULL, k, A, F, rec, y);
+                    continue;
+                }
+#endif
                 uint32_t u[NL];
                 int32_t q[NL];
                 if (md == ASIM_CYC_NOISY) {
@@ -508,7 +651,7 @@ static void *compute_worker(void *arg) {
     float *out = (float *)R->y;
     const int64_t *y_row = (const int64_t *)R->y_row;
     float y[NL];
-    uint64_t ek[NL];
+    uint64_t ek[NL], rk[MB];
     for (int t = 0; t < NL; ++t) ek[t] = 0;
     for (;;) {
         const int64_t item = __atomic_fetch_add(&X->next, 1, __ATOMIC_RELAXED);
@@ -517,6 +660,10 @@ static void *compute_worker(void *arg) {
         const int64_t o0 = (item % X->noc) * X->ochunk;
         const int64_t o1 = o0 + X->ochunk < R->O ? o0 + X->ochunk : R->O;
         const int64_t n = R->M - mb < MB ? R->M - mb : MB;
+        if (X->noisy) /* asim_element_key: the rows' part once for all their outputs */
+            for (int64_t t = 0; t < n; ++t)
+                rk[t] = asim_derive(asim_derive(R->call_key, sample[mb + t], ASIM_KEY_SAMPLE),
+                                    pos[mb + t], ASIM_KEY_POS);
         for (int64_t o = o0; o < o1; o += OB) {
             const int64_t nob = o1 - o < OB ? o1 - o : OB;
             for (int t = 0; t < NL; ++t) y[t] = 0.0f;
@@ -526,8 +673,7 @@ static void *compute_worker(void *arg) {
             if (X->noisy)
                 for (int64_t ob = 0; ob < nob; ++ob)
                     for (int64_t t = 0; t < n; ++t)
-                        ek[ob * MB + t] =
-                            asim_element_key(R->call_key, sample[mb + t], pos[mb + t], o + ob);
+                        ek[ob * MB + t] = asim_derive(rk[t], o + ob, ASIM_KEY_OUT);
             for (int32_t tile = 0; tile < R->ntiles; ++tile) {
                 const int64_t nw = (tiles[2 * tile + 1] - tiles[2 * tile] + 63) / 64;
                 for (int64_t ob = 0; ob < nob; ++ob)

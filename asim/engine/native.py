@@ -10,7 +10,6 @@ once per programmed array and tile set.
 from __future__ import annotations
 
 import ctypes
-import threading
 
 import torch
 from torch import Tensor
@@ -63,26 +62,22 @@ def pack_weights(lib, w: Tensor, wb: int, tiles, O: int) -> tuple[Tensor, Tensor
     return out, torch.tensor(offsets[:-1], dtype=torch.int64)
 
 
-_BUCKETS: dict[tuple, tuple[object, dict | None]] = {}  # (id(CodeTable), bits) -> (table, arrays)
-_BUCKETS_LOCK = threading.Lock()
-
-
 def bucket_table(table, bits: int | None = None) -> dict | None:
     """The kernel's re-indexing of a code table (engine.h ``asim_bucket_table``), built once
-    per table: for row ``r`` and bucket ``b`` (the top ``bits`` bits of ``u``), the code of
-    ``u`` at the bucket's start and where the code steps inside the bucket, so most draws are
-    one lookup and one compare. Gives exactly :func:`asim.noise.sample_codes`' code
-    (``code = k_lo[r] + #{j : thr[j] <= u}``); None when the codes or bucket counts do not fit
-    its encoding (the kernel then searches the code table itself)."""
-    key = (id(table), bits)
-    with _BUCKETS_LOCK:
-        hit = _BUCKETS.get(key)
-    if hit is not None and hit[0] is table:
-        return hit[1]
-    n_m = table.n_m
+    per table and kept with it (:meth:`asim.noise.CodeTable.form`): for row ``r`` and bucket
+    ``b`` (the top ``bits`` bits of ``u``), the code of ``u`` at the bucket's start and where
+    the code steps inside the bucket, so most draws are one lookup and one compare. Gives
+    exactly :func:`asim.noise.sample_codes`' code (``code = k_lo[r] + #{j : thr[j] <= u}``);
+    None when the codes or bucket counts do not fit its encoding (the kernel then searches
+    the code table itself)."""
     if bits is None:  # 2^10 buckets per count: a 256-count table is 1 MiB (measured best)
         bits = 10
     bits = max(CONST["ASIM_BUCKET_MIN_BITS"], bits)
+    return table.form(("native_buckets", bits), lambda: _bucket_arrays(table, bits))
+
+
+def _bucket_arrays(table, bits: int) -> dict | None:
+    n_m = table.n_m
     low = 32 - bits
     thr, start = table.thr, table.start.long()
     rows = torch.repeat_interleave(torch.arange(n_m), start.diff())
@@ -116,10 +111,6 @@ def bucket_table(table, bits: int | None = None) -> dict | None:
             "bits": bits,
             "max_n": int(inside.max()),
         }
-    with _BUCKETS_LOCK:
-        if len(_BUCKETS) > 64:  # running calls keep their arrays alive
-            _BUCKETS.clear()
-        _BUCKETS[key] = (table, entry)
     return entry
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .. import rng
 from ..config import ActScale, CellVariation, Division, MacroConfig, NoiseConfig
 from ..engine import NoiseStream, Program, ProgrammedArray, acim_matmul, compile_program
+from ..noise import file_version
 from ..quant import (
     dequantize,
     fake_quantize,
@@ -323,12 +324,13 @@ class ACiMLayer:
         signed: bool | None = None,
     ) -> Program:
         """The compiled macro program of engine call ``sub`` (kept by the layer; rebuilt
-        only when its macro, noise, signedness, tiles or shape change)."""
+        only when its macro, noise (or the noise file's contents), signedness, tiles or shape
+        change)."""
         macro = macro or self.macro
         noise = self.noise if noise is None else noise
         signed = self.signed_input if signed is None else signed
         chip = self._pattern_key(noise, sub)
-        key = (macro, noise, signed, rows, outputs, tiles, chip)
+        key = (macro, noise, signed, rows, outputs, tiles, file_version(noise), chip)
         hit = self._compiled.get(sub)
         if hit is not None and hit[0] == key:
             return hit[1]

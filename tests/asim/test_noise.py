@@ -416,6 +416,39 @@ def test_good_csvs_load(tmp_path):
     assert shipped.counts.numel() == 16
 
 
+def test_a_layer_rereads_an_edited_noise_file(tmp_path):
+    """Editing the measured-noise file between two calls of one layer changes its noise:
+    the layer's compiled program follows the file's version, as a fresh layer does."""
+    import os
+
+    from asim import ACiMLinear, MacroConfig, resample_noise
+
+    path = tmp_path / "measured.csv"
+
+    def measured(std: float, mtime_ns: int) -> NoiseConfig:
+        path.write_text(f"count,offset,std\n0,0,{std}\n15,0.5,{std}\n")
+        os.utime(path, ns=(mtime_ns, mtime_ns))  # a new version even within one clock tick
+        return NoiseConfig(file=str(path))
+
+    def layer_out(layer, x):
+        resample_noise(layer, 0)
+        with torch.no_grad():
+            return layer(x)
+
+    macro = MacroConfig(nrow=15, adc_bits=4)
+    x = torch.relu(torch.randn(6, 40, generator=torch.Generator().manual_seed(0)))
+    torch.manual_seed(0)
+    layer = ACiMLinear(40, 7, macro=macro, noise=measured(0.2, 10**18), signed_input=False)
+    before = layer_out(layer, x)
+    assert torch.equal(layer_out(layer, x), before)  # same file, same noise index
+    measured(3.0, 2 * 10**18)
+    after = layer_out(layer, x)
+    torch.manual_seed(0)
+    fresh = ACiMLinear(40, 7, macro=macro, noise=NoiseConfig(file=str(path)), signed_input=False)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, layer_out(fresh, x))
+
+
 def test_table_noise_constructor_rejects_nan_std():
     with pytest.raises(ValueError, match="std must be finite and >= 0"):
         TableNoise([0, 1], [0, 0], [0.5, float("nan")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -227,7 +228,10 @@ def test_train_builder_writes_checkpoints_and_export(compose_run, tmp_path):
     assert res["mode"] == "nat" and res["epochs"] == 2
     assert res["best_model_path"].startswith(str(tmp_path / "checkpoints"))
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["export"] == str(tmp_path / "digits_cnn.pt")
+    # named by what it is (model, mode, run); <model>.pt links to it for older commands
+    assert saved["export"] == str(tmp_path / f"digits_cnn-nat-{tmp_path.name}.pt")
+    alias = tmp_path / "digits_cnn.pt"
+    assert alias.is_symlink() and alias.resolve() == Path(saved["export"])
     # the export and the Lightning checkpoint both load into a fresh model for simulation
     for ckpt in (saved["export"], saved["best_model_path"]):
         model = create_model("digits_cnn")
@@ -266,6 +270,32 @@ def test_job_folder_names_use_every_override():
     assert "/" not in builders.job_dirname(["dataset.root=/x/y"])
     long = builders.job_dirname([f"k{i}=v" for i in range(80)])
     assert len(long) < 220 and long != builders.job_dirname([f"k{i}=w" for i in range(80)])
+
+
+def test_two_checkpoints_of_one_file_name_get_two_job_folders(tmp_path):
+    """The sweep's sub-folder resolver: a folder that holds another job's overrides is not
+    shared (the second gets a digest); the same job run again keeps its folder."""
+    from omegaconf import OmegaConf
+
+    from lightning_modules.config import _job_subdir
+
+    first, second = ["ckpt=checkpoints/digits_cnn.pt"], ["ckpt=/tmp/train/digits_cnn.pt"]
+    name = _job_subdir(str(tmp_path), first)
+    assert name == "ckpt=digits_cnn.pt"
+    (tmp_path / name / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(first), tmp_path / name / ".hydra" / "overrides.yaml")
+    assert _job_subdir(str(tmp_path), first) == name
+    other = _job_subdir(str(tmp_path), second)
+    assert other.startswith("ckpt=digits_cnn.pt@") and other != name
+
+
+def test_a_single_run_folder_says_what_was_changed():
+    """hydra.run.dir = outputs/<task>/<date><run_label>: the overrides, quote-free."""
+    from lightning_modules.config import _run_label
+
+    label = _run_label(["experiment=train/digits_nat", "trim_noise=10", "hydra.run.dir=x"])
+    assert label == "_experiment_digits_nat_trim_noise_10"
+    assert _run_label([]) == "" and _run_label(["hydra.job.chdir=true"]) == ""
 
 
 def test_interrupted_simulation_keeps_finished_repeats(compose_run, tmp_path, monkeypatch):
@@ -510,3 +540,52 @@ def test_simulation_hparams_yaml_is_written_with_tensorboard(tmp_path):
     builders.simulate(cfg)
     hp = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
     assert "adc=7" in hp["macro"] and hp["noise"] == "none"
+
+
+def test_the_passes_of_a_run_are_one_plan():
+    """simulate() runs float, inference, the repeats and the sensitivity passes as one list."""
+    from omegaconf import OmegaConf
+
+    from lightning_modules.run import plan_passes
+
+    opts = OmegaConf.create({"float": True, "inference": False, "repeats": 3, "sensitivity": True})
+    plan = plan_passes(opts, 5, stochastic=True, layers=["conv1", "fc"])
+    assert [(p.kind, p.seed, p.layer, p.alone) for p in plan] == [
+        ("float", None, None, False),
+        ("sim", 5, None, False),
+        ("sim", 6, None, False),
+        ("sim", 7, None, False),
+        ("sensitivity", 5, "conv1", True),
+        ("sensitivity", 5, "conv1", False),
+        ("sensitivity", 5, "fc", True),
+        ("sensitivity", 5, "fc", False),
+    ]
+    # noise off: one deterministic simulated pass stands for the three repeats
+    opts.sensitivity = False
+    quiet = plan_passes(opts, 5, stochastic=False, layers=[])
+    assert [(p.kind, p.copies) for p in quiet] == [("float", 1), ("sim", 3)]
+
+
+@pytest.mark.parametrize("how", ["worst", "mean"])
+def test_a_trial_pools_its_objectives_over_the_conditions(compose_run, tmp_path, how):
+    """conditions=[...]: one simulation per noise condition, each in its own sub-folder that
+    the report keeps apart; the objective is the worst (or mean) over them, by direction."""
+    from lightning_modules import report, run
+
+    fast = ["simulate.float=false", "simulate.inference=false", "trainer.limit_val_batches=1"]
+    cfg = compose_run(
+        "simulate", *fast, "macro.adc_bits=6", "optimized_metrics=[sim_top1,energy_pj]",
+        "conditions=[{noise.rand_sigma:0},{noise.rand_sigma:0.6}]", f"condition_objective={how}",
+    )  # fmt: skip
+    top1, energy = run.trial(cfg)
+    subs = {p.name: json.loads((p / "results.json").read_text()) for p in tmp_path.iterdir()
+            if (p / "results.json").is_file()}  # fmt: skip
+    assert set(subs) == {"noise.rand_sigma=0", "noise.rand_sigma=0.6"}
+    clean, noisy = subs["noise.rand_sigma=0"], subs["noise.rand_sigma=0.6"]
+    assert noisy["config"]["noise"]["rand_sigma"] == 0.6 and noisy["sim_top1"] < clean["sim_top1"]
+    pooled = noisy["sim_top1"] if how == "worst" else (clean["sim_top1"] + noisy["sim_top1"]) / 2
+    assert top1 == pytest.approx(pooled) and energy == clean["cost"]["energy_pj"]
+    rows = report.read_csv(report.write_report([tmp_path]).csv)
+    assert {r["condition"] for r in rows} == {"rand_sigma=0", "rand_sigma=0.6"}
+    with pytest.raises(ValueError, match="not a condition key"):
+        run.trial(compose_run("simulate", "conditions=[{macro.adc_bits:4}]"))

@@ -60,6 +60,33 @@ def test_noisy_native_kernel_equals_torch_backend(kind, signed, tmp_path, monkey
     assert not torch.equal(native, acim_matmul(x, w, macro=macro, signed_input=signed))
 
 
+@pytest.mark.parametrize("division", ["true", "reciprocal"])
+@pytest.mark.parametrize("votes", [1, 3])
+def test_noisy_native_kernel_at_8_bits_equals_torch_backend(division, votes, monkeypatch):
+    """An 8-bit ADC (drawn codes converted by division, not looked up) with narrow Gaussian
+    noise, whose code tables have buckets holding several thresholds: the kernel's fused
+    draw pass gives the torch backend's bits, one draw per conversion and voted."""
+    _native_or_skip()
+    from asim.engine import NoiseStream
+    from asim.engine.native import bucket_table
+    from asim.noise import GaussianNoise, code_table
+
+    noise = NoiseConfig(rand_sigma=0.39, nonlinear_sigma=0.39)
+    table = code_table(GaussianNoise(0.39, 0.39), 255, 255, 1, 255, 0.0)
+    assert bucket_table(table)["max_n"] > 1  # the several-threshold lanes are exercised
+    macro = MacroConfig(division=division, vote_levels=2 if votes > 1 else 0, vote_samples=votes)
+    g = torch.Generator().manual_seed(votes)
+    x = _ints(g, (2, 45, 300), 8, False)
+    w = _ints(g, (300, 13), 8, True)
+    stream = NoiseStream(0x0123456789ABCDEF, torch.tensor([2, 9]), 45)
+    kw = dict(macro=macro, signed_input=False, noise=noise, stream=stream)
+    native = acim_matmul(x, w, **kw)
+    _torch_only(monkeypatch)
+    plain = acim_matmul(x, w, **kw)
+    assert bits(native) == bits(plain)
+    assert not torch.equal(native, acim_matmul(x, w, macro=macro, signed_input=False))
+
+
 @pytest.mark.parametrize(
     "nrow,enc,adc,signed",
     [(255, None, 6, False), (16, 3, 5, False), (100, None, 6, True), (64, 2, 8, False)],
