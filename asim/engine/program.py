@@ -84,7 +84,7 @@ class Program:
     noise: NoiseConfig | None = None
     chip: int | None = None
     _forms: dict = field(default_factory=dict, repr=False, compare=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def macro(self) -> MacroConfig:

@@ -377,3 +377,46 @@ def test_per_layer_full_scale_and_levels_through_layer_macros():
         y = acim[2](x)
         acim[2].macro = plain
         assert bits(acim[2](x)) == bits(y)  # uniform levels: the plain ADC's bits
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_native_equals_torch_with_noise(seed, monkeypatch, tmp_path):
+    """Same seed, same bits on the C kernel and the torch backend: ADC full scale,
+    non-uniform levels and a chip's pattern with temporal noise (Gaussian, count-dependent,
+    measured table; voted and hybrid cycles; several tiles and ADC groups)."""
+    from .helpers import _measured_csv, _native_or_skip
+
+    _native_or_skip()
+    rng, g = random.Random(900 + seed), torch.Generator().manual_seed(seed)
+    signed = rng.random() < 0.5
+    macro = _random_macro(rng, signed, allow_enc=rng.random() < 0.5)
+    if rng.random() < 0.3 and macro.input_enc_bits is None and not macro.hybrid_levels:
+        macro = macro.replace(vote_levels=2, vote_samples=3)
+    if rng.random() < 0.5:
+        t, v = _levels(rng, macro.adc_bits)
+        macro = macro.replace(adc_thresholds=t, adc_values=v)
+    macro = macro.replace(adc_full_scale=rng.choice([None, max(1, macro.nrow - 3)]))
+    kind = rng.choice(["gaussian", "nonlinear", "measured"])
+    base = dict(
+        gaussian=dict(rand_sigma=rng.choice([1.0, 5.0])),
+        nonlinear=dict(rand_sigma=1.0, nonlinear_sigma=4.0),
+        measured=dict(file=_measured_csv(tmp_path / "measured.csv")),
+    )[kind]
+    pattern = rng.random() < 0.7
+    noise = NoiseConfig(
+        **base,
+        column_offset_lsb=0.6 if pattern else 0.0,
+        column_gain_pct=rng.choice([0.0, 2.0]) if pattern else 0.0,
+        column_sigma_spread=rng.choice([0.0, 0.3]) if pattern and kind != "measured" else 0.0,
+        adc_group=rng.choice([1, 3]),
+        chip_seed=seed,
+    )
+    B, M, R, O = rng.choice([1, 2]), rng.randint(1, 40), rng.randint(1, 40), rng.randint(1, 9)
+    x = _ints(g, (B, M, R), macro.input_bits, signed)
+    w = _ints(g, (R, O), macro.weight_bits, True)
+    stream = NoiseStream(rng.getrandbits(64), torch.arange(B) * 7 + 2, M)
+    out = []
+    for name in ("native", "torch"):
+        monkeypatch.setenv("ASIM_BACKEND", name)
+        out.append(_call(x, w, macro, signed, noise, stream))
+    assert bits(out[0]) == bits(out[1]), (macro, noise)
