@@ -610,6 +610,13 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             const asim_bucket_table *bt = buckets ? buckets + c : NULL;
             const uint64_t draw =
                 ((uint64_t)(tile * w + i) * (uint64_t)ncyc + (uint64_t)c) * (uint64_t)K;
+#if ACIM_AVX2
+            if (bt && bt->entry) { /* the fused pass, reading the plan's code values */
+                draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, vcode + c * ncode, k,
+                          R->adc_levels, 1.0f, 0, y);
+                continue;
+            }
+#endif
             uint32_t u[NL];
             int32_t q[NL];
             if (md == ASIM_CYC_NOISY) {
