@@ -39,6 +39,7 @@ from asim.mapping import AttentionMacros, FirstLayer, LayerMacro
 from asim.models import create_model, is_model, model_entrypoint
 
 from . import data as _data
+from . import datasets as _datasets
 from .progress import LineProgress
 
 # --- Hydra schemas of the frozen asim configs (engine track) -------------------------------
@@ -280,8 +281,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="simulate_schema", node=SimulateSchema)
     cs.store(name="train_schema", node=TrainSchema)
-    for key, cls in _data.DATAMODULES.items():  # the dataset presets' bases (typed deltas)
-        cs.store(name=f"dataset_schema_{key}", node=_data.datamodule_schema(cls))
+    for key in _data.SCHEMAS:  # the dataset presets' bases (typed deltas)
+        cs.store(name=f"dataset_schema_{key}".rstrip("_"), node=_data.dataset_schema(key))
     for name, fn in (
         ("epochs", _epochs),
         ("job_dirname", job_dirname),
@@ -290,6 +291,7 @@ def register_configs() -> None:
         ("run_label", _run_label),
         ("train_mode", train_mode),
         ("file_label", _file_label),
+        ("vocab_size", _datasets.vocab_size),  # text presets' num_classes
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
@@ -391,21 +393,14 @@ def model_config(cfg: DictConfig) -> ModelConfig:
 
 
 def build_datamodule(cfg: DictConfig, **overrides: Any) -> L.LightningDataModule:
-    """The DataModule of ``cfg.dataset``; a relative ``dataset.root`` is resolved here
-    (working directory, then the repository root) and passed as ``root=``."""
+    """The DataModule of ``cfg.dataset`` (:func:`lightning_modules.data.instantiate_datamodule`);
+    a relative ``dataset.root`` is resolved here (working directory, then the repository root)
+    and passed as ``root=``; ``dataset.seed`` (the run's ``seed`` unless set) as ``seed``."""
     dataset = cfg.dataset
     if dataset.get("root") is not None and "root" not in overrides:
         overrides["root"] = str(resolve_path(dataset.root))
-    instantiate_dm = getattr(_data, "instantiate_datamodule", None)
-    try:
-        if instantiate_dm is not None:
-            return instantiate_dm(dataset, seed=int(cfg.seed), **overrides)
-        kwargs = OmegaConf.to_container(dataset, resolve=True)
-        kwargs.update(overrides)
-        name = kwargs.pop("name")
-        return _data.build_datamodule(name, seed=int(cfg.seed), **kwargs)
-    except TypeError as e:
-        raise ValueError(f"dataset={dataset.get('name')}: {e}") from None
+    seed = int(dataset.seed) if "seed" in dataset else int(cfg.seed)
+    return _data.instantiate_datamodule(dataset, seed=seed, **overrides)
 
 
 def build_float_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> nn.Module:
