@@ -65,7 +65,7 @@ ranges in the engine, which it does not have yet."""
 CALIBRATION_FORMAT = "asim-adc-calibration"
 CALIBRATION_VERSION = 1
 
-_CALIBRATED_FIELDS = ("adc_full_scale", "adc_thresholds", "adc_values")
+_CALIBRATED_FIELDS = ("adc_full_scale", "adc_thresholds", "adc_values", "adc_levels_csv")
 _PARTS = ("macro", "qk_macro", "av_macro")  # the attributes of a layer that hold a macro
 _SUFFIX = {"macro": "", "qk_macro": ".qk", "av_macro": ".av"}  # as results' layer_macros
 
@@ -355,6 +355,7 @@ class LayerCalibration:
             "adc_full_scale": self.full_scale,
             "adc_thresholds": self.thresholds,
             "adc_values": self.values,
+            "adc_levels_csv": None,  # a levels file is replaced by the fitted (or no) table
         }
 
 

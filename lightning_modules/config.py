@@ -347,12 +347,16 @@ def macro_config(cfg: DictConfig) -> MacroConfig:
     A preset whose fields were overridden is named by the preset and the changed fields
     (``bitserial_255+adc_bits=7,nrow=63(W8A8, nrow=63, adc=7, ...)``), not as a preset it no
     longer is."""
-    macro = _frozen(MacroConfig, cfg.macro)
+    node = cfg.macro
+    if node.get("adc_levels_csv"):  # a levels CSV resolves like a noise file
+        node = OmegaConf.merge(node, {"adc_levels_csv": str(resolve_path(node.adc_levels_csv))})
+    macro = _frozen(MacroConfig, node)
     preset = PROJECT_ROOT / "conf" / "macro" / f"{macro.name}.yaml"
     if preset.is_file():
         fields = OmegaConf.merge(OmegaConf.structured(MacroSchema), OmegaConf.load(preset))
         base = _frozen(MacroConfig, fields)
-        names = [f.name for f in dataclasses.fields(macro) if f.name != "name"]
+        skip = {"name", "adc_thresholds", "adc_values"}  # long: describe() says adc_levels=table
+        names = [f.name for f in dataclasses.fields(macro) if f.name not in skip]
         changed = [
             f"{k}={getattr(macro, k)}" for k in names if getattr(macro, k) != getattr(base, k)
         ]
