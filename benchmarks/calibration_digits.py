@@ -11,9 +11,7 @@ simulated top-1 and seconds per pass::
 
 Extra arguments are Hydra overrides of ``conf/simulate.yaml``. Calibration uses the first
 ``--batches`` training batches (the validation images are never seen). Noise, when set, is
-seeded with ``seed`` (one draw per pass). The calibrated rows need the engine to honour
-``MacroConfig.adc_full_scale`` / ``adc_thresholds`` (issue 16, item 1); without it they are
-not run.
+seeded with ``seed`` (one draw per pass).
 """
 
 from __future__ import annotations
@@ -39,18 +37,6 @@ from lightning_modules.config import (  # noqa: E402
 )
 
 METHODS = ("max", "percentile", "mse", "lloyd_max")
-
-
-def engine_honours_full_scale() -> bool:
-    """Whether ``acim_matmul`` rescales by ``MacroConfig.adc_full_scale``."""
-    m = asim.MacroConfig(weight_bits=2, input_bits=2, nrow=8, adc_bits=3)
-    x, w = torch.ones(1, 8), torch.zeros(8, 1)
-    w[0, 0] = 1
-    kw = dict(signed_input=False, exact_shortcut=False)
-    return not torch.equal(
-        asim.acim_matmul(x, w, macro=m, **kw),
-        asim.acim_matmul(x, w, macro=m.replace(adc_full_scale=7), **kw),
-    )
 
 
 def top1(model, loader, seed: int) -> tuple[float, float]:
@@ -87,34 +73,28 @@ def main(argv=None) -> None:
     val = dm.val_dataloader()
     acc, sec = top1(model, val, seed)
     rows.append((f"adc {args.adc}, full scale nrow", acc, sec, "-"))
-    if engine_honours_full_scale():
-        for method in METHODS:
-            _, _, model = build(args.adc)
-            t0 = time.perf_counter()
-            cal = asim.calibrate_adc(
-                model,
-                dm.train_dataloader(),
-                method=method,
-                percentile=args.percentile,
-                max_batches=args.batches,
+    for method in METHODS:
+        _, _, model = build(args.adc)
+        t0 = time.perf_counter()
+        cal = asim.calibrate_adc(
+            model,
+            dm.train_dataloader(),
+            method=method,
+            percentile=args.percentile,
+            max_batches=args.batches,
+        )
+        t_cal = time.perf_counter() - t0
+        cal.apply(model)
+        acc, sec = top1(model, val, seed)
+        scales = sorted({lc.full_scale for lc in cal.layers.values()})
+        label = f"percentile {args.percentile:g}" if method == "percentile" else method
+        rows.append(
+            (
+                f"adc {args.adc}, calibrated: {label} ({t_cal:.1f} s)",
+                acc,
+                sec,
+                f"{scales[0]}..{scales[-1]}",
             )
-            t_cal = time.perf_counter() - t0
-            cal.apply(model)
-            acc, sec = top1(model, val, seed)
-            scales = sorted({lc.full_scale for lc in cal.layers.values()})
-            label = f"percentile {args.percentile:g}" if method == "percentile" else method
-            rows.append(
-                (
-                    f"adc {args.adc}, calibrated: {label} ({t_cal:.1f} s)",
-                    acc,
-                    sec,
-                    f"{scales[0]}..{scales[-1]}",
-                )
-            )
-    else:
-        print(
-            "note: the engine does not honour MacroConfig.adc_full_scale yet: calibrated "
-            "rows skipped"
         )
     cfg8, _, model8 = build(8)
     acc, sec = top1(model8, val, seed)

@@ -288,21 +288,6 @@ def test_cuda_observes_the_same_counts_as_cpu():
     assert cuda == cpu
 
 
-def _engine_honours_full_scale() -> bool:
-    """Whether the engine rescales by ``adc_full_scale`` (issue 16 item 1, engine side)."""
-    m = MacroConfig(weight_bits=2, input_bits=2, nrow=8, adc_bits=3)
-    x, w = torch.ones(1, 8), torch.zeros(8, 1)
-    w[0, 0] = 1  # one row on: count 1
-    plain = asim.acim_matmul(x, w, macro=m, signed_input=False, exact_shortcut=False)
-    full = asim.acim_matmul(
-        x, w, macro=m.replace(adc_full_scale=7), signed_input=False, exact_shortcut=False
-    )
-    return not torch.equal(plain, full)
-
-
-@pytest.mark.skipif(
-    not _engine_honours_full_scale(), reason="the engine does not honour adc_full_scale yet"
-)
 @pytest.mark.parametrize("method", ["max", "mse", "lloyd_max"])
 def test_calibrated_adc_is_closer_to_the_ideal_macro(method):
     macro = MacroConfig(weight_bits=5, input_bits=5, nrow=63, adc_bits=4)
