@@ -263,6 +263,29 @@ void asim_draw_codes(const asim_bucket_table *bt, const asim_code_table *tab, co
     }
 }
 
+/* The codes q[t] of NL drawn conversions of counts mc[t] (portable path): K = 1 draws one
+ * code per lane (draw number `draw`), K > 1 draws K (draw .. draw + K - 1) and keeps their
+ * mode (spec §8.2). */
+static inline void drawn_codes(const asim_bucket_table *bt, const asim_code_table *tab,
+                               const int32_t *mc, const uint64_t *ek, uint64_t draw, int32_t K,
+                               int32_t *q) {
+    uint32_t u[NL];
+    if (K == 1) {
+        for (int t = 0; t < NL; ++t) u[t] = asim_draw_u32(ek[t], draw);
+        draw_codes(bt, tab, mc, u, q);
+        return;
+    }
+    int32_t qs[ASIM_MAXVOTES][NL], codes[ASIM_MAXVOTES];
+    for (int32_t s = 0; s < K; ++s) {
+        for (int t = 0; t < NL; ++t) u[t] = asim_draw_u32(ek[t], draw + (uint64_t)s);
+        draw_codes(bt, tab, mc, u, qs[s]);
+    }
+    for (int t = 0; t < NL; ++t) {
+        for (int32_t s = 0; s < K; ++s) codes[s] = qs[s][t];
+        q[t] = asim_vote(codes, K);
+    }
+}
+
 /* ---------------------------------------------------------------------------------------
  * Bit packing. Codes are integer-valued: kind 0 float32, 1 int32, 2 one byte (int8 or
  * uint8; int8 only for nbits <= 8). Bit b of the two's-complement code of codes[m*ld + r],
@@ -512,22 +535,8 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
                     continue;
                 }
 #endif
-                uint32_t u[NL];
                 int32_t q[NL];
-                if (md == ASIM_CYC_NOISY) {
-                    for (int t = 0; t < NL; ++t) u[t] = asim_draw_u32(ek[t], draw);
-                    draw_codes(bt, tab, mc, u, q);
-                } else {
-                    int32_t qs[ASIM_MAXVOTES][NL], codes[ASIM_MAXVOTES];
-                    for (int32_t s = 0; s < K; ++s) {
-                        for (int t = 0; t < NL; ++t) u[t] = asim_draw_u32(ek[t], draw + (uint64_t)s);
-                        draw_codes(bt, tab, mc, u, qs[s]);
-                    }
-                    for (int t = 0; t < NL; ++t) {
-                        for (int32_t s = 0; s < K; ++s) codes[s] = qs[s][t];
-                        q[t] = asim_vote(codes, K);
-                    }
-                }
+                drawn_codes(bt, tab, mc, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, q);
                 if (X->vtab) {
                     const float *tv = X->vtab + (int64_t)c * VT;
                     for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];
@@ -617,22 +626,8 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
                 continue;
             }
 #endif
-            uint32_t u[NL];
             int32_t q[NL];
-            if (md == ASIM_CYC_NOISY) {
-                for (int t = 0; t < NL; ++t) u[t] = asim_draw_u32(ek[t], draw);
-                draw_codes(bt, tab, row, u, q);
-            } else {
-                int32_t qs[ASIM_MAXVOTES][NL], codes[ASIM_MAXVOTES];
-                for (int32_t s = 0; s < K; ++s) {
-                    for (int t = 0; t < NL; ++t) u[t] = asim_draw_u32(ek[t], draw + (uint64_t)s);
-                    draw_codes(bt, tab, row, u, qs[s]);
-                }
-                for (int t = 0; t < NL; ++t) {
-                    for (int32_t s = 0; s < K; ++s) codes[s] = qs[s][t];
-                    q[t] = asim_vote(codes, K);
-                }
-            }
+            drawn_codes(bt, tab, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, q);
             const float *tv = vcode + (int64_t)c * ncode;
             for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];
         }

@@ -302,29 +302,18 @@ class Plan:
     def fine_code_table(self, c: int, scales: tuple[float, ...]):
         """The exact code distribution of every fine index of cycle ``c``, one block of rows
         per sigma multiple in ``scales`` (spec §4.7, :func:`asim.noise.code_table`)."""
-        from ..noise import code_table
-
-        key = ("fine_code", c, scales)
-        if key not in self._tables:
-            self._tables[key] = code_table(
-                self.readout,
-                full_scale=self.full_scale[c],
-                adc_levels=self.macro.adc_levels,
-                levels=self.cycles[c].levels,
-                nrow=self.macro.nrow,
-                reciprocal=self.reciprocal,
-                adc_rows=self.macro.adc_rows,
-                thresholds=self.macro.adc_thresholds,
-                fine=self.fine,
-                sigma_scales=scales,
-            )
-        return self._tables[key]
+        return self._code_table(("fine_code", c, scales), c, fine=self.fine, sigma_scales=scales)
 
     def code_table(self, c: int):
         """The exact code distribution of every count ``0..F_c`` of cycle ``c``."""
+        return self._code_table(
+            ("code", c), c, alpha=self.alpha, late_compression=self.late(c)
+        )
+
+    def _code_table(self, key, c: int, **extra):
+        """:func:`asim.noise.code_table` of cycle ``c`` with ``extra`` arguments, kept as ``key``."""
         from ..noise import code_table
 
-        key = ("code", c)
         if key not in self._tables:
             self._tables[key] = code_table(
                 self.readout,
@@ -332,11 +321,10 @@ class Plan:
                 adc_levels=self.macro.adc_levels,
                 levels=self.cycles[c].levels,
                 nrow=self.macro.nrow,
-                alpha=self.alpha,
-                late_compression=self.late(c),
                 reciprocal=self.reciprocal,
                 adc_rows=self.macro.adc_rows,
                 thresholds=self.macro.adc_thresholds,
+                **extra,
             )
         return self._tables[key]
 
