@@ -41,8 +41,9 @@
 #else
 #define ACIM_AVX512 0
 #endif
-/* With AVX2 and without AVX-512, a drawn conversion is one fused 8-lane pass (draw_add8). */
-#if defined(__AVX2__) && !ACIM_AVX512
+/* With AVX2 (AVX-512 CPUs have it too), a drawn conversion is one fused 8-lane pass
+ * (draw_add8). */
+#if defined(__AVX2__)
 #include <immintrin.h>
 #define ACIM_AVX2 1
 #else
