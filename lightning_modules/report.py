@@ -38,13 +38,15 @@ METRICS = ("sim_top1", "sim_top1_std", "sim_top5", "float_top1", "inference_top1
            "num_samples", "seconds", *COST)  # fmt: skip
 """The metric columns of every sweep.csv (a cost field is ``cost.<name>`` of results.json)."""
 OPTIONAL = ("val_top1", "val_top5", "measured_top1", "sim_minus_measured", "float_ppl",
-            "inference_ppl", "sim_ppl", "sim_ppl_std", "val_ppl")  # fmt: skip
+            "inference_ppl", "sim_ppl", "sim_ppl_std", "val_ppl", "yield_top1",
+            "worst_chip_top1")  # fmt: skip
 """More metric columns, in sweep.csv when some run has them (train runs, silicon, LMs)."""
 SENSES = {"energy_pj": "min", "adc_conversions": "min", "latency_ns": "min",
           "area_mm2": "min", "seconds": "min"}  # fmt: skip
 """Lower-is-better metrics besides ``*_ppl`` and ``*_std``; every other metric: higher."""
 ACCURACY, ENERGY, OBJECTIVES_KEY = "sim_top1", "energy_pj", "optimized_metrics"
 CONDITION_GROUPS = ("noise", "seed", "ckpt", "dataset", "model", "chip", "chip_seed")
+CONDITION_KEYS = ("simulate.chips", "simulate.yield_threshold")  # the chip population
 DESIGN_KEYS = ("model.layer_macros", "model.attention")  # per-layer macros: design choices
 REPEAT_KEYS = ("seed",)  # conditions that are repeats: averaged (mean ± std), not told apart
 MAX_LINES = 8  # more curves than this in an accuracy plot: the best design per x only
@@ -64,7 +66,7 @@ def is_condition(key: str) -> bool:
     """Whether a config key is a condition (noise, seed, checkpoint, data, model, chip)."""
     if any(key == k or key.startswith(k + ".") for k in DESIGN_KEYS):
         return False
-    return key.split(".", 1)[0] in CONDITION_GROUPS
+    return key.split(".", 1)[0] in CONDITION_GROUPS or key in CONDITION_KEYS
 
 
 def sense(name: str) -> str:
@@ -359,6 +361,9 @@ def _view(df: pd.DataFrame) -> pd.DataFrame:
         view["sim - measured (pp)"] = df["sim_minus_measured"].map(
             lambda v: _pct(v) and f"{100 * v:+.2f}"
         )
+    if _chips(df).any():  # a chip population
+        view["worst chip top-1"] = df["worst_chip_top1"].map(_pct)
+        view["yield (%)"] = df["yield_top1"].map(_pct)
     for name in ("sim_ppl", "inference_ppl", "val_ppl"):
         if df[name].notna().any():
             view[name.replace("_", " ")] = df[name].map("{:.3f}".format)
@@ -372,6 +377,12 @@ def _view(df: pd.DataFrame) -> pd.DataFrame:
     view["seconds"] = df["seconds"].map("{:.1f}".format)
     view["job"] = "`" + df["job"] + "`"
     return view.replace(["nan", "None"], "")
+
+
+def _chips(df: pd.DataFrame) -> pd.Series:
+    """Whether each run simulated a population of chips (``simulate.chips`` > 1)."""
+    chips = df.get("chip_top1", pd.Series([None] * len(df), index=df.index))
+    return chips.map(lambda c: isinstance(c, list) and len(c) > 1)
 
 
 def _fronts(df: pd.DataFrame) -> list[str]:
@@ -482,6 +493,16 @@ def _plots(df: pd.DataFrame, out: Path) -> list[Path]:
         plots.append(_plot_fronts(scored.dropna(subset=[ENERGY]), out / "accuracy_vs_energy.png"))
     if (grid := shmoo(scored)) is not None:
         plots.append(_plot_shmoo(grid, scored, out / "shmoo.png"))
+    if _chips(scored).any():
+        chips = scored[_chips(scored)]
+        plots.append(_plot_chips(chips, out / "chips_cdf.png"))
+        keys = [k for k in df.attrs["designs"] if chips[k].nunique() > 1]
+        plots += [_plot_yield(chips, key, out / f"yield_vs_{key}.png") for key in keys]
+    calibrated = df.get("calibration.layers", pd.Series(dtype=object)).map(
+        lambda c: isinstance(c, list) and bool(c)
+    )
+    if calibrated.any():
+        plots.append(_plot_calibration(df[calibrated], out / "calibration.png"))
     rows = [i for i, s in df.get("sensitivity", pd.Series(dtype=object)).items()
             if isinstance(s, list) and s]  # fmt: skip
     for i in rows:
@@ -618,3 +639,87 @@ def _plot_sensitivity(row: pd.Series, path: Path) -> Path:
             ax.axvline(100 * value, color="0.3", ls=style, label=label)
     ax.set(xlabel="simulated top-1 accuracy (%)", ylabel="ACiM layer")
     return _save(fig, ax, path)
+
+
+def _run_label(df: pd.DataFrame, row: pd.Series) -> str:
+    """A run in a legend: its design and condition (without the chip keys), else its job."""
+    keys = [k for k in (*df.attrs["designs"], *df.attrs["conditions"]) if k not in CONDITION_KEYS]
+    return _label(df, row, keys) or row["job"]
+
+
+def _plot_chips(df: pd.DataFrame, path: Path) -> Path:
+    """The chips' accuracy distribution: the empirical CDF of each run's chip top-1 (one
+    curve per design and condition), with the yield threshold of each run dotted."""
+    import seaborn as sns
+
+    chips = pd.DataFrame(
+        [{"run": _run_label(df, r), "top1": 100 * t} for _, r in df.iterrows()
+         for t in r["chip_top1"]]
+    )  # fmt: skip
+    n = df["chip_top1"].map(len)
+    count = f"{n.iloc[0]} chips" if n.nunique() == 1 else "chips"
+    fig, ax = _figure(f"Chip population: top-1 of {count} per run (CDF)", df)
+    several = chips["run"].nunique() > 1
+    sns.ecdfplot(data=chips, x="top1", hue="run" if several else None, ax=ax)
+    for value in df["yield_threshold"].dropna().unique():
+        ax.axvline(100 * value, color="0.4", ls=":", lw=1)
+    ax.set(xlabel="simulated top-1 of a chip (%), dotted: yield threshold",
+           ylabel="fraction of chips at or below")  # fmt: skip
+    if several:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), title="run",
+                        fontsize="small")  # fmt: skip
+    return _save(fig, ax, path)
+
+
+def _plot_yield(df: pd.DataFrame, key: str, path: Path) -> Path:
+    """Yield (fraction of chips at or above the threshold) against one design key, a line
+    per condition and other design."""
+    import seaborn as sns
+
+    others = [k for k in (*df.attrs["designs"], *df.attrs["conditions"]) if k != key]
+    order = sorted(df[key].unique(), key=_order)
+    numeric = all(isinstance(_typed(v), (int, float)) for v in order)
+    data = df.assign(x=df[key].map(_typed if numeric else order.index),
+                     y=100 * df["yield_top1"],
+                     line=[_label(df, r, others) for _, r in df.iterrows()])  # fmt: skip
+    fig, ax = _figure(f"Yield vs {key.rsplit('.', 1)[-1]}", df)
+    sns.lineplot(data=data, x="x", y="y", hue="line" if data["line"].nunique() > 1 else None,
+                 marker="o", errorbar=None, ax=ax)  # fmt: skip
+    if not numeric:
+        ax.set_xticks(range(len(order)), [df.attrs["names"][key][v] for v in order])
+    elif len(order) <= 12:
+        ax.set_xticks(sorted(data["x"].unique()))
+    ax.set(xlabel=KEY_LABELS.get(key, key), ylabel="chips at or above the threshold (%)",
+           ylim=(-3, 103))  # fmt: skip
+    return _save(fig, ax, path)
+
+
+def _plot_calibration(df: pd.DataFrame, path: Path) -> Path:
+    """Calibrated ADCs: per layer the clip rate (left) and the ADC code histogram on the
+    calibration data (right; fraction of conversions per code), one colour per run."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    layers = pd.DataFrame(
+        [{"run": _run_label(df, r) or r["calibration.method"], **c}
+         for _, r in df.iterrows() for c in r["calibration.layers"]]
+    )  # fmt: skip
+    codes = pd.DataFrame(
+        [{"run": c.run, "layer": c.layer, "code": k, "share": n / max(sum(c.code_histogram), 1)}
+         for c in layers.itertuples() for k, n in enumerate(c.code_histogram)]
+    )  # fmt: skip
+    several = layers["run"].nunique() > 1
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig.suptitle("Calibrated ADCs" + (f": {_summary(df)}" if _summary(df) else ""))
+    sns.barplot(data=layers.assign(clip=100 * layers["clip_rate"]), x="clip", y="layer",
+                hue="run" if several else None, ax=left, legend=False)  # fmt: skip
+    left.set(xlabel="clipped conversions (% of calibration counts)", ylabel="ACiM layer",
+             title="clip rate at the calibrated full scale")  # fmt: skip
+    sns.lineplot(data=codes, x="code", y="share", hue="layer",
+                 style="run" if several else None, ax=right)  # fmt: skip
+    right.set(yscale="log", xlabel="ADC output code", ylabel="share of conversions",
+              title="ADC code histogram")  # fmt: skip
+    sns.move_legend(right, "upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
