@@ -713,9 +713,12 @@ def _plot_calibration(df: pd.DataFrame, path: Path) -> Path:
     fig.suptitle("Calibrated ADCs" + (f": {_summary(df)}" if _summary(df) else ""))
     sns.barplot(data=layers.assign(clip=100 * layers["clip_rate"]), x="clip", y="layer",
                 hue="run" if several else None, ax=left, legend=False)  # fmt: skip
+    if not several:  # the calibrated full scale beside each layer
+        left.set_yticks(range(len(layers)), [f"{c.layer}\nFS {c.full_scale}/{c.nrow}"
+                                             for c in layers.itertuples()])  # fmt: skip
     left.set(xlabel="clipped conversions (% of calibration counts)", ylabel="ACiM layer",
              title="clip rate at the calibrated full scale")  # fmt: skip
-    sns.lineplot(data=codes, x="code", y="share", hue="layer",
+    sns.lineplot(data=codes, x="code", y="share", hue="layer", drawstyle="steps-mid",
                  style="run" if several else None, ax=right)  # fmt: skip
     right.set(yscale="log", xlabel="ADC output code", ylabel="share of conversions",
               title="ADC code histogram")  # fmt: skip

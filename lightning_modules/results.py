@@ -369,12 +369,14 @@ def format_table(results: dict[str, Any]) -> str:
             sim1 += f" ± {100 * results['sim_top1_std']:.2f}"
             sim5 += f" ± {100 * results['sim_top5_std']:.2f}"
         label = "simulated" + (f" (x{results['repeats']})" if results["repeats"] > 1 else "")
+        chips = results.get("chips", 1)
+        if chips > 1:
+            label = f"simulated ({chips} chips x {results['repeats'] // chips})"
         energy = format_energy(cost["energy_pj"]) if cost else "-"
         conversions = format_conversions(cost["adc_conversions"]) if cost else "-"
         rows.append((label, sim1, sim5, secs(results["seconds_sim"]), energy, conversions))
-    chips = results.get("chip_top1") or []
-    if len(chips) > 1:
-        rows.append((f"worst of {len(chips)} chips", pct(results["worst_chip_top1"]), "-", "-",
+    if len(results.get("chip_top1") or []) > 1:
+        rows.append((f"worst of {chips} chips", pct(results["worst_chip_top1"]), "-", "-",
                      "-", "-"))  # fmt: skip
         if results.get("yield_top1") is not None:
             rows.append((f"yield (chips >= {pct(results['yield_threshold'])})",
