@@ -634,3 +634,25 @@ def test_calibration_file_gives_the_calibrated_result(compose_run, tmp_path):
     assert applied["calibration"]["layers"] == layers and not applied["calibration"]["made"]
     plain = builders.simulate(compose_run("simulate", *fast))
     assert plain["calibration"] is None and made["sim_top1"] > plain["sim_top1"] + 0.5
+
+
+def test_chips_are_passes_of_the_one_plan():
+    """simulate.chips=2: each chip runs the repeats with its own noise seeds (chip 0's are the
+    single chip's); noise off: one pass per chip stands for its repeats."""
+    from omegaconf import OmegaConf
+
+    from lightning_modules.run import plan_passes
+
+    opts = OmegaConf.create(
+        {"float": False, "inference": True, "repeats": 2, "sensitivity": False, "chips": 2}
+    )
+    plan = plan_passes(opts, 5, stochastic=True, layers=[])
+    assert [(p.kind, p.chip, p.seed, p.copies) for p in plan] == [
+        ("inference", None, None, 1),
+        ("sim", 0, 5, 1),
+        ("sim", 0, 6, 1),
+        ("sim", 1, 7, 1),
+        ("sim", 1, 8, 1),
+    ]
+    quiet = plan_passes(opts, 5, stochastic=False, layers=[])
+    assert [(p.chip, p.copies) for p in quiet if p.kind == "sim"] == [(0, 2), (1, 2)]
