@@ -361,6 +361,10 @@ def _summary_metrics(passes: dict, sim_runs: list, res: dict[str, Any]) -> dict[
                     "sim/loss": sum(r.loss for r in sim_runs) / len(sim_runs)})  # fmt: skip
     if res.get("sim_ppl") is not None:
         metrics["sim/ppl"] = res["sim_ppl"]
+    if res["chips"] > 1:  # a chip population
+        metrics["sim/worst_chip_acc"] = res["worst_chip_top1"]
+        if res["yield_top1"] is not None:
+            metrics["sim/yield"] = res["yield_top1"]
     for key in ("energy_pj", "adc_conversions", "latency_ns", "area_mm2", "tops_per_w"):
         if res["cost"] is not None:
             metrics[f"sim/{key}"] = res["cost"][key]
