@@ -595,7 +595,7 @@ def test_a_chip_population_has_one_result_per_chip_and_a_yield(compose_run, tmp_
     """simulate.chips=3: three chips (chip_seed seed, seed+1, seed+2), each its own fixed
     column pattern; chip_top1, worst chip and yield follow from them."""
     cfg = compose_run(
-        "simulate", "macro.adc_bits=5", "noise.column_offset_lsb=1.0", "simulate.chips=3",
+        "simulate", "noise.column_offset_lsb=0.25", "simulate.chips=3",
         "simulate.float=false", "seed=2",
     )  # fmt: skip
     res = builders.simulate(cfg)
@@ -610,7 +610,7 @@ def test_a_chip_population_has_one_result_per_chip_and_a_yield(compose_run, tmp_
     assert "worst of 3 chips" in builders.format_table(res)
     # chip 0 is chip_seed = seed: the same chip as a one-chip run of noise.chip_seed=2
     one = builders.simulate(
-        compose_run("simulate", "macro.adc_bits=5", "noise.column_offset_lsb=1.0",
+        compose_run("simulate", "noise.column_offset_lsb=0.25",
                     "noise.chip_seed=2", "simulate.float=false", "simulate.inference=false")
     )  # fmt: skip
     assert one["chip_top1"] == [tops[0]] and one["yield_top1"] is None
