@@ -611,7 +611,8 @@ def test_a_chip_population_has_one_result_per_chip_and_a_yield(compose_run, tmp_
     # chip 0 is chip_seed = seed: the same chip as a one-chip run of noise.chip_seed=2
     one = builders.simulate(
         compose_run("simulate", "noise.column_offset_lsb=0.25",
-                    "noise.chip_seed=2", "simulate.float=false", "simulate.inference=false")
+                    "noise.chip_seed=2", "seed=2", "simulate.float=false",
+                    "simulate.inference=false")
     )  # fmt: skip
     assert one["chip_top1"] == [tops[0]] and one["yield_top1"] is None
 
