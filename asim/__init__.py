@@ -6,6 +6,7 @@ Convert any model and simulate it::
     acim = convert_to_acim(model, MacroConfig(adc_bits=6), NoiseConfig(rand_sigma=0.39))
 """
 
+from .adc_levels import read_adc_levels, uniform_levels, write_adc_levels
 from .config import (
     ActScale,
     CellVariation,
@@ -63,8 +64,11 @@ __all__ = [
     "build_noise",
     "convert_to_acim",
     "estimate_cost",
+    "read_adc_levels",
     "resample_noise",
     "set_mode",
     "set_sample_index",
     "to_float",
+    "uniform_levels",
+    "write_adc_levels",
 ]

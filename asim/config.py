@@ -98,6 +98,10 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _floats(v) -> tuple[float, ...] | None:
+    return None if v is None else tuple(float(x) for x in v)
+
+
 @dataclass(frozen=True)
 class MacroConfig:
     """One SRAM ACiM macro: bit widths, array size, ADC and cycle scheme.
@@ -148,6 +152,20 @@ class MacroConfig:
     division: Division = Division.ieee
     """``ieee``: CPU float semantics (canonical; ``true`` is the old name); ``reciprocal``: the
     reference's CUDA numbers."""
+    adc_full_scale: int | None = None
+    """The ADC's full scale as a column count (spec §4.5): a cycle converts
+    ``levels * adc_full_scale`` counts onto its codes, larger counts clip to the top code.
+    None: ``nrow``, the reference's fixed full scale (bit-identical to it)."""
+    adc_thresholds: tuple[float, ...] | None = None
+    """Non-uniform ADC levels (spec §4.6): the ``2^adc_bits - 1`` decision thresholds, strictly
+    ascending fractions of the cycle's full scale in (0, 1); set together with
+    ``adc_values``. None: the uniform ADC."""
+    adc_values: tuple[float, ...] | None = None
+    """The ``2^adc_bits`` output levels of a non-uniform ADC, fractions of the cycle's full
+    scale (code k reads ``fl(adc_values[k] * F)``); set together with ``adc_thresholds``."""
+    adc_levels_csv: str | None = None
+    """A CSV of non-uniform ADC levels (:func:`asim.read_adc_levels`), read when the config is
+    built; it fills ``adc_thresholds`` and ``adc_values``."""
 
     def __post_init__(self) -> None:
         for field, enum in (
@@ -217,6 +235,7 @@ class MacroConfig:
                 self.adc_bits >= 2,
                 "MacroConfig.weight_parallel=true uses a signed ADC: adc_bits must be >= 2",
             )
+        self._check_adc_range()
         if self.weight_parallel_rows is not None:
             _check(
                 _is_int(self.weight_parallel_rows) and self.weight_parallel_rows >= 1,
@@ -224,15 +243,76 @@ class MacroConfig:
                 "or a positive integer",
             )
 
+    def _check_adc_range(self) -> None:
+        """Validate (and normalise to tuples) the ADC range and level fields (§4.5, §4.6)."""
+        if self.adc_full_scale is not None:
+            _check(
+                _is_int(self.adc_full_scale) and self.adc_full_scale >= 1,
+                f"MacroConfig.adc_full_scale={self.adc_full_scale!r} must be null (= nrow) or "
+                "a positive integer column count",
+            )
+            _check(
+                not self.weight_parallel,
+                "MacroConfig: weight_parallel has its own ADC range (weight_parallel_rows); "
+                "set adc_full_scale to null",
+            )
+        if self.adc_levels_csv is not None:
+            from .adc_levels import read_adc_levels
+
+            path = self.adc_levels_csv
+            if hasattr(path, "__fspath__"):
+                object.__setattr__(self, "adc_levels_csv", str(path))
+            thresholds, values = read_adc_levels(self.adc_levels_csv)
+            given = (self.adc_thresholds, self.adc_values)
+            if given != (None, None) and (
+                _floats(given[0]) != thresholds or _floats(given[1]) != values
+            ):
+                raise ValueError(
+                    "MacroConfig: set either adc_levels_csv or adc_thresholds/adc_values, not "
+                    "both; set the other to null"
+                )
+            object.__setattr__(self, "adc_thresholds", thresholds)
+            object.__setattr__(self, "adc_values", values)
+        if (self.adc_thresholds is None) != (self.adc_values is None):
+            raise ValueError(
+                "MacroConfig: non-uniform ADC levels need both adc_thresholds and adc_values "
+                "(or adc_levels_csv); set both, or both to null"
+            )
+        if self.adc_thresholds is None:
+            return
+        _check(
+            not self.weight_parallel,
+            "MacroConfig: weight_parallel has its own signed ADC; set adc_thresholds and "
+            "adc_values to null",
+        )
+        from .adc_levels import check_levels
+
+        thresholds, values = check_levels(
+            self.adc_thresholds, self.adc_values, self.adc_bits, "MacroConfig"
+        )
+        object.__setattr__(self, "adc_thresholds", thresholds)
+        object.__setattr__(self, "adc_values", values)
+
     @property
     def adc_levels(self) -> int:
         """Largest ADC code, ``2^adc_bits - 1`` (spec §0, A)."""
         return (1 << self.adc_bits) - 1
 
     @property
+    def adc_rows(self) -> int:
+        """The ADC's full scale in column counts per input level: ``adc_full_scale`` or
+        ``nrow`` (spec §4.5)."""
+        return self.nrow if self.adc_full_scale is None else self.adc_full_scale
+
+    @property
     def lossless(self) -> bool:
         """True when a noise-free bit-serial cycle reproduces its column count exactly."""
-        return self.adc_levels == self.nrow and self.input_enc_bits in (None, 1)
+        return (
+            self.adc_levels == self.nrow
+            and self.input_enc_bits in (None, 1)
+            and self.adc_rows == self.nrow
+            and self.adc_thresholds is None
+        )
 
     def replace(self, **changes) -> MacroConfig:
         """A copy with some fields changed (validated)."""
@@ -253,6 +333,10 @@ class MacroConfig:
             parts.append(f"vote={self.vote_levels}x{self.vote_samples}")
         if self.weight_parallel:
             parts.append("weight_parallel")
+        if self.adc_full_scale is not None:
+            parts.append(f"adc_fs={self.adc_full_scale}")
+        if self.adc_thresholds is not None:
+            parts.append("adc_levels=table")
         return f"{self.name}({', '.join(parts)})"
 
 
@@ -289,11 +373,35 @@ class NoiseConfig:
     """``counts``: compress the sign cycle's raw count like every cycle (fix of Q28);
     ``normalised``: compress its normalised value after the noise, as the reference's
     current-domain linear does for signed bit-parallel inputs (compatibility)."""
+    column_offset_lsb: float = 0.0
+    """A chip's fixed pattern (spec §4.7): standard deviation of each ADC's input-referred
+    offset, in LSB of the layer's ADC. Drawn once per chip (``chip_seed``). 0 = off."""
+    column_gain_pct: float = 0.0
+    """Standard deviation of each ADC's gain error, % (its full scale becomes F/(1+g)). 0 = off."""
+    column_sigma_spread: float = 0.0
+    """Relative spread of each ADC's temporal noise: its sigma is the model's times
+    ``max(0, 1 + spread * Z)`` (in steps of 1/8). 0 = every ADC equally noisy."""
+    adc_group: int = 1
+    """Adjacent columns sharing one ADC and its mismatch (spec §4.7); 1 = one ADC per column."""
+    column_trim_lsb: float | None = None
+    """Digital offset trim: each ADC's offset is trimmed in steps of this size (LSB), leaving
+    the residual ``offset - step * rne(offset / step)``. None = no trim."""
+    chip_seed: int | None = None
+    """Which chip the fixed pattern is drawn for; None = the layer's noise seed (the run's
+    seed). A different chip_seed is a different chip."""
 
     def __post_init__(self) -> None:
         _coerce_enum(self, "cell_variation", CellVariation)
         _coerce_enum(self, "sign_cycle_compression", SignCycleCompression)
-        for field in ("rand_sigma", "nonlinear_sigma", "compression_alpha", "cell_sigma"):
+        for field in (
+            "rand_sigma",
+            "nonlinear_sigma",
+            "compression_alpha",
+            "cell_sigma",
+            "column_offset_lsb",
+            "column_gain_pct",
+            "column_sigma_spread",
+        ):
             value = getattr(self, field)
             _check(
                 isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -310,6 +418,32 @@ class NoiseConfig:
                 value is None or (isinstance(value, str) and value.strip() != ""),
                 f"NoiseConfig.{field}={value!r} must be null or a path to a CSV file",
             )
+        _check(
+            _is_int(self.adc_group) and self.adc_group >= 1,
+            f"NoiseConfig.adc_group={self.adc_group!r} must be a positive integer "
+            "(columns per ADC)",
+        )
+        if self.column_trim_lsb is not None:
+            v = self.column_trim_lsb
+            _check(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+                f"NoiseConfig.column_trim_lsb={v!r} must be null (no trim) or a step > 0 (LSB)",
+            )
+            object.__setattr__(self, "column_trim_lsb", float(v))
+        _check(
+            self.chip_seed is None or _is_int(self.chip_seed),
+            f"NoiseConfig.chip_seed={self.chip_seed!r} must be null (the run's seed) or an integer",
+        )
+        _check(
+            self.column_gain_pct < 50,
+            f"NoiseConfig.column_gain_pct={self.column_gain_pct} must be < 50 (%)",
+        )
+        if self.fixed_pattern:
+            _check(
+                self.compression_alpha == 0 and self.cell_sigma == 0,
+                "NoiseConfig: the fixed column pattern (column_*) works on integer counts; set "
+                "compression_alpha=0 and cell_sigma=0, or the column_* fields to 0",
+            )
         if self.histogram is not None:
             _check(
                 self.file is None,
@@ -321,6 +455,13 @@ class NoiseConfig:
                 "NoiseConfig.histogram replaces the Gaussian noise; set noise.rand_sigma=0 "
                 "and noise.nonlinear_sigma=0",
             )
+
+    @property
+    def fixed_pattern(self) -> bool:
+        """True when a chip's fixed per-ADC pattern is drawn (spec §4.7)."""
+        return (
+            self.column_offset_lsb > 0 or self.column_gain_pct > 0 or self.column_sigma_spread > 0
+        )
 
     @property
     def enabled(self) -> bool:

@@ -262,4 +262,5 @@ def resample_noise(model: nn.Module, seed: int | None) -> nn.Module:
     chip. ``None`` returns the layers to torch's global RNG."""
     for k, (_, module) in enumerate(acim_modules(model)):
         module.reseed(None if seed is None else (int(seed) * 1_000_003 + 7919 * k) % (2**62))
+        module.chip_layer = k  # the layer of a NoiseConfig.chip_seed chip (spec §4.7)
     return model

@@ -58,6 +58,8 @@ __all__ = [
     "code_table",
     "sample_codes",
     "signed_code_table",
+    "table_codes",
+    "table_taus",
     "vote_codes",
 ]
 
@@ -588,21 +590,34 @@ def code_table(
     late_compression: bool = False,
     *,
     reciprocal: bool = False,
+    adc_rows: int | None = None,
+    thresholds: tuple[float, ...] | None = None,
+    fine: int = 1,
+    sigma_scales: tuple[float, ...] = (1.0,),
 ) -> CodeTable:
-    """The exact code distribution of one conversion kind, for every count ``0..F``.
+    """The exact code distribution of one conversion kind, for every count ``0..top``.
 
-    The chain (spec §4.1, §5, §8.1, Q11, Q28) for integer count ``m``, in float32 up to the
-    noise-free value and exact (float64) for the noise:
+    The chain (spec §4.1, §4.5-§4.7, §5, §8.1, Q11, Q28) for integer count ``m``, in float32
+    up to the noise-free value and exact (float64) for the noise:
     ``m' = m / (m * alpha + 1)`` (when ``alpha > 0`` and not ``late_compression``);
     ``a = clamp(fl(m' / F), 0, 1)``; the model's offset and sigma at the per-level count
-    ``fl(a * nrow)``; ``y = clamp(a + offset + sigma * Z, 0, 1)``; ``y <- y / (alpha y + 1)``
-    when ``late_compression`` (Q28's ``normalised`` sign cycle); ``code = rne(y * A)``.
-    For :class:`HistogramNoise`: ``code = clamp(rne(fl(a * A)) + delta, 0, A)`` (then
-    compressed like ``y = code / A`` when ``late_compression``).
+    ``fl(clamp(fl(m' / (levels * nrow)), 0, 1) * nrow)`` (``fl(a * nrow)`` when the ADC's
+    full scale is ``nrow``), scaled by ``nrow / adc_rows`` into the ADC's units (§4.5);
+    ``y = clamp(a + offset + sigma * Z, 0, 1)``; ``y <- y / (alpha y + 1)`` when
+    ``late_compression`` (Q28's ``normalised`` sign cycle); ``code = rne(y * A)``, or with
+    ``thresholds`` the table ADC's code of ``y * A`` (§4.6).
+    For :class:`HistogramNoise`: ``code = clamp(c(a) + delta, 0, A)`` with ``c(a)`` the
+    noise-free code (then compressed like ``y = code / A`` when ``late_compression``).
+
+    Rows: counts ``0 .. max(F, levels * nrow)`` (counts above ``F`` clip, §4.5). With
+    ``fine = S > 1`` (a chip's fixed pattern, §4.7) the rows are instead the fine indices
+    ``n = 0 .. S * F`` of the grid of ``1/S`` counts (``a = fl(n / (S * F))``), once per
+    entry of ``sigma_scales`` (the sigma multiples of the chip's ADCs), stacked: row
+    ``j * (S * F + 1) + n``.
 
     Args:
         model: the noise model.
-        full_scale: ``F = levels * nrow``, the cycle's full scale in counts.
+        full_scale: ``F = levels * adc_rows``, the cycle's ADC full scale in counts.
         adc_levels: ``A = 2^adc_bits - 1``.
         levels: ``2^width - 1`` of the cycle (1 bit-serial).
         nrow: rows per tile.
@@ -610,23 +625,50 @@ def code_table(
         late_compression: compress the normalised value after the noise instead of the
             count (NoiseConfig.sign_cycle_compression="normalised", the sign cycle only).
         reciprocal: MacroConfig.division="reciprocal" (Q10) for ``fl(m' / F)``.
+        adc_rows: MacroConfig.adc_full_scale (None: ``nrow``).
+        thresholds: MacroConfig.adc_thresholds (None: the uniform ADC).
+        fine: the fixed pattern's grid, ``2^ASIM_FINE_BITS`` (1: plain counts).
+        sigma_scales: per stacked block, the multiple of the model's sigma.
 
     Deterministic (no random numbers) and cached. Raises ValueError when the table would
     need more than ``2^ASIM_TABLE_MAX_LOG2`` thresholds (huge ADCs with large noise).
     """
-    if full_scale != levels * nrow or full_scale < 1 or adc_levels < 1:
+    rows_per_level = nrow if adc_rows is None else int(adc_rows)
+    if full_scale != levels * rows_per_level or full_scale < 1 or adc_levels < 1:
         raise ValueError(
-            f"code_table: full_scale={full_scale} must equal levels*nrow={levels}*{nrow} >= 1 "
-            f"and adc_levels={adc_levels} must be >= 1"
+            f"code_table: full_scale={full_scale} must equal levels*nrow={levels}*{nrow} "
+            f"(levels*adc_rows when adc_rows is set) >= 1 and adc_levels={adc_levels} must be >= 1"
         )
     alpha = float(alpha)
     late = bool(late_compression) and alpha > 0
-    key = (model.cache_key(), full_scale, adc_levels, nrow, alpha, late, bool(reciprocal))
+    if thresholds is not None:
+        thresholds = tuple(float(t) for t in thresholds)
+        if len(thresholds) != adc_levels:
+            raise ValueError(f"code_table: {len(thresholds)} thresholds for A={adc_levels}")
+    sigma_scales = tuple(float(x) for x in sigma_scales)
+    key = (
+        model.cache_key(), full_scale, adc_levels, nrow, alpha, late, bool(reciprocal),
+        rows_per_level, thresholds, int(fine), sigma_scales,
+    )  # fmt: skip
     with _TABLES_LOCK:
         if key in _TABLES:
             _TABLES.move_to_end(key)
             return _TABLES[key]
-    table = _build_table(model, full_scale, adc_levels, nrow, alpha, late, bool(reciprocal))
+    spec = _Chain(
+        full_scale, adc_levels, levels, nrow, rows_per_level, alpha, late, bool(reciprocal),
+        thresholds,
+    )  # fmt: skip
+    parts = [_build_rows(model, spec, int(fine), scale) for scale in sigma_scales]
+    if len(parts) == 1:
+        c0, cdf = parts[0]
+    else:
+        width = max(p[1].shape[1] for p in parts)
+        c0 = torch.cat([p[0] for p in parts])
+        cdf = torch.cat(
+            [torch.nn.functional.pad(p[1], (0, width - p[1].shape[1]), value=1.0) for p in parts]
+        )
+    _check_size(cdf.shape[0], cdf.shape[1])
+    table = _thresholds(c0, cdf, 0, adc_levels)
     with _TABLES_LOCK:
         _TABLES[key] = table
         while len(_TABLES) > _TABLES_MAX:
@@ -643,48 +685,111 @@ def _check_size(rows: int, width: int) -> None:
         )
 
 
-def _build_table(model, F: int, A: int, nrow: int, alpha: float, late: bool, rec: bool):
-    m = torch.arange(F + 1, dtype=torch.float32)
-    if alpha > 0 and not late:
-        m = m / (m * alpha + 1.0)
-    a32 = _divide(m, float(F), rec).clamp_(0, 1)
-    level = (a32 * nrow).double()  # the per-level count (Q11), as the engine computes it
-    a = a32.double()
+class _Chain:
+    """The noise-free part of one conversion kind's chain (see :func:`code_table`)."""
 
-    def compress(y: Tensor) -> Tensor:
-        return y / (alpha * y + 1.0) if late else y
+    def __init__(self, F, A, levels, nrow, adc_rows, alpha, late, rec, thresholds):
+        self.F, self.A, self.levels, self.nrow, self.adc_rows = F, A, levels, nrow, adc_rows
+        self.alpha, self.late, self.rec = alpha, late, rec
+        self.taus = None if thresholds is None else table_taus(thresholds, A)
+
+    def compress(self, y: Tensor) -> Tensor:
+        return y / (self.alpha * y + 1.0) if self.late else y
+
+    def code64(self, x: Tensor) -> Tensor:
+        """The noise-free code of ``x = y * A`` (float64): rne, or the table rule (§4.6)."""
+        if self.taus is None:
+            return torch.round(x).long()
+        return table_codes(x, self.taus.double())
+
+
+def table_taus(thresholds: tuple[float, ...], adc_levels: int) -> Tensor:
+    """The table ADC's thresholds in code units, ``τ_k = fl32(θ_k * A)`` (spec §4.6)."""
+    return (torch.tensor(thresholds, dtype=torch.float64) * adc_levels).float()
+
+
+def table_codes(x: Tensor, taus: Tensor) -> Tensor:
+    """The table ADC's code of ``x = a * A`` (spec §4.6): the number of thresholds ``τ_k``
+    below ``x``, plus those equal to it with ``k`` even (the tie rule of ``rne``, so uniform
+    thresholds ``τ_k = k - 1/2`` give ``rne(x)``). int64, ``x``'s shape."""
+    xs = x.unsqueeze(-1)
+    k = torch.arange(1, taus.numel() + 1, device=x.device)
+    even = (k % 2 == 0).to(x.device)
+    return ((xs > taus) | ((xs == taus) & even)).sum(-1)
+
+
+def _build_table(model, F: int, A: int, nrow: int, alpha: float, late: bool, rec: bool):
+    """The uncached table of :func:`code_table` at full scale ``F = levels * nrow``."""
+    spec = _Chain(F, A, F // nrow, nrow, nrow, alpha, late, rec, None)
+    return _thresholds(*_build_rows(model, spec, 1, 1.0), 0, A)
+
+
+def _build_rows(model, spec: _Chain, fine: int, sigma_scale: float) -> tuple[Tensor, Tensor]:
+    """``(c0, cdf)`` of every row of one block (see :func:`code_table`)."""
+    F, A, nrow, alpha, late, rec = spec.F, spec.A, spec.nrow, spec.alpha, spec.late, spec.rec
+    f_array = spec.levels * nrow
+    if fine > 1:
+        n = torch.arange(fine * F + 1, dtype=torch.float32)
+        a32 = _divide(n, float(fine * F), rec).clamp_(0, 1)
+        level = (_divide(n, float(fine * f_array), rec).clamp_(0, 1) * nrow).double()
+    else:
+        m = torch.arange(max(F, f_array) + 1, dtype=torch.float32)
+        if alpha > 0 and not late:
+            m = m / (m * alpha + 1.0)
+        a32 = _divide(m, float(F), rec).clamp_(0, 1)
+        if f_array == F:
+            level = (a32 * nrow).double()  # the per-level count (Q11), as the engine computes it
+        else:
+            level = (_divide(m, float(f_array), rec).clamp_(0, 1) * nrow).double()
+    a = a32.double()
+    compress = spec.compress
 
     if isinstance(model, HistogramNoise):
         d0, pmf = model.delta_pmf(level)
-        _check_size(F + 1, pmf.shape[1])
-        ideal = torch.round(a32 * A).long()  # the noise-free code rne(fl(a * A))
+        _check_size(a.numel(), pmf.shape[1])
+        if spec.taus is None:
+            ideal = torch.round(a32 * A).long()  # the noise-free code rne(fl(a * A))
+        else:
+            ideal = table_codes(a32 * A, spec.taus)
         codes = (ideal.unsqueeze(1) + d0 + torch.arange(pmf.shape[1])).clamp_(0, A)
         if late:
-            codes = torch.round(compress(codes.double() / A) * A).long()
+            codes = spec.code64(compress(codes.double() / A) * A)
         c0 = codes[:, :1]
         dense = torch.zeros_like(pmf).scatter_add_(1, codes - c0, pmf)
-        cdf = dense.cumsum(1)
-        return _thresholds(c0.squeeze(1), cdf, 0, A)
+        return c0.squeeze(1), dense.cumsum(1)
 
     offset, sigma = model.moments64(level, A)
+    ns = f_array / F  # the noise in units of the ADC's full scale (§4.5)
+    if ns != 1.0:
+        offset, sigma = offset * ns, sigma * ns
+    if sigma_scale != 1.0:
+        sigma = sigma * sigma_scale
     mu = a + offset
     y_lo = (mu - _Z_WINDOW * sigma).clamp(0, 1)
     y_hi = (mu + _Z_WINDOW * sigma).clamp(0, 1)
-    c_lo = (torch.floor(compress(y_lo) * A) - 1).clamp(0, A).long()
-    c_hi = (torch.ceil(compress(y_hi) * A) + 1).clamp(0, A).long()
+    if spec.taus is None:
+        c_lo = (torch.floor(compress(y_lo) * A) - 1).clamp(0, A).long()
+        c_hi = (torch.ceil(compress(y_hi) * A) + 1).clamp(0, A).long()
+    else:
+        c_lo = (spec.code64(compress(y_lo) * A) - 1).clamp(0, A)
+        c_hi = (spec.code64(compress(y_hi) * A) + 1).clamp(0, A)
     width = int((c_hi - c_lo).max()) + 1
-    _check_size(F + 1, width)
+    _check_size(a.numel(), width)
     k = c_lo.unsqueeze(1) + torch.arange(width)
-    edge = (k.double() + 0.5) / A  # code k <=> compress(y) < edge
+    if spec.taus is None:
+        edge = (k.double() + 0.5) / A  # code k <=> compress(y) < edge
+    else:  # code k <=> compress(y) * A < tau_{k+1}; none above the top code
+        ext = torch.cat([spec.taus.double(), torch.tensor([math.inf], dtype=torch.float64)])
+        edge = ext[k.clamp(max=A)] / A
     if late:
         edge = torch.where(alpha * edge < 1, edge / (1 - alpha * edge), math.inf)
     s = sigma.unsqueeze(1)
     z = (edge - mu.unsqueeze(1)) / torch.where(s > 0, s, 1.0)
     cdf = torch.where(edge > 1, 1.0, torch.special.ndtr(z))
-    exact = torch.round(compress(mu.clamp(0, 1)) * A).long().unsqueeze(1)  # sigma == 0
+    exact = spec.code64(compress(mu.clamp(0, 1)) * A).unsqueeze(1)  # sigma == 0
     cdf = torch.where(s > 0, cdf, (k >= exact).double())
     cdf = torch.where(k >= c_hi.unsqueeze(1), 1.0, cdf)
-    return _thresholds(c_lo, cdf, 0, A)
+    return c_lo, cdf
 
 
 def signed_code_table(

@@ -10,7 +10,12 @@ Peak memory is measured separately at batch 64 in a fresh subprocess per setting
 Settings: ``adc8`` (lossless, the exact shortcut), ``adc6``, ``noise`` (Gaussian,
 rand = nonlinear = 0.39 %), ``measured`` (``noise=measured``, the shipped example table; the
 oracle has no measured noise, so its Gaussian per-cycle run of the same cycles is the
-reference), ``voting`` (K = 3, vote_levels = 2, the Gaussian noise). ``--network`` adds the
+reference), ``voting`` (K = 3, vote_levels = 2, the Gaussian noise), ``chip`` (the
+Gaussian noise on a calibrated range, ``adc_full_scale=128``, with a chip's fixed pattern:
+0.5 LSB offsets trimmed in 1/4 LSB steps, 1 % gains, 4 columns per ADC; spec §4.5, §4.7;
+compare with ``noise``), ``chip_spread`` (the same with a 0.2 spread of the ADCs' noise
+sigma: one code table per distinct sigma multiple). For both the oracle runs the Gaussian
+cycles without range and pattern as its stand-in. ``--network`` adds the
 whole converted ResNet-18 (batch 8) per setting; ``--programming`` the one-time cost of
 quantizing and packing every weight (paid once per weight change, not per call);
 ``--kernel-share`` splits each call's time into the native kernel and the work around it.
@@ -62,6 +67,22 @@ SETTINGS = {
     "noise": (MacroConfig(), GAUSS),
     "measured": (MacroConfig(), NoiseConfig(file=str(ROOT / "conf/noise/measured_example.csv"))),
     "voting": (MacroConfig(vote_levels=2, vote_samples=3), GAUSS),
+    "chip": (
+        MacroConfig(adc_full_scale=128),
+        GAUSS.replace(
+            column_offset_lsb=0.5, column_gain_pct=1.0, adc_group=4, column_trim_lsb=0.25
+        ),
+    ),
+    "chip_spread": (
+        MacroConfig(adc_full_scale=128),
+        GAUSS.replace(
+            column_offset_lsb=0.5,
+            column_gain_pct=1.0,
+            column_sigma_spread=0.2,
+            adc_group=4,
+            column_trim_lsb=0.25,
+        ),
+    ),
 }
 ORACLE_NOISE = {"measured": GAUSS}  # the oracle's stand-in where it lacks the noise model
 

@@ -39,6 +39,7 @@ from asim.mapping import AttentionMacros, FirstLayer, LayerMacro
 from asim.models import create_model, is_model, model_entrypoint
 
 from . import data as _data
+from . import datasets as _datasets
 from .progress import LineProgress
 
 # --- Hydra schemas of the frozen asim configs (engine track) -------------------------------
@@ -295,8 +296,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="simulate_schema", node=SimulateSchema)
     cs.store(name="train_schema", node=TrainSchema)
-    for key, cls in _data.DATAMODULES.items():  # the dataset presets' bases (typed deltas)
-        cs.store(name=f"dataset_schema_{key}", node=_data.datamodule_schema(cls))
+    for key in _data.SCHEMAS:  # the dataset presets' bases (typed deltas)
+        cs.store(name=f"dataset_schema_{key}".rstrip("_"), node=_data.dataset_schema(key))
     for name, fn in (
         ("epochs", _epochs),
         ("job_dirname", job_dirname),
@@ -305,6 +306,7 @@ def register_configs() -> None:
         ("run_label", _run_label),
         ("train_mode", train_mode),
         ("file_label", _file_label),
+        ("vocab_size", _datasets.vocab_size),  # text presets' num_classes
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
@@ -360,12 +362,16 @@ def macro_config(cfg: DictConfig) -> MacroConfig:
     A preset whose fields were overridden is named by the preset and the changed fields
     (``bitserial_255+adc_bits=7,nrow=63(W8A8, nrow=63, adc=7, ...)``), not as a preset it no
     longer is."""
-    macro = _frozen(MacroConfig, cfg.macro)
+    node = cfg.macro
+    if node.get("adc_levels_csv"):  # a levels CSV resolves like a noise file
+        node = OmegaConf.merge(node, {"adc_levels_csv": str(resolve_path(node.adc_levels_csv))})
+    macro = _frozen(MacroConfig, node)
     preset = PROJECT_ROOT / "conf" / "macro" / f"{macro.name}.yaml"
     if preset.is_file():
         fields = OmegaConf.merge(OmegaConf.structured(MacroSchema), OmegaConf.load(preset))
         base = _frozen(MacroConfig, fields)
-        names = [f.name for f in dataclasses.fields(macro) if f.name != "name"]
+        skip = {"name", "adc_thresholds", "adc_values"}  # long: describe() says adc_levels=table
+        names = [f.name for f in dataclasses.fields(macro) if f.name not in skip]
         changed = [
             f"{k}={getattr(macro, k)}" for k in names if getattr(macro, k) != getattr(base, k)
         ]
@@ -406,21 +412,14 @@ def model_config(cfg: DictConfig) -> ModelConfig:
 
 
 def build_datamodule(cfg: DictConfig, **overrides: Any) -> L.LightningDataModule:
-    """The DataModule of ``cfg.dataset``; a relative ``dataset.root`` is resolved here
-    (working directory, then the repository root) and passed as ``root=``."""
+    """The DataModule of ``cfg.dataset`` (:func:`lightning_modules.data.instantiate_datamodule`);
+    a relative ``dataset.root`` is resolved here (working directory, then the repository root)
+    and passed as ``root=``; ``dataset.seed`` (the run's ``seed`` unless set) as ``seed``."""
     dataset = cfg.dataset
     if dataset.get("root") is not None and "root" not in overrides:
         overrides["root"] = str(resolve_path(dataset.root))
-    instantiate_dm = getattr(_data, "instantiate_datamodule", None)
-    try:
-        if instantiate_dm is not None:
-            return instantiate_dm(dataset, seed=int(cfg.seed), **overrides)
-        kwargs = OmegaConf.to_container(dataset, resolve=True)
-        kwargs.update(overrides)
-        name = kwargs.pop("name")
-        return _data.build_datamodule(name, seed=int(cfg.seed), **kwargs)
-    except TypeError as e:
-        raise ValueError(f"dataset={dataset.get('name')}: {e}") from None
+    seed = int(dataset.seed) if "seed" in dataset else int(cfg.seed)
+    return _data.instantiate_datamodule(dataset, seed=seed, **overrides)
 
 
 def build_float_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> nn.Module:

@@ -101,7 +101,9 @@ def _cpu_id() -> str:
     return platform.processor() or platform.machine()
 
 
-def _build() -> ctypes.CDLL | None:
+def _build(src: Path = _SRC) -> ctypes.CDLL | None:
+    """Compile (or reuse from the cache) and load ``src`` (default ``engine.c``) with this
+    directory's headers; None when disabled or no compiler worked (after one warning)."""
     if os.environ.get("ASIM_NATIVE", "1") == "0":
         return None
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
@@ -112,7 +114,7 @@ def _build() -> ctypes.CDLL | None:
             stacklevel=3,
         )
         return None
-    source = b"\0".join(p.read_bytes() for p in (_SRC, *_HEADERS) if p.exists())
+    source = b"\0".join(p.read_bytes() for p in (src, *_HEADERS) if p.exists())
     try:
         version = subprocess.run(
             [cc, "--version"], capture_output=True, text=True, timeout=30
@@ -147,7 +149,7 @@ def _build() -> ctypes.CDLL | None:
             with tempfile.TemporaryDirectory(dir=cache) as tmp:
                 out = Path(tmp) / target.name
                 subprocess.run(
-                    [cc, *flags, str(_SRC), "-o", str(out), "-lm"],
+                    [cc, *flags, str(src), "-o", str(out), "-lm"],
                     check=True,
                     capture_output=True,
                     text=True,

@@ -541,6 +541,104 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
     }
 }
 
+/* tile_epilogue when the plan hands over its value tables (R->vcnt: a non-uniform ADC, spec
+ * §4.6, or a chip's fixed column pattern, §4.7). A conversion's index is its count m, or
+ * with a pattern its column's fine index n = min(max(m*G + D, 0) >> ASIM_GAIN_BITS, top_c)
+ * (G, D of column (tile, weight bit i, output o)); a noise-free ADC reads vcnt[c][index], a
+ * noisy one draws its code at row index (+ the column's noise block) of the cycle's table
+ * and reads vcode[c][code]. Integer arithmetic and lookups, accumulated in the spec's order
+ * with the same float32 operations as the torch backend. o0 is the block's first output. */
+static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32_t (*cnt)[NL],
+                                 const uint64_t *ek, float *y) {
+    const asim_run *R = X->R;
+    const int32_t x = R->x, ncyc = R->ncyc, K = R->votes, w = R->w;
+    const int32_t *nbits = (const int32_t *)R->cyc_nbits, *allbits = (const int32_t *)R->cyc_bits;
+    const float *coef = (const float *)R->coef;
+    const uint8_t *mode = (const uint8_t *)R->mode;
+    const float *vcnt = (const float *)R->vcnt, *vcode = (const float *)R->vcode;
+    const int64_t *vcnt_off = (const int64_t *)R->vcnt_off;
+    const int64_t *pg = (const int64_t *)R->pat_gain, *pd = (const int64_t *)R->pat_offset;
+    const int32_t *pb = (const int32_t *)R->pat_block, *ptop = (const int32_t *)R->pat_top;
+    const asim_code_table *tables = (const asim_code_table *)R->tables;
+    const asim_bucket_table *buckets = (const asim_bucket_table *)R->buckets;
+    const int64_t ncode = (int64_t)R->adc_levels + 1;
+    int32_t mc[NL], idx[NL], row[NL];
+    for (int32_t i = w - 1; i >= 0; --i) {
+        for (int32_t c = ncyc - 1; c >= 0; --c) {
+            const int32_t nb = nbits[c];
+            const int32_t *bits = allbits + (int64_t)c * ASIM_MAXBITS;
+            const float k = coef[i * ncyc + c];
+            const int32_t *c0 = cnt[i * x + bits[0]];
+            for (int t = 0; t < NL; ++t) mc[t] = c0[t];
+            for (int32_t b = 1; b < nb; ++b) {
+                const int32_t *cb = cnt[i * x + bits[b]];
+                for (int t = 0; t < NL; ++t) mc[t] += cb[t] << b;
+            }
+            const int md = mode[i * ncyc + c];
+            if (md == ASIM_CYC_EXACT) {
+                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (float)mc[t];
+                continue;
+            }
+            if (pg) {
+                const int64_t top = ptop[c];
+                for (int ob = 0; ob < OB; ++ob) {
+                    const int64_t o = o0 + ob;
+                    int64_t G = 0, D = 0, base = 0;
+                    if (o < R->O) {
+                        const int64_t at = ((int64_t)tile * w + i) * R->O + o;
+                        G = pg[at];
+                        D = pd[(((int64_t)tile * ncyc + c) * w + i) * R->O + o];
+                        base = (int64_t)pb[at] * (top + 1);
+                    }
+                    for (int t = ob * MB; t < (ob + 1) * MB; ++t) {
+                        int64_t n = (int64_t)mc[t] * G + D;
+                        n = n > 0 ? n >> ASIM_GAIN_BITS : 0;
+                        n = n < top ? n : top;
+                        idx[t] = (int32_t)n;
+                        row[t] = (int32_t)(n + base);
+                    }
+                }
+            } else {
+                for (int t = 0; t < NL; ++t) idx[t] = row[t] = mc[t];
+            }
+            if (md == ASIM_CYC_ADC) {
+                const float *tv = vcnt + vcnt_off[c];
+                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[idx[t]];
+                continue;
+            }
+            const asim_code_table *tab = tables + c;
+            const asim_bucket_table *bt = buckets ? buckets + c : NULL;
+            const uint64_t draw =
+                ((uint64_t)(tile * w + i) * (uint64_t)ncyc + (uint64_t)c) * (uint64_t)K;
+#if ACIM_AVX2
+            if (bt && bt->entry) { /* the fused pass, reading the plan's code values */
+                draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, vcode + c * ncode, k,
+                          R->adc_levels, 1.0f, 0, y);
+                continue;
+            }
+#endif
+            uint32_t u[NL];
+            int32_t q[NL];
+            if (md == ASIM_CYC_NOISY) {
+                for (int t = 0; t < NL; ++t) u[t] = asim_draw_u32(ek[t], draw);
+                draw_codes(bt, tab, row, u, q);
+            } else {
+                int32_t qs[ASIM_MAXVOTES][NL], codes[ASIM_MAXVOTES];
+                for (int32_t s = 0; s < K; ++s) {
+                    for (int t = 0; t < NL; ++t) u[t] = asim_draw_u32(ek[t], draw + (uint64_t)s);
+                    draw_codes(bt, tab, row, u, qs[s]);
+                }
+                for (int t = 0; t < NL; ++t) {
+                    for (int32_t s = 0; s < K; ++s) codes[s] = qs[s][t];
+                    q[t] = asim_vote(codes, K);
+                }
+            }
+            const float *tv = vcode + (int64_t)c * ncode;
+            for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];
+        }
+    }
+}
+
 #if ACIM_AVX512
 /* tile_epilogue when every conversion is a noise-free ADC read through the value table or a
  * digital exact cycle (X->table_only): the same float32 operations in the same order per
@@ -684,7 +782,8 @@ static void *compute_worker(void *arg) {
                 if (X->table_only) tile_epilogue_table(X, cnt, y);
                 else
 #endif
-                    tile_epilogue(X, tile, cnt, ek, y);
+                if (R->vcnt) tile_epilogue_lookup(X, tile, o, cnt, ek, y);
+                else tile_epilogue(X, tile, cnt, ek, y);
             }
             for (int64_t ob = 0; ob < nob; ++ob) {
                 float *col = out + (o + ob) * R->ldo;
@@ -842,6 +941,7 @@ int32_t asim_run_call(const asim_run *R) {
         for (int32_t c = 0; c < R->ncyc; ++c) /* bit-identical full scale and multiplier */
             X.uniform &= memcmp(&fs[c], &fs[0], sizeof(float)) == 0 &&
                          memcmp(&qm[c], &qm[0], sizeof(float)) == 0;
+        X.table_only &= R->vcnt == NULL; /* value tables: tile_epilogue_lookup */
         X.uniform &= X.table_only;
         X.exact_products = X.table_only && exact_products(R, X.vtab);
         X.int_codes = X.table_only && R->cyc_code != NULL;

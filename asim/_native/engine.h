@@ -28,6 +28,14 @@
 #define ASIM_CYC_NOISY 2  /* one code drawn from the cycle's code table */
 #define ASIM_CYC_VOTED 3  /* `votes` codes drawn, the most frequent kept (ties: smallest) */
 
+/* A chip's fixed column pattern (spec §4.7): an ADC with gain G and offset D (integers)
+ * converts count m at the fine index n = min(max(m*G + D, 0) >> ASIM_GAIN_BITS, F << ASIM_FINE_BITS)
+ * of a grid of 2^-ASIM_FINE_BITS counts; the temporal noise of an ADC is scaled by a
+ * multiple of 1/ASIM_SIGMA_STEPS. */
+#define ASIM_FINE_BITS 4
+#define ASIM_GAIN_BITS 8
+#define ASIM_SIGMA_STEPS 8
+
 /* X(type, name, meaning) */
 #define ASIM_RUN_FIELDS(X)                                                                  \
     X(ptr, codes, "activation codes of `kind`: row m at m*ld, or at row_off[m]+col_off[r]")  \
@@ -66,7 +74,14 @@
     X(u64, call_key, "the call's 64-bit noise key")                                         \
     X(ptr, sample, "int64 [M] global sample index of each row")                             \
     X(ptr, pos, "int64 [M] position of each row inside its sample")                         \
-    X(i32, nthreads, "threads to use (>= 1)")
+    X(i32, nthreads, "threads to use (>= 1)")                                              \
+    X(ptr, vcnt, "float32 value of each count (or fine index, §4.7) per cycle, or NULL")    \
+    X(ptr, vcnt_off, "int64 [ncyc] offset of each cycle's table in vcnt")                   \
+    X(ptr, vcode, "float32 [ncyc][A+1] value of each code (with vcnt)")                     \
+    X(ptr, pat_gain, "int64 [ntiles][w][O] gain G of each column's ADC (§4.7), or NULL")    \
+    X(ptr, pat_offset, "int64 [ntiles][ncyc][w][O] offset D of each column's ADC")          \
+    X(ptr, pat_block, "int32 [ntiles][w][O] noise block (sigma multiple) of each column")   \
+    X(ptr, pat_top, "int32 [ncyc] the largest fine index S*F_c")
 
 /* The code table of one cycle re-indexed for the kernel, so that most draws are one lookup
  * and one compare. Row r = m - m_min and bucket b = u >> (32 - bits) of the uniform u give

@@ -60,10 +60,11 @@ class TritonBackend:
         return f"on {device.type} it needs {need}"
 
     def why_not(self, program, operands) -> str | None:
-        return self.why_not_device(operands.device) or why_not_packed(
+        why = self.why_not_device(operands.device) or why_not_packed(
             program, operands, max_bits=MAX_BITS, max_votes=None,
             cell_noise_fix="ASIM_BACKEND=torch or native",
         )  # fmt: skip
+        return why
 
     def run(self, program, operands, out) -> None:
         run_chunks(_TritonCall(program, operands), operands.x, out)
@@ -81,7 +82,7 @@ class _TritonCall:
         self.max_rows = max_rows
         self.tables = program.form(
             ("triton", str(device)),
-            lambda: KernelTables.from_plan(program.plan, program.top, device),
+            lambda: KernelTables.from_plan(program.plan, program.top, device, program.pattern),
         )
         self.planes = PLANES if PLANES is not None else device.type == "cuda"
         self._dense = None

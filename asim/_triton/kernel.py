@@ -40,6 +40,7 @@ MODE_ADC = tl.constexpr(CONST["ASIM_CYC_ADC"])
 MODE_EXACT = tl.constexpr(CONST["ASIM_CYC_EXACT"])
 MODE_NOISY = tl.constexpr(CONST["ASIM_CYC_NOISY"])
 MODE_VOTED = tl.constexpr(CONST["ASIM_CYC_VOTED"])
+GAIN_BITS = tl.constexpr(CONST["ASIM_GAIN_BITS"])
 PIECE_BITS = tl.constexpr(7)
 """Activation bits cut into one int8 operand (levels <= 127); wider cycles take pieces."""
 
@@ -166,10 +167,15 @@ def acim_kernel(
     max_scan,
     draw_k,
     votes,
+    P_GAIN,
+    P_OFFSET,
+    P_CLS,
+    P_TOP,
     WB: tl.constexpr,
     NCYC: tl.constexpr,
     GATHER: tl.constexpr,
     NOISE: tl.constexpr,
+    PATTERN: tl.constexpr,
     SINGLE_K: tl.constexpr,
     PLANES: tl.constexpr,
     BM: tl.constexpr,
@@ -241,10 +247,24 @@ def acim_kernel(
                         )
                 mode = tl.load(MODE + i * NCYC + c)
                 coef = tl.load(COEF + i * NCYC + c)
+                if PATTERN:  # a chip's fixed pattern (spec §4.7): each column's fine index
+                    col = (t * WB + i).to(tl.int64) * O + rn
+                    pg = tl.load(P_GAIN + col, mask=nmask, other=0)
+                    pd = tl.load(P_OFFSET + ((t * NCYC + c) * WB + i).to(tl.int64) * O + rn,
+                                 mask=nmask, other=0)  # fmt: skip
+                    ptop = tl.load(P_TOP + c).to(tl.int64)
+                    fine = cnt.to(tl.int64) * pg[None, :] + pd[None, :]
+                    fine = tl.minimum(tl.maximum(fine, 0) >> GAIN_BITS, ptop)
+                    block = tl.load(P_CLS + col, mask=nmask, other=0).to(tl.int64) * (ptop + 1)
+                    acnt = fine.to(tl.int32)
+                    dcnt = (fine + block[None, :]).to(tl.int32)
+                else:
+                    acnt = cnt
+                    dcnt = cnt
                 if mode == MODE_EXACT:
                     v = cnt.to(tl.float32)
                 elif mode == MODE_ADC:
-                    v = tl.load(VCNT + tl.load(VCNT_OFF + c) + cnt, mask=valid, other=0.0)
+                    v = tl.load(VCNT + tl.load(VCNT_OFF + c) + acnt, mask=valid, other=0.0)
                 else:
                     if NOISE:
                         draw = ((t * WB + i) * NCYC + c).to(tl.int64) * draw_k
@@ -256,7 +276,7 @@ def acim_kernel(
                             code = _draw_code(
                                 ekey,
                                 draw,
-                                cnt,
+                                dcnt,
                                 valid,
                                 THR,
                                 START,
@@ -272,7 +292,7 @@ def acim_kernel(
                             c0 = _draw_code(
                                 ekey,
                                 draw,
-                                cnt,
+                                dcnt,
                                 valid,
                                 THR,
                                 START,
@@ -287,7 +307,7 @@ def acim_kernel(
                             c1 = _draw_code(
                                 ekey,
                                 draw + 1,
-                                cnt,
+                                dcnt,
                                 valid,
                                 THR,
                                 START,
@@ -302,7 +322,7 @@ def acim_kernel(
                             c2 = _draw_code(
                                 ekey,
                                 draw + 2,
-                                cnt,
+                                dcnt,
                                 valid,
                                 THR,
                                 START,
@@ -326,7 +346,7 @@ def acim_kernel(
                                 ck = _draw_code(
                                     ekey,
                                     draw + k,
-                                    cnt,
+                                    dcnt,
                                     valid,
                                     THR,
                                     START,
@@ -343,7 +363,7 @@ def acim_kernel(
                                     c2 = _draw_code(
                                         ekey,
                                         draw + k2,
-                                        cnt,
+                                        dcnt,
                                         valid,
                                         THR,
                                         START,

@@ -166,21 +166,38 @@ class KernelTables:
     t_guide: Tensor
     t_gb: Tensor
     max_scan: int
+    pattern: bool = False
+    p_gain: Tensor | None = None
+    p_offset: Tensor | None = None
+    p_cls: Tensor | None = None
+    p_top: Tensor | None = None
 
     @classmethod
-    def from_plan(cls, plan, top: int, device) -> KernelTables:
+    def from_plan(cls, plan, top: int, device, pattern=None) -> KernelTables:
+        """The kernel's tables; with a chip's ``pattern`` (spec §4.7) the value and code
+        tables are the fine-grid ones and the per-column constants come along."""
         ncyc = plan.ncyc
         for cyc in plan.cycles:  # each cycle is a run of consecutive bits (spec §5)
             if tuple(cyc.bits) != tuple(range(cyc.bits[0], cyc.bits[0] + len(cyc.bits))):
                 raise ValueError(f"triton backend: cycle bits {cyc.bits} are not consecutive")
         i32 = dict(dtype=torch.int32, device=device)
-        vcount, vcount_off = _concat(
-            [plan.value_by_count(c, top) for c in range(ncyc)], torch.float32, device
-        )
+        if pattern is None:
+            counts = [plan.value_by_count(c, top) for c in range(ncyc)]
+        else:
+            counts = [plan.fine_values(c) for c in range(ncyc)]
+        vcount, vcount_off = _concat(counts, torch.float32, device)
         vcode, vcode_off = _concat(
             [plan.value_by_code(c) for c in range(ncyc)], torch.float32, device
         )
-        tables = _code_tables(plan, device) if plan.noisy else _no_tables(ncyc, device)
+        tables = _code_tables(plan, device, pattern) if plan.noisy else _no_tables(ncyc, device)
+        if pattern is not None:
+            tables.update(
+                pattern=True,
+                p_gain=pattern.G.to(device).contiguous(),
+                p_offset=pattern.D.to(device).contiguous(),
+                p_cls=pattern.cls.to(device=device, dtype=torch.int32).contiguous(),
+                p_top=torch.tensor([plan.fine * f for f in plan.full_scale], **i32),
+            )
         pieces = [-(-len(c.bits) // PIECE_BITS) for c in plan.cycles]
         return cls(
             wb=plan.macro.weight_bits,
@@ -210,7 +227,7 @@ def _no_tables(ncyc: int, device) -> dict:
     )  # fmt: skip
 
 
-def _code_tables(plan, device) -> dict:
+def _code_tables(plan, device, pattern=None) -> dict:
     """The cycles' code tables (``asim.noise.CodeTable``) concatenated: thresholds as int64
     (values in [1, 2^32)), row starts shifted to absolute threshold indices."""
     thr, start, k_lo, guide = [], [], [], []
@@ -219,7 +236,10 @@ def _code_tables(plan, device) -> dict:
     seen: dict[int, int] = {}
     max_scan = 0
     for c in range(plan.ncyc):
-        table = plan.code_table(c)
+        if pattern is None:
+            table = plan.code_table(c)
+        else:
+            table = plan.fine_code_table(c, pattern.scales)
         if id(table) not in seen:
             seen[id(table)] = len(t_mmin)
             th = table.thr.to(torch.int64).reshape(-1)
@@ -346,7 +366,12 @@ def launch(
             tables.thr, tables.start, tables.k_lo, tables.guide,
             tables.t_mmin, tables.t_row, tables.t_guide, tables.t_gb,
             tables.max_scan, tables.votes, tables.votes,
+            *(
+                (tables.p_gain, tables.p_offset, tables.p_cls, tables.p_top)
+                if tables.pattern else (dummy, dummy, dummy, dummy)
+            ),
             WB=tables.wb, NCYC=tables.ncyc, GATHER=gather, NOISE=tables.noisy,
+            PATTERN=tables.pattern,
             SINGLE_K=max_rows <= bk, PLANES=planes,
             BM=bm, BN=bn, BK=bk,
             num_warps=NUM_WARPS, enable_fp_fusion=False,

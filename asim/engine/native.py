@@ -114,6 +114,20 @@ def _bucket_arrays(table, bits: int) -> dict | None:
     return entry
 
 
+def _small_buckets(table) -> dict | None:
+    """:func:`bucket_table` with the fewest bucket bits when that keeps it within
+    ``2^PATTERN_BUCKETS_LOG2`` entries, else None (the kernel then searches the code table
+    through its guide table)."""
+    bits = CONST["ASIM_BUCKET_MIN_BITS"]
+    if table.n_m << bits > 1 << PATTERN_BUCKETS_LOG2:
+        return None
+    return bucket_table(table, bits)
+
+
+PATTERN_BUCKETS_LOG2 = 21
+"""The largest bucket table built for a chip's fine-grid code table (entries, log2)."""
+
+
 def _as_i32(v: torch.Tensor) -> torch.Tensor:
     """Values in [0, 2^32) as the int32 with the same bits."""
     return torch.where(v >= 1 << 31, v - (1 << 32), v).to(torch.int32)
@@ -143,8 +157,12 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
     bits = torch.zeros(ncyc, _MAXBITS, dtype=torch.int32)
     for c, cyc in enumerate(plan.cycles):
         bits[c, : len(cyc.bits)] = torch.tensor(cyc.bits, dtype=torch.int32)
+    pattern = program.pattern
+    lookup = pattern is not None or macro.adc_thresholds is not None  # tile_epilogue_lookup
     qmul = [
-        code_multiplier(f, macro.adc_levels, top) if not (plan.alpha or plan.reciprocal) else 0.0
+        code_multiplier(f, macro.adc_levels, top)
+        if not (plan.alpha or plan.reciprocal or lookup)
+        else 0.0
         for f in plan.full_scale
     ]
     forms = [integer_code_form(q, top) if q else (0, 0, 0) for q in qmul]
@@ -160,13 +178,34 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
     }
     if all(f is not None for f in forms):
         keep["code"] = torch.tensor(forms, dtype=torch.int64).to(torch.int32)
+    if lookup:  # the plan's value tables (spec §4.6) and the chip's pattern (§4.7)
+        if pattern is None:
+            counts = [plan.value_by_count(c, top) for c in range(ncyc)]
+        else:
+            counts = [plan.fine_values(c) for c in range(ncyc)]
+        offsets = torch.tensor([0, *[t.numel() for t in counts]], dtype=torch.int64).cumsum(0)
+        keep["vcnt"] = torch.cat(counts).contiguous()
+        keep["vcnt_off"] = offsets[:-1].contiguous()
+        keep["vcode"] = torch.cat([plan.value_by_code(c) for c in range(ncyc)]).contiguous()
+        if pattern is not None:
+            keep["pat_gain"] = pattern.G.contiguous()
+            keep["pat_offset"] = pattern.D.contiguous()
+            keep["pat_block"] = pattern.cls.to(torch.int32).contiguous()
+            top_c = [plan.fine * f for f in plan.full_scale]
+            keep["pat_top"] = torch.tensor(top_c, dtype=torch.int32)
     tables = buckets = None
     if plan.noisy:
-        tabs = [plan.code_table(c) for c in range(ncyc)]
+        if pattern is None:
+            tabs = [plan.code_table(c) for c in range(ncyc)]
+        else:
+            tabs = [plan.fine_code_table(c, pattern.scales) for c in range(ncyc)]
         structs = [t.native() for t in tabs]
         tables = (type(structs[0]) * ncyc)(*structs)
         keep["code_tables"] = tabs
-        keep["buckets"] = [bucket_table(t) for t in tabs]
+        if pattern is None:
+            keep["buckets"] = [bucket_table(t) for t in tabs]
+        else:  # fine-grid rows (§4.7): buckets only while they stay cache-sized
+            keep["buckets"] = [_small_buckets(t) for t in tabs]
         buckets = (BucketTable * ncyc)(*[_bucket_struct(b) for b in keep["buckets"]])
     args = RunArgs(
         ntiles=len(tiles),
@@ -190,6 +229,18 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
         tables=None if tables is None else ctypes.cast(tables, ctypes.c_void_p),
         buckets=None if buckets is None else ctypes.cast(buckets, ctypes.c_void_p),
         votes=plan.votes,
+        **{
+            name: keep[name].data_ptr() if name in keep else None
+            for name in (
+                "vcnt",
+                "vcnt_off",
+                "vcode",
+                "pat_gain",
+                "pat_offset",
+                "pat_block",
+                "pat_top",
+            )
+        },  # fmt: skip
     )
     return args, keep, (tables, buckets)
 
@@ -214,10 +265,11 @@ class NativeBackend:
         return None
 
     def why_not(self, program, operands) -> str | None:
-        return self.why_not_device(operands.device) or why_not_packed(
+        why = self.why_not_device(operands.device) or why_not_packed(
             program, operands, max_bits=_MAXBITS, max_votes=CONST["ASIM_MAXVOTES"],
             cell_noise_fix="ASIM_BACKEND=torch",
         )  # fmt: skip
+        return why
 
     def run(self, program, operands, out) -> None:
         x = operands.x

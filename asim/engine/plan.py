@@ -47,6 +47,12 @@ __all__ = [
 ]
 
 ADC, EXACT, NOISY, VOTED = (CONST[f"ASIM_CYC_{n}"] for n in ("ADC", "EXACT", "NOISY", "VOTED"))
+FINE_BITS, GAIN_BITS, SIGMA_STEPS = (
+    CONST[f"ASIM_{n}"] for n in ("FINE_BITS", "GAIN_BITS", "SIGMA_STEPS")
+)
+"""The fixed pattern's grid (spec §4.7): a patterned ADC converts at the fine index of a grid
+of ``2^-FINE_BITS`` counts, its gain in steps of ``2^-(FINE_BITS + GAIN_BITS)``, its noise
+sigma in multiples of ``1 / SIGMA_STEPS``."""
 """What one (weight bit, cycle) conversion does: noise-free ADC, digital exact count (Q4),
 one noisy code, or K noisy codes and their mode (§8.2)."""
 
@@ -146,10 +152,63 @@ def integer_code_form(mul: float, top: int) -> tuple[int, int, int] | None:
 
 
 @functools.lru_cache(maxsize=256)
-def code_value_table(full_scale: int, adc_levels: int, reciprocal: bool) -> Tensor:
-    """Output ``fl(fl(k/A) * F)`` of every ADC code ``k = 0..A`` (float32, CPU), spec §4.1."""
+def code_value_table(
+    full_scale: int, adc_levels: int, reciprocal: bool, values: tuple[float, ...] | None = None
+) -> Tensor:
+    """Output ``fl(fl(k/A) * F)`` of every ADC code ``k = 0..A`` (float32, CPU), spec §4.1;
+    with a table ADC's ``values`` (§4.6) ``fl(fl32(values[k]) * F)``."""
+    if values is not None:
+        return torch.tensor(values, dtype=torch.float64).float().mul_(full_scale)
     q = torch.arange(adc_levels + 1, dtype=torch.float32)
     return div(q, adc_levels, reciprocal).mul_(full_scale)
+
+
+@functools.lru_cache(maxsize=256)
+def table_value_table(
+    full_scale: int,
+    adc_levels: int,
+    reciprocal: bool,
+    alpha: float,
+    late: bool,
+    top: int,
+    thresholds: tuple[float, ...],
+    values: tuple[float, ...],
+) -> Tensor:
+    """Noise-free output of every count ``0..top`` of a table ADC (spec §4.6): the chain of
+    :func:`adc_value_table` up to ``x = fl(a * A)``, then the table's code and value."""
+    from ..noise import table_codes, table_taus
+
+    m = torch.arange(top + 1, dtype=torch.float32)
+    if alpha and not late:
+        m = m / (m * alpha + 1.0)
+    a = div(m, full_scale, reciprocal).clamp_(0, 1)
+    if alpha and late:
+        a = a / (a * alpha + 1.0)
+    codes = table_codes(a.mul_(adc_levels), table_taus(thresholds, adc_levels))
+    return code_value_table(full_scale, adc_levels, reciprocal, values)[codes]
+
+
+@dataclass(frozen=True)
+class PatternSpec:
+    """A chip's fixed per-ADC pattern (spec §4.7), from :class:`~asim.NoiseConfig`."""
+
+    offset_lsb: float
+    gain_pct: float
+    sigma_spread: float
+    group: int
+    trim_lsb: float | None
+
+    @classmethod
+    def of(cls, noise: NoiseConfig | None) -> PatternSpec | None:
+        if noise is None or not noise.fixed_pattern:
+            return None
+        return cls(
+            noise.column_offset_lsb,
+            noise.column_gain_pct,
+            noise.column_sigma_spread,
+            noise.adc_group,
+            noise.column_trim_lsb,
+        )
 
 
 @dataclass
@@ -163,7 +222,9 @@ class Plan:
         mode: ``mode[i][c]``, one of :data:`ADC`, :data:`EXACT`, :data:`NOISY`, :data:`VOTED`.
         kind: ``kind[i][c]``, the design's :data:`ANALOG`, :data:`VOTED_ANALOG` or
             :data:`DIGITAL` (the same with noise on or off; ``mode`` follows from it).
-        full_scale: per cycle, in counts (``levels * nrow``).
+        full_scale: per cycle, the ADC's full scale in counts (``levels * adc_rows``, §4.5).
+        array_scale: per cycle, the array's full scale in counts (``levels * nrow``).
+        pattern: the chip's fixed per-ADC pattern (§4.7), or None.
         readout: the read-out noise model (None: noise-free).
         alpha: current-domain compression (0: off); ``late_sign``: the sign cycle is
             compressed after the noise (Q28 compatibility).
@@ -177,6 +238,8 @@ class Plan:
     mode: list[list[int]]
     kind: list[list[str]]
     full_scale: list[int]
+    array_scale: list[int]
+    pattern: PatternSpec | None
     readout: object | None
     alpha: float
     late_sign: bool
@@ -199,13 +262,63 @@ class Plan:
 
     def value_by_count(self, c: int, top: int) -> Tensor:
         """Noise-free output of every count ``0..max(top, F_c)`` of cycle ``c``."""
-        f = self.full_scale[c]
+        f, macro = self.full_scale[c], self.macro
+        if macro.adc_thresholds is not None:
+            return table_value_table(
+                f, macro.adc_levels, self.reciprocal, self.alpha, self.late(c), max(top, f),
+                macro.adc_thresholds, macro.adc_values,
+            )  # fmt: skip
         return adc_value_table(
-            f, self.macro.adc_levels, self.reciprocal, self.alpha, self.late(c), max(top, f)
+            f, macro.adc_levels, self.reciprocal, self.alpha, self.late(c), max(top, f)
         )
 
     def value_by_code(self, c: int) -> Tensor:
-        return code_value_table(self.full_scale[c], self.macro.adc_levels, self.reciprocal)
+        return code_value_table(
+            self.full_scale[c], self.macro.adc_levels, self.reciprocal, self.macro.adc_values
+        )
+
+    @property
+    def fine(self) -> int:
+        """The fixed pattern's grid: fine indices per count (spec §4.7)."""
+        return 1 << FINE_BITS
+
+    def fine_values(self, c: int) -> Tensor:
+        """Noise-free output of every fine index ``n = 0..S*F_c`` of cycle ``c`` (a patterned
+        ADC, spec §4.7): ``a = clamp(fl(n / (S*F)), 0, 1)``, its code, that code's value."""
+        key = ("fine_values", c)
+        if key not in self._tables:
+            from ..noise import table_codes, table_taus
+
+            f, macro, S = self.full_scale[c], self.macro, self.fine
+            n = torch.arange(S * f + 1, dtype=torch.float32)
+            x = div(n, S * f, self.reciprocal).clamp_(0, 1).mul_(macro.adc_levels)
+            if macro.adc_thresholds is None:
+                codes = x.round_().long()
+            else:
+                codes = table_codes(x, table_taus(macro.adc_thresholds, macro.adc_levels))
+            self._tables[key] = self.value_by_code(c)[codes]
+        return self._tables[key]
+
+    def fine_code_table(self, c: int, scales: tuple[float, ...]):
+        """The exact code distribution of every fine index of cycle ``c``, one block of rows
+        per sigma multiple in ``scales`` (spec §4.7, :func:`asim.noise.code_table`)."""
+        from ..noise import code_table
+
+        key = ("fine_code", c, scales)
+        if key not in self._tables:
+            self._tables[key] = code_table(
+                self.readout,
+                full_scale=self.full_scale[c],
+                adc_levels=self.macro.adc_levels,
+                levels=self.cycles[c].levels,
+                nrow=self.macro.nrow,
+                reciprocal=self.reciprocal,
+                adc_rows=self.macro.adc_rows,
+                thresholds=self.macro.adc_thresholds,
+                fine=self.fine,
+                sigma_scales=scales,
+            )
+        return self._tables[key]
 
     def code_table(self, c: int):
         """The exact code distribution of every count ``0..F_c`` of cycle ``c``."""
@@ -222,6 +335,8 @@ class Plan:
                 alpha=self.alpha,
                 late_compression=self.late(c),
                 reciprocal=self.reciprocal,
+                adc_rows=self.macro.adc_rows,
+                thresholds=self.macro.adc_thresholds,
             )
         return self._tables[key]
 
@@ -230,9 +345,16 @@ class Plan:
         cycle's table is the identity (spec §4.3), so the cycles can be skipped."""
         if self.noisy or self.alpha or self.cell_sigma or self.macro.weight_parallel:
             return False
+        if self.pattern is not None:
+            return False
         for c in range(self.ncyc):
             if any(self.mode[i][c] == ADC for i in range(self.macro.weight_bits)):
-                if not _is_identity(self.full_scale[c], self.macro.adc_levels, self.reciprocal):
+                if self.full_scale[c] != self.array_scale[c] or self.macro.adc_thresholds:
+                    f = self.array_scale[c]
+                    want = torch.arange(f + 1, dtype=torch.float32)
+                    if not torch.equal(self.value_by_count(c, f)[: f + 1], want):
+                        return False
+                elif not _is_identity(self.full_scale[c], self.macro.adc_levels, self.reciprocal):
                     return False
         return True
 
@@ -300,6 +422,25 @@ def _new_plan(macro: MacroConfig, noise: NoiseConfig | None, signed: bool, reado
         and noise.sign_cycle_compression == SignCycleCompression.normalised
     )
     voting = any(m == VOTED for row in mode for m in row)
+    pattern = PatternSpec.of(noise)
+    full_scale = [c.levels * macro.adc_rows for c in cycles]
+    if pattern is not None:
+        if macro.weight_parallel:
+            raise ValueError(
+                "NoiseConfig: the fixed column pattern (column_*) is not modelled for "
+                "macro.weight_parallel; set the column_* fields to 0"
+            )
+        if pattern.sigma_spread and noise.histogram is not None:
+            raise ValueError(
+                "NoiseConfig: column_sigma_spread cannot scale a measured histogram; set "
+                "column_sigma_spread=0 or use noise.file / the Gaussian sigmas"
+            )
+        if max(full_scale) << FINE_BITS >= 1 << 24:
+            raise ValueError(
+                f"NoiseConfig: the fixed column pattern needs a full scale below "
+                f"{(1 << 24) >> FINE_BITS} counts (got {max(full_scale)}); reduce nrow, "
+                "adc_full_scale or input_enc_bits"
+            )
     return Plan(
         macro=macro,
         signed=signed,
@@ -307,7 +448,9 @@ def _new_plan(macro: MacroConfig, noise: NoiseConfig | None, signed: bool, reado
         coef=coef,
         mode=mode,
         kind=kind,
-        full_scale=[c.levels * macro.nrow for c in cycles],
+        full_scale=full_scale,
+        array_scale=[c.levels * macro.nrow for c in cycles],
+        pattern=pattern,
         readout=readout,
         alpha=alpha,
         late_sign=late_sign,

@@ -71,6 +71,8 @@ class Program:
         tiles: ``(start, stop)`` reduction-row ranges, each normalised by ``nrow``.
         outputs: output columns ``O``.
         noise: the noise configuration it was compiled with.
+        chip: the 64-bit key of the chip whose fixed pattern (spec §4.7) it converts with
+            (None without one); :attr:`pattern` is drawn from it once.
 
     Copying a layer shares its programs (they are read-only); pickling one stores how to
     compile it again.
@@ -80,8 +82,9 @@ class Program:
     tiles: tuple[tuple[int, int], ...]
     outputs: int
     noise: NoiseConfig | None = None
+    chip: int | None = None
     _forms: dict = field(default_factory=dict, repr=False, compare=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def macro(self) -> MacroConfig:
@@ -111,11 +114,23 @@ class Program:
         """The largest count a conversion can see: tallest tile x most input levels."""
         return self.max_rows * max(c.levels for c in self.plan.cycles)
 
+    @property
+    def pattern(self):
+        """The chip's :class:`~asim.engine.pattern.ColumnPattern` (spec §4.7), drawn on first
+        use and kept; None without a fixed pattern."""
+        if self.plan.pattern is None:
+            return None
+        from .pattern import draw_pattern
+
+        return self.form(
+            "pattern", lambda: draw_pattern(self.plan, self.tiles, self.outputs, self.chip)
+        )
+
     def __deepcopy__(self, memo) -> Program:
         return self
 
     def __reduce__(self):
-        args = (self.plan.macro, self.noise, self.plan.signed, self.tiles, self.outputs)
+        args = (self.plan.macro, self.noise, self.plan.signed, self.tiles, self.outputs, self.chip)
         return compile_program, args
 
     def form(self, key, build: Callable[[], object]):
@@ -197,17 +212,28 @@ def compile_program(
     signed: bool,
     tiles: Sequence[tuple[int, int]],
     outputs: int,
+    chip: int | None = None,
 ) -> Program:
     """The :class:`Program` of a matmul with ``outputs`` columns, its reduction tiled as
     ``tiles``, on ``macro`` with ``noise`` and signed or unsigned inputs; calls with equal
-    arguments (and noise file contents) share one."""
+    arguments (and noise file contents) share one. ``chip`` is the 64-bit key of the chip
+    whose fixed pattern (spec §4.7) applies, when ``noise`` has one (layers pass their own);
+    default: ``asim.rng.layer_key(noise.chip_seed or 0, 0)``."""
     plan = build_plan(macro, noise, signed)
+    if plan.pattern is None:
+        chip = None
+    elif chip is None:
+        from ..rng import layer_key
+
+        chip = layer_key(noise.chip_seed or 0, 0)
+    else:
+        chip = int(chip) & ((1 << 64) - 1)
     tiles = tuple((int(a), int(b)) for a, b in tiles if b > a)
-    key = (id(plan), tiles, int(outputs))
+    key = (id(plan), tiles, int(outputs), chip)
     hit = _PROGRAMS.get(key)
     if hit is not None and hit.plan is plan:
         return hit
-    program = Program(plan, tiles, int(outputs), noise)
+    program = Program(plan, tiles, int(outputs), noise, chip)
     with _PROGRAMS_LOCK:
         if len(_PROGRAMS) >= _PROGRAMS_MAX:
             _PROGRAMS.clear()

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import rng
 from .backend import run_chunks
-from .plan import ADC, EXACT, NOISY, VOTED, div
+from .plan import ADC, EXACT, GAIN_BITS, NOISY, VOTED, div
 from .weight_parallel import weight_parallel
 
 __all__ = ["BACKEND", "TorchBackend"]
@@ -99,6 +99,20 @@ def _value_tables(program, device) -> tuple[list[Tensor], list[Tensor]]:
     return vcount, vcode
 
 
+def _pattern_tables(program, device) -> dict:
+    """The chip's fixed pattern (spec §4.7) on ``device``: per-column gain, offset and the
+    row offset of its noise block, and per cycle the fine value table."""
+    plan, pat = program.plan, program.pattern
+    rows = [plan.fine * f + 1 for f in plan.full_scale]
+    return {
+        "G": pat.G.to(device),
+        "D": pat.D.to(device),
+        "block": [(pat.cls * r).to(device) for r in rows],
+        "top": [plan.fine * f for f in plan.full_scale],
+        "values": [plan.fine_values(c).to(device) for c in range(plan.ncyc)],
+    }
+
+
 class _TorchCall:
     """Runs chunks of one call with torch operations."""
 
@@ -115,11 +129,21 @@ class _TorchCall:
         self.vcount, self.vcode = program.form(
             ("torch", str(device)), lambda: _value_tables(program, device)
         )
-        self.tables = (
-            [plan.code_table(c) for c in range(self.ncyc)]
-            if plan.noisy and not self.float_counts
-            else None
-        )
+        self.pattern = None
+        if program.pattern is not None:
+            self.pattern = program.form(
+                ("torch_pattern", str(device)), lambda: _pattern_tables(program, device)
+            )
+            scales = program.pattern.scales
+            self.tables = (
+                [plan.fine_code_table(c, scales) for c in range(self.ncyc)] if plan.noisy else None
+            )
+        else:
+            self.tables = (
+                [plan.code_table(c) for c in range(self.ncyc)]
+                if plan.noisy and not self.float_counts
+                else None
+            )
         if ops.programmed is not None and ops.cell_noise is None:
             self.wpt = ops.programmed.form(
                 ("torch_planes", self.wb, self.dtype, str(device)),
@@ -190,10 +214,21 @@ class _TorchCall:
         plan, K = self.plan, self.plan.votes
         idx = counts.to(torch.int64)
         values = torch.empty_like(counts)
+        pat = self.pattern
         for c in range(self.ncyc):
             modes = [plan.mode[i][c] for i in range(self.wb)]
+            if pat is None:
+                rows = at = idx[:, :, :, c]
+                vtab = self.vcount[c]
+            else:  # a chip's fixed pattern (spec §4.7): each column's fine index
+                shape = (self.wb, 1, self.O, 1)
+                G, D = pat["G"][tile].view(shape), pat["D"][tile, c].view(shape)
+                at = idx[:, :, :, c].mul(G).add_(D).clamp_(min=0)
+                at = at.bitwise_right_shift_(GAIN_BITS).clamp_(max=pat["top"][c])
+                rows = at + pat["block"][c][tile].view(shape)
+                vtab = pat["values"][c]
             if ADC in modes:
-                values[:, :, :, c] = self.vcount[c][idx[:, :, :, c]]
+                values[:, :, :, c] = vtab[at]
             for i, m in enumerate(modes):
                 if m == EXACT:
                     values[:, :, :, c][i] = counts[i, :, :, c]
@@ -207,7 +242,7 @@ class _TorchCall:
                     dtype=torch.int64,
                     device=counts.device,
                 ).view(draws, len(bits), 1, 1, 1)
-                m = idx[:, :, :, c].index_select(0, sel)  # (n, B, O, Mc)
+                m = rows.index_select(0, sel)  # (n, B, O, Mc)
                 code = sample_codes(self.tables[c], m, rng.draw_u32(ekeys, draw))
                 code = code[0] if draws == 1 else vote_codes(code)
                 values[:, :, :, c].index_copy_(0, sel, self.vcode[c][code.to(torch.int64)])

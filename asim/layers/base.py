@@ -137,6 +137,8 @@ class ACiMLayer:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._warned: set[str] = set()
         self._chip_cells: Tensor | None = None
+        self._chip_key: int | None = None  # unseeded layers: their fixed pattern's chip (§4.7)
+        self.chip_layer = 0  # the layer's position in its model (asim.resample_noise sets it)
         self._sample_index: Tensor | None = None  # set_sample_index
         self._rows_seen = 0  # default sample index of the next batch's first row
         self._calls = 0  # forward calls since the last reseed
@@ -180,12 +182,29 @@ class ACiMLayer:
         self.noise_seed = seed
         self._generators = {}
         self._chip_cells = None
+        self._chip_key = None
         self._rows_seen = 0
         self._calls = 0
 
     def _layer_key(self) -> int | None:
         """The 64-bit key of this layer's chip (None: unseeded, torch's global RNG)."""
         return None if self.noise_seed is None else rng.layer_key(self.noise_seed, 0)
+
+    def _pattern_key(self, noise: NoiseConfig | None, sub: int) -> int | None:
+        """The chip key of engine call ``sub``'s fixed column pattern (spec §4.7): from
+        ``noise.chip_seed`` and the layer's position (:attr:`chip_layer`), else from the
+        layer's noise seed; an unseeded layer draws one chip and keeps it until reseeded."""
+        if noise is None or not noise.fixed_pattern:
+            return None
+        if noise.chip_seed is not None:
+            base = rng.layer_key(noise.chip_seed, getattr(self, "chip_layer", 0))
+        else:
+            base = self._layer_key()
+            if base is None:
+                if getattr(self, "_chip_key", None) is None:
+                    self._chip_key = int(torch.randint(0, 2**63 - 1, (1,)).item())
+                base = self._chip_key
+        return rng.sub_key(rng.sub_key(base, _PATTERN_SUB), sub)
 
     def _batch_samples(self, batch: int, device) -> Tensor:
         """Global sample index of each of this forward's ``batch`` rows: the one given by
@@ -310,13 +329,14 @@ class ACiMLayer:
         macro = macro or self.macro
         noise = self.noise if noise is None else noise
         signed = self.signed_input if signed is None else signed
-        key = (macro, noise, signed, rows, outputs, tiles, file_version(noise))
+        chip = self._pattern_key(noise, sub)
+        key = (macro, noise, signed, rows, outputs, tiles, file_version(noise), chip)
         hit = self._compiled.get(sub)
         if hit is not None and hit[0] == key:
             return hit[1]
         if tiles is None:
             tiles = [(s, min(s + macro.nrow, rows)) for s in range(0, rows, macro.nrow)]
-        program = compile_program(macro, noise, signed, tiles, outputs)
+        program = compile_program(macro, noise, signed, tiles, outputs, chip)
         self._compiled[sub] = (key, program)
         return program
 
@@ -473,6 +493,7 @@ def _same_values(old: Tensor, new: Tensor) -> bool:
 
 
 _CELL_SUB = 1 << 20  # sub-key of the cell-variation stream (engine calls use small subs)
+_PATTERN_SUB = (1 << 20) + 1  # sub-key of the fixed column pattern (spec §4.7)
 
 
 def _transpose(w_int: Tensor) -> Tensor:

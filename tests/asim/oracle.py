@@ -248,12 +248,22 @@ def _bit_level_loop(
     generator,
     trace,
     sign_compression_after_noise=False,
+    adc_full_scale=None,
+    adc_thresholds=None,
+    adc_values=None,
+    column_pattern=None,
 ):
-    """Integer-domain accumulator Y of the bit-level model (spec 4.1/4.2, 5, 6, 8.1, 8.2).
+    """Integer-domain accumulator Y of the bit-level model (spec 4.1/4.2, 4.5-4.7, 5, 6,
+    8.1, 8.2).
 
     ``mac(t, i, j)`` must return the exact column MAC (float32, output shape) of tile t,
     weight-role bit plane i and activation-role bit plane j (plane w-1 / x-1 of a signed
     role is its sign plane).
+
+    ``adc_full_scale`` (4.5): the ADC's full scale per input level, in counts (None: nrow).
+    ``adc_thresholds``/``adc_values`` (4.6): a table ADC. ``column_pattern`` (4.7, noise-free
+    only): ``(offset, gain, group)`` with float64 ``[n_tiles, n_adc]`` offsets (LSB, after
+    trim) and relative gain errors of every ADC, and the columns per ADC.
     """
     w = wbit
     A = 2**adc_prec - 1
@@ -274,16 +284,65 @@ def _bit_level_loop(
     cycles = activation_cycles(xbit, signed_act, act_enc)
     Cx = len(cycles)
     noisy = (rand_noise_sigma != 0) or (non_linear_sigma != 0)
+    adc_rows = nrow if adc_full_scale is None else int(adc_full_scale)
+    if column_pattern is not None and (noisy or compression):
+        raise ValueError("the oracle's fixed pattern is noise-free and without compression")
 
-    def add_noise(a):
-        """Spec 4.1 step 3 (compression mode: random term only, spec 8.1)."""
+    def add_noise(a, a_array):
+        """Spec 4.1 step 3 (compression mode: random term only, spec 8.1); with an ADC full
+        scale other than nrow (4.5) the noise keeps its size on the array's scale, so it is
+        nrow/adc_full_scale times larger on the ADC's, and the count-dependent term sees the
+        array-normalised value ``a_array``."""
+        rho = nrow / adc_rows
         z1 = torch.randn(a.shape, generator=generator, dtype=torch.float32)
         n_r = z1 * rand_noise_sigma / 100
         if compression:
-            return torch.clamp(a + n_r, 0, 1)
+            return torch.clamp(a + n_r * rho, 0, 1)
         z2 = torch.randn(a.shape, generator=generator, dtype=torch.float32)
-        n_nl = z2 / torch.sqrt(a * nrow + 1) * non_linear_sigma / 100
-        return torch.clamp(a + n_r + n_nl, 0, 1)
+        n_nl = z2 / torch.sqrt(a_array * nrow + 1) * non_linear_sigma / 100
+        return torch.clamp(a + (n_r + n_nl) * rho, 0, 1)
+
+    if adc_thresholds is not None:
+        # 4.6: thresholds in code units, tau_k = fl32(theta_k * A) (float64 product)
+        taus = [
+            float(torch.tensor(float(t) * A, dtype=torch.float64).float()) for t in adc_thresholds
+        ]
+
+    def adc_code(x):
+        """4.1 step 4 / 4.6: the code of x = fl(a * A) (float32 tensor)."""
+        if adc_thresholds is None:
+            return torch.round(x)
+        q = torch.zeros_like(x)
+        for k, tau in enumerate(taus, start=1):
+            q = q + (x > tau).float()
+            if k % 2 == 0:
+                q = q + (x == tau).float()
+        return q
+
+    def rescale(q, Fs):
+        """4.1 step 5 / 4.6: the value of code q."""
+        if adc_values is None:
+            return q / A * Fs
+        vals = torch.tensor([float(v) for v in adc_values], dtype=torch.float64).float()
+        return vals[q.to(torch.int64)] * Fs
+
+    FINE, GAINB = 4, 8  # 4.7: a grid of 2^-4 counts, gains in steps of 2^-12
+
+    def pattern_codes(M, t, i, Fs):
+        """4.7: each column's ADC converts the fine index n of its count."""
+        offset, gain, group = column_pattern
+        O = M.shape[-1]
+        unit = 2.0 ** (FINE + GAINB)
+        q = torch.empty_like(M)
+        for o in range(O):
+            g = (o * w + i) // group
+            G = int(round_half_even((1.0 + float(gain[t, g])) * unit))
+            D = int(round_half_even(float(offset[t, g]) * Fs / A * unit)) + 2 ** (GAINB - 1)
+            m = M[..., o].to(torch.int64)
+            n = torch.clamp(torch.clamp(m * G + D, min=0) // 2**GAINB, max=2**FINE * Fs)
+            a = torch.clamp(n.to(torch.float32) / (2**FINE * Fs), 0, 1)
+            q[..., o] = adc_code(a * A)
+        return q
 
     Y = None
     for t in range(n_tiles):  # tiles ascending
@@ -298,7 +357,8 @@ def _bit_level_loop(
                     M = Mk if M is None else M + Mk
                 if Y is None:
                     Y = torch.zeros_like(M)
-                Fs = (2 ** cyc["width"] - 1) * nrow  # full scale (Python int)
+                Fs = (2 ** cyc["width"] - 1) * adc_rows  # the ADC's full scale (4.5)
+                F_array = (2 ** cyc["width"] - 1) * nrow  # the array's
 
                 d = (w - 1 - i) + (Cx - 1 - cyc["index"])  # anti-diagonal distance from MSBxMSB
                 analog = voting or d >= h
@@ -320,20 +380,23 @@ def _bit_level_loop(
                     Mn = M / (1 + alpha * M) if compression and not late else M
                     # 2. normalise
                     a = torch.clamp(Mn / Fs, 0, 1)
-                    if analog and noisy:
+                    if column_pattern is not None:
+                        q = pattern_codes(M, t, i, Fs)  # 4.7
+                    elif analog and noisy:
+                        a_array = a if Fs == F_array else torch.clamp(Mn / F_array, 0, 1)
                         codes = []
                         for _ in range(K if voted else 1):
-                            a_s = add_noise(a)  # 3. noise
+                            a_s = add_noise(a, a_array)  # 3. noise
                             if late:
                                 a_s = a_s / (1 + alpha * a_s)
-                            codes.append(torch.round(a_s * A))  # 4. ADC
+                            codes.append(adc_code(a_s * A))  # 4. ADC
                         q = _mode_smallest(codes) if len(codes) > 1 else codes[0]
                     else:
                         if late:
                             a = a / (1 + alpha * a)
-                        q = torch.round(a * A)  # 4. ADC (digital cycle or noise-free)
+                        q = adc_code(a * A)  # 4. ADC (digital cycle or noise-free)
                     # 5. rescale
-                    v = q / A * Fs
+                    v = rescale(q, Fs)
 
                 # 6. sign
                 if cyc["is_sign"]:
@@ -363,6 +426,11 @@ def _bit_level_loop(
     return Y
 
 
+def round_half_even(v: float) -> float:
+    """Python's round(): to the nearest integer, ties to even (spec 0, rne)."""
+    return float(round(v))
+
+
 def _tile_list(tiles):
     out = [(int(a), int(b)) for a, b in tiles]
     assert out, "need at least one tile"
@@ -390,6 +458,10 @@ def oracle_mvm(
     generator=None,
     trace=None,
     sign_compression_after_noise=False,
+    adc_full_scale=None,
+    adc_thresholds=None,
+    adc_values=None,
+    column_pattern=None,
 ):
     """Bit-level integer accumulator Y [M, O] for x_int [M, R] (activation role) and
     w_int [O, R] (signed weight role). ``tiles`` = list of (start, stop) row ranges over R,
@@ -428,6 +500,10 @@ def oracle_mvm(
         generator=generator,
         trace=trace,
         sign_compression_after_noise=sign_compression_after_noise,
+        adc_full_scale=adc_full_scale,
+        adc_thresholds=adc_thresholds,
+        adc_values=adc_values,
+        column_pattern=column_pattern,
     )
 
 

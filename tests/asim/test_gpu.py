@@ -75,3 +75,44 @@ def test_noisy_simulation_is_identical_on_cuda(macro, noise):
         with torch.no_grad(), set_sample_index(conv, [4, 9, 2]):
             outs.append(conv(x.to(device)).cpu())
     assert bits(outs[0]) == bits(outs[1])
+
+
+@pytest.mark.parametrize(
+    "macro,noise",
+    [
+        (MacroConfig(adc_bits=6, adc_full_scale=100), NoiseConfig(rand_sigma=0.4)),
+        (
+            MacroConfig(adc_bits=2, adc_thresholds=(0.1, 0.3, 0.6), adc_values=(0, 0.2, 0.45, 0.8)),
+            NoiseConfig(rand_sigma=2.0),
+        ),
+        (
+            MacroConfig(adc_bits=5, adc_full_scale=128),
+            NoiseConfig(
+                rand_sigma=0.4,
+                column_offset_lsb=0.5,
+                column_gain_pct=1.0,
+                column_sigma_spread=0.2,
+                adc_group=4,
+                column_trim_lsb=0.25,
+                chip_seed=3,
+            ),
+        ),
+    ],
+    ids=["full_scale", "levels", "chip"],
+)
+def test_real_adcs_and_chips_are_identical_on_cuda(macro, noise):
+    """ADC full scale, non-uniform levels and a chip's fixed pattern (spec §4.5-§4.7): CUDA
+    (Triton, or torch) gives the CPU's bits, noise off and on."""
+    from asim import resample_noise, set_sample_index
+
+    for n in (noise.replace(rand_sigma=0.0), noise):
+        torch.manual_seed(0)
+        conv = ACiMConv2d(40, 16, 3, padding=1, macro=macro, noise=n, mode="simulate")
+        x = torch.relu(torch.randn(3, 40, 9, 9))
+        outs = []
+        for device in ("cpu", "cuda"):
+            conv = conv.to(device)
+            resample_noise(conv, 5)
+            with torch.no_grad(), set_sample_index(conv, [4, 9, 2]):
+                outs.append(conv(x.to(device)).cpu())
+        assert bits(outs[0]) == bits(outs[1])

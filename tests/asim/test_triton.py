@@ -561,3 +561,61 @@ def test_a_failing_first_launch_falls_back_once_with_one_warning(monkeypatch):
     monkeypatch.setenv("ASIM_BACKEND", "triton")
     with pytest.raises(RuntimeError, match="ASIM_BACKEND=triton: the backend failed on its first"):
         acim_matmul(x, w, macro=macro, signed_input=False)
+
+
+def _real_adc(rng: random.Random, macro: MacroConfig) -> MacroConfig:
+    """The macro with a clipping or wider ADC full scale and/or non-uniform levels (§4.5,
+    §4.6)."""
+    fs = rng.choice([None, max(1, macro.nrow // 2), macro.nrow + 2])
+    if rng.random() < 0.5:
+        a = macro.adc_levels
+        t = sorted(rng.sample(range(1, 1000), a))
+        edges = [0.0, *(v / 1000 for v in t), 1.0]
+        values = tuple((edges[k] + edges[k + 1]) / 2 for k in range(a + 1))
+        macro = macro.replace(adc_thresholds=tuple(v / 1000 for v in t), adc_values=values)
+    return macro.replace(adc_full_scale=fs)
+
+
+@interpreted
+@pytest.mark.parametrize("planes", [False, True])
+@pytest.mark.parametrize("seed", range(12))
+def test_real_adcs_and_chips_equal_torch(seed, planes, monkeypatch):
+    """ADC full scale, non-uniform levels and a chip's fixed pattern (spec §4.5-§4.7),
+    noise off and on: the Triton kernel gives the torch backend's bits."""
+    from asim._triton import backend as triton_backend
+
+    monkeypatch.setattr(triton_backend, "PLANES", planes)
+    rng, g = random.Random(700 + seed), torch.Generator().manual_seed(seed)
+    signed = rng.random() < 0.5
+    voting = rng.random() < 0.3
+    macro = _real_adc(rng, _macro(rng, signed, voting=voting).replace(division="ieee"))
+    noisy = rng.random() < 0.6
+    noise = NoiseConfig(
+        rand_sigma=rng.choice([1.0, 4.0]) if noisy else 0.0,
+        column_offset_lsb=rng.choice([0.0, 0.8]),
+        column_gain_pct=rng.choice([0.0, 2.0]),
+        column_sigma_spread=rng.choice([0.0, 0.3]) if noisy else 0.0,
+        adc_group=rng.choice([1, 2]),
+        chip_seed=seed,
+    )
+    B, M, R, O = rng.choice([1, 2]), rng.randint(1, 9), rng.randint(1, 20), rng.randint(1, 6)
+    x = _ints(g, (B, M, R), macro.input_bits, signed)
+    w = _ints(g, (R, O), macro.weight_bits, True)
+    stream = NoiseStream(rng.getrandbits(64), torch.arange(B) * 3 + 1, M)
+    results = []
+    for name in ("torch", "triton"):
+        monkeypatch.setenv("ASIM_BACKEND", name)
+        reset_backends_used()
+        results.append(
+            acim_matmul(
+                x,
+                w,
+                macro=macro,
+                signed_input=signed,
+                noise=noise,
+                stream=stream,
+                exact_shortcut=False,
+            )  # fmt: skip
+        )
+        assert backends_used() == {name}
+    assert bits(results[0]) == bits(results[1]), (macro, noise)

@@ -1,4 +1,6 @@
-"""DataModules on tiny files written in the real on-disk formats (acim-model.md §9.5, §9.6)."""
+"""The DataModule and its datasets on tiny files written in the real on-disk formats
+(acim-model.md §9.5, §9.6). ``CIFAR10DataModule(...)`` and friends are the presets
+(``from_preset``) under their old class names."""
 
 from __future__ import annotations
 
@@ -20,14 +22,9 @@ from torchvision.datasets import CIFAR10, ImageFolder
 
 from lightning_modules import builders, data
 from lightning_modules.data import (
-    CIFAR10_CLASSES,
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CIFAR100_CLASSES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     CIFAR10DataModule,
     CIFAR100DataModule,
+    DataModule,
     DigitsDataModule,
     ImageNetDataModule,
     build_eval_transform,
@@ -42,6 +39,13 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 def _preset(name: str):
     """The ``dataset`` node of a run with ``dataset=NAME``: the schema plus the preset's delta."""
     return builders.compose("simulate", [f"dataset={name}"]).dataset
+
+
+# The constants live in the presets (one source); the tests write files with them.
+_CIFAR10, _CIFAR100, _IMAGENET = _preset("cifar10"), _preset("cifar100"), _preset("imagenet")
+CIFAR10_CLASSES, CIFAR100_CLASSES = tuple(_CIFAR10.class_names), tuple(_CIFAR100.class_names)
+CIFAR10_MEAN, CIFAR10_STD = tuple(_CIFAR10.mean), tuple(_CIFAR10.std)
+IMAGENET_MEAN, IMAGENET_STD = tuple(_IMAGENET.mean), tuple(_IMAGENET.std)
 
 
 # The seed-0 digits validation split, as the DataModule drew it before the torchvision rework.
@@ -167,7 +171,7 @@ def test_digits_shapes_dtypes_and_normalisation():
     assert abs(float(train_images.mean())) < 1e-5
     assert float(train_images.std(correction=0)) == pytest.approx(1.0, abs=1e-5)
     # pixel/16 then (x - mean) / std: the raw 0..16 grid is recovered exactly.
-    raw = (dm.val_set.tensors[0] * dm.std + dm.mean) * 16
+    raw = (dm.val_set.tensors[0] * dm.val_set.std + dm.val_set.mean) * 16
     assert torch.allclose(raw, raw.round(), atol=1e-4) and raw.min() >= -1e-4 and raw.max() <= 16
 
 
@@ -437,7 +441,7 @@ def test_imagenet_train_augmentation_uses_origin_and_input_sizes(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "cls", [CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule], ids=lambda c: c.__name__
+    "cls", [CIFAR10DataModule, CIFAR100DataModule, ImageNetDataModule], ids=lambda c: c.args[0]
 )
 def test_missing_root_is_one_line_after_a_working_init(tmp_path, cls):
     root = tmp_path / "nowhere"
@@ -553,18 +557,35 @@ def test_torchvision_folder_itself_is_accepted_as_root(tmp_path):
 # ------------------------------------------------------------------- presets and instantiate
 
 
-@pytest.mark.parametrize("preset", ["digits", "cifar10", "cifar100", "imagenet"])
+@pytest.mark.parametrize("preset", ["digits", "cifar10", "cifar100", "imagenet", "pycode"])
 def test_presets_instantiate_by_target(tmp_path, preset):
     cfg = _preset(preset)
-    root = {} if preset == "digits" else {"root": str(tmp_path)}
+    root = {} if preset in ("digits", "pycode") else {"root": str(tmp_path)}
     dm = instantiate_datamodule(cfg, seed=3, **root)
-    assert type(dm).__name__ == cfg._target_.rsplit(".", 1)[1]
+    assert type(dm) is DataModule and cfg._target_ == "lightning_modules.data.DataModule"
     assert dm.name == preset and dm.seed == 3 and dm.batch_size == cfg.batch_size
     assert dm.val_batch_size == cfg.val_batch_size
-    assert dm.num_classes == {"cifar100": 100, "imagenet": 1000}.get(preset, 10)
-    assert dm.num_classes == len(dm.class_names)
-    if preset != "digits":
-        assert dm.root == tmp_path
+    classes = {"cifar100": 100, "imagenet": 1000, "pycode": 256}.get(preset, 10)
+    assert dm.num_classes == classes
+    assert dm.num_classes == len(dm.class_names) or dm.task == "language_modeling"
+    for split in ("train", "val"):  # the shared keys reach both splits by interpolation
+        node = dm._nodes[split]
+        assert node["_target_"].startswith("lightning_modules.datasets.")
+        assert node["train"] is (split == "train")
+        if root:
+            assert node["root"] == str(tmp_path)
+
+
+def test_seed_reaches_the_split_and_follows_the_run(compose):
+    """digits' split is seeded by dataset.seed, which is the run's seed unless set."""
+    a = builders.build_datamodule(compose("simulate", "seed=1"))
+    b = builders.build_datamodule(compose("simulate", "seed=0", "dataset.seed=1"))
+    assert a.seed == b.seed == 1 and a._nodes["val"]["seed"] == 1
+    c = builders.build_datamodule(compose("simulate", "seed=0"))
+    for dm in (a, b, c):
+        dm.setup("validate")
+    assert torch.equal(a.val_set.tensors[1], b.val_set.tensors[1])
+    assert not torch.equal(a.val_set.tensors[1], c.val_set.tensors[1])
 
 
 def test_instantiate_bad_keyword_is_one_line(tmp_path):
@@ -576,6 +597,9 @@ def test_instantiate_bad_keyword_is_one_line(tmp_path):
         instantiate_datamodule(cfg, seed=0, root=str(tmp_path), batch_size=0)
     message = _assert_one_line(excinfo, "dataset.batch_size must be a positive int, got 0")
     assert "Error in call" not in message
+    with pytest.raises(ValueError) as excinfo:  # the schema's type check, on overrides too
+        instantiate_datamodule(cfg, seed=0, root=str(tmp_path), val_batch_size="abc")
+    _assert_one_line(excinfo, "dataset.val_batch_size='abc'")
     cfg = OmegaConf.to_container(cfg)
     del cfg["root"]
     with pytest.raises(ValueError) as excinfo:
@@ -586,11 +610,39 @@ def test_instantiate_bad_keyword_is_one_line(tmp_path):
     _assert_one_line(excinfo, "dataset=mnist has no _target_")
 
 
-def test_instantiate_passes_plain_dicts_and_overrides():
-    dm = instantiate_datamodule(
-        {"_target_": "lightning_modules.data.DigitsDataModule", "batch_size": 8}, seed=1
-    )
-    assert isinstance(dm, DigitsDataModule) and dm.batch_size == 8 and dm.seed == 1
+def test_a_dataset_is_a_node_not_a_class(tmp_path):
+    """A dataset of one's own in class folders: a plain node of targets, no new class."""
+    _write_cifar10_folders(tmp_path, splits=("train", "valid"))
+    split = {
+        "_target_": "lightning_modules.datasets.image_folders",
+        "root": "${..root}",
+        "title": "my images",
+        "transform": {"_target_": "torchvision.transforms.ToTensor"},
+    }
+    node = {
+        "_target_": "lightning_modules.data.DataModule",
+        "name": "mine",
+        "root": str(tmp_path),
+        "num_classes": 3,
+        "batch_size": 4,
+        "train": {**split, "train": True},
+        "val": {**split, "train": False},
+    }
+    dm = instantiate_datamodule(node, seed=1)
+    assert isinstance(dm, DataModule) and dm.batch_size == 4 and dm.seed == 1
+    dm.setup()
+    assert dm.class_names == ["airplane", "cat", "dog"] and dm.val_set.targets == [0, 1, 2]
+    images, targets = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 32, 32) and len(dm.train_set) == 6
+    with pytest.raises(FileNotFoundError) as excinfo:  # its layout detector gives the hints
+        instantiate_datamodule({**node, "root": str(tmp_path / "valid")}, seed=0).setup()
+    _assert_one_line(excinfo, "my images data not found", f"did you mean dataset.root={tmp_path}?")
+    # built Datasets are accepted too (Python callers)
+    dm = DataModule(val=dm.val_set, num_classes=3)
+    dm.setup("validate")
+    assert len(dm.val_set) == 3
+    with pytest.raises(ValueError, match="has no training split"):
+        dm.setup("fit")
 
 
 def test_digits_split_is_pinned_for_seed_0():
@@ -675,42 +727,37 @@ def test_transform_builders():
 def test_dataset_presets_list_only_deltas_on_their_schema(preset):
     raw = OmegaConf.to_container(OmegaConf.load(CONF / f"{preset}.yaml"))
     (base,) = [d for d in raw.pop("defaults") if d != "_self_"]
-    key = base.removeprefix("/dataset_schema_").removesuffix("@_here_")
-    schema = data.datamodule_schema(data.DATAMODULES[key])()
+    key = base.removeprefix("/dataset_schema").removeprefix("_").removesuffix("@_here_")
+    schema = data.dataset_schema(key)()
     restated = {k: v for k, v in raw.items() if getattr(schema, k) == v}
-    assert not restated, f"dataset/{preset} restates the constructor's defaults {restated}"
+    assert not restated, f"dataset/{preset} restates the constructors' defaults {restated}"
 
 
-@pytest.mark.parametrize("key", sorted(data.DATAMODULES))
+@pytest.mark.parametrize("key", sorted(data.SCHEMAS))
 def test_schema_defaults_are_the_constructors(key):
     import dataclasses
     import inspect
 
-    cls = data.DATAMODULES[key]
-    schema = data.datamodule_schema(cls)()
-    assert schema._target_ == f"lightning_modules.data.{cls.__name__}"
-    for name, param in inspect.signature(cls).parameters.items():
-        if name == "seed":
-            assert not hasattr(schema, name)
-            continue
-        want = "???" if param.default is param.empty else param.default
+    schema = data.dataset_schema(key)()
+    assert schema._target_ == "lightning_modules.data.DataModule"
+    assert schema.seed == "${oc.select:seed,0}"  # the run's seed unless set
+    owners = [*data.SCHEMAS[key], DataModule]  # a builder's default wins over the DataModule's
+    names = {f.name for f in dataclasses.fields(schema)} - {"_target_", "seed", "train", "val"}
+    for name in names:
+        params = [inspect.signature(fn).parameters.get(name) for fn in owners]
+        params = [p for p in params if p is not None]
+        with_default = [p for p in params if p.default is not p.empty]
+        want = with_default[0].default if with_default else "???"
         want = list(want) if isinstance(want, tuple) else want
         assert getattr(schema, name) == want, name
-    assert {f.name for f in dataclasses.fields(schema)} - {"_target_"} <= set(
-        inspect.signature(cls).parameters
-    )
+    assert set(inspect.signature(DataModule).parameters) <= names | {"seed", "train", "val"}
 
 
-def test_cifar100_evaluates_with_its_constructors_batch():
-    """The preset used to say 128 and the code 512: now only the code says it."""
-    import inspect
-
-    want = inspect.signature(CIFAR100DataModule).parameters["val_batch_size"].default
-    assert _preset("cifar100").val_batch_size == want
-    assert (
-        builders.build_datamodule(builders.compose("simulate", ["dataset=cifar100"])).val_batch_size
-        == want
-    )
+def test_cifar_evaluates_with_the_reference_batch():
+    """CIFAR-100's preset used to say 128 and the code 512: now only the preset says it."""
+    for name in ("cifar10", "cifar100"):
+        cfg = builders.compose("simulate", [f"dataset={name}"])
+        assert builders.build_datamodule(cfg).val_batch_size == 512
 
 
 @pytest.mark.parametrize(
@@ -718,13 +765,55 @@ def test_cifar100_evaluates_with_its_constructors_batch():
     [
         ["dataset.val_batch_size=abc"],
         ["dataset=cifar10", "dataset.augment=maybe"],
+        ["dataset=cifar10", "dataset.layout=folders"],
         ["dataset=pycode", "dataset.block_size=long"],
         ["dataset=imagenet", "dataset.num_classes=1k"],
+        ["dataset=digits", "dataset.check_md5=false"],  # a key of another dataset
         ["dataset.val_fractoin=0.2"],
     ],
 )
 def test_wrong_dataset_type_or_key_fails_at_compose(overrides):
     from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(ConfigCompositionException):
+    with pytest.raises(ConfigCompositionException) as excinfo:
         builders.compose("simulate", overrides)
+    assert overrides[-1] in str(excinfo.value)  # Hydra names the override it refused
+
+
+def test_readme_dataset_of_ones_own_is_one_yaml_file(tmp_path):
+    """The README's `dataset=mine` example, merged on its schema as Hydra composes it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:]]
+    (block,) = [b for b in blocks if "/dataset_schema_folders@_here_" in b]
+    raw = OmegaConf.create(block)
+    assert list(raw.pop("defaults")) == ["/dataset_schema_folders@_here_", "_self_"]
+    cfg = OmegaConf.merge(OmegaConf.structured(data.dataset_schema("folders")), raw)
+    for k in range(5):
+        for split in ("train", "valid"):
+            _png(tmp_path / split / f"class{k}" / "a.png", 40 * k)
+    dm = instantiate_datamodule(cfg, seed=0, root=str(tmp_path))
+    dm.setup()
+    assert dm.name == "mine" and dm.class_names == [f"class{k}" for k in range(5)]
+    images, targets = next(iter(dm.val_dataloader()))
+    assert images.shape == (5, 3, 32, 32) and targets.tolist() == [0, 1, 2, 3, 4]
+    assert type(dm.train_set.transform.transforms[0]) is T.RandomChoice  # augmented
+    assert type(dm.val_set.transform.transforms[0]) is T.Resize
+    # the example leaves resize_size unwired: setting it would do nothing, so it fails
+    with pytest.raises(ValueError, match="dataset.resize_size=40 is read by neither"):
+        instantiate_datamodule(cfg, seed=0, root=str(tmp_path), resize_size=40)
+
+
+def test_a_shared_key_no_split_reads_is_one_line(tmp_path):
+    """Settings that would do nothing fail: a key the train/val nodes never interpolate."""
+    node = {
+        "_target_": "lightning_modules.data.DataModule",
+        "num_classes": 10,
+        "val_fractoin": 0.5,
+        "val": {"_target_": "lightning_modules.datasets.digits", "train": False},
+    }
+    with pytest.raises(ValueError) as excinfo:
+        instantiate_datamodule(node, seed=0)
+    _assert_one_line(excinfo, "dataset.val_fractoin=0.5 is read by neither dataset.train nor")
+    node["val_fractoin"] = 0.25  # a typo'd key does nothing, even at the builder's default
+    with pytest.raises(ValueError, match="val_fractoin=0.25 is read by neither"):
+        instantiate_datamodule(node, seed=0)

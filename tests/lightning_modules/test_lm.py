@@ -60,10 +60,10 @@ def test_text_datamodule_bytes_blocks_and_vocabulary(tmp_path):
     dm = TextDataModule(root=str(root), block_size=16, val_fraction=0.3, val_batch_size=4)
     assert dm.num_classes == 256 and dm.task == "language_modeling"
     dm.setup("fit")
-    stream = b"".join(p.read_bytes() for p in dm.val_files)
+    stream = b"".join(p.read_bytes() for p in dm.val_set.files)
     x, y = dm.val_set[1]
     assert bytes(x.tolist()) == stream[16:32] and bytes(y.tolist()) == stream[17:33]
-    assert len(dm.train_set) == (sum(p.stat().st_size for p in dm.train_files) - 1) // 16
+    assert len(dm.train_set) == (sum(p.stat().st_size for p in dm.train_set.files) - 1) // 16
     xb, yb = next(iter(dm.val_dataloader()))
     assert xb.shape == yb.shape == (4, 16) and xb.dtype == torch.long
 
@@ -83,7 +83,8 @@ def test_default_root_is_the_standard_library():
     import sysconfig
 
     dm = TextDataModule()
-    assert str(dm.root) == sysconfig.get_paths()["stdlib"]
+    dm.setup("validate")
+    assert str(dm.val_set.root) == sysconfig.get_paths()["stdlib"]
 
 
 def _plain_loop(model, blocks) -> tuple[float, float, int]:
@@ -162,7 +163,7 @@ def test_a_hugging_face_tokenizer_by_configuration(tmp_path):
     dm = TextDataModule(root=str(root), tokenizer=str(tmp_path / "tok"), block_size=4)
     assert dm.num_classes == 6
     dm.setup("validate")
-    ids = [i for p in dm.val_files for i in tok.encode(p.read_text()).ids]
+    ids = [i for p in dm.val_set.files for i in tok.encode(p.read_text()).ids]
     assert dm.val_set.tokens.tolist() == ids and len(set(ids)) > 3
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         TextDataModule(tokenizer=str(tmp_path / "no-such-tokenizer"))
