@@ -149,9 +149,7 @@ def _check_chips_and_calibration(cfg: DictConfig, noise) -> None:
     chips = opts.get("chips", 1)
     if chips < 1:
         raise ValueError(f"simulate.chips={chips!r} must be an integer >= 1")
-    if chips > 1 and not (
-        getattr(noise, "fixed_pattern", False) or noise.enabled or noise.cell_sigma
-    ):
+    if chips > 1 and not (noise.fixed_pattern or noise.enabled or noise.cell_sigma):
         raise ValueError(
             f"simulate.chips={chips}: nothing differs between chips (no fixed pattern, no "
             "noise); set noise.column_offset_lsb=0.5 (or column_gain_pct, noise.rand_sigma) "

@@ -178,8 +178,8 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     used = layer_macros(acim_model)
     layers = [(name, m) for name, m in acim_modules(acim_model) if not m.digital]
     plan = plan_passes(opts, int(cfg.seed), stochastic, [name for name, _ in layers])
-    chip_base = int(cfg.seed) if getattr(noise, "chip_seed", None) is None else noise.chip_seed
-    if opts.chips > 1 and not getattr(noise, "fixed_pattern", False):
+    chip_base = int(cfg.seed) if noise.chip_seed is None else noise.chip_seed
+    if opts.chips > 1 and not noise.fixed_pattern:
         log.warning(
             "simulate.chips=%d without a fixed pattern (noise.column_offset_lsb, "
             "column_gain_pct, column_sigma_spread): the chips differ only in their noise draws",
@@ -234,7 +234,7 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
             if p.layer is not None:  # sensitivity: this layer alone on the macro, or all but it
                 for name, layer in layers:
                     layer.mode = "simulate" if (name == p.layer) == p.alone else "inference"
-            if p.chip is not None and getattr(noise, "fixed_pattern", False):
+            if p.chip is not None and noise.fixed_pattern:
                 _set_chip(acim_model, chip_base + p.chip)
             if p.seed is not None:
                 resample_noise(acim_model, p.seed)
