@@ -245,7 +245,7 @@ def load(collection: Collection, out: Path) -> pd.DataFrame:
         **{m: pd.to_numeric([metric(j["results"], m) for j in jobs]) for m in METRICS + OPTIONAL},
         **{k: written[k] for k in swept},
         job=[_relative(j["location"], out) for j in jobs],
-    )
+    ).copy()  # one block: the columns added below do not fragment a wide frame
     train = df[ACCURACY].isna().all() and df["val_top1"].notna().any()
     acc = "val_top1" if train else ACCURACY
     df["accuracy"] = pd.to_numeric(df[acc], errors="coerce")
