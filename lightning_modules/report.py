@@ -241,11 +241,18 @@ def load(collection: Collection, out: Path) -> pd.DataFrame:
     written = pd.DataFrame({k: [_written(j, k) for j in jobs] for k in keys}, dtype=object)
     swept = [k for k in keys if len(jobs) == 1 or written[k].nunique() > 1]
     df = pd.json_normalize([j["results"] for j in jobs])
-    df = df.drop(columns=[c for c in [*METRICS, *OPTIONAL] if c in df]).assign(
-        **{m: pd.to_numeric([metric(j["results"], m) for j in jobs]) for m in METRICS + OPTIONAL},
-        **{k: written[k] for k in swept},
-        job=[_relative(j["location"], out) for j in jobs],
-    ).copy()  # one block: the columns added below do not fragment a wide frame
+    df = (
+        df.drop(columns=[c for c in [*METRICS, *OPTIONAL] if c in df])
+        .assign(
+            **{
+                m: pd.to_numeric([metric(j["results"], m) for j in jobs])
+                for m in METRICS + OPTIONAL
+            },
+            **{k: written[k] for k in swept},
+            job=[_relative(j["location"], out) for j in jobs],
+        )
+        .copy()
+    )  # one block: the columns added below do not fragment a wide frame
     train = df[ACCURACY].isna().all() and df["val_top1"].notna().any()
     acc = "val_top1" if train else ACCURACY
     df["accuracy"] = pd.to_numeric(df[acc], errors="coerce")
@@ -502,7 +509,7 @@ def _plots(df: pd.DataFrame, out: Path) -> list[Path]:
         lambda c: isinstance(c, list) and bool(c)
     )
     if calibrated.any():
-        plots.append(_plot_calibration(df[calibrated], out / "calibration.png"))
+        plots += _plot_calibration(df[calibrated], out)
     rows = [i for i, s in df.get("sensitivity", pd.Series(dtype=object)).items()
             if isinstance(s, list) and s]  # fmt: skip
     for i in rows:
@@ -694,9 +701,10 @@ def _plot_yield(df: pd.DataFrame, key: str, path: Path) -> Path:
     return _save(fig, ax, path)
 
 
-def _plot_calibration(df: pd.DataFrame, path: Path) -> Path:
-    """Calibrated ADCs: per layer the clip rate (left) and the ADC code histogram on the
-    calibration data (right; fraction of conversions per code), one colour per run."""
+def _plot_calibration(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Calibrated ADCs: ``calibration_clip.png``, per layer the clip rate of each run, and
+    ``calibration_codes.png``, the ADC code histogram on the calibration data (share of
+    conversions per code) per layer, a panel per run."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -708,21 +716,23 @@ def _plot_calibration(df: pd.DataFrame, path: Path) -> Path:
         [{"run": c.run, "layer": c.layer, "code": k, "share": n / max(sum(c.code_histogram), 1)}
          for c in layers.itertuples() for k, n in enumerate(c.code_histogram)]
     )  # fmt: skip
-    several = layers["run"].nunique() > 1
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    fig.suptitle("Calibrated ADCs" + (f": {_summary(df)}" if _summary(df) else ""))
+    runs = layers["run"].nunique()
+    size = (6.4, 1.4 + 0.25 * len(layers))
+    fig, ax = _figure("Calibrated ADCs: clip rate at the calibrated full scale", df, size)
     sns.barplot(data=layers.assign(clip=100 * layers["clip_rate"]), x="clip", y="layer",
-                hue="run" if several else None, ax=left, legend=False)  # fmt: skip
-    if not several:  # the calibrated full scale beside each layer
-        left.set_yticks(range(len(layers)), [f"{c.layer}\nFS {c.full_scale}/{c.nrow}"
-                                             for c in layers.itertuples()])  # fmt: skip
-    left.set(xlabel="clipped conversions (% of calibration counts)", ylabel="ACiM layer",
-             title="clip rate at the calibrated full scale")  # fmt: skip
-    sns.lineplot(data=codes, x="code", y="share", hue="layer", drawstyle="steps-mid",
-                 style="run" if several else None, ax=right)  # fmt: skip
-    right.set(yscale="log", xlabel="ADC output code", ylabel="share of conversions",
-              title="ADC code histogram")  # fmt: skip
-    sns.move_legend(right, "upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+                hue="run" if runs > 1 else None, ax=ax)  # fmt: skip
+    if runs == 1:  # the calibrated full scale beside each layer
+        ax.set_yticks(range(len(layers)), [f"{c.layer}\nFS {c.full_scale}/{c.nrow}"
+                                           for c in layers.itertuples()])  # fmt: skip
+    ax.set(xlabel="clipped conversions (% of calibration counts)", ylabel="ACiM layer")
+    clip = _save(fig, ax, out / "calibration_clip.png", legend="run")
+    grid = sns.relplot(data=codes, x="code", y="share", hue="layer", col="run",
+                       col_wrap=min(runs, 4), kind="line", drawstyle="steps-mid",
+                       height=2.6, aspect=1.2, facet_kws={"sharex": False})  # fmt: skip
+    grid.set(yscale="log").set_titles("{col_name}", size="small")
+    grid.set_axis_labels("ADC output code", "share of conversions")
+    title = "Calibrated ADCs: output code histogram on the calibration data"
+    grid.figure.suptitle(title + (f", {_summary(df)}" if _summary(df) else ""), y=1.02)
+    grid.savefig(out / "calibration_codes.png", dpi=110, bbox_inches="tight")
+    plt.close(grid.figure)
+    return [clip, out / "calibration_codes.png"]

@@ -632,6 +632,8 @@ def test_calibrated_runs_plot_clip_rates_and_code_histograms(tmp_path):
     make_job(tmp_path, {"simulate.calibrate": "mse"}, **results(0.97, calibration=cal))
     make_job(tmp_path, {"simulate.calibrate": "null"}, **results(0.5))
     rep = report.write_report([tmp_path])
-    assert [p.name for p in rep.plots if p.name.startswith("calibration")] == ["calibration.png"]
-    assert_png(rep.out / "calibration.png")
+    names = [p.name for p in rep.plots if p.name.startswith("calibration")]
+    assert names == ["calibration_clip.png", "calibration_codes.png"]
+    for name in names:
+        assert_png(rep.out / name)
     assert not report.is_condition("simulate.calibrate")  # calibrating is a design choice
