@@ -7,6 +7,7 @@ Convert any model and simulate it::
 """
 
 from .adc_levels import read_adc_levels, uniform_levels, write_adc_levels
+from .calibrate import Calibration, LayerCalibration, calibrate_adc
 from .config import (
     ActScale,
     CellVariation,
@@ -42,6 +43,7 @@ __all__ = [
     "ACiMMultiheadAttention",
     "ActScale",
     "AttentionMacros",
+    "Calibration",
     "CellVariation",
     "ConvTiling",
     "CostConfig",
@@ -51,6 +53,7 @@ __all__ = [
     "FirstLayer",
     "GaussianNoise",
     "HistogramNoise",
+    "LayerCalibration",
     "LayerMacro",
     "MacroConfig",
     "MacroDelta",
@@ -62,6 +65,7 @@ __all__ = [
     "acim_modules",
     "activation_cycles",
     "build_noise",
+    "calibrate_adc",
     "convert_to_acim",
     "estimate_cost",
     "read_adc_levels",

@@ -345,7 +345,8 @@ class NoiseConfig:
     """Analog non-idealities of the column read-out (spec §4.1, §8.1).
 
     Sigmas are in percent of the ADC full scale, as in the reference: one LSB of an 8-bit
-    ADC is 100/255 = 0.392 %. Noise is temporal: fresh for every partial sum and forward call.
+    ADC is 100/255 = 0.392 %; or, with the ``_lsb`` fields, in LSB of each layer's ADC
+    (:meth:`at_adc` converts). Noise is temporal: fresh for every partial sum and forward call.
     """
 
     rand_sigma: float = 0.0
@@ -353,6 +354,12 @@ class NoiseConfig:
     nonlinear_sigma: float = 0.0
     """Signal-dependent noise, % of full scale, divided by sqrt(count+1)
     (ASiM ``non_linear_sigma``)."""
+    rand_sigma_lsb: float = 0.0
+    """``rand_sigma`` stated in LSB rms of the layer's ADC, as silicon papers quote it: 1 LSB
+    is ``100 / (2^adc_bits - 1)`` % of full scale (0.392 % at 8 bits). Exclusive with the
+    percent fields."""
+    nonlinear_sigma_lsb: float = 0.0
+    """``nonlinear_sigma`` in LSB rms of the layer's ADC (see ``rand_sigma_lsb``)."""
     file: str | None = None
     """Measured noise table (CSV with columns ``count,offset,std`` in ADC LSB per ideal
     column count); replaces the two Gaussian terms when set. See ``asim.noise``."""
@@ -396,6 +403,8 @@ class NoiseConfig:
         for field in (
             "rand_sigma",
             "nonlinear_sigma",
+            "rand_sigma_lsb",
+            "nonlinear_sigma_lsb",
             "compression_alpha",
             "cell_sigma",
             "column_offset_lsb",
@@ -418,6 +427,12 @@ class NoiseConfig:
                 value is None or (isinstance(value, str) and value.strip() != ""),
                 f"NoiseConfig.{field}={value!r} must be null or a path to a CSV file",
             )
+        _check(
+            not (self._lsb and (self.rand_sigma > 0 or self.nonlinear_sigma > 0)),
+            "NoiseConfig: state the Gaussian noise in one unit: noise.rand_sigma/"
+            "nonlinear_sigma (% of full scale) or noise.rand_sigma_lsb/nonlinear_sigma_lsb "
+            "(LSB of the ADC); set the other pair to 0",
+        )
         _check(
             _is_int(self.adc_group) and self.adc_group >= 1,
             f"NoiseConfig.adc_group={self.adc_group!r} must be a positive integer "
@@ -451,9 +466,9 @@ class NoiseConfig:
                 "noise.histogram (code histogram); set the other to null",
             )
             _check(
-                self.rand_sigma == 0 and self.nonlinear_sigma == 0,
+                self.rand_sigma == 0 and self.nonlinear_sigma == 0 and not self._lsb,
                 "NoiseConfig.histogram replaces the Gaussian noise; set noise.rand_sigma=0 "
-                "and noise.nonlinear_sigma=0",
+                "and noise.nonlinear_sigma=0 (and their _lsb forms)",
             )
 
     @property
@@ -469,8 +484,28 @@ class NoiseConfig:
         return (
             self.rand_sigma > 0
             or self.nonlinear_sigma > 0
+            or self._lsb
             or self.file is not None
             or self.histogram is not None
+        )
+
+    @property
+    def _lsb(self) -> bool:
+        return self.rand_sigma_lsb > 0 or self.nonlinear_sigma_lsb > 0
+
+    def at_adc(self, adc_bits: int) -> NoiseConfig:
+        """This noise with the Gaussian sigmas in % of full scale for an ``adc_bits`` ADC:
+        the LSB fields converted (1 LSB = ``100 / (2^adc_bits - 1)`` %), the only place
+        that conversion is made; itself when no LSB field is set."""
+        if not self._lsb:
+            return self
+        levels = (1 << adc_bits) - 1
+        return dataclasses.replace(
+            self,
+            rand_sigma=self.rand_sigma_lsb * 100.0 / levels,
+            nonlinear_sigma=self.nonlinear_sigma_lsb * 100.0 / levels,
+            rand_sigma_lsb=0.0,
+            nonlinear_sigma_lsb=0.0,
         )
 
     def replace(self, **changes) -> NoiseConfig:

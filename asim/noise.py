@@ -33,17 +33,21 @@ from __future__ import annotations
 import collections
 import csv
 import ctypes
+import dataclasses
 import functools
 import math
 import os
+import re
 import threading
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .config import NoiseConfig
+from .config import MacroConfig, NoiseConfig
 from .quant import divide as _divide  # the one division helper (spec Q10)
 from .rng import CONSTANTS
 
@@ -52,9 +56,11 @@ __all__ = [
     "CodeTableStruct",
     "GaussianNoise",
     "HistogramNoise",
+    "OperatingPoint",
     "ReadoutNoise",
     "TableNoise",
     "build_noise",
+    "check_operating_point",
     "code_table",
     "sample_codes",
     "signed_code_table",
@@ -62,6 +68,42 @@ __all__ = [
     "table_taus",
     "vote_codes",
 ]
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where a measured table or histogram was taken: its file's
+    ``# operating_point: adc_bits=8, nrow=255`` line (``docs/noise.md``).
+
+    Attributes:
+        adc_bits: the ADC resolution whose LSB the file's numbers are in (None: not stated).
+        nrow: the rows per column at the measurement: the counts it covers (None: not stated).
+    """
+
+    adc_bits: int | None = None
+    nrow: int | None = None
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in dataclasses.asdict(self).items() if v is not None]
+        return ", ".join(parts)
+
+
+def _lsb_levels(model, adc_levels: int) -> int:
+    """``2^b - 1`` of the ADC whose LSB the model's numbers are in: the measured one when the
+    file states it (the analog noise stays; its size in the layer's LSB scales by
+    ``A_layer / A_measured``), else the layer's own (``adc_levels``)."""
+    op = model.operating_point
+    return adc_levels if op is None or op.adc_bits is None else (1 << op.adc_bits) - 1
+
+
+def check_operating_point(model, nrow: int) -> None:
+    """Refuse (one line) a measured model used beyond the counts it covers (``nrow``)."""
+    op = getattr(model, "operating_point", None)
+    if op is not None and op.nrow is not None and nrow > op.nrow:
+        raise ValueError(
+            f"{model.source}: measured at nrow={op.nrow}, it does not cover the counts of "
+            f"macro.nrow={nrow}; use macro.nrow<={op.nrow} or a measurement at nrow>={nrow}"
+        )
 
 
 class ReadoutNoise:
@@ -145,7 +187,15 @@ class TableNoise(ReadoutNoise):
         source: where the numbers came from (shown in ``repr`` and errors).
     """
 
-    def __init__(self, counts, offset, std, source: str = "table"):
+    def __init__(
+        self,
+        counts,
+        offset,
+        std,
+        source: str = "table",
+        operating_point: OperatingPoint | None = None,
+    ):
+        self.operating_point = operating_point
         self.counts64 = torch.as_tensor(counts, dtype=torch.float64).flatten()
         self.offset64 = torch.as_tensor(offset, dtype=torch.float64).flatten()
         self.std64 = torch.as_tensor(std, dtype=torch.float64).flatten()
@@ -170,19 +220,22 @@ class TableNoise(ReadoutNoise):
         return _load_table(*_file_key(path))
 
     def moments(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor, Tensor]:
-        offset = _interp(self.counts, self.offset, level_count).div_(adc_levels)
-        std = _interp(self.counts, self.std, level_count).div_(adc_levels)
+        lsb = _lsb_levels(self, adc_levels)
+        offset = _interp(self.counts, self.offset, level_count).div_(lsb)
+        std = _interp(self.counts, self.std, level_count).div_(lsb)
         return offset, std
 
     def moments64(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor, Tensor]:
         level = level_count.double()
-        offset = _interp(self.counts64, self.offset64, level) / adc_levels
-        return offset, _interp(self.counts64, self.std64, level) / adc_levels
+        lsb = _lsb_levels(self, adc_levels)
+        offset = _interp(self.counts64, self.offset64, level) / lsb
+        return offset, _interp(self.counts64, self.std64, level) / lsb
 
     def cache_key(self) -> tuple:
         if getattr(self, "_key", None) is None:  # one model per file version: built once
             self._key = (
                 "table",
+                self.operating_point,
                 *(t.numpy().tobytes() for t in (self.counts64, self.offset64, self.std64)),
             )
         return self._key
@@ -208,7 +261,15 @@ class HistogramNoise(ReadoutNoise):
         source: where the numbers came from.
     """
 
-    def __init__(self, counts, delta_min: int, weights, source: str = "histogram"):
+    def __init__(
+        self,
+        counts,
+        delta_min: int,
+        weights,
+        source: str = "histogram",
+        operating_point: OperatingPoint | None = None,
+    ):
+        self.operating_point = operating_point
         self.counts64 = torch.as_tensor(counts, dtype=torch.float64).flatten()
         w = torch.as_tensor(weights, dtype=torch.float64)
         self.source = source
@@ -243,7 +304,8 @@ class HistogramNoise(ReadoutNoise):
         level = level_count.double()
         mean = _interp(self.counts64, self.mean_lsb, level)
         var = (_interp(self.counts64, self.m2_lsb, level) - mean * mean).clamp_(min=0)
-        return mean / adc_levels, var.sqrt() / adc_levels
+        lsb = _lsb_levels(self, adc_levels)
+        return mean / lsb, var.sqrt() / lsb
 
     def moments(self, level_count: Tensor, adc_levels: int) -> tuple[Tensor, Tensor]:
         """The histogram's mean and standard deviation as a Gaussian (non-integer counts
@@ -255,6 +317,7 @@ class HistogramNoise(ReadoutNoise):
         if getattr(self, "_key", None) is None:  # one model per file version: built once
             self._key = (
                 "histogram",
+                self.operating_point,
                 self.delta_min,
                 self.counts64.numpy().tobytes(),
                 self.pmf.numpy().tobytes(),
@@ -345,7 +408,7 @@ def _load_table(path: str, mtime_ns: int = 0, size: int = -1) -> TableNoise:
         counts.append(c)
         offset.append(_number(p, what, no, "offset", row["offset"]))
         std.append(_number(p, what, no, "std", row["std"], minimum=0))
-    return TableNoise(counts, offset, std, source=str(p))
+    return TableNoise(counts, offset, std, source=str(p), operating_point=_operating_point(p, what))
 
 
 @functools.lru_cache(maxsize=16)
@@ -381,20 +444,69 @@ def _load_histogram(path: str, mtime_ns: int = 0, size: int = -1) -> HistogramNo
     for r, hist in enumerate(per_count.values()):
         for d, w in hist.items():
             weights[r, d - lo] = w
-    return HistogramNoise(list(per_count), lo, weights, source=str(p))
+    op = _operating_point(p, what)
+    return HistogramNoise(list(per_count), lo, weights, source=str(p), operating_point=op)
 
 
-def build_noise(cfg: NoiseConfig | None) -> ReadoutNoise | None:
-    """The read-out noise model a :class:`NoiseConfig` describes, or None when it is off."""
+_OP_LINE = re.compile(r"^\s*#\s*operating[_ ]point\s*:(.*)$", re.IGNORECASE)
+
+
+def _operating_point(p: Path, what: str) -> OperatingPoint | None:
+    """The file's ``# operating_point: adc_bits=B, nrow=N`` line (either key may be left
+    out), or None with one warning saying what is assumed."""
+    for no, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        hit = _OP_LINE.match(line)
+        if hit is None:
+            continue
+        values = {}
+        for item in filter(None, re.split(r"[,\s]+", hit.group(1).strip())):
+            key, _, text = item.partition("=")
+            if key not in ("adc_bits", "nrow") or not text.isdigit() or int(text) < 1:
+                raise ValueError(
+                    f"{what} {p}, line {no}: {item!r} in the operating point; write "
+                    "'# operating_point: adc_bits=B, nrow=N' with positive integers"
+                )
+            values[key] = int(text)
+        if not values:
+            raise ValueError(
+                f"{what} {p}, line {no}: an empty operating point; write "
+                "'# operating_point: adc_bits=B, nrow=N'"
+            )
+        return OperatingPoint(**values)
+    warnings.warn(
+        f"{what} {p} states no operating point: its LSB are taken as LSB of each layer's own "
+        "ADC (whatever its adc_bits) and its counts as measured at the layer's nrow; add a "
+        "line '# operating_point: adc_bits=B, nrow=N' to convert it to other ADCs",
+        stacklevel=4,
+    )
+    return None
+
+
+def build_noise(cfg: NoiseConfig | None, macro: MacroConfig | None = None) -> ReadoutNoise | None:
+    """The read-out noise model a :class:`NoiseConfig` describes on ``macro``, or None when
+    it is off. The macro's ADC resolution converts LSB sigmas (:meth:`NoiseConfig.at_adc`)
+    and its ``nrow`` is checked against a measurement's operating point; without a macro,
+    LSB sigmas are an error and no operating point is checked."""
     if cfg is None:
         return None
     if cfg.histogram is not None:
-        return HistogramNoise.from_csv(cfg.histogram)
-    if cfg.file is not None:
-        return TableNoise.from_csv(cfg.file)
-    if cfg.rand_sigma > 0 or cfg.nonlinear_sigma > 0:
-        return GaussianNoise(cfg.rand_sigma, cfg.nonlinear_sigma)
-    return None
+        model = HistogramNoise.from_csv(cfg.histogram)
+    elif cfg.file is not None:
+        model = TableNoise.from_csv(cfg.file)
+    else:
+        if macro is not None:
+            cfg = cfg.at_adc(macro.adc_bits)
+        elif cfg.rand_sigma_lsb > 0 or cfg.nonlinear_sigma_lsb > 0:
+            raise ValueError(
+                "build_noise: noise.rand_sigma_lsb/nonlinear_sigma_lsb are in LSB of the "
+                "layer's ADC; pass the macro (build_noise(noise, macro))"
+            )
+        if cfg.rand_sigma > 0 or cfg.nonlinear_sigma > 0:
+            return GaussianNoise(cfg.rand_sigma, cfg.nonlinear_sigma)
+        return None
+    if macro is not None:
+        check_operating_point(model, macro.nrow)
+    return model
 
 
 def file_version(cfg: NoiseConfig | None) -> tuple:
@@ -752,6 +864,10 @@ def _build_rows(model, spec: _Chain, fine: int, sigma_scale: float) -> tuple[Ten
         else:
             ideal = table_codes(a32 * A, spec.taus)
         codes = (ideal.unsqueeze(1) + d0 + torch.arange(pmf.shape[1])).clamp_(0, A)
+        lsb = _lsb_levels(model, A)
+        if lsb != A:  # measured at another ADC: the analog offset delta / A_m, converted at A
+            shift = (d0 + torch.arange(pmf.shape[1])).double() * (A / lsb)
+            codes = spec.code64(a.unsqueeze(1) * A + shift).clamp_(0, A)
         if late:
             codes = spec.code64(compress(codes.double() / A) * A)
         c0 = codes[:, :1]

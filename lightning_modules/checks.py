@@ -52,8 +52,16 @@ def _plausible(cfg: DictConfig, macro, noise) -> None:
     """Values outside the physics stop the run unless ``force=true``."""
     if cfg.get("force"):
         return
+    percent = noise.at_adc(macro.adc_bits)  # LSB sigmas as % of full scale
     for name in ("rand_sigma", "nonlinear_sigma"):
-        value = getattr(noise, name)
+        value = getattr(percent, name)
+        if getattr(noise, f"{name}_lsb") > 0 and value > MAX_NOISE_PERCENT:
+            lsb = getattr(noise, f"{name}_lsb")
+            raise ValueError(
+                f"noise.{name}_lsb={lsb:g} is {value:.3g} % of the {macro.adc_bits}-bit ADC's "
+                f"full scale (above {MAX_NOISE_PERCENT:g} %): did you mean less? If meant, "
+                "add force=true"
+            )
         if value > MAX_NOISE_PERCENT:
             raise ValueError(
                 f"noise.{name}={value:g} is {value:g} % of the ADC full scale (above "
@@ -74,11 +82,17 @@ def _plausible(cfg: DictConfig, macro, noise) -> None:
 
 def _no_ops(macro, noise) -> None:
     """Settings that would be ignored or do nothing."""
-    if noise.file is not None and (noise.rand_sigma > 0 or noise.nonlinear_sigma > 0):
+    if noise.file is not None and (
+        noise.rand_sigma > 0
+        or noise.nonlinear_sigma > 0
+        or noise.rand_sigma_lsb > 0
+        or noise.nonlinear_sigma_lsb > 0
+    ):
         raise ValueError(
             f"noise.file (a measured table) replaces the Gaussian terms: "
             f"noise.rand_sigma={noise.rand_sigma:g}, noise.nonlinear_sigma="
-            f"{noise.nonlinear_sigma:g} would be ignored; set them to 0, or use noise=gaussian"
+            f"{noise.nonlinear_sigma:g} (or their _lsb forms) would be ignored; set them to 0, "
+            "or use noise=gaussian"
         )
     if macro.vote_levels > 0 and macro.vote_samples == 1:
         raise ValueError(
@@ -120,7 +134,7 @@ def check_run(cfg: DictConfig, task: str) -> None:
     """
     _unknown_keys(cfg, task)
     macro, noise = macro_config(cfg), noise_config(cfg)
-    build_noise(noise)  # parse measured tables and histograms now (cached for the run)
+    build_noise(noise, macro)  # parse measured tables and histograms now (cached for the run)
     _no_ops(macro, noise)
     _plausible(cfg, macro, noise)
     _check_ckpt(cfg)

@@ -57,6 +57,8 @@ KEY_LABELS = {
     "macro.hybrid_levels": "digital MSB anti-diagonals, hybrid_levels",
     "noise.rand_sigma": "random noise sigma (% of ADC full scale)",
     "noise.nonlinear_sigma": "signal-dependent noise sigma (% of ADC full scale)",
+    "noise.rand_sigma_lsb": "random noise sigma (LSB of the layer's ADC)",
+    "noise.nonlinear_sigma_lsb": "signal-dependent noise sigma (LSB of the layer's ADC)",
     "noise.cell_sigma": "cell variation sigma (% of a cell's current)",
 }
 NULL_LABELS = {"macro.input_enc_bits": "serial"}  # how a null value reads

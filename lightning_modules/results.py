@@ -219,12 +219,26 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def describe_noise(noise: NoiseConfig) -> str:
+def describe_noise(noise: NoiseConfig, adc_bits: int | None = None) -> str:
+    """The noise in words; Gaussian sigmas both as % of full scale and in LSB of an
+    ``adc_bits`` ADC (the run's macro) when it is given."""
     parts = []
     if noise.histogram is not None:
         parts.append(f"histogram({Path(noise.histogram).name})")
     elif noise.file is not None:
         parts.append(f"measured({Path(noise.file).name})")
+    elif adc_bits is not None and noise.enabled:
+        pct, lsb = noise.at_adc(adc_bits), ((1 << adc_bits) - 1) / 100
+        parts.append(
+            f"gaussian(rand={pct.rand_sigma:.3g}% = {pct.rand_sigma * lsb:.3g} LSB, "
+            f"nonlinear={pct.nonlinear_sigma:.3g}% = {pct.nonlinear_sigma * lsb:.3g} LSB; "
+            f"LSB of the {adc_bits}-bit ADC)"
+        )
+    elif noise.rand_sigma_lsb or noise.nonlinear_sigma_lsb:
+        parts.append(
+            f"gaussian(rand={noise.rand_sigma_lsb:g} LSB, "
+            f"nonlinear={noise.nonlinear_sigma_lsb:g} LSB)"
+        )
     elif noise.rand_sigma or noise.nonlinear_sigma:
         parts.append(f"gaussian(rand={noise.rand_sigma:g}%, nonlinear={noise.nonlinear_sigma:g}%)")
     if noise.cell_sigma:
@@ -521,7 +535,7 @@ def tensorboard_hparams(cfg: DictConfig) -> dict[str, Any]:
         out["macro"] = macro_config(cfg).describe()
     if not any(k == "noise" or k.startswith("noise.") for k in out):
         out["noise"] = describe_noise(
-            NoiseConfig(**OmegaConf.to_container(cfg.noise, resolve=True))
+            NoiseConfig(**OmegaConf.to_container(cfg.noise, resolve=True)), cfg.macro.adc_bits
         )
     return out
 

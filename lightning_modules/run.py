@@ -507,7 +507,7 @@ def _collect_results(
             "macro": describe_macros(used, macro),
             "macro_preset": macro.describe(),
             "layer_macros": used,
-            "noise": describe_noise(noise),
+            "noise": describe_noise(noise, macro.adc_bits),
             "ckpt": None if ckpt is None else str(resolve_path(ckpt)),
             "ckpt_format": None if report is None else report["format"],
             "seed": int(cfg.seed),

@@ -372,6 +372,14 @@ def test_missing_dataset_folder_names_path_and_layout(compose, tmp_path):
     ("task", "overrides", "message"),
     [
         ("simulate", ["noise=measured", "noise.rand_sigma=0.3"], "would be ignored"),
+        ("simulate", ["noise=measured", "noise.rand_sigma_lsb=1"], "would be ignored"),
+        ("simulate", ["noise.rand_sigma_lsb=40"], "15.7 % of the 8-bit ADC's full scale"),
+        ("simulate", ["noise=gaussian", "noise.rand_sigma_lsb=1"], "in one unit"),
+        (
+            "simulate",
+            ["noise=measured", "macro.nrow=511", "macro.adc_bits=9"],
+            "measured at nrow=255, it does not cover",
+        ),
         ("simulate", ["macro.vote_levels=2"], "votes over macro.vote_samples=1 draw"),
         ("simulate", ["macro.vote_samples=3"], "votes on no cycle"),
         (
@@ -442,3 +450,18 @@ def test_an_overridden_preset_is_labelled_by_its_changes(compose):
     custom = builders.macro_config(compose("simulate", "macro.nrow=63", "macro.adc_bits=7"))
     assert custom.describe().startswith("bitserial_255+nrow=63,adc_bits=7(W8A8, nrow=63, adc=7")
     assert builders.macro_config(compose("simulate", "macro=ideal")).name == "ideal"
+
+
+def test_noise_in_lsb_composes_and_is_described_both_ways(compose):
+    from lightning_modules.checks import check_run
+    from lightning_modules.results import describe_noise
+
+    cfg = compose("simulate", "noise.rand_sigma_lsb=1", "macro.adc_bits=6")
+    check_run(cfg, "simulate")
+    noise = builders.noise_config(cfg)
+    assert noise == NoiseConfig(rand_sigma_lsb=1.0)
+    assert describe_noise(noise, 6) == (
+        "gaussian(rand=1.59% = 1 LSB, nonlinear=0% = 0 LSB; LSB of the 6-bit ADC)"
+    )
+    pct = NoiseConfig(rand_sigma=0.392156862745098)
+    assert describe_noise(pct, 8).startswith("gaussian(rand=0.392% = 1 LSB")

@@ -372,7 +372,8 @@ _PLANS_MAX = 256
 def build_plan(macro: MacroConfig, noise: NoiseConfig | None, signed: bool) -> Plan:
     """The :class:`Plan` of ``macro`` with ``noise`` for signed or unsigned inputs: one per
     distinct (frozen) configuration and noise file contents, reused by every call with them."""
-    readout = build_noise(noise)  # file-backed models are cached by path and mtime
+    # the macro converts LSB sigmas and checks a measurement's operating point (issue 16)
+    readout = build_noise(noise, macro)  # file-backed models are cached by path and mtime
     key = (macro, noise, bool(signed), None if readout is None else readout.cache_key())
     plan = _PLANS.get(key)
     if plan is None:

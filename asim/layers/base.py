@@ -452,6 +452,8 @@ class ACiMLayer:
                     if n.histogram
                     else f"table({n.file})"
                     if n.file
+                    else f"(rand={n.rand_sigma_lsb:g} LSB, nl={n.nonlinear_sigma_lsb:g} LSB)"
+                    if n.rand_sigma_lsb or n.nonlinear_sigma_lsb
                     else f"(rand={n.rand_sigma:g}%, nl={n.nonlinear_sigma:g}%)"
                 )
             )

@@ -468,3 +468,139 @@ def test_noise_config_histogram_field():
     with pytest.raises(ValueError, match="must be null or a path"):
         NoiseConfig(histogram="")
     assert NoiseConfig(histogram=Path("x.csv")).histogram == "x.csv"
+
+
+# ----------------------------------------------------------------------------- LSB units
+
+
+def _probs(noise: NoiseConfig, macro) -> torch.Tensor:
+    """``P(code | count)`` of a bit-serial cycle of ``macro`` with ``noise`` (its plan)."""
+    from asim.engine import build_plan
+
+    return build_plan(macro, noise, False).code_table(0).probabilities()
+
+
+@pytest.mark.parametrize("adc_bits", [5, 8])
+def test_lsb_and_percent_forms_give_the_same_noise(adc_bits):
+    from asim import MacroConfig, acim_matmul
+    from asim.engine import NoiseStream
+
+    macro = MacroConfig(weight_bits=3, input_bits=3, nrow=31, adc_bits=adc_bits)
+    A = macro.adc_levels
+    lsb = NoiseConfig(rand_sigma_lsb=1.5, nonlinear_sigma_lsb=0.5)
+    pct = NoiseConfig(rand_sigma=1.5 * 100 / A, nonlinear_sigma=0.5 * 100 / A)
+    assert build_noise(lsb, macro).cache_key() == build_noise(pct, macro).cache_key()
+    assert torch.equal(_probs(lsb, macro), _probs(pct, macro))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 8, (4, 40), generator=g).float()
+    w = torch.randint(-3, 4, (40, 5), generator=g).float()
+    stream = NoiseStream(123, torch.arange(4), 1)
+    y = [
+        acim_matmul(x, w, macro=macro, signed_input=False, noise=n, stream=stream)
+        for n in (lsb, pct)
+    ]
+    assert torch.equal(y[0], y[1])
+    assert lsb.at_adc(8).rand_sigma == pytest.approx(100 * 1.5 / 255)  # 1 LSB = 0.392 % at 8
+
+
+def test_lsb_fields_refuse_the_percent_ones_and_a_missing_macro():
+    with pytest.raises(ValueError, match="^NoiseConfig: state the Gaussian noise in one unit"):
+        NoiseConfig(rand_sigma=0.4, nonlinear_sigma_lsb=1)
+    with pytest.raises(ValueError, match="histogram replaces the Gaussian noise"):
+        NoiseConfig(histogram="h.csv", rand_sigma_lsb=1)
+    with pytest.raises(ValueError, match="pass the macro"):
+        build_noise(NoiseConfig(rand_sigma_lsb=1))
+    assert NoiseConfig(nonlinear_sigma_lsb=0.5).enabled
+
+
+TABLE_AT_8 = "# operating_point: adc_bits=8, nrow=255\ncount,offset,std\n0,0.8,2.0\n255,0.8,2.0\n"
+
+
+def test_table_measured_at_adc_8_used_at_adc_5(tmp_path):
+    from asim import MacroConfig
+
+    stated = TableNoise.from_csv(_write(tmp_path, TABLE_AT_8))
+    assert stated.operating_point.adc_bits == 8 and stated.operating_point.nrow == 255
+    level = torch.tensor([10.0])
+    for bits in (5, 8):
+        A = (1 << bits) - 1
+        off, sigma = stated.moments64(level, A)
+        assert float(sigma) == pytest.approx(2.0 / 255)  # the same % of full scale
+        assert float(sigma) * A == pytest.approx(2.0 * A / 255)  # in the layer's LSB
+        assert float(off) == pytest.approx(0.8 / 255)
+    at5 = float(stated.moments64(level, 31)[1]) * 31  # sigma in 5-bit LSB
+    assert at5 == pytest.approx(2.0 / (255 / 31)) and 2.0 / at5 == pytest.approx(255 / 31)
+    # the same file without its operating point: the 2 LSB are taken at 5 bits, 8x larger
+    (tmp_path / "plain").mkdir()
+    plain = _write(tmp_path / "plain", TABLE_AT_8.split("\n", 1)[1])
+    with pytest.warns(UserWarning, match="states no operating point: its LSB are taken as LSB"):
+        bare = TableNoise.from_csv(plain)
+    assert float(bare.moments64(level, 31)[1]) == pytest.approx(2.0 / 31)
+    # the engine's code table follows: same distribution at 8 bits as the bare file
+    macro8 = MacroConfig(weight_bits=3, input_bits=3, nrow=255, adc_bits=8)
+    p_stated = _probs(NoiseConfig(file=str(tmp_path / "noise.csv")), macro8)
+    assert torch.equal(p_stated, _probs(NoiseConfig(file=str(plain)), macro8))
+
+
+def test_histogram_measured_at_adc_8_converts_physically(tmp_path):
+    from asim import MacroConfig
+
+    text = "# operating_point: adc_bits=8\ncount,delta,weight\n0,-8,1\n0,0,2\n0,8,1\n"
+    stated = HistogramNoise.from_csv(_write(tmp_path, text))
+    (tmp_path / "plain").mkdir()
+    with pytest.warns(UserWarning, match="states no operating point"):
+        bare = HistogramNoise.from_csv(_write(tmp_path / "plain", text.split("\n", 1)[1]))
+    # at its own resolution: bit-identical to today's (the unconverted) table
+    assert torch.equal(
+        code_table(stated, 255, 255, 1, 255).probabilities(),
+        code_table(bare, 255, 255, 1, 255).probabilities(),
+    )
+    # at 5 bits: the offset of +-8 LSB at 8 bits is +-8 * 31 / 255 = +-0.97 LSB at 5 bits
+    F, A = 31, 31
+    p = code_table(stated, F, A, 1, F).probabilities()
+    a = torch.arange(F + 1, dtype=torch.float32) / F
+    want = torch.zeros(F + 1, A + 1, dtype=torch.float64)
+    for d, prob in ((-8, 0.25), (0, 0.5), (8, 0.25)):
+        code = torch.round(a.double() * A + d * A / 255).long().clamp(0, A)
+        want[torch.arange(F + 1), code] += prob
+    assert torch.allclose(p, want, atol=1e-9)
+    assert float(p[10, 10]) == pytest.approx(0.5, abs=1e-9)  # not +-8 codes as the bare file
+    assert float(code_table(bare, F, A, 1, F).probabilities()[10, 10]) == pytest.approx(0.5)
+    assert float(code_table(bare, F, A, 1, F).probabilities()[10, 18]) == pytest.approx(0.25)
+    macro = MacroConfig(weight_bits=3, input_bits=3, nrow=31, adc_bits=5)
+    assert torch.equal(_probs(NoiseConfig(histogram=str(tmp_path / "noise.csv")), macro), p)
+
+
+def test_measurement_beyond_its_counts_is_refused(tmp_path):
+    from asim import MacroConfig
+    from asim.engine import build_plan
+
+    path = _write(tmp_path, TABLE_AT_8)
+    noise = NoiseConfig(file=str(path))
+    build_noise(noise, MacroConfig(nrow=128))  # fewer rows: covered
+    with pytest.raises(ValueError, match=r"measured at nrow=255, it does not cover .*nrow=511"):
+        build_plan(MacroConfig(nrow=511, adc_bits=9), noise, False)
+
+
+@pytest.mark.parametrize(
+    "line,match",
+    [
+        ("# operating_point: adc_bits=eight", "'adc_bits=eight' in the operating point"),
+        ("# operating_point: bits=8", "'bits=8' in the operating point"),
+        ("# Operating point:", "an empty operating point"),
+    ],
+)
+def test_bad_operating_point_lines_fail_in_one_line(tmp_path, line, match):
+    path = _write(tmp_path, f"{line}\ncount,offset,std\n0,0,1\n")
+    with pytest.raises(ValueError, match=match) as err:
+        TableNoise.from_csv(path)
+    assert "line 1" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_shipped_measurements_state_their_operating_point():
+    from asim.noise import OperatingPoint
+
+    for name in ("measured_example.csv", "histogram_example.csv"):
+        loader = TableNoise if name.startswith("measured") else HistogramNoise
+        model = loader.from_csv(ROOT / "conf" / "noise" / name)
+        assert model.operating_point == OperatingPoint(adc_bits=8, nrow=255)

@@ -1,0 +1,632 @@
+"""ADC range calibration from data (issue 16, item 2; ``docs/calibration.md``).
+
+Most column counts are small, so an ADC whose full scale is ``nrow`` (spec §4.1 step 2)
+spends its top codes on counts that never occur. :func:`calibrate_adc` runs a model over
+calibration batches, observes every ACiM layer's column counts (the exact, pre-noise ``M``
+of every (tile, weight bit, activation cycle) conversion), and chooses per layer the ADC's
+full scale (``MacroConfig.adc_full_scale``, a column count) by one of
+
+* ``max``: the largest observed count (no clipping on the calibration data);
+* ``percentile``: the ``percentile``-th percentile of the observed counts (default 99.99);
+* ``mse``: the integer full scale in ``1 .. max(nrow, max count)`` minimising the ADC's
+  mean-squared error on the counts, clipping included;
+* ``lloyd_max``: non-uniform levels (``MacroConfig.adc_thresholds`` / ``adc_values``):
+  Lloyd-Max (1-D k-means) with ``2^adc_bits`` levels, thresholds at the midpoints,
+  started from the ``mse`` uniform ADC (so it never does worse on the data).
+
+Counts of a bit-parallel cycle (full scale ``levels * nrow``, spec §5) are normalised by the
+cycle's ``levels``, so one full scale in column counts serves every cycle, as the engine's
+``levels_c * adc_full_scale`` does. Only a histogram of the counts is kept per layer.
+
+The result is a :class:`Calibration`: per layer the method, full scale, clip rate, mean-
+squared error and the calibrated ADC's code histogram on the observed counts; it saves to
+and loads from JSON (the macro it was made for and a format version inside) and applies to
+a model. Torch only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import MacroConfig
+from .convert import acim_modules
+from .engine.plan import EXACT, activation_cycles, build_plan, linear_tiles
+from .layers import ACiMConv2d
+from .layers.conv import conv_tiles
+from .quant import quantize, tensor_scale
+
+__all__ = [
+    "CALIBRATION_FORMAT",
+    "CALIBRATION_VERSION",
+    "GRANULARITIES",
+    "METHODS",
+    "Calibration",
+    "CountHistogram",
+    "LayerCalibration",
+    "calibrate_adc",
+    "observe_counts",
+]
+
+METHODS = ("max", "percentile", "mse", "lloyd_max")
+"""The calibration methods of :func:`calibrate_adc`."""
+
+GRANULARITIES = ("layer",)
+"""Supported granularities. Per column-group ranges (``"column"``) need per-column ADC
+ranges in the engine, which it does not have yet."""
+
+CALIBRATION_FORMAT = "asim-adc-calibration"
+CALIBRATION_VERSION = 1
+
+_CALIBRATED_FIELDS = ("adc_full_scale", "adc_thresholds", "adc_values", "adc_levels_csv")
+_PARTS = ("macro", "qk_macro", "av_macro")  # the attributes of a layer that hold a macro
+_SUFFIX = {"macro": "", "qk_macro": ".qk", "av_macro": ".av"}  # as results' layer_macros
+
+
+# ----------------------------------------------------------------------------- observing
+
+
+@dataclass
+class CountHistogram:
+    """Observed column counts of one macro of a layer, per cycle kind.
+
+    Attributes:
+        nrow: the macro's rows per tile.
+        adc_bits: the macro's ADC resolution.
+        counts: ``{levels: n}``; ``n[M]`` is how many conversions of a cycle with
+            ``levels = 2^width - 1`` (1 bit-serial) saw count ``M`` (``0 .. levels*nrow``).
+    """
+
+    nrow: int
+    adc_bits: int
+    counts: dict[int, Tensor] = field(default_factory=dict)
+
+    def add(self, levels: int, m: Tensor) -> None:
+        n = torch.bincount(m.reshape(-1).to(torch.int32), minlength=levels * self.nrow + 1).cpu()
+        have = self.counts.get(levels)
+        self.counts[levels] = n if have is None else have + n
+
+    @property
+    def total(self) -> int:
+        return int(sum(int(n.sum()) for n in self.counts.values()))
+
+    def points(self) -> tuple[Tensor, Tensor]:
+        """``(v, w)``: the observed normalised counts ``M / levels`` (float64, ascending)
+        and how often each was seen."""
+        vs, ws = [], []
+        for levels, n in self.counts.items():
+            seen = n > 0
+            vs.append(torch.arange(n.numel(), dtype=torch.float64)[seen] / levels)
+            ws.append(n[seen].double())
+        if not vs:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        v, w = torch.cat(vs), torch.cat(ws)
+        order = torch.argsort(v, stable=True)
+        return v[order], w[order]
+
+
+def _bits(codes: Tensor, bits: int) -> Tensor:
+    """Two's-complement pattern of integer codes in ``bits`` bits (int64): bit ``t`` is the
+    spec's plane ``t`` (§2; the sign plane is bit ``bits - 1``)."""
+    return codes.long() & ((1 << bits) - 1)
+
+
+def _weight_planes(w_int: Tensor, bits: int, dim: int) -> Tensor:
+    """The weight bit planes stacked along ``dim`` (float32 0/1, bit 0 first)."""
+    u = _bits(w_int, bits)
+    return torch.cat([((u >> i) & 1).float() for i in range(bits)], dim=dim)
+
+
+class _Observer:
+    """Accumulates the count histograms of the layers' calls (see :func:`observe_counts`)."""
+
+    def __init__(self):
+        self.hists: dict[str, CountHistogram] = {}
+
+    def record(self, name: str, layer, mm) -> None:
+        macro = mm.macro or layer.macro
+        signed = layer.signed_input if mm.signed is None else mm.signed
+        key = name + _SUFFIX[_part(layer, mm, signed)]
+        hist = self.hists.setdefault(key, CountHistogram(macro.nrow, macro.adc_bits))
+        x_int, _ = layer._quantize_input(mm.x, macro, signed)
+        if mm.layout is None:  # a dynamic operand (attention): quantized per call, [..., R, O]
+            w_scale = tensor_scale(mm.w, True, layer._per_sample)
+            w = quantize(mm.w, macro.weight_bits, w_scale, True)
+        else:  # a programmed weight: the layer's cached codes, laid out [R, O]
+            w = mm.layout(layer._programmed(mm.w, mm.sub, mm.layout)[0])
+        planes = _weight_planes(w, macro.weight_bits, dim=-1)  # [..., R, wb * O]
+        R = planes.shape[-2]
+        if isinstance(layer, ACiMConv2d) and mm.layout is not None:
+            kh, kw = layer.kernel_size
+            tiles, _ = conv_tiles(x_int.shape[1], kh * kw, macro.nrow, macro.conv_tiling)
+            for rows in _unfolded(layer, x_int, R):  # [b * Ho * Wo, R], channel-major rows
+                self._count(hist, macro, signed, rows, planes, tiles)
+        else:
+            rows = x_int if mm.layout is None else x_int.reshape(-1, R)
+            self._count(hist, macro, signed, rows, planes, linear_tiles(R, macro.nrow))
+
+    @staticmethod
+    def _count(hist, macro: MacroConfig, signed: bool, x_int, planes, tiles) -> None:
+        """Add the counts ``M`` of every (tile, weight bit, cycle) conversion of
+        ``x_int [..., M, R] @ W [..., R, O]`` (``planes``: W's bit planes side by side)."""
+        plan = build_plan(macro, None, signed)
+        xu = _bits(x_int, macro.input_bits)
+        wb = macro.weight_bits
+        for c, cyc in enumerate(activation_cycles(macro.input_bits, macro.input_enc_bits, signed)):
+            xc = ((xu >> cyc.bits[0]) & cyc.levels).float()  # the cycle's multi-level input
+            analog = [i for i in range(wb) if plan.mode[i][c] != EXACT]
+            pick = torch.tensor(analog, device=xc.device)
+            for s, e in tiles:
+                m = (xc[..., s:e] @ planes[..., s:e, :]).unflatten(-1, (wb, -1))  # [.., wb, O]
+                if len(analog) < wb:  # hybrid exact cycles never reach the ADC (spec §6)
+                    m = m.index_select(-2, pick)
+                hist.add(cyc.levels, m)
+
+
+_UNFOLD_BUDGET = 1 << 24  # unfolded input elements per chunk of images
+
+
+def _unfolded(layer, x_int: Tensor, R: int):
+    """A conv's input patches ``[b * Ho * Wo, R]``, a chunk of images at a time."""
+    pad = layer._explicit_padding()
+    B = x_int.shape[0]
+    per_image = None
+    b0 = 0
+    while b0 < B:
+        step = 1 if per_image is None else max(1, _UNFOLD_BUDGET // per_image)
+        cols = nn.functional.unfold(
+            x_int[b0 : b0 + step], layer.kernel_size, layer.dilation, pad, layer.stride
+        )  # [b, R, L]
+        per_image = cols.shape[1] * cols.shape[2]
+        yield cols.transpose(1, 2).reshape(-1, R)
+        b0 += step
+
+
+def _part(layer, mm, signed: bool) -> str:
+    """Which of the layer's macros a lowered matmul runs on (attention: QK or AV)."""
+    if mm.layout is not None or mm.macro is None:
+        return "macro"
+    hits = [p for p in ("qk_macro", "av_macro") if getattr(layer, p, None) is mm.macro]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:  # the same macro object: QK has the signed (key) operand, AV the scores
+        return "qk_macro" if signed else "av_macro"
+    return "macro"
+
+
+def _inputs(batch):
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    if isinstance(batch, dict):
+        raise TypeError(
+            "calibrate_adc: batches must be input tensors or (x, y) tuples, not dicts; "
+            "pass (batch['x'], ...) instead"
+        )
+    return batch
+
+
+def observe_counts(
+    model: nn.Module, batches: Iterable, max_batches: int | None = None
+) -> tuple[dict[str, CountHistogram], int]:
+    """The column-count histograms of every non-digital ACiM layer of ``model`` over
+    ``batches`` (input tensors or ``(x, y)`` tuples), and the number of batches seen.
+
+    The model runs in eval mode without gradients, its layers as the ideal integer macro
+    (mode ``inference``) with the training perturbation off: the counts are exact and
+    pre-noise. Layers, modes and the model's training flag are restored afterwards.
+    Keys are layer names, attention's QK and AV macros as ``NAME.qk`` / ``NAME.av``.
+    """
+    layers = [(n, m) for n, m in acim_modules(model) if not m.digital]
+    if not layers:
+        raise ValueError(
+            "calibrate_adc: the model has no (non-digital) ACiM layer; convert "
+            "it first with asim.convert_to_acim"
+        )
+    for name, layer in layers:
+        for part in _PARTS:
+            macro = getattr(layer, part, None)
+            if isinstance(macro, MacroConfig) and macro.weight_parallel:
+                raise ValueError(
+                    f"calibrate_adc: layer {name!r} uses macro.weight_parallel (its signed ADC "
+                    "ranges over weight_parallel_rows, not adc_full_scale); exclude it"
+                )
+    observer = _Observer()
+    saved = [
+        (layer, layer.mode, layer.trim_noise, getattr(layer, "attn_trim_noise", None))
+        for _, layer in layers
+    ]
+    training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    seen = 0
+    try:
+        model.eval()
+        for name, layer in layers:
+            layer.mode = "inference"
+            layer.trim_noise = 0.0
+            if hasattr(layer, "attn_trim_noise"):
+                layer.attn_trim_noise = 0.0
+            original = layer._run
+
+            def run(mm, name=name, layer=layer, original=original):
+                observer.record(name, layer, mm)
+                return original(mm)
+
+            layer._run = run
+        with torch.no_grad():
+            for batch in batches:
+                if max_batches is not None and seen >= max_batches:
+                    break
+                model(_inputs(batch).to(device))
+                seen += 1
+    finally:
+        for layer, mode, trim, attn_trim in saved:
+            layer.__dict__.pop("_run", None)
+            layer.mode = mode
+            layer.trim_noise = trim
+            if attn_trim is not None:
+                layer.attn_trim_noise = attn_trim
+        model.train(training)
+    if seen == 0:
+        raise ValueError("calibrate_adc: no calibration batch; pass at least one")
+    return observer.hists, seen
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _uniform(v: Tensor, fs: int, adc_levels: int) -> tuple[Tensor, Tensor]:
+    """Codes and outputs (normalised counts) of the uniform ADC of full scale ``fs``."""
+    code = torch.round((v / fs).clamp(0, 1) * adc_levels)
+    return code.long(), code / adc_levels * fs
+
+
+def _mse_search(v: Tensor, w: Tensor, top: int, adc_levels: int) -> Tensor:
+    """Mean-squared error of the uniform ADC at every full scale ``1 .. top``."""
+    fs = torch.arange(1, top + 1, dtype=torch.float64).unsqueeze(1)
+    out = torch.round((v / fs).clamp(0, 1) * adc_levels) / adc_levels * fs
+    return ((v - out) ** 2 * w).sum(1) / w.sum()
+
+
+def _lloyd_max(v: Tensor, w: Tensor, fs: int, adc_levels: int, iters: int = 200) -> Tensor:
+    """Lloyd-Max levels (ascending, ``adc_levels + 1``) of the weighted points, started from
+    the uniform levels of full scale ``fs``: each step assigns points to the nearest level
+    and moves levels to their cell's mean, so the error never grows; empty cells keep
+    their level (levels stay strictly ascending)."""
+    levels = torch.arange(adc_levels + 1, dtype=torch.float64) / adc_levels * fs
+    for _ in range(iters):
+        thr = (levels[1:] + levels[:-1]) / 2
+        cell = torch.searchsorted(thr, v, right=True)
+        mass = torch.zeros_like(levels).index_add_(0, cell, w)
+        moment = torch.zeros_like(levels).index_add_(0, cell, w * v)
+        new = torch.where(mass > 0, moment / mass.clamp(min=1e-300), levels)
+        if torch.equal(new, levels):
+            break
+        levels = new
+    return levels
+
+
+@dataclass
+class LayerCalibration:
+    """The calibrated ADC of one macro of one layer.
+
+    Attributes:
+        method: ``max``, ``percentile``, ``mse`` or ``lloyd_max``.
+        full_scale: ``adc_full_scale`` in column counts.
+        clip_rate: fraction of the observed counts above ``full_scale``.
+        mse: the calibrated ADC's mean-squared error on the observed counts (column counts^2).
+        mse_full_scale: the same for the uncalibrated ADC (full scale ``nrow``).
+        code_histogram: how often each code ``0 .. 2^adc_bits - 1`` comes out of the
+            calibrated ADC on the observed counts.
+        thresholds, values: ``adc_thresholds`` / ``adc_values`` (``lloyd_max``), fractions
+            of the full scale; None for uniform levels.
+        macro: the macro it was made for (without the calibrated fields).
+        layer_type: the layer's class name; shape: its weight's shape.
+        count_histogram: the observed counts, ``{levels: [n(M) for M = 0 ..]}`` (trailing
+            zeros dropped).
+    """
+
+    method: str
+    full_scale: int
+    clip_rate: float
+    mse: float
+    mse_full_scale: float
+    code_histogram: list[int]
+    thresholds: tuple[float, ...] | None
+    values: tuple[float, ...] | None
+    macro: MacroConfig
+    layer_type: str
+    shape: tuple[int, ...]
+    count_histogram: dict[int, list[int]]
+
+    @property
+    def observed(self) -> int:
+        return sum(sum(n) for n in self.count_histogram.values())
+
+    def changes(self) -> dict:
+        """The fields this calibration sets on a macro."""
+        return {
+            "adc_full_scale": self.full_scale,
+            "adc_thresholds": self.thresholds,
+            "adc_values": self.values,
+            "adc_levels_csv": None,  # a levels file is replaced by the fitted (or no) table
+        }
+
+
+def _fit(hist: CountHistogram, macro: MacroConfig, method: str, percentile: float):
+    """``(full_scale, thresholds, values, mse, clip_rate, code_histogram, mse_full_scale)``."""
+    A = macro.adc_levels
+    v, w = hist.points()
+    total = float(w.sum())
+    if total == 0:  # nothing observed: keep a 1-count range, nothing to measure
+        return 1, None, None, 0.0, 0.0, [0] * (A + 1), 0.0
+    vmax = float(v[-1])
+    top = max(1, math.ceil(vmax - 1e-9))
+    thresholds = values = None
+    if method == "max":
+        fs = top
+    elif method == "percentile":
+        cum = torch.cumsum(w, 0)
+        idx = int(torch.searchsorted(cum, torch.tensor(percentile / 100 * total).double()))
+        fs = max(1, math.ceil(float(v[min(idx, v.numel() - 1)]) - 1e-9))
+    else:
+        errors = _mse_search(v, w, max(top, macro.nrow), A)  # above max can align better
+        fs = int(torch.argmin(errors)) + 1
+    if method == "lloyd_max":
+        levels = _lloyd_max(v, w, fs, A)
+        fs = max(1, math.ceil(float(levels[-1]) - 1e-9))
+        thr = (levels[1:] + levels[:-1]) / 2
+        code = torch.searchsorted(thr, v, right=True)
+        out = levels[code]
+        thresholds = tuple(float(t) for t in thr / fs)
+        values = tuple(float(x) for x in levels / fs)
+    else:
+        code, out = _uniform(v, fs, A)
+    mse = float(((v - out) ** 2 * w).sum() / total)
+    clip = float(w[v > fs].sum() / total)
+    codes = torch.zeros(A + 1, dtype=torch.float64).index_add_(0, code, w)
+    _, out_fs = _uniform(v, macro.nrow, A)
+    mse_fs = float(((v - out_fs) ** 2 * w).sum() / total)
+    return fs, thresholds, values, mse, clip, [int(c) for c in codes], mse_fs
+
+
+# ----------------------------------------------------------------------------- result
+
+
+def _base_macro(macro: MacroConfig) -> MacroConfig:
+    """The macro without its calibrated fields (what a calibration is made for)."""
+    return dataclasses.replace(macro, **{f: None for f in _CALIBRATED_FIELDS})
+
+
+def _macro_to_json(macro: MacroConfig) -> dict:
+    out = {}
+    for f in dataclasses.fields(macro):
+        value = getattr(macro, f.name)
+        out[f.name] = value.value if hasattr(value, "value") else value
+    return out
+
+
+def _macro_from_json(data: dict) -> MacroConfig:
+    data = dict(data)
+    for f in _CALIBRATED_FIELDS:
+        if isinstance(data.get(f), list):
+            data[f] = tuple(data[f])
+    return MacroConfig(**data)
+
+
+def _weight_shape(layer) -> tuple[int, ...]:
+    w = getattr(layer, "weight", None)
+    if not isinstance(w, Tensor):
+        w = getattr(layer, "in_proj_weight", None)
+    return tuple(w.shape) if isinstance(w, Tensor) else ()
+
+
+@dataclass
+class Calibration:
+    """A model's calibrated ADCs (:func:`calibrate_adc`): an artifact a lab keeps.
+
+    Attributes:
+        method, percentile, granularity: how it was made.
+        batches: calibration batches observed.
+        layers: per layer (``NAME``; attention parts ``NAME.qk`` / ``NAME.av``) its
+            :class:`LayerCalibration`.
+    """
+
+    method: str
+    percentile: float | None
+    granularity: str
+    batches: int
+    layers: dict[str, LayerCalibration]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the calibration as indented JSON (with its format name and version)."""
+        doc = {
+            "format": CALIBRATION_FORMAT,
+            "version": CALIBRATION_VERSION,
+            "method": self.method,
+            "percentile": self.percentile,
+            "granularity": self.granularity,
+            "batches": self.batches,
+            "layers": {},
+        }
+        for key, lc in self.layers.items():
+            entry = dataclasses.asdict(lc)
+            entry["macro"] = _macro_to_json(lc.macro)
+            entry["count_histogram"] = {str(k): n for k, n in lc.count_histogram.items()}
+            doc["layers"][key] = entry
+        path = Path(path)
+        path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        """Read a file written by :meth:`save` (one-line error on another format/version)."""
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"calibration {path}: cannot be read as JSON ({err})") from None
+        if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
+            raise ValueError(f"calibration {path}: not an {CALIBRATION_FORMAT} file")
+        if doc.get("version") != CALIBRATION_VERSION:
+            raise ValueError(
+                f"calibration {path}: format version {doc.get('version')!r}, this asim reads "
+                f"version {CALIBRATION_VERSION}; calibrate again"
+            )
+        layers = {}
+        for key, e in doc["layers"].items():
+            layers[key] = LayerCalibration(
+                method=e["method"],
+                full_scale=int(e["full_scale"]),
+                clip_rate=float(e["clip_rate"]),
+                mse=float(e["mse"]),
+                mse_full_scale=float(e["mse_full_scale"]),
+                code_histogram=[int(c) for c in e["code_histogram"]],
+                thresholds=None if e["thresholds"] is None else tuple(e["thresholds"]),
+                values=None if e["values"] is None else tuple(e["values"]),
+                macro=_macro_from_json(e["macro"]),
+                layer_type=e["layer_type"],
+                shape=tuple(e["shape"]),
+                count_histogram={int(k): list(n) for k, n in e["count_histogram"].items()},
+            )
+        return cls(doc["method"], doc["percentile"], doc["granularity"], doc["batches"], layers)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Set each calibrated layer's ADC (``adc_full_scale``, and ``adc_thresholds`` /
+        ``adc_values`` for ``lloyd_max``) in place; returns ``model``.
+
+        Refuses (one line, nothing changed) a model whose non-digital ACiM layers, their
+        types, weight shapes or macros (calibrated fields aside) differ from the ones the
+        calibration was made for."""
+        layers = {n: m for n, m in acim_modules(model) if not m.digital}
+        wanted = {name for name, _ in (_split(k) for k in self.layers)}
+        missing = sorted(wanted - set(layers))
+        extra = sorted(set(layers) - wanted)
+        if missing or extra:
+            what = f"lacks {missing[0]!r}" if missing else f"has {extra[0]!r} not calibrated"
+            raise ValueError(
+                f"Calibration.apply: the model {what}; apply a calibration to the model it "
+                "was made for, or calibrate this model"
+            )
+        for key, lc in self.layers.items():
+            name, part = _split(key)
+            layer = layers[name]
+            if type(layer).__name__ != lc.layer_type or _weight_shape(layer) != lc.shape:
+                raise ValueError(
+                    f"Calibration.apply: layer {name!r} is {type(layer).__name__}"
+                    f"{list(_weight_shape(layer))}, the calibration was made for "
+                    f"{lc.layer_type}{list(lc.shape)}; calibrate this model"
+                )
+            have, made = _base_macro(getattr(layer, part)), _base_macro(lc.macro)
+            if have != made:
+                diff = next(
+                    f.name
+                    for f in dataclasses.fields(made)
+                    if getattr(have, f.name) != getattr(made, f.name)
+                )
+                raise ValueError(
+                    f"Calibration.apply: layer {key!r} has macro.{diff}="
+                    f"{_show(getattr(have, diff))}, the calibration was made for "
+                    f"{_show(getattr(made, diff))}; calibrate with the macro it will run"
+                )
+        for key, lc in self.layers.items():
+            name, part = _split(key)
+            layer = layers[name]
+            setattr(layer, part, dataclasses.replace(getattr(layer, part), **lc.changes()))
+        return model
+
+    def table(self) -> str:
+        """A Markdown table: per layer the full scale, clip rate and error."""
+        lines = [
+            "| layer | full scale | of nrow | clipped | MSE (counts^2) | MSE at nrow |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for key, lc in self.layers.items():
+            lines.append(
+                f"| {key} | {lc.full_scale} | {lc.macro.nrow} | {100 * lc.clip_rate:.3f} % | "
+                f"{lc.mse:.4g} | {lc.mse_full_scale:.4g} |"
+            )
+        return "\n".join(lines)
+
+
+def _show(value) -> str:
+    return repr(value.value if hasattr(value, "value") else value)
+
+
+def _split(key: str) -> tuple[str, str]:
+    for part, suffix in _SUFFIX.items():
+        if suffix and key.endswith(suffix):
+            return key[: -len(suffix)], part
+    return key, "macro"
+
+
+def calibrate_adc(
+    model: nn.Module,
+    batches: Iterable,
+    method: str = "percentile",
+    percentile: float = 99.99,
+    granularity: str = "layer",
+    max_batches: int | None = None,
+) -> Calibration:
+    """Calibrate every ACiM layer's ADC range on data (``docs/calibration.md``).
+
+    Args:
+        model: a converted model (:func:`asim.convert_to_acim`); not modified (use
+            :meth:`Calibration.apply`).
+        batches: calibration inputs: tensors or ``(x, y)`` tuples (a DataLoader works).
+        method: ``max``, ``percentile``, ``mse`` or ``lloyd_max`` (see the module docs).
+        percentile: for ``percentile``: the percentile of the observed counts, in (0, 100].
+        granularity: ``layer`` (one range per layer). Per column-group ranges need
+            per-column ADC ranges in the engine, which it does not have yet.
+        max_batches: stop after this many batches (None: all).
+
+    Returns:
+        The :class:`Calibration` (apply it with :meth:`Calibration.apply`).
+    """
+    if method not in METHODS:
+        raise ValueError(f"calibrate_adc: method={method!r}; choose one of {', '.join(METHODS)}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"calibrate_adc: granularity={granularity!r} is not supported (per-column ADC "
+            "ranges are not in the engine yet); use granularity='layer'"
+        )
+    if not (isinstance(percentile, (int, float)) and 0 < percentile <= 100):
+        raise ValueError(f"calibrate_adc: percentile={percentile!r} must be in (0, 100]")
+    hists, seen = observe_counts(model, batches, max_batches)
+    modules = dict(acim_modules(model))
+    layers = {}
+    for key, hist in hists.items():
+        name, part = _split(key)
+        layer = modules[name]
+        macro = _base_macro(getattr(layer, part))
+        fs, thr, val, mse, clip, codes, mse_fs = _fit(hist, macro, method, float(percentile))
+        layers[key] = LayerCalibration(
+            method=method,
+            full_scale=fs,
+            clip_rate=clip,
+            mse=mse,
+            mse_full_scale=mse_fs,
+            code_histogram=codes,
+            thresholds=thr,
+            values=val,
+            macro=macro,
+            layer_type=type(layer).__name__,
+            shape=_weight_shape(layer),
+            count_histogram={lv: _trim_zeros(n.tolist()) for lv, n in sorted(hist.counts.items())},
+        )
+    return Calibration(
+        method, float(percentile) if method == "percentile" else None, granularity, seen, layers
+    )
+
+
+def _trim_zeros(n: list[int]) -> list[int]:
+    end = len(n)
+    while end > 1 and n[end - 1] == 0:
+        end -= 1
+    return n[:end]

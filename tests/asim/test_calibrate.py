@@ -1,0 +1,302 @@
+"""ADC calibration from data (asim/calibrate.py): the observed column counts equal the
+literal oracle's; max leaves no clipping; percentile and mse stay below max; Lloyd-Max
+beats the best uniform ADC; the artifact round-trips and applies (or refuses in one line)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import asim
+from asim import (
+    ACiMConv2d,
+    ACiMLinear,
+    ACiMMultiheadAttention,
+    Calibration,
+    MacroConfig,
+    calibrate_adc,
+)
+from asim.calibrate import observe_counts
+
+from . import oracle
+
+
+def _hist_of(trace: list[dict], nrow: int) -> dict[int, list[int]]:
+    """``{levels: n(M)}`` of the oracle trace's analog column MACs."""
+    out: dict[int, torch.Tensor] = {}
+    for t in trace:
+        if t["adc_code"] is None:  # an exact digital cycle never reaches the ADC
+            continue
+        levels = t["full_scale"] // nrow
+        n = torch.bincount(t["mac"].reshape(-1).long(), minlength=levels * nrow + 1)
+        out[levels] = n if levels not in out else out[levels] + n
+    return {lv: n.tolist() for lv, n in out.items()}
+
+
+def _observed(hist) -> dict[int, list[int]]:
+    return {lv: n.tolist() for lv, n in hist.counts.items()}
+
+
+@pytest.mark.parametrize(
+    "signed,enc,hybrid",
+    [(True, None, 0), (False, 2, 0), (True, 3, 0), (False, None, 2)],
+)
+def test_observed_counts_equal_oracle_linear(signed, enc, hybrid):
+    torch.manual_seed(1)
+    macro = MacroConfig(
+        weight_bits=4,
+        input_bits=5,
+        nrow=7,
+        adc_bits=3,
+        input_enc_bits=enc,
+        hybrid_levels=hybrid,
+        hybrid_exact=hybrid > 0,
+    )
+    layer = ACiMLinear(20, 6, macro=macro, signed_input=signed)
+    x = torch.randn(3, 20) if signed else torch.rand(3, 20)
+    hists, seen = observe_counts(layer, [x])
+    trace: list[dict] = []
+    oracle.oracle_linear(
+        x,
+        layer.weight.detach(),
+        signed_act=signed,
+        wbit=4,
+        xbit=5,
+        adc_prec=3,
+        nrow=7,
+        act_enc=enc,
+        hybrid_levels=hybrid,
+        hybrid_exact=hybrid > 0,
+        trace=trace,
+    )
+    assert seen == 1
+    assert _observed(hists[""]) == _hist_of(trace, 7)
+
+
+def test_observed_counts_equal_oracle_conv():
+    torch.manual_seed(2)
+    macro = MacroConfig(weight_bits=3, input_bits=4, nrow=20, adc_bits=4)  # 2 channels a tile
+    layer = ACiMConv2d(5, 4, 3, padding=1, stride=2, macro=macro)
+    x = torch.rand(2, 5, 7, 7)
+    hists, _ = observe_counts(nn.Sequential(layer), [(x, torch.zeros(2))])
+    trace: list[dict] = []
+    oracle.oracle_conv2d(
+        x,
+        layer.weight.detach(),
+        stride=2,
+        padding=1,
+        wbit=3,
+        xbit=4,
+        adc_prec=4,
+        nrow=20,
+        trace=trace,
+    )
+    assert _observed(hists["0"]) == _hist_of(trace, 20)
+
+
+def _model(macro: MacroConfig) -> nn.Module:
+    torch.manual_seed(0)
+    float_model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 5 * 5, 4)
+    )
+    return asim.convert_to_acim(float_model, macro)
+
+
+MACRO = MacroConfig(weight_bits=5, input_bits=5, nrow=31, adc_bits=3)
+
+
+def _batches(n: int = 3):
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(4, 3, 5, 5, generator=g) for _ in range(n)]
+
+
+def test_max_leaves_no_clipping_on_its_own_data():
+    cal = calibrate_adc(_model(MACRO), _batches(), method="max")
+    assert set(cal.layers) == {"0", "3"}
+    for lc in cal.layers.values():
+        counts = lc.count_histogram[1]
+        assert lc.clip_rate == 0
+        assert lc.full_scale == len(counts) - 1  # the largest observed count
+        assert counts[-1] > 0 and lc.full_scale < MACRO.nrow
+        assert sum(lc.code_histogram) == lc.observed == sum(counts)
+
+
+def test_percentile_and_mse_against_max():
+    model = _model(MACRO)
+    by = {m: calibrate_adc(model, _batches(), method=m) for m in ("max", "mse")}
+    by.update({p: calibrate_adc(model, _batches(), percentile=p) for p in (90.0, 99.0, 100.0)})
+    for key in ("0", "3"):
+        fs = {m: c.layers[key].full_scale for m, c in by.items()}
+        assert fs[90.0] <= fs[99.0] <= fs[100.0] == fs["max"]
+        clip = {m: c.layers[key].clip_rate for m, c in by.items()}
+        assert clip[90.0] >= clip[99.0] >= clip[100.0] == 0
+        assert clip[90.0] > 0
+        mse = {m: c.layers[key].mse for m, c in by.items()}
+        assert mse["mse"] <= min(mse.values())
+        assert mse["mse"] < by["mse"].layers[key].mse_full_scale
+
+
+def test_mse_is_the_brute_force_minimum():
+    cal = calibrate_adc(_model(MACRO), _batches(), method="mse")
+    lc = cal.layers["3"]
+    counts = torch.tensor(lc.count_histogram[1], dtype=torch.float64)
+    m = torch.arange(counts.numel(), dtype=torch.float64)
+    A = MACRO.adc_levels
+
+    def err(fs: int) -> float:
+        out = torch.round(torch.clamp(m / fs, 0, 1) * A) / A * fs
+        return float(((m - out) ** 2 * counts).sum() / counts.sum())
+
+    errors = {fs: err(fs) for fs in range(1, MACRO.nrow + 1)}
+    assert errors[lc.full_scale] == pytest.approx(min(errors.values()), rel=1e-12)
+    assert lc.mse == pytest.approx(errors[lc.full_scale], rel=1e-12)
+
+
+def test_lloyd_max_beats_the_best_uniform_adc():
+    model = _model(MACRO)
+    uniform = calibrate_adc(model, _batches(), method="mse")
+    lloyd = calibrate_adc(model, _batches(), method="lloyd_max")
+    A = MACRO.adc_levels
+    for key, lc in lloyd.layers.items():
+        assert len(lc.thresholds) == A and len(lc.values) == A + 1
+        v = torch.tensor(lc.values)
+        assert bool((v[1:] > v[:-1]).all())
+        assert torch.allclose(torch.tensor(lc.thresholds), (v[1:] + v[:-1]) / 2)
+        assert lc.mse < uniform.layers[key].mse
+        assert uniform.layers[key].thresholds is None
+
+
+def test_save_load_round_trip(tmp_path):
+    cal = calibrate_adc(_model(MACRO), _batches(), method="lloyd_max")
+    path = cal.save(tmp_path / "cal.json")
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "asim-adc-calibration" and doc["version"] == 1
+    assert doc["layers"]["0"]["macro"]["adc_bits"] == 3
+    assert Calibration.load(path) == cal
+    doc["version"] = 99
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="version 99.*calibrate again") as err:
+        Calibration.load(path)
+    assert "\n" not in str(err.value)
+
+
+def test_apply_sets_the_fields():
+    model = _model(MACRO)
+    cal = calibrate_adc(model, _batches(), method="lloyd_max")
+    assert all(m.macro.adc_full_scale is None for _, m in asim.acim_modules(model))
+    cal.apply(model)
+    for name, layer in asim.acim_modules(model):
+        lc = cal.layers[name]
+        assert layer.macro == dataclasses.replace(
+            MACRO,
+            adc_full_scale=lc.full_scale,
+            adc_thresholds=lc.thresholds,
+            adc_values=lc.values,
+        )
+    plain = calibrate_adc(model, _batches(), method="max")  # recalibrating a calibrated model
+    plain.apply(model)
+    assert all(m.macro.adc_thresholds is None for _, m in asim.acim_modules(model))
+
+
+def test_apply_refuses_another_model():
+    cal = calibrate_adc(_model(MACRO), _batches(), method="max")
+    other = asim.convert_to_acim(nn.Sequential(nn.Linear(4, 3)), MACRO)
+    with pytest.raises(ValueError, match="^Calibration.apply: the model lacks '3'"):
+        cal.apply(other)
+    wider = asim.convert_to_acim(
+        nn.Sequential(nn.Conv2d(3, 7, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(175, 4)),
+        MACRO,
+    )
+    with pytest.raises(ValueError, match=r"layer '0' is ACiMConv2d\[7, 3, 3, 3\]"):
+        cal.apply(wider)
+    eight = _model(MACRO.replace(adc_bits=8))
+    with pytest.raises(ValueError, match="macro.adc_bits=8, the calibration was made for 3"):
+        cal.apply(eight)
+    assert all(m.macro.adc_full_scale is None for _, m in asim.acim_modules(eight))
+
+
+def test_bad_arguments_fail_in_one_line():
+    model = _model(MACRO)
+    with pytest.raises(ValueError, match="granularity='column' is not supported.*'layer'"):
+        calibrate_adc(model, _batches(), granularity="column")
+    with pytest.raises(ValueError, match="method='minmax'; choose one of max, percentile"):
+        calibrate_adc(model, _batches(), method="minmax")
+    with pytest.raises(ValueError, match="percentile=0 must be in"):
+        calibrate_adc(model, _batches(), percentile=0)
+    with pytest.raises(ValueError, match="no calibration batch"):
+        calibrate_adc(model, [])
+
+
+def test_observation_restores_the_model():
+    model = _model(MACRO)
+    model.train()
+    layer = model[0]
+    layer.trim_noise = 1.0
+    calibrate_adc(model, _batches(1))
+    assert model.training and layer.mode == "simulate" and layer.trim_noise == 1.0
+    assert "_run" not in layer.__dict__
+
+
+def test_attention_parts_are_calibrated_apart():
+    torch.manual_seed(4)
+    macro = MacroConfig(weight_bits=4, input_bits=4, nrow=15, adc_bits=4)
+    attn = ACiMMultiheadAttention(8, 2, batch_first=True, macro=macro)
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x):
+            return self.attn(x, x, x)[0]
+
+    wrapped = Wrap()
+    cal = calibrate_adc(wrapped, [torch.randn(2, 5, 8)], method="max")
+    assert set(cal.layers) == {"attn", "attn.qk", "attn.av", "attn.out_proj"}
+    cal.apply(wrapped)
+    assert attn.qk_macro.adc_full_scale == cal.layers["attn.qk"].full_scale
+    assert attn.av_macro.adc_full_scale == cal.layers["attn.av"].full_scale
+    assert attn.macro.adc_full_scale == cal.layers["attn"].full_scale
+
+
+def test_digits_cnn_calibrates_its_analog_layers():
+    from asim.models import create_model
+
+    torch.manual_seed(5)
+    model = asim.convert_to_acim(
+        create_model("digits_cnn", num_classes=10, in_channels=1),
+        MacroConfig(adc_bits=6),
+        first_layer="digital",
+    )
+    cal = calibrate_adc(model, [torch.rand(8, 1, 8, 8)], method="max")
+    assert set(cal.layers) == {"conv2", "conv3", "fc"}  # the digital conv1 has no ADC
+    assert all(lc.clip_rate == 0 and lc.full_scale < 255 for lc in cal.layers.values())
+    cal.apply(model)
+    assert model.conv1.macro.adc_full_scale is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_observes_the_same_counts_as_cpu():
+    model = _model(MACRO)
+    cpu = calibrate_adc(model, _batches(), method="lloyd_max")
+    cuda = calibrate_adc(model.cuda(), [b.cuda() for b in _batches()], method="lloyd_max")
+    assert cuda == cpu
+
+
+@pytest.mark.parametrize("method", ["max", "mse", "lloyd_max"])
+def test_calibrated_adc_is_closer_to_the_ideal_macro(method):
+    macro = MacroConfig(weight_bits=5, input_bits=5, nrow=63, adc_bits=4)
+    model = _model(macro)
+    x = _batches(4)
+    asim.set_mode(model, "inference")
+    ideal = torch.cat([model(b) for b in x])
+    asim.set_mode(model, "simulate")
+    before = torch.cat([model(b) for b in x])
+    calibrate_adc(model, x, method=method).apply(model)
+    after = torch.cat([model(b) for b in x])
+    assert (after - ideal).pow(2).mean() < 0.5 * (before - ideal).pow(2).mean()
