@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
+from asim.calibrate import METHODS
 from asim.checkpoint import read_checkpoint
 from asim.noise import build_noise
 
@@ -153,9 +154,6 @@ def check_run(cfg: DictConfig, task: str) -> None:
             )
 
 
-CALIBRATION_METHODS = ("max", "percentile", "mse", "lloyd_max")  # asim.calibrate.METHODS
-
-
 def _check_chips_and_calibration(cfg: DictConfig, noise) -> None:
     """``simulate.chips``: a positive count, and chips that can differ; ``simulate.calibrate``
     a method, ``calibration`` a file, not both."""
@@ -170,10 +168,8 @@ def _check_chips_and_calibration(cfg: DictConfig, noise) -> None:
             "or simulate.chips=1"
         )
     method, path = opts.get("calibrate"), cfg.get("calibration")
-    if method is not None and method not in CALIBRATION_METHODS:
-        raise ValueError(
-            f"simulate.calibrate={method}: choose one of {', '.join(CALIBRATION_METHODS)}"
-        )
+    if method is not None and method not in METHODS:
+        raise ValueError(f"simulate.calibrate={method}: choose one of {', '.join(METHODS)}")
     if method is not None and path is not None:
         raise ValueError(
             f"simulate.calibrate={method} and calibration={path}: calibrate anew or apply "
