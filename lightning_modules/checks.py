@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
+from asim.calibrate import METHODS
 from asim.checkpoint import read_checkpoint
 from asim.noise import build_noise
 
@@ -142,6 +143,7 @@ def check_run(cfg: DictConfig, task: str) -> None:
         repeats = cfg.simulate.repeats
         if repeats < 1:
             raise ValueError(f"simulate.repeats={repeats!r} must be an integer >= 1")
+        _check_chips_and_calibration(cfg, noise)
     else:
         for key in ("trim_noise", "attn_trim_noise"):
             if cfg[key] < 0:
@@ -150,6 +152,35 @@ def check_run(cfg: DictConfig, task: str) -> None:
             raise ValueError(
                 f"mixup_alpha={cfg.mixup_alpha} must be >= 0 (0: off; 1.0: the reference's)"
             )
+
+
+def _check_chips_and_calibration(cfg: DictConfig, noise) -> None:
+    """``simulate.chips``: a positive count, and chips that can differ; ``simulate.calibrate``
+    a method, ``calibration`` a file, not both."""
+    opts = cfg.simulate
+    chips = opts.get("chips", 1)
+    if chips < 1:
+        raise ValueError(f"simulate.chips={chips!r} must be an integer >= 1")
+    if chips > 1 and not (noise.fixed_pattern or noise.enabled or noise.cell_sigma):
+        raise ValueError(
+            f"simulate.chips={chips}: nothing differs between chips (no fixed pattern, no "
+            "noise); set noise.column_offset_lsb=0.5 (or column_gain_pct, noise.rand_sigma) "
+            "or simulate.chips=1"
+        )
+    method, path = opts.get("calibrate"), cfg.get("calibration")
+    if method is not None and method not in METHODS:
+        raise ValueError(f"simulate.calibrate={method}: choose one of {', '.join(METHODS)}")
+    if method is not None and path is not None:
+        raise ValueError(
+            f"simulate.calibrate={method} and calibration={path}: calibrate anew or apply "
+            "the saved calibration, not both (drop one)"
+        )
+    if opts.get("calibration_batches", 1) < 1:
+        raise ValueError(
+            f"simulate.calibration_batches={opts.calibration_batches} must be an integer >= 1"
+        )
+    if path is not None and not resolve_path(path).is_file():
+        raise FileNotFoundError(f"calibration={path}: no such file (a run's calibration.json)")
 
 
 def _job_overrides(overrides: Sequence[str]) -> list[list[str]] | None:

@@ -146,6 +146,18 @@ class SimulateOptions:
     (two simulated passes per layer, noise seeded as repeat 0): ``sensitivity`` in results."""
     measured_top1: Optional[builtins.float] = None  # noqa: UP045 (``float`` is a field here)
     """A chip's measured top-1 (fraction): a predicted-vs-measured row (results, table)."""
+    chips: int = 1
+    """Chips simulated: chip k (0 .. chips-1) draws its fixed pattern with ``noise.chip_seed``
+    = (``noise.chip_seed``, else ``seed``) + k and runs ``repeats`` temporal-noise repeats;
+    1: today's single chip (the pattern follows the noise seed)."""
+    yield_threshold: Optional[builtins.float] = None  # noqa: UP045
+    """A chip passes when its mean top-1 is at least this (fraction); None: quantized
+    inference top-1 minus one point."""
+    calibrate: Optional[str] = None  # noqa: UP045
+    """Calibrate the ADCs (``asim.calibrate_adc``: max, percentile, mse, lloyd_max) on
+    ``calibration_batches`` training batches before the passes; saved as calibration.json."""
+    calibration_batches: int = 8
+    """Training batches the calibration observes."""
 
 
 @dataclass
@@ -183,6 +195,9 @@ class SimulateSchema(_RunSchema):
     objectives are pooled by ``condition_objective``. None: the run's own condition."""
     condition_objective: str = "worst"
     """How the objectives of several ``conditions`` are pooled: ``worst`` or ``mean``."""
+    calibration: str | None = None
+    """A saved ADC calibration (``calibration.json`` of a run with ``simulate.calibrate``, or
+    ``asim.Calibration.save``) applied to the model before the passes; None: none."""
 
 
 @dataclass

@@ -38,13 +38,15 @@ METRICS = ("sim_top1", "sim_top1_std", "sim_top5", "float_top1", "inference_top1
            "num_samples", "seconds", *COST)  # fmt: skip
 """The metric columns of every sweep.csv (a cost field is ``cost.<name>`` of results.json)."""
 OPTIONAL = ("val_top1", "val_top5", "measured_top1", "sim_minus_measured", "float_ppl",
-            "inference_ppl", "sim_ppl", "sim_ppl_std", "val_ppl")  # fmt: skip
+            "inference_ppl", "sim_ppl", "sim_ppl_std", "val_ppl", "yield_top1",
+            "worst_chip_top1")  # fmt: skip
 """More metric columns, in sweep.csv when some run has them (train runs, silicon, LMs)."""
 SENSES = {"energy_pj": "min", "adc_conversions": "min", "latency_ns": "min",
           "area_mm2": "min", "seconds": "min"}  # fmt: skip
 """Lower-is-better metrics besides ``*_ppl`` and ``*_std``; every other metric: higher."""
 ACCURACY, ENERGY, OBJECTIVES_KEY = "sim_top1", "energy_pj", "optimized_metrics"
 CONDITION_GROUPS = ("noise", "seed", "ckpt", "dataset", "model", "chip", "chip_seed")
+CONDITION_KEYS = ("simulate.chips", "simulate.yield_threshold")  # the chip population
 DESIGN_KEYS = ("model.layer_macros", "model.attention")  # per-layer macros: design choices
 REPEAT_KEYS = ("seed",)  # conditions that are repeats: averaged (mean ± std), not told apart
 MAX_LINES = 8  # more curves than this in an accuracy plot: the best design per x only
@@ -66,7 +68,7 @@ def is_condition(key: str) -> bool:
     """Whether a config key is a condition (noise, seed, checkpoint, data, model, chip)."""
     if any(key == k or key.startswith(k + ".") for k in DESIGN_KEYS):
         return False
-    return key.split(".", 1)[0] in CONDITION_GROUPS
+    return key.split(".", 1)[0] in CONDITION_GROUPS or key in CONDITION_KEYS
 
 
 def sense(name: str) -> str:
@@ -241,11 +243,18 @@ def load(collection: Collection, out: Path) -> pd.DataFrame:
     written = pd.DataFrame({k: [_written(j, k) for j in jobs] for k in keys}, dtype=object)
     swept = [k for k in keys if len(jobs) == 1 or written[k].nunique() > 1]
     df = pd.json_normalize([j["results"] for j in jobs])
-    df = df.drop(columns=[c for c in [*METRICS, *OPTIONAL] if c in df]).assign(
-        **{m: pd.to_numeric([metric(j["results"], m) for j in jobs]) for m in METRICS + OPTIONAL},
-        **{k: written[k] for k in swept},
-        job=[_relative(j["location"], out) for j in jobs],
-    )
+    df = (
+        df.drop(columns=[c for c in [*METRICS, *OPTIONAL] if c in df])
+        .assign(
+            **{
+                m: pd.to_numeric([metric(j["results"], m) for j in jobs])
+                for m in METRICS + OPTIONAL
+            },
+            **{k: written[k] for k in swept},
+            job=[_relative(j["location"], out) for j in jobs],
+        )
+        .copy()
+    )  # one block: the columns added below do not fragment a wide frame
     train = df[ACCURACY].isna().all() and df["val_top1"].notna().any()
     acc = "val_top1" if train else ACCURACY
     df["accuracy"] = pd.to_numeric(df[acc], errors="coerce")
@@ -361,6 +370,9 @@ def _view(df: pd.DataFrame) -> pd.DataFrame:
         view["sim - measured (pp)"] = df["sim_minus_measured"].map(
             lambda v: _pct(v) and f"{100 * v:+.2f}"
         )
+    if _chips(df).any():  # a chip population
+        view["worst chip top-1"] = df["worst_chip_top1"].map(_pct)
+        view["yield (%)"] = df["yield_top1"].map(_pct)
     for name in ("sim_ppl", "inference_ppl", "val_ppl"):
         if df[name].notna().any():
             view[name.replace("_", " ")] = df[name].map("{:.3f}".format)
@@ -374,6 +386,12 @@ def _view(df: pd.DataFrame) -> pd.DataFrame:
     view["seconds"] = df["seconds"].map("{:.1f}".format)
     view["job"] = "`" + df["job"] + "`"
     return view.replace(["nan", "None"], "")
+
+
+def _chips(df: pd.DataFrame) -> pd.Series:
+    """Whether each run simulated a population of chips (``simulate.chips`` > 1)."""
+    chips = df.get("chip_top1", pd.Series([None] * len(df), index=df.index))
+    return chips.map(lambda c: isinstance(c, list) and len(c) > 1)
 
 
 def _fronts(df: pd.DataFrame) -> list[str]:
@@ -484,6 +502,16 @@ def _plots(df: pd.DataFrame, out: Path) -> list[Path]:
         plots.append(_plot_fronts(scored.dropna(subset=[ENERGY]), out / "accuracy_vs_energy.png"))
     if (grid := shmoo(scored)) is not None:
         plots.append(_plot_shmoo(grid, scored, out / "shmoo.png"))
+    if _chips(scored).any():
+        chips = scored[_chips(scored)]
+        plots.append(_plot_chips(chips, out / "chips_cdf.png"))
+        keys = [k for k in df.attrs["designs"] if chips[k].nunique() > 1]
+        plots += [_plot_yield(chips, key, out / f"yield_vs_{key}.png") for key in keys]
+    calibrated = df.get("calibration.layers", pd.Series(dtype=object)).map(
+        lambda c: isinstance(c, list) and bool(c)
+    )
+    if calibrated.any():
+        plots += _plot_calibration(df[calibrated], out)
     rows = [i for i, s in df.get("sensitivity", pd.Series(dtype=object)).items()
             if isinstance(s, list) and s]  # fmt: skip
     for i in rows:
@@ -620,3 +648,93 @@ def _plot_sensitivity(row: pd.Series, path: Path) -> Path:
             ax.axvline(100 * value, color="0.3", ls=style, label=label)
     ax.set(xlabel="simulated top-1 accuracy (%)", ylabel="ACiM layer")
     return _save(fig, ax, path)
+
+
+def _run_label(df: pd.DataFrame, row: pd.Series) -> str:
+    """A run in a legend: its design and condition (without the chip keys), else its job."""
+    keys = [k for k in (*df.attrs["designs"], *df.attrs["conditions"]) if k not in CONDITION_KEYS]
+    return _label(df, row, keys) or row["job"]
+
+
+def _plot_chips(df: pd.DataFrame, path: Path) -> Path:
+    """The chips' accuracy distribution: the empirical CDF of each run's chip top-1 (one
+    curve per design and condition), with the yield threshold of each run dotted."""
+    import seaborn as sns
+
+    chips = pd.DataFrame(
+        [{"run": _run_label(df, r), "top1": 100 * t} for _, r in df.iterrows()
+         for t in r["chip_top1"]]
+    )  # fmt: skip
+    n = df["chip_top1"].map(len)
+    count = f"{n.iloc[0]} chips" if n.nunique() == 1 else "chips"
+    fig, ax = _figure(f"Chip population: top-1 of {count} per run (CDF)", df)
+    several = chips["run"].nunique() > 1
+    sns.ecdfplot(data=chips, x="top1", hue="run" if several else None, ax=ax)
+    for value in df["yield_threshold"].dropna().unique():
+        ax.axvline(100 * value, color="0.4", ls=":", lw=1)
+    ax.set(xlabel="simulated top-1 of a chip (%), dotted: yield threshold",
+           ylabel="fraction of chips at or below")  # fmt: skip
+    if several:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), title="run",
+                        fontsize="small")  # fmt: skip
+    return _save(fig, ax, path)
+
+
+def _plot_yield(df: pd.DataFrame, key: str, path: Path) -> Path:
+    """Yield (fraction of chips at or above the threshold) against one design key, a line
+    per condition and other design."""
+    import seaborn as sns
+
+    others = [k for k in (*df.attrs["designs"], *df.attrs["conditions"]) if k != key]
+    order = sorted(df[key].unique(), key=_order)
+    numeric = all(isinstance(_typed(v), (int, float)) for v in order)
+    data = df.assign(x=df[key].map(_typed if numeric else order.index),
+                     y=100 * df["yield_top1"],
+                     line=[_label(df, r, others) for _, r in df.iterrows()])  # fmt: skip
+    fig, ax = _figure(f"Yield vs {key.rsplit('.', 1)[-1]}", df)
+    sns.lineplot(data=data, x="x", y="y", hue="line" if data["line"].nunique() > 1 else None,
+                 marker="o", errorbar=None, ax=ax)  # fmt: skip
+    if not numeric:
+        ax.set_xticks(range(len(order)), [df.attrs["names"][key][v] for v in order])
+    elif len(order) <= 12:
+        ax.set_xticks(sorted(data["x"].unique()))
+    ax.set(xlabel=KEY_LABELS.get(key, key), ylabel="chips at or above the threshold (%)",
+           ylim=(-3, 103))  # fmt: skip
+    return _save(fig, ax, path)
+
+
+def _plot_calibration(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Calibrated ADCs: ``calibration_clip.png``, per layer the clip rate of each run, and
+    ``calibration_codes.png``, the ADC code histogram on the calibration data (share of
+    conversions per code) per layer, a panel per run."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    layers = pd.DataFrame(
+        [{"run": _run_label(df, r) or r["calibration.method"], **c}
+         for _, r in df.iterrows() for c in r["calibration.layers"]]
+    )  # fmt: skip
+    codes = pd.DataFrame(
+        [{"run": c.run, "layer": c.layer, "code": k, "share": n / max(sum(c.code_histogram), 1)}
+         for c in layers.itertuples() for k, n in enumerate(c.code_histogram)]
+    )  # fmt: skip
+    runs = layers["run"].nunique()
+    size = (6.4, 1.4 + 0.25 * len(layers))
+    fig, ax = _figure("Calibrated ADCs: clip rate at the calibrated full scale", df, size)
+    sns.barplot(data=layers.assign(clip=100 * layers["clip_rate"]), x="clip", y="layer",
+                hue="run" if runs > 1 else None, ax=ax)  # fmt: skip
+    if runs == 1:  # the calibrated full scale beside each layer
+        ax.set_yticks(range(len(layers)), [f"{c.layer}\nFS {c.full_scale}/{c.nrow}"
+                                           for c in layers.itertuples()])  # fmt: skip
+    ax.set(xlabel="clipped conversions (% of calibration counts)", ylabel="ACiM layer")
+    clip = _save(fig, ax, out / "calibration_clip.png", legend="run")
+    grid = sns.relplot(data=codes, x="code", y="share", hue="layer", col="run",
+                       col_wrap=min(runs, 4), kind="line", drawstyle="steps-mid",
+                       height=2.6, aspect=1.2, facet_kws={"sharex": False})  # fmt: skip
+    grid.set(yscale="log").set_titles("{col_name}", size="small")
+    grid.set_axis_labels("ADC output code", "share of conversions")
+    title = "Calibrated ADCs: output code histogram on the calibration data"
+    grid.figure.suptitle(title + (f", {_summary(df)}" if _summary(df) else ""), y=1.02)
+    grid.savefig(out / "calibration_codes.png", dpi=110, bbox_inches="tight")
+    plt.close(grid.figure)
+    return [clip, out / "calibration_codes.png"]

@@ -141,7 +141,7 @@ class RunResult:
         "correct samples of every repeat (exact counts)", factory=list
     )
     repeats: int = _field("repeats finished", 0)
-    repeats_requested: int = _field("`simulate.repeats`", 0)
+    repeats_requested: int = _field("`simulate.repeats` x `simulate.chips`", 0)
     complete: bool = _field(
         "false while passes are missing (written after every pass; Ctrl-C keeps them)", False
     )
@@ -183,6 +183,23 @@ class RunResult:
     )
     sim_minus_measured: float | None = _field(
         "`sim_top1 - measured_top1`: the prediction error against silicon"
+    )
+    chips: int = _field("chips simulated (`simulate.chips`; chip k has `chip_seed` seed + k)", 1)
+    chip_top1: list[float] = _field(
+        "simulated top-1 of every chip, the mean over its repeats", factory=list
+    )
+    worst_chip_top1: float | None = _field("the lowest of `chip_top1`")
+    yield_threshold: float | None = _field(
+        "top-1 a chip must reach (`simulate.yield_threshold`, default quantized inference "
+        "top-1 minus 0.01)"
+    )
+    yield_top1: float | None = _field(
+        "fraction of chips with `chip_top1` at or above `yield_threshold`"
+    )
+    calibration: dict[str, Any] | None = _field(
+        "the ADC calibration applied (`simulate.calibrate` or `calibration=PATH`): `method`, "
+        "`percentile`, `batches`, `made` (calibrated in this run), `file`, `layers` "
+        "`[{layer, full_scale, nrow, adc_bits, clip_rate, code_histogram}]`; else null"
     )
     config: dict[str, Any] = _field("the resolved config", factory=dict)
 
@@ -366,9 +383,18 @@ def format_table(results: dict[str, Any]) -> str:
             sim1 += f" ± {100 * results['sim_top1_std']:.2f}"
             sim5 += f" ± {100 * results['sim_top5_std']:.2f}"
         label = "simulated" + (f" (x{results['repeats']})" if results["repeats"] > 1 else "")
+        chips = results.get("chips", 1)
+        if chips > 1:
+            label = f"simulated ({chips} chips x {results['repeats'] // chips})"
         energy = format_energy(cost["energy_pj"]) if cost else "-"
         conversions = format_conversions(cost["adc_conversions"]) if cost else "-"
         rows.append((label, sim1, sim5, secs(results["seconds_sim"]), energy, conversions))
+    if len(results.get("chip_top1") or []) > 1:
+        rows.append((f"worst of {chips} chips", pct(results["worst_chip_top1"]), "-", "-",
+                     "-", "-"))  # fmt: skip
+        if results.get("yield_top1") is not None:
+            rows.append((f"yield (chips >= {pct(results['yield_threshold'])})",
+                         pct(results["yield_top1"]), "-", "-", "-", "-"))  # fmt: skip
     measured = results.get("measured_top1")
     if measured is not None:
         rows.append(("measured (silicon)", pct(measured), "-", "-", "-", "-"))
@@ -402,6 +428,18 @@ def format_table(results: dict[str, Any]) -> str:
             f"({cost['throughput_fps']:.3g} samples/s), area {cost['area_mm2']:.3g} mm², "
             f"{cost['tops_per_w']:.3g} TOPS/W"
         )
+    cal = results.get("calibration")
+    if cal:
+        how = (f"calibrated ({cal['method']}, {cal['batches']} batches)" if cal["made"]
+               else f"calibration {cal['file']} ({cal['method']})")  # fmt: skip
+        scales = ", ".join(
+            f"{c['layer']} {c['full_scale']}/{c['nrow']} (clip {100 * c['clip_rate']:.2g}%)"
+            for c in cal["layers"][:4]
+        )
+        more = f" +{len(cal['layers']) - 4}" if len(cal["layers"]) > 4 else ""
+        footer += f"\nADC full scales {how}: {scales}{more}"
+        if cal["made"] and cal["file"]:
+            footer += f"; saved to {cal['file']}"
     if s.get("ideal"):
         footer += f"\nideal in this simulation: {'; '.join(s['ideal'])}"
     if s.get("hybrid_quantized"):

@@ -8,6 +8,7 @@ print its one line and exit 130).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -26,7 +27,7 @@ from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from asim import acim_modules, resample_noise, set_mode, set_sample_index
+from asim import NoiseConfig, acim_modules, resample_noise, set_mode, set_sample_index
 from asim.cost import CostConfig, estimate_cost
 from asim.engine import backends_used, describe_backends, reset_backends_used
 
@@ -75,6 +76,9 @@ from .resume import (
 __all__ = ["RunFinished", "RunInterrupted", "simulate", "train", "trial"]
 
 log = logging.getLogger(__name__)
+
+YIELD_MARGIN = 0.01
+"""The default yield threshold is quantized inference top-1 minus this (one point)."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -168,11 +172,19 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
         )
     rank0 = trainer.is_global_zero
     files = ResultsFile(_output_dir(cfg)) if rank0 else None
+    calibration, calibration_file = _calibrate(cfg, acim_model, dm, files)
     collect = bool(opts.save_predictions)
     stochastic = noise.enabled or noise.cell_sigma > 0
     used = layer_macros(acim_model)
     layers = [(name, m) for name, m in acim_modules(acim_model) if not m.digital]
     plan = plan_passes(opts, int(cfg.seed), stochastic, [name for name, _ in layers])
+    chip_base = int(cfg.seed) if noise.chip_seed is None else noise.chip_seed
+    if opts.chips > 1 and not noise.fixed_pattern:
+        log.warning(
+            "simulate.chips=%d without a fixed pattern (noise.column_offset_lsb, "
+            "column_gain_pct, column_sigma_spread): the chips differ only in their noise draws",
+            opts.chips,
+        )
     # one module per model; every row's noise keyed by its dataset index (results
     # independent of batching)
     modules = {
@@ -185,6 +197,7 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     }  # fmt: skip
     passes: dict[str, PassResult] = {}
     sim_runs: list[PassResult] = []
+    sim_chips: list[int] = []  # the chip of every entry of sim_runs
     sensitivity: list[dict[str, Any]] | None = [] if opts.sensitivity else None
     sim_backends: set[str] = set()
     alone = None
@@ -193,6 +206,8 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
         res = _collect_results(
             cfg, passes, sim_runs, dm, macro, noise, ckpt, report, trainer, used, repeats
         )
+        _chip_fields(res, sim_runs, sim_chips, opts)
+        res.calibration = _calibration_field(calibration, calibration_file, opts)
         res.cost, res.cost_layers = costs["cost"], costs["cost_layers"]
         res.sensitivity = sensitivity
         res.summary["cost_preset"] = None if cost is None else cost.name
@@ -219,6 +234,8 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
             if p.layer is not None:  # sensitivity: this layer alone on the macro, or all but it
                 for name, layer in layers:
                     layer.mode = "simulate" if (name == p.layer) == p.alone else "inference"
+            if p.chip is not None and noise.fixed_pattern:
+                _set_chip(acim_model, chip_base + p.chip)
             if p.seed is not None:
                 resample_noise(acim_model, p.seed)
                 reset_backends_used()
@@ -228,6 +245,7 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
             res = PassResult.of(p.label, module.results, time.perf_counter() - t0)
             if p.kind == "sim":
                 sim_runs += [res] * p.copies
+                sim_chips += [p.chip or 0] * p.copies
                 sim_backends |= backends_used()
             elif p.kind == "sensitivity":  # a layer's row once both of its passes ran
                 alone = res.top1 if p.alone else alone
@@ -247,7 +265,7 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
     except KeyboardInterrupt:
         res = save(False)
         where = files.path if files is not None else cfg.output_dir
-        kept = [name for name in passes] + ([f"{len(sim_runs)} of {repeats} repeats"])
+        kept = [name for name in passes] + ([f"{len(sim_runs)} of {repeats * opts.chips} repeats"])
         if sensitivity:
             kept.append(f"sensitivity of {len(sensitivity)} layers")
         raise RunInterrupted(f"interrupted: kept {', '.join(kept)} in {where}") from None
@@ -343,6 +361,10 @@ def _summary_metrics(passes: dict, sim_runs: list, res: dict[str, Any]) -> dict[
                     "sim/loss": sum(r.loss for r in sim_runs) / len(sim_runs)})  # fmt: skip
     if res.get("sim_ppl") is not None:
         metrics["sim/ppl"] = res["sim_ppl"]
+    if res["chips"] > 1:  # a chip population
+        metrics["sim/worst_chip_acc"] = res["worst_chip_top1"]
+        if res["yield_top1"] is not None:
+            metrics["sim/yield"] = res["yield_top1"]
     for key in ("energy_pj", "adc_conversions", "latency_ns", "area_mm2", "tops_per_w"):
         if res["cost"] is not None:
             metrics[f"sim/{key}"] = res["cost"][key]
@@ -383,6 +405,7 @@ class Pass:
     prefix: str  # of the pass's metrics (``float/acc``, ``sim/acc``, ...)
     seed: int | None = None  # the noise seed of a simulated pass
     copies: int = 1  # noise off: one deterministic pass stands for every repeat
+    chip: int | None = None  # simulate.chips > 1: the chip k (its chip_seed: base + k)
     layer: str | None = None  # sensitivity: the layer
     alone: bool = False  # sensitivity: only it on the macro (else every layer but it)
 
@@ -392,19 +415,65 @@ def plan_passes(opts, seed: int, stochastic: bool, layers: list[str]) -> list[Pa
     seeds ``seed``, ``seed + 1``, ...; one pass when noise is off) and, with
     ``opts.sensitivity``, two passes per ACiM layer noise-seeded as repeat 0: only it on the
     macro (the others ideal integer ``inference``) and every layer but it, so they compare
-    with ``sim_top1_runs[0]``."""
+    with ``sim_top1_runs[0]``. With ``opts.chips`` = N > 1 the repeats run per chip k = 0 ..
+    N-1 (noise seeds ``seed + k * repeats + r``: chip 0's are the single chip's) and the
+    sensitivity passes on chip 0."""
     plan = [Pass(k, k, k) for k in ("float", "inference") if opts[k]]
     repeats = opts.repeats if stochastic else 1
     copies = 1 if stochastic else opts.repeats
-    plan += [Pass("sim", f"simulate (seed {seed + r})", "sim", seed + r, copies)
-             for r in range(repeats)]  # fmt: skip
+    chips = opts.get("chips", 1)
+    for k in range(chips):
+        chip = k if chips > 1 else None
+        first = seed + k * opts.repeats
+        plan += [Pass("sim", f"simulate{'' if chip is None else f' chip {k}'} (seed "
+                             f"{first + r})", "sim", first + r, copies, chip)
+                 for r in range(repeats)]  # fmt: skip
     if opts.sensitivity:
         plan += [
             Pass("sensitivity", f"sensitivity {name} {'alone' if alone else 'without'}",
-                 f"sensitivity {name}", seed, layer=name, alone=alone)
+                 f"sensitivity {name}", seed, layer=name, alone=alone,
+                 chip=0 if chips > 1 else None)
             for name in layers for alone in (True, False)
         ]  # fmt: skip
     return plan
+
+
+def _set_chip(model: nn.Module, chip_seed: int) -> None:
+    """Every ACiM layer's fixed column pattern (``NoiseConfig.chip_seed``, spec §4.7) becomes
+    that of chip ``chip_seed``."""
+    for _, layer in acim_modules(model):
+        for attr in ("noise", "qk_noise", "av_noise"):
+            noise = getattr(layer, attr, None)
+            if isinstance(noise, NoiseConfig) and noise.fixed_pattern:
+                setattr(layer, attr, dataclasses.replace(noise, chip_seed=chip_seed))
+
+
+def _calibrate(cfg: DictConfig, model: nn.Module, dm, files: ResultsFile | None):
+    """``simulate.calibrate=METHOD``: calibrate the model's ADCs on
+    ``simulate.calibration_batches`` training batches and save the calibration next to
+    results.json (``calibration.json``); ``calibration=PATH``: load a saved one. Applied to
+    ``model``; returns ``(Calibration, where)`` or ``(None, None)``."""
+    method, path = cfg.simulate.get("calibrate"), cfg.get("calibration")
+    if method is None and path is None:
+        return None, None
+    from asim import Calibration, calibrate_adc
+
+    if path is not None:
+        cal, where = Calibration.load(resolve_path(path)), str(resolve_path(path))
+    else:
+        dm.setup("fit")
+        t0 = time.perf_counter()
+        cal = calibrate_adc(
+            model, dm.train_dataloader(), method=method,
+            max_batches=int(cfg.simulate.calibration_batches),
+        )  # fmt: skip
+        log.info("calibrated the ADCs (%s, %d batches, %.1f s)", method, cal.batches,
+                 time.perf_counter() - t0)  # fmt: skip
+        where = None
+        if files is not None:
+            where = str(cal.save(files.sibling("calibration")))
+    cal.apply(model)
+    return cal, where
 
 
 def _collect_results(
@@ -466,6 +535,45 @@ def _collect_results(
     if res.measured_top1 is not None and res.sim_top1 is not None:
         res.sim_minus_measured = res.sim_top1 - res.measured_top1
     return res
+
+
+def _chip_fields(res: RunResult, sim_runs: list, sim_chips: list[int], opts) -> None:
+    """The chip population: ``chip_top1`` (each chip's mean over its repeats), its worst, and
+    ``yield_top1``, the fraction of chips at or above ``yield_threshold`` (default: quantized
+    inference top-1 minus one point; no yield without either)."""
+    res.chips = int(opts.chips)
+    res.repeats_requested = int(opts.repeats) * res.chips
+    by_chip: dict[int, list[float]] = {}
+    for r, k in zip(sim_runs, sim_chips, strict=True):
+        by_chip.setdefault(k, []).append(r.top1)
+    res.chip_top1 = [statistics.fmean(v) for _, v in sorted(by_chip.items())]
+    res.worst_chip_top1 = min(res.chip_top1, default=None)
+    threshold = opts.get("yield_threshold")
+    if threshold is None and res.inference_top1 is not None:
+        threshold = res.inference_top1 - YIELD_MARGIN
+    res.yield_threshold = threshold
+    if threshold is not None and res.chip_top1:
+        res.yield_top1 = sum(t >= threshold for t in res.chip_top1) / len(res.chip_top1)
+
+
+def _calibration_field(cal, where: str | None, opts) -> dict[str, Any] | None:
+    """``results.json``'s ``calibration``: how it was made and per layer full scale, clip
+    rate and code histogram."""
+    if cal is None:
+        return None
+    return {
+        "method": cal.method,
+        "percentile": cal.percentile,
+        "batches": cal.batches,
+        "made": opts.get("calibrate") is not None,
+        "file": where,
+        "layers": [
+            {"layer": name, "full_scale": lc.full_scale, "nrow": lc.macro.nrow,
+             "adc_bits": lc.macro.adc_bits, "clip_rate": lc.clip_rate,
+             "code_histogram": list(lc.code_histogram)}
+            for name, lc in cal.layers.items()
+        ],
+    }  # fmt: skip
 
 
 def _ppl_fields(res: RunResult, passes: dict, sim_runs: list) -> None:

@@ -237,6 +237,11 @@ BAD_SIMULATE = [
     (["noise=measured", "noise.file={csv}"], "error: "),
     (["ckpt={truncated}"], "error: ckpt="),
     (["ckpt={text}"], "error: ckpt="),
+    (["simulate.chips=3"], "error: simulate.chips=3: nothing differs between chips"),
+    (["simulate.chips=0"], "error: simulate.chips=0 must be an integer >= 1"),
+    (["simulate.calibrate=best"], "error: simulate.calibrate=best: choose one of max,"),
+    (["calibration={text}", "simulate.calibrate=mse"], "error: simulate.calibrate=mse and"),
+    (["calibration=missing.json"], "error: calibration=missing.json: no such file"),
 ]
 
 

@@ -588,3 +588,52 @@ def test_two_checkpoints_with_one_file_name_stay_two_conditions(tmp_path):
         "ckpt=checkpoints/digits_cnn.pt", "ckpt=nat/digits_cnn.pt",
     ]  # fmt: skip
     assert [r["ckpt"] for r in rows] == ["/runs/nat/digits_cnn.pt", "checkpoints/digits_cnn.pt"]
+
+
+def test_a_chip_population_reports_yield_worst_chip_and_its_plots(tmp_path):
+    """simulate.chips is a condition; yield and worst chip are sweep.csv columns and the
+    report draws the chips' CDF and yield against the design key."""
+    sweep = tmp_path / "sweep"
+    chips = {4: [0.90, 0.97, 0.985], 8: [0.98, 0.985, 0.99]}
+    for bits, tops in chips.items():
+        make_job(sweep, {"macro.adc_bits": bits, "simulate.chips": 3},
+                 **results(sum(tops) / 3, energy=10.0 * bits, chips=3, chip_top1=tops,
+                           worst_chip_top1=min(tops), yield_threshold=0.97,
+                           yield_top1=sum(t >= 0.97 for t in tops) / 3))  # fmt: skip
+    make_job(sweep, {"macro.adc_bits": 8, "simulate.chips": 1},
+             **results(0.98, energy=80.0, chips=1, chip_top1=[0.98], worst_chip_top1=0.98,
+                       yield_threshold=0.97, yield_top1=1.0))  # fmt: skip
+    rep = report.write_report([sweep])
+    assert report.is_condition("simulate.chips") and rep.table.attrs["conditions"] == [
+        "simulate.chips"
+    ]
+    rows = report.read_csv(rep.csv)
+    got = {(r["macro.adc_bits"], r["simulate.chips"]): r for r in rows}
+    assert float(got[("4", "3")]["yield_top1"]) == pytest.approx(2 / 3)
+    assert float(got[("4", "3")]["worst_chip_top1"]) == 0.90
+    assert {r["condition"] for r in rows} == {"chips=1", "chips=3"}
+    names = {p.name for p in rep.plots}
+    assert {"chips_cdf.png", "yield_vs_macro.adc_bits.png"} <= names
+    for name in ("chips_cdf.png", "yield_vs_macro.adc_bits.png"):
+        assert_png(rep.out / name)
+    md = rep.markdown.read_text()
+    assert "yield (%)" in md and "66.67" in md and "![chips_cdf](chips_cdf.png)" in md
+
+
+def test_calibrated_runs_plot_clip_rates_and_code_histograms(tmp_path):
+    layer = {"nrow": 255, "adc_bits": 4}
+    cal = {"method": "mse", "percentile": None, "batches": 8, "made": True,
+           "file": "calibration.json",
+           "layers": [{"layer": "conv2", "full_scale": 40, "clip_rate": 0.002,
+                       "code_histogram": [50, 30, 10, 5, 3, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                       **layer},
+                      {"layer": "fc", "full_scale": 60, "clip_rate": 0.0,
+                       "code_histogram": [70, 20, 5, 5] + [0] * 12, **layer}]}  # fmt: skip
+    make_job(tmp_path, {"simulate.calibrate": "mse"}, **results(0.97, calibration=cal))
+    make_job(tmp_path, {"simulate.calibrate": "null"}, **results(0.5))
+    rep = report.write_report([tmp_path])
+    names = [p.name for p in rep.plots if p.name.startswith("calibration")]
+    assert names == ["calibration_clip.png", "calibration_codes.png"]
+    for name in names:
+        assert_png(rep.out / name)
+    assert not report.is_condition("simulate.calibrate")  # calibrating is a design choice

@@ -589,3 +589,71 @@ def test_a_trial_pools_its_objectives_over_the_conditions(compose_run, tmp_path,
     assert {r["condition"] for r in rows} == {"rand_sigma=0", "rand_sigma=0.6"}
     with pytest.raises(ValueError, match="not a condition key"):
         run.trial(compose_run("simulate", "conditions=[{macro.adc_bits:4}]"))
+
+
+def test_a_chip_population_has_one_result_per_chip_and_a_yield(compose_run, tmp_path):
+    """simulate.chips=3: three chips (chip_seed seed, seed+1, seed+2), each its own fixed
+    column pattern; chip_top1, worst chip and yield follow from them."""
+    cfg = compose_run(
+        "simulate", "noise.column_offset_lsb=0.25", "simulate.chips=3",
+        "simulate.float=false", "seed=2",
+    )  # fmt: skip
+    res = builders.simulate(cfg)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["chips"] == 3 and saved["repeats"] == 3
+    tops = saved["chip_top1"]
+    assert tops == saved["sim_top1_runs"] and len(set(tops)) == 3  # three different chips
+    assert saved["worst_chip_top1"] == min(tops)
+    assert saved["yield_threshold"] == pytest.approx(saved["inference_top1"] - 0.01)
+    passing = sum(t >= saved["yield_threshold"] for t in tops)
+    assert saved["yield_top1"] == passing / 3
+    assert "worst of 3 chips" in builders.format_table(res)
+    # chip 0 is chip_seed = seed: the same chip as a one-chip run of noise.chip_seed=2
+    one = builders.simulate(
+        compose_run("simulate", "noise.column_offset_lsb=0.25",
+                    "noise.chip_seed=2", "seed=2", "simulate.float=false",
+                    "simulate.inference=false")
+    )  # fmt: skip
+    assert one["chip_top1"] == [tops[0]] and one["yield_top1"] is None
+
+
+def test_calibration_file_gives_the_calibrated_result(compose_run, tmp_path):
+    """simulate.calibrate=mse saves calibration.json; calibration=PATH applies it: the same
+    simulated top-1, and better than the uncalibrated 5-bit ADC."""
+    fast = ["macro.adc_bits=5", "simulate.float=false", "simulate.inference=false"]
+    made = builders.simulate(
+        compose_run("simulate", *fast, "simulate.calibrate=mse", "simulate.calibration_batches=2")
+    )
+    path = tmp_path / "calibration.json"
+    assert path.is_file() and made["calibration"]["file"] == str(path)
+    layers = made["calibration"]["layers"]
+    assert [c["layer"] for c in layers] == ["conv2", "conv3", "fc"]  # conv1 is digital
+    assert all(0 < c["full_scale"] < c["nrow"] and 0 <= c["clip_rate"] < 0.01 for c in layers)
+    assert all(len(c["code_histogram"]) == 32 for c in layers)
+    applied = builders.simulate(compose_run("simulate", *fast, f"calibration={path}"))
+    assert applied["sim_top1"] == made["sim_top1"]
+    assert applied["calibration"]["layers"] == layers and not applied["calibration"]["made"]
+    plain = builders.simulate(compose_run("simulate", *fast))
+    assert plain["calibration"] is None and made["sim_top1"] > plain["sim_top1"] + 0.5
+
+
+def test_chips_are_passes_of_the_one_plan():
+    """simulate.chips=2: each chip runs the repeats with its own noise seeds (chip 0's are the
+    single chip's); noise off: one pass per chip stands for its repeats."""
+    from omegaconf import OmegaConf
+
+    from lightning_modules.run import plan_passes
+
+    opts = OmegaConf.create(
+        {"float": False, "inference": True, "repeats": 2, "sensitivity": False, "chips": 2}
+    )
+    plan = plan_passes(opts, 5, stochastic=True, layers=[])
+    assert [(p.kind, p.chip, p.seed, p.copies) for p in plan] == [
+        ("inference", None, None, 1),
+        ("sim", 0, 5, 1),
+        ("sim", 0, 6, 1),
+        ("sim", 1, 7, 1),
+        ("sim", 1, 8, 1),
+    ]
+    quiet = plan_passes(opts, 5, stochastic=False, layers=[])
+    assert [(p.chip, p.copies) for p in quiet if p.kind == "sim"] == [(0, 2), (1, 2)]
