@@ -234,8 +234,8 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
             if p.layer is not None:  # sensitivity: this layer alone on the macro, or all but it
                 for name, layer in layers:
                     layer.mode = "simulate" if (name == p.layer) == p.alone else "inference"
-            if p.chip is not None and noise.fixed_pattern:
-                _set_chip(acim_model, chip_base + p.chip)
+            if p.kind != "float" and noise.fixed_pattern:  # one chip across its repeats
+                _set_chip(acim_model, chip_base + (p.chip or 0))
             if p.seed is not None:
                 resample_noise(acim_model, p.seed)
                 reset_backends_used()

@@ -617,6 +617,19 @@ def test_a_chip_population_has_one_result_per_chip_and_a_yield(compose_run, tmp_
     assert one["chip_top1"] == [tops[0]] and one["yield_top1"] is None
 
 
+def test_repeats_of_one_chip_keep_its_fixed_pattern(compose_run):
+    """simulate.chips=1 with temporal noise: every repeat runs on the same chip (chip_seed =
+    seed), so the runs equal those of an explicit noise.chip_seed=seed, not one chip per
+    repeat's noise seed."""
+    common = ["noise.column_offset_lsb=0.25", "noise.rand_sigma=0.2", "simulate.repeats=2",
+              "seed=2", "simulate.float=false", "simulate.inference=false"]  # fmt: skip
+    implicit = builders.simulate(compose_run("simulate", *common))
+    explicit = builders.simulate(compose_run("simulate", *common, "noise.chip_seed=2"))
+    assert implicit["sim_top1_runs"] == explicit["sim_top1_runs"]
+    other = builders.simulate(compose_run("simulate", *common, "noise.chip_seed=3"))
+    assert other["sim_top1_runs"] != implicit["sim_top1_runs"]
+
+
 def test_calibration_file_gives_the_calibrated_result(compose_run, tmp_path):
     """simulate.calibrate=mse saves calibration.json; calibration=PATH applies it: the same
     simulated top-1, and better than the uncalibrated 5-bit ADC."""
