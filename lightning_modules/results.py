@@ -245,6 +245,14 @@ def describe_noise(noise: NoiseConfig, adc_bits: int | None = None) -> str:
         parts.append(f"cells={noise.cell_sigma:g}% {noise.cell_variation.value}")
     if noise.compression_alpha:
         parts.append(f"compression={noise.compression_alpha:g}")
+    if noise.fixed_pattern:  # a chip's fixed column pattern (spec §4.7)
+        trim = "" if noise.column_trim_lsb is None else f", trim {noise.column_trim_lsb:g} LSB"
+        chip = "the run's seed" if noise.chip_seed is None else noise.chip_seed
+        parts.append(
+            f"chip pattern(offset {noise.column_offset_lsb:g} LSB, gain {noise.column_gain_pct:g}%,"
+            f" sigma spread {noise.column_sigma_spread:g}, {noise.adc_group} column(s) per ADC"
+            f"{trim}; chip {chip})"
+        )
     return ", ".join(parts) or "none"
 
 

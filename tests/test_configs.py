@@ -465,3 +465,15 @@ def test_noise_in_lsb_composes_and_is_described_both_ways(compose):
     )
     pct = NoiseConfig(rand_sigma=0.392156862745098)
     assert describe_noise(pct, 8).startswith("gaussian(rand=0.392% = 1 LSB")
+
+
+def test_a_chips_fixed_pattern_is_described(compose):
+    """The run header names a chip's fixed column pattern and which chip (spec §4.7)."""
+    from lightning_modules.results import describe_noise
+
+    cfg = compose("simulate", "noise.column_offset_lsb=0.25", "noise.adc_group=4")
+    text = describe_noise(builders.noise_config(cfg), 8)
+    assert "chip pattern(offset 0.25 LSB" in text and "4 column(s) per ADC" in text
+    assert "chip the run's seed" in text
+    assert "chip 7)" in describe_noise(NoiseConfig(column_gain_pct=1.0, chip_seed=7))
+    assert "chip pattern" not in describe_noise(NoiseConfig(rand_sigma=0.2), 8)
