@@ -180,6 +180,9 @@ def test_ctrl_c_keeps_finished_repeats_and_exits_130(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a job started in the background by a non-interactive shell inherits SIGINT ignored
+        # (and Python keeps it so): give the child Ctrl-C as a terminal user has it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     results = tmp_path / "results.json"
     deadline = time.time() + 300
