@@ -264,6 +264,19 @@ void asim_draw_codes(const asim_bucket_table *bt, const asim_code_table *tab, co
     }
 }
 
+/* The multi-level count mc[t] of one (weight bit, cycle) pair: the bit-plane counts of the
+ * cycle's activation bits, weighted by their position in the cycle (spec §5). `base` is the
+ * weight bit's first row of cnt (i * x). */
+static inline void cycle_counts(int32_t (*cnt)[NL], int32_t base, const int32_t *bits,
+                                int32_t nb, int32_t *mc) {
+    const int32_t *c0 = cnt[base + bits[0]];
+    for (int t = 0; t < NL; ++t) mc[t] = c0[t];
+    for (int32_t b = 1; b < nb; ++b) {
+        const int32_t *cb = cnt[base + bits[b]];
+        for (int t = 0; t < NL; ++t) mc[t] += cb[t] << b;
+    }
+}
+
 /* The codes q[t] of NL drawn conversions of counts mc[t] (portable path): K = 1 draws one
  * code per lane (draw number `draw`), K > 1 draws K (draw .. draw + K - 1) and keeps their
  * mode (spec §8.2). */
@@ -477,12 +490,7 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
             const int32_t *bits = allbits + (int64_t)c * ASIM_MAXBITS;
             const float k = coef[i * ncyc + c];
             const float F = fs[c], invF = 1.0f / F;
-            const int32_t *c0 = cnt[i * x + bits[0]];
-            for (int t = 0; t < NL; ++t) mc[t] = c0[t];
-            for (int32_t b = 1; b < nb; ++b) {
-                const int32_t *cb = cnt[i * x + bits[b]];
-                for (int t = 0; t < NL; ++t) mc[t] += cb[t] << b;
-            }
+            cycle_counts(cnt, i * x, bits, nb, mc);
             const int md = mode[i * ncyc + c];
             if (md == ASIM_CYC_EXACT) {
                 for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (float)mc[t];
@@ -578,12 +586,7 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             const int32_t nb = nbits[c];
             const int32_t *bits = allbits + (int64_t)c * ASIM_MAXBITS;
             const float k = coef[i * ncyc + c];
-            const int32_t *c0 = cnt[i * x + bits[0]];
-            for (int t = 0; t < NL; ++t) mc[t] = c0[t];
-            for (int32_t b = 1; b < nb; ++b) {
-                const int32_t *cb = cnt[i * x + bits[b]];
-                for (int t = 0; t < NL; ++t) mc[t] += cb[t] << b;
-            }
+            cycle_counts(cnt, i * x, bits, nb, mc);
             const int md = mode[i * ncyc + c];
             if (md == ASIM_CYC_EXACT) {
                 for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (float)mc[t];
