@@ -1,14 +1,9 @@
-"""The design-study report: every run of one or more sweeps in one pandas table, and its views.
+"""The sweep report: every run of one or more sweeps in one pandas table, and views of it.
 
-``write_report(dirs)`` loads the ``results*.json`` of every run under ``dirs`` (incomplete runs
-are skipped with a note) into one DataFrame (:func:`pandas.json_normalize` of the records, one
-row per run, plus the swept keys as written); ``sweep.csv`` (swept keys, ``condition``,
-:data:`METRICS`, the :data:`OPTIONAL` metrics some run has, ``pareto``, ``job``), ``report.md``
-(the runs in %, mean ± std over seeds, each condition's Pareto set, a shmoo grid) and the seaborn
-plots are views of it. Keys are *design choices* or *conditions* a design must survive
-(:func:`is_condition`): fronts form only within a condition; seeds are repeats, averaged.
-Perplexity is lower-is-better (:func:`sense`). :func:`objectives` is what ``simulate.py``
-returns to Hydra's sweepers.
+:func:`write_report` loads each run's ``results*.json`` into one DataFrame (``json_normalize``,
+one row per run, plus the swept keys as written); ``sweep.csv``, ``report.md`` and the seaborn
+plots are views of it. Keys are design choices or conditions (:func:`is_condition`): fronts form
+within a condition; seeds are repeats, averaged. :func:`objectives` is what sweepers get back.
 """
 
 from __future__ import annotations
@@ -23,8 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
 
 from .results import unit
 
@@ -47,7 +42,7 @@ CONDITION_GROUPS = ("noise", "seed", "ckpt", "dataset", "model", "chip", "chip_s
 CONDITION_KEYS = ("simulate.chips", "simulate.yield_threshold")  # the chip population
 DESIGN_KEYS = ("model.layer_macros", "model.attention")  # per-layer macros: design choices
 REPEAT_KEYS = ("seed",)  # conditions that are repeats: averaged (mean ± std), not told apart
-SHMOO_NOISE = ("_sigma", "_sigma_lsb")  # a swept noise key ending so is a shmoo grid's x axis
+SHMOO_NOISE = ("_sigma", "_sigma_lsb")  # a swept noise key ending so: a shmoo grid's noise axis
 MAX_LINES = 8  # more curves than this in an accuracy plot: the best design per x only
 KEY_LABELS = {
     "macro.adc_bits": "ADC resolution (bits)",
@@ -93,15 +88,14 @@ def objectives(results: Mapping[str, Any], cfg: Mapping[str, Any]) -> Any:
     names = cfg.get(OBJECTIVES_KEY) if hasattr(cfg, "get") else None
     if not names:
         return metric(results, ACCURACY)
-    values = []
-    for name in [names] if isinstance(names, str) else names:
-        if (value := metric(results, name)) is None:
-            hint = f"; choose from {', '.join(METRICS + OPTIONAL)}" if name not in COST else (
-                " (the cost model writes it: keep a cost preset, e.g. cost=zigzag_28nm, not ~cost)"
-            )  # fmt: skip
-            raise ValueError(f"{OBJECTIVES_KEY}: {name!r} is not in results.json{hint}")
-        values.append(float(value))
-    return values[0] if len(values) == 1 else tuple(values)
+    names = [names] if isinstance(names, str) else list(names)
+    for name in [n for n in names if metric(results, n) is None]:
+        hint = f"; choose from {', '.join(METRICS + OPTIONAL)}" if name not in COST else (
+            " (the cost model writes it: keep a cost preset, e.g. cost=zigzag_28nm, not ~cost)"
+        )  # fmt: skip
+        raise ValueError(f"{OBJECTIVES_KEY}: {name!r} is not in results.json{hint}")
+    values = tuple(float(metric(results, n)) for n in names)
+    return values[0] if len(values) == 1 else values
 
 
 def pareto_mask(points: Sequence[Sequence[float]], senses: Sequence[str]) -> list[bool]:
@@ -143,45 +137,39 @@ class Report:
 
 
 def collect(dirs: Iterable[str | os.PathLike]) -> Collection:
-    """Every results file of every folder under ``dirs`` that has one or a Hydra
-    ``overrides.yaml``; unreadable, incomplete and missing results are skipped."""
-    folders: dict[Path, None] = {}
-    for root in map(Path, dirs):
-        if not root.is_dir():
-            raise ValueError(f"{root} is not a folder; pass a sweep or run folder")
-        found = [p.parent for p in root.rglob("results*.json") if RESULTS_NAME.fullmatch(p.name)]
-        found += [p.parent.parent for p in root.rglob(str(OVERRIDES_FILE))]
-        folders.update(dict.fromkeys(f.resolve() for f in sorted(found)))
-    out = Collection()
-    for folder in folders:
-        paths = sorted((int(m[1] or 0), p) for p in folder.glob("results*.json")
-                       if (m := RESULTS_NAME.fullmatch(p.name)))  # fmt: skip
-        if not paths and not any(RESULTS_NAME.fullmatch(p.name) for p in folder.rglob("*.json")):
-            out.skipped.append((folder, f"no {RESULTS_FILE} (failed or not finished)"))
-        overrides = _read_overrides(folder / OVERRIDES_FILE)
-        for number, path in paths:
-            try:
-                res = json.loads(path.read_text())
-            except (OSError, ValueError) as e:
-                out.skipped.append((path, f"unreadable: {e}"))
-                continue
-            if isinstance(res, dict) and res.get("complete") is not False:
-                out.jobs.append({"location": path if number else folder, "overrides": overrides,
-                                 "results": res})  # fmt: skip
-            else:
-                why = "incomplete (still running or interrupted)" if isinstance(res, dict) else ""
-                out.skipped.append((path, why or "not a JSON object"))
+    """Every results file under ``dirs`` (a run folder's ``results.json``, ``results-1.json``,
+    ...) and the run folders (with a Hydra ``overrides.yaml``) that have none; unreadable and
+    incomplete results are skipped with a note."""
+    roots, out = [Path(d) for d in dirs], Collection()
+    if missing := [r for r in roots if not r.is_dir()]:
+        raise ValueError(f"{missing[0]} is not a folder; pass a sweep or run folder")
+    found = {p.resolve(): p.name for r in roots for p in r.rglob("*.json")}
+    runs = {p.parent.parent.resolve() for r in roots for p in r.rglob(str(OVERRIDES_FILE))}
+    files = sorted(p for p, name in found.items() if RESULTS_NAME.fullmatch(name))
+    for folder in sorted(runs - {f for p in files for f in p.parents}):
+        out.skipped.append((folder, f"no {RESULTS_FILE} (failed or not finished)"))
+    for path in files:
+        try:
+            res, why = json.loads(path.read_text()), "not a JSON object"
+        except (OSError, ValueError) as e:
+            res, why = None, f"unreadable: {e}"
+        if isinstance(res, dict) and res.get("complete") is not False:
+            overrides = _read_overrides(path.parent / OVERRIDES_FILE)
+            location = path.parent if path.name == RESULTS_FILE else path
+            out.jobs.append({"location": location, "overrides": overrides, "results": res})
+        else:
+            out.skipped.append((path, "incomplete (still running or interrupted)"
+                                if isinstance(res, dict) else why))  # fmt: skip
     return out
 
 
 def _read_overrides(path: Path) -> dict[str, str]:
     """key -> value as written of the overrides Hydra recorded (parsed by Hydra's own parser;
     deletions dropped, ``+`` prefixes stripped)."""
-    if not path.is_file():
-        return {}
-    lines = list(map(str, OmegaConf.to_container(OmegaConf.load(path)) or []))
+    lines = yaml.safe_load(path.read_text()) if path.is_file() else None
+    parsed = OverridesParser.create().parse_overrides(list(map(str, lines or [])))
     return {o.get_key_element().lstrip("+"): o.get_value_element_as_str()
-            for o in OverridesParser.create().parse_overrides(lines) if not o.is_delete()}  # fmt: skip
+            for o in parsed if not o.is_delete()}  # fmt: skip
 
 
 def _written(job: dict[str, Any], key: str) -> str:
@@ -239,19 +227,22 @@ def load(collection: Collection, out: Path) -> pd.DataFrame:
     ppl = next((c for c in ("sim_ppl", "val_ppl") if df[c].notna().any()), None)
     conditions = [k for k in swept if is_condition(k) and k not in REPEAT_KEYS]
     designs = [k for k in swept if not is_condition(k)]
+    shared = raw.reindex(columns=["summary.model", "summary.dataset", "num_samples"])
+    shared = shared.drop_duplicates()  # one row: 'MODEL on DATASET (N samples)' of every run
     df.attrs.update(conditions=conditions, designs=designs, swept=swept, score=ppl or acc,
+                    ppl=ppl is not None, names={k: _names(k, df[k]) for k in swept},
                     accuracy_name="validation top-1" if acc != ACCURACY else "simulated top-1",
-                    names={k: _names(k, df[k]) for k in swept})  # fmt: skip
+                    summary="{} on {} ({} samples)".format(*shared.iloc[0]) if len(shared) == 1
+                    and shared.notna().all(axis=None) else "")  # fmt: skip
     df = df.assign(accuracy=df[acc], accuracy_std=df.get(f"{acc}_std", np.nan),
                    score=df[ppl or acc], condition=_label(df, conditions).replace("", "all"),
                    design=_label(df, designs))  # fmt: skip
     df = df.sort_values([*swept, "job"], key=lambda s: s.map(_order)).reset_index(drop=True)
     means = df.dropna(subset=["score", ENERGY]).groupby(["condition", "design"], sort=False)
-    front: set[tuple[str, str]] = set()
+    front: set[tuple[str, str]] = set()  # per condition: the designs (mean over seeds) on it
     for _, group in means[["score", ENERGY]].mean().groupby(level="condition", sort=False):
         front |= set(group.index[pareto_mask(group.to_numpy(), [sense(df.attrs["score"]), "min"])])
-    df["pareto"] = [key in front for key in zip(df["condition"], df["design"], strict=True)]
-    return df
+    return df.assign(pareto=[k in front for k in zip(df["condition"], df["design"], strict=True)])
 
 
 def _relative(location: Path, out: Path) -> str:
@@ -269,8 +260,7 @@ def write_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike | Non
         raise ValueError("no folder given: pass one or more sweep or run folders")
     if out is None and len(dirs) > 1:
         raise ValueError("several folders: say where the merged report goes (out=DIR)")
-    out = Path(out if out is not None else dirs[0])
-    collection = collect(dirs)
+    out, collection = Path(out if out is not None else dirs[0]), collect(dirs)
     if not collection.jobs:
         notes = "".join(f"; {f}: {why}" for f, why in collection.skipped[:3])
         raise ValueError(f"no complete {RESULTS_FILE} under {', '.join(map(str, dirs))}{notes}; "
@@ -278,9 +268,8 @@ def write_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike | Non
     out.mkdir(parents=True, exist_ok=True)
     df = load(collection, out)
     optional = [c for c in OPTIONAL if df[c].notna().any()]
-    df[[*df.attrs["swept"], "condition", *METRICS, *optional, "pareto", "job"]].to_csv(
-        out / CSV_FILE, index=False
-    )
+    columns = [*df.attrs["swept"], "condition", *METRICS, *optional, "pareto", "job"]
+    df[columns].to_csv(out / CSV_FILE, index=False)
     plots = _plots(df, out)
     (out / MARKDOWN_FILE).write_text(_markdown(df, dirs, plots, collection.skipped))
     return Report(out, out / CSV_FILE, out / MARKDOWN_FILE, plots, collection,
@@ -293,36 +282,18 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- views
-def _unit(values: pd.Series, kind: str) -> tuple[float, str]:
-    """(size, name) of the unit (results.unit, the one formatter) of a column's median."""
-    return unit(pd.to_numeric(values, errors="coerce").abs().median(), kind)
-
-
-def _pct(mean: pd.Series, std: pd.Series | None = None) -> pd.Series:
-    """Fractions in % with two decimals, '± std' where a std > 0; '' where there is none."""
-    text = (100 * mean).map("{:.2f}".format)
+def _pct(mean: pd.Series, std: pd.Series | None = None, fmt: str = "{:.2f}") -> pd.Series:
+    """Fractions in % (``fmt``), '± std' where a std > 0; '' where there is no value."""
+    text = (100 * mean).map(fmt.format)
     if std is not None:
-        text += np.where(std > 0, " ± " + (100 * std).map("{:.2f}".format), "")
+        text += np.where(std > 0, " ± " + (100 * std).map(fmt.format), "")
     return text.mask(mean.isna(), "")
 
 
-def _ppl(df: pd.DataFrame) -> bool:
-    return df.attrs["score"].endswith("_ppl")
-
-
-def _summary(df: pd.DataFrame) -> str:
-    """'MODEL on DATASET (N samples)' when every run shares them."""
-    cols = ["summary.model", "summary.dataset", "num_samples"]
-    if not all(c in df and df[c].nunique(dropna=False) == 1 for c in cols):
-        return ""
-    model, dataset, n = df[cols].iloc[0]
-    return f"{model} on {dataset} ({n} samples)"
-
-
-def _chips(df: pd.DataFrame) -> pd.Series:
-    """Whether each run simulated a population of chips (``simulate.chips`` > 1)."""
-    chips = df.get("chip_top1", pd.Series(None, df.index, dtype=object))
-    return chips.map(lambda c: isinstance(c, list) and len(c) > 1).astype(bool)
+def _lists(df: pd.DataFrame, column: str, least: int = 1) -> pd.Series:
+    """Whether each run's ``column`` is a list of at least ``least`` entries."""
+    cells = df.get(column, pd.Series(None, df.index, dtype=object))
+    return cells.map(lambda c: isinstance(c, list) and len(c) >= least).astype(bool)
 
 
 def _view(df: pd.DataFrame) -> pd.DataFrame:
@@ -332,105 +303,118 @@ def _view(df: pd.DataFrame) -> pd.DataFrame:
     view["float top-1"], view["inference top-1"] = _pct(df.float_top1), _pct(df.inference_top1)
     if df["measured_top1"].notna().any():  # silicon correlation
         view["measured top-1"] = _pct(df["measured_top1"])
-        view["sim - measured (pp)"] = (100 * df["sim_minus_measured"]).map("{:+.2f}".format)
-    if _chips(df).any():  # a chip population
+        view["sim - measured (pp)"] = _pct(df["sim_minus_measured"], fmt="{:+.2f}")
+    if _lists(df, "chip_top1", 2).any():  # a chip population
         view["worst chip top-1"], view["yield (%)"] = _pct(df.worst_chip_top1), _pct(df.yield_top1)
     for name in [n for n in ("sim_ppl", "inference_ppl", "val_ppl") if df[n].notna().any()]:
         view[name.replace("_", " ")] = df[name].map("{:.3f}".format)
     if df[ENERGY].notna().any():
         for name in (ENERGY, "latency_ns"):
-            div, shown = _unit(df[name], name)
+            div, shown = unit(df[name].abs().median(), name)
             view[f"{name.split('_')[0]}/sample ({shown})"] = (df[name] / div).map("{:.4g}".format)
         view["area (mm²)"] = df["area_mm2"].map("{:.3g}".format)
         view["TOPS/W"] = df["tops_per_w"].map("{:.3g}".format)
         view["Pareto"] = df["pareto"].map({True: "yes", False: ""})
     view["seconds"] = df["seconds"].map("{:.1f}".format)
-    return view.assign(job="`" + df["job"] + "`").replace(["nan", "+nan", "None"], "")
+    return view.assign(job="`" + df["job"] + "`").replace(["nan", "None"], "")
 
 
 def _fronts(df: pd.DataFrame) -> list[str]:
-    """Per condition: its Pareto-optimal designs by energy (mean over seeds, run count)."""
-    div, shown = _unit(df[ENERGY], ENERGY)
-    blocks = []
+    """The fronts' section: per condition its Pareto-optimal designs by energy (mean over
+    seeds, with the run count)."""
+    if df[ENERGY].isna().all():
+        return ["No energy in these results (the cost model's `cost.energy_pj`): no fronts."]
+    best = "lowest perplexity" if df.attrs["ppl"] else "highest accuracy"
+    blocks = [f"## Pareto fronts ({best} for its energy, within a condition)"]
+    div, shown = unit(df[ENERGY].median(), ENERGY)
+    score = "perplexity {:.3f}".format if df.attrs["ppl"] else lambda v: f"{100 * v:.2f} %"
     for condition, group in df[df["pareto"]].groupby("condition", sort=False):
-        blocks += [f"Condition {condition}:"] if df.attrs["conditions"] else []
         designs = group.groupby("design", sort=False).agg(
             score=("score", "mean"), energy=(ENERGY, "mean"), runs=("job", "size"),
             job=("job", "first")).sort_values(["energy", "score"])  # fmt: skip
-        blocks.append("\n".join(
-            f"{i}. {d or 'run'}: " + (f"perplexity {r.score:.3f}" if _ppl(df) else
-            f"{100 * r.score:.2f} %") + f" at {r.energy / div:.4g} {shown} (`{r.job}`"
-            + (f", {r.runs} runs)" if r.runs > 1 else ")")
-            for i, (d, r) in enumerate(designs.iterrows(), 1)))  # fmt: skip
+        lines = [f"{i}. {r.Index or 'run'}: {score(r.score)} at {r.energy / div:.4g} {shown} "
+                 f"(`{r.job}`{f', {r.runs} runs' if r.runs > 1 else ''})"
+                 for i, r in enumerate(designs.itertuples(), 1)]  # fmt: skip
+        blocks += [f"Condition {condition}:"] * bool(df.attrs["conditions"]) + ["\n".join(lines)]
     return blocks
 
 
 def shmoo(df: pd.DataFrame) -> pd.DataFrame | None:
-    """Accuracy by ADC bits (rows) x noise sigma (columns; in % of full scale, or in LSB for a
+    """Accuracy by ADC bits (rows) x noise sigma (columns: % of full scale, or LSB for a
     ``*_sigma_lsb`` key): the mean over seeds, the best over any other design key; None
-    unless both were swept."""
+    unless both were swept. ``attrs["other"]``: each cell's sigma in the other unit."""
     noise = next((k for k in df.attrs["conditions"] if k.endswith(SHMOO_NOISE)), None)
     if "macro.adc_bits" not in df.attrs["designs"] or noise is None:
         return None
     grid = df.assign(bits=df["macro.adc_bits"].astype(int), sigma=df[noise].astype(float))
     means = grid.pivot_table("accuracy", ["bits", "sigma"], "design", aggfunc="mean")
     table = means.max(axis=1).unstack("sigma").sort_index()
-    table.attrs["noise"] = noise
+    steps, sigma = 2.0 ** table.index.to_numpy()[:, None] - 1, table.columns.to_numpy()
+    lsb = noise.endswith("_lsb")  # LSB rms of a B-bit ADC = % of full scale x (2^B - 1) / 100
+    other = pd.DataFrame(100 * sigma / steps if lsb else sigma * steps / 100, *table.axes)
+    table.attrs.update(noise=noise, unit="LSB" if lsb else "% FS", other=other)
     return table
 
 
-def _cells(grid: pd.DataFrame, fmt: str) -> pd.DataFrame:
-    """Each shmoo cell: ``fmt`` of its accuracy in % and its sigma in the other unit, LSB rms
-    of that ADC (``% FS x (2^B - 1) / 100``) or % of full scale."""
-    steps = 2.0 ** grid.index.to_numpy()[:, None] - 1
-    lsb = grid.attrs["noise"].endswith("_lsb")
-    other = 100 * grid.columns.to_numpy() / steps if lsb else grid.columns.to_numpy() * steps / 100
-    cells = np.vectorize(lambda v, o: fmt.format(100 * v, o, "% FS" if lsb else "LSB"))
-    return pd.DataFrame(cells(grid.to_numpy(), other), grid.index, grid.columns)
+def _cells(grid: pd.DataFrame, pattern: str) -> pd.DataFrame:
+    """A shmoo grid's cells as text: the accuracy in %, then ``pattern`` of the sigma in the
+    other unit."""
+    other = "% FS" if grid.attrs["unit"] == "LSB" else "LSB"
+    return (100 * grid).map("{:.1f}".format) + grid.attrs["other"].map(
+        lambda sigma: pattern.format(sigma, other)
+    )
 
 
-def _markdown(df: pd.DataFrame, dirs, plots: list[Path], skipped) -> str:
+def _markdown(df: pd.DataFrame, dirs: Sequence[Path], plots: list[Path], skipped: list) -> str:
+    """report.md: what was swept, the runs, mean ± std over seeds, the fronts, the shmoo grid,
+    the plots and the skipped folders, in blocks."""
     conditions, designs, swept = df.attrs["conditions"], df.attrs["designs"], df.attrs["swept"]
-    repeats, names = set(REPEAT_KEYS) & set(swept), lambda keys: ", ".join(f"`{k}`" for k in keys)
-    intro = f"{len(df)} runs from {names(dirs)}" + (f": {_summary(df)}." if _summary(df) else ".")
-    intro += f" Design choices: {names(designs)}." if designs else ""
-    intro += f" Conditions (fronts are drawn within each): {names(conditions)}." if conditions else ""  # noqa: E501  # fmt: skip
-    intro += " Seeds are repeats: averaged." if repeats else ""
-    blocks = ["# Sweep report", intro]
+    repeats = set(REPEAT_KEYS) & set(swept)
+    summary = f": {df.attrs['summary']}." if df.attrs["summary"] else "."
+    intro = [f"{len(df)} runs from {_quoted(dirs)}{summary}",
+             f"Design choices: {_quoted(designs)}." * bool(designs),
+             f"Conditions (fronts are drawn within each): {_quoted(conditions)}."
+             * bool(conditions), "Seeds are repeats: averaged." * bool(repeats)]  # fmt: skip
+    blocks = ["# Sweep report", " ".join(filter(None, intro))]
     if df.get("summary.hybrid_quantized", pd.Series(dtype=object)).fillna(False).astype(bool).any():
         blocks.append("Hybrid cycles pass the ADC in some runs (quirk Q4, `macro.hybrid_exact="
                       "false`): noise-free but still quantized, and charged a conversion; "
                       "`macro.hybrid_exact=true` makes them exact.")  # fmt: skip
     blocks += [f"Accuracies in %; `{CSV_FILE}` has the same in fractions and pJ/ns.",
-               _view(df).to_markdown(index=False, disable_numparse=True)]  # fmt: skip
+               _md(_view(df), index=False)]  # fmt: skip
     if repeats:
-        stats = df.groupby(["condition", "design"], sort=False)["accuracy"].agg(["mean", "std", "size"])  # noqa: E501  # fmt: skip
-        stats = stats.reset_index().assign(**{"top-1 (%)": _pct(stats["mean"].reset_index(drop=True), stats["std"].fillna(0).reset_index(drop=True))})  # noqa: E501  # fmt: skip
-        blocks += ["## Mean ± std over seeds", stats.rename(columns={"size": "seeds"})[
-            ["condition", "design", "top-1 (%)", "seeds"]].to_markdown(index=False, disable_numparse=True)]  # noqa: E501  # fmt: skip
-    if df[ENERGY].notna().any():
-        best = "lowest perplexity" if _ppl(df) else "highest accuracy"
-        blocks += [f"## Pareto fronts ({best} for its energy, within a condition)", *_fronts(df)]
-    else:
-        blocks.append("No energy in these results (the cost model's `cost.energy_pj`): no fronts.")
+        stats = df.groupby(["condition", "design"], sort=False)["accuracy"]
+        stats = stats.agg(["mean", "std", "size"]).reset_index().rename(columns={"size": "seeds"})
+        stats["top-1 (%)"] = _pct(stats["mean"], stats["std"].fillna(0))
+        table = stats[["condition", "design", "top-1 (%)", "seeds"]]
+        blocks += ["## Mean ± std over seeds", _md(table, index=False)]
+    blocks += _fronts(df)
     if (grid := shmoo(df)) is not None:
-        lsb = grid.attrs["noise"].endswith("_lsb")
-        shown = _cells(grid, "{:.1f} ({:.2g} {})").rename_axis("ADC bits")
-        shown.columns = [f"σ {s:g} {'LSB' if lsb else '% FS'}" for s in grid.columns]
-        blocks += [f"## Shmoo grid: {df.attrs['accuracy_name']} (%), ADC bits x `{grid.attrs['noise']}`",  # noqa: E501  # fmt: skip
-                   shown.to_markdown(disable_numparse=True),
-                   "(in brackets: the same sigma in % of ADC full scale, LSB x 100 / (2^B - 1))" if lsb else  # noqa: E501  # fmt: skip
-                   "(in brackets: the same sigma in LSB rms of that ADC, % FS x (2^B - 1) / 100)"]
+        cells = _cells(grid, " ({:.2g} {})").rename_axis("ADC bits")
+        cells.columns = [f"σ {s:g} {grid.attrs['unit']}" for s in grid.columns]
+        title = f"{df.attrs['accuracy_name']} (%), ADC bits x `{grid.attrs['noise']}`"
+        other = ("% of ADC full scale, LSB x 100 / (2^B - 1)" if grid.attrs["unit"] == "LSB"
+                 else "LSB rms of that ADC, % FS x (2^B - 1) / 100")  # fmt: skip
+        blocks += [f"## Shmoo grid: {title}", _md(cells),
+                   f"(in brackets: the same sigma in {other})"]  # fmt: skip
     blocks += [f"![{p.stem}]({p.name})" for p in plots]
     if skipped:
-        blocks.append("\n".join([f"Skipped {len(skipped)} folders:", *(f"- `{f}`: {why}" for f, why in skipped)]))  # noqa: E501  # fmt: skip
+        blocks.append("\n".join([f"Skipped {len(skipped)} folders:",
+                                 *(f"- `{f}`: {why}" for f, why in skipped)]))  # fmt: skip
     return "\n\n".join(blocks) + "\n"
+
+
+def _quoted(keys: Iterable) -> str:
+    return ", ".join(f"`{k}`" for k in keys)
+
+
+def _md(table: pd.DataFrame, index: bool = True) -> str:
+    return table.to_markdown(index=index, disable_numparse=True)
 
 
 # --------------------------------------------------------------------------- plots
 def _plots(df: pd.DataFrame, out: Path) -> list[Path]:
-    """accuracy_vs_<key>.png per swept key, accuracy_vs_energy.png, shmoo.png, the chips' CDF
-    and yield, the calibration's clip rates and codes, the per-layer sensitivity."""
+    """The plots (README "A sweep and its report"), seaborn figures of the table's rows."""
     df = df.dropna(subset=["score"])
     if df.empty:
         return []
@@ -440,116 +424,119 @@ def _plots(df: pd.DataFrame, out: Path) -> list[Path]:
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook", font_scale=0.9)
-    if _ppl(df):
+    if df.attrs["ppl"]:
         y, label = df["score"], f"{df.attrs['score'].replace('_', ' ')} (lower is better)"
     else:
         y, label = 100 * df["accuracy"], f"{df.attrs['accuracy_name']} (%)"
-    ref = df["inference_top1"].dropna().unique()
-    ref = ref[0] if len(ref) == 1 and not _ppl(df) else None  # quantized inference, dashed
     keys = [k for k in df.attrs["designs"] + df.attrs["conditions"] if df[k].nunique() > 1]
-    plots = [_plot_vs(df, k, y, label, f"{label.split(' (')[0]} vs", ref, out / f"accuracy_vs_{k}.png") for k in keys]  # noqa: E501  # fmt: skip
+    plots = [_plot_vs(df, k, y, label, out / f"accuracy_vs_{k}.png") for k in keys]
     if df[ENERGY].notna().any():
-        plots.append(_plot_fronts(df.dropna(subset=[ENERGY]), y, label, ref, out))
+        plots.append(_plot_fronts(df.dropna(subset=[ENERGY]), label, out))
     if (grid := shmoo(df)) is not None:
-        ax = _axes((1.2 * len(grid.columns) + 2.6, 0.7 * len(grid) + 1.8))
-        sns.heatmap(100 * grid, annot=_cells(grid, "{:.1f}\n{:.2g} {}"), fmt="", cmap="RdYlGn",
-                    vmin=0, vmax=100, ax=ax, cbar_kws={"label": "accuracy (%)"},
-                    annot_kws={"fontsize": "small"})  # fmt: skip
-        unit_name = "LSB of the layer's ADC" if grid.attrs["noise"].endswith("_lsb") else "% of ADC full scale"  # noqa: E501  # fmt: skip
-        ax.invert_yaxis()
-        ax.set(xlabel=f"{grid.attrs['noise']} ({unit_name})", ylabel="ADC resolution (bits)")
-        ax.set_xticklabels([f"{s:g}" for s in grid.columns])
-        plots.append(_save(ax, out / "shmoo.png", f"Shmoo: {df.attrs['accuracy_name']} (%)", df))
-    if _chips(df).any():
-        chips = df[_chips(df)]
+        plots.append(_plot_shmoo(grid, df, out / "shmoo.png"))
+    if len(chips := df[_lists(df, "chip_top1", 2)]):
         plots.append(_plot_chips(chips, out / "chips_cdf.png"))
-        plots += [_plot_vs(chips, k, 100 * chips["yield_top1"], "chips at or above the threshold (%)", "Yield vs", None, out / f"yield_vs_{k}.png", ylim=(-3, 103)) for k in df.attrs["designs"] if chips[k].nunique() > 1]  # noqa: E501  # fmt: skip
-    calibrated = df.get("calibration.layers", pd.Series(None, df.index, dtype=object))
-    if (calibrated := calibrated.map(lambda c: isinstance(c, list) and bool(c))).any():
-        plots += _plot_calibration(df[calibrated.astype(bool)], out)
-    sens = df.get("sensitivity", pd.Series(None, df.index, dtype=object))
-    sens = df[sens.map(lambda s: isinstance(s, list) and bool(s)).astype(bool)]
-    for _, row in sens.iterrows():
-        name = "sensitivity_" + re.sub(r"[^\w.=,-]+", "_", row["job"]) if len(sens) > 1 else "sensitivity"  # noqa: E501  # fmt: skip
-        plots.append(_plot_sensitivity(row, out / f"{name}.png"))
+        yields = 100 * chips["yield_top1"], "chips at or above the threshold (%)"
+        plots += [_plot_vs(chips, k, *yields, out / f"yield_vs_{k}.png", "Yield")
+                  for k in df.attrs["designs"] if chips[k].nunique() > 1]  # fmt: skip
+    if len(calibrated := df[_lists(df, "calibration.layers")]):
+        plots += _plot_calibration(calibrated, out)
+    sens = df[_lists(df, "sensitivity")]
+    for i, job in sens["job"].items():
+        name = "sensitivity" + ("_" + re.sub(r"[^\w.=,-]+", "_", job) if len(sens) > 1 else "")
+        plots.append(_plot_sensitivity(sens.loc[[i]], out / f"{name}.png"))
     return plots
 
 
-def _axes(size: tuple[float, float] = (6.6, 4.4)):
+def _save(g, path: Path, title: str, df: pd.DataFrame, ylabel: str | None = None) -> Path:
+    """A seaborn grid (or a figure) titled with the model and data every run shares, with
+    quantized inference dashed where ``ylabel`` is an accuracy; saved and closed."""
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=size)[1]
-
-
-def _save(ax, path: Path, title: str, df: pd.DataFrame, ref=None, legend=None) -> Path:
-    """Title (with the model and data every run shares), the quantized-inference line
-    ``ref``, the legend outside on the right; saved and closed."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if ref is not None:
-        ax.axhline(100 * ref, color="0.4", ls="--", lw=1, label="quantized inference")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(title=legend, fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
-    elif ax.get_legend() is not None:
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
-    ax.set_title(title + (f"\n{_summary(df)}" if _summary(df) else ""))
-    ax.figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(ax.figure)
+    inference = df["inference_top1"].dropna().unique()
+    if ylabel and len(inference) == 1 and not df.attrs["ppl"]:
+        g.refline(y=100 * inference[0], color="0.4", ls="--", lw=1)
+        g.set_ylabels(f"{ylabel}, dashed: quantized inference")
+    fig = getattr(g, "figure", g)
+    summary = f"\n{df.attrs['summary']}" if df.attrs["summary"] else ""
+    fig.suptitle(title + summary, y=1.0, va="bottom")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
     return path
 
 
-def _plot_vs(df, key, y, label, title, ref, path: Path, **axes) -> Path:
+def _plot_vs(df, key: str, y: pd.Series, label: str, path: Path, what: str = "") -> Path:
     """``y`` against one key: a line per condition and other design (mean ± sd over seeds);
-    with more than MAX_LINES, every run a dot and the best design per x a line."""
+    with more than MAX_LINES (a search), every run a dot and the best design per x a line."""
     import seaborn as sns
 
     order = sorted(df[key].unique(), key=_order)
     numeric = pd.to_numeric(pd.Series(order), errors="coerce").notna().all()
-    data = df.assign(x=df[key].map(float if numeric else order.index), y=y,
-                     line=_label(df, [k for k in (*df.attrs["designs"], *df.attrs["conditions"]) if k != key]))  # noqa: E501  # fmt: skip
-    ax = _axes()
-    if data["line"].nunique() > MAX_LINES:  # a search: dots, the best design per x a line
-        sns.scatterplot(data=data, x="x", y="y", color="0.6", s=18, ax=ax, label="every run")
-        several = data["condition"].nunique() > 1
-        sns.lineplot(data=data, x="x", y="y", hue="condition" if several else None, marker="o",
-                     estimator=sense(df.attrs["score"]), errorbar=None, ax=ax,
-                     **({} if several else {"label": "best design"}))  # fmt: skip
-    else:
-        sns.lineplot(data=data, x="x", y="y", hue="line" if data["line"].nunique() > 1 else None,
-                     marker="o", errorbar="sd", err_style="bars", ax=ax)  # fmt: skip
-    if not numeric:
-        ax.set_xticks(range(len(order)), [df.attrs["names"][key][v] for v in order])
-    elif len(order) <= 12:
-        ax.set_xticks(sorted(data["x"].unique()))
-    ax.set(xlabel=KEY_LABELS.get(key, key), ylabel=label, **axes)
-    return _save(ax, path, f"{title} {key.rsplit('.', 1)[-1]}", df, ref)
+    others = [k for k in (*df.attrs["designs"], *df.attrs["conditions"]) if k != key]
+    data = df.assign(x=df[key].map(float if numeric else order.index), y=y)
+    data["line"] = _label(data, others)
+    search = data["line"].nunique() > MAX_LINES
+    hue = "condition" if search else "line"
+    g = sns.relplot(data=data, x="x", y="y", hue=hue if data[hue].nunique() > 1 else None,
+                    kind="line", marker="o", errorbar=None if search else "sd", err_style="bars",
+                    estimator=sense(df.attrs["score"]) if search else "mean", height=4.4,
+                    aspect=1.5, facet_kws={"legend_out": True})  # fmt: skip
+    if search:
+        sns.scatterplot(data=data, x="x", y="y", color="0.6", s=18, ax=g.ax, zorder=0)
+    if not numeric or len(order) <= 12:
+        ticks = sorted(data["x"].unique()) if numeric else range(len(order))
+        g.set(xticks=ticks, xticklabels=[df.attrs["names"][key][v] for v in order])
+    g.set(xlabel=KEY_LABELS.get(key, key), ylabel=label, **({"ylim": (-3, 103)} if what else {}))
+    if g.legend:
+        g.legend.set_title("")
+    title = f"{what or label.split(' (')[0]} vs {key.rsplit('.', 1)[-1]}"
+    title += ": a dot per run, a line through the best design per x" if search else ""
+    return _save(g, path, title, df, None if what else label)
 
 
-def _plot_fronts(df: pd.DataFrame, y: pd.Series, label: str, ref, out: Path) -> Path:
-    """The score against energy: every design (mean over seeds), one colour and one front per
-    condition, the Pareto-optimal designs starred and named."""
+def _plot_fronts(df: pd.DataFrame, label: str, out: Path) -> Path:
+    """The score against energy: every design (mean over seeds) a dot, one colour and one
+    front per condition, the Pareto-optimal designs starred and named."""
     import seaborn as sns
 
-    div, shown = _unit(df[ENERGY], ENERGY)
+    div, shown = unit(df[ENERGY].median(), ENERGY)
+    y = df["score"] if df.attrs["ppl"] else 100 * df["accuracy"]
     points = df.assign(y=y, energy=df[ENERGY] / div).groupby(["condition", "design"], sort=False)
     points = points.agg(y=("y", "mean"), energy=("energy", "mean"), pareto=("pareto", "any"))
     points, several = points.reset_index(), df["condition"].nunique() > 1
     hue = {"hue": "condition", "hue_order": list(points["condition"].unique())} if several else {}
-    ax = _axes((7.2, 4.8))
-    sns.scatterplot(data=points[~points["pareto"]], x="energy", y="y", alpha=0.5, ax=ax,
-                    legend=False, **(hue or {"color": "0.55"}))  # fmt: skip
-    front = points[points["pareto"]].sort_values("energy")
-    sns.lineplot(data=front, x="energy", y="y", marker="*", markersize=14, ax=ax,
-                 drawstyle="steps-post", **(hue or {"color": "tab:red", "label": "Pareto-optimal"}))  # noqa: E501  # fmt: skip
+    g = sns.relplot(data=points, x="energy", y="y", alpha=0.6, height=4.6, aspect=1.4,
+                    **(hue or {"color": "0.55"}))  # fmt: skip
+    front = points[points["pareto"]]
+    sns.scatterplot(data=front, x="energy", y="y", marker="*", s=220, ax=g.ax, legend=False,
+                    **(hue or {"color": "tab:red"}))  # fmt: skip
+    sns.lineplot(data=front, x="energy", y="y", drawstyle="steps-post", ax=g.ax, legend=False,
+                 **(hue or {"color": "tab:red"}))  # fmt: skip
     for row in front.itertuples() if len(front) <= 12 else ():
-        ax.annotate(row.design, (row.energy, row.y), textcoords="offset points",
-                    xytext=(6, -10), fontsize="x-small")  # fmt: skip
-    if points["energy"].max() / max(points["energy"].min(), 1e-30) > 20:
-        ax.set_xscale("log")
-    ax.set(xlabel=f"energy per sample ({shown})", ylabel=label)
-    title = f"{label.split(' (')[0]} vs energy per sample" + (", a front per condition" if several else "")  # noqa: E501  # fmt: skip
-    return _save(ax, out / "accuracy_vs_energy.png", title, df, ref, "condition" if several else None)  # noqa: E501  # fmt: skip
+        g.ax.annotate(row.design, (row.energy, row.y), textcoords="offset points",
+                      xytext=(6, -10), fontsize="x-small")  # fmt: skip
+    if points["energy"].max() > 20 * points["energy"].min():
+        g.set(xscale="log")
+    g.set_axis_labels(f"energy per sample ({shown})", label)
+    title = f"{label.split(' (')[0]} vs energy per sample, the Pareto-optimal designs starred"
+    title += ", a front per condition" if several else ""
+    return _save(g, out / "accuracy_vs_energy.png", title, df, label)
+
+
+def _plot_shmoo(grid: pd.DataFrame, df: pd.DataFrame, path: Path) -> Path:
+    """The shmoo grid as a heat map, each cell with its sigma in the other unit."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(grid.columns) + 2.6, 0.7 * len(grid) + 1.8))
+    sns.heatmap(100 * grid, annot=_cells(grid, "\n{:.2g} {}"), fmt="", cmap="RdYlGn", vmin=0,
+                vmax=100, ax=ax, cbar_kws={"label": "accuracy (%)"},
+                annot_kws={"fontsize": "small"})  # fmt: skip
+    ax.invert_yaxis()
+    ax.set(xlabel=KEY_LABELS.get(grid.attrs["noise"], grid.attrs["noise"]),
+           ylabel=KEY_LABELS["macro.adc_bits"],
+           xticklabels=[f"{s:g}" for s in grid.columns])  # fmt: skip
+    return _save(fig, path, f"Shmoo: {df.attrs['accuracy_name']} (%)", df)
 
 
 def _run_label(df: pd.DataFrame) -> pd.Series:
@@ -563,62 +550,67 @@ def _plot_chips(df: pd.DataFrame, path: Path) -> Path:
     curve per design and condition), with the yield threshold of each run dotted."""
     import seaborn as sns
 
-    chips = df.assign(run=_run_label(df)).explode("chip_top1")
-    chips["top1"], n = 100 * chips["chip_top1"].astype(float), df["chip_top1"].map(len)
-    ax = _axes()
-    sns.ecdfplot(data=chips, x="top1", hue="run" if chips["run"].nunique() > 1 else None, ax=ax)
-    for value in df["yield_threshold"].dropna().unique():
-        ax.axvline(100 * value, color="0.4", ls=":", lw=1)
-    ax.set(xlabel="simulated top-1 of a chip (%), dotted: yield threshold",
-           ylabel="fraction of chips at or below")  # fmt: skip
+    chips = df.assign(run=_run_label(df)).explode("chip_top1", ignore_index=True)
+    chips["top1"] = 100 * chips["chip_top1"].astype(float)
+    several = chips["run"].nunique() > 1
+    g = sns.displot(data=chips, x="top1", hue="run" if several else None, kind="ecdf",
+                    height=4.4, aspect=1.4)  # fmt: skip
+    for threshold in df["yield_threshold"].dropna().unique():
+        g.refline(x=100 * threshold, color="0.4", ls=":", lw=1)
+    g.set_axis_labels("simulated top-1 of a chip (%), dotted: yield threshold",
+                      "fraction of chips at or below")  # fmt: skip
+    n = df["chip_top1"].map(len)
     count = f"{n.iloc[0]} chips" if n.nunique() == 1 else "chips"
-    return _save(ax, path, f"Chip population: top-1 of {count} per run (CDF)", df)
+    return _save(g, path, f"Chip population: top-1 of {count} per run (CDF)", df)
 
 
-def _plot_sensitivity(row: pd.Series, path: Path) -> Path:
+def _plot_sensitivity(run: pd.DataFrame, path: Path) -> Path:
     """Per ACiM layer: top-1 with only it on the macro and with every layer but it."""
     import seaborn as sns
 
+    row = run.iloc[0]
     sens = pd.DataFrame(row["sensitivity"]).melt("layer", var_name="pass", value_name="top1")
     sens["pass"] = sens["pass"].map({"alone_top1": "only this layer on the macro",
                                      "without_top1": "every layer but this one"})  # fmt: skip
-    ax = _axes((6.4, 1.3 + 0.4 * len(row["sensitivity"])))
-    sns.pointplot(data=sens.assign(top1=100 * sens["top1"]), x="top1", y="layer", hue="pass",
-                  linestyles="none", ax=ax)  # fmt: skip
-    for value, label, style in ((row["accuracy"], "every layer on the macro", ":"),
-                                (row["inference_top1"], "no layer (inference)", "--")):  # fmt: skip
+    height = 1.3 + 0.4 * len(row["sensitivity"])
+    g = sns.catplot(data=sens.assign(top1=100 * sens["top1"]), x="top1", y="layer", hue="pass",
+                    kind="point", linestyles="none", height=height,
+                    aspect=6.4 / height)  # fmt: skip
+    for value, style in ((row["accuracy"], ":"), (row["inference_top1"], "--")):
         if pd.notna(value):
-            ax.axvline(100 * value, color="0.3", ls=style, label=label)
-    ax.set(xlabel="simulated top-1 accuracy (%)", ylabel="ACiM layer")
+            g.refline(x=100 * value, color="0.3", ls=style)
+    g.set_axis_labels("simulated top-1 (%); dotted: every layer on the macro, dashed: none",
+                      "ACiM layer")  # fmt: skip
     title = "Per-layer sensitivity" + (f", {row['design']}" if row["design"] else "")
-    return _save(ax, path, title, pd.DataFrame([row]))
+    return _save(g, path, title, run)
 
 
 def _plot_calibration(df: pd.DataFrame, out: Path) -> list[Path]:
     """Calibrated ADCs: ``calibration_clip.png``, per layer the clip rate of each run, and
     ``calibration_codes.png``, the ADC code histogram on the calibration data (share of
     conversions per code) per layer, a panel per run."""
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
-    layers = pd.DataFrame([{"run": run, **c} for run, cal in zip(_run_label(df), df["calibration.layers"], strict=True) for c in cal])  # noqa: E501  # fmt: skip
-    codes = layers.assign(share=layers["code_histogram"].map(lambda h: np.array(h) / max(sum(h), 1)),  # noqa: E501  # fmt: skip
-                          code=layers["code_histogram"].map(lambda h: np.arange(len(h)))).explode(["code", "share"])  # noqa: E501  # fmt: skip
+    layers = pd.DataFrame([{"run": run, **layer} for run, cal in
+                           zip(_run_label(df), df["calibration.layers"], strict=True)
+                           for layer in cal])  # fmt: skip
     runs = layers["run"].nunique()
-    ax = _axes((6.4, 1.4 + 0.25 * len(layers)))
-    sns.barplot(data=layers.assign(clip=100 * layers["clip_rate"]), x="clip", y="layer",
-                hue="run" if runs > 1 else None, ax=ax)  # fmt: skip
+    bars = layers.assign(clip=100 * layers["clip_rate"])
     if runs == 1:  # the calibrated full scale beside each layer
-        ax.set_yticks(range(len(layers)), [f"{c.layer}\nFS {c.full_scale}/{c.nrow}" for c in layers.itertuples()])  # noqa: E501  # fmt: skip
-    ax.set(xlabel="clipped conversions (% of calibration counts)", ylabel="ACiM layer")
-    clip = _save(ax, out / "calibration_clip.png", "Calibrated ADCs: clip rate at the calibrated full scale", df, legend="run")  # noqa: E501  # fmt: skip
-    grid = sns.relplot(data=codes.astype({"code": int, "share": float}), x="code", y="share",
-                       hue="layer", col="run", col_wrap=min(runs, 4), kind="line",
-                       drawstyle="steps-mid", height=2.6, aspect=1.2, facet_kws={"sharex": False})  # noqa: E501  # fmt: skip
-    grid.set(yscale="log").set_titles("{col_name}", size="small")
-    grid.set_axis_labels("ADC output code", "share of conversions")
+        bars["layer"] += "\nFS " + bars["full_scale"].astype(str) + "/" + bars["nrow"].astype(str)
+    height = 1.4 + 0.25 * len(layers)
+    g = sns.catplot(data=bars, x="clip", y="layer", hue="run", kind="bar", height=height,
+                    aspect=6.4 / height)  # fmt: skip
+    g.set_axis_labels("clipped conversions (% of calibration counts)", "ACiM layer")
+    clip = _save(g, out / "calibration_clip.png", "Calibrated ADCs: clip rate at the "
+                 "calibrated full scale", df)  # fmt: skip
+    share = layers["code_histogram"].map(lambda h: np.divide(h, max(sum(h), 1)))
+    codes = layers.assign(share=share, code=share.map(lambda s: np.arange(len(s))))
+    codes = codes.explode(["code", "share"], ignore_index=True).astype({"share": float})
+    g = sns.relplot(data=codes, x="code", y="share", hue="layer", col="run", kind="line",
+                    col_wrap=min(runs, 4), drawstyle="steps-mid", height=2.6, aspect=1.2,
+                    facet_kws={"sharex": False})  # fmt: skip
+    g.set(yscale="log").set_titles("{col_name}", size="small")
+    g.set_axis_labels("ADC output code", "share of conversions")
     title = "Calibrated ADCs: output code histogram on the calibration data"
-    grid.figure.suptitle(title + (f", {_summary(df)}" if _summary(df) else ""), y=1.02)
-    grid.savefig(out / "calibration_codes.png", dpi=110, bbox_inches="tight")
-    plt.close(grid.figure)
-    return [clip, out / "calibration_codes.png"]
+    return [clip, _save(g, out / "calibration_codes.png", title, df)]
