@@ -158,6 +158,24 @@ def test_report_md_and_plots(grid_sweep):
     assert "| 55.0 (0.13 LSB)" in md  # 0.2 % of 63 steps
 
 
+def test_a_shmoo_grid_takes_its_noise_in_lsb(tmp_path):
+    """noise.rand_sigma_lsb is the noise axis like noise.rand_sigma: columns in LSB rms, each
+    cell with the same sigma in % of that ADC's full scale."""
+    for bits in (4, 6):
+        for sigma in (0, 0.5):
+            make_job(tmp_path, {"macro.adc_bits": bits, "noise.rand_sigma_lsb": sigma},
+                     **results(0.1 * bits - sigma / 10, energy=100.0 * bits))  # fmt: skip
+    rep = report.write_report([tmp_path])
+    grid = report.shmoo(rep.table)
+    assert list(grid.index) == [4, 6] and list(grid.columns) == [0.0, 0.5]
+    assert grid.loc[6, 0.5] == pytest.approx(0.55)
+    md = rep.markdown.read_text()
+    assert "ADC bits x `noise.rand_sigma_lsb`" in md and "| σ 0.5 LSB" in md
+    assert "| 55.0 (0.79 % FS)" in md and "| 35.0 (3.3 % FS)" in md  # 0.5 LSB of 63, 15 steps
+    assert "shmoo.png" in {p.name for p in rep.plots}
+    assert_png(rep.out / "shmoo.png")
+
+
 def test_fronts_are_drawn_within_each_condition(grid_sweep):
     """Noise is a condition: a noisy design never competes with a noise-free one."""
     sweep, _ = grid_sweep
