@@ -19,6 +19,8 @@ workers' own random augmentations are not part of a checkpoint.
 from __future__ import annotations
 
 import random
+import re
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -306,13 +308,23 @@ def prepare_resume(argv: Sequence[str]) -> list[str]:
         )
     out = [*restored, *argv]
     if folder is not None and run_dir is None:
-        out.append(f"hydra.run.dir={folder}")
+        out.append(f"hydra.run.dir={_hydra_quoted(folder)}")
     if value != "auto":
-        out = [a if _split(a)[0] != "resume" else f"resume={ckpt_path}" for a in out]
+        resume = f"resume={_hydra_quoted(ckpt_path)}"
+        out = [a if _split(a)[0] != "resume" else resume for a in out]
     return out
 
 
+def _hydra_quoted(value: Any) -> str:
+    """A path as a value of Hydra's override grammar: quoted when it has a character the
+    grammar reads (a sweep job's folder has ``=`` and ``,``)."""
+    text = str(value)
+    return text if re.fullmatch(r"[\w/.+@%-]*", text) else "'" + text.replace("'", "\\'") + "'"
+
+
 def resume_command(last: str | None) -> str:
-    """The command that continues an interrupted run (printed on Ctrl-C)."""
+    """The command that continues an interrupted run (printed on Ctrl-C), quoted for a shell."""
     script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "train.py"
-    return f"python {script} resume={last}" if last else "no checkpoint yet: start it again"
+    if not last:
+        return "no checkpoint yet: start it again"
+    return f"python {script} {shlex.quote(f'resume={last}')}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import yaml
 
 from lightning_modules import builders
 from lightning_modules.module import ACiMClassifier
-from lightning_modules.resume import RunFinished, prepare_resume
+from lightning_modules.resume import RunFinished, prepare_resume, resume_command
 
 # 4 epochs of 4 batches; mixup draws from the global RNG, the scheduler steps at epochs 2 and 3
 TINY = [
@@ -134,6 +136,26 @@ def test_resume_of_a_finished_run_changes_no_file(uninterrupted):
     assert after.keys() - before.keys() <= {whole / "train.log"} and all(
         after[p] == before[p] for p in before
     )
+
+
+def test_the_resume_command_of_a_sweep_job_can_be_pasted(uninterrupted, tmp_path):
+    """A sweep job's folder has `=` and `,` (here a space too): the printed command is one
+    shell word per argument, and what goes on to Hydra parses back to the same paths."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    whole, _ = uninterrupted
+    job = tmp_path / "sweep" / "seed=0,optimizer.lr=0.05 b"
+    shutil.copytree(whole / "checkpoints", job / "checkpoints")
+    (job / ".hydra").mkdir()
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(TINY))
+    last = job / "checkpoints" / "last.ckpt"
+    argv = shlex.split(resume_command(str(last)))[2:]  # as a shell hands it to train.py
+    assert argv == [f"resume={last}"]
+    hydra_argv = prepare_resume([*argv, "trainer.max_epochs=6"])
+    parsed = OverridesParser.create().parse_overrides(hydra_argv)
+    values = {o.key_or_group: o.value() for o in parsed}
+    assert values["resume"] == str(last) and values["hydra.run.dir"] == str(job)
+    assert values["trainer.max_epochs"] == 6
 
 
 def test_resume_checks_the_config_in_the_checkpoint(uninterrupted):
