@@ -342,7 +342,8 @@ def _fronts(df: pd.DataFrame) -> list[str]:
 def shmoo(df: pd.DataFrame) -> pd.DataFrame | None:
     """Accuracy by ADC bits (rows) x noise sigma (columns: % of full scale, or LSB for a
     ``*_sigma_lsb`` key): the mean over seeds, the best over any other design key; None
-    unless both were swept. ``attrs["other"]``: each cell's sigma in the other unit."""
+    unless both were swept. ``attrs["cells"]``: each cell's text, its sigma in the other unit
+    too."""
     noise = next((k for k in df.attrs["conditions"] if k.endswith(SHMOO_NOISE)), None)
     if "macro.adc_bits" not in df.attrs["designs"] or noise is None:
         return None
@@ -352,17 +353,10 @@ def shmoo(df: pd.DataFrame) -> pd.DataFrame | None:
     steps, sigma = 2.0 ** table.index.to_numpy()[:, None] - 1, table.columns.to_numpy()
     lsb = noise.endswith("_lsb")  # LSB rms of a B-bit ADC = % of full scale x (2^B - 1) / 100
     other = pd.DataFrame(100 * sigma / steps if lsb else sigma * steps / 100, *table.axes)
-    table.attrs.update(noise=noise, unit="LSB" if lsb else "% FS", other=other)
+    other = other.map(f"{{:.2g}} {'% FS' if lsb else 'LSB'}".format)
+    cells = (100 * table).map("{:.1f}\n".format) + other  # the plot's; report.md: 'a (b)'
+    table.attrs.update(noise=noise, unit="LSB" if lsb else "% FS", cells=cells)
     return table
-
-
-def _cells(grid: pd.DataFrame, pattern: str) -> pd.DataFrame:
-    """A shmoo grid's cells as text: the accuracy in %, then ``pattern`` of the sigma in the
-    other unit."""
-    other = "% FS" if grid.attrs["unit"] == "LSB" else "LSB"
-    return (100 * grid).map("{:.1f}".format) + grid.attrs["other"].map(
-        lambda sigma: pattern.format(sigma, other)
-    )
 
 
 def _markdown(df: pd.DataFrame, dirs: Sequence[Path], plots: list[Path], skipped: list) -> str:
@@ -390,8 +384,9 @@ def _markdown(df: pd.DataFrame, dirs: Sequence[Path], plots: list[Path], skipped
         blocks += ["## Mean ± std over seeds", _md(table, index=False)]
     blocks += _fronts(df)
     if (grid := shmoo(df)) is not None:
-        cells = _cells(grid, " ({:.2g} {})").rename_axis("ADC bits")
+        cells = grid.attrs["cells"].replace(r"\n(.*)", r" (\1)", regex=True)
         cells.columns = [f"σ {s:g} {grid.attrs['unit']}" for s in grid.columns]
+        cells.index.name = "ADC bits"
         title = f"{df.attrs['accuracy_name']} (%), ADC bits x `{grid.attrs['noise']}`"
         other = ("% of ADC full scale, LSB x 100 / (2^B - 1)" if grid.attrs["unit"] == "LSB"
                  else "LSB rms of that ADC, % FS x (2^B - 1) / 100")  # fmt: skip
@@ -518,8 +513,8 @@ def _plot_fronts(df: pd.DataFrame, label: str, out: Path) -> Path:
     if points["energy"].max() > 20 * points["energy"].min():
         g.set(xscale="log")
     g.set_axis_labels(f"energy per sample ({shown})", label)
-    title = f"{label.split(' (')[0]} vs energy per sample, the Pareto-optimal designs starred"
-    title += ", a front per condition" if several else ""
+    title = f"{label.split(' (')[0]} vs energy per sample, "
+    title += "a front per condition" if several else "the Pareto-optimal designs starred"
     return _save(g, out / "accuracy_vs_energy.png", title, df, label)
 
 
@@ -529,7 +524,7 @@ def _plot_shmoo(grid: pd.DataFrame, df: pd.DataFrame, path: Path) -> Path:
     import seaborn as sns
 
     fig, ax = plt.subplots(figsize=(1.2 * len(grid.columns) + 2.6, 0.7 * len(grid) + 1.8))
-    sns.heatmap(100 * grid, annot=_cells(grid, "\n{:.2g} {}"), fmt="", cmap="RdYlGn", vmin=0,
+    sns.heatmap(100 * grid, annot=grid.attrs["cells"], fmt="", cmap="RdYlGn", vmin=0,
                 vmax=100, ax=ax, cbar_kws={"label": "accuracy (%)"},
                 annot_kws={"fontsize": "small"})  # fmt: skip
     ax.invert_yaxis()
