@@ -564,7 +564,8 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
  * with a pattern its column's fine index n = min(max(m*G + D, 0) >> ASIM_GAIN_BITS, top_c)
  * (G, D of column (tile, weight bit i, output o)); a noise-free ADC reads vcnt[c][index], a
  * noisy one draws its code at row index (+ the column's noise block) of the cycle's table
- * and reads vcode[c][code]. Integer arithmetic and lookups, accumulated in the spec's order
+ * and reads vcode[c][code] (without vcode, uniform levels: fl(fl(code/A)*F_c), as
+ * tile_epilogue). Integer arithmetic and lookups, accumulated in the spec's order
  * with the same float32 operations as the torch backend. o0 is the block's first output. */
 static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32_t (*cnt)[NL],
                                  const uint64_t *ek, float *y) {
@@ -580,6 +581,8 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
     const asim_code_table *tables = (const asim_code_table *)R->tables;
     const asim_bucket_table *buckets = (const asim_bucket_table *)R->buckets;
     const int64_t ncode = (int64_t)R->adc_levels + 1;
+    const float A = R->adc_levels, invA = 1.0f / A, *fs = (const float *)R->cyc_fs;
+    const int rec = R->reciprocal;
     int32_t mc[NL], idx[NL], row[NL];
     for (int32_t i = w - 1; i >= 0; --i) {
         for (int32_t c = ncyc - 1; c >= 0; --c) {
@@ -603,6 +606,18 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
                         D = pd[(((int64_t)tile * ncyc + c) * w + i) * R->O + o];
                         base = (int64_t)pb[at] * (top + 1);
                     }
+                    if (R->pat_narrow) { /* the same integers in 32-bit lanes (vectorized) */
+                        const int32_t G32 = (int32_t)G, D32 = (int32_t)D, top32 = (int32_t)top;
+                        const int32_t base32 = (int32_t)base;
+                        for (int t = ob * MB; t < (ob + 1) * MB; ++t) {
+                            int32_t n = mc[t] * G32 + D32;
+                            n = n > 0 ? n >> ASIM_GAIN_BITS : 0;
+                            n = n < top32 ? n : top32;
+                            idx[t] = n;
+                            row[t] = n + base32;
+                        }
+                        continue;
+                    }
                     for (int t = ob * MB; t < (ob + 1) * MB; ++t) {
                         int64_t n = (int64_t)mc[t] * G + D;
                         n = n > 0 ? n >> ASIM_GAIN_BITS : 0;
@@ -624,16 +639,22 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             const uint64_t draw =
                 ((uint64_t)(tile * w + i) * (uint64_t)ncyc + (uint64_t)c) * (uint64_t)K;
 #if ACIM_AVX2
-            if (bt && bt->entry) { /* the fused pass, reading the plan's code values */
-                draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, vcode + c * ncode, k,
-                          R->adc_levels, 1.0f, 0, y);
+            if (bt && bt->entry) { /* the fused pass: the plan's code values, or fl(fl(q/A)*F) */
+                draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K,
+                          vcode ? vcode + c * ncode : NULL, k, A, fs[c], rec, y);
                 continue;
             }
 #endif
             int32_t q[NL];
             drawn_codes(bt, tab, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, q);
-            const float *tv = vcode + (int64_t)c * ncode;
-            for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];
+            if (vcode) {
+                const float *tv = vcode + (int64_t)c * ncode;
+                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];
+            } else if (rec) {
+                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (((float)q[t] * invA) * fs[c]);
+            } else {
+                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (((float)q[t] / A) * fs[c]);
+            }
         }
     }
 }

@@ -260,6 +260,11 @@ class Plan:
     def late(self, c: int) -> bool:
         return self.late_sign and c == self.ncyc - 1
 
+    def table_key(self, c: int) -> tuple:
+        """What cycle ``c``'s tables depend on: cycles with equal keys (every cycle of a
+        bit-serial macro) share one table, so a call's cycles read the same memory."""
+        return (self.full_scale[c], self.cycles[c].levels, self.late(c))
+
     def value_by_count(self, c: int, top: int) -> Tensor:
         """Noise-free output of every count ``0..max(top, F_c)`` of cycle ``c``."""
         f, macro = self.full_scale[c], self.macro
@@ -285,7 +290,7 @@ class Plan:
     def fine_values(self, c: int) -> Tensor:
         """Noise-free output of every fine index ``n = 0..S*F_c`` of cycle ``c`` (a patterned
         ADC, spec §4.7): ``a = clamp(fl(n / (S*F)), 0, 1)``, its code, that code's value."""
-        key = ("fine_values", c)
+        key = ("fine_values", self.full_scale[c])
         if key not in self._tables:
             from ..noise import table_codes, table_taus
 
@@ -302,12 +307,12 @@ class Plan:
     def fine_code_table(self, c: int, scales: tuple[float, ...]):
         """The exact code distribution of every fine index of cycle ``c``, one block of rows
         per sigma multiple in ``scales`` (spec §4.7, :func:`asim.noise.code_table`)."""
-        return self._code_table(("fine_code", c, scales), c, fine=self.fine, sigma_scales=scales)
+        return self._code_table(("fine_code", *self.table_key(c), scales), c, fine=self.fine, sigma_scales=scales)
 
     def code_table(self, c: int):
         """The exact code distribution of every count ``0..F_c`` of cycle ``c``."""
         return self._code_table(
-            ("code", c), c, alpha=self.alpha, late_compression=self.late(c)
+            ("code", *self.table_key(c)), c, alpha=self.alpha, late_compression=self.late(c)
         )
 
     def _code_table(self, key, c: int, **extra):
