@@ -307,7 +307,9 @@ class Plan:
     def fine_code_table(self, c: int, scales: tuple[float, ...]):
         """The exact code distribution of every fine index of cycle ``c``, one block of rows
         per sigma multiple in ``scales`` (spec §4.7, :func:`asim.noise.code_table`)."""
-        return self._code_table(("fine_code", *self.table_key(c), scales), c, fine=self.fine, sigma_scales=scales)
+        return self._code_table(
+            ("fine_code", *self.table_key(c), scales), c, fine=self.fine, sigma_scales=scales
+        )
 
     def code_table(self, c: int):
         """The exact code distribution of every count ``0..F_c`` of cycle ``c``."""
@@ -316,7 +318,8 @@ class Plan:
         )
 
     def _code_table(self, key, c: int, **extra):
-        """:func:`asim.noise.code_table` of cycle ``c`` with ``extra`` arguments, kept as ``key``."""
+        """:func:`asim.noise.code_table` of cycle ``c`` with ``extra`` arguments, kept at ``key``
+        (equal keys: one table)."""
         from ..noise import code_table
 
         if key not in self._tables:
