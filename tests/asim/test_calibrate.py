@@ -308,20 +308,26 @@ def test_calibrated_adc_is_closer_to_the_ideal_macro(method):
 # ------------------------------------------------------------------ per-ADC ranges (§4.8)
 
 
-def _per_adc(trace: list[dict], wb: int, group: int, n_tiles: int, nrow: int) -> dict:
-    """``{levels: n[t, j, M]}`` of the oracle trace's analog column MACs, by ADC."""
+def _per_adc(trace: list[dict], wb: int, group: int, n_tiles: int, nrow: int, out_dim=-1):
+    """``{levels: n[t, j, M]}`` of the oracle trace's analog column MACs, by ADC (outputs
+    along ``out_dim`` of a MAC; tiles numbered in the trace's order)."""
     out: dict[int, torch.Tensor] = {}
+    labels: list = []
+    for t in trace:
+        if t["tile"] not in labels:
+            labels.append(t["tile"])
     for t in trace:
         if t["adc_code"] is None:
             continue
         levels = t["full_scale"] // nrow
-        mac = t["mac"].reshape(-1, t["mac"].shape[-1]).long()  # [rows, O]
+        mac = t["mac"].movedim(out_dim, -1)
+        mac = mac.reshape(-1, mac.shape[-1]).long()  # [rows, O]
         O = mac.shape[-1]
         n_adc = -(-(O * wb) // group)
         n = out.setdefault(levels, torch.zeros(n_tiles, n_adc, levels * nrow + 1, dtype=torch.long))
         for o in range(O):
             j = (o * wb + t["w_bit"]) // group
-            n[t["tile"], j] += torch.bincount(mac[:, o], minlength=levels * nrow + 1)
+            n[labels.index(t["tile"]), j] += torch.bincount(mac[:, o], minlength=levels * nrow + 1)
     return out
 
 
@@ -347,6 +353,23 @@ def test_per_adc_counts_equal_oracle(group):
     assert set(hist.columns) == set(want)
     for levels, n in want.items():
         assert torch.equal(hist.columns[levels], n), levels
+
+
+def test_per_adc_counts_equal_oracle_conv():
+    torch.manual_seed(2)
+    macro = MacroConfig(weight_bits=3, input_bits=4, nrow=20, adc_bits=4)  # 2 channels a tile
+    layer = ACiMConv2d(5, 4, 3, padding=1, stride=2, macro=macro,
+                       noise=asim.NoiseConfig(adc_group=2))  # fmt: skip
+    x = torch.rand(2, 5, 7, 7)
+    hists, _ = observe_counts(nn.Sequential(layer), [(x, torch.zeros(2))], columns=True)
+    trace: list[dict] = []
+    oracle.oracle_conv2d(
+        x, layer.weight.detach(), stride=2, padding=1, wbit=3, xbit=4, adc_prec=4, nrow=20,
+        trace=trace,
+    )  # fmt: skip
+    want = _per_adc(trace, 3, 2, 3, 20, out_dim=1)
+    assert hists["0"].columns[1].shape == (3, 6, 21)
+    assert torch.equal(hists["0"].columns[1], want[1])
 
 
 @pytest.mark.parametrize("method", ["max", "percentile", "mse"])
