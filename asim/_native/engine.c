@@ -636,7 +636,16 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             const uint64_t draw =
                 ((uint64_t)(tile * w + i) * (uint64_t)ncyc + (uint64_t)c) * (uint64_t)K;
 #if ACIM_AVX2
-            if (bt && bt->entry && !pv) { /* the fused pass, reading the plan's code values */
+            if (bt && bt->entry && pv) { /* the fused pass with A = F = k = 1 adds the code
+                                          * itself (exact), valued per column after */
+                float qf[NL];
+                for (int t = 0; t < NL; ++t) qf[t] = 0.0f;
+                draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, NULL, 1.0f, 1.0f, 1.0f,
+                          0, qf);
+                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tvo[t / MB][(int32_t)qf[t]];
+                continue;
+            }
+            if (bt && bt->entry) { /* the fused pass, reading the plan's code values */
                 draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, vcode + c * ncode, k,
                           R->adc_levels, 1.0f, 0, y);
                 continue;
