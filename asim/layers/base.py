@@ -463,6 +463,10 @@ class ACiMLayer:
                     else f"(rand={n.rand_sigma:g}%, nl={n.nonlinear_sigma:g}%)"
                 )
             )
+        ranges = getattr(self, "adc_ranges", None)
+        if ranges is not None:  # per-ADC full scales (spec §4.8)
+            flat = [v for row in ranges.full_scale for v in row]
+            parts.append(f"adc_ranges={min(flat)}..{max(flat)} ({len(flat)} ADCs)")
         if self.trim_noise:
             parts.append(f"trim_noise={self.trim_noise:g}%")
         if self.digital:
