@@ -22,9 +22,13 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..config import MacroConfig, NoiseConfig, WeightParallelADC
 from .plan import DIGITAL, VOTED_ANALOG, Plan, build_plan, linear_tiles
+
+if TYPE_CHECKING:
+    from .pattern import ColumnRanges
 
 __all__ = ["Operations", "Program", "compile_program"]
 
@@ -85,7 +89,7 @@ class Program:
     outputs: int
     noise: NoiseConfig | None = None
     chip: int | None = None
-    ranges: object | None = None
+    ranges: ColumnRanges | None = None
     _forms: dict = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -222,7 +226,7 @@ def compile_program(
     tiles: Sequence[tuple[int, int]],
     outputs: int,
     chip: int | None = None,
-    ranges=None,
+    ranges: ColumnRanges | None = None,
 ) -> Program:
     """The :class:`Program` of a matmul with ``outputs`` columns, its reduction tiled as
     ``tiles``, on ``macro`` with ``noise`` and signed or unsigned inputs; calls with equal
@@ -255,7 +259,9 @@ def compile_program(
     return program
 
 
-def _checked_ranges(plan: Plan, ranges, tiles: int, outputs: int):
+def _checked_ranges(
+    plan: Plan, ranges: ColumnRanges, tiles: int, outputs: int
+) -> ColumnRanges | None:
     """``ranges`` if they fit the program (one-line errors otherwise), None where every ADC
     has the layer's full scale (spec §4.8)."""
     from .pattern import ColumnRanges

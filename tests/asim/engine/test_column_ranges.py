@@ -153,3 +153,25 @@ def test_refusals_are_one_line():
         compile_program(
             macro, NoiseConfig(cell_sigma=1.0), False, tiles, 1, ranges=ColumnRanges.of([[3, 4]])
         )
+
+
+def test_programs_and_layers_keep_their_ranges():
+    """A program with ranges pickles to the same program; a layer's ranges are part of its
+    program key (set, changed or cleared, the next call compiles with them)."""
+    import pickle
+
+    from asim import ACiMLinear
+
+    macro = MacroConfig(weight_bits=3, input_bits=4, nrow=8, adc_bits=3)
+    ranges = ColumnRanges.of([[3, 5, 8, 2, 7, 6], [8, 8, 1, 4, 5, 6]])
+    program = compile_program(macro, None, False, linear_tiles(12, 8), 2, ranges=ranges)
+    assert pickle.loads(pickle.dumps(program)) is program
+    layer = ACiMLinear(12, 2, macro=macro, signed_input=False, mode="simulate")
+    x = torch.rand(5, 12)
+    with torch.no_grad():
+        plain = layer(x)
+        layer.adc_ranges = ranges
+        narrow = layer(x)
+        assert layer._program(0, 12, 2) is program and bits(narrow) != bits(plain)
+        layer.adc_ranges = None
+        assert bits(layer(x)) == bits(plain)
