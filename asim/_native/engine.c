@@ -623,7 +623,10 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             }
             if (md == ASIM_CYC_ADC && pv) {
                 const int32_t *fc = fcode + vcnt_off[c];
-                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tvo[t / MB][fc[idx[t]]];
+                for (int ob = 0; ob < OB; ++ob) {
+                    const float *tv = tvo[ob];
+                    for (int t = ob * MB; t < (ob + 1) * MB; ++t) y[t] = y[t] + k * tv[fc[idx[t]]];
+                }
                 continue;
             }
             if (md == ASIM_CYC_ADC) {
@@ -642,7 +645,11 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
                 for (int t = 0; t < NL; ++t) qf[t] = 0.0f;
                 draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, NULL, 1.0f, 1.0f, 1.0f,
                           0, qf);
-                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tvo[t / MB][(int32_t)qf[t]];
+                for (int ob = 0; ob < OB; ++ob) {
+                    const float *tv = tvo[ob];
+                    for (int t = ob * MB; t < (ob + 1) * MB; ++t)
+                        y[t] = y[t] + k * tv[(int32_t)qf[t]];
+                }
                 continue;
             }
             if (bt && bt->entry) { /* the fused pass, reading the plan's code values */
@@ -654,7 +661,10 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             int32_t q[NL];
             drawn_codes(bt, tab, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, q);
             if (pv) {
-                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tvo[t / MB][q[t]];
+                for (int ob = 0; ob < OB; ++ob) {
+                    const float *tv = tvo[ob];
+                    for (int t = ob * MB; t < (ob + 1) * MB; ++t) y[t] = y[t] + k * tv[q[t]];
+                }
                 continue;
             }
             const float *tv = vcode + (int64_t)c * ncode;
