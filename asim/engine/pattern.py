@@ -149,10 +149,10 @@ def draw_pattern(
     i = torch.arange(w, dtype=torch.int64).view(-1, 1)
     adc = (o * w + i) // spec.group  # [w, O]
     unit = float(1 << (FINE_BITS + GAIN_BITS))
-    scale = ratio = None
+    scale = None
     if ranges is not None:  # §4.8: the gain scaled by N / N_j, exactly 1 where N_j = N
         scale = ranges.tensor()
-        ratio = float(macro.adc_rows) / scale.double()
+        ratio = float(macro.adc_rows) / scale.double()  # fl64(N / N_j)
         G = torch.round((1.0 + gain) * ratio * unit).long()  # [T, n_adc]
     else:
         G = torch.round((1.0 + gain) * unit).long()  # [T, n_adc]
