@@ -565,8 +565,11 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
  * (G, D of column (tile, weight bit i, output o)); a noise-free ADC reads vcnt[c][index], a
  * noisy one draws its code at row index (+ the column's noise block) of the cycle's table
  * and reads vcode[c][code] (without vcode, uniform levels: fl(fl(code/A)*F_c), as
- * tile_epilogue). Integer arithmetic and lookups, accumulated in the spec's order
- * with the same float32 operations as the torch backend. o0 is the block's first output. */
+ * tile_epilogue). With per-ADC full scales (§4.8, R->pat_vclass) a column reads
+ * the values of its class, vcode[class][c], a noise-free one at its code fcode[c][index]; a
+ * column is one output, so the table is chosen per output block ob. Integer arithmetic and
+ * lookups, accumulated in the spec's order with the same float32 operations as the torch
+ * backend. o0 is the block's first output. */
 static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32_t (*cnt)[NL],
                                  const uint64_t *ek, float *y) {
     const asim_run *R = X->R;
@@ -578,6 +581,8 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
     const int64_t *vcnt_off = (const int64_t *)R->vcnt_off;
     const int64_t *pg = (const int64_t *)R->pat_gain, *pd = (const int64_t *)R->pat_offset;
     const int32_t *pb = (const int32_t *)R->pat_block, *ptop = (const int32_t *)R->pat_top;
+    const int32_t *pv = (const int32_t *)R->pat_vclass, *fcode = (const int32_t *)R->fcode;
+    const float *tvo[OB]; /* with pv: the value of each code in output block ob's column */
     const asim_code_table *tables = (const asim_code_table *)R->tables;
     const asim_bucket_table *buckets = (const asim_bucket_table *)R->buckets;
     const int64_t ncode = (int64_t)R->adc_levels + 1;
@@ -599,13 +604,15 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
                 const int64_t top = ptop[c];
                 for (int ob = 0; ob < OB; ++ob) {
                     const int64_t o = o0 + ob;
-                    int64_t G = 0, D = 0, base = 0;
+                    int64_t G = 0, D = 0, base = 0, cls = 0;
                     if (o < R->O) {
                         const int64_t at = ((int64_t)tile * w + i) * R->O + o;
                         G = pg[at];
                         D = pd[(((int64_t)tile * ncyc + c) * w + i) * R->O + o];
                         base = (int64_t)pb[at] * (top + 1);
+                        if (pv) cls = pv[at];
                     }
+                    if (pv) tvo[ob] = vcode + (cls * ncyc + c) * ncode;
                     if (R->pat_narrow) { /* the same integers in 32-bit lanes (vectorized) */
                         const int32_t G32 = (int32_t)G, D32 = (int32_t)D, top32 = (int32_t)top;
                         const int32_t base32 = (int32_t)base;
@@ -629,6 +636,14 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             } else {
                 for (int t = 0; t < NL; ++t) idx[t] = row[t] = mc[t];
             }
+            if (md == ASIM_CYC_ADC && pv) {
+                const int32_t *fc = fcode + vcnt_off[c];
+                for (int ob = 0; ob < OB; ++ob) {
+                    const float *tv = tvo[ob];
+                    for (int t = ob * MB; t < (ob + 1) * MB; ++t) y[t] = y[t] + k * tv[fc[idx[t]]];
+                }
+                continue;
+            }
             if (md == ASIM_CYC_ADC) {
                 const float *tv = vcnt + vcnt_off[c];
                 for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[idx[t]];
@@ -639,6 +654,19 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             const uint64_t draw =
                 ((uint64_t)(tile * w + i) * (uint64_t)ncyc + (uint64_t)c) * (uint64_t)K;
 #if ACIM_AVX2
+            if (bt && bt->entry && pv) { /* the fused pass with A = F = k = 1 adds the code
+                                          * itself (exact), valued per column after */
+                float qf[NL];
+                for (int t = 0; t < NL; ++t) qf[t] = 0.0f;
+                draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, NULL, 1.0f, 1.0f, 1.0f,
+                          0, qf);
+                for (int ob = 0; ob < OB; ++ob) {
+                    const float *tv = tvo[ob];
+                    for (int t = ob * MB; t < (ob + 1) * MB; ++t)
+                        y[t] = y[t] + k * tv[(int32_t)qf[t]];
+                }
+                continue;
+            }
             if (bt && bt->entry) { /* the fused pass: the plan's code values, or fl(fl(q/A)*F) */
                 draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K,
                           vcode ? vcode + c * ncode : NULL, k, A, fs[c], rec, y);
@@ -647,6 +675,13 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
 #endif
             int32_t q[NL];
             drawn_codes(bt, tab, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, q);
+            if (pv) {
+                for (int ob = 0; ob < OB; ++ob) {
+                    const float *tv = tvo[ob];
+                    for (int t = ob * MB; t < (ob + 1) * MB; ++t) y[t] = y[t] + k * tv[q[t]];
+                }
+                continue;
+            }
             if (vcode) {
                 const float *tv = vcode + (int64_t)c * ncode;
                 for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];

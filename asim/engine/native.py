@@ -204,7 +204,14 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
         offsets = torch.tensor([0, *[t.numel() for t in counts]], dtype=torch.int64).cumsum(0)
         keep["vcnt"] = torch.cat(counts).contiguous()
         keep["vcnt_off"] = offsets[:-1].contiguous()
-        if macro.adc_values is not None:  # else the kernel computes fl(fl(q/A)*F_c)
+        if pattern is not None and pattern.vcls is not None:  # §4.8: values per class
+            keep["vcode"] = torch.cat(
+                [plan.class_value_by_code(c, n) for n in pattern.classes for c in range(ncyc)]
+            ).contiguous()
+            keep["pat_vclass"] = pattern.vcls.to(torch.int32).contiguous()
+            keep["fcode"] = torch.cat([plan.fine_codes(c) for c in range(ncyc)])
+            keep["fcode"] = keep["fcode"].to(torch.int32).contiguous()
+        elif macro.adc_values is not None:  # else the kernel computes fl(fl(q/A)*F_c)
             keep["vcode"] = torch.cat([plan.value_by_code(c) for c in range(ncyc)]).contiguous()
         if pattern is not None:
             keep["pat_gain"] = pattern.G.contiguous()
@@ -260,6 +267,8 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
                 "pat_offset",
                 "pat_block",
                 "pat_top",
+                "pat_vclass",
+                "fcode",
             )
         },  # fmt: skip
     )

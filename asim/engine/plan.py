@@ -287,10 +287,11 @@ class Plan:
         """The fixed pattern's grid: fine indices per count (spec §4.7)."""
         return 1 << FINE_BITS
 
-    def fine_values(self, c: int) -> Tensor:
-        """Noise-free output of every fine index ``n = 0..S*F_c`` of cycle ``c`` (a patterned
-        ADC, spec §4.7): ``a = clamp(fl(n / (S*F)), 0, 1)``, its code, that code's value."""
-        key = ("fine_values", self.full_scale[c])
+    def fine_codes(self, c: int) -> Tensor:
+        """The noise-free code (int64) of every fine index ``n = 0..S*F_c`` of cycle ``c`` (a
+        patterned ADC, spec §4.7): ``a = clamp(fl(n / (S*F)), 0, 1)``, then §4.1 step 4 or
+        §4.6."""
+        key = ("fine_codes", self.full_scale[c])
         if key not in self._tables:
             from ..noise import table_codes, table_taus
 
@@ -301,8 +302,23 @@ class Plan:
                 codes = x.round_().long()
             else:
                 codes = table_codes(x, table_taus(macro.adc_thresholds, macro.adc_levels))
-            self._tables[key] = self.value_by_code(c)[codes]
+            self._tables[key] = codes
         return self._tables[key]
+
+    def fine_values(self, c: int) -> Tensor:
+        """Noise-free output of every fine index ``n = 0..S*F_c`` of cycle ``c`` (a patterned
+        ADC, spec §4.7): the value of its code (:meth:`fine_codes`)."""
+        key = ("fine_values", self.full_scale[c])
+        if key not in self._tables:
+            self._tables[key] = self.value_by_code(c)[self.fine_codes(c)]
+        return self._tables[key]
+
+    def class_value_by_code(self, c: int, column_scale: int) -> Tensor:
+        """Output of every ADC code of cycle ``c`` in a column whose ADC has its own full
+        scale ``column_scale`` (a column count, spec §4.8): :meth:`value_by_code` with
+        ``F_{j,c} = levels_c * column_scale`` in place of ``F_c``."""
+        f = self.cycles[c].levels * int(column_scale)
+        return code_value_table(f, self.macro.adc_levels, self.reciprocal, self.macro.adc_values)
 
     def fine_code_table(self, c: int, scales: tuple[float, ...]):
         """The exact code distribution of every fine index of cycle ``c``, one block of rows
