@@ -198,19 +198,20 @@ static inline __m256i codes8(const asim_bucket_table *bt, const int32_t *mc, __m
     return q;
 }
 
-/* One drawn conversion of NL lanes in one pass per 8 lanes: the uniforms (draws draw ..
+/* One drawn conversion of `lanes` lanes (NL, or MB: one output block) in one pass per 8
+ * lanes: the uniforms (draws draw ..
  * draw + K - 1 of each element), their codes, for K > 1 the vote (asim_vote: the most
  * frequent code, ties to the smallest), the code's value (tv[q], or fl(fl(q/A)*F), with
  * rec fl(fl(q*invA)*F)) and y + k * value: the same operations as tile_epilogue's scalar
  * loops, lane by lane. */
 static void draw_add8(const asim_bucket_table *bt, const int32_t *mc, const uint64_t *ek,
                       uint64_t draw, int32_t K, const float *tv, float k, float A, float F,
-                      int rec, float *y) {
+                      int rec, float *y, int lanes) {
     const __m256 vk = _mm256_set1_ps(k), vA = _mm256_set1_ps(A), vF = _mm256_set1_ps(F);
     const __m256 vinvA = _mm256_set1_ps(1.0f / A);
     const __m256i gd = _mm256_set1_epi64x((int64_t)(draw * ASIM_DRAW_GAMMA));
     const __m256i gstep = _mm256_set1_epi64x((int64_t)ASIM_DRAW_GAMMA);
-    for (int t = 0; t < NL; t += 8) {
+    for (int t = 0; t < lanes; t += 8) {
         __m256i q = codes8(bt, mc + t, draw8(ek + t, gd));
         if (K > 1) {
             __m256i qs[ASIM_MAXVOTES];
@@ -540,7 +541,7 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
 #if ACIM_AVX2
                 if (bt && bt->entry) {
                     draw_add8(bt, mc, ek, draw, md == ASIM_CYC_NOISY ? 1 : K,
-                              X->vtab ? X->vtab + (int64_t)c * VT : NULL, k, A, F, rec, y);
+                              X->vtab ? X->vtab + (int64_t)c * VT : NULL, k, A, F, rec, y, NL);
                     continue;
                 }
 #endif
@@ -654,22 +655,15 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             const uint64_t draw =
                 ((uint64_t)(tile * w + i) * (uint64_t)ncyc + (uint64_t)c) * (uint64_t)K;
 #if ACIM_AVX2
-            if (bt && bt->entry && pv) { /* the fused pass with A = F = k = 1 adds the code
-                                          * itself (exact), valued per column after */
-                float qf[NL];
-                for (int t = 0; t < NL; ++t) qf[t] = 0.0f;
-                draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, NULL, 1.0f, 1.0f, 1.0f,
-                          0, qf);
-                for (int ob = 0; ob < OB; ++ob) {
-                    const float *tv = tvo[ob];
-                    for (int t = ob * MB; t < (ob + 1) * MB; ++t)
-                        y[t] = y[t] + k * tv[(int32_t)qf[t]];
-                }
+            if (bt && bt->entry && pv) { /* the fused pass per output block: its column's values */
+                for (int ob = 0; ob < OB; ++ob)
+                    draw_add8(bt, row + ob * MB, ek + ob * MB, draw,
+                              md == ASIM_CYC_NOISY ? 1 : K, tvo[ob], k, A, 1.0f, 0, y + ob * MB, MB);
                 continue;
             }
             if (bt && bt->entry) { /* the fused pass: the plan's code values, or fl(fl(q/A)*F) */
                 draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K,
-                          vcode ? vcode + c * ncode : NULL, k, A, fs[c], rec, y);
+                          vcode ? vcode + c * ncode : NULL, k, A, fs[c], rec, y, NL);
                 continue;
             }
 #endif
