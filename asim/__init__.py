@@ -21,6 +21,7 @@ from .config import (
 from .convert import LAYER_MAP, acim_modules, convert_to_acim, resample_noise, set_mode, to_float
 from .cost import CostConfig, CostRecorder, CostReport, estimate_cost
 from .engine import acim_matmul, activation_cycles
+from .engine.pattern import ColumnRanges
 from .layers import (
     MODES,
     ACiMConv2d,
@@ -45,6 +46,7 @@ __all__ = [
     "AttentionMacros",
     "Calibration",
     "CellVariation",
+    "ColumnRanges",
     "ConvTiling",
     "CostConfig",
     "CostRecorder",

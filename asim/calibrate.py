@@ -18,6 +18,15 @@ Counts of a bit-parallel cycle (full scale ``levels * nrow``, spec §5) are norm
 cycle's ``levels``, so one full scale in column counts serves every cycle, as the engine's
 ``levels_c * adc_full_scale`` does. Only a histogram of the counts is kept per layer.
 
+With ``granularity="column"`` the counts of every ADC (tile ``t``, ADC ``j = (o * weight_bits
++ i) // adc_group``, spec §4.7, ``adc_group`` from the layer's noise, default 1) are kept
+apart and each ADC gets its own full scale by the same method (spec §4.8); the layer's
+``adc_full_scale`` becomes the largest of them and the layer keeps the rest as
+:class:`~asim.engine.pattern.ColumnRanges` (``layer.adc_ranges``). It applies to the weight
+matmul of conv and linear layers; attention's products of two activations (``NAME.qk``,
+``NAME.av``) and multi-head attention layers keep one range per layer. ``lloyd_max`` fits
+one level table per layer and is refused per column.
+
 The result is a :class:`Calibration`: per layer the method, full scale, clip rate, mean-
 squared error and the calibrated ADC's code histogram on the observed counts; it saves to
 and loads from JSON (the macro it was made for and a format version inside) and applies to
@@ -38,8 +47,9 @@ from torch import Tensor, nn
 
 from .config import MacroConfig
 from .convert import acim_modules
+from .engine.pattern import ColumnRanges
 from .engine.plan import EXACT, activation_cycles, build_plan, linear_tiles
-from .layers import ACiMConv2d
+from .layers import ACiMConv2d, ACiMLinear
 from .layers.conv import conv_tiles
 from .quant import quantize, tensor_scale
 
@@ -58,12 +68,14 @@ __all__ = [
 METHODS = ("max", "percentile", "mse", "lloyd_max")
 """The calibration methods of :func:`calibrate_adc`."""
 
-GRANULARITIES = ("layer",)
-"""Supported granularities. Per column-group ranges (``"column"``) need per-column ADC
-ranges in the engine, which it does not have yet."""
+GRANULARITIES = ("layer", "column")
+"""One full scale per layer, or one per ADC (column group, spec §4.8)."""
 
 CALIBRATION_FORMAT = "asim-adc-calibration"
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2
+"""Version 2 adds each layer's per-ADC full scales (``column_full_scale``, ``adc_group``);
+version 1 files (per layer only) still load."""
+_READABLE_VERSIONS = (1, 2)
 
 _CALIBRATED_FIELDS = ("adc_full_scale", "adc_thresholds", "adc_values", "adc_levels_csv")
 _PARTS = ("macro", "qk_macro", "av_macro")  # the attributes of a layer that hold a macro
@@ -82,11 +94,29 @@ class CountHistogram:
         adc_bits: the macro's ADC resolution.
         counts: ``{levels: n}``; ``n[M]`` is how many conversions of a cycle with
             ``levels = 2^width - 1`` (1 bit-serial) saw count ``M`` (``0 .. levels*nrow``).
+        group: with per-ADC counts, the columns per ADC (else None).
+        columns: per-ADC counts ``{levels: n}``, ``n[t, j, M]`` for tile ``t`` and ADC ``j``
+            (only with ``group``).
     """
 
     nrow: int
     adc_bits: int
     counts: dict[int, Tensor] = field(default_factory=dict)
+    group: int | None = None
+    columns: dict[int, Tensor] = field(default_factory=dict)
+
+    def add_columns(
+        self, levels: int, tile: int, shape: tuple[int, int], m: Tensor, adc: Tensor
+    ) -> None:
+        """Add counts ``m [..., n, O]`` of tile ``tile`` whose columns belong to ADCs
+        ``adc [n, O]``; ``shape``: (tiles, ADCs)."""
+        bins = levels * self.nrow + 1
+        tiles, n_adc = shape
+        have = self.columns.get(levels)
+        at = (adc.to(m.device) + tile * n_adc) * bins + m.long()
+        n = torch.bincount(at.reshape(-1), minlength=tiles * n_adc * bins).cpu()
+        n = n.view(tiles, n_adc, bins)
+        self.columns[levels] = n if have is None else have + n
 
     def add(self, levels: int, m: Tensor) -> None:
         n = torch.bincount(m.reshape(-1).to(torch.int32), minlength=levels * self.nrow + 1).cpu()
@@ -127,14 +157,19 @@ def _weight_planes(w_int: Tensor, bits: int, dim: int) -> Tensor:
 class _Observer:
     """Accumulates the count histograms of the layers' calls (see :func:`observe_counts`)."""
 
-    def __init__(self):
+    def __init__(self, columns: bool = False):
         self.hists: dict[str, CountHistogram] = {}
+        self.columns = columns
 
     def record(self, name: str, layer, mm) -> None:
         macro = mm.macro or layer.macro
         signed = layer.signed_input if mm.signed is None else mm.signed
-        key = name + _SUFFIX[_part(layer, mm, signed)]
-        hist = self.hists.setdefault(key, CountHistogram(macro.nrow, macro.adc_bits))
+        part = _part(layer, mm, signed)
+        key = name + _SUFFIX[part]
+        group = None
+        if self.columns and part == "macro" and mm.layout is not None and _per_column(layer):
+            group = layer.noise.adc_group if layer.noise is not None else 1
+        hist = self.hists.setdefault(key, CountHistogram(macro.nrow, macro.adc_bits, group=group))
         x_int, _ = layer._quantize_input(mm.x, macro, signed)
         if mm.layout is None:  # a dynamic operand (attention): quantized per call, [..., R, O]
             w_scale = tensor_scale(mm.w, True, layer._per_sample)
@@ -155,19 +190,28 @@ class _Observer:
     @staticmethod
     def _count(hist, macro: MacroConfig, signed: bool, x_int, planes, tiles) -> None:
         """Add the counts ``M`` of every (tile, weight bit, cycle) conversion of
-        ``x_int [..., M, R] @ W [..., R, O]`` (``planes``: W's bit planes side by side)."""
+        ``x_int [..., M, R] @ W [..., R, O]`` (``planes``: W's bit planes side by side), per
+        ADC too when ``hist.group`` is set (ADC ``(o * wb + i) // group``, spec §4.7)."""
         plan = build_plan(macro, None, signed)
         xu = _bits(x_int, macro.input_bits)
         wb = macro.weight_bits
+        O = planes.shape[-1] // wb
+        adc = None
+        if hist.group is not None:
+            o = torch.arange(O).view(1, -1)
+            adc = (o * wb + torch.arange(wb).view(-1, 1)) // hist.group  # [wb, O]
         for c, cyc in enumerate(activation_cycles(macro.input_bits, macro.input_enc_bits, signed)):
             xc = ((xu >> cyc.bits[0]) & cyc.levels).float()  # the cycle's multi-level input
             analog = [i for i in range(wb) if plan.mode[i][c] != EXACT]
             pick = torch.tensor(analog, device=xc.device)
-            for s, e in tiles:
+            for t, (s, e) in enumerate(tiles):
                 m = (xc[..., s:e] @ planes[..., s:e, :]).unflatten(-1, (wb, -1))  # [.., wb, O]
                 if len(analog) < wb:  # hybrid exact cycles never reach the ADC (spec §6)
                     m = m.index_select(-2, pick)
                 hist.add(cyc.levels, m)
+                if adc is not None:
+                    shape = (len(tiles), -(-(O * wb) // hist.group))
+                    hist.add_columns(cyc.levels, t, shape, m, adc[analog])
 
 
 _UNFOLD_BUDGET = 1 << 24  # unfolded input elements per chunk of images
@@ -187,6 +231,12 @@ def _unfolded(layer, x_int: Tensor, R: int):
         per_image = cols.shape[1] * cols.shape[2]
         yield cols.transpose(1, 2).reshape(-1, R)
         b0 += step
+
+
+def _per_column(layer) -> bool:
+    """Does ``granularity="column"`` give this layer per-ADC full scales? (Its weight matmul
+    is its one engine call 0, which :attr:`ACiMLayer.adc_ranges` applies to.)"""
+    return isinstance(layer, (ACiMConv2d, ACiMLinear))
 
 
 def _part(layer, mm, signed: bool) -> str:
@@ -213,10 +263,11 @@ def _inputs(batch):
 
 
 def observe_counts(
-    model: nn.Module, batches: Iterable, max_batches: int | None = None
+    model: nn.Module, batches: Iterable, max_batches: int | None = None, columns: bool = False
 ) -> tuple[dict[str, CountHistogram], int]:
     """The column-count histograms of every non-digital ACiM layer of ``model`` over
-    ``batches`` (input tensors or ``(x, y)`` tuples), and the number of batches seen.
+    ``batches`` (input tensors or ``(x, y)`` tuples), and the number of batches seen; with
+    ``columns`` also per ADC (:attr:`CountHistogram.columns`) for conv and linear layers.
 
     The model runs in eval mode without gradients, its layers as the ideal integer macro
     (mode ``inference``) with the training perturbation off: the counts are exact and
@@ -237,7 +288,7 @@ def observe_counts(
                     f"calibrate_adc: layer {name!r} uses macro.weight_parallel (its signed ADC "
                     "ranges over weight_parallel_rows, not adc_full_scale); exclude it"
                 )
-    observer = _Observer()
+    observer = _Observer(columns)
     saved = [
         (layer, layer.mode, layer.trim_noise, getattr(layer, "attn_trim_noise", None))
         for _, layer in layers
@@ -330,6 +381,9 @@ class LayerCalibration:
         layer_type: the layer's class name; shape: its weight's shape.
         count_histogram: the observed counts, ``{levels: [n(M) for M = 0 ..]}`` (trailing
             zeros dropped).
+        column_full_scale: with ``granularity="column"``, each ADC's full scale
+            ``[tile][ADC]`` in column counts (``full_scale`` is the largest), else None.
+        adc_group: the columns per ADC of ``column_full_scale`` (else None).
     """
 
     method: str
@@ -344,6 +398,8 @@ class LayerCalibration:
     layer_type: str
     shape: tuple[int, ...]
     count_histogram: dict[int, list[int]]
+    column_full_scale: list[list[int]] | None = None
+    adc_group: int | None = None
 
     @property
     def observed(self) -> int:
@@ -358,9 +414,22 @@ class LayerCalibration:
             "adc_levels_csv": None,  # a levels file is replaced by the fitted (or no) table
         }
 
+    def ranges(self) -> ColumnRanges | None:
+        """The per-ADC full scales as the layer's ``adc_ranges`` (None: one per layer)."""
+        if self.column_full_scale is None:
+            return None
+        return ColumnRanges.of(self.column_full_scale, self.adc_group)
 
-def _fit(hist: CountHistogram, macro: MacroConfig, method: str, percentile: float):
-    """``(full_scale, thresholds, values, mse, clip_rate, code_histogram, mse_full_scale)``."""
+
+def _fit(
+    hist: CountHistogram,
+    macro: MacroConfig,
+    method: str,
+    percentile: float,
+    search: int | None = None,
+):
+    """``(full_scale, thresholds, values, mse, clip_rate, code_histogram, mse_full_scale)``;
+    ``mse`` searches full scales ``1 .. search`` (default ``max(nrow, max count)``)."""
     A = macro.adc_levels
     v, w = hist.points()
     total = float(w.sum())
@@ -376,7 +445,7 @@ def _fit(hist: CountHistogram, macro: MacroConfig, method: str, percentile: floa
         idx = int(torch.searchsorted(cum, torch.tensor(percentile / 100 * total).double()))
         fs = max(1, math.ceil(float(v[min(idx, v.numel() - 1)]) - 1e-9))
     else:
-        errors = _mse_search(v, w, max(top, macro.nrow), A)  # above max can align better
+        errors = _mse_search(v, w, search or max(top, macro.nrow), A)  # above max can align
         fs = int(torch.argmin(errors)) + 1
     if method == "lloyd_max":
         levels = _lloyd_max(v, w, fs, A)
@@ -394,6 +463,39 @@ def _fit(hist: CountHistogram, macro: MacroConfig, method: str, percentile: floa
     _, out_fs = _uniform(v, macro.nrow, A)
     mse_fs = float(((v - out_fs) ** 2 * w).sum() / total)
     return fs, thresholds, values, mse, clip, [int(c) for c in codes], mse_fs
+
+
+def _fit_columns(hist: CountHistogram, macro: MacroConfig, method: str, percentile: float):
+    """Every ADC's full scale by ``method`` (:func:`_fit` on its own counts; ``mse`` over
+    the layer's search range, so no ADC does worse than the layer's best range), and the
+    layer's summary: ``(ranges [T, n_adc], full_scale, mse, clip_rate, code_histogram,
+    mse_full_scale)``, the errors and clip rate over all conversions, the full scale the
+    largest ADC's. An ADC that saw nothing (every cycle of its columns exact) gets it too."""
+    A = macro.adc_levels
+    v, _ = hist.points()
+    search = max(macro.nrow, math.ceil(float(v[-1]) - 1e-9) if v.numel() else 1)
+    T, n_adc = next(iter(hist.columns.values())).shape[:2]
+    ranges = torch.zeros(T, n_adc, dtype=torch.int64)
+    total = mse = clip = mse_fs = 0.0
+    codes = torch.zeros(A + 1, dtype=torch.float64)
+    for t in range(T):
+        for j in range(n_adc):
+            one = CountHistogram(
+                hist.nrow, hist.adc_bits, {L: n[t, j] for L, n in hist.columns.items()}
+            )
+            n = one.total
+            if n == 0:
+                continue
+            fs, _, _, e, c, cd, e_fs = _fit(one, macro, method, percentile, search)
+            ranges[t, j] = fs
+            total += n
+            mse, clip, mse_fs = mse + e * n, clip + c * n, mse_fs + e_fs * n
+            codes += torch.tensor(cd, dtype=torch.float64)
+    full_scale = max(1, int(ranges.max()))
+    ranges[ranges == 0] = full_scale
+    total = max(total, 1.0)
+    summary = (mse / total, clip / total, [int(c) for c in codes], mse_fs / total)
+    return ranges, full_scale, *summary
 
 
 # ----------------------------------------------------------------------------- result
@@ -474,7 +576,7 @@ class Calibration:
             raise ValueError(f"calibration {path}: cannot be read as JSON ({err})") from None
         if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
             raise ValueError(f"calibration {path}: not an {CALIBRATION_FORMAT} file")
-        if doc.get("version") != CALIBRATION_VERSION:
+        if doc.get("version") not in _READABLE_VERSIONS:
             raise ValueError(
                 f"calibration {path}: format version {doc.get('version')!r}, this asim reads "
                 f"version {CALIBRATION_VERSION}; calibrate again"
@@ -494,12 +596,15 @@ class Calibration:
                 layer_type=e["layer_type"],
                 shape=tuple(e["shape"]),
                 count_histogram={int(k): list(n) for k, n in e["count_histogram"].items()},
+                column_full_scale=e.get("column_full_scale"),
+                adc_group=e.get("adc_group"),
             )
         return cls(doc["method"], doc["percentile"], doc["granularity"], doc["batches"], layers)
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Set each calibrated layer's ADC (``adc_full_scale``, and ``adc_thresholds`` /
-        ``adc_values`` for ``lloyd_max``) in place; returns ``model``.
+        ``adc_values`` for ``lloyd_max``; with ``granularity="column"`` the per-ADC full
+        scales, ``layer.adc_ranges``, spec §4.8) in place; returns ``model``.
 
         Refuses (one line, nothing changed) a model whose non-digital ACiM layers, their
         types, weight shapes or macros (calibrated fields aside) differ from the ones the
@@ -535,10 +640,19 @@ class Calibration:
                     f"{_show(getattr(have, diff))}, the calibration was made for "
                     f"{_show(getattr(made, diff))}; calibrate with the macro it will run"
                 )
+            group = layer.noise.adc_group if layer.noise is not None else 1
+            if lc.adc_group is not None and lc.adc_group != group:
+                raise ValueError(
+                    f"Calibration.apply: layer {name!r} has noise.adc_group={group}, the "
+                    f"calibration's ADCs group {lc.adc_group} columns; calibrate with the "
+                    "noise it will run"
+                )
         for key, lc in self.layers.items():
             name, part = _split(key)
             layer = layers[name]
             setattr(layer, part, dataclasses.replace(getattr(layer, part), **lc.changes()))
+            if part == "macro" and _per_column(layer):
+                layer.adc_ranges = lc.ranges()
         return model
 
     def table(self) -> str:
@@ -548,8 +662,12 @@ class Calibration:
             "|---|---:|---:|---:|---:|---:|",
         ]
         for key, lc in self.layers.items():
+            fs = str(lc.full_scale)
+            if lc.column_full_scale is not None:  # per ADC: the layer's and the smallest
+                low = min(min(r) for r in lc.column_full_scale)
+                fs = f"{low}..{lc.full_scale} per ADC"
             lines.append(
-                f"| {key} | {lc.full_scale} | {lc.macro.nrow} | {100 * lc.clip_rate:.3f} % | "
+                f"| {key} | {fs} | {lc.macro.nrow} | {100 * lc.clip_rate:.3f} % | "
                 f"{lc.mse:.4g} | {lc.mse_full_scale:.4g} |"
             )
         return "\n".join(lines)
@@ -582,8 +700,9 @@ def calibrate_adc(
         batches: calibration inputs: tensors or ``(x, y)`` tuples (a DataLoader works).
         method: ``max``, ``percentile``, ``mse`` or ``lloyd_max`` (see the module docs).
         percentile: for ``percentile``: the percentile of the observed counts, in (0, 100].
-        granularity: ``layer`` (one range per layer). Per column-group ranges need
-            per-column ADC ranges in the engine, which it does not have yet.
+        granularity: ``layer`` (one range per layer) or ``column`` (one per ADC, i.e. per
+            group of ``noise.adc_group`` columns, spec §4.8; conv and linear layers, not with
+            ``lloyd_max``).
         max_batches: stop after this many batches (None: all).
 
     Returns:
@@ -593,19 +712,31 @@ def calibrate_adc(
         raise ValueError(f"calibrate_adc: method={method!r}; choose one of {', '.join(METHODS)}")
     if granularity not in GRANULARITIES:
         raise ValueError(
-            f"calibrate_adc: granularity={granularity!r} is not supported (per-column ADC "
-            "ranges are not in the engine yet); use granularity='layer'"
+            f"calibrate_adc: granularity={granularity!r}; choose one of {', '.join(GRANULARITIES)}"
+        )
+    if granularity == "column" and method == "lloyd_max":
+        raise ValueError(
+            "calibrate_adc: lloyd_max fits one level table per layer; use granularity='layer' "
+            "with it, or max, percentile or mse per column"
         )
     if not (isinstance(percentile, (int, float)) and 0 < percentile <= 100):
         raise ValueError(f"calibrate_adc: percentile={percentile!r} must be in (0, 100]")
-    hists, seen = observe_counts(model, batches, max_batches)
+    hists, seen = observe_counts(model, batches, max_batches, columns=granularity == "column")
     modules = dict(acim_modules(model))
     layers = {}
     for key, hist in hists.items():
         name, part = _split(key)
         layer = modules[name]
         macro = _base_macro(getattr(layer, part))
-        fs, thr, val, mse, clip, codes, mse_fs = _fit(hist, macro, method, float(percentile))
+        columns = None
+        if hist.columns:  # per ADC (spec §4.8)
+            ranges, fs, mse, clip, codes, mse_fs = _fit_columns(
+                hist, macro, method, float(percentile)
+            )
+            thr = val = None
+            columns = ranges.tolist()
+        else:
+            fs, thr, val, mse, clip, codes, mse_fs = _fit(hist, macro, method, float(percentile))
         layers[key] = LayerCalibration(
             method=method,
             full_scale=fs,
@@ -619,6 +750,8 @@ def calibrate_adc(
             layer_type=type(layer).__name__,
             shape=_weight_shape(layer),
             count_histogram={lv: _trim_zeros(n.tolist()) for lv, n in sorted(hist.counts.items())},
+            column_full_scale=columns,
+            adc_group=hist.group if columns is not None else None,
         )
     return Calibration(
         method, float(percentile) if method == "percentile" else None, granularity, seen, layers

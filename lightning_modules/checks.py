@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
-from asim.calibrate import METHODS
+from asim.calibrate import GRANULARITIES, METHODS
 from asim.checkpoint import read_checkpoint
 from asim.noise import build_noise
 
@@ -174,6 +174,17 @@ def _check_chips_and_calibration(cfg: DictConfig, noise) -> None:
         raise ValueError(
             f"simulate.calibrate={method} and calibration={path}: calibrate anew or apply "
             "the saved calibration, not both (drop one)"
+        )
+    granularity = opts.get("calibration_granularity", "layer")
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"simulate.calibration_granularity={granularity}: choose one of "
+            f"{', '.join(GRANULARITIES)}"
+        )
+    if granularity == "column" and method == "lloyd_max":
+        raise ValueError(
+            "simulate.calibrate=lloyd_max fits one level table per layer; set "
+            "simulate.calibration_granularity=layer or calibrate with max, percentile or mse"
         )
     if opts.get("calibration_batches", 1) < 1:
         raise ValueError(

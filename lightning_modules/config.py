@@ -158,6 +158,9 @@ class SimulateOptions:
     ``calibration_batches`` training batches before the passes; saved as calibration.json."""
     calibration_batches: int = 8
     """Training batches the calibration observes."""
+    calibration_granularity: str = "layer"
+    """``layer``: one ADC full scale per layer; ``column``: one per ADC (column group, spec
+    §4.8; not with ``lloyd_max``)."""
 
 
 @dataclass

@@ -466,6 +466,7 @@ def _calibrate(cfg: DictConfig, model: nn.Module, dm, files: ResultsFile | None)
         cal = calibrate_adc(
             model, dm.train_dataloader(), method=method,
             max_batches=int(cfg.simulate.calibration_batches),
+            granularity=cfg.simulate.get("calibration_granularity", "layer"),
         )  # fmt: skip
         log.info("calibrated the ADCs (%s, %d batches, %.1f s)", method, cal.batches,
                  time.perf_counter() - t0)  # fmt: skip
@@ -564,6 +565,7 @@ def _calibration_field(cal, where: str | None, opts) -> dict[str, Any] | None:
     return {
         "method": cal.method,
         "percentile": cal.percentile,
+        "granularity": cal.granularity,
         "batches": cal.batches,
         "made": opts.get("calibrate") is not None,
         "file": where,

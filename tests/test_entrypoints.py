@@ -245,6 +245,7 @@ BAD_SIMULATE = [
     (["simulate.calibrate=best"], "error: simulate.calibrate=best: choose one of max,"),
     (["calibration={text}", "simulate.calibrate=mse"], "error: simulate.calibrate=mse and"),
     (["calibration=missing.json"], "error: calibration=missing.json: no such file"),
+    (["simulate.calibration_granularity=adc"], "error: simulate.calibration_granularity=adc:"),
 ]
 
 

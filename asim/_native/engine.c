@@ -198,19 +198,20 @@ static inline __m256i codes8(const asim_bucket_table *bt, const int32_t *mc, __m
     return q;
 }
 
-/* One drawn conversion of NL lanes in one pass per 8 lanes: the uniforms (draws draw ..
+/* One drawn conversion of `lanes` lanes (NL, or MB: one output block) in one pass per 8
+ * lanes: the uniforms (draws draw ..
  * draw + K - 1 of each element), their codes, for K > 1 the vote (asim_vote: the most
  * frequent code, ties to the smallest), the code's value (tv[q], or fl(fl(q/A)*F), with
  * rec fl(fl(q*invA)*F)) and y + k * value: the same operations as tile_epilogue's scalar
  * loops, lane by lane. */
 static void draw_add8(const asim_bucket_table *bt, const int32_t *mc, const uint64_t *ek,
                       uint64_t draw, int32_t K, const float *tv, float k, float A, float F,
-                      int rec, float *y) {
+                      int rec, float *y, int lanes) {
     const __m256 vk = _mm256_set1_ps(k), vA = _mm256_set1_ps(A), vF = _mm256_set1_ps(F);
     const __m256 vinvA = _mm256_set1_ps(1.0f / A);
     const __m256i gd = _mm256_set1_epi64x((int64_t)(draw * ASIM_DRAW_GAMMA));
     const __m256i gstep = _mm256_set1_epi64x((int64_t)ASIM_DRAW_GAMMA);
-    for (int t = 0; t < NL; t += 8) {
+    for (int t = 0; t < lanes; t += 8) {
         __m256i q = codes8(bt, mc + t, draw8(ek + t, gd));
         if (K > 1) {
             __m256i qs[ASIM_MAXVOTES];
@@ -540,7 +541,7 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
 #if ACIM_AVX2
                 if (bt && bt->entry) {
                     draw_add8(bt, mc, ek, draw, md == ASIM_CYC_NOISY ? 1 : K,
-                              X->vtab ? X->vtab + (int64_t)c * VT : NULL, k, A, F, rec, y);
+                              X->vtab ? X->vtab + (int64_t)c * VT : NULL, k, A, F, rec, y, NL);
                     continue;
                 }
 #endif
@@ -564,8 +565,12 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
  * with a pattern its column's fine index n = min(max(m*G + D, 0) >> ASIM_GAIN_BITS, top_c)
  * (G, D of column (tile, weight bit i, output o)); a noise-free ADC reads vcnt[c][index], a
  * noisy one draws its code at row index (+ the column's noise block) of the cycle's table
- * and reads vcode[c][code]. Integer arithmetic and lookups, accumulated in the spec's order
- * with the same float32 operations as the torch backend. o0 is the block's first output. */
+ * and reads vcode[c][code] (without vcode, uniform levels: fl(fl(code/A)*F_c), as
+ * tile_epilogue). With per-ADC full scales (§4.8, R->pat_vclass) a column reads
+ * the values of its class, vcode[class][c], a noise-free one at its code fcode[c][index]; a
+ * column is one output, so the table is chosen per output block ob. Integer arithmetic and
+ * lookups, accumulated in the spec's order with the same float32 operations as the torch
+ * backend. o0 is the block's first output. */
 static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32_t (*cnt)[NL],
                                  const uint64_t *ek, float *y) {
     const asim_run *R = X->R;
@@ -577,9 +582,13 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
     const int64_t *vcnt_off = (const int64_t *)R->vcnt_off;
     const int64_t *pg = (const int64_t *)R->pat_gain, *pd = (const int64_t *)R->pat_offset;
     const int32_t *pb = (const int32_t *)R->pat_block, *ptop = (const int32_t *)R->pat_top;
+    const int32_t *pv = (const int32_t *)R->pat_vclass, *fcode = (const int32_t *)R->fcode;
+    const float *tvo[OB]; /* with pv: the value of each code in output block ob's column */
     const asim_code_table *tables = (const asim_code_table *)R->tables;
     const asim_bucket_table *buckets = (const asim_bucket_table *)R->buckets;
     const int64_t ncode = (int64_t)R->adc_levels + 1;
+    const float A = R->adc_levels, invA = 1.0f / A, *fs = (const float *)R->cyc_fs;
+    const int rec = R->reciprocal;
     int32_t mc[NL], idx[NL], row[NL];
     for (int32_t i = w - 1; i >= 0; --i) {
         for (int32_t c = ncyc - 1; c >= 0; --c) {
@@ -596,12 +605,26 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
                 const int64_t top = ptop[c];
                 for (int ob = 0; ob < OB; ++ob) {
                     const int64_t o = o0 + ob;
-                    int64_t G = 0, D = 0, base = 0;
+                    int64_t G = 0, D = 0, base = 0, cls = 0;
                     if (o < R->O) {
                         const int64_t at = ((int64_t)tile * w + i) * R->O + o;
                         G = pg[at];
                         D = pd[(((int64_t)tile * ncyc + c) * w + i) * R->O + o];
                         base = (int64_t)pb[at] * (top + 1);
+                        if (pv) cls = pv[at];
+                    }
+                    if (pv) tvo[ob] = vcode + (cls * ncyc + c) * ncode;
+                    if (R->pat_narrow) { /* the same integers in 32-bit lanes (vectorized) */
+                        const int32_t G32 = (int32_t)G, D32 = (int32_t)D, top32 = (int32_t)top;
+                        const int32_t base32 = (int32_t)base;
+                        for (int t = ob * MB; t < (ob + 1) * MB; ++t) {
+                            int32_t n = mc[t] * G32 + D32;
+                            n = n > 0 ? n >> ASIM_GAIN_BITS : 0;
+                            n = n < top32 ? n : top32;
+                            idx[t] = n;
+                            row[t] = n + base32;
+                        }
+                        continue;
                     }
                     for (int t = ob * MB; t < (ob + 1) * MB; ++t) {
                         int64_t n = (int64_t)mc[t] * G + D;
@@ -614,6 +637,14 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             } else {
                 for (int t = 0; t < NL; ++t) idx[t] = row[t] = mc[t];
             }
+            if (md == ASIM_CYC_ADC && pv) {
+                const int32_t *fc = fcode + vcnt_off[c];
+                for (int ob = 0; ob < OB; ++ob) {
+                    const float *tv = tvo[ob];
+                    for (int t = ob * MB; t < (ob + 1) * MB; ++t) y[t] = y[t] + k * tv[fc[idx[t]]];
+                }
+                continue;
+            }
             if (md == ASIM_CYC_ADC) {
                 const float *tv = vcnt + vcnt_off[c];
                 for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[idx[t]];
@@ -624,16 +655,35 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             const uint64_t draw =
                 ((uint64_t)(tile * w + i) * (uint64_t)ncyc + (uint64_t)c) * (uint64_t)K;
 #if ACIM_AVX2
-            if (bt && bt->entry) { /* the fused pass, reading the plan's code values */
-                draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, vcode + c * ncode, k,
-                          R->adc_levels, 1.0f, 0, y);
+            if (bt && bt->entry && pv) { /* the fused pass per output block: its column's values */
+                for (int ob = 0; ob < OB; ++ob)
+                    draw_add8(bt, row + ob * MB, ek + ob * MB, draw,
+                              md == ASIM_CYC_NOISY ? 1 : K, tvo[ob], k, A, 1.0f, 0, y + ob * MB, MB);
+                continue;
+            }
+            if (bt && bt->entry) { /* the fused pass: the plan's code values, or fl(fl(q/A)*F) */
+                draw_add8(bt, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K,
+                          vcode ? vcode + c * ncode : NULL, k, A, fs[c], rec, y, NL);
                 continue;
             }
 #endif
             int32_t q[NL];
             drawn_codes(bt, tab, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, q);
-            const float *tv = vcode + (int64_t)c * ncode;
-            for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];
+            if (pv) {
+                for (int ob = 0; ob < OB; ++ob) {
+                    const float *tv = tvo[ob];
+                    for (int t = ob * MB; t < (ob + 1) * MB; ++t) y[t] = y[t] + k * tv[q[t]];
+                }
+                continue;
+            }
+            if (vcode) {
+                const float *tv = vcode + (int64_t)c * ncode;
+                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];
+            } else if (rec) {
+                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (((float)q[t] * invA) * fs[c]);
+            } else {
+                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (((float)q[t] / A) * fs[c]);
+            }
         }
     }
 }

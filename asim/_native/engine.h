@@ -77,11 +77,14 @@
     X(i32, nthreads, "threads to use (>= 1)")                                              \
     X(ptr, vcnt, "float32 value of each count (or fine index, §4.7) per cycle, or NULL")    \
     X(ptr, vcnt_off, "int64 [ncyc] offset of each cycle's table in vcnt")                   \
-    X(ptr, vcode, "float32 [ncyc][A+1] value of each code (with vcnt)")                     \
+    X(ptr, vcode, "float32 [nclass][ncyc][A+1] value of each code (with vcnt; 1 class) or NULL") \
     X(ptr, pat_gain, "int64 [ntiles][w][O] gain G of each column's ADC (§4.7), or NULL")    \
     X(ptr, pat_offset, "int64 [ntiles][ncyc][w][O] offset D of each column's ADC")          \
     X(ptr, pat_block, "int32 [ntiles][w][O] noise block (sigma multiple) of each column")   \
-    X(ptr, pat_top, "int32 [ncyc] the largest fine index S*F_c")
+    X(ptr, pat_top, "int32 [ncyc] the largest fine index S*F_c")                           \
+    X(ptr, pat_vclass, "int32 [ntiles][w][O] value class of each column (§4.8), or NULL")   \
+    X(ptr, fcode, "int32 code of each fine index, cycle c's at vcnt_off[c] (pat_vclass)")   \
+    X(i32, pat_narrow, "1: every column's m*G + D fits int32 (32-bit lanes), 0: int64")
 
 /* The code table of one cycle re-indexed for the kernel, so that most draws are one lookup
  * and one compare. Row r = m - m_min and bucket b = u >> (32 - bits) of the uniform u give

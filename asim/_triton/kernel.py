@@ -171,11 +171,15 @@ def acim_kernel(
     P_OFFSET,
     P_CLS,
     P_TOP,
+    P_VCLS,
+    FCODE,
+    vstride,
     WB: tl.constexpr,
     NCYC: tl.constexpr,
     GATHER: tl.constexpr,
     NOISE: tl.constexpr,
     PATTERN: tl.constexpr,
+    CLASSES: tl.constexpr,
     SINGLE_K: tl.constexpr,
     PLANES: tl.constexpr,
     BM: tl.constexpr,
@@ -258,13 +262,23 @@ def acim_kernel(
                     block = tl.load(P_CLS + col, mask=nmask, other=0).to(tl.int64) * (ptop + 1)
                     acnt = fine.to(tl.int32)
                     dcnt = (fine + block[None, :]).to(tl.int32)
+                    if CLASSES:  # §4.8: each column's value class, as an offset into VCODE
+                        vcls = tl.load(P_VCLS + col, mask=nmask, other=0).to(tl.int64) * vstride
                 else:
                     acnt = cnt
                     dcnt = cnt
                 if mode == MODE_EXACT:
                     v = cnt.to(tl.float32)
                 elif mode == MODE_ADC:
-                    v = tl.load(VCNT + tl.load(VCNT_OFF + c) + acnt, mask=valid, other=0.0)
+                    if CLASSES:  # the fine index's code, valued in the column's class
+                        fc = tl.load(FCODE + tl.load(VCNT_OFF + c) + acnt, mask=valid, other=0)
+                        v = tl.load(
+                            VCODE + tl.load(VCODE_OFF + c) + vcls[None, :] + fc,
+                            mask=valid,
+                            other=0.0,
+                        )
+                    else:
+                        v = tl.load(VCNT + tl.load(VCNT_OFF + c) + acnt, mask=valid, other=0.0)
                 else:
                     if NOISE:
                         draw = ((t * WB + i) * NCYC + c).to(tl.int64) * draw_k
@@ -380,7 +394,16 @@ def acim_kernel(
                                 code = tl.where(take, ck, code)
                                 best_n = tl.where(take, n, best_n)
                         code = tl.where(valid, code, 0)
-                        v = tl.load(VCODE + tl.load(VCODE_OFF + c) + code, mask=valid, other=0.0)
+                        if CLASSES:
+                            v = tl.load(
+                                VCODE + tl.load(VCODE_OFF + c) + vcls[None, :] + code,
+                                mask=valid,
+                                other=0.0,
+                            )
+                        else:
+                            v = tl.load(
+                                VCODE + tl.load(VCODE_OFF + c) + code, mask=valid, other=0.0
+                            )
                     else:
                         v = tl.zeros((BM, BN), dtype=tl.float32)
                 y = y + coef * v

@@ -171,11 +171,17 @@ class KernelTables:
     p_offset: Tensor | None = None
     p_cls: Tensor | None = None
     p_top: Tensor | None = None
+    classes: bool = False
+    p_vcls: Tensor | None = None
+    fcode: Tensor | None = None
+    vstride: int = 0
 
     @classmethod
     def from_plan(cls, plan, top: int, device, pattern=None) -> KernelTables:
         """The kernel's tables; with a chip's ``pattern`` (spec §4.7) the value and code
-        tables are the fine-grid ones and the per-column constants come along."""
+        tables are the fine-grid ones and the per-column constants come along; with per-ADC
+        full scales (§4.8) the code values are laid out ``[class][cycle][code]`` and each
+        column's class and the fine codes come along too."""
         ncyc = plan.ncyc
         for cyc in plan.cycles:  # each cycle is a run of consecutive bits (spec §5)
             if tuple(cyc.bits) != tuple(range(cyc.bits[0], cyc.bits[0] + len(cyc.bits))):
@@ -186,9 +192,13 @@ class KernelTables:
         else:
             counts = [plan.fine_values(c) for c in range(ncyc)]
         vcount, vcount_off = _concat(counts, torch.float32, device)
-        vcode, vcode_off = _concat(
-            [plan.value_by_code(c) for c in range(ncyc)], torch.float32, device
-        )
+        classes = pattern is not None and pattern.vcls is not None
+        if classes:
+            by_code = [plan.class_value_by_code(c, n) for n in pattern.classes for c in range(ncyc)]
+        else:
+            by_code = [plan.value_by_code(c) for c in range(ncyc)]
+        vcode, vcode_off = _concat(by_code, torch.float32, device)
+        vcode_off = vcode_off[:ncyc].contiguous()
         tables = _code_tables(plan, device, pattern) if plan.noisy else _no_tables(ncyc, device)
         if pattern is not None:
             tables.update(
@@ -197,6 +207,14 @@ class KernelTables:
                 p_offset=pattern.D.to(device).contiguous(),
                 p_cls=pattern.cls.to(device=device, dtype=torch.int32).contiguous(),
                 p_top=torch.tensor([plan.fine * f for f in plan.full_scale], **i32),
+            )
+        if classes:
+            fcode, _ = _concat([plan.fine_codes(c) for c in range(ncyc)], torch.int32, device)
+            tables.update(
+                classes=True,
+                p_vcls=pattern.vcls.to(device=device, dtype=torch.int32).contiguous(),
+                fcode=fcode,
+                vstride=ncyc * (plan.macro.adc_levels + 1),
             )
         pieces = [-(-len(c.bits) // PIECE_BITS) for c in plan.cycles]
         return cls(
@@ -370,8 +388,10 @@ def launch(
                 (tables.p_gain, tables.p_offset, tables.p_cls, tables.p_top)
                 if tables.pattern else (dummy, dummy, dummy, dummy)
             ),
+            *((tables.p_vcls, tables.fcode) if tables.classes else (dummy, dummy)),
+            tables.vstride,
             WB=tables.wb, NCYC=tables.ncyc, GATHER=gather, NOISE=tables.noisy,
-            PATTERN=tables.pattern,
+            PATTERN=tables.pattern, CLASSES=tables.classes,
             SINGLE_K=max_rows <= bk, PLANES=planes,
             BM=bm, BN=bn, BK=bk,
             num_warps=NUM_WARPS, enable_fp_fusion=False,

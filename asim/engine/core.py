@@ -331,7 +331,7 @@ def acim_matmul(
         y = torch.zeros(*lead, M, O, dtype=torch.float32, device=device)
         return y if out is None else out.copy_(y.view(out.shape))
 
-    if exact_shortcut and cell_noise is None and program.form("lossless", plan.lossless):
+    if exact_shortcut and cell_noise is None and program.form("lossless", program.lossless):
         y = try_shortcut(x3, w3, macro, plan.signed, tiles)
         if y is not None:
             device_backend(device)  # a forced backend that cannot run here still fails

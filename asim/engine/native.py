@@ -124,8 +124,25 @@ def _small_buckets(table) -> dict | None:
     return bucket_table(table, bits)
 
 
-PATTERN_BUCKETS_LOG2 = 21
-"""The largest bucket table built for a chip's fine-grid code table (entries, log2)."""
+PATTERN_BUCKETS_LOG2 = 24
+"""The largest bucket table built for a chip's fine-grid code table (entries, log2): 64 MiB,
+about 16 noise blocks of a 255-count range (a ``column_sigma_spread`` of 0.4). Beyond it,
+draws search the code table: same codes, about 3x slower (``chip_spread`` of
+benchmarks/bench_engine.py took 5.1x the Gaussian run that way, 2.9x with buckets)."""
+
+
+def _fits_int32(pattern, plan, rows: int) -> bool:
+    """Does every column's ``m*G + D`` (spec §4.7) fit int32 for every count ``m`` a cycle
+    can reach (``levels * rows``)? Then the kernel computes fine indices in 32-bit lanes."""
+    G = pattern.G
+    for c, cyc in enumerate(plan.cycles):
+        top_m = cyc.levels * rows
+        D = pattern.D[:, c]
+        lo = min(int(G.min()) * top_m, 0) + int(D.min())
+        hi = max(int(G.max()) * top_m, 0) + int(D.max())
+        if lo < -(1 << 31) or hi >= 1 << 31:
+            return False
+    return True
 
 
 def _as_i32(v: torch.Tensor) -> torch.Tensor:
@@ -178,6 +195,7 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
     }
     if all(f is not None for f in forms):
         keep["code"] = torch.tensor(forms, dtype=torch.int64).to(torch.int32)
+    narrow = False
     if lookup:  # the plan's value tables (spec §4.6) and the chip's pattern (§4.7)
         if pattern is None:
             counts = [plan.value_by_count(c, top) for c in range(ncyc)]
@@ -186,13 +204,22 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
         offsets = torch.tensor([0, *[t.numel() for t in counts]], dtype=torch.int64).cumsum(0)
         keep["vcnt"] = torch.cat(counts).contiguous()
         keep["vcnt_off"] = offsets[:-1].contiguous()
-        keep["vcode"] = torch.cat([plan.value_by_code(c) for c in range(ncyc)]).contiguous()
+        if pattern is not None and pattern.vcls is not None:  # §4.8: values per class
+            keep["vcode"] = torch.cat(
+                [plan.class_value_by_code(c, n) for n in pattern.classes for c in range(ncyc)]
+            ).contiguous()
+            keep["pat_vclass"] = pattern.vcls.to(torch.int32).contiguous()
+            keep["fcode"] = torch.cat([plan.fine_codes(c) for c in range(ncyc)])
+            keep["fcode"] = keep["fcode"].to(torch.int32).contiguous()
+        elif macro.adc_values is not None:  # else the kernel computes fl(fl(q/A)*F_c)
+            keep["vcode"] = torch.cat([plan.value_by_code(c) for c in range(ncyc)]).contiguous()
         if pattern is not None:
             keep["pat_gain"] = pattern.G.contiguous()
             keep["pat_offset"] = pattern.D.contiguous()
             keep["pat_block"] = pattern.cls.to(torch.int32).contiguous()
             top_c = [plan.fine * f for f in plan.full_scale]
             keep["pat_top"] = torch.tensor(top_c, dtype=torch.int32)
+            narrow = _fits_int32(pattern, plan, program.max_rows)
     tables = buckets = None
     if plan.noisy:
         if pattern is None:
@@ -229,6 +256,7 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
         tables=None if tables is None else ctypes.cast(tables, ctypes.c_void_p),
         buckets=None if buckets is None else ctypes.cast(buckets, ctypes.c_void_p),
         votes=plan.votes,
+        pat_narrow=int(narrow),
         **{
             name: keep[name].data_ptr() if name in keep else None
             for name in (
@@ -239,6 +267,8 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
                 "pat_offset",
                 "pat_block",
                 "pat_top",
+                "pat_vclass",
+                "fcode",
             )
         },  # fmt: skip
     )

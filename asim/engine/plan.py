@@ -260,6 +260,11 @@ class Plan:
     def late(self, c: int) -> bool:
         return self.late_sign and c == self.ncyc - 1
 
+    def table_key(self, c: int) -> tuple:
+        """What cycle ``c``'s tables depend on: cycles with equal keys (every cycle of a
+        bit-serial macro) share one table, so a call's cycles read the same memory."""
+        return (self.full_scale[c], self.cycles[c].levels, self.late(c))
+
     def value_by_count(self, c: int, top: int) -> Tensor:
         """Noise-free output of every count ``0..max(top, F_c)`` of cycle ``c``."""
         f, macro = self.full_scale[c], self.macro
@@ -282,10 +287,11 @@ class Plan:
         """The fixed pattern's grid: fine indices per count (spec §4.7)."""
         return 1 << FINE_BITS
 
-    def fine_values(self, c: int) -> Tensor:
-        """Noise-free output of every fine index ``n = 0..S*F_c`` of cycle ``c`` (a patterned
-        ADC, spec §4.7): ``a = clamp(fl(n / (S*F)), 0, 1)``, its code, that code's value."""
-        key = ("fine_values", c)
+    def fine_codes(self, c: int) -> Tensor:
+        """The noise-free code (int64) of every fine index ``n = 0..S*F_c`` of cycle ``c`` (a
+        patterned ADC, spec §4.7): ``a = clamp(fl(n / (S*F)), 0, 1)``, then §4.1 step 4 or
+        §4.6."""
+        key = ("fine_codes", self.full_scale[c])
         if key not in self._tables:
             from ..noise import table_codes, table_taus
 
@@ -296,22 +302,40 @@ class Plan:
                 codes = x.round_().long()
             else:
                 codes = table_codes(x, table_taus(macro.adc_thresholds, macro.adc_levels))
-            self._tables[key] = self.value_by_code(c)[codes]
+            self._tables[key] = codes
         return self._tables[key]
+
+    def fine_values(self, c: int) -> Tensor:
+        """Noise-free output of every fine index ``n = 0..S*F_c`` of cycle ``c`` (a patterned
+        ADC, spec §4.7): the value of its code (:meth:`fine_codes`)."""
+        key = ("fine_values", self.full_scale[c])
+        if key not in self._tables:
+            self._tables[key] = self.value_by_code(c)[self.fine_codes(c)]
+        return self._tables[key]
+
+    def class_value_by_code(self, c: int, column_scale: int) -> Tensor:
+        """Output of every ADC code of cycle ``c`` in a column whose ADC has its own full
+        scale ``column_scale`` (a column count, spec §4.8): :meth:`value_by_code` with
+        ``F_{j,c} = levels_c * column_scale`` in place of ``F_c``."""
+        f = self.cycles[c].levels * int(column_scale)
+        return code_value_table(f, self.macro.adc_levels, self.reciprocal, self.macro.adc_values)
 
     def fine_code_table(self, c: int, scales: tuple[float, ...]):
         """The exact code distribution of every fine index of cycle ``c``, one block of rows
         per sigma multiple in ``scales`` (spec §4.7, :func:`asim.noise.code_table`)."""
-        return self._code_table(("fine_code", c, scales), c, fine=self.fine, sigma_scales=scales)
+        return self._code_table(
+            ("fine_code", *self.table_key(c), scales), c, fine=self.fine, sigma_scales=scales
+        )
 
     def code_table(self, c: int):
         """The exact code distribution of every count ``0..F_c`` of cycle ``c``."""
         return self._code_table(
-            ("code", c), c, alpha=self.alpha, late_compression=self.late(c)
+            ("code", *self.table_key(c)), c, alpha=self.alpha, late_compression=self.late(c)
         )
 
     def _code_table(self, key, c: int, **extra):
-        """:func:`asim.noise.code_table` of cycle ``c`` with ``extra`` arguments, kept as ``key``."""
+        """:func:`asim.noise.code_table` of cycle ``c`` with ``extra`` arguments, kept at ``key``
+        (equal keys: one table)."""
         from ..noise import code_table
 
         if key not in self._tables:

@@ -22,9 +22,13 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..config import MacroConfig, NoiseConfig, WeightParallelADC
 from .plan import DIGITAL, VOTED_ANALOG, Plan, build_plan, linear_tiles
+
+if TYPE_CHECKING:
+    from .pattern import ColumnRanges
 
 __all__ = ["Operations", "Program", "compile_program"]
 
@@ -73,6 +77,8 @@ class Program:
         noise: the noise configuration it was compiled with.
         chip: the 64-bit key of the chip whose fixed pattern (spec §4.7) it converts with
             (None without one); :attr:`pattern` is drawn from it once.
+        ranges: each ADC's own calibrated full scale
+            (:class:`~asim.engine.pattern.ColumnRanges`, spec §4.8), or None.
 
     Copying a layer shares its programs (they are read-only); pickling one stores how to
     compile it again.
@@ -83,6 +89,7 @@ class Program:
     outputs: int
     noise: NoiseConfig | None = None
     chip: int | None = None
+    ranges: ColumnRanges | None = None
     _forms: dict = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
@@ -116,22 +123,28 @@ class Program:
 
     @property
     def pattern(self):
-        """The chip's :class:`~asim.engine.pattern.ColumnPattern` (spec §4.7), drawn on first
-        use and kept; None without a fixed pattern."""
-        if self.plan.pattern is None:
+        """The chip's :class:`~asim.engine.pattern.ColumnPattern` (spec §4.7) with the ADCs'
+        own full scales (§4.8), drawn on first use and kept; None without either."""
+        if self.plan.pattern is None and self.ranges is None:
             return None
         from .pattern import draw_pattern
 
         return self.form(
-            "pattern", lambda: draw_pattern(self.plan, self.tiles, self.outputs, self.chip)
+            "pattern",
+            lambda: draw_pattern(self.plan, self.tiles, self.outputs, self.chip, self.ranges),
         )
+
+    def lossless(self) -> bool:
+        """Every conversion returns its exact count (:meth:`Plan.lossless`; per-ADC full
+        scales, §4.8, never are)."""
+        return self.ranges is None and self.plan.lossless()
 
     def __deepcopy__(self, memo) -> Program:
         return self
 
     def __reduce__(self):
         args = (self.plan.macro, self.noise, self.plan.signed, self.tiles, self.outputs, self.chip)
-        return compile_program, args
+        return compile_program, (*args, self.ranges)
 
     def form(self, key, build: Callable[[], object]):
         """The derived form ``key`` (e.g. a backend's kernel arguments on a device), built
@@ -213,13 +226,19 @@ def compile_program(
     tiles: Sequence[tuple[int, int]],
     outputs: int,
     chip: int | None = None,
+    ranges: ColumnRanges | None = None,
 ) -> Program:
     """The :class:`Program` of a matmul with ``outputs`` columns, its reduction tiled as
     ``tiles``, on ``macro`` with ``noise`` and signed or unsigned inputs; calls with equal
     arguments (and noise file contents) share one. ``chip`` is the 64-bit key of the chip
     whose fixed pattern (spec §4.7) applies, when ``noise`` has one (layers pass their own);
-    default: ``asim.rng.layer_key(noise.chip_seed or 0, 0)``."""
+    default: ``asim.rng.layer_key(noise.chip_seed or 0, 0)``. ``ranges``
+    (:class:`~asim.engine.pattern.ColumnRanges`, spec §4.8) gives each ADC its own full scale;
+    ranges equal to the layer's everywhere are the same as None."""
     plan = build_plan(macro, noise, signed)
+    tiles = tuple((int(a), int(b)) for a, b in tiles if b > a)
+    if ranges is not None:
+        ranges = _checked_ranges(plan, ranges, len(tiles), int(outputs))
     if plan.pattern is None:
         chip = None
     elif chip is None:
@@ -228,14 +247,45 @@ def compile_program(
         chip = layer_key(noise.chip_seed or 0, 0)
     else:
         chip = int(chip) & ((1 << 64) - 1)
-    tiles = tuple((int(a), int(b)) for a, b in tiles if b > a)
-    key = (id(plan), tiles, int(outputs), chip)
+    key = (id(plan), tiles, int(outputs), chip, ranges)
     hit = _PROGRAMS.get(key)
     if hit is not None and hit.plan is plan:
         return hit
-    program = Program(plan, tiles, int(outputs), noise, chip)
+    program = Program(plan, tiles, int(outputs), noise, chip, ranges)
     with _PROGRAMS_LOCK:
         if len(_PROGRAMS) >= _PROGRAMS_MAX:
             _PROGRAMS.clear()
         _PROGRAMS[key] = program
     return program
+
+
+def _checked_ranges(
+    plan: Plan, ranges: ColumnRanges, tiles: int, outputs: int
+) -> ColumnRanges | None:
+    """``ranges`` if they fit the program (one-line errors otherwise), None where every ADC
+    has the layer's full scale (spec §4.8)."""
+    from .pattern import ColumnRanges
+    from .plan import FINE_BITS
+
+    if not isinstance(ranges, ColumnRanges):
+        raise TypeError(f"ranges must be an asim ColumnRanges, got {type(ranges).__name__}")
+    macro = plan.macro
+    if macro.weight_parallel or plan.alpha or plan.cell_sigma:
+        raise ValueError(
+            "per-ADC full scales (ColumnRanges) work on integer counts of bit-serial columns; "
+            "drop them for macro.weight_parallel, compression_alpha or cell_sigma"
+        )
+    ranges.check(tiles, outputs, macro.weight_bits, macro.adc_rows)
+    if plan.pattern is not None and plan.pattern.group != ranges.group:
+        raise ValueError(
+            f"ColumnRanges: calibrated for adc_group={ranges.group}, the noise has "
+            f"adc_group={plan.pattern.group}; calibrate with the noise the layer runs with"
+        )
+    if max(plan.full_scale) << FINE_BITS >= 1 << 24:
+        raise ValueError(
+            f"per-ADC full scales need a full scale below {(1 << 24) >> FINE_BITS} counts "
+            f"(got {max(plan.full_scale)}); reduce nrow, adc_full_scale or input_enc_bits"
+        )
+    if all(v == macro.adc_rows for row in ranges.full_scale for v in row):
+        return None
+    return ranges

@@ -101,16 +101,27 @@ def _value_tables(program, device) -> tuple[list[Tensor], list[Tensor]]:
 
 def _pattern_tables(program, device) -> dict:
     """The chip's fixed pattern (spec §4.7) on ``device``: per-column gain, offset and the
-    row offset of its noise block, and per cycle the fine value table."""
+    row offset of its noise block, and per cycle the fine value table; with per-ADC full
+    scales (§4.8) each column's value-table offset, per cycle the fine code table and the
+    value tables of every class, concatenated."""
     plan, pat = program.plan, program.pattern
     rows = [plan.fine * f + 1 for f in plan.full_scale]
-    return {
+    out = {
         "G": pat.G.to(device),
         "D": pat.D.to(device),
         "block": [(pat.cls * r).to(device) for r in rows],
         "top": [plan.fine * f for f in plan.full_scale],
         "values": [plan.fine_values(c).to(device) for c in range(plan.ncyc)],
+        "vbase": None,
     }
+    if pat.vcls is not None:
+        out["vbase"] = (pat.vcls * (plan.macro.adc_levels + 1)).to(device)
+        out["codes"] = [plan.fine_codes(c).to(device) for c in range(plan.ncyc)]
+        out["class_values"] = [
+            torch.cat([plan.class_value_by_code(c, n) for n in pat.classes]).to(device)
+            for c in range(plan.ncyc)
+        ]
+    return out
 
 
 class _TorchCall:
@@ -215,8 +226,10 @@ class _TorchCall:
         idx = counts.to(torch.int64)
         values = torch.empty_like(counts)
         pat = self.pattern
+        vbase = None
         for c in range(self.ncyc):
             modes = [plan.mode[i][c] for i in range(self.wb)]
+            vcode = self.vcode[c]
             if pat is None:
                 rows = at = idx[:, :, :, c]
                 vtab = self.vcount[c]
@@ -227,8 +240,14 @@ class _TorchCall:
                 at = at.bitwise_right_shift_(GAIN_BITS).clamp_(max=pat["top"][c])
                 rows = at + pat["block"][c][tile].view(shape)
                 vtab = pat["values"][c]
+                if pat["vbase"] is not None:  # §4.8: the value of the column's own range
+                    vbase = pat["vbase"][tile].view(shape)
+                    vcode = pat["class_values"][c]
             if ADC in modes:
-                values[:, :, :, c] = vtab[at]
+                if vbase is None:
+                    values[:, :, :, c] = vtab[at]
+                else:
+                    values[:, :, :, c] = vcode[vbase + pat["codes"][c][at]]
             for i, m in enumerate(modes):
                 if m == EXACT:
                     values[:, :, :, c][i] = counts[i, :, :, c]
@@ -244,8 +263,10 @@ class _TorchCall:
                 ).view(draws, len(bits), 1, 1, 1)
                 m = rows.index_select(0, sel)  # (n, B, O, Mc)
                 code = sample_codes(self.tables[c], m, rng.draw_u32(ekeys, draw))
-                code = code[0] if draws == 1 else vote_codes(code)
-                values[:, :, :, c].index_copy_(0, sel, self.vcode[c][code.to(torch.int64)])
+                code = (code[0] if draws == 1 else vote_codes(code)).to(torch.int64)
+                if vbase is not None:
+                    code = code + vbase.index_select(0, sel)
+                values[:, :, :, c].index_copy_(0, sel, vcode[code])
         return values
 
     def _float_adc(self, counts: Tensor, ekeys: Tensor | None, tile: int) -> Tensor:

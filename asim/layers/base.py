@@ -93,6 +93,9 @@ class ACiMLayer:
         trim_noise: multiplicative output noise for noise-aware training, in % (spec §1.6).
         digital: an always-digital layer (the reference's ``QuantConv2d``): fake-quantized
             in every mode and never simulated; :func:`asim.set_mode` leaves it alone.
+        adc_ranges: each ADC's own calibrated full scale for the layer's weight matmul
+            (:class:`asim.ColumnRanges`, spec §4.8), or None; set by
+            :meth:`asim.Calibration.apply` with ``granularity="column"``.
     """
 
     noise: NoiseConfig | None
@@ -144,6 +147,7 @@ class ACiMLayer:
         self._calls = 0  # forward calls since the last reseed
         self._programs: dict = {}  # sub -> (float copy, w_int, w_scale, ProgrammedArray)
         self._compiled: dict = {}  # sub -> (key, Program)
+        self.adc_ranges = None  # per-ADC full scales of engine call 0 (spec §4.8), calibrated
 
     @staticmethod
     def _check_encoding(macro: MacroConfig, signed: bool, what: str = "input") -> None:
@@ -325,18 +329,20 @@ class ACiMLayer:
     ) -> Program:
         """The compiled macro program of engine call ``sub`` (kept by the layer; rebuilt
         only when its macro, noise (or the noise file's contents), signedness, tiles or shape
-        change)."""
+        change). Engine call 0 on the layer's own macro converts with the layer's per-ADC
+        full scales :attr:`adc_ranges` (spec §4.8; set by ``Calibration.apply``)."""
+        ranges = getattr(self, "adc_ranges", None) if sub == 0 and macro is None else None
         macro = macro or self.macro
         noise = self.noise if noise is None else noise
         signed = self.signed_input if signed is None else signed
         chip = self._pattern_key(noise, sub)
-        key = (macro, noise, signed, rows, outputs, tiles, file_version(noise), chip)
+        key = (macro, noise, signed, rows, outputs, tiles, file_version(noise), chip, ranges)
         hit = self._compiled.get(sub)
         if hit is not None and hit[0] == key:
             return hit[1]
         if tiles is None:
             tiles = [(s, min(s + macro.nrow, rows)) for s in range(0, rows, macro.nrow)]
-        program = compile_program(macro, noise, signed, tiles, outputs, chip)
+        program = compile_program(macro, noise, signed, tiles, outputs, chip, ranges)
         self._compiled[sub] = (key, program)
         return program
 
@@ -457,6 +463,10 @@ class ACiMLayer:
                     else f"(rand={n.rand_sigma:g}%, nl={n.nonlinear_sigma:g}%)"
                 )
             )
+        ranges = getattr(self, "adc_ranges", None)
+        if ranges is not None:  # per-ADC full scales (spec §4.8)
+            flat = [v for row in ranges.full_scale for v in row]
+            parts.append(f"adc_ranges={min(flat)}..{max(flat)} ({len(flat)} ADCs)")
         if self.trim_noise:
             parts.append(f"trim_noise={self.trim_noise:g}%")
         if self.digital:

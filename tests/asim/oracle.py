@@ -263,7 +263,8 @@ def _bit_level_loop(
     ``adc_full_scale`` (4.5): the ADC's full scale per input level, in counts (None: nrow).
     ``adc_thresholds``/``adc_values`` (4.6): a table ADC. ``column_pattern`` (4.7, noise-free
     only): ``(offset, gain, group)`` with float64 ``[n_tiles, n_adc]`` offsets (LSB, after
-    trim) and relative gain errors of every ADC, and the columns per ADC.
+    trim) and relative gain errors of every ADC, and the columns per ADC; optionally a fourth
+    entry (4.8): ``[n_tiles, n_adc]`` per-ADC full scales in column counts (None: the layer's).
     """
     w = wbit
     A = 2**adc_prec - 1
@@ -328,21 +329,30 @@ def _bit_level_loop(
 
     FINE, GAINB = 4, 8  # 4.7: a grid of 2^-4 counts, gains in steps of 2^-12
 
-    def pattern_codes(M, t, i, Fs):
-        """4.7: each column's ADC converts the fine index n of its count."""
-        offset, gain, group = column_pattern
+    def pattern_codes(M, t, i, Fs, levels):
+        """4.7: each column's ADC converts the fine index n of its count; 4.8: an ADC of its
+        own full scale N_j has its gain scaled by N / N_j. Returns the codes and each
+        column's full scale (float32 [O]) for the rescale."""
+        offset, gain, group = column_pattern[:3]
+        ranges = column_pattern[3] if len(column_pattern) > 3 else None
         O = M.shape[-1]
         unit = 2.0 ** (FINE + GAINB)
         q = torch.empty_like(M)
+        F_cols = torch.full((O,), float(Fs), dtype=torch.float32)
         for o in range(O):
             g = (o * w + i) // group
-            G = int(round_half_even((1.0 + float(gain[t, g])) * unit))
+            ratio = 1.0
+            if ranges is not None:
+                N_j = int(ranges[t][g])
+                ratio = adc_rows / N_j  # float64
+                F_cols[o] = float(levels * N_j)
+            G = int(round_half_even((1.0 + float(gain[t, g])) * ratio * unit))
             D = int(round_half_even(float(offset[t, g]) * Fs / A * unit)) + 2 ** (GAINB - 1)
             m = M[..., o].to(torch.int64)
             n = torch.clamp(torch.clamp(m * G + D, min=0) // 2**GAINB, max=2**FINE * Fs)
             a = torch.clamp(n.to(torch.float32) / (2**FINE * Fs), 0, 1)
             q[..., o] = adc_code(a * A)
-        return q
+        return q, F_cols
 
     Y = None
     for t in range(n_tiles):  # tiles ascending
@@ -380,8 +390,9 @@ def _bit_level_loop(
                     Mn = M / (1 + alpha * M) if compression and not late else M
                     # 2. normalise
                     a = torch.clamp(Mn / Fs, 0, 1)
+                    F_out = Fs
                     if column_pattern is not None:
-                        q = pattern_codes(M, t, i, Fs)  # 4.7
+                        q, F_out = pattern_codes(M, t, i, Fs, 2 ** cyc["width"] - 1)  # 4.7, 4.8
                     elif analog and noisy:
                         a_array = a if Fs == F_array else torch.clamp(Mn / F_array, 0, 1)
                         codes = []
@@ -395,8 +406,8 @@ def _bit_level_loop(
                         if late:
                             a = a / (1 + alpha * a)
                         q = adc_code(a * A)  # 4. ADC (digital cycle or noise-free)
-                    # 5. rescale
-                    v = rescale(q, Fs)
+                    # 5. rescale (4.8: by the column's own full scale)
+                    v = rescale(q, F_out)
 
                 # 6. sign
                 if cyc["is_sign"]:

@@ -650,6 +650,22 @@ def test_calibration_file_gives_the_calibrated_result(compose_run, tmp_path):
     assert plain["calibration"] is None and made["sim_top1"] > plain["sim_top1"] + 0.5
 
 
+def test_per_adc_calibration_through_the_app(compose_run):
+    """simulate.calibration_granularity=column calibrates one full scale per ADC (results
+    say so) and beats the uncalibrated 4-bit ADC."""
+    fast = ["macro.adc_bits=4", "simulate.float=false", "simulate.inference=false"]
+    made = builders.simulate(
+        compose_run(
+            "simulate", *fast, "simulate.calibrate=max", "simulate.calibration_granularity=column",
+            "simulate.calibration_batches=2",
+        )
+    )  # fmt: skip
+    assert made["calibration"]["granularity"] == "column"
+    assert all(c["clip_rate"] == 0 for c in made["calibration"]["layers"])
+    plain = builders.simulate(compose_run("simulate", *fast))
+    assert made["sim_top1"] > plain["sim_top1"] + 0.2
+
+
 def test_chips_are_passes_of_the_one_plan():
     """simulate.chips=2: each chip runs the repeats with its own noise seeds (chip 0's are the
     single chip's); noise off: one pass per chip stands for its repeats."""

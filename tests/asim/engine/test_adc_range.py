@@ -420,3 +420,39 @@ def test_native_equals_torch_with_noise(seed, monkeypatch, tmp_path):
         monkeypatch.setenv("ASIM_BACKEND", name)
         out.append(_call(x, w, macro, signed, noise, stream))
     assert bits(out[0]) == bits(out[1]), (macro, noise)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_native_fine_index_in_64_bit_lanes(seed, monkeypatch):
+    """The C kernel computes a column's fine index m*G + D (spec §4.7) in 32-bit lanes when
+    every reachable count fits, else in 64-bit ones: the 64-bit path, forced, gives the torch
+    backend's bits too (noise-free and noisy)."""
+    from asim.engine import native
+
+    from .helpers import _native_or_skip
+
+    _native_or_skip()
+    asked = []
+
+    def wide(*args):
+        asked.append(args)
+        return False
+
+    monkeypatch.setattr(native, "_fits_int32", wide)
+    rng, g = random.Random(1700 + seed), torch.Generator().manual_seed(seed)
+    macro = _random_macro(rng, False, allow_enc=True)
+    noise = NoiseConfig(
+        rand_sigma=1.0 if seed % 2 else 0.0,
+        column_offset_lsb=0.6,
+        column_gain_pct=2.0,
+        chip_seed=4000 + seed,  # a chip no other test compiled: a fresh program
+    )
+    x = _ints(g, (2, 17, 40), macro.input_bits, False)
+    w = _ints(g, (40, 5), macro.weight_bits, True)
+    stream = NoiseStream(rng.getrandbits(64), torch.arange(2) * 7 + 2, 17)
+    out = []
+    for name in ("native", "torch"):
+        monkeypatch.setenv("ASIM_BACKEND", name)
+        out.append(_call(x, w, macro, False, noise, stream))
+    assert asked  # the native backend built its arguments with the 64-bit lanes
+    assert bits(out[0]) == bits(out[1]), (macro, noise)
