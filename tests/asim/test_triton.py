@@ -446,13 +446,15 @@ from triton.backends.compiler import GPUTarget
 from asim._triton.kernel import acim_kernel
 ptrs = dict(X="*u8", W="*i8", Y="*fp32", COEF="*fp32", VCNT="*fp32", VCODE="*fp32",
             ROW_OFF="*i64", COL_OFF="*i64", TILES="*i64", VCNT_OFF="*i64", VCODE_OFF="*i64",
-            RKEY="*i64", THR="*i64", LVL0="*i32")
-for noise, gather, single, planes in [
-    (False, False, False, False), (True, True, True, False), (False, False, False, True),
-    (True, False, True, True),
-]:
-    const = dict(WB=8, NCYC=8, GATHER=gather, NOISE=noise, SINGLE_K=single, PLANES=planes,
-                 BM=64, BN=64, BK=64)
+            RKEY="*i64", THR="*i64", LVL0="*i32", P_GAIN="*i64", P_OFFSET="*i64")
+for noise, gather, single, planes, pattern, classes in [
+    (False, False, False, False, False, False), (True, True, True, False, False, False),
+    (False, False, False, True, False, False), (True, False, True, True, False, False),
+    (True, False, False, False, True, False), (True, False, True, False, True, True),
+    (False, False, False, False, True, True),
+]:  # every constexpr as the launcher passes it (a chip's pattern, §4.7; per-ADC ranges, §4.8)
+    const = dict(WB=8, NCYC=8, GATHER=gather, NOISE=noise, PATTERN=pattern, CLASSES=classes,
+                 SINGLE_K=single, PLANES=planes, BM=64, BN=64, BK=64)
     ptrs["X"] = "*i8" if planes else "*u8"  # planes: int8 cycle levels
     table = lambda n: "*i32" if n.isupper() and len(n) > 1 else "i32"
     sig = {n: "constexpr" if n in const else ptrs.get(n, table(n)) for n in acim_kernel.arg_names}
@@ -478,7 +480,7 @@ def test_kernel_compiles_for_sm90_with_int8_tensor_cores():
     if "ptxas" in proc.stderr and "not found" in proc.stderr:
         pytest.skip("triton's ptxas is not available")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok") == 4
+    assert proc.stdout.count("ok") == 7  # every variant of the loop in _AOT
 
 
 gpu_compiled = pytest.mark.skipif(
