@@ -199,11 +199,10 @@ static inline __m256i codes8(const asim_bucket_table *bt, const int32_t *mc, __m
 }
 
 /* One drawn conversion of `lanes` lanes (NL, or MB: one output block) in one pass per 8
- * lanes: the uniforms (draws draw ..
- * draw + K - 1 of each element), their codes, for K > 1 the vote (asim_vote: the most
- * frequent code, ties to the smallest), the code's value (tv[q], or fl(fl(q/A)*F), with
- * rec fl(fl(q*invA)*F)) and y + k * value: the same operations as tile_epilogue's scalar
- * loops, lane by lane. */
+ * lanes: the uniforms (draws draw .. draw + K - 1 of each element), their codes, for K > 1
+ * the vote (asim_vote: the most frequent code, ties to the smallest), the code's value
+ * (tv[q], or fl(fl(q/A)*F), with rec fl(fl(q*invA)*F)) and y + k * value: the same
+ * operations as drawn_codes and add_values, lane by lane. */
 static void draw_add8(const asim_bucket_table *bt, const int32_t *mc, const uint64_t *ek,
                       uint64_t draw, int32_t K, const float *tv, float k, float A, float F,
                       int rec, float *y, int lanes) {
@@ -298,6 +297,20 @@ static inline void drawn_codes(const asim_bucket_table *bt, const asim_code_tabl
     for (int t = 0; t < NL; ++t) {
         for (int32_t s = 0; s < K; ++s) codes[s] = qs[s][t];
         q[t] = asim_vote(codes, K);
+    }
+}
+
+/* y[t] + k * the value of code q[t] for t < lanes: tv[q] with a value table, else
+ * fl(fl(q/A)*F) (rec: fl(fl(q*invA)*F)); the portable twin of draw_add8's accumulation. */
+static inline void add_values(const int32_t *q, const float *tv, float k, float A, float F,
+                              int rec, float *y, int lanes) {
+    const float invA = 1.0f / A;
+    if (tv) {
+        for (int t = 0; t < lanes; ++t) y[t] = y[t] + k * tv[q[t]];
+    } else if (rec) {
+        for (int t = 0; t < lanes; ++t) y[t] = y[t] + k * (((float)q[t] * invA) * F);
+    } else {
+        for (int t = 0; t < lanes; ++t) y[t] = y[t] + k * (((float)q[t] / A) * F);
     }
 }
 
@@ -547,14 +560,7 @@ static void tile_epilogue(const ctx_t *X, int32_t tile, int32_t (*cnt)[NL], cons
 #endif
                 int32_t q[NL];
                 drawn_codes(bt, tab, mc, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, q);
-                if (X->vtab) {
-                    const float *tv = X->vtab + (int64_t)c * VT;
-                    for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];
-                } else if (rec) {
-                    for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (((float)q[t] * invA) * F);
-                } else {
-                    for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (((float)q[t] / A) * F);
-                }
+                add_values(q, X->vtab ? X->vtab + (int64_t)c * VT : NULL, k, A, F, rec, y, NL);
             }
         }
     }
@@ -587,7 +593,7 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
     const asim_code_table *tables = (const asim_code_table *)R->tables;
     const asim_bucket_table *buckets = (const asim_bucket_table *)R->buckets;
     const int64_t ncode = (int64_t)R->adc_levels + 1;
-    const float A = R->adc_levels, invA = 1.0f / A, *fs = (const float *)R->cyc_fs;
+    const float A = R->adc_levels, *fs = (const float *)R->cyc_fs;
     const int rec = R->reciprocal;
     int32_t mc[NL], idx[NL], row[NL];
     for (int32_t i = w - 1; i >= 0; --i) {
@@ -670,20 +676,11 @@ static void tile_epilogue_lookup(const ctx_t *X, int32_t tile, int64_t o0, int32
             int32_t q[NL];
             drawn_codes(bt, tab, row, ek, draw, md == ASIM_CYC_NOISY ? 1 : K, q);
             if (pv) {
-                for (int ob = 0; ob < OB; ++ob) {
-                    const float *tv = tvo[ob];
-                    for (int t = ob * MB; t < (ob + 1) * MB; ++t) y[t] = y[t] + k * tv[q[t]];
-                }
+                for (int ob = 0; ob < OB; ++ob)
+                    add_values(q + ob * MB, tvo[ob], k, A, 1.0f, 0, y + ob * MB, MB);
                 continue;
             }
-            if (vcode) {
-                const float *tv = vcode + (int64_t)c * ncode;
-                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * tv[q[t]];
-            } else if (rec) {
-                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (((float)q[t] * invA) * fs[c]);
-            } else {
-                for (int t = 0; t < NL; ++t) y[t] = y[t] + k * (((float)q[t] / A) * fs[c]);
-            }
+            add_values(q, vcode ? vcode + c * ncode : NULL, k, A, fs[c], rec, y, NL);
         }
     }
 }

@@ -194,7 +194,7 @@ class KernelTables:
         vcount, vcount_off = _concat(counts, torch.float32, device)
         classes = pattern is not None and pattern.vcls is not None
         if classes:
-            by_code = [plan.class_value_by_code(c, n) for n in pattern.classes for c in range(ncyc)]
+            by_code = [plan.value_by_code(c, n) for n in pattern.classes for c in range(ncyc)]
         else:
             by_code = [plan.value_by_code(c) for c in range(ncyc)]
         vcode, vcode_off = _concat(by_code, torch.float32, device)

@@ -127,8 +127,9 @@ def _small_buckets(table) -> dict | None:
 PATTERN_BUCKETS_LOG2 = 24
 """The largest bucket table built for a chip's fine-grid code table (entries, log2): 64 MiB,
 about 16 noise blocks of a 255-count range (a ``column_sigma_spread`` of 0.4). Beyond it,
-draws search the code table: same codes, about 3x slower (``chip_spread`` of
-benchmarks/bench_engine.py took 5.1x the Gaussian run that way, 2.9x with buckets)."""
+draws search the code table: same codes, slower (``chip_spread`` of
+benchmarks/bench_engine.py, ResNet-18: 5.14x the Gaussian run that way, 1.97x with buckets;
+thread CPU, ``benchmarks/bench_commits.py --base c060ed8``, docs/noise.md)."""
 
 
 def _fits_int32(pattern, plan, rows: int) -> bool:
@@ -206,7 +207,7 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
         keep["vcnt_off"] = offsets[:-1].contiguous()
         if pattern is not None and pattern.vcls is not None:  # §4.8: values per class
             keep["vcode"] = torch.cat(
-                [plan.class_value_by_code(c, n) for n in pattern.classes for c in range(ncyc)]
+                [plan.value_by_code(c, n) for n in pattern.classes for c in range(ncyc)]
             ).contiguous()
             keep["pat_vclass"] = pattern.vcls.to(torch.int32).contiguous()
             keep["fcode"] = torch.cat([plan.fine_codes(c) for c in range(ncyc)])

@@ -19,7 +19,7 @@ With per-ADC full scales (:class:`ColumnRanges`, spec §4.8) ADC ``g`` of full s
 (column counts, ``N_g <= N``, ``N`` the layer's) converts on the same grid with its gain
 scaled by ``N / N_g``: ``G = rne(fl64((1 + gain) * fl64(N / N_g)) * 2^(FINE_BITS +
 GAIN_BITS))``, ``D_c`` as above; its code's value uses its own full scale
-``levels_c * N_g`` (:meth:`Plan.class_value_by_code`, one value class per distinct ``N_g``).
+``levels_c * N_g`` (:meth:`Plan.value_by_code`, one value class per distinct ``N_g``).
 """
 
 from __future__ import annotations

@@ -277,10 +277,16 @@ class Plan:
             f, macro.adc_levels, self.reciprocal, self.alpha, self.late(c), max(top, f)
         )
 
-    def value_by_code(self, c: int) -> Tensor:
-        return code_value_table(
-            self.full_scale[c], self.macro.adc_levels, self.reciprocal, self.macro.adc_values
+    def value_by_code(self, c: int, column_scale: int | None = None) -> Tensor:
+        """Output of every ADC code of cycle ``c`` (full scale ``F_c``), or in a column whose
+        ADC has its own full scale ``column_scale`` (a column count, spec §4.8:
+        ``F_{j,c} = levels_c * column_scale``)."""
+        f = (
+            self.full_scale[c]
+            if column_scale is None
+            else self.cycles[c].levels * int(column_scale)
         )
+        return code_value_table(f, self.macro.adc_levels, self.reciprocal, self.macro.adc_values)
 
     @property
     def fine(self) -> int:
@@ -312,13 +318,6 @@ class Plan:
         if key not in self._tables:
             self._tables[key] = self.value_by_code(c)[self.fine_codes(c)]
         return self._tables[key]
-
-    def class_value_by_code(self, c: int, column_scale: int) -> Tensor:
-        """Output of every ADC code of cycle ``c`` in a column whose ADC has its own full
-        scale ``column_scale`` (a column count, spec §4.8): :meth:`value_by_code` with
-        ``F_{j,c} = levels_c * column_scale`` in place of ``F_c``."""
-        f = self.cycles[c].levels * int(column_scale)
-        return code_value_table(f, self.macro.adc_levels, self.reciprocal, self.macro.adc_values)
 
     def fine_code_table(self, c: int, scales: tuple[float, ...]):
         """The exact code distribution of every fine index of cycle ``c``, one block of rows

@@ -118,7 +118,7 @@ def _pattern_tables(program, device) -> dict:
         out["vbase"] = (pat.vcls * (plan.macro.adc_levels + 1)).to(device)
         out["codes"] = [plan.fine_codes(c).to(device) for c in range(plan.ncyc)]
         out["class_values"] = [
-            torch.cat([plan.class_value_by_code(c, n) for n in pat.classes]).to(device)
+            torch.cat([plan.value_by_code(c, n) for n in pat.classes]).to(device)
             for c in range(plan.ncyc)
         ]
     return out
