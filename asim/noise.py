@@ -706,6 +706,7 @@ def code_table(
     thresholds: tuple[float, ...] | None = None,
     fine: int = 1,
     sigma_scales: tuple[float, ...] = (1.0,),
+    range_ratios: tuple[float, ...] | None = None,
 ) -> CodeTable:
     """The exact code distribution of one conversion kind, for every count ``0..top``.
 
@@ -725,7 +726,11 @@ def code_table(
     ``fine = S > 1`` (a chip's fixed pattern, §4.7) the rows are instead the fine indices
     ``n = 0 .. S * F`` of the grid of ``1/S`` counts (``a = fl(n / (S * F))``), once per
     entry of ``sigma_scales`` (the sigma multiples of the chip's ADCs), stacked: row
-    ``j * (S * F + 1) + n``.
+    ``j * (S * F + 1) + n``. Block ``j`` of an ADC with its own full scale ``N_j`` (§4.8,
+    ``range_ratios[j] = r = fl64(N / N_j)``) takes the model's offset and sigma at the
+    column's per-level count ``level / r`` and scales them by ``r`` as well: the noise keeps its
+    analog size, ``nrow / N_j`` in the column's units (a histogram's delta is read in LSB as
+    given, §4.5, at the column's count).
 
     Args:
         model: the noise model.
@@ -741,6 +746,7 @@ def code_table(
         thresholds: MacroConfig.adc_thresholds (None: the uniform ADC).
         fine: the fixed pattern's grid, ``2^ASIM_FINE_BITS`` (1: plain counts).
         sigma_scales: per stacked block, the multiple of the model's sigma.
+        range_ratios: per stacked block, ``N / N_j`` of its ADCs (§4.8; None: all 1).
 
     Deterministic (no random numbers) and cached. Raises ValueError when the table would
     need more than ``2^ASIM_TABLE_MAX_LOG2`` thresholds (huge ADCs with large noise).
@@ -758,9 +764,14 @@ def code_table(
         if len(thresholds) != adc_levels:
             raise ValueError(f"code_table: {len(thresholds)} thresholds for A={adc_levels}")
     sigma_scales = tuple(float(x) for x in sigma_scales)
+    ratios = (1.0,) * len(sigma_scales) if range_ratios is None else tuple(map(float, range_ratios))
+    if len(ratios) != len(sigma_scales) or min(ratios) < 1.0:
+        raise ValueError(
+            f"code_table: range_ratios {ratios} must be >= 1, one per sigma scale {sigma_scales}"
+        )
     key = (
         model.cache_key(), full_scale, adc_levels, nrow, alpha, late, bool(reciprocal),
-        rows_per_level, thresholds, int(fine), sigma_scales,
+        rows_per_level, thresholds, int(fine), sigma_scales, ratios,
     )  # fmt: skip
     with _TABLES_LOCK:
         if key in _TABLES:
@@ -770,7 +781,10 @@ def code_table(
         full_scale, adc_levels, levels, nrow, rows_per_level, alpha, late, bool(reciprocal),
         thresholds,
     )  # fmt: skip
-    parts = [_build_rows(model, spec, int(fine), scale) for scale in sigma_scales]
+    parts = [
+        _build_rows(model, spec, int(fine), scale, ratio)
+        for scale, ratio in zip(sigma_scales, ratios, strict=True)
+    ]
     if len(parts) == 1:
         c0, cdf = parts[0]
     else:
@@ -836,8 +850,11 @@ def _build_table(model, F: int, A: int, nrow: int, alpha: float, late: bool, rec
     return _thresholds(*_build_rows(model, spec, 1, 1.0), 0, A)
 
 
-def _build_rows(model, spec: _Chain, fine: int, sigma_scale: float) -> tuple[Tensor, Tensor]:
-    """``(c0, cdf)`` of every row of one block (see :func:`code_table`)."""
+def _build_rows(
+    model, spec: _Chain, fine: int, sigma_scale: float, ratio: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """``(c0, cdf)`` of every row of one block (see :func:`code_table`); ``ratio`` is the
+    block's ``N / N_j`` (§4.8)."""
     F, A, nrow, alpha, late, rec = spec.F, spec.A, spec.nrow, spec.alpha, spec.late, spec.rec
     f_array = spec.levels * nrow
     if fine > 1:
@@ -853,6 +870,8 @@ def _build_rows(model, spec: _Chain, fine: int, sigma_scale: float) -> tuple[Ten
             level = (a32 * nrow).double()  # the per-level count (Q11), as the engine computes it
         else:
             level = (_divide(m, float(f_array), rec).clamp_(0, 1) * nrow).double()
+    if ratio != 1.0:  # §4.8: the column's own count per level
+        level = level / ratio
     a = a32.double()
     compress = spec.compress
 
@@ -878,6 +897,8 @@ def _build_rows(model, spec: _Chain, fine: int, sigma_scale: float) -> tuple[Ten
     ns = f_array / F  # the noise in units of the ADC's full scale (§4.5)
     if ns != 1.0:
         offset, sigma = offset * ns, sigma * ns
+    if ratio != 1.0:  # §4.8: the analog noise in units of the column's full scale
+        offset, sigma = offset * ratio, sigma * ratio
     if sigma_scale != 1.0:
         sigma = sigma * sigma_scale
     mu = a + offset

@@ -257,7 +257,7 @@ def _code_tables(plan, device, pattern=None) -> dict:
         if pattern is None:
             table = plan.code_table(c)
         else:
-            table = plan.fine_code_table(c, pattern.scales)
+            table = plan.fine_code_table(c, pattern.blocks)
         if id(table) not in seen:
             seen[id(table)] = len(t_mmin)
             th = table.thr.to(torch.int64).reshape(-1)

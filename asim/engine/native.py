@@ -226,7 +226,7 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
         if pattern is None:
             tabs = [plan.code_table(c) for c in range(ncyc)]
         else:
-            tabs = [plan.fine_code_table(c, pattern.scales) for c in range(ncyc)]
+            tabs = [plan.fine_code_table(c, pattern.blocks) for c in range(ncyc)]
         structs = [t.native() for t in tabs]
         tables = (type(structs[0]) * ncyc)(*structs)
         keep["code_tables"] = tabs

@@ -13,13 +13,17 @@ applies with integer arithmetic:
   ``D_c = rne(offset * F_c / A * 2^(FINE_BITS + GAIN_BITS)) + 2^(GAIN_BITS - 1)``;
 * a count ``m`` converts at the fine index ``n = min(max(m*G + D_c, 0) >> GAIN_BITS, S*F_c)``
   with ``S = 2^FINE_BITS`` (:meth:`Plan.fine_values`, :meth:`Plan.fine_code_table`);
-* its noise sigma is the model's times ``scales[cls]``, a multiple of ``1/SIGMA_STEPS``.
+* its noise sigma is the model's times its ADC's multiple, a multiple of ``1/SIGMA_STEPS``;
+  its conversions draw from block ``cls`` of the fine code table, one block per distinct
+  ``(multiple, N / N_g)`` (``blocks``, :meth:`Plan.fine_code_table`).
 
 With per-ADC full scales (:class:`ColumnRanges`, spec §4.8) ADC ``g`` of full scale ``N_g``
 (column counts, ``N_g <= N``, ``N`` the layer's) converts on the same grid with its gain
 scaled by ``N / N_g``: ``G = rne(fl64((1 + gain) * fl64(N / N_g)) * 2^(FINE_BITS +
 GAIN_BITS))``, ``D_c`` as above; its code's value uses its own full scale
-``levels_c * N_g`` (:meth:`Plan.value_by_code`, one value class per distinct ``N_g``).
+``levels_c * N_g`` (:meth:`Plan.value_by_code`, one value class per distinct ``N_g``), and
+its noise keeps its analog size: ``N / N_g`` times the layer's in its normalised units, at its
+own count (:func:`asim.noise.code_table`'s ``range_ratios``).
 """
 
 from __future__ import annotations
@@ -97,8 +101,10 @@ class ColumnPattern:
         adc: int64 ``[w, O]`` the ADC of each column (weight bit, output) of a tile.
         G: int64 ``[T, w, O]`` per-column gain of the fine transform.
         D: int64 ``[T, ncyc, w, O]`` per-column, per-cycle offset of the fine transform.
-        cls: int64 ``[T, w, O]`` index into ``scales`` of each column's noise multiple.
+        cls: int64 ``[T, w, O]`` index into ``blocks`` of each column's noise block.
         scales: the distinct noise multiples, ascending.
+        blocks: the distinct ``(noise multiple, N / N_g)`` of the ADCs, ascending: the blocks
+            of the fine code table (the ratio is 1.0 without ``full_scale``).
         full_scale: int64 ``[T, n_adc]`` each ADC's full scale in column counts (§4.8), or
             None (every ADC has the layer's).
         vcls: int64 ``[T, w, O]`` each column's value class: the index into ``classes`` of
@@ -114,6 +120,7 @@ class ColumnPattern:
     D: Tensor
     cls: Tensor
     scales: tuple[float, ...]
+    blocks: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
     full_scale: Tensor | None = None
     vcls: Tensor | None = None
     classes: tuple[int, ...] = ()
@@ -149,7 +156,7 @@ def draw_pattern(
     i = torch.arange(w, dtype=torch.int64).view(-1, 1)
     adc = (o * w + i) // spec.group  # [w, O]
     unit = float(1 << (FINE_BITS + GAIN_BITS))
-    scale = None
+    scale, ratio = None, torch.ones_like(sigma)
     if ranges is not None:  # §4.8: the gain scaled by N / N_j, exactly 1 where N_j = N
         scale = ranges.tensor()
         ratio = float(macro.adc_rows) / scale.double()  # fl64(N / N_j)
@@ -164,8 +171,10 @@ def draw_pattern(
         dim=1,
     )  # [T, ncyc, n_adc]
     scales = tuple(sorted({float(v) for v in sigma.flatten().tolist()}))
-    lookup = torch.tensor(scales, dtype=torch.float64)
-    cls_adc = torch.searchsorted(lookup, sigma.contiguous())
+    pairs = list(zip(sigma.flatten().tolist(), ratio.flatten().tolist(), strict=True))
+    blocks = tuple(sorted(set(pairs)))
+    index = {b: k for k, b in enumerate(blocks)}
+    cls_adc = torch.tensor([index[b] for b in pairs], dtype=torch.int64).view(sigma.shape)
     vcls, classes = None, ()
     if scale is not None:
         classes = tuple(sorted({int(v) for v in scale.flatten().tolist()}))
@@ -179,6 +188,7 @@ def draw_pattern(
         D=D[:, :, adc],
         cls=cls_adc[:, adc],
         scales=scales,
+        blocks=blocks,
         full_scale=scale,
         vcls=vcls,
         classes=classes,

@@ -319,11 +319,17 @@ class Plan:
             self._tables[key] = self.value_by_code(c)[self.fine_codes(c)]
         return self._tables[key]
 
-    def fine_code_table(self, c: int, scales: tuple[float, ...]):
+    def fine_code_table(self, c: int, blocks: tuple[tuple[float, float], ...]):
         """The exact code distribution of every fine index of cycle ``c``, one block of rows
-        per sigma multiple in ``scales`` (spec §4.7, :func:`asim.noise.code_table`)."""
+        per ``(sigma multiple, N / N_j)`` in ``blocks`` (spec §4.7, §4.8,
+        :func:`asim.noise.code_table`)."""
+        scales, ratios = (tuple(b[k] for b in blocks) for k in (0, 1))
         return self._code_table(
-            ("fine_code", *self.table_key(c), scales), c, fine=self.fine, sigma_scales=scales
+            ("fine_code", *self.table_key(c), blocks),
+            c,
+            fine=self.fine,
+            sigma_scales=scales,
+            range_ratios=ratios,
         )
 
     def code_table(self, c: int):

@@ -145,9 +145,9 @@ class _TorchCall:
             self.pattern = program.form(
                 ("torch_pattern", str(device)), lambda: _pattern_tables(program, device)
             )
-            scales = program.pattern.scales
+            blocks = program.pattern.blocks
             self.tables = (
-                [plan.fine_code_table(c, scales) for c in range(self.ncyc)] if plan.noisy else None
+                [plan.fine_code_table(c, blocks) for c in range(self.ncyc)] if plan.noisy else None
             )
         else:
             self.tables = (

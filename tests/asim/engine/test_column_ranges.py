@@ -4,6 +4,7 @@ the oracle (noise off) and across backends (noise on)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from .. import oracle
 from ..golden import bits
 from .helpers import _ints, _native_or_skip, _oracle_kwargs, _random_macro
 from .test_adc_range import _levels
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _ranges(rng: random.Random, macro: MacroConfig, tiles, outputs: int, group: int):
@@ -175,3 +178,39 @@ def test_programs_and_layers_keep_their_ranges():
         assert layer._program(0, 12, 2) is program and bits(narrow) != bits(plain)
         layer.adc_ranges = None
         assert bits(layer(x)) == bits(plain)
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [
+        NoiseConfig(rand_sigma=3.0, nonlinear_sigma=4.0),
+        NoiseConfig(rand_sigma_lsb=0.4, nonlinear_sigma_lsb=0.3),
+        NoiseConfig(file=str(ROOT / "conf/noise/measured_example.csv")),
+        NoiseConfig(histogram=str(ROOT / "conf/noise/histogram_example.csv")),
+    ],
+    ids=["gaussian", "lsb", "table", "histogram"],
+)
+@pytest.mark.parametrize("input_enc_bits", [None, 2])
+def test_a_narrow_adc_keeps_the_analog_noise(noise, input_enc_bits):
+    """Noise with per-ADC full scales keeps its analog size (§4.8, as §4.5): an ADC trimmed
+    to N_j = N / 2 draws its codes, at the fine index of count M, from exactly the distribution
+    of a layer whose whole ADC is trimmed to N / 2 (adc_full_scale), count M: twice the layer's
+    noise in its own units, the count-dependent term at its own count."""
+    from asim.engine.plan import build_plan
+
+    macro = MacroConfig(
+        weight_bits=2, input_bits=4, input_enc_bits=input_enc_bits, nrow=16, adc_bits=3
+    )
+    plan = build_plan(macro, noise, False)
+    trimmed = build_plan(macro.replace(adc_full_scale=8), noise, False)
+    ranges = ColumnRanges.of([[8, 16, 8, 16]])
+    program = compile_program(macro, noise, False, [(0, 16)], 2, ranges=ranges)
+    pattern = program.pattern
+    assert pattern.blocks == ((1.0, 1.0), (1.0, 2.0))
+    for c in range(plan.ncyc):
+        table = plan.fine_code_table(c, pattern.blocks).probabilities()
+        rows = plan.fine * plan.full_scale[c] + 1  # block 1: the ADCs of N_j = 8
+        counts = torch.arange(trimmed.full_scale[c] + 1)
+        narrow = table[rows + 2 * plan.fine * counts]  # n = M * G >> GAIN_BITS, G = 2 * 2^12
+        expected = trimmed.code_table(c).probabilities()[counts]
+        assert torch.allclose(narrow, expected, rtol=0, atol=1e-12)
