@@ -793,6 +793,14 @@ def code_table(
         cdf = torch.cat(
             [torch.nn.functional.pad(p[1], (0, width - p[1].shape[1]), value=1.0) for p in parts]
         )
+    if len(parts) > 1 and cdf.shape[0] * cdf.shape[1] > 1 << CONSTANTS["ASIM_TABLE_MAX_LOG2"]:
+        raise ValueError(
+            f"code_table: {len(parts)} noise blocks (the distinct noise multiples and per-ADC "
+            f"full scales of one layer's ADCs) x {cdf.shape[0] // len(parts)} fine indices x "
+            f"{cdf.shape[1]} codes exceed {1 << CONSTANTS['ASIM_TABLE_MAX_LOG2']} thresholds; "
+            "use fewer distinct per-ADC full scales (calibrate per layer) or a smaller "
+            "noise.column_sigma_spread"
+        )
     _check_size(cdf.shape[0], cdf.shape[1])
     table = _thresholds(c0, cdf, 0, adc_levels)
     with _TABLES_LOCK:

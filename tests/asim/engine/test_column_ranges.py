@@ -214,3 +214,19 @@ def test_a_narrow_adc_keeps_the_analog_noise(noise, input_enc_bits):
         narrow = table[rows + 2 * plan.fine * counts]  # n = M * G >> GAIN_BITS, G = 2 * 2^12
         expected = trimmed.code_table(c).probabilities()[counts]
         assert torch.allclose(narrow, expected, rtol=0, atol=1e-12)
+
+
+def test_too_many_noise_blocks_are_refused_in_one_line(monkeypatch):
+    """A layer whose ADCs need more noise blocks than one table holds is refused with one line
+    that names the fix."""
+    from asim import noise as noise_module
+    from asim.engine.plan import build_plan
+
+    macro = MacroConfig(weight_bits=2, input_bits=2, nrow=16, adc_bits=3)
+    plan = build_plan(macro, NoiseConfig(rand_sigma=3.0), False)
+    blocks = tuple((1.0, 16 / n) for n in range(16, 6, -1))
+    monkeypatch.setitem(noise_module.CONSTANTS, "ASIM_TABLE_MAX_LOG2", 12)
+    refusal = r"^code_table: 10 noise blocks .*\(calibrate per layer\)"
+    with pytest.raises(ValueError, match=refusal) as e:
+        plan.fine_code_table(0, blocks)
+    assert "\n" not in str(e.value)
