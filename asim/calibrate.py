@@ -113,10 +113,10 @@ class CountHistogram:
         bins = levels * self.nrow + 1
         tiles, n_adc = shape
         have = self.columns.get(levels)
-        at = (adc.to(m.device) + tile * n_adc) * bins + m.long()
-        n = torch.bincount(at.reshape(-1), minlength=tiles * n_adc * bins).cpu()
-        n = n.view(tiles, n_adc, bins)
-        self.columns[levels] = n if have is None else have + n
+        if have is None:
+            have = self.columns[levels] = torch.zeros(tiles, n_adc, bins, dtype=torch.int64)
+        at = adc.to(m.device) * bins + m.long()
+        have[tile] += torch.bincount(at.reshape(-1), minlength=n_adc * bins).cpu().view(n_adc, -1)
 
     def add(self, levels: int, m: Tensor) -> None:
         n = torch.bincount(m.reshape(-1).to(torch.int32), minlength=levels * self.nrow + 1).cpu()
