@@ -488,8 +488,9 @@ def _column_scales(
     n: Tensor, u: Tensor, macro: MacroConfig, method: str, percentile: float, search: int
 ) -> tuple[Tensor, Tensor]:
     """Every ADC's full scale as :func:`_fit` fits it from its counts ``n [C, G]`` (int64,
-    every ADC saw something) over the grid ``u [G]``, and which ADCs' ``mse`` search ended
-    in a tie (their float errors order them by rounding: the caller refits them)."""
+    every ADC saw something) at the normalised counts ``u [G]`` (ascending), and which ADCs'
+    ``mse`` search ended in a tie (their float errors order them by rounding: the caller
+    refits them)."""
     seen = n > 0
     last = torch.where(seen, torch.arange(u.numel()), -1).amax(1)  # the largest count
     top = torch.ceil(u[last] - 1e-9).clamp(min=1)
@@ -503,8 +504,8 @@ def _column_scales(
         hit = (n.cumsum(1).double() >= target.unsqueeze(1)) & seen
         at = torch.where(hit.any(1), hit.int().argmax(1), last)
         return torch.ceil(u[at] - 1e-9).clamp(min=1), tied
-    # mse: every full scale's summed squared error (count 0 and unseen counts add nothing)
-    keep = seen.any(0) & (u > 0)
+    # mse: every full scale's summed squared error (count 0 adds nothing)
+    keep = u > 0
     v = u[keep]
     fs = torch.arange(1, search + 1, dtype=torch.float64).unsqueeze(1)
     A = macro.adc_levels
@@ -515,14 +516,12 @@ def _column_scales(
     return (pick + 1).double(), (best > 0) & (near > 1)
 
 
-def _column_summary(n: Tensor, u: Tensor, fs: Tensor, macro: MacroConfig):
-    """Summed over the ADCs ``n [C, G]`` at their full scales ``fs [C]``, as
-    :func:`_fit_columns` sums :func:`_fit`'s per-ADC figures: ``(mse * count, clip * count,
-    codes [A + 1] int64, mse at nrow * count)``."""
+def _column_summary(w: Tensor, v: Tensor, fs: Tensor, macro: MacroConfig):
+    """Summed over the ADCs of counts ``w [C, G]`` (at the normalised counts ``v [G]``) at
+    their full scales ``fs [C]``, as :func:`_fit_columns` sums :func:`_fit`'s per-ADC
+    figures: ``(mse * count, clip * count, codes [A + 1] int64, mse at nrow * count)``."""
     A = macro.adc_levels
-    keep = (n > 0).any(0)
-    v, w = u[keep], n[:, keep]
-    total = n.sum(1).double()
+    total = w.sum(1).double()
     code = torch.round((v / fs.unsqueeze(1)).clamp(0, 1) * A)
     out = code / A * fs.unsqueeze(1)
     mse = (((v - out) ** 2 * w).sum(1) / total * total).sum()
@@ -555,20 +554,24 @@ def _fit_columns(hist: CountHistogram, macro: MacroConfig, method: str, percenti
     codes = torch.zeros(A + 1, dtype=torch.int64)
     step = max(1, _FIT_BUDGET // max(u.numel(), search))
     for r0 in range(0, T * n_adc, step):
-        n = torch.zeros(min(step, T * n_adc - r0), u.numel(), dtype=torch.int64)
-        for lv, counts in flat.items():
-            n.index_add_(1, where[lv], counts[r0 : r0 + step])
+        if len(flat) == 1:  # one cycle width: its bins are the grid
+            n = next(iter(flat.values()))[r0 : r0 + step]
+        else:
+            n = torch.zeros(min(step, T * n_adc - r0), u.numel(), dtype=torch.int64)
+            for lv, counts in flat.items():
+                n.index_add_(1, where[lv], counts[r0 : r0 + step])
         rows = n.sum(1).nonzero().view(-1)  # ADCs that saw nothing keep a range of 0 here
         if rows.numel() == 0:
             continue
-        n = n[rows]
-        fs, tied = _column_scales(n, u, macro, method, percentile, search)
+        seen = (n > 0).any(0)  # the counts this chunk saw (the rest weigh nothing)
+        n, uc = n[:, seen][rows], u[seen]
+        fs, tied = _column_scales(n, uc, macro, method, percentile, search)
         for i in tied.nonzero().view(-1).tolist():
             r = r0 + int(rows[i])
             one = CountHistogram(hist.nrow, hist.adc_bits, {lv: c[r] for lv, c in flat.items()})
             fs[i] = _fit(one, macro, method, percentile, search)[0]
         ranges[r0 + rows] = fs.long()
-        e, c, cd, e_fs = _column_summary(n, u, fs, macro)
+        e, c, cd, e_fs = _column_summary(n, uc, fs, macro)
         total, mse, clip, mse_fs = total + int(n.sum()), mse + e, clip + c, mse_fs + e_fs
         codes += cd
     ranges = ranges.view(T, n_adc)
