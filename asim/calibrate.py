@@ -467,7 +467,7 @@ def _fit(
 
 _FIT_BUDGET = 1 << 23
 """Elements (ADCs x distinct counts, or x full scales) of one chunk of :func:`_fit_columns`'s
-arrays: a few float64 / int64 arrays of this size, about 0.4 GB at the peak."""
+arrays: a few float64 / int64 arrays of this size, under 0.5 GB at the peak."""
 
 _TIE = 1e-9
 """Relative gap under which two full scales' ``mse`` errors count as tied in
