@@ -14,7 +14,9 @@ reference), ``voting`` (K = 3, vote_levels = 2, the Gaussian noise), ``chip`` (t
 Gaussian noise on a calibrated range, ``adc_full_scale=128``, with a chip's fixed pattern:
 0.5 LSB offsets trimmed in 1/4 LSB steps, 1 % gains, 4 columns per ADC; spec §4.5, §4.7;
 compare with ``noise``), ``chip_spread`` (the same with a 0.2 spread of the ADCs' noise
-sigma: one code table per distinct sigma multiple). For both the oracle runs the Gaussian
+sigma: one code table per distinct sigma multiple), and the two parts of ``chip`` alone:
+``range`` (the noise on the calibrated range) and ``pattern`` (the pattern at full scale
+``nrow``). For them the oracle runs the Gaussian
 cycles without range and pattern as its stand-in. ``--network`` adds the
 whole converted ResNet-18 (batch 8) per setting; ``--programming`` the one-time cost of
 quantizing and packing every weight (paid once per weight change, not per call);
@@ -69,6 +71,13 @@ SETTINGS = {
     "voting": (MacroConfig(vote_levels=2, vote_samples=3), GAUSS),
     "chip": (
         MacroConfig(adc_full_scale=128),
+        GAUSS.replace(
+            column_offset_lsb=0.5, column_gain_pct=1.0, adc_group=4, column_trim_lsb=0.25
+        ),
+    ),
+    "range": (MacroConfig(adc_full_scale=128), GAUSS),
+    "pattern": (
+        MacroConfig(),
         GAUSS.replace(
             column_offset_lsb=0.5, column_gain_pct=1.0, adc_group=4, column_trim_lsb=0.25
         ),

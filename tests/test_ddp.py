@@ -78,6 +78,11 @@ NOISY = [
     "macro=bitserial_255",
     "macro.act_scale=sample",
     "noise=gaussian",
+    # a chip's fixed pattern (spec §4.7): the same chip on every rank and batch size
+    "noise.column_offset_lsb=0.5",
+    "noise.column_gain_pct=1.0",
+    "noise.column_sigma_spread=0.2",
+    "noise.adc_group=2",
     "simulate.repeats=2",
     "simulate.float=false",
     "simulate.save_predictions=true",
@@ -89,9 +94,9 @@ NOISY_SAMPLES = 108
 
 @pytest.mark.ddp  # two processes
 def test_noisy_results_do_not_depend_on_batch_size_or_processes(tmp_path):
-    """noise=gaussian, act_scale=sample: batch 16 in one process, batch 32 in one process and
-    batch 32 on 2 DDP ranks (two blocks each) give the same predictions, bit for bit, for
-    every repeat."""
+    """noise=gaussian with a chip's fixed pattern, act_scale=sample: batch 16 in one process,
+    batch 32 in one process and batch 32 on 2 DDP ranks (two blocks each) give the same
+    predictions, bit for bit, for every repeat (each repeat a chip of its own)."""
     _ddp([*NOISY, "dataset.val_batch_size=32"], tmp_path / "ddp")
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
     ddp_preds = json.loads((tmp_path / "ddp" / "predictions.json").read_text())

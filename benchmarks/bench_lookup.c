@@ -1,0 +1,117 @@
+/* One code lookup per draw, as the kernel's codes8 does it, timed alone (bench_lookup.py).
+ *
+ * usage: bench_lookup DIR FORMAT BITS FINE MEAN ROWS
+ *   DIR     holds entry.bin, scan.bin, thr.bin (int32) and, for FORMAT rel, klo.bin
+ *   FORMAT  abs: the kernel's bucket entry (code | d << 8);
+ *           rel: a smaller entry, code - k_lo[row] | d << (BITS - 1), plus a k_lo gather
+ *   FINE    16: a row per fine index (16 per count), a random phase per draw; 1: a row per count
+ *   MEAN    mean of the geometric count distribution; ROWS: rows of the table
+ * prints: ns per draw (best of 7 passes over 2^22 draws, thread CPU) and a checksum. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define N (1 << 22)
+static int32_t rows[N];
+static uint32_t us[N];
+static uint64_t state = 88172645463325252ULL;
+
+static uint64_t next(void) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+}
+
+static uint32_t *load(const char *dir, const char *name) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    const long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint32_t *b = aligned_alloc(64, (size_t)((n + 63) / 64 * 64));
+    if (fread(b, 1, (size_t)n, f) != (size_t)n) exit(2);
+    fclose(f);
+    return b;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static __m256i lookup8(const uint32_t *entry, const int32_t *klo, const int32_t *scan,
+                       const uint32_t *thr, int bits, int rel, const int32_t *mc, __m256i vu) {
+    const int sh = 32 - bits, cb = rel ? bits - 1 : 8;
+    const __m256i vr = _mm256_loadu_si256((const __m256i *)mc);
+    const __m256i ix = _mm256_add_epi32(_mm256_sll_epi32(vr, _mm_cvtsi32_si128(bits)),
+                                        _mm256_srl_epi32(vu, _mm_cvtsi32_si128(sh)));
+    const __m256i e = _mm256_i32gather_epi32((const int *)entry, ix, 4);
+    const __m256i d = _mm256_srl_epi32(e, _mm_cvtsi32_si128(cb));
+    const __m256i low = _mm256_and_si256(vu, _mm256_set1_epi32((int32_t)((1u << sh) - 1u)));
+    __m256i c = _mm256_and_si256(e, _mm256_set1_epi32((1 << cb) - 1));
+    if (rel) c = _mm256_add_epi32(c, _mm256_i32gather_epi32((const int *)klo, vr, 4));
+    __m256i q = _mm256_add_epi32(
+        c, _mm256_add_epi32(_mm256_set1_epi32(1), _mm256_cmpgt_epi32(d, low)));
+    const int several =
+        _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(d, _mm256_setzero_si256())));
+    if (several) {
+        int32_t qq[8], at[8], rr[8];
+        uint32_t uu[8];
+        _mm256_storeu_si256((__m256i *)qq, q);
+        _mm256_storeu_si256((__m256i *)at, ix);
+        _mm256_storeu_si256((__m256i *)rr, vr);
+        _mm256_storeu_si256((__m256i *)uu, vu);
+        for (int l = several; l; l &= l - 1) {
+            const int t = __builtin_ctz((unsigned)l);
+            const int32_t s = scan[at[t]], n = (int32_t)((uint32_t)s >> 25);
+            const uint32_t *th = thr + (s & ((1 << 25) - 1));
+            int32_t k = (int32_t)(entry[at[t]] & ((1u << cb) - 1u)) + (rel ? klo[rr[t]] : 0);
+            for (int32_t j = 0; j < n; ++j) k += uu[t] >= th[j];
+            qq[t] = k;
+        }
+        q = _mm256_loadu_si256((const __m256i *)qq);
+    }
+    return q;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 7) return 1;
+    const char *dir = argv[1];
+    const int rel = strcmp(argv[2], "rel") == 0, bits = atoi(argv[3]), fine = atoi(argv[4]);
+    const double mean = atof(argv[5]);
+    const int nrows = atoi(argv[6]), top = fine > 1 ? (nrows - 1) / fine : nrows - 1;
+    const uint32_t *entry = load(dir, "entry.bin"), *thr = load(dir, "thr.bin");
+    const int32_t *scan = (const int32_t *)load(dir, "scan.bin");
+    const int32_t *klo = (const int32_t *)load(dir, "klo.bin");
+    if (!entry || !thr || !scan || (rel && !klo)) return 2;
+    for (int i = 0; i < N; ++i) {
+        const double u = (double)(next() >> 11) * 0x1p-53;
+        int m = (int)(-mean * log(1.0 - u));
+        m = m > top ? top : m;
+        const int r = fine > 1 ? m * fine + (int)(next() % (uint64_t)fine) : m;
+        rows[i] = r < nrows ? r : nrows - 1;
+        us[i] = (uint32_t)(next() >> 32);
+    }
+    __m256i acc = _mm256_setzero_si256();
+    double best = 1e30;
+    for (int rep = 0; rep < 7; ++rep) {
+        const double t0 = now();
+        for (int i = 0; i < N; i += 8)
+            acc = _mm256_add_epi32(acc, lookup8(entry, klo, scan, thr, bits, rel, rows + i,
+                                                _mm256_loadu_si256((const __m256i *)(us + i))));
+        const double t = now() - t0;
+        best = t < best ? t : best;
+    }
+    int32_t a[8];
+    _mm256_storeu_si256((__m256i *)a, acc);
+    printf("%.3f %d\n", best / N * 1e9, a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7]);
+    return 0;
+}

@@ -1,0 +1,112 @@
+"""The cost of one noisy code lookup, alone: why a chip's fixed pattern costs what it costs.
+
+A chip's fixed pattern (spec §4.7) draws codes from a table with a row per fine index, 16 per
+count, where the plain Gaussian noise has a row per count. This times the kernel's lookup (one
+gather from the bucket re-indexing, ``engine.h`` ``asim_bucket_table``) on the real tables of
+``benchmarks/bench_engine.py``'s ``noise`` and ``chip`` settings, over 2^22 draws whose counts
+follow a geometric distribution (mean 4, 12 or 30) and whose fine phase is uniform:
+
+* ``noise``: the Gaussian table, a row per count (the kernel today);
+* ``chip``: the chip's fine table, a row per fine index (the kernel today);
+* ``chip, a row per count``: the same table read at one fine row per count (wrong codes: the
+  cost of the lookup without the 16x footprint);
+* ``chip, entries rel 8`` / ``rel 7``: a smaller re-indexing of the same table (2^8 or 2^7
+  buckets per row, the code stored relative to the row's lowest, one more gather for it),
+  giving the same codes (checked by the checksum).
+
+    python benchmarks/bench_lookup.py        # needs gcc and AVX2
+
+Prints ns per draw (thread CPU, best of 7 passes) per count mean. Single-threaded C built
+from ``benchmarks/bench_lookup.c`` with ``-O2 -mavx2``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from asim.engine.native import _as_i32, _small_buckets, bucket_table  # noqa: E402
+from asim.engine.plan import build_plan  # noqa: E402
+from benchmarks.bench_engine import SETTINGS  # noqa: E402
+
+MEANS = (4, 12, 30)
+
+
+def _write(folder: Path, arrays: dict[str, torch.Tensor]) -> Path:
+    folder.mkdir()
+    for name, t in arrays.items():
+        t.to(torch.int32).numpy().tofile(folder / f"{name}.bin")
+    return folder
+
+
+def _relative(table, bits: int) -> dict[str, torch.Tensor]:
+    """The table's buckets with ``2^bits`` per row and the code relative to ``k_lo[row]``:
+    entry = code - k_lo | d << (bits - 1), d as in the kernel's format (33 - bits bits)."""
+    n_m, low, cb = table.n_m, 32 - bits, bits - 1
+    thr, start = table.thr, table.start.long()
+    keys = (torch.repeat_interleave(torch.arange(n_m), start.diff()) << 32) | thr
+    r = torch.arange(n_m, dtype=torch.int64).view(-1, 1) << 32
+    lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << low
+    at_lo = torch.searchsorted(keys, (r | lo).reshape(-1), right=True).view(n_m, -1)
+    at_hi = torch.searchsorted(keys, (r | (lo + (1 << low) - 1)).reshape(-1), right=True)
+    inside = at_hi.view(n_m, -1) - at_lo
+    rel = at_lo - start[:-1].view(-1, 1)
+    if int(rel.max()) >= 1 << cb:
+        raise SystemExit(f"rows too wide for {bits} bucket bits")
+    first = thr[at_lo.clamp(max=thr.numel() - 1)]
+    d = torch.where(inside == 1, first - lo, torch.where(inside == 0, 1 << low, 0))
+    scan = torch.where(inside > 1, at_lo | (inside << 25), 0)
+    return {"entry": _as_i32(rel | (d << cb)), "scan": scan, "thr": _as_i32(thr),
+            "klo": table.k_lo}  # fmt: skip
+
+
+def main() -> None:
+    plain = build_plan(*SETTINGS["noise"], False)
+    chip = build_plan(*SETTINGS["chip"], False)
+    c = plain.ncyc - 1
+    t_plain, t_fine = plain.code_table(c), chip.fine_code_table(c, ((1.0, 1.0),))
+    b_plain, b_fine = bucket_table(t_plain), _small_buckets(t_fine)
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "bench_lookup"
+        subprocess.run(["gcc", "-O2", "-mavx2", "-mfma", str(ROOT / "benchmarks/bench_lookup.c"),
+                        "-o", str(exe), "-lm"], check=True)  # fmt: skip
+        keep = ("entry", "scan", "thr")
+        d_plain = _write(Path(tmp) / "plain", {k: b_plain[k] for k in keep})
+        d_fine = _write(Path(tmp) / "fine", {k: b_fine[k] for k in keep})
+        d_rel = {b: _write(Path(tmp) / f"rel{b}", _relative(t_fine, b)) for b in (8, 7)}
+        runs = [
+            ("noise", d_plain, "abs", b_plain["bits"], 1, t_plain.n_m),
+            ("chip", d_fine, "abs", b_fine["bits"], 16, t_fine.n_m),
+            ("chip, a row per count", d_fine, "abs", b_fine["bits"], 1, t_fine.n_m),
+            ("chip, entries rel 8", d_rel[8], "rel", 8, 16, t_fine.n_m),
+            ("chip, entries rel 7", d_rel[7], "rel", 7, 16, t_fine.n_m),
+        ]
+        print(f"rows: noise {t_plain.n_m} (counts), chip {t_fine.n_m} (fine indices); "
+              f"thresholds per row: noise {t_plain.n_thresholds / t_plain.n_m:.1f}, "
+              f"chip {t_fine.n_thresholds / t_fine.n_m:.1f}")  # fmt: skip
+        print("| lookup | " + " | ".join(f"count mean {m}" for m in MEANS) + " |")
+        print("|---|" + "---:|" * len(MEANS))
+        sums: dict[tuple[int, int], set] = {}
+        for name, folder, fmt, bits, fine, n in runs:
+            cells = []
+            for mean in MEANS:
+                argv = [str(exe), str(folder), fmt, *map(str, (bits, fine, mean, n))]
+                out = subprocess.run(argv, capture_output=True, text=True, check=True)
+                ns, checksum = out.stdout.split()
+                cells.append(f"{float(ns):.2f} ns")
+                if name.startswith("chip") and fine == 16:
+                    sums.setdefault((fine, mean), set()).add(checksum)
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+        same = all(len(v) == 1 for v in sums.values())
+        print("the chip's three formats give the same codes:", "yes" if same else "NO")
+
+
+if __name__ == "__main__":
+    main()
