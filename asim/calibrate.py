@@ -471,8 +471,9 @@ arrays: a few float64 / int64 arrays of this size, under 0.5 GB at the peak."""
 
 _TIE = 1e-9
 """Relative gap under which two full scales' ``mse`` errors count as tied in
-:func:`_fit_columns`: far above the rounding of either summation order (under 1e-12 for
-the counts' distinct values), so only a tie can order them otherwise."""
+:func:`_fit_columns`: far above the rounding of any order of summing an ADC's ``g``
+non-negative terms (at most ``g * 2^-53`` relative, 1e-11 for 10^5 distinct counts), so
+errors further apart come out in the same order as :func:`_fit`'s."""
 
 
 def _grid(columns: dict[int, Tensor]) -> tuple[Tensor, dict[int, Tensor]]:
