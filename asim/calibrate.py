@@ -113,10 +113,10 @@ class CountHistogram:
         bins = levels * self.nrow + 1
         tiles, n_adc = shape
         have = self.columns.get(levels)
-        at = (adc.to(m.device) + tile * n_adc) * bins + m.long()
-        n = torch.bincount(at.reshape(-1), minlength=tiles * n_adc * bins).cpu()
-        n = n.view(tiles, n_adc, bins)
-        self.columns[levels] = n if have is None else have + n
+        if have is None:
+            have = self.columns[levels] = torch.zeros(tiles, n_adc, bins, dtype=torch.int64)
+        at = adc.to(m.device) * bins + m.long()
+        have[tile] += torch.bincount(at.reshape(-1), minlength=n_adc * bins).cpu().view(n_adc, -1)
 
     def add(self, levels: int, m: Tensor) -> None:
         n = torch.bincount(m.reshape(-1).to(torch.int32), minlength=levels * self.nrow + 1).cpu()
@@ -465,32 +465,117 @@ def _fit(
     return fs, thresholds, values, mse, clip, [int(c) for c in codes], mse_fs
 
 
+_FIT_BUDGET = 1 << 23
+"""Elements (ADCs x distinct counts, or x full scales) of one chunk of :func:`_fit_columns`'s
+arrays: a few float64 / int64 arrays of this size, under 0.5 GB at the peak."""
+
+_TIE = 1e-9
+"""Relative gap under which two full scales' ``mse`` errors count as tied in
+:func:`_fit_columns`: far above the rounding of any order of summing an ADC's ``g``
+non-negative terms (at most ``g * 2^-53`` relative, 1e-11 for 10^5 distinct counts), so
+errors further apart come out in the same order as :func:`_fit`'s."""
+
+
+def _grid(columns: dict[int, Tensor]) -> tuple[Tensor, dict[int, Tensor]]:
+    """The distinct normalised counts ``M / levels`` of every cycle width (float64,
+    ascending, as :meth:`CountHistogram.points` computes them) and, per width, where each
+    of its bins lies in that grid."""
+    vals = [torch.arange(n.shape[-1], dtype=torch.float64) / lv for lv, n in columns.items()]
+    u, where = torch.unique(torch.cat(vals), sorted=True, return_inverse=True)
+    return u, dict(zip(columns, where.split([v.numel() for v in vals]), strict=True))
+
+
+def _column_scales(
+    n: Tensor, u: Tensor, macro: MacroConfig, method: str, percentile: float, search: int
+) -> tuple[Tensor, Tensor]:
+    """Every ADC's full scale as :func:`_fit` fits it from its counts ``n [C, G]`` (int64,
+    every ADC saw something) at the normalised counts ``u [G]`` (ascending), and which ADCs'
+    ``mse`` search ended in a tie (their float errors order them by rounding: the caller
+    refits them)."""
+    seen = n > 0
+    last = torch.where(seen, torch.arange(u.numel()), -1).amax(1)  # the largest count
+    top = torch.ceil(u[last] - 1e-9).clamp(min=1)
+    tied = torch.zeros(n.shape[0], dtype=torch.bool)
+    if method == "max":
+        return top, tied
+    if method == "percentile":  # the first count whose cumulative weight reaches the target
+        total = n.sum(1).double()
+        # as _fit: the target goes through a tensor of the default dtype
+        target = (percentile / 100 * total).to(torch.get_default_dtype()).double()
+        hit = (n.cumsum(1).double() >= target.unsqueeze(1)) & seen
+        at = torch.where(hit.any(1), hit.int().argmax(1), last)
+        return torch.ceil(u[at] - 1e-9).clamp(min=1), tied
+    # mse: every full scale's summed squared error (count 0 adds nothing)
+    keep = u > 0
+    v = u[keep]
+    fs = torch.arange(1, search + 1, dtype=torch.float64).unsqueeze(1)
+    A = macro.adc_levels
+    sq = (v - torch.round((v / fs).clamp(0, 1) * A) / A * fs) ** 2  # [search, g], as _mse_search
+    errors = n[:, keep].double() @ sq.T  # [C, search]
+    best, pick = errors.min(1)  # the first minimum, as torch.argmin
+    near = (errors <= best.unsqueeze(1) * (1 + _TIE)).sum(1)
+    return (pick + 1).double(), (best > 0) & (near > 1)
+
+
+def _column_summary(w: Tensor, v: Tensor, fs: Tensor, macro: MacroConfig):
+    """Summed over the ADCs of counts ``w [C, G]`` (at the normalised counts ``v [G]``) at
+    their full scales ``fs [C]``, as :func:`_fit_columns` sums :func:`_fit`'s per-ADC
+    figures: ``(mse * count, clip * count, codes [A + 1] int64, mse at nrow * count)``."""
+    A = macro.adc_levels
+    total = w.sum(1).double()
+    code = torch.round((v / fs.unsqueeze(1)).clamp(0, 1) * A)
+    out = code / A * fs.unsqueeze(1)
+    mse = (((v - out) ** 2 * w).sum(1) / total * total).sum()
+    clip = ((w * (v > fs.unsqueeze(1))).sum(1).double() / total * total).sum()
+    codes = torch.zeros(A + 1, dtype=torch.int64).index_add_(0, code.long().view(-1), w.view(-1))
+    out_fs = torch.round((v / macro.nrow).clamp(0, 1) * A) / A * macro.nrow
+    mse_fs = (((v - out_fs) ** 2 * w).sum(1) / total * total).sum()
+    return float(mse), float(clip), codes, float(mse_fs)
+
+
 def _fit_columns(hist: CountHistogram, macro: MacroConfig, method: str, percentile: float):
-    """Every ADC's full scale by ``method`` (:func:`_fit` on its own counts; ``mse`` over
+    """Every ADC's full scale by ``method`` (as :func:`_fit` on its own counts; ``mse`` over
     the layer's search range, so no ADC does worse than the layer's best range), and the
     layer's summary: ``(ranges [T, n_adc], full_scale, mse, clip_rate, code_histogram,
     mse_full_scale)``, the errors and clip rate over all conversions, the full scale the
-    largest ADC's. An ADC that saw nothing (every cycle of its columns exact) gets it too."""
+    largest ADC's. An ADC that saw nothing (every cycle of its columns exact) gets it too.
+
+    All ADCs at once, a chunk of ADCs at a time (:data:`_FIT_BUDGET`), on the grid of the
+    distinct normalised counts: the ranges equal :func:`_fit`'s, the summary up to the order
+    of summation. An ADC whose ``mse`` search ends in a tie (two full scales' errors within
+    :data:`_TIE`, so rounding picks one) is refitted by :func:`_fit` itself."""
     A = macro.adc_levels
     v, _ = hist.points()
     search = max(macro.nrow, math.ceil(float(v[-1]) - 1e-9) if v.numel() else 1)
     T, n_adc = next(iter(hist.columns.values())).shape[:2]
-    ranges = torch.zeros(T, n_adc, dtype=torch.int64)
+    flat = {lv: n.reshape(T * n_adc, -1) for lv, n in hist.columns.items()}
+    u, where = _grid(hist.columns)
+    ranges = torch.zeros(T * n_adc, dtype=torch.int64)
     total = mse = clip = mse_fs = 0.0
-    codes = torch.zeros(A + 1, dtype=torch.float64)
-    for t in range(T):
-        for j in range(n_adc):
-            one = CountHistogram(
-                hist.nrow, hist.adc_bits, {L: n[t, j] for L, n in hist.columns.items()}
-            )
-            n = one.total
-            if n == 0:
-                continue
-            fs, _, _, e, c, cd, e_fs = _fit(one, macro, method, percentile, search)
-            ranges[t, j] = fs
-            total += n
-            mse, clip, mse_fs = mse + e * n, clip + c * n, mse_fs + e_fs * n
-            codes += torch.tensor(cd, dtype=torch.float64)
+    codes = torch.zeros(A + 1, dtype=torch.int64)
+    step = max(1, _FIT_BUDGET // max(u.numel(), search))
+    for r0 in range(0, T * n_adc, step):
+        if len(flat) == 1:  # one cycle width: its bins are the grid
+            n = next(iter(flat.values()))[r0 : r0 + step]
+        else:
+            n = torch.zeros(min(step, T * n_adc - r0), u.numel(), dtype=torch.int64)
+            for lv, counts in flat.items():
+                n.index_add_(1, where[lv], counts[r0 : r0 + step])
+        rows = n.sum(1).nonzero().view(-1)  # ADCs that saw nothing keep a range of 0 here
+        if rows.numel() == 0:
+            continue
+        seen = (n > 0).any(0)  # the counts this chunk saw (the rest weigh nothing)
+        n, uc = n[:, seen][rows], u[seen]
+        fs, tied = _column_scales(n, uc, macro, method, percentile, search)
+        for i in tied.nonzero().view(-1).tolist():
+            r = r0 + int(rows[i])
+            one = CountHistogram(hist.nrow, hist.adc_bits, {lv: c[r] for lv, c in flat.items()})
+            fs[i] = _fit(one, macro, method, percentile, search)[0]
+        ranges[r0 + rows] = fs.long()
+        e, c, cd, e_fs = _column_summary(n, uc, fs, macro)
+        total, mse, clip, mse_fs = total + int(n.sum()), mse + e, clip + c, mse_fs + e_fs
+        codes += cd
+    ranges = ranges.view(T, n_adc)
     full_scale = max(1, int(ranges.max()))
     ranges[ranges == 0] = full_scale
     total = max(total, 1.0)

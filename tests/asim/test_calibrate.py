@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ from asim import (
     MacroConfig,
     calibrate_adc,
 )
-from asim.calibrate import observe_counts
+from asim import calibrate as calibration
+from asim.calibrate import CountHistogram, observe_counts
 
 from . import oracle
 
@@ -391,6 +393,95 @@ def test_per_adc_ranges_fit_the_counts_better(method):
         if method == "max":
             assert b.clip_rate == 0 and b.full_scale == a.full_scale
             assert int(ranges.min()) < b.full_scale
+
+
+def _fit_per_adc(hist: CountHistogram, macro: MacroConfig, method: str, percentile: float):
+    """The per-ADC fit as one loop over the ADCs, :func:`_fit` on each one's own counts (the
+    reference :func:`asim.calibrate._fit_columns` equals): ``(ranges, full_scale, mse,
+    clip_rate, code_histogram, mse_full_scale)``."""
+    v, _ = hist.points()
+    search = max(macro.nrow, math.ceil(float(v[-1]) - 1e-9) if v.numel() else 1)
+    T, n_adc = next(iter(hist.columns.values())).shape[:2]
+    ranges = torch.zeros(T, n_adc, dtype=torch.int64)
+    total = mse = clip = mse_fs = 0.0
+    codes = torch.zeros(macro.adc_levels + 1, dtype=torch.float64)
+    for t in range(T):
+        for j in range(n_adc):
+            counts = {lv: n[t, j] for lv, n in hist.columns.items()}
+            one = CountHistogram(hist.nrow, hist.adc_bits, counts)
+            n = one.total
+            if n == 0:
+                continue
+            fs, _, _, e, c, cd, e_fs = calibration._fit(one, macro, method, percentile, search)
+            ranges[t, j] = fs
+            total += n
+            mse, clip, mse_fs = mse + e * n, clip + c * n, mse_fs + e_fs * n
+            codes += torch.tensor(cd, dtype=torch.float64)
+    full_scale = max(1, int(ranges.max()))
+    ranges[ranges == 0] = full_scale
+    total = max(total, 1.0)
+    return ranges, full_scale, mse / total, clip / total, [int(c) for c in codes], mse_fs / total
+
+
+def _random_columns(seed: int, levels: tuple[int, ...], nrow: int, adc_bits: int):
+    """Per-ADC count histograms of 3 tiles x 24 ADCs, per cycle width: ADCs that saw
+    nothing, ADCs with a few counts (ties between full scales), dense small counts, counts
+    over the whole range ``0 .. levels * nrow``, ADCs with millions of conversions, and two
+    ADCs whose 50th percentile lies exactly at a count."""
+    g = torch.Generator().manual_seed(seed)
+    kind = torch.randint(0, 5, (3, 24, 1), generator=g)
+    columns = {}
+    for lv in levels:
+        M = torch.arange(lv * nrow + 1)
+        scale = torch.rand(3, 24, 1, generator=g) * lv * nrow + 0.5
+        keep = torch.rand(3, 24, M.numel(), generator=g) < torch.exp(-M / scale)
+        few = torch.rand(3, 24, M.numel(), generator=g) < 2 / M.numel()
+        keep = torch.where(kind == 1, keep & few, keep) & (kind != 0)
+        n = torch.randint(1, 300, (3, 24, M.numel()), generator=g) * keep
+        columns[lv] = torch.where(kind == 4, n * 100_000, n)
+    # two crafted ADCs, counts in the first cycle width only: half the conversions at each
+    # of two counts, so the 50th percentile's target is met exactly (7 each) or, with
+    # 2^25 + 3 each, lies just above the first half once rounded to float32 (as _fit's)
+    for n in columns.values():
+        n[0, :2] = 0
+    lv = levels[0]
+    columns[lv][0, 0, [1, 3 * lv]] = 7
+    columns[lv][0, 1, [0, 2 * lv]] = 2**25 + 3
+    counts = {lv: n.sum((0, 1)) for lv, n in columns.items()}
+    return CountHistogram(nrow, adc_bits, counts, group=1, columns=columns)
+
+
+@pytest.mark.parametrize("budget", [1 << 23, 40])  # one chunk of ADCs, or many
+@pytest.mark.parametrize(
+    "levels,nrow,adc_bits", [((1,), 15, 2), ((1, 3), 15, 3), ((3, 7), 7, 1), ((1, 15), 9, 4)]
+)
+def test_per_adc_fit_equals_the_fit_of_each_adc(levels, nrow, adc_bits, budget, monkeypatch):
+    """The per-ADC fit (all ADCs at once, chunked) gives every ADC the full scale
+    :func:`_fit` gives it on its own counts (the percentile's first count to reach the
+    target, mse's first minimum over ``1 .. search``, a tie refitted), and the layer's
+    summary of the ADC-by-ADC loop: code histogram exact, errors up to summation order."""
+    monkeypatch.setattr(calibration, "_FIT_BUDGET", budget)
+    macro = MacroConfig(nrow=nrow, adc_bits=adc_bits)
+    for seed in range(3):
+        hist = _random_columns(seed, levels, nrow, adc_bits)
+        for method, percentile in [("max", 99.99), ("mse", 99.99)] + [
+            ("percentile", p) for p in (50.0, 90.0, 99.99, 100.0)
+        ]:
+            got = calibration._fit_columns(hist, macro, method, percentile)
+            want = _fit_per_adc(hist, macro, method, percentile)
+            assert torch.equal(got[0], want[0]), (seed, method, percentile)
+            assert got[1] == want[1] and got[4] == want[4]
+            for a, b in zip(got[2:], want[2:], strict=True):
+                assert a == pytest.approx(b, rel=1e-12, abs=0)
+    empty = CountHistogram(
+        nrow,
+        adc_bits,
+        group=1,
+        columns={lv: torch.zeros(2, 5, lv * nrow + 1, dtype=torch.int64) for lv in levels},
+    )
+    got = calibration._fit_columns(empty, macro, "mse", 99.99)
+    assert torch.equal(got[0], torch.ones(2, 5, dtype=torch.int64))
+    assert got[1:] == (1, 0.0, 0.0, [0] * (2**adc_bits), 0.0)
 
 
 @torch.no_grad()
