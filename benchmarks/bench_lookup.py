@@ -12,7 +12,9 @@ follow a geometric distribution (mean 4, 12 or 30) and whose fine phase is unifo
   cost of the lookup without the 16x footprint);
 * ``chip, entries rel 8`` / ``rel 7``: a smaller re-indexing of the same table (2^8 or 2^7
   buckets per row, the code stored relative to the row's lowest, one more gather for it),
-  giving the same codes (checked by the checksum).
+  giving the same codes (checked by the checksum);
+* ``chip noise per count on the fine grid``: a model the engine does not have (the noise drawn
+  per count as an offset in fine steps, 2^12 buckets per row), its lookup only.
 
     python benchmarks/bench_lookup.py        # needs gcc and AVX2
 
@@ -67,6 +69,23 @@ def _relative(table, bits: int) -> dict[str, torch.Tensor]:
             "klo": table.k_lo}  # fmt: skip
 
 
+def _per_count(plan, c: int):
+    """A model the engine does not have, for comparison: the chip's temporal noise drawn per
+    count as an offset on the fine grid (``P(e = k) = Phi((k + 1/2) / s) - Phi((k - 1/2) / s)``,
+    ``s`` the noise sigma at that count in fine steps), to be added to the fine index and
+    converted by the noise-free ADC after the lookup (a further step not timed here)."""
+    from asim.noise import _thresholds
+
+    F, S, nrow = plan.full_scale[c], plan.fine, plan.macro.nrow
+    m = torch.arange(F + 1, dtype=torch.float64)
+    _, sigma = plan.readout.moments64(m.clamp(max=nrow), plan.macro.adc_levels)
+    s = sigma * (nrow / plan.macro.adc_rows) * S * F  # full-scale units -> fine steps
+    half = int(torch.ceil(7 * s.max()))
+    k = torch.arange(-half, half + 1, dtype=torch.float64)
+    cdf = torch.special.ndtr((k + 0.5) / s.unsqueeze(1))
+    return _thresholds(torch.zeros(F + 1, dtype=torch.int64), cdf, 0, 2 * half)
+
+
 def main() -> None:
     plain = build_plan(*SETTINGS["noise"], False)
     chip = build_plan(*SETTINGS["chip"], False)
@@ -81,16 +100,21 @@ def main() -> None:
         d_plain = _write(Path(tmp) / "plain", {k: b_plain[k] for k in keep})
         d_fine = _write(Path(tmp) / "fine", {k: b_fine[k] for k in keep})
         d_rel = {b: _write(Path(tmp) / f"rel{b}", _relative(t_fine, b)) for b in (8, 7)}
+        t_count = _per_count(chip, c)
+        d_count = _write(Path(tmp) / "count", _relative(t_count, 12))
         runs = [
             ("noise", d_plain, "abs", b_plain["bits"], 1, t_plain.n_m),
             ("chip", d_fine, "abs", b_fine["bits"], 16, t_fine.n_m),
             ("chip, a row per count", d_fine, "abs", b_fine["bits"], 1, t_fine.n_m),
             ("chip, entries rel 8", d_rel[8], "rel", 8, 16, t_fine.n_m),
             ("chip, entries rel 7", d_rel[7], "rel", 7, 16, t_fine.n_m),
+            ("chip noise per count on the fine grid", d_count, "rel", 12, 1, t_count.n_m),
         ]
-        print(f"rows: noise {t_plain.n_m} (counts), chip {t_fine.n_m} (fine indices); "
-              f"thresholds per row: noise {t_plain.n_thresholds / t_plain.n_m:.1f}, "
-              f"chip {t_fine.n_thresholds / t_fine.n_m:.1f}")  # fmt: skip
+        print(f"rows: noise {t_plain.n_m} (counts), chip {t_fine.n_m} (fine indices), "
+              f"per-count noise {t_count.n_m}; thresholds per row: noise "
+              f"{t_plain.n_thresholds / t_plain.n_m:.1f}, chip "
+              f"{t_fine.n_thresholds / t_fine.n_m:.1f}, per-count noise "
+              f"{t_count.n_thresholds / t_count.n_m:.1f}")  # fmt: skip
         print("| lookup | " + " | ".join(f"count mean {m}" for m in MEANS) + " |")
         print("|---|" + "---:|" * len(MEANS))
         sums: dict[tuple[int, int], set] = {}
