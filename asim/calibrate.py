@@ -533,12 +533,29 @@ def _column_summary(w: Tensor, v: Tensor, fs: Tensor, macro: MacroConfig):
     return float(mse), float(clip), codes, float(mse_fs)
 
 
-def _fit_columns(hist: CountHistogram, macro: MacroConfig, method: str, percentile: float):
+def _snap(ranges: Tensor, steps: int) -> Tensor:
+    """Each full scale rounded up to the nearest of ``ceil(k * N / steps)``, ``k = 1 ..
+    steps``, ``N`` the largest: a reference trim with ``steps`` settings."""
+    top = int(ranges.max())
+    k = torch.arange(1, steps + 1, dtype=torch.int64)
+    grid = torch.unique((k * top + steps - 1) // steps)
+    return grid[torch.searchsorted(grid, ranges)]
+
+
+def _fit_columns(
+    hist: CountHistogram,
+    macro: MacroConfig,
+    method: str,
+    percentile: float,
+    steps: int | None = None,
+):
     """Every ADC's full scale by ``method`` (as :func:`_fit` on its own counts; ``mse`` over
-    the layer's search range, so no ADC does worse than the layer's best range), and the
-    layer's summary: ``(ranges [T, n_adc], full_scale, mse, clip_rate, code_histogram,
-    mse_full_scale)``, the errors and clip rate over all conversions, the full scale the
-    largest ADC's. An ADC that saw nothing (every cycle of its columns exact) gets it too.
+    the layer's search range, so no ADC does worse than the layer's best range), rounded up
+    to one of ``steps`` settings when ``steps`` is set (:func:`_snap`), and the layer's
+    summary: ``(ranges [T, n_adc], full_scale, mse, clip_rate, code_histogram,
+    mse_full_scale)``, the errors and clip rate over all conversions at those ranges, the full
+    scale the largest ADC's. An ADC that saw nothing (every cycle of its columns exact) gets
+    it too.
 
     All ADCs at once, a chunk of ADCs at a time (:data:`_FIT_BUDGET`), on the grid of the
     distinct normalised counts: the ranges equal :func:`_fit`'s, the summary up to the order
@@ -550,37 +567,44 @@ def _fit_columns(hist: CountHistogram, macro: MacroConfig, method: str, percenti
     T, n_adc = next(iter(hist.columns.values())).shape[:2]
     flat = {lv: n.reshape(T * n_adc, -1) for lv, n in hist.columns.items()}
     u, where = _grid(hist.columns)
-    ranges = torch.zeros(T * n_adc, dtype=torch.int64)
-    total = mse = clip = mse_fs = 0.0
-    codes = torch.zeros(A + 1, dtype=torch.int64)
     step = max(1, _FIT_BUDGET // max(u.numel(), search))
-    for r0 in range(0, T * n_adc, step):
-        if len(flat) == 1:  # one cycle width: its bins are the grid
-            n = next(iter(flat.values()))[r0 : r0 + step]
-        else:
-            n = torch.zeros(min(step, T * n_adc - r0), u.numel(), dtype=torch.int64)
-            for lv, counts in flat.items():
-                n.index_add_(1, where[lv], counts[r0 : r0 + step])
-        rows = n.sum(1).nonzero().view(-1)  # ADCs that saw nothing keep a range of 0 here
-        if rows.numel() == 0:
-            continue
-        seen = (n > 0).any(0)  # the counts this chunk saw (the rest weigh nothing)
-        n, uc = n[:, seen][rows], u[seen]
+
+    def chunks():
+        """``(r0, rows, n, uc)`` per chunk: the ADCs that saw something, their counts at the
+        normalised counts the chunk saw."""
+        for r0 in range(0, T * n_adc, step):
+            if len(flat) == 1:  # one cycle width: its bins are the grid
+                n = next(iter(flat.values()))[r0 : r0 + step]
+            else:
+                n = torch.zeros(min(step, T * n_adc - r0), u.numel(), dtype=torch.int64)
+                for lv, counts in flat.items():
+                    n.index_add_(1, where[lv], counts[r0 : r0 + step])
+            rows = n.sum(1).nonzero().view(-1)  # ADCs that saw nothing keep a range of 0 here
+            if rows.numel():
+                seen = (n > 0).any(0)  # the counts this chunk saw (the rest weigh nothing)
+                yield r0, rows, n[:, seen][rows], u[seen]
+
+    ranges = torch.zeros(T * n_adc, dtype=torch.int64)
+    for r0, rows, n, uc in chunks():
         fs, tied = _column_scales(n, uc, macro, method, percentile, search)
         for i in tied.nonzero().view(-1).tolist():
             r = r0 + int(rows[i])
             one = CountHistogram(hist.nrow, hist.adc_bits, {lv: c[r] for lv, c in flat.items()})
             fs[i] = _fit(one, macro, method, percentile, search)[0]
         ranges[r0 + rows] = fs.long()
-        e, c, cd, e_fs = _column_summary(n, uc, fs, macro)
-        total, mse, clip, mse_fs = total + int(n.sum()), mse + e, clip + c, mse_fs + e_fs
-        codes += cd
-    ranges = ranges.view(T, n_adc)
     full_scale = max(1, int(ranges.max()))
     ranges[ranges == 0] = full_scale
+    if steps is not None:
+        ranges = _snap(ranges, steps)
+    total = mse = clip = mse_fs = 0.0
+    codes = torch.zeros(A + 1, dtype=torch.int64)
+    for r0, rows, n, uc in chunks():
+        e, c, cd, e_fs = _column_summary(n, uc, ranges[r0 + rows].double(), macro)
+        total, mse, clip, mse_fs = total + int(n.sum()), mse + e, clip + c, mse_fs + e_fs
+        codes += cd
     total = max(total, 1.0)
     summary = (mse / total, clip / total, [int(c) for c in codes], mse_fs / total)
-    return ranges, full_scale, *summary
+    return ranges.view(T, n_adc), full_scale, *summary
 
 
 # ----------------------------------------------------------------------------- result
@@ -619,7 +643,7 @@ class Calibration:
     """A model's calibrated ADCs (:func:`calibrate_adc`): an artifact a lab keeps.
 
     Attributes:
-        method, percentile, granularity: how it was made.
+        method, percentile, granularity, column_steps: how it was made.
         batches: calibration batches observed.
         layers: per layer (``NAME``; attention parts ``NAME.qk`` / ``NAME.av``) its
             :class:`LayerCalibration`.
@@ -630,6 +654,7 @@ class Calibration:
     granularity: str
     batches: int
     layers: dict[str, LayerCalibration]
+    column_steps: int | None = None
 
     def save(self, path: str | Path) -> Path:
         """Write the calibration as indented JSON (with its format name and version)."""
@@ -639,6 +664,7 @@ class Calibration:
             "method": self.method,
             "percentile": self.percentile,
             "granularity": self.granularity,
+            "column_steps": self.column_steps,
             "batches": self.batches,
             "layers": {},
         }
@@ -684,7 +710,14 @@ class Calibration:
                 column_full_scale=e.get("column_full_scale"),
                 adc_group=e.get("adc_group"),
             )
-        return cls(doc["method"], doc["percentile"], doc["granularity"], doc["batches"], layers)
+        return cls(
+            doc["method"],
+            doc["percentile"],
+            doc["granularity"],
+            doc["batches"],
+            layers,
+            doc.get("column_steps"),
+        )
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Set each calibrated layer's ADC (``adc_full_scale``, and ``adc_thresholds`` /
@@ -776,6 +809,7 @@ def calibrate_adc(
     percentile: float = 99.99,
     granularity: str = "layer",
     max_batches: int | None = None,
+    column_steps: int | None = None,
 ) -> Calibration:
     """Calibrate every ACiM layer's ADC range on data (``docs/calibration.md``).
 
@@ -789,6 +823,10 @@ def calibrate_adc(
             group of ``noise.adc_group`` columns, spec §4.8; conv and linear layers, not with
             ``lloyd_max``).
         max_batches: stop after this many batches (None: all).
+        column_steps: with ``granularity="column"``, the settings of each ADC's reference
+            trim: every ADC's full scale is rounded up to the nearest of ``ceil(k * N /
+            column_steps)``, ``k = 1 .. column_steps`` (``N`` the layer's largest), so a layer
+            has at most that many distinct ranges (None: any column count).
 
     Returns:
         The :class:`Calibration` (apply it with :meth:`Calibration.apply`).
@@ -804,6 +842,12 @@ def calibrate_adc(
             "calibrate_adc: lloyd_max fits one level table per layer; use granularity='layer' "
             "with it, or max, percentile or mse per column"
         )
+    whole = isinstance(column_steps, int) and not isinstance(column_steps, bool)
+    if column_steps is not None and (granularity != "column" or not whole or column_steps < 1):
+        raise ValueError(
+            f"calibrate_adc: column_steps={column_steps!r} needs granularity='column' and an "
+            "integer >= 1 (the settings of each ADC's reference trim), or None"
+        )
     if not (isinstance(percentile, (int, float)) and 0 < percentile <= 100):
         raise ValueError(f"calibrate_adc: percentile={percentile!r} must be in (0, 100]")
     hists, seen = observe_counts(model, batches, max_batches, columns=granularity == "column")
@@ -816,7 +860,7 @@ def calibrate_adc(
         columns = None
         if hist.columns:  # per ADC (spec §4.8)
             ranges, fs, mse, clip, codes, mse_fs = _fit_columns(
-                hist, macro, method, float(percentile)
+                hist, macro, method, float(percentile), column_steps
             )
             thr = val = None
             columns = ranges.tolist()
@@ -839,7 +883,12 @@ def calibrate_adc(
             adc_group=hist.group if columns is not None else None,
         )
     return Calibration(
-        method, float(percentile) if method == "percentile" else None, granularity, seen, layers
+        method,
+        float(percentile) if method == "percentile" else None,
+        granularity,
+        seen,
+        layers,
+        column_steps,
     )
 
 

@@ -186,6 +186,12 @@ def _check_chips_and_calibration(cfg: DictConfig, noise) -> None:
             "simulate.calibrate=lloyd_max fits one level table per layer; set "
             "simulate.calibration_granularity=layer or calibrate with max, percentile or mse"
         )
+    steps = opts.get("calibration_column_steps")
+    if steps is not None and (granularity != "column" or steps < 1):
+        raise ValueError(
+            f"simulate.calibration_column_steps={steps}: an integer >= 1 (the settings of "
+            "each ADC's reference trim), with simulate.calibration_granularity=column"
+        )
     if opts.get("calibration_batches", 1) < 1:
         raise ValueError(
             f"simulate.calibration_batches={opts.calibration_batches} must be an integer >= 1"

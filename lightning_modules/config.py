@@ -161,6 +161,9 @@ class SimulateOptions:
     calibration_granularity: str = "layer"
     """``layer``: one ADC full scale per layer; ``column``: one per ADC (column group, spec
     §4.8; not with ``lloyd_max``)."""
+    calibration_column_steps: Optional[int] = None  # noqa: UP045
+    """With ``calibration_granularity=column``: the settings of each ADC's reference trim
+    (every ADC's full scale rounded up to one of that many per layer); None: any."""
 
 
 @dataclass

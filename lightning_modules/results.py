@@ -198,7 +198,8 @@ class RunResult:
     )
     calibration: dict[str, Any] | None = _field(
         "the ADC calibration applied (`simulate.calibrate` or `calibration=PATH`): `method`, "
-        "`percentile`, `granularity`, `batches`, `made` (calibrated in this run), `file`, `layers` "
+        "`percentile`, `granularity`, `column_steps`, `batches`, `made` (calibrated in this run), "
+        "`file`, `layers` "
         "`[{layer, full_scale, nrow, adc_bits, clip_rate, code_histogram}]`; else null"
     )
     config: dict[str, Any] = _field("the resolved config", factory=dict)

@@ -467,6 +467,7 @@ def _calibrate(cfg: DictConfig, model: nn.Module, dm, files: ResultsFile | None)
             model, dm.train_dataloader(), method=method,
             max_batches=int(cfg.simulate.calibration_batches),
             granularity=cfg.simulate.get("calibration_granularity", "layer"),
+            column_steps=cfg.simulate.get("calibration_column_steps"),
         )  # fmt: skip
         log.info("calibrated the ADCs (%s, %d batches, %.1f s)", method, cal.batches,
                  time.perf_counter() - t0)  # fmt: skip
@@ -566,6 +567,7 @@ def _calibration_field(cal, where: str | None, opts) -> dict[str, Any] | None:
         "method": cal.method,
         "percentile": cal.percentile,
         "granularity": cal.granularity,
+        "column_steps": cal.column_steps,
         "batches": cal.batches,
         "made": opts.get("calibrate") is not None,
         "file": where,

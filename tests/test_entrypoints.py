@@ -246,6 +246,10 @@ BAD_SIMULATE = [
     (["calibration={text}", "simulate.calibrate=mse"], "error: simulate.calibrate=mse and"),
     (["calibration=missing.json"], "error: calibration=missing.json: no such file"),
     (["simulate.calibration_granularity=adc"], "error: simulate.calibration_granularity=adc:"),
+    (
+        ["simulate.calibrate=mse", "simulate.calibration_column_steps=4"],
+        "error: simulate.calibration_column_steps=4: an integer >= 1",
+    ),
 ]
 
 

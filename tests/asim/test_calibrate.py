@@ -234,6 +234,9 @@ def test_bad_arguments_fail_in_one_line():
         calibrate_adc(model, _batches(), percentile=0)
     with pytest.raises(ValueError, match="no calibration batch"):
         calibrate_adc(model, [])
+    for steps, granularity in ((4, "layer"), (0, "column"), (2.5, "column"), (True, "column")):
+        with pytest.raises(ValueError, match=r"column_steps=.* needs granularity='column'"):
+            calibrate_adc(model, _batches(), granularity=granularity, column_steps=steps)
 
 
 def test_observation_restores_the_model():
@@ -549,3 +552,32 @@ def test_per_adc_calibration_refuses_another_adc_group():
         layer.noise = asim.NoiseConfig(adc_group=2)
     with pytest.raises(ValueError, match="noise.adc_group=2, the calibration's ADCs group 1"):
         column.apply(model)
+
+
+@pytest.mark.parametrize("method", ["max", "mse"])
+def test_column_steps_round_each_adc_up_to_a_trim_setting(method, tmp_path):
+    """``column_steps=S``: every ADC's full scale is the smallest of ``ceil(k N / S)`` at or
+    above its own fit (so it clips no more), at most S distinct per layer, the largest kept;
+    S = N settings change nothing; the steps survive a save and load."""
+    model = _model(MACRO)
+    free = calibrate_adc(model, _batches(), method=method, granularity="column")
+    for key, lc in free.layers.items():
+        top, fitted = lc.full_scale, torch.tensor(lc.column_full_scale)
+        same = calibrate_adc(
+            model, _batches(), method=method, granularity="column", column_steps=top
+        )
+        assert same.layers[key].column_full_scale == lc.column_full_scale
+        for steps in (1, 2, 3):
+            cal = calibrate_adc(
+                model, _batches(), method=method, granularity="column", column_steps=steps
+            )
+            snapped = cal.layers[key]
+            ranges = torch.tensor(snapped.column_full_scale)
+            grid = sorted({-(-k * top // steps) for k in range(1, steps + 1)})
+            assert len(set(ranges.flatten().tolist())) <= steps
+            want = [[min(g for g in grid if g >= n) for n in row] for row in fitted.tolist()]
+            assert snapped.column_full_scale == want
+            assert snapped.full_scale == top and snapped.clip_rate <= lc.clip_rate
+            assert snapped.code_histogram != lc.code_histogram or torch.equal(ranges, fitted)
+    cal.save(tmp_path / "c.json")
+    assert asim.Calibration.load(tmp_path / "c.json").column_steps == 3

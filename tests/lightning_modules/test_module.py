@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from asim import MacroConfig, acim_modules, convert_to_acim
+from asim import Calibration, MacroConfig, acim_modules, convert_to_acim
 from asim.checkpoint import load_checkpoint
 from asim.models import create_model
 from lightning_modules import builders
@@ -661,9 +661,22 @@ def test_per_adc_calibration_through_the_app(compose_run):
         )
     )  # fmt: skip
     assert made["calibration"]["granularity"] == "column"
+    assert made["calibration"]["column_steps"] is None
     assert all(c["clip_rate"] == 0 for c in made["calibration"]["layers"])
     plain = builders.simulate(compose_run("simulate", *fast))
     assert made["sim_top1"] > plain["sim_top1"] + 0.2
+    trimmed = builders.simulate(
+        compose_run(
+            "simulate", *fast, "simulate.calibrate=max", "simulate.calibration_granularity=column",
+            "simulate.calibration_batches=2", "simulate.calibration_column_steps=2",
+        )
+    )  # fmt: skip
+    assert trimmed["calibration"]["column_steps"] == 2
+    saved = Calibration.load(trimmed["calibration"]["file"])
+    for lc in saved.layers.values():
+        if lc.column_full_scale is not None:
+            assert len({n for row in lc.column_full_scale for n in row}) <= 2
+    assert all(c["clip_rate"] == 0 for c in trimmed["calibration"]["layers"])
 
 
 def test_chips_are_passes_of_the_one_plan():
