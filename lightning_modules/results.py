@@ -439,8 +439,11 @@ def format_table(results: dict[str, Any]) -> str:
         )
     cal = results.get("calibration")
     if cal:
-        how = (f"calibrated ({cal['method']}, {cal['batches']} batches)" if cal["made"]
-               else f"calibration {cal['file']} ({cal['method']})")  # fmt: skip
+        method = cal["method"] + (" per ADC" if cal.get("granularity") == "column" else "")
+        if cal.get("column_steps"):
+            method += f", {cal['column_steps']} trim settings"
+        how = (f"calibrated ({method}, {cal['batches']} batches)" if cal["made"]
+               else f"calibration {cal['file']} ({method})")  # fmt: skip
         scales = ", ".join(
             f"{c['layer']} {c['full_scale']}/{c['nrow']} (clip {100 * c['clip_rate']:.2g}%)"
             for c in cal["layers"][:4]

@@ -672,6 +672,10 @@ def test_per_adc_calibration_through_the_app(compose_run):
         )
     )  # fmt: skip
     assert trimmed["calibration"]["column_steps"] == 2
+    from lightning_modules.results import format_table
+
+    assert "calibrated (max per ADC, 2 trim settings, 2 batches)" in format_table(trimmed)
+    assert "calibrated (max per ADC, 2 batches)" in format_table(made)
     saved = Calibration.load(trimmed["calibration"]["file"])
     for lc in saved.layers.values():
         if lc.column_full_scale is not None:
