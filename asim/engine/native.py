@@ -76,42 +76,51 @@ def bucket_table(table, bits: int | None = None) -> dict | None:
     return table.form(("native_buckets", bits), lambda: _bucket_arrays(table, bits))
 
 
+_BUILD_CHUNK = 1 << 20
+"""Bucket entries built at once by :func:`_bucket_arrays` (a chunk of rows): bounds the
+int64 temporaries of a large table (a chip's blocks) to some tens of MB."""
+
+
 def _bucket_arrays(table, bits: int) -> dict | None:
     n_m = table.n_m
     low = 32 - bits
     thr, start = table.thr, table.start.long()
     rows = torch.repeat_interleave(torch.arange(n_m), start.diff())
     keys = (rows << 32) | thr  # sorted: rows ascending, thresholds non-decreasing
-    r = torch.arange(n_m, dtype=torch.int64).view(-1, 1)
     lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << low
     hi = lo + (1 << low) - 1
-    at_lo = torch.searchsorted(keys, ((r << 32) | lo).reshape(-1), right=True).view(n_m, -1)
-    at_hi = torch.searchsorted(keys, ((r << 32) | hi).reshape(-1), right=True).view(n_m, -1)
-    code = table.k_lo.long().view(-1, 1) + at_lo - start[:-1].view(-1, 1)
-    inside = at_hi - at_lo  # thresholds t with lo < t <= hi
-    fits = (
-        int(code.min()) >= 0
-        and int(code.max()) < (1 << CONST["ASIM_BUCKET_CODE_BITS"])
-        and int(inside.max()) < (1 << (32 - CONST["ASIM_BUCKET_SCAN_SHIFT"]))
-        and thr.numel() < (1 << CONST["ASIM_BUCKET_SCAN_SHIFT"])
-    )
-    entry = None
-    if fits:
+    if thr.numel() >= 1 << CONST["ASIM_BUCKET_SCAN_SHIFT"]:
+        return None
+    words, scans, most = [], [], 0
+    step = max(1, _BUILD_CHUNK >> bits)
+    for r0 in range(0, n_m, step):
+        r = torch.arange(r0, min(r0 + step, n_m), dtype=torch.int64).view(-1, 1)
+        at_lo = torch.searchsorted(keys, ((r << 32) | lo).reshape(-1), right=True).view(len(r), -1)
+        at_hi = torch.searchsorted(keys, ((r << 32) | hi).reshape(-1), right=True).view(len(r), -1)
+        code = table.k_lo[r0 : r0 + len(r)].long().view(-1, 1) + at_lo - start[r].view(-1, 1)
+        inside = at_hi - at_lo  # thresholds t with lo < t <= hi
+        if (
+            int(code.min()) < 0
+            or int(code.max()) >= 1 << CONST["ASIM_BUCKET_CODE_BITS"]
+            or int(inside.max()) >= 1 << (32 - CONST["ASIM_BUCKET_SCAN_SHIFT"])
+        ):
+            return None
         one = inside == 1  # its threshold, relative to the bucket's start: 1 .. 2^low - 1
         first = thr[at_lo.clamp(max=max(thr.numel() - 1, 0))] if thr.numel() else lo * 0
         d = torch.where(one, first - lo, torch.where(inside == 0, 1 << low, 0))
-        word = code | (d << CONST["ASIM_BUCKET_CODE_BITS"])
+        words.append(_as_i32(code | (d << CONST["ASIM_BUCKET_CODE_BITS"])).reshape(-1))
         scan = torch.where(inside > 1, at_lo | (inside << CONST["ASIM_BUCKET_SCAN_SHIFT"]), 0)
-        entry = {
-            "entry": _as_i32(word).reshape(-1).contiguous(),
-            "scan": scan.to(torch.int32).reshape(-1).contiguous(),
-            "thr": _as_i32(thr).contiguous(),
-            "m_min": table.m_min,
-            "n_m": n_m,
-            "bits": bits,
-            "max_n": int(inside.max()),
-        }
-    return entry
+        scans.append(scan.to(torch.int32).reshape(-1))
+        most = max(most, int(inside.max()))
+    return {
+        "entry": torch.cat(words).contiguous(),
+        "scan": torch.cat(scans).contiguous(),
+        "thr": _as_i32(thr).contiguous(),
+        "m_min": table.m_min,
+        "n_m": n_m,
+        "bits": bits,
+        "max_n": most,
+    }
 
 
 def _small_buckets(table) -> dict | None:
