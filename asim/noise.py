@@ -572,12 +572,14 @@ class CodeTable:
         while bits > 1 and (self.n_m << bits) > (1 << CONSTANTS["ASIM_GUIDE_MAX_LOG2"]):
             bits -= 1
         self.guide_bits = bits
-        r = torch.arange(self.n_m, dtype=torch.int64).unsqueeze(1)
         b = torch.arange(1 << bits, dtype=torch.int64) << (32 - bits)
-        at = torch.searchsorted(self.keys, ((r << 32) | b).flatten(), right=True).view(
-            r.shape[0], -1
-        )
-        self.guide = (at - self.start[:-1].long().unsqueeze(1)).to(torch.int32).flatten()
+        guide, step = [], max(1, (1 << 20) >> bits)  # a chunk of rows at a time: bounded memory
+        for r0 in range(0, self.n_m, step):
+            r = torch.arange(r0, min(r0 + step, self.n_m), dtype=torch.int64).unsqueeze(1)
+            at = torch.searchsorted(self.keys, ((r << 32) | b).flatten(), right=True)
+            at = at.view(r.shape[0], -1) - self.start[r0 : r0 + r.shape[0]].long().unsqueeze(1)
+            guide.append(at.to(torch.int32).flatten())
+        self.guide = torch.cat(guide) if guide else torch.zeros(0, dtype=torch.int32)
         self._devices: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._native: CodeTableStruct | None = None
         self._buckets: tuple[int, Tensor, Tensor] | None = None
