@@ -23,6 +23,20 @@ MACROS = [
 ]
 
 
+def _on_cpu_and_cuda(conv, x: torch.Tensor) -> list[torch.Tensor]:
+    """``conv(x)`` on the CPU, then moved to CUDA, with the same noise seed and sample
+    indices: the two outputs (on the CPU)."""
+    from asim import resample_noise, set_sample_index
+
+    outs = []
+    for device in ("cpu", "cuda"):
+        conv = conv.to(device)
+        resample_noise(conv, 5)
+        with torch.no_grad(), set_sample_index(conv, [4, 9, 2]):
+            outs.append(conv(x.to(device)).cpu())
+    return outs
+
+
 @pytest.mark.parametrize("macro", MACROS, ids=lambda m: m.describe())
 def test_noise_free_simulation_is_identical_on_cuda(macro):
     torch.manual_seed(0)
@@ -63,17 +77,10 @@ def test_attention_and_noise_run_on_cuda():
 )
 def test_noisy_simulation_is_identical_on_cuda(macro, noise):
     """The counter-based stream and exact code sampling give CUDA the CPU's noisy bits."""
-    from asim import resample_noise, set_sample_index
-
     torch.manual_seed(0)
     conv = ACiMConv2d(40, 16, 3, padding=1, macro=macro, noise=noise)
     x = torch.relu(torch.randn(3, 40, 9, 9))
-    outs = []
-    for device in ("cpu", "cuda"):
-        conv = conv.to(device)
-        resample_noise(conv, 5)
-        with torch.no_grad(), set_sample_index(conv, [4, 9, 2]):
-            outs.append(conv(x.to(device)).cpu())
+    outs = _on_cpu_and_cuda(conv, x)
     assert bits(outs[0]) == bits(outs[1])
 
 
@@ -103,25 +110,18 @@ def test_noisy_simulation_is_identical_on_cuda(macro, noise):
 def test_real_adcs_and_chips_are_identical_on_cuda(macro, noise):
     """ADC full scale, non-uniform levels and a chip's fixed pattern (spec §4.5-§4.7): CUDA
     (Triton, or torch) gives the CPU's bits, noise off and on."""
-    from asim import resample_noise, set_sample_index
-
     for n in (noise.replace(rand_sigma=0.0), noise):
         torch.manual_seed(0)
         conv = ACiMConv2d(40, 16, 3, padding=1, macro=macro, noise=n, mode="simulate")
         x = torch.relu(torch.randn(3, 40, 9, 9))
-        outs = []
-        for device in ("cpu", "cuda"):
-            conv = conv.to(device)
-            resample_noise(conv, 5)
-            with torch.no_grad(), set_sample_index(conv, [4, 9, 2]):
-                outs.append(conv(x.to(device)).cpu())
+        outs = _on_cpu_and_cuda(conv, x)
         assert bits(outs[0]) == bits(outs[1])
 
 
 def test_per_adc_full_scales_are_identical_on_cuda():
     """Per-ADC calibrated full scales (spec §4.8), with and without a drawn pattern, noise
     off and on: CUDA (Triton, or torch) gives the CPU's bits."""
-    from asim import ColumnRanges, resample_noise, set_sample_index
+    from asim import ColumnRanges
 
     macro = MacroConfig(weight_bits=4, input_bits=4, nrow=72, adc_bits=4)
     gen = torch.Generator().manual_seed(1)
@@ -134,10 +134,5 @@ def test_per_adc_full_scales_are_identical_on_cuda():
         conv = ACiMConv2d(16, 8, 3, padding=1, macro=macro, noise=noise, mode="simulate")
         conv.adc_ranges = ColumnRanges.of(torch.randint(8, 73, (2, 16), generator=gen), 2)
         x = torch.relu(torch.randn(3, 16, 9, 9))
-        outs = []
-        for device in ("cpu", "cuda"):
-            conv = conv.to(device)
-            resample_noise(conv, 5)
-            with torch.no_grad(), set_sample_index(conv, [4, 9, 2]):
-                outs.append(conv(x.to(device)).cpu())
+        outs = _on_cpu_and_cuda(conv, x)
         assert bits(outs[0]) == bits(outs[1]), noise
