@@ -296,14 +296,22 @@ def test_cuda_observes_the_same_counts_as_cpu():
     assert cuda == cpu
 
 
-@pytest.mark.parametrize("method", ["max", "mse", "lloyd_max"])
-def test_calibrated_adc_is_closer_to_the_ideal_macro(method):
-    macro = MacroConfig(weight_bits=5, input_bits=5, nrow=63, adc_bits=4)
-    model = _model(macro)
-    x = _batches(4)
+IDEAL_MACRO = MacroConfig(weight_bits=5, input_bits=5, nrow=63, adc_bits=4)
+
+
+def _simulated_and_ideal():
+    """A model on ``IDEAL_MACRO`` in simulate mode, four batches and its inference outputs
+    on them (the ideal macro's, against which calibration is judged)."""
+    model, x = _model(IDEAL_MACRO), _batches(4)
     asim.set_mode(model, "inference")
     ideal = torch.cat([model(b) for b in x])
     asim.set_mode(model, "simulate")
+    return model, x, ideal
+
+
+@pytest.mark.parametrize("method", ["max", "mse", "lloyd_max"])
+def test_calibrated_adc_is_closer_to_the_ideal_macro(method):
+    model, x, ideal = _simulated_and_ideal()
     before = torch.cat([model(b) for b in x])
     calibrate_adc(model, x, method=method).apply(model)
     after = torch.cat([model(b) for b in x])
@@ -492,12 +500,7 @@ def test_per_adc_calibration_runs_the_oracles_macro(tmp_path):
     """Applied, the layers run with their ADCs' own ranges (the literal oracle's §4.8
     model, bit for bit), which brings the model closer to the ideal macro than one range
     per layer; saved and loaded, the calibration gives the same bits."""
-    macro = MacroConfig(weight_bits=5, input_bits=5, nrow=63, adc_bits=4)
-    model = _model(macro)
-    x = _batches(4)
-    asim.set_mode(model, "inference")
-    ideal = torch.cat([model(b) for b in x])
-    asim.set_mode(model, "simulate")
+    model, x, ideal = _simulated_and_ideal()
     per_layer = calibrate_adc(model, x, method="max")
     column = calibrate_adc(model, x, method="max", granularity="column")
     per_layer.apply(model)
@@ -511,7 +514,7 @@ def test_per_adc_calibration_runs_the_oracles_macro(tmp_path):
     feats = torch.relu(model[0](x[0])).flatten(1)
     x_int, _ = fc._quantize_input(feats, fc.macro, fc.signed_input)
     w_int, _ = fc._quantize_weight(fc.weight.detach())
-    tiles = asim.engine.linear_tiles(fc.in_features, macro.nrow)
+    tiles = asim.engine.linear_tiles(fc.in_features, IDEAL_MACRO.nrow)
     ranges = column.layers["3"].column_full_scale
     zeros = torch.zeros(len(ranges), len(ranges[0]), dtype=torch.float64)
     want = oracle.oracle_mvm(
@@ -526,7 +529,7 @@ def test_per_adc_calibration_runs_the_oracles_macro(tmp_path):
     path = column.save(tmp_path / "column.json")
     loaded = Calibration.load(path)
     assert loaded == column
-    fresh = _model(macro)
+    fresh = _model(IDEAL_MACRO)
     asim.set_mode(fresh, "simulate")
     loaded.apply(fresh)
     assert torch.equal(torch.cat([fresh(b) for b in x]), y_col)
