@@ -193,10 +193,7 @@ class KernelTables:
             counts = [plan.fine_values(c) for c in range(ncyc)]
         vcount, vcount_off = _concat(counts, torch.float32, device)
         classes = pattern is not None and pattern.vcls is not None
-        if classes:
-            by_code = [plan.value_by_code(c, n) for n in pattern.classes for c in range(ncyc)]
-        else:
-            by_code = [plan.value_by_code(c) for c in range(ncyc)]
+        by_code = plan.code_values(pattern.classes if classes else ())
         vcode, vcode_off = _concat(by_code, torch.float32, device)
         vcode_off = vcode_off[:ncyc].contiguous()
         tables = _code_tables(plan, device, pattern) if plan.noisy else _no_tables(ncyc, device)

@@ -215,14 +215,12 @@ def _static_args(program) -> tuple[RunArgs, dict, tuple]:
         keep["vcnt"] = torch.cat(counts).contiguous()
         keep["vcnt_off"] = offsets[:-1].contiguous()
         if pattern is not None and pattern.vcls is not None:  # §4.8: values per class
-            keep["vcode"] = torch.cat(
-                [plan.value_by_code(c, n) for n in pattern.classes for c in range(ncyc)]
-            ).contiguous()
+            keep["vcode"] = torch.cat(plan.code_values(pattern.classes)).contiguous()
             keep["pat_vclass"] = pattern.vcls.to(torch.int32).contiguous()
             keep["fcode"] = torch.cat([plan.fine_codes(c) for c in range(ncyc)])
             keep["fcode"] = keep["fcode"].to(torch.int32).contiguous()
         elif macro.adc_values is not None:  # else the kernel computes fl(fl(q/A)*F_c)
-            keep["vcode"] = torch.cat([plan.value_by_code(c) for c in range(ncyc)]).contiguous()
+            keep["vcode"] = torch.cat(plan.code_values()).contiguous()
         if pattern is not None:
             keep["pat_gain"] = pattern.G.contiguous()
             keep["pat_offset"] = pattern.D.contiguous()

@@ -102,7 +102,6 @@ class ColumnPattern:
         G: int64 ``[T, w, O]`` per-column gain of the fine transform.
         D: int64 ``[T, ncyc, w, O]`` per-column, per-cycle offset of the fine transform.
         cls: int64 ``[T, w, O]`` index into ``blocks`` of each column's noise block.
-        scales: the distinct noise multiples, ascending.
         blocks: the distinct ``(noise multiple, N / N_g)`` of the ADCs, ascending: the blocks
             of the fine code table (the ratio is 1.0 without ``full_scale``).
         full_scale: int64 ``[T, n_adc]`` each ADC's full scale in column counts (§4.8), or
@@ -119,11 +118,15 @@ class ColumnPattern:
     G: Tensor
     D: Tensor
     cls: Tensor
-    scales: tuple[float, ...]
     blocks: tuple[tuple[float, float], ...] = ((1.0, 1.0),)
     full_scale: Tensor | None = None
     vcls: Tensor | None = None
     classes: tuple[int, ...] = ()
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        """The distinct noise multiples of the ADCs, ascending."""
+        return tuple(sorted({s for s, _ in self.blocks}))
 
 
 def draw_pattern(
@@ -160,9 +163,7 @@ def draw_pattern(
     if ranges is not None:  # §4.8: the gain scaled by N / N_j, exactly 1 where N_j = N
         scale = ranges.tensor()
         ratio = float(macro.adc_rows) / scale.double()  # fl64(N / N_j)
-        G = torch.round((1.0 + gain) * ratio * unit).long()  # [T, n_adc]
-    else:
-        G = torch.round((1.0 + gain) * unit).long()  # [T, n_adc]
+    G = torch.round((1.0 + gain) * ratio * unit).long()  # [T, n_adc]; x * 1.0 is x
     D = torch.stack(
         [
             torch.round(offset * f / A * unit).long() + (1 << (GAIN_BITS - 1))
@@ -170,7 +171,6 @@ def draw_pattern(
         ],
         dim=1,
     )  # [T, ncyc, n_adc]
-    scales = tuple(sorted({float(v) for v in sigma.flatten().tolist()}))
     pairs = list(zip(sigma.flatten().tolist(), ratio.flatten().tolist(), strict=True))
     blocks = tuple(sorted(set(pairs)))
     index = {b: k for k, b in enumerate(blocks)}
@@ -187,7 +187,6 @@ def draw_pattern(
         G=G[:, adc],
         D=D[:, :, adc],
         cls=cls_adc[:, adc],
-        scales=scales,
         blocks=blocks,
         full_scale=scale,
         vcls=vcls,

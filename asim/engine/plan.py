@@ -288,6 +288,13 @@ class Plan:
         )
         return code_value_table(f, self.macro.adc_levels, self.reciprocal, self.macro.adc_values)
 
+    def code_values(self, classes: tuple[int, ...] = ()) -> list[Tensor]:
+        """:meth:`value_by_code` of every cycle; with per-ADC full scales (spec §4.8) every
+        cycle of every class in ``classes`` (column counts), laid out ``[class][cycle]``."""
+        if not classes:
+            return [self.value_by_code(c) for c in range(self.ncyc)]
+        return [self.value_by_code(c, n) for n in classes for c in range(self.ncyc)]
+
     @property
     def fine(self) -> int:
         """The fixed pattern's grid: fine indices per count (spec §4.7)."""

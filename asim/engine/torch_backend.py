@@ -95,7 +95,7 @@ def _weight_parallel(program, ops) -> Tensor:
 def _value_tables(program, device) -> tuple[list[Tensor], list[Tensor]]:
     plan, top = program.plan, program.top
     vcount = [plan.value_by_count(c, top).to(device) for c in range(plan.ncyc)]
-    vcode = [plan.value_by_code(c).to(device) for c in range(plan.ncyc)]
+    vcode = [t.to(device) for t in plan.code_values()]
     return vcount, vcode
 
 
