@@ -584,6 +584,12 @@ def _fit_columns(
                 seen = (n > 0).any(0)  # the counts this chunk saw (the rest weigh nothing)
                 yield r0, rows, n[:, seen][rows], u[seen]
 
+    sums = [0, 0.0, 0.0, torch.zeros(A + 1, dtype=torch.int64), 0.0]  # n, mse, clip, codes, mse_fs
+
+    def add(n: Tensor, uc: Tensor, fs: Tensor) -> None:
+        for k, x in enumerate((int(n.sum()), *_column_summary(n, uc, fs.double(), macro))):
+            sums[k] = sums[k] + x
+
     ranges = torch.zeros(T * n_adc, dtype=torch.int64)
     for r0, rows, n, uc in chunks():
         fs, tied = _column_scales(n, uc, macro, method, percentile, search)
@@ -592,16 +598,15 @@ def _fit_columns(
             one = CountHistogram(hist.nrow, hist.adc_bits, {lv: c[r] for lv, c in flat.items()})
             fs[i] = _fit(one, macro, method, percentile, search)[0]
         ranges[r0 + rows] = fs.long()
+        if steps is None:  # the summary at these ranges, in the same pass
+            add(n, uc, fs)
     full_scale = max(1, int(ranges.max()))
     ranges[ranges == 0] = full_scale
-    if steps is not None:
+    if steps is not None:  # the summary at the rounded ranges: a second pass
         ranges = _snap(ranges, steps)
-    total = mse = clip = mse_fs = 0.0
-    codes = torch.zeros(A + 1, dtype=torch.int64)
-    for r0, rows, n, uc in chunks():
-        e, c, cd, e_fs = _column_summary(n, uc, ranges[r0 + rows].double(), macro)
-        total, mse, clip, mse_fs = total + int(n.sum()), mse + e, clip + c, mse_fs + e_fs
-        codes += cd
+        for r0, rows, n, uc in chunks():
+            add(n, uc, ranges[r0 + rows])
+    total, mse, clip, codes, mse_fs = sums
     total = max(total, 1.0)
     summary = (mse / total, clip / total, [int(c) for c in codes], mse_fs / total)
     return ranges.view(T, n_adc), full_scale, *summary
