@@ -431,7 +431,8 @@ class NoiseConfig:
             not (self._lsb and (self.rand_sigma > 0 or self.nonlinear_sigma > 0)),
             "NoiseConfig: state the Gaussian noise in one unit: noise.rand_sigma/"
             "nonlinear_sigma (% of full scale) or noise.rand_sigma_lsb/nonlinear_sigma_lsb "
-            "(LSB of the ADC); set the other pair to 0",
+            "(LSB of the ADC); set the other pair to 0 (the app's presets: noise=gaussian, "
+            "noise=gaussian_lsb)",
         )
         _check(
             _is_int(self.adc_group) and self.adc_group >= 1,

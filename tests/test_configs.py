@@ -143,10 +143,12 @@ def test_bitserial_255_is_the_reference_macro(compose):
 def test_noise_presets_validate(compose, name):
     noise = builders.noise_config(compose("simulate", f"noise={name}"))
     assert isinstance(noise, NoiseConfig)
+    from asim import MacroConfig
     from asim.noise import GaussianNoise, HistogramNoise, TableNoise, build_noise
 
-    model = build_noise(noise)  # the model the preset describes, its table parsed
+    model = build_noise(noise, MacroConfig())  # the model the preset describes, table parsed
     expected = {"none": type(None), "gaussian": GaussianNoise, "measured": TableNoise}
+    expected["gaussian_lsb"] = GaussianNoise
     expected["histogram"] = HistogramNoise
     assert isinstance(model, expected.get(name, object)), (name, model)
     if name == "measured":
@@ -374,7 +376,7 @@ def test_missing_dataset_folder_names_path_and_layout(compose, tmp_path):
         ("simulate", ["noise=measured", "noise.rand_sigma=0.3"], "would be ignored"),
         ("simulate", ["noise=measured", "noise.rand_sigma_lsb=1"], "would be ignored"),
         ("simulate", ["noise.rand_sigma_lsb=40"], "15.7 % of the 8-bit ADC's full scale"),
-        ("simulate", ["noise=gaussian", "noise.rand_sigma_lsb=1"], "in one unit"),
+        ("simulate", ["noise=gaussian", "noise.rand_sigma_lsb=1"], "noise=gaussian_lsb"),
         (
             "simulate",
             ["noise=measured", "macro.nrow=511", "macro.adc_bits=9"],
@@ -465,6 +467,20 @@ def test_noise_in_lsb_composes_and_is_described_both_ways(compose):
     )
     pct = NoiseConfig(rand_sigma=0.392156862745098)
     assert describe_noise(pct, 8).startswith("gaussian(rand=0.392% = 1 LSB")
+
+
+def test_the_lsb_preset_states_the_noise_in_lsb(compose):
+    """noise=gaussian_lsb is the Gaussian noise in LSB of each layer's ADC; its sweep composes."""
+    from lightning_modules.checks import check_run
+
+    cfg = compose("simulate", "noise=gaussian_lsb")
+    check_run(cfg, "simulate")
+    noise = builders.noise_config(cfg)
+    assert noise == NoiseConfig(rand_sigma_lsb=0.5, nonlinear_sigma_lsb=0.5)
+    assert noise.at_adc(8).rand_sigma == pytest.approx(50 / 255)
+    cfg = compose("simulate", "noise=gaussian_lsb", "noise.rand_sigma_lsb=1", "macro.adc_bits=6")
+    check_run(cfg, "simulate")
+    assert builders.noise_config(cfg).at_adc(6).rand_sigma == pytest.approx(100 / 63)
 
 
 def test_a_chips_fixed_pattern_is_described(compose):
