@@ -1,10 +1,18 @@
 /* One code lookup per draw, as the kernel's codes8 does it, timed alone (bench_lookup.py).
  *
- * usage: bench_lookup DIR FORMAT BITS FINE MEAN ROWS
- *   DIR     holds entry.bin, scan.bin, thr.bin (int32) and, for FORMAT rel, klo.bin
+ * usage: bench_lookup DIR FORMAT BITS FINE USE MEAN ROWS [M H]
+ *   DIR     holds entry.bin, scan.bin, thr.bin (int32) and, for FORMAT rel and e16, klo.bin
+ *           (and for e16 start.bin)
  *   FORMAT  abs: the kernel's bucket entry (code | d << 8);
- *           rel: a smaller entry, code - k_lo[row] | d << (BITS - 1), plus a k_lo gather
- *   FINE    16: a row per fine index (16 per count), a random phase per draw; 1: a row per count
+ *           rel: a smaller entry, code - k_lo[row] | d << (BITS - 1), plus a k_lo gather;
+ *           e16: a 16-bit entry, code - base(row) | kind << 6 | dhi << 8, no second gather:
+ *           base(row) = ((row * M) >> 16) - H; kind 0: no threshold in the bucket, 1: one,
+ *           whose top 8 bits below the bucket's are dhi, 2: several; the rare draws it cannot
+ *           settle (kind 2, or kind 1 with u's next 8 bits equal to dhi) count the row's
+ *           thresholds
+ *   FINE    rows per count of the table: 16 (a row per fine index) or 1 (a row per count)
+ *   USE     fine rows per count the draws use, FINE/USE apart (USE < FINE: the footprint of a
+ *           coarser grid), a random one per draw
  *   MEAN    mean of the geometric count distribution; ROWS: rows of the table
  * prints: ns per draw (best of 7 passes over 2^22 draws, thread CPU) and a checksum. */
 #include <immintrin.h>
@@ -35,7 +43,7 @@ static uint32_t *load(const char *dir, const char *name) {
     fseek(f, 0, SEEK_END);
     const long n = ftell(f);
     fseek(f, 0, SEEK_SET);
-    uint32_t *b = aligned_alloc(64, (size_t)((n + 63) / 64 * 64));
+    uint32_t *b = aligned_alloc(64, (size_t)((n + 64 + 63) / 64 * 64)); /* e16 reads past */
     if (fread(b, 1, (size_t)n, f) != (size_t)n) exit(2);
     fclose(f);
     return b;
@@ -82,21 +90,61 @@ static __m256i lookup8(const uint32_t *entry, const int32_t *klo, const int32_t 
     return q;
 }
 
+static __m256i lookup8_e16(const uint16_t *entry, const uint32_t *thr, const int32_t *start,
+                           const int32_t *klo, int bits, int M, int H, const int32_t *mc,
+                           __m256i vu) {
+    const __m256i vr = _mm256_loadu_si256((const __m256i *)mc);
+    const __m256i ix = _mm256_add_epi32(_mm256_sll_epi32(vr, _mm_cvtsi32_si128(bits)),
+                                        _mm256_srl_epi32(vu, _mm_cvtsi32_si128(32 - bits)));
+    const __m256i e = _mm256_i32gather_epi32((const int *)entry, ix, 2);
+    const __m256i base = _mm256_sub_epi32(
+        _mm256_srli_epi32(_mm256_mullo_epi32(vr, _mm256_set1_epi32(M)), 16), _mm256_set1_epi32(H));
+    const __m256i kind = _mm256_and_si256(e, _mm256_set1_epi32(0xC0));
+    const __m256i dhi = _mm256_and_si256(_mm256_srli_epi32(e, 8), _mm256_set1_epi32(0xFF));
+    const __m256i uh = _mm256_and_si256(_mm256_srl_epi32(vu, _mm_cvtsi32_si128(24 - bits)),
+                                        _mm256_set1_epi32(0xFF));
+    const __m256i one = _mm256_cmpeq_epi32(kind, _mm256_set1_epi32(0x40));
+    const __m256i up = _mm256_and_si256(one, _mm256_cmpgt_epi32(uh, dhi)); /* -1: one more */
+    __m256i q = _mm256_sub_epi32(
+        _mm256_add_epi32(base, _mm256_and_si256(e, _mm256_set1_epi32(63))), up);
+    const __m256i open = _mm256_or_si256(_mm256_cmpeq_epi32(kind, _mm256_set1_epi32(0x80)),
+                                         _mm256_and_si256(one, _mm256_cmpeq_epi32(uh, dhi)));
+    const int several = _mm256_movemask_ps(_mm256_castsi256_ps(open));
+    if (several) {
+        int32_t qq[8], rr[8];
+        uint32_t uu[8];
+        _mm256_storeu_si256((__m256i *)qq, q);
+        _mm256_storeu_si256((__m256i *)rr, vr);
+        _mm256_storeu_si256((__m256i *)uu, vu);
+        for (int l = several; l; l &= l - 1) {
+            const int t = __builtin_ctz((unsigned)l);
+            int32_t k = klo[rr[t]];
+            for (int32_t j = start[rr[t]]; j < start[rr[t] + 1]; ++j) k += uu[t] >= thr[j];
+            qq[t] = k;
+        }
+        q = _mm256_loadu_si256((const __m256i *)qq);
+    }
+    return q;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 7) return 1;
+    if (argc != 8 && argc != 10) return 1;
     const char *dir = argv[1];
-    const int rel = strcmp(argv[2], "rel") == 0, bits = atoi(argv[3]), fine = atoi(argv[4]);
-    const double mean = atof(argv[5]);
-    const int nrows = atoi(argv[6]), top = fine > 1 ? (nrows - 1) / fine : nrows - 1;
+    const int rel = strcmp(argv[2], "rel") == 0, e16 = strcmp(argv[2], "e16") == 0;
+    const int bits = atoi(argv[3]), fine = atoi(argv[4]), use = atoi(argv[5]);
+    const double mean = atof(argv[6]);
+    const int nrows = atoi(argv[7]), top = (nrows - 1) / fine;
+    const int M = argc == 10 ? atoi(argv[8]) : 0, H = argc == 10 ? atoi(argv[9]) : 0;
     const uint32_t *entry = load(dir, "entry.bin"), *thr = load(dir, "thr.bin");
     const int32_t *scan = (const int32_t *)load(dir, "scan.bin");
     const int32_t *klo = (const int32_t *)load(dir, "klo.bin");
-    if (!entry || !thr || !scan || (rel && !klo)) return 2;
+    const int32_t *start = (const int32_t *)load(dir, "start.bin");
+    if (!entry || !thr || (!e16 && !scan) || ((rel || e16) && !klo) || (e16 && !start)) return 2;
     for (int i = 0; i < N; ++i) {
         const double u = (double)(next() >> 11) * 0x1p-53;
         int m = (int)(-mean * log(1.0 - u));
         m = m > top ? top : m;
-        const int r = fine > 1 ? m * fine + (int)(next() % (uint64_t)fine) : m;
+        const int r = m * fine + (int)(next() % (uint64_t)use) * (fine / use);
         rows[i] = r < nrows ? r : nrows - 1;
         us[i] = (uint32_t)(next() >> 32);
     }
@@ -104,9 +152,13 @@ int main(int argc, char **argv) {
     double best = 1e30;
     for (int rep = 0; rep < 7; ++rep) {
         const double t0 = now();
-        for (int i = 0; i < N; i += 8)
-            acc = _mm256_add_epi32(acc, lookup8(entry, klo, scan, thr, bits, rel, rows + i,
-                                                _mm256_loadu_si256((const __m256i *)(us + i))));
+        for (int i = 0; i < N; i += 8) {
+            const __m256i vu = _mm256_loadu_si256((const __m256i *)(us + i));
+            acc = _mm256_add_epi32(
+                acc, e16 ? lookup8_e16((const uint16_t *)entry, thr, start, klo, bits, M, H,
+                                       rows + i, vu)
+                         : lookup8(entry, klo, scan, thr, bits, rel, rows + i, vu));
+        }
         const double t = now() - t0;
         best = t < best ? t : best;
     }

@@ -8,11 +8,14 @@ follow a geometric distribution (mean 4, 12 or 30) and whose fine phase is unifo
 
 * ``noise``: the Gaussian table, a row per count (the kernel today);
 * ``chip``: the chip's fine table, a row per fine index (the kernel today);
-* ``chip, a row per count``: the same table read at one fine row per count (wrong codes: the
-  cost of the lookup without the 16x footprint);
+* ``chip, N rows per count``: the same table read at N of its 16 fine rows per count (wrong
+  codes: the cost of the lookup with the footprint of a grid of 1/N count);
 * ``chip, entries rel 8`` / ``rel 7``: a smaller re-indexing of the same table (2^8 or 2^7
   buckets per row, the code stored relative to the row's lowest, one more gather for it),
   giving the same codes (checked by the checksum);
+* ``chip, 16-bit entries``: 2^8 or 2^9 buckets per row in 16 bits each (the code relative to
+  a base computed from the row, no second gather; where a threshold's top 8 bits inside the
+  bucket do not settle the code, the row's thresholds are counted), the same codes;
 * ``chip noise per count on the fine grid``: a model the engine does not have (the noise drawn
   per count as an offset in fine steps, 2^12 buckets per row), its lookup only.
 
@@ -44,7 +47,8 @@ MEANS = (4, 12, 30)
 def _write(folder: Path, arrays: dict[str, torch.Tensor]) -> Path:
     folder.mkdir()
     for name, t in arrays.items():
-        t.to(torch.int32).numpy().tofile(folder / f"{name}.bin")
+        t = t if t.dtype == torch.int16 else t.to(torch.int32)
+        t.numpy().tofile(folder / f"{name}.bin")
     return folder
 
 
@@ -67,6 +71,33 @@ def _relative(table, bits: int) -> dict[str, torch.Tensor]:
     scan = torch.where(inside > 1, at_lo | (inside << 25), 0)
     return {"entry": _as_i32(rel | (d << cb)), "scan": scan, "thr": _as_i32(thr),
             "klo": table.k_lo}  # fmt: skip
+
+
+def _e16(table, bits: int, rows_per_code: float) -> tuple[dict[str, torch.Tensor], int, int]:
+    """The table's buckets in 16 bits (bench_lookup.c FORMAT e16): code - base(row) in 6 bits,
+    the bucket's kind (0, 1 or several thresholds) in 2, the top 8 bits of a lone threshold's
+    offset in the bucket in 8; base(row) = ((row * M) >> 16) - H, M from the rows per code."""
+    n_m, low = table.n_m, 32 - bits
+    thr, start = table.thr, table.start.long()
+    keys = (torch.repeat_interleave(torch.arange(n_m), start.diff()) << 32) | thr
+    r = torch.arange(n_m, dtype=torch.int64).view(-1, 1) << 32
+    lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << low
+    at_lo = torch.searchsorted(keys, (r | lo).reshape(-1), right=True).view(n_m, -1)
+    at_hi = torch.searchsorted(keys, (r | (lo + (1 << low) - 1)).reshape(-1), right=True)
+    inside = at_hi.view(n_m, -1) - at_lo
+    code = table.k_lo.long().view(-1, 1) + at_lo - start[:-1].view(-1, 1)
+    M = round(65536 / rows_per_code)
+    raw = (torch.arange(n_m) * M) >> 16
+    H = int((raw - table.k_lo.long()).max())
+    rel = code - (raw - H).view(-1, 1)
+    if int(rel.max()) >= 64:
+        raise SystemExit(f"codes too far from the computed base for 16-bit entries ({bits} bits)")
+    first = thr[at_lo.clamp(max=thr.numel() - 1)]
+    dhi = torch.where(inside == 1, (first - lo) >> (24 - bits), 0)
+    entry = rel | inside.clamp(max=2) << 6 | dhi << 8
+    arrays = {"entry": torch.where(entry >= 1 << 15, entry - (1 << 16), entry).to(torch.int16),
+              "thr": _as_i32(thr), "klo": table.k_lo, "start": table.start}  # fmt: skip
+    return arrays, M, H
 
 
 def _per_count(plan, c: int):
@@ -102,14 +133,21 @@ def main() -> None:
         d_rel = {b: _write(Path(tmp) / f"rel{b}", _relative(t_fine, b)) for b in (8, 7)}
         t_count = _per_count(chip, c)
         d_count = _write(Path(tmp) / "count", _relative(t_count, 12))
-        runs = [
-            ("noise", d_plain, "abs", b_plain["bits"], 1, t_plain.n_m),
-            ("chip", d_fine, "abs", b_fine["bits"], 16, t_fine.n_m),
-            ("chip, a row per count", d_fine, "abs", b_fine["bits"], 1, t_fine.n_m),
-            ("chip, entries rel 8", d_rel[8], "rel", 8, 16, t_fine.n_m),
-            ("chip, entries rel 7", d_rel[7], "rel", 7, 16, t_fine.n_m),
-            ("chip noise per count on the fine grid", d_count, "rel", 12, 1, t_count.n_m),
-        ]
+        F, A = chip.full_scale[c], chip.macro.adc_levels
+        e16 = {b: _e16(t_fine, b, chip.fine * F / A) for b in (8, 9)}
+        d_e16 = {b: _write(Path(tmp) / f"e16_{b}", a) for b, (a, _, _) in e16.items()}
+        S = chip.fine
+        runs = [  # name, folder, format, bucket bits, rows per count, rows used, rows, (M, H)
+            ("noise", d_plain, "abs", b_plain["bits"], 1, 1, t_plain.n_m, ()),
+            ("chip", d_fine, "abs", b_fine["bits"], S, S, t_fine.n_m, ()),
+            *((f"chip, {u} row{'s' * (u > 1)} per count", d_fine, "abs", b_fine["bits"], S, u,
+               t_fine.n_m, ()) for u in (4, 1)),
+            ("chip, entries rel 8", d_rel[8], "rel", 8, S, S, t_fine.n_m, ()),
+            ("chip, entries rel 7", d_rel[7], "rel", 7, S, S, t_fine.n_m, ()),
+            *((f"chip, 16-bit entries, 2^{b} buckets", d_e16[b], "e16", b, S, S, t_fine.n_m,
+               e16[b][1:]) for b in (8, 9)),
+            ("chip noise per count on the fine grid", d_count, "rel", 12, 1, 1, t_count.n_m, ()),
+        ]  # fmt: skip
         print(f"rows: noise {t_plain.n_m} (counts), chip {t_fine.n_m} (fine indices), "
               f"per-count noise {t_count.n_m}; thresholds per row: noise "
               f"{t_plain.n_thresholds / t_plain.n_m:.1f}, chip "
@@ -118,18 +156,18 @@ def main() -> None:
         print("| lookup | " + " | ".join(f"count mean {m}" for m in MEANS) + " |")
         print("|---|" + "---:|" * len(MEANS))
         sums: dict[tuple[int, int], set] = {}
-        for name, folder, fmt, bits, fine, n in runs:
+        for name, folder, fmt, bits, fine, use, n, base in runs:
             cells = []
             for mean in MEANS:
-                argv = [str(exe), str(folder), fmt, *map(str, (bits, fine, mean, n))]
+                argv = [str(exe), str(folder), fmt, *map(str, (bits, fine, use, mean, n, *base))]
                 out = subprocess.run(argv, capture_output=True, text=True, check=True)
                 ns, checksum = out.stdout.split()
                 cells.append(f"{float(ns):.2f} ns")
-                if name.startswith("chip") and fine == 16:
+                if name.startswith("chip") and use == 16:
                     sums.setdefault((fine, mean), set()).add(checksum)
             print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
         same = all(len(v) == 1 for v in sums.values())
-        print("the chip's three formats give the same codes:", "yes" if same else "NO")
+        print("the chip's exact formats give the same codes:", "yes" if same else "NO")
 
 
 if __name__ == "__main__":
