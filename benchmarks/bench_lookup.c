@@ -9,7 +9,10 @@
  *           base(row) = ((row * M) >> 16) - H; kind 0: no threshold in the bucket, 1: one,
  *           whose top 8 bits below the bucket's are dhi, 2: several; the rare draws it cannot
  *           settle (kind 2, or kind 1 with u's next 8 bits equal to dhi) count the row's
- *           thresholds
+ *           thresholds;
+ *           a16: a 16-bit entry with the code itself, code | dhi << 8 | open << 15 (dhi: the
+ *           top 7 bits of a lone threshold's offset in the bucket, 127 when none; open: the
+ *           bucket holds several, or dhi would be 127): draws it cannot settle count the row's
  *   FINE    rows per count of the table: 16 (a row per fine index) or 1 (a row per count)
  *   USE     fine rows per count the draws use, FINE/USE apart (USE < FINE: the footprint of a
  *           coarser grid), a random one per draw
@@ -127,10 +130,43 @@ static __m256i lookup8_e16(const uint16_t *entry, const uint32_t *thr, const int
     return q;
 }
 
+static __m256i lookup8_a16(const uint16_t *entry, const uint32_t *thr, const int32_t *start,
+                           const int32_t *klo, int bits, const int32_t *mc, __m256i vu) {
+    const __m256i vr = _mm256_loadu_si256((const __m256i *)mc);
+    const __m256i ix = _mm256_add_epi32(_mm256_sll_epi32(vr, _mm_cvtsi32_si128(bits)),
+                                        _mm256_srl_epi32(vu, _mm_cvtsi32_si128(32 - bits)));
+    const __m256i e = _mm256_i32gather_epi32((const int *)entry, ix, 2);
+    const __m256i dhi = _mm256_and_si256(_mm256_srli_epi32(e, 8), _mm256_set1_epi32(0x7F));
+    const __m256i uh = _mm256_and_si256(_mm256_srl_epi32(vu, _mm_cvtsi32_si128(25 - bits)),
+                                        _mm256_set1_epi32(0x7F));
+    __m256i q = _mm256_sub_epi32(_mm256_and_si256(e, _mm256_set1_epi32(0xFF)),
+                                 _mm256_cmpgt_epi32(uh, dhi));
+    const __m256i tie = _mm256_andnot_si256(_mm256_cmpeq_epi32(dhi, _mm256_set1_epi32(127)),
+                                            _mm256_cmpeq_epi32(uh, dhi));
+    const int several = _mm256_movemask_ps(
+        _mm256_castsi256_ps(_mm256_or_si256(tie, _mm256_slli_epi32(e, 16))));
+    if (several) {
+        int32_t qq[8], rr[8];
+        uint32_t uu[8];
+        _mm256_storeu_si256((__m256i *)qq, q);
+        _mm256_storeu_si256((__m256i *)rr, vr);
+        _mm256_storeu_si256((__m256i *)uu, vu);
+        for (int l = several; l; l &= l - 1) {
+            const int t = __builtin_ctz((unsigned)l);
+            int32_t k = klo[rr[t]];
+            for (int32_t j = start[rr[t]]; j < start[rr[t] + 1]; ++j) k += uu[t] >= thr[j];
+            qq[t] = k;
+        }
+        q = _mm256_loadu_si256((const __m256i *)qq);
+    }
+    return q;
+}
+
 int main(int argc, char **argv) {
     if (argc != 8 && argc != 10) return 1;
     const char *dir = argv[1];
-    const int rel = strcmp(argv[2], "rel") == 0, e16 = strcmp(argv[2], "e16") == 0;
+    const int rel = strcmp(argv[2], "rel") == 0, a16 = strcmp(argv[2], "a16") == 0;
+    const int e16 = strcmp(argv[2], "e16") == 0, short16 = e16 || a16;
     const int bits = atoi(argv[3]), fine = atoi(argv[4]), use = atoi(argv[5]);
     const double mean = atof(argv[6]);
     const int nrows = atoi(argv[7]), top = (nrows - 1) / fine;
@@ -139,7 +175,9 @@ int main(int argc, char **argv) {
     const int32_t *scan = (const int32_t *)load(dir, "scan.bin");
     const int32_t *klo = (const int32_t *)load(dir, "klo.bin");
     const int32_t *start = (const int32_t *)load(dir, "start.bin");
-    if (!entry || !thr || (!e16 && !scan) || ((rel || e16) && !klo) || (e16 && !start)) return 2;
+    if (!entry || !thr || (!short16 && !scan) || ((rel || short16) && !klo) ||
+        (short16 && !start))
+        return 2;
     for (int i = 0; i < N; ++i) {
         const double u = (double)(next() >> 11) * 0x1p-53;
         int m = (int)(-mean * log(1.0 - u));
@@ -154,10 +192,11 @@ int main(int argc, char **argv) {
         const double t0 = now();
         for (int i = 0; i < N; i += 8) {
             const __m256i vu = _mm256_loadu_si256((const __m256i *)(us + i));
+            const uint16_t *e = (const uint16_t *)entry;
             acc = _mm256_add_epi32(
-                acc, e16 ? lookup8_e16((const uint16_t *)entry, thr, start, klo, bits, M, H,
-                                       rows + i, vu)
-                         : lookup8(entry, klo, scan, thr, bits, rel, rows + i, vu));
+                acc, e16   ? lookup8_e16(e, thr, start, klo, bits, M, H, rows + i, vu)
+                     : a16 ? lookup8_a16(e, thr, start, klo, bits, rows + i, vu)
+                           : lookup8(entry, klo, scan, thr, bits, rel, rows + i, vu));
         }
         const double t = now() - t0;
         best = t < best ? t : best;

@@ -16,6 +16,9 @@ follow a geometric distribution (mean 4, 12 or 30) and whose fine phase is unifo
 * ``chip, 16-bit entries``: 2^8 or 2^9 buckets per row in 16 bits each (the code relative to
   a base computed from the row, no second gather; where a threshold's top 8 bits inside the
   bucket do not settle the code, the row's thresholds are counted), the same codes;
+* ``noise`` / ``chip, 16-bit entries, absolute codes``: 2^9 buckets per row in 16 bits each
+  (the code itself and the top 7 bits of a lone threshold's offset in the bucket; the draws
+  they do not settle count the row's thresholds), the same codes;
 * ``chip noise per count on the fine grid``: a model the engine does not have (the noise drawn
   per count as an offset in fine steps, 2^12 buckets per row), its lookup only.
 
@@ -100,6 +103,27 @@ def _e16(table, bits: int, rows_per_code: float) -> tuple[dict[str, torch.Tensor
     return arrays, M, H
 
 
+def _a16(table, bits: int) -> dict[str, torch.Tensor]:
+    """The table's buckets in 16 bits (bench_lookup.c FORMAT a16): the code at the bucket's
+    start, the top 7 bits of a lone threshold's offset in it (127: none), and an open bit
+    (several thresholds, or a lone one whose top bits are 127)."""
+    n_m, low = table.n_m, 32 - bits
+    thr, start = table.thr, table.start.long()
+    keys = (torch.repeat_interleave(torch.arange(n_m), start.diff()) << 32) | thr
+    r = torch.arange(n_m, dtype=torch.int64).view(-1, 1) << 32
+    lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << low
+    at_lo = torch.searchsorted(keys, (r | lo).reshape(-1), right=True).view(n_m, -1)
+    at_hi = torch.searchsorted(keys, (r | (lo + (1 << low) - 1)).reshape(-1), right=True)
+    inside = at_hi.view(n_m, -1) - at_lo
+    code = table.k_lo.long().view(-1, 1) + at_lo - start[:-1].view(-1, 1)
+    first = thr[at_lo.clamp(max=thr.numel() - 1)]
+    dhi = torch.where(inside == 1, (first - lo) >> (25 - bits), 127)
+    opened = (inside > 1) | ((inside == 1) & (dhi == 127))
+    entry = code | torch.where(opened, 0, dhi) << 8 | opened.long() << 15
+    return {"entry": torch.where(entry >= 1 << 15, entry - (1 << 16), entry).to(torch.int16),
+            "thr": _as_i32(thr), "klo": table.k_lo, "start": table.start}  # fmt: skip
+
+
 def _per_count(plan, c: int):
     """A model the engine does not have, for comparison: the chip's temporal noise drawn per
     count as an offset on the fine grid (``P(e = k) = Phi((k + 1/2) / s) - Phi((k - 1/2) / s)``,
@@ -136,6 +160,8 @@ def main() -> None:
         F, A = chip.full_scale[c], chip.macro.adc_levels
         e16 = {b: _e16(t_fine, b, chip.fine * F / A) for b in (8, 9)}
         d_e16 = {b: _write(Path(tmp) / f"e16_{b}", a) for b, (a, _, _) in e16.items()}
+        d_a16 = {n: _write(Path(tmp) / f"a16_{n}", _a16(t, 9)) for n, t in
+                 (("noise", t_plain), ("chip", t_fine))}  # fmt: skip
         S = chip.fine
         runs = [  # name, folder, format, bucket bits, rows per count, rows used, rows, (M, H)
             ("noise", d_plain, "abs", b_plain["bits"], 1, 1, t_plain.n_m, ()),
@@ -144,8 +170,12 @@ def main() -> None:
                t_fine.n_m, ()) for u in (4, 1)),
             ("chip, entries rel 8", d_rel[8], "rel", 8, S, S, t_fine.n_m, ()),
             ("chip, entries rel 7", d_rel[7], "rel", 7, S, S, t_fine.n_m, ()),
-            *((f"chip, 16-bit entries, 2^{b} buckets", d_e16[b], "e16", b, S, S, t_fine.n_m,
-               e16[b][1:]) for b in (8, 9)),
+            *((f"chip, 16-bit entries, computed base, 2^{b} buckets", d_e16[b], "e16", b, S, S,
+               t_fine.n_m, e16[b][1:]) for b in (8, 9)),
+            ("noise, 16-bit entries, absolute codes, 2^9 buckets", d_a16["noise"], "a16", 9, 1, 1,
+             t_plain.n_m, ()),
+            ("chip, 16-bit entries, absolute codes, 2^9 buckets", d_a16["chip"], "a16", 9, S, S,
+             t_fine.n_m, ()),
             ("chip noise per count on the fine grid", d_count, "rel", 12, 1, 1, t_count.n_m, ()),
         ]  # fmt: skip
         print(f"rows: noise {t_plain.n_m} (counts), chip {t_fine.n_m} (fine indices), "
