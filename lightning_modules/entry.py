@@ -6,6 +6,11 @@
   refused single run leaves no output folder behind); in a multirun the failed job writes
   ``error.txt`` into its folder and the sweep goes on to its report; :func:`exit_status`
   then says how many failed.
+
+A user mistake is a ``ValueError`` raised on purpose (a ``raise`` statement: the checks of
+``asim``, of this app, of Hydra) or a missing file. A ``ValueError`` that a Python builtin
+raised inside our code (``zip(..., strict=True)``, ``int("x")``, ...) is a bug: it keeps its
+traceback (in a multirun: printed and written to the job's ``error.txt``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,14 @@ USER_ERRORS = (ValueError, FileNotFoundError)
 """Exceptions that are a user's mistake: reported in one line, never as a traceback."""
 
 _FAILED: list[str] = []
+
+
+def _user_mistake(e: BaseException) -> bool:
+    """Whether ``e`` (one of USER_ERRORS) is a user's mistake rather than a bug (module doc)."""
+    if isinstance(e, FileNotFoundError):
+        return True
+    frames = traceback.extract_tb(e.__traceback__)
+    return not frames or (frames[-1].line or "").lstrip().startswith("raise")
 
 
 def _multirun(argv: Sequence[str]) -> bool:
@@ -58,6 +72,8 @@ def preflight(task: str, argv: Sequence[str]) -> list[str]:
         print(e, flush=True)
         raise SystemExit(0) from None
     except USER_ERRORS as e:
+        if not _user_mistake(e):
+            raise
         raise SystemExit(f"error: {e}") from None
     return argv
 
@@ -90,14 +106,17 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig, failed_value: Any
         print(e, flush=True)
         raise SystemExit(0) from None
     except USER_ERRORS as e:
-        line = f"error: {e}"
+        line, mistake = f"error: {e}", _user_mistake(e)
         folder = Path(str(cfg.output_dir))
         if not _in_multirun():
+            if not mistake:
+                raise
             _discard_if_empty(folder)
             raise SystemExit(line) from None
-        print(line, file=sys.stderr, flush=True)
+        text = line if mistake else "".join(traceback.format_exception(e)).rstrip()
+        print(text, file=sys.stderr, flush=True)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "error.txt").write_text(line + "\n")
+        (folder / "error.txt").write_text(text + "\n")
         _FAILED.append(f"{folder.name}: {line}")
         return failed_value
     except RunInterrupted as e:  # Ctrl-C: one line saying what was kept

@@ -482,6 +482,7 @@ def _with_perplexity(results: dict[str, Any], header: tuple, rows: list) -> tupl
         if sim is not None and results["repeats"] > 1:
             text += f" ± {results['sim_ppl_std']:.3f}"
     cells = ["-" if v is None else f"{v:.3f}" for v in ppl] + ([text] if results["repeats"] else [])
+    cells += ["-"] * (len(rows) - len(cells))  # chips, yield, silicon: accuracy rows
     rows = [(r[0], c, *r[1:]) for r, c in zip(rows, cells, strict=True)]
     return (header[0], "perplexity", "next-token top-1", *header[2:]), rows
 

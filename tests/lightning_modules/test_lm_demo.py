@@ -45,3 +45,23 @@ def test_demo_reproduces_the_shipped_checkpoints_perplexity(compose_run):
         pytest.skip("this Python's standard library differs from the one the record was made on")
     for key in ("float_ppl", "inference_ppl", "sim_ppl", "float_top1", "inference_top1"):
         assert res[key] == pytest.approx(record[key], rel=1e-6), key
+
+
+def test_a_language_models_chip_population_prints_its_table(compose_run):
+    """Chips and a silicon row beside perplexity: the rows without a perplexity show '-'."""
+    from lightning_modules.results import format_table
+
+    cfg = compose_run("simulate", "model=gpt_tiny", "dataset=pycode", "noise=gaussian_lsb",
+                      "noise.column_offset_lsb=0.5", "simulate.chips=2",
+                      "simulate.measured_top1=0.4", "trainer.limit_val_batches=1")  # fmt: skip
+    res = builders.simulate(cfg)
+    assert len(res["chip_top1"]) == 2 and res["chip_top1"][0] != res["chip_top1"][1]
+    lines = format_table(res).splitlines()
+    header = next(line for line in lines if line.startswith("pass"))
+    assert header.split()[:3] == ["pass", "perplexity", "next-token"]
+    sim = next(line for line in lines if line.startswith("simulated (2 chips x 1)"))
+    assert f"{res['sim_ppl']:.3f} ± {res['sim_ppl_std']:.3f}" in sim
+    worst = next(line for line in lines if line.startswith("worst of 2 chips"))
+    assert worst.split()[4:6] == ["-", f"{100 * res['worst_chip_top1']:.2f}%"]
+    measured = next(line for line in lines if line.startswith("measured (silicon)"))
+    assert measured.split()[2:4] == ["-", "40.00%"]
