@@ -145,6 +145,14 @@ def check_run(cfg: DictConfig, task: str) -> None:
             raise ValueError(f"simulate.repeats={repeats!r} must be an integer >= 1")
         _check_chips_and_calibration(cfg, noise)
     else:
+        plain = type(noise)()
+        if changed := [f for f in dataclasses.fields(noise) if getattr(noise, f.name) !=
+                       getattr(plain, f.name)]:  # fmt: skip
+            given = ", ".join(f"noise.{f.name}={getattr(noise, f.name)}" for f in changed[:2])
+            raise ValueError(
+                f"{given}: the read-out noise is simulate.py's; train.py does not use it (QAT "
+                "trains noise-free, NAT with trim_noise=PERCENT): drop the noise overrides"
+            )
         for key in ("trim_noise", "attn_trim_noise"):
             if cfg[key] < 0:
                 raise ValueError(f"{key}={cfg[key]} must be >= 0 (percent)")

@@ -393,6 +393,8 @@ def test_missing_dataset_folder_names_path_and_layout(compose, tmp_path):
         ("simulate", ["+resume=auto"], "a simulation has no training state"),
         ("simulate", ["+trim_noise=5"], "it is a train.py option"),
         ("train", ["mixup_alpha=-1"], "mixup_alpha=-1.0 must be >= 0"),
+        ("train", ["trim_noise=30", "noise=gaussian"], "rand_sigma=0.2, .* train.py does not"),
+        ("train", ["noise.column_offset_lsb=0.5"], "column_offset_lsb=0.5: .* train.py does not"),
     ],
 )
 def test_silent_no_ops_and_implausible_values_are_errors(compose, task, overrides, message):
