@@ -42,6 +42,9 @@ CONDITION_GROUPS = ("noise", "seed", "ckpt", "dataset", "model", "chip", "chip_s
 CONDITION_KEYS = ("simulate.chips", "simulate.yield_threshold")  # the chip population
 DESIGN_KEYS = ("model.layer_macros", "model.attention")  # per-layer macros: design choices
 REPEAT_KEYS = ("seed",)  # conditions that are repeats: averaged (mean ± std), not told apart
+STUDY_KEYS = ("hparams_search", "conditions", "condition_objective", "optimized_metrics",
+              "hydra")  # fmt: skip
+"""How a study ran, neither a design nor a condition: never a swept key of the report."""
 SHMOO_NOISE = ("_sigma", "_sigma_lsb")  # a swept noise key ending so: a shmoo grid's noise axis
 MAX_LINES = 8  # more curves than this in an accuracy plot: the best design per x only
 KEY_LABELS = {
@@ -183,6 +186,17 @@ def _written(job: dict[str, Any], key: str) -> str:
     return json.dumps(node) if node is None or isinstance(node, bool) else str(node)
 
 
+def _spelled_once(values: list[str]) -> list[str]:
+    """One spelling per value: numbers equal as numbers ('0' on a command line, '0.0' from
+    another sweep's config) take the shortest of their spellings."""
+    numbers = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
+    keys = [v if pd.isna(n) else float(n) for v, n in zip(values, numbers, strict=True)]
+    shortest: dict[Any, str] = {}
+    for k, v in zip(keys, values, strict=True):
+        shortest[k] = min(shortest.get(k, v), v, key=len)
+    return [shortest[k] for k in keys]
+
+
 def _order(value: str) -> tuple:
     """Sort key of a value as written: null first, then numbers by value, then text."""
     n = pd.to_numeric(value, errors="coerce")
@@ -215,8 +229,10 @@ def load(collection: Collection, out: Path) -> pd.DataFrame:
     ``condition``, ``design``, ``pareto`` and ``job``; sorted by the swept keys."""
     jobs, names = collection.jobs, [*METRICS, *OPTIONAL]
     keys = list(dict.fromkeys(k for job in jobs for k in job["overrides"]))
-    written = pd.DataFrame({k: [_written(j, k) for j in jobs] for k in keys}, range(len(jobs)))
-    swept = [k for k in keys if len(jobs) == 1 or written[k].nunique() > 1]
+    written = pd.DataFrame({k: _spelled_once([_written(j, k) for j in jobs]) for k in keys},
+                           range(len(jobs)))  # fmt: skip
+    swept = [k for k in keys if (len(jobs) == 1 or written[k].nunique() > 1)
+             and k.split(".", 1)[0] not in STUDY_KEYS]  # fmt: skip
     raw = pd.json_normalize([j["results"] for j in jobs])
     metrics = raw.reindex(columns=[f"cost.{m}" if m in COST else m for m in names])
     df = pd.concat([raw.drop(columns=[*names, *swept], errors="ignore"),
@@ -259,7 +275,9 @@ def write_report(dirs: Sequence[str | os.PathLike], out: str | os.PathLike | Non
     if not dirs:
         raise ValueError("no folder given: pass one or more sweep or run folders")
     if out is None and len(dirs) > 1:
-        raise ValueError("several folders: say where the merged report goes (out=DIR)")
+        raise ValueError(
+            "several folders: say where the merged report goes (out=DIR; report.py --out DIR)"
+        )
     out, collection = Path(out if out is not None else dirs[0]), collect(dirs)
     if not collection.jobs:
         notes = "".join(f"; {f}: {why}" for f, why in collection.skipped[:3])

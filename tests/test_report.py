@@ -328,6 +328,24 @@ def test_merging_sweeps_fills_keys_from_the_config(tmp_path):
         report.write_report([a, b])
 
 
+def test_one_value_written_two_ways_is_one_value(tmp_path):
+    """An override '0' and a config's 0.0 (another sweep) are one condition, one tick; the
+    search that ran one sweep is not a key of the merged report."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for sigma in ("0", "0.3"):
+        make_job(a, {"macro.adc_bits": 6, "noise.rand_sigma": sigma}, **results(0.5, energy=9.0))
+    float_config = results(0.6, energy=8.0)
+    float_config["config"]["noise"]["rand_sigma"] = 0.0
+    make_job(b, {"macro.adc_bits": 5, "hparams_search": "macro_pareto"}, **float_config)
+    make_job(b, {"macro.adc_bits": 4, "noise.rand_sigma": "0.30"}, **results(0.4, energy=7.0))
+    rep = report.write_report([a, b], out=tmp_path / "merged")
+    rows = report.read_csv(rep.csv)
+    assert sorted(r["noise.rand_sigma"] for r in rows) == ["0", "0", "0.3", "0.3"]
+    assert sorted(set(rep.table["condition"])) == ["rand_sigma=0", "rand_sigma=0.3"]
+    assert rep.swept == ["macro.adc_bits", "noise.rand_sigma"]  # how b ran is not a design
+    assert_png(tmp_path / "merged" / "accuracy_vs_noise.rand_sigma.png")
+
+
 def test_no_complete_run_is_an_error(tmp_path):
     make_job(tmp_path, {"macro.adc_bits": 6})
     with pytest.raises(ValueError, match="no complete results.json"):
