@@ -225,7 +225,9 @@ def simulate(cfg: DictConfig) -> dict[str, Any]:
         return res
 
     if not stochastic and repeats > 1:
-        log.info("noise is off: the simulation is deterministic, runs once for %d repeats", repeats)
+        log.info(
+            "no temporal noise: the simulation is deterministic, runs once for %d repeats", repeats
+        )
     try:
         for step, p in enumerate(plan, 1):  # the one loop: set up, validate, record, save
             module = modules["float" if p.kind == "float" else "acim"]
