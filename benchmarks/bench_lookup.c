@@ -93,6 +93,25 @@ static __m256i lookup8(const uint32_t *entry, const int32_t *klo, const int32_t 
     return q;
 }
 
+/* The 16-bit formats' lanes in `several` whose bucket does not settle the code: the code is
+ * k_lo[row] plus the row's thresholds at or below u. */
+static __m256i settle(__m256i q, int several, const uint32_t *thr, const int32_t *start,
+                      const int32_t *klo, __m256i vr, __m256i vu) {
+    if (!several) return q;
+    int32_t qq[8], rr[8];
+    uint32_t uu[8];
+    _mm256_storeu_si256((__m256i *)qq, q);
+    _mm256_storeu_si256((__m256i *)rr, vr);
+    _mm256_storeu_si256((__m256i *)uu, vu);
+    for (int l = several; l; l &= l - 1) {
+        const int t = __builtin_ctz((unsigned)l);
+        int32_t k = klo[rr[t]];
+        for (int32_t j = start[rr[t]]; j < start[rr[t] + 1]; ++j) k += uu[t] >= thr[j];
+        qq[t] = k;
+    }
+    return _mm256_loadu_si256((const __m256i *)qq);
+}
+
 static __m256i lookup8_e16(const uint16_t *entry, const uint32_t *thr, const int32_t *start,
                            const int32_t *klo, int bits, int M, int H, const int32_t *mc,
                            __m256i vu) {
@@ -112,22 +131,7 @@ static __m256i lookup8_e16(const uint16_t *entry, const uint32_t *thr, const int
         _mm256_add_epi32(base, _mm256_and_si256(e, _mm256_set1_epi32(63))), up);
     const __m256i open = _mm256_or_si256(_mm256_cmpeq_epi32(kind, _mm256_set1_epi32(0x80)),
                                          _mm256_and_si256(one, _mm256_cmpeq_epi32(uh, dhi)));
-    const int several = _mm256_movemask_ps(_mm256_castsi256_ps(open));
-    if (several) {
-        int32_t qq[8], rr[8];
-        uint32_t uu[8];
-        _mm256_storeu_si256((__m256i *)qq, q);
-        _mm256_storeu_si256((__m256i *)rr, vr);
-        _mm256_storeu_si256((__m256i *)uu, vu);
-        for (int l = several; l; l &= l - 1) {
-            const int t = __builtin_ctz((unsigned)l);
-            int32_t k = klo[rr[t]];
-            for (int32_t j = start[rr[t]]; j < start[rr[t] + 1]; ++j) k += uu[t] >= thr[j];
-            qq[t] = k;
-        }
-        q = _mm256_loadu_si256((const __m256i *)qq);
-    }
-    return q;
+    return settle(q, _mm256_movemask_ps(_mm256_castsi256_ps(open)), thr, start, klo, vr, vu);
 }
 
 static __m256i lookup8_a16(const uint16_t *entry, const uint32_t *thr, const int32_t *start,
@@ -143,23 +147,8 @@ static __m256i lookup8_a16(const uint16_t *entry, const uint32_t *thr, const int
                                  _mm256_cmpgt_epi32(uh, dhi));
     const __m256i tie = _mm256_andnot_si256(_mm256_cmpeq_epi32(dhi, _mm256_set1_epi32(127)),
                                             _mm256_cmpeq_epi32(uh, dhi));
-    const int several = _mm256_movemask_ps(
-        _mm256_castsi256_ps(_mm256_or_si256(tie, _mm256_slli_epi32(e, 16))));
-    if (several) {
-        int32_t qq[8], rr[8];
-        uint32_t uu[8];
-        _mm256_storeu_si256((__m256i *)qq, q);
-        _mm256_storeu_si256((__m256i *)rr, vr);
-        _mm256_storeu_si256((__m256i *)uu, vu);
-        for (int l = several; l; l &= l - 1) {
-            const int t = __builtin_ctz((unsigned)l);
-            int32_t k = klo[rr[t]];
-            for (int32_t j = start[rr[t]]; j < start[rr[t] + 1]; ++j) k += uu[t] >= thr[j];
-            qq[t] = k;
-        }
-        q = _mm256_loadu_si256((const __m256i *)qq);
-    }
-    return q;
+    const __m256i open = _mm256_or_si256(tie, _mm256_slli_epi32(e, 16)); /* open: bit 15 */
+    return settle(q, _mm256_movemask_ps(_mm256_castsi256_ps(open)), thr, start, klo, vr, vu);
 }
 
 int main(int argc, char **argv) {

@@ -55,24 +55,38 @@ def _write(folder: Path, arrays: dict[str, torch.Tensor]) -> Path:
     return folder
 
 
-def _relative(table, bits: int) -> dict[str, torch.Tensor]:
-    """The table's buckets with ``2^bits`` per row and the code relative to ``k_lo[row]``:
-    entry = code - k_lo | d << (bits - 1), d as in the kernel's format (33 - bits bits)."""
-    n_m, low, cb = table.n_m, 32 - bits, bits - 1
+def _geometry(table, bits: int):
+    """Per row and bucket (the top ``bits`` bits of ``u``): the bucket's start ``lo``, the index
+    ``at`` of the first threshold above it, how many thresholds fall ``inside`` it, that first
+    threshold, and the code at the bucket's start."""
+    n_m, low = table.n_m, 32 - bits
     thr, start = table.thr, table.start.long()
     keys = (torch.repeat_interleave(torch.arange(n_m), start.diff()) << 32) | thr
     r = torch.arange(n_m, dtype=torch.int64).view(-1, 1) << 32
     lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << low
-    at_lo = torch.searchsorted(keys, (r | lo).reshape(-1), right=True).view(n_m, -1)
+    at = torch.searchsorted(keys, (r | lo).reshape(-1), right=True).view(n_m, -1)
     at_hi = torch.searchsorted(keys, (r | (lo + (1 << low) - 1)).reshape(-1), right=True)
-    inside = at_hi.view(n_m, -1) - at_lo
-    rel = at_lo - start[:-1].view(-1, 1)
+    first = thr[at.clamp(max=thr.numel() - 1)]
+    rel = at - start[:-1].view(-1, 1)  # the code at the bucket's start minus k_lo
+    return lo, at, at_hi.view(n_m, -1) - at, first, rel
+
+
+def _short(entry: torch.Tensor, table) -> dict[str, torch.Tensor]:
+    """16-bit entries and what their rare unsettled draws count: the row's thresholds."""
+    return {"entry": torch.where(entry >= 1 << 15, entry - (1 << 16), entry).to(torch.int16),
+            "thr": _as_i32(table.thr), "klo": table.k_lo, "start": table.start}  # fmt: skip
+
+
+def _relative(table, bits: int) -> dict[str, torch.Tensor]:
+    """The table's buckets with ``2^bits`` per row and the code relative to ``k_lo[row]``:
+    entry = code - k_lo | d << (bits - 1), d as in the kernel's format (33 - bits bits)."""
+    low, cb = 32 - bits, bits - 1
+    lo, at, inside, first, rel = _geometry(table, bits)
     if int(rel.max()) >= 1 << cb:
         raise SystemExit(f"rows too wide for {bits} bucket bits")
-    first = thr[at_lo.clamp(max=thr.numel() - 1)]
     d = torch.where(inside == 1, first - lo, torch.where(inside == 0, 1 << low, 0))
-    scan = torch.where(inside > 1, at_lo | (inside << 25), 0)
-    return {"entry": _as_i32(rel | (d << cb)), "scan": scan, "thr": _as_i32(thr),
+    scan = torch.where(inside > 1, at | (inside << 25), 0)
+    return {"entry": _as_i32(rel | (d << cb)), "scan": scan, "thr": _as_i32(table.thr),
             "klo": table.k_lo}  # fmt: skip
 
 
@@ -80,48 +94,27 @@ def _e16(table, bits: int, rows_per_code: float) -> tuple[dict[str, torch.Tensor
     """The table's buckets in 16 bits (bench_lookup.c FORMAT e16): code - base(row) in 6 bits,
     the bucket's kind (0, 1 or several thresholds) in 2, the top 8 bits of a lone threshold's
     offset in the bucket in 8; base(row) = ((row * M) >> 16) - H, M from the rows per code."""
-    n_m, low = table.n_m, 32 - bits
-    thr, start = table.thr, table.start.long()
-    keys = (torch.repeat_interleave(torch.arange(n_m), start.diff()) << 32) | thr
-    r = torch.arange(n_m, dtype=torch.int64).view(-1, 1) << 32
-    lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << low
-    at_lo = torch.searchsorted(keys, (r | lo).reshape(-1), right=True).view(n_m, -1)
-    at_hi = torch.searchsorted(keys, (r | (lo + (1 << low) - 1)).reshape(-1), right=True)
-    inside = at_hi.view(n_m, -1) - at_lo
-    code = table.k_lo.long().view(-1, 1) + at_lo - start[:-1].view(-1, 1)
+    lo, _, inside, first, rel = _geometry(table, bits)
+    code = table.k_lo.long().view(-1, 1) + rel
     M = round(65536 / rows_per_code)
-    raw = (torch.arange(n_m) * M) >> 16
+    raw = (torch.arange(table.n_m) * M) >> 16
     H = int((raw - table.k_lo.long()).max())
     rel = code - (raw - H).view(-1, 1)
     if int(rel.max()) >= 64:
         raise SystemExit(f"codes too far from the computed base for 16-bit entries ({bits} bits)")
-    first = thr[at_lo.clamp(max=thr.numel() - 1)]
     dhi = torch.where(inside == 1, (first - lo) >> (24 - bits), 0)
-    entry = rel | inside.clamp(max=2) << 6 | dhi << 8
-    arrays = {"entry": torch.where(entry >= 1 << 15, entry - (1 << 16), entry).to(torch.int16),
-              "thr": _as_i32(thr), "klo": table.k_lo, "start": table.start}  # fmt: skip
-    return arrays, M, H
+    return _short(rel | inside.clamp(max=2) << 6 | dhi << 8, table), M, H
 
 
 def _a16(table, bits: int) -> dict[str, torch.Tensor]:
     """The table's buckets in 16 bits (bench_lookup.c FORMAT a16): the code at the bucket's
     start, the top 7 bits of a lone threshold's offset in it (127: none), and an open bit
     (several thresholds, or a lone one whose top bits are 127)."""
-    n_m, low = table.n_m, 32 - bits
-    thr, start = table.thr, table.start.long()
-    keys = (torch.repeat_interleave(torch.arange(n_m), start.diff()) << 32) | thr
-    r = torch.arange(n_m, dtype=torch.int64).view(-1, 1) << 32
-    lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << low
-    at_lo = torch.searchsorted(keys, (r | lo).reshape(-1), right=True).view(n_m, -1)
-    at_hi = torch.searchsorted(keys, (r | (lo + (1 << low) - 1)).reshape(-1), right=True)
-    inside = at_hi.view(n_m, -1) - at_lo
-    code = table.k_lo.long().view(-1, 1) + at_lo - start[:-1].view(-1, 1)
-    first = thr[at_lo.clamp(max=thr.numel() - 1)]
+    lo, _, inside, first, rel = _geometry(table, bits)
+    code = table.k_lo.long().view(-1, 1) + rel
     dhi = torch.where(inside == 1, (first - lo) >> (25 - bits), 127)
     opened = (inside > 1) | ((inside == 1) & (dhi == 127))
-    entry = code | torch.where(opened, 0, dhi) << 8 | opened.long() << 15
-    return {"entry": torch.where(entry >= 1 << 15, entry - (1 << 16), entry).to(torch.int16),
-            "thr": _as_i32(thr), "klo": table.k_lo, "start": table.start}  # fmt: skip
+    return _short(code | torch.where(opened, 0, dhi) << 8 | opened.long() << 15, table)
 
 
 def _per_count(plan, c: int):
