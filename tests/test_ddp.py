@@ -83,7 +83,9 @@ NOISY = [
     "noise.column_gain_pct=1.0",
     "noise.column_sigma_spread=0.2",
     "noise.adc_group=2",
-    "simulate.repeats=2",
+    "simulate.chips=2",  # two chips, one repeat each
+    "simulate.calibrate=mse",  # per-ADC ranges calibrated in every process alike
+    "simulate.calibration_granularity=column",
     "simulate.float=false",
     "simulate.save_predictions=true",
     "dataset.val_fraction=0.06",  # 108 samples: the default suite's budget
@@ -94,9 +96,10 @@ NOISY_SAMPLES = 108
 
 @pytest.mark.ddp  # two processes
 def test_noisy_results_do_not_depend_on_batch_size_or_processes(tmp_path):
-    """noise=gaussian with a chip's fixed pattern, act_scale=sample: batch 16 in one process,
-    batch 32 in one process and batch 32 on 2 DDP ranks (two blocks each) give the same
-    predictions, bit for bit, for every repeat (each repeat a chip of its own)."""
+    """noise=gaussian with a chip's fixed pattern and per-ADC calibrated ranges,
+    act_scale=sample: batch 16 in one process, batch 32 in one process and batch 32 on 2 DDP
+    ranks (two blocks each) give the same calibration and predictions, bit for bit, for every
+    chip."""
     _ddp([*NOISY, "dataset.val_batch_size=32"], tmp_path / "ddp")
     ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
     ddp_preds = json.loads((tmp_path / "ddp" / "predictions.json").read_text())
@@ -118,5 +121,7 @@ def test_noisy_results_do_not_depend_on_batch_size_or_processes(tmp_path):
         assert preds["sim"] == ddp_preds["sim"], batch
         assert preds["indices"] == ddp_preds["indices"] == list(range(NOISY_SAMPLES))
         assert single["sim_top1_runs"] == ddp["sim_top1_runs"], batch
-    assert ddp_preds["sim"][0] != ddp_preds["sim"][1]  # two chips: the noise is real
+        assert single["calibration"]["layers"] == ddp["calibration"]["layers"], batch
+    assert ddp_preds["sim"][0] != ddp_preds["sim"][1]  # two chips: the pattern is real
+    assert len(ddp["chip_top1"]) == 2
     assert ddp["sim_top1"] < ddp["inference_top1"]
