@@ -187,6 +187,13 @@ class _Observer:
             rows = x_int if mm.layout is None else x_int.reshape(-1, R)
             self._count(hist, macro, signed, rows, planes, linear_tiles(R, macro.nrow))
 
+    def record_codes(self, key: str, macro: MacroConfig, signed: bool, x_int, w_int) -> None:
+        """The counts of ``x_int [..., M, R] @ w_int [..., R, O]``, both already codes: a
+        ``transformers`` attention's QK^T or AV (:class:`asim.llm.ACiMAttention`)."""
+        hist = self.hists.setdefault(key, CountHistogram(macro.nrow, macro.adc_bits))
+        planes = _weight_planes(w_int, macro.weight_bits, dim=-1)
+        self._count(hist, macro, signed, x_int, planes, linear_tiles(w_int.shape[-2], macro.nrow))
+
     @staticmethod
     def _count(hist, macro: MacroConfig, signed: bool, x_int, planes, tiles) -> None:
         """Add the counts ``M`` of every (tile, weight bit, cycle) conversion of
@@ -272,7 +279,9 @@ def observe_counts(
     The model runs in eval mode without gradients, its layers as the ideal integer macro
     (mode ``inference``) with the training perturbation off: the counts are exact and
     pre-noise. Layers, modes and the model's training flag are restored afterwards.
-    Keys are layer names, attention's QK and AV macros as ``NAME.qk`` / ``NAME.av``.
+    Keys are layer names, attention's QK and AV macros as ``NAME.qk`` / ``NAME.av`` (a
+    ``transformers`` attention, :class:`asim.llm.ACiMAttention`, whose QK^T macro is its
+    ``macro``: QK^T as ``NAME``, AV as ``NAME.av``).
     """
     layers = [(n, m) for n, m in acim_modules(model) if not m.digital]
     if not layers:
@@ -310,6 +319,14 @@ def observe_counts(
                 return original(mm)
 
             layer._run = run
+            if hasattr(layer, "_matmul"):  # a transformers attention: QK^T is its macro
+                codes = layer._matmul
+
+                def matmul(x_int, w_int, macro, noise, signed, rows, sub, name=name, codes=codes):
+                    observer.record_codes(name + ("", ".av")[sub], macro, signed, x_int, w_int)
+                    return codes(x_int, w_int, macro, noise, signed, rows, sub)
+
+                layer._matmul = matmul
         with torch.no_grad():
             for batch in batches:
                 if max_batches is not None and seen >= max_batches:
@@ -319,6 +336,7 @@ def observe_counts(
     finally:
         for layer, mode, trim, attn_trim in saved:
             layer.__dict__.pop("_run", None)
+            layer.__dict__.pop("_matmul", None)
             layer.mode = mode
             layer.trim_noise = trim
             if attn_trim is not None:

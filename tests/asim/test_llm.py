@@ -340,3 +340,52 @@ def test_asim_imports_transformers_only_in_asim_llm():
 def test_import_asim_does_not_import_transformers():
     code = "import asim, sys; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_calibration_observes_qk_and_av_as_the_oracle_counts_them(name):
+    """calibrate_adc sees a transformers attention's QK^T (as NAME) and AV (as NAME.av): the
+    counts the oracle's bit-level loop makes of the same integer operands, per GQA group;
+    ``max`` then clips nothing on its own data and Calibration.apply sets both macros."""
+    from asim import calibrate_adc
+    from asim.calibrate import observe_counts
+
+    from . import oracle
+
+    macro = SAMPLE.replace(weight_bits=4, input_bits=4, nrow=8, adc_bits=4)
+    sim = convert_to_acim(MODELS[name](), macro)
+    attn = [(n, m) for n, m in acim_modules(sim) if isinstance(m, ACiMAttention)]
+    operands: dict[str, list] = {}
+    for n, m in attn:
+        codes = m._matmul
+
+        def capture(x, w, mac, noise, signed, rows, sub, n=n, codes=codes):
+            operands.setdefault(n + ("", ".av")[sub], []).append((x, w, mac, signed))
+            return codes(x, w, mac, noise, signed, rows, sub)
+
+        m._matmul = capture
+    hists, _ = observe_counts(sim, [ids(2, 9)])
+    assert {k for k in hists if k.startswith(attn[0][0])} == {attn[0][0], attn[0][0] + ".av"}
+    for key, calls in operands.items():
+        trace: list[dict] = []
+        for x, w, mac, signed in calls:  # weight role [..., O, R]: the keys / the values
+            R = w.shape[-2]
+            oracle.oracle_mvm(x, w.transpose(-2, -1), signed_act=signed, wbit=mac.weight_bits,
+                              xbit=mac.input_bits, adc_prec=mac.adc_bits, nrow=mac.nrow,
+                              tiles=[(s, min(s + mac.nrow, R)) for s in range(0, R, mac.nrow)],
+                              trace=trace)  # fmt: skip
+        expected: dict[int, torch.Tensor] = {}
+        for t in trace:
+            n = torch.bincount(t["mac"].reshape(-1).long(), minlength=t["full_scale"] + 1)
+            lv = t["full_scale"] // mac.nrow
+            expected[lv] = n if lv not in expected else expected[lv] + n
+        assert {lv: n.tolist() for lv, n in hists[key].counts.items()} == {
+            lv: n.tolist() for lv, n in expected.items()}, key  # fmt: skip
+    assert all("_matmul" not in m.__dict__ for _, m in attn)  # the observer restored the layers
+    cal = calibrate_adc(sim, [ids(2, 9)], method="max")
+    cal.apply(sim)
+    for n, m in attn:
+        qk, av = cal.layers[n], cal.layers[n + ".av"]
+        assert qk.clip_rate == av.clip_rate == 0.0
+        assert m.macro.adc_full_scale == qk.full_scale <= macro.nrow
+        assert m.av_macro.adc_full_scale == av.full_scale <= macro.nrow
