@@ -545,6 +545,12 @@ class CodeTableStruct(ctypes.Structure):
     ]
 
 
+ROW_CHUNK = 1 << 20
+"""Entries (rows x buckets) of a code table's re-indexing built at once
+(:meth:`CodeTable.bucket_search`: its guide, its buckets, the C kernel's bucket arrays): bounds
+the int64 temporaries of a large table (a chip's blocks) to some tens of MB."""
+
+
 class CodeTable:
     """``P(code | count)`` for the counts ``m_min .. m_min + n_m - 1`` of one conversion
     kind, as cumulative 32-bit thresholds (built by :func:`code_table`).
@@ -572,13 +578,10 @@ class CodeTable:
         while bits > 1 and (self.n_m << bits) > (1 << CONSTANTS["ASIM_GUIDE_MAX_LOG2"]):
             bits -= 1
         self.guide_bits = bits
-        b = torch.arange(1 << bits, dtype=torch.int64) << (32 - bits)
-        guide, step = [], max(1, (1 << 20) >> bits)  # a chunk of rows at a time: bounded memory
-        for r0 in range(0, self.n_m, step):
-            r = torch.arange(r0, min(r0 + step, self.n_m), dtype=torch.int64).unsqueeze(1)
-            at = torch.searchsorted(self.keys, ((r << 32) | b).flatten(), right=True)
-            at = at.view(r.shape[0], -1) - self.start[r0 : r0 + r.shape[0]].long().unsqueeze(1)
-            guide.append(at.to(torch.int32).flatten())
+        guide = [
+            (at - self.start[r0:r1].long().unsqueeze(1)).to(torch.int32).flatten()
+            for r0, r1, at, _ in self.bucket_search(bits, inside=False)
+        ]
         self.guide = torch.cat(guide) if guide else torch.zeros(0, dtype=torch.int32)
         self._devices: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._native: CodeTableStruct | None = None
@@ -589,6 +592,26 @@ class CodeTable:
     @property
     def n_thresholds(self) -> int:
         return self.thr.numel()
+
+    def bucket_search(self, bits: int, inside: bool = True):
+        """The thresholds around every bucket ``b`` (the top ``bits`` bits of ``u``, its
+        smallest ``u`` is ``b << (32 - bits)``) of every row, a chunk of rows at a time
+        (:data:`ROW_CHUNK` entries): ``(r0, r1, at, n)`` for rows ``r0 .. r1 - 1``, ``at[r, b]``
+        the index in ``thr`` of the first threshold above the bucket's smallest ``u`` (the code
+        there is ``base[r] + at``) and ``n[r, b]`` how many lie inside the bucket (None unless
+        ``inside``)."""
+        low = 32 - bits
+        lo = torch.arange(1 << bits, dtype=torch.int64) << low
+        step = max(1, ROW_CHUNK >> bits)
+        for r0 in range(0, self.n_m, step):
+            r1 = min(r0 + step, self.n_m)
+            r = torch.arange(r0, r1, dtype=torch.int64).unsqueeze(1) << 32
+            at = torch.searchsorted(self.keys, (r | lo).flatten(), right=True).view(r1 - r0, -1)
+            n = None
+            if inside:
+                hi = (r | (lo + (1 << low) - 1)).flatten()
+                n = torch.searchsorted(self.keys, hi, right=True).view(r1 - r0, -1) - at
+            yield r0, r1, at, n
 
     def to(self, device) -> tuple[Tensor, Tensor]:
         """``(keys, base)`` on ``device``: what :func:`sample_codes` needs (cached)."""
@@ -640,14 +663,12 @@ class CodeTable:
                 bits = 12
                 while bits > 1 and (self.n_m << bits) > (1 << 22):
                     bits -= 1
-                r = torch.arange(self.n_m, dtype=torch.int64).unsqueeze(1) << 32
-                lo = torch.arange(1 << bits, dtype=torch.int64) << (32 - bits)
-                hi = lo + ((1 << (32 - bits)) - 1)
-                at_lo = torch.searchsorted(self.keys, (r | lo).flatten(), right=True)
-                at_hi = torch.searchsorted(self.keys, (r | hi).flatten(), right=True)
-                rows = torch.arange(self.n_m).repeat_interleave(1 << bits)
-                code = (self.base[rows] + at_lo).to(torch.int32)
-                self._buckets = (bits, code, at_hi > at_lo)
+                code = [torch.zeros(0, dtype=torch.int32)]
+                hard = [torch.zeros(0, dtype=torch.bool)]
+                for r0, r1, at, n in self.bucket_search(bits):
+                    code.append((self.base[r0:r1].unsqueeze(1) + at).to(torch.int32).flatten())
+                    hard.append(n.flatten() > 0)
+                self._buckets = (bits, torch.cat(code), torch.cat(hard))
             return self._buckets
 
     def probabilities(self) -> Tensor:

@@ -56,19 +56,16 @@ def _write(folder: Path, arrays: dict[str, torch.Tensor]) -> Path:
 
 
 def _geometry(table, bits: int):
-    """Per row and bucket (the top ``bits`` bits of ``u``): the bucket's start ``lo``, the index
-    ``at`` of the first threshold above it, how many thresholds fall ``inside`` it, that first
-    threshold, and the code at the bucket's start."""
-    n_m, low = table.n_m, 32 - bits
-    thr, start = table.thr, table.start.long()
-    keys = (torch.repeat_interleave(torch.arange(n_m), start.diff()) << 32) | thr
-    r = torch.arange(n_m, dtype=torch.int64).view(-1, 1) << 32
-    lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << low
-    at = torch.searchsorted(keys, (r | lo).reshape(-1), right=True).view(n_m, -1)
-    at_hi = torch.searchsorted(keys, (r | (lo + (1 << low) - 1)).reshape(-1), right=True)
-    first = thr[at.clamp(max=thr.numel() - 1)]
-    rel = at - start[:-1].view(-1, 1)  # the code at the bucket's start minus k_lo
-    return lo, at, at_hi.view(n_m, -1) - at, first, rel
+    """Per row and bucket (the top ``bits`` bits of ``u``, :meth:`CodeTable.bucket_search`):
+    the bucket's start ``lo``, the index ``at`` of the first threshold above it, how many
+    thresholds fall ``inside`` it, that first threshold, and the code at the bucket's start
+    minus the row's lowest code."""
+    parts = list(table.bucket_search(bits))
+    at = torch.cat([p[2] for p in parts])
+    inside = torch.cat([p[3] for p in parts])
+    lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << (32 - bits)
+    first = table.thr[at.clamp(max=table.thr.numel() - 1)]
+    return lo, at, inside, first, at - table.start[:-1].long().view(-1, 1)
 
 
 def _short(entry: torch.Tensor, table) -> dict[str, torch.Tensor]:

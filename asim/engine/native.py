@@ -76,29 +76,15 @@ def bucket_table(table, bits: int | None = None) -> dict | None:
     return table.form(("native_buckets", bits), lambda: _bucket_arrays(table, bits))
 
 
-_BUILD_CHUNK = 1 << 20
-"""Bucket entries built at once by :func:`_bucket_arrays` (a chunk of rows): bounds the
-int64 temporaries of a large table (a chip's blocks) to some tens of MB."""
-
-
 def _bucket_arrays(table, bits: int) -> dict | None:
-    n_m = table.n_m
     low = 32 - bits
-    thr, start = table.thr, table.start.long()
-    rows = torch.repeat_interleave(torch.arange(n_m), start.diff())
-    keys = (rows << 32) | thr  # sorted: rows ascending, thresholds non-decreasing
+    thr = table.thr
     lo = torch.arange(1 << bits, dtype=torch.int64).view(1, -1) << low
-    hi = lo + (1 << low) - 1
     if thr.numel() >= 1 << CONST["ASIM_BUCKET_SCAN_SHIFT"]:
         return None
     words, scans, most = [], [], 0
-    step = max(1, _BUILD_CHUNK >> bits)
-    for r0 in range(0, n_m, step):
-        r = torch.arange(r0, min(r0 + step, n_m), dtype=torch.int64).view(-1, 1)
-        at_lo = torch.searchsorted(keys, ((r << 32) | lo).reshape(-1), right=True).view(len(r), -1)
-        at_hi = torch.searchsorted(keys, ((r << 32) | hi).reshape(-1), right=True).view(len(r), -1)
-        code = table.k_lo[r0 : r0 + len(r)].long().view(-1, 1) + at_lo - start[r].view(-1, 1)
-        inside = at_hi - at_lo  # thresholds t with lo < t <= hi
+    for r0, r1, at_lo, inside in table.bucket_search(bits):
+        code = table.base[r0:r1].view(-1, 1) + at_lo
         if (
             int(code.min()) < 0
             or int(code.max()) >= 1 << CONST["ASIM_BUCKET_CODE_BITS"]
@@ -117,7 +103,7 @@ def _bucket_arrays(table, bits: int) -> dict | None:
         "scan": torch.cat(scans).contiguous(),
         "thr": _as_i32(thr).contiguous(),
         "m_min": table.m_min,
-        "n_m": n_m,
+        "n_m": table.n_m,
         "bits": bits,
         "max_n": most,
     }
