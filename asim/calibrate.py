@@ -540,14 +540,13 @@ def _column_summary(w: Tensor, v: Tensor, fs: Tensor, macro: MacroConfig):
     their full scales ``fs [C]``, as :func:`_fit_columns` sums :func:`_fit`'s per-ADC
     figures: ``(mse * count, clip * count, codes [A + 1] int64, mse at nrow * count)``."""
     A = macro.adc_levels
-    total = w.sum(1).double()
     code = torch.round((v / fs.unsqueeze(1)).clamp(0, 1) * A)
     out = code / A * fs.unsqueeze(1)
-    mse = (((v - out) ** 2 * w).sum(1) / total * total).sum()
-    clip = ((w * (v > fs.unsqueeze(1))).sum(1).double() / total * total).sum()
+    mse = ((v - out) ** 2 * w).sum()
+    clip = (w * (v > fs.unsqueeze(1))).sum().double()
     codes = torch.zeros(A + 1, dtype=torch.int64).index_add_(0, code.long().view(-1), w.view(-1))
     out_fs = torch.round((v / macro.nrow).clamp(0, 1) * A) / A * macro.nrow
-    mse_fs = (((v - out_fs) ** 2 * w).sum(1) / total * total).sum()
+    mse_fs = ((v - out_fs) ** 2 * w).sum()
     return float(mse), float(clip), codes, float(mse_fs)
 
 
