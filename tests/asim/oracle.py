@@ -437,6 +437,19 @@ def _bit_level_loop(
     return Y
 
 
+def mac_histogram(trace: list[dict], nrow: int) -> dict[int, list[int]]:
+    """``{levels: n(M)}``: how often each column MAC ``M`` reached the ADC in a ``trace`` of
+    the bit-level loop, per cycle width (``levels``); exact digital cycles are left out."""
+    out: dict[int, torch.Tensor] = {}
+    for t in trace:
+        if t["adc_code"] is None:  # an exact digital cycle never reaches the ADC
+            continue
+        levels = t["full_scale"] // nrow
+        n = torch.bincount(t["mac"].reshape(-1).long(), minlength=levels * nrow + 1)
+        out[levels] = n if levels not in out else out[levels] + n
+    return {lv: n.tolist() for lv, n in out.items()}
+
+
 def round_half_even(v: float) -> float:
     """Python's round(): to the nearest integer, ties to even (spec 0, rne)."""
     return float(round(v))

@@ -28,18 +28,6 @@ from asim.calibrate import CountHistogram, observe_counts
 from . import oracle
 
 
-def _hist_of(trace: list[dict], nrow: int) -> dict[int, list[int]]:
-    """``{levels: n(M)}`` of the oracle trace's analog column MACs."""
-    out: dict[int, torch.Tensor] = {}
-    for t in trace:
-        if t["adc_code"] is None:  # an exact digital cycle never reaches the ADC
-            continue
-        levels = t["full_scale"] // nrow
-        n = torch.bincount(t["mac"].reshape(-1).long(), minlength=levels * nrow + 1)
-        out[levels] = n if levels not in out else out[levels] + n
-    return {lv: n.tolist() for lv, n in out.items()}
-
-
 def _observed(hist) -> dict[int, list[int]]:
     return {lv: n.tolist() for lv, n in hist.counts.items()}
 
@@ -77,7 +65,7 @@ def test_observed_counts_equal_oracle_linear(signed, enc, hybrid):
         trace=trace,
     )
     assert seen == 1
-    assert _observed(hists[""]) == _hist_of(trace, 7)
+    assert _observed(hists[""]) == oracle.mac_histogram(trace, 7)
 
 
 def test_observed_counts_equal_oracle_conv():
@@ -98,7 +86,7 @@ def test_observed_counts_equal_oracle_conv():
         nrow=20,
         trace=trace,
     )
-    assert _observed(hists["0"]) == _hist_of(trace, 20)
+    assert _observed(hists["0"]) == oracle.mac_histogram(trace, 20)
 
 
 def _model(macro: MacroConfig) -> nn.Module:
